@@ -1,0 +1,314 @@
+"""Tile plans: where each tile of a canvas sits, in which order tiles are generated, what they share.
+
+All geometry is kept in latent cells; the compression factor (pixels per cell, read from the
+VAE) converts to pixels. Every tile has the same size so a tile batch is a valid LATENT/IMAGE
+batch: tiles at the right/bottom edge shift inward instead of shrinking.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+Order = Literal["raster", "serpentine", "spiral", "center_out", "random"]
+ORDERS: tuple[str, ...] = ("raster", "serpentine", "spiral", "center_out", "random")
+
+
+class PlanError(ValueError):
+    """An impossible tile plan; the message says which setting to change."""
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile. ``index`` is its place in generation order; geometry is in latent cells."""
+
+    index: int
+    row: int
+    col: int
+    y: int
+    x: int
+    height: int
+    width: int
+    neighbors: tuple[int, ...]
+    """Indices of grid-adjacent tiles (8-neighbourhood) generated before this one."""
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """(rows, cols) slices of this tile in a latent canvas."""
+        return slice(self.y, self.y + self.height), slice(self.x, self.x + self.width)
+
+    def pixel_slices(self, compression: int) -> tuple[slice, slice]:
+        """(rows, cols) slices of this tile in the decoded image."""
+        c = compression
+        return slice(self.y * c, (self.y + self.height) * c), slice(self.x * c, (self.x + self.width) * c)
+
+
+@dataclass(frozen=True)
+class Seam:
+    """The boundary between two grid-adjacent tiles, in pixels.
+
+    ``axis`` is the orientation of the seam line: ``vertical`` for left/right neighbours (the line
+    runs down the image at column ``position``), ``horizontal`` for top/bottom neighbours.
+    ``position`` is the centre line of the overlap (the shared edge when there is no overlap): the
+    boundary between pixel ``position - 1`` and pixel ``position``. ``start``/``stop`` bound the
+    line along its length, ``overlap_start``/``overlap_stop`` bound the overlap across it.
+    """
+
+    first: int
+    second: int
+    axis: Literal["vertical", "horizontal"]
+    position: int
+    start: int
+    stop: int
+    overlap_start: int
+    overlap_stop: int
+
+
+def _axis_starts(canvas: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins along one axis: fixed stride, the last tile shifted inward to end on the edge."""
+    if tile >= canvas:
+        return [0]
+    stride = tile - overlap
+    count = math.ceil((canvas - tile) / stride) + 1
+    return [min(i * stride, canvas - tile) for i in range(count)]
+
+
+def _grid_order(rows: int, cols: int, order: str, seed: int) -> list[tuple[int, int]]:
+    cells = [(r, c) for r in range(rows) for c in range(cols)]
+    if order == "raster":
+        return cells
+    if order == "serpentine":
+        return [(r, c if r % 2 == 0 else cols - 1 - c) for r in range(rows) for c in range(cols)]
+    if order == "spiral":
+        return _spiral(rows, cols)
+    if order == "center_out":
+        cy, cx = (rows - 1) / 2, (cols - 1) / 2
+        return sorted(cells, key=lambda rc: ((rc[0] - cy) ** 2 + (rc[1] - cx) ** 2, rc))
+    if order == "random":
+        permutation = np.random.default_rng(seed).permutation(len(cells))
+        return [cells[i] for i in permutation]
+    raise PlanError(f"Unknown tile order {order!r}; choose one of {', '.join(ORDERS)}.")
+
+
+def _spiral(rows: int, cols: int) -> list[tuple[int, int]]:
+    """Clockwise from the top-left corner, ring by ring towards the centre."""
+    top, bottom, left, right = 0, rows - 1, 0, cols - 1
+    out: list[tuple[int, int]] = []
+    while top <= bottom and left <= right:
+        out += [(top, c) for c in range(left, right + 1)]
+        out += [(r, right) for r in range(top + 1, bottom + 1)]
+        if top < bottom:
+            out += [(bottom, c) for c in range(right - 1, left - 1, -1)]
+        if left < right:
+            out += [(r, left) for r in range(bottom - 1, top, -1)]
+        top, bottom, left, right = top + 1, bottom - 1, left + 1, right - 1
+    return out
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """A canvas cut into equal tiles, listed in generation order."""
+
+    canvas_height: int
+    canvas_width: int
+    tile_height: int
+    tile_width: int
+    overlap: int
+    compression: int
+    order: str
+    seed: int
+    rows: int
+    cols: int
+    tiles: tuple[Tile, ...]
+
+    # --- sizes -------------------------------------------------------------------------------
+    @property
+    def width_px(self) -> int:
+        return self.canvas_width * self.compression
+
+    @property
+    def height_px(self) -> int:
+        return self.canvas_height * self.compression
+
+    @property
+    def tile_width_px(self) -> int:
+        return self.tile_width * self.compression
+
+    @property
+    def tile_height_px(self) -> int:
+        return self.tile_height * self.compression
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    @property
+    def token_amplification(self) -> float:
+        """Latent cells denoised per canvas cell (1.0 = every cell once)."""
+        tiled = len(self.tiles) * self.tile_height * self.tile_width
+        return tiled / (self.canvas_height * self.canvas_width)
+
+    # --- masks -------------------------------------------------------------------------------
+    def coverage(self) -> torch.Tensor:
+        """How many tiles cover each latent cell, shape [H, W] (float32)."""
+        count = torch.zeros(self.canvas_height, self.canvas_width)
+        for tile in self.tiles:
+            count[tile.slices] += 1
+        return count
+
+    def known_mask(self, index: int) -> torch.Tensor:
+        """Cells of tile ``index`` already produced by tiles earlier in the order, shape [h, w] bool."""
+        done = torch.zeros(self.canvas_height, self.canvas_width, dtype=torch.bool)
+        for tile in self.tiles[:index]:
+            done[tile.slices] = True
+        return done[self.tiles[index].slices]
+
+    def seams(self) -> list[Seam]:
+        """Every pair of grid-adjacent tiles (left/right and top/bottom), in pixels."""
+        by_cell = {(t.row, t.col): t for t in self.tiles}
+        c = self.compression
+        seams: list[Seam] = []
+        for (row, col), a in sorted(by_cell.items()):
+            right, below = by_cell.get((row, col + 1)), by_cell.get((row + 1, col))
+            if right is not None:
+                lo, hi = right.x * c, (a.x + a.width) * c
+                first, second = sorted((a.index, right.index))
+                seams.append(
+                    Seam(first, second, "vertical", (lo + hi) // 2, a.y * c, (a.y + a.height) * c, lo, hi)
+                )
+            if below is not None:
+                lo, hi = below.y * c, (a.y + a.height) * c
+                first, second = sorted((a.index, below.index))
+                seams.append(
+                    Seam(first, second, "horizontal", (lo + hi) // 2, a.x * c, (a.x + a.width) * c, lo, hi)
+                )
+        return seams
+
+    # --- serialisation -----------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TilePlan:
+        """Rebuild a plan and check it still covers its canvas (hand-edited JSON included)."""
+        try:
+            data = json.loads(text)
+            tiles = tuple(Tile(**{**t, "neighbors": tuple(t["neighbors"])}) for t in data.pop("tiles"))
+            plan = cls(**data, tiles=tiles)
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise PlanError(f"Not a tile plan JSON ({error}); make it with make_plan().to_json().") from error
+        _check_covered(plan)
+        return plan
+
+
+def _check_covered(plan: TilePlan) -> None:
+    for tile in plan.tiles:
+        if tile.y < 0 or tile.x < 0 or tile.y + tile.height > plan.canvas_height:
+            raise PlanError(f"Tile {tile.index} lies outside the canvas; rebuild the plan.")
+        if tile.x + tile.width > plan.canvas_width:
+            raise PlanError(f"Tile {tile.index} lies outside the canvas; rebuild the plan.")
+    uncovered = int((plan.coverage() == 0).sum())
+    if uncovered:
+        raise PlanError(
+            f"The plan leaves {uncovered} latent cells of the canvas uncovered; "
+            "use more tiles, larger tiles or a larger overlap."
+        )
+
+
+def _check_px(name: str, value: int, compression: int) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise PlanError(f"{name} must be a positive whole number of pixels, got {value!r}.")
+    if value % compression:
+        lower = max(compression, value // compression * compression)
+        raise PlanError(
+            f"{name} = {value} px is not a multiple of the VAE's compression factor {compression}; "
+            f"use {lower} or {lower + compression}."
+        )
+
+
+def make_plan(
+    width: int,
+    height: int,
+    tile_width: int,
+    tile_height: int,
+    overlap: int,
+    compression: int,
+    order: str = "raster",
+    seed: int = 0,
+) -> TilePlan:
+    """Plan a ``width`` × ``height`` px canvas in tiles of ``tile_width`` × ``tile_height`` px.
+
+    ``overlap`` (px) is the least overlap between neighbouring tiles; edge tiles shift inward and
+    overlap more. All sizes must be multiples of ``compression`` (pixels per latent cell).
+    """
+    if not isinstance(compression, int) or compression <= 0:
+        raise PlanError(
+            f"compression must be a positive integer (pixels per latent cell), got {compression!r}."
+        )
+    sizes = (("width", width), ("height", height), ("tile_width", tile_width), ("tile_height", tile_height))
+    for name, value in sizes:
+        _check_px(name, value, compression)
+    if not isinstance(overlap, int) or overlap < 0:
+        raise PlanError(f"overlap must be zero or a positive number of pixels, got {overlap!r}.")
+    if overlap % compression:
+        raise PlanError(
+            f"overlap = {overlap} px is not a multiple of the VAE's compression factor {compression}; "
+            f"use {overlap // compression * compression} or {(overlap // compression + 1) * compression}."
+        )
+    if tile_width > width or tile_height > height:
+        raise PlanError(
+            f"The tile ({tile_width}×{tile_height} px) is larger than the canvas ({width}×{height} px); "
+            "make the tile smaller or the canvas larger."
+        )
+    if overlap >= min(tile_width, tile_height):
+        raise PlanError(
+            f"overlap = {overlap} px must be smaller than the tile ({tile_width}×{tile_height} px); "
+            "a quarter of the tile is a good start."
+        )
+    if order not in ORDERS:
+        raise PlanError(f"Unknown tile order {order!r}; choose one of {', '.join(ORDERS)}.")
+
+    c = compression
+    ys = _axis_starts(height // c, tile_height // c, overlap // c)
+    xs = _axis_starts(width // c, tile_width // c, overlap // c)
+    sequence = _grid_order(len(ys), len(xs), order, seed)
+    position = {cell: i for i, cell in enumerate(sequence)}
+    tiles = tuple(
+        Tile(
+            index=i,
+            row=r,
+            col=col,
+            y=ys[r],
+            x=xs[col],
+            height=tile_height // c,
+            width=tile_width // c,
+            neighbors=tuple(
+                sorted(
+                    position[(r + dr, col + dc)]
+                    for dr in (-1, 0, 1)
+                    for dc in (-1, 0, 1)
+                    if (dr, dc) != (0, 0) and position.get((r + dr, col + dc), len(sequence)) < i
+                )
+            ),
+        )
+        for i, (r, col) in enumerate(sequence)
+    )
+    plan = TilePlan(
+        canvas_height=height // c,
+        canvas_width=width // c,
+        tile_height=tile_height // c,
+        tile_width=tile_width // c,
+        overlap=overlap // c,
+        compression=c,
+        order=order,
+        seed=seed,
+        rows=len(ys),
+        cols=len(xs),
+        tiles=tiles,
+    )
+    _check_covered(plan)
+    return plan

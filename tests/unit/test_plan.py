@@ -1,0 +1,109 @@
+import itertools
+
+import pytest
+import torch
+
+from temporal_tiling.plan import ORDERS, PlanError, TilePlan, make_plan
+
+
+def test_uniform_tiles_cover_canvas_and_edge_tiles_shift_inward():
+    plan = make_plan(1000 // 8 * 8, 520, 256, 256, 64, 8)
+    assert {(t.height, t.width) for t in plan.tiles} == {(32, 32)}
+    assert bool((plan.coverage() > 0).all())
+    right = max(t.x + t.width for t in plan.tiles)
+    bottom = max(t.y + t.height for t in plan.tiles)
+    assert (bottom, right) == (plan.canvas_height, plan.canvas_width)
+    strides = sorted({t.x for t in plan.tiles})
+    assert all(b - a <= 32 - 8 for a, b in itertools.pairwise(strides))
+
+
+def test_grid_size_and_token_amplification():
+    plan = make_plan(2048, 1024, 512, 512, 0, 32)
+    assert (plan.rows, plan.cols, len(plan)) == (2, 4, 8)
+    assert plan.token_amplification == 1.0
+    overlapped = make_plan(2048, 1024, 512, 512, 128, 32)
+    assert overlapped.token_amplification > 1.0
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_every_order_visits_every_tile_once(order):
+    plan = make_plan(640, 384, 128, 128, 32, 32, order=order, seed=3)
+    assert sorted((t.row, t.col) for t in plan.tiles) == [
+        (r, c) for r in range(plan.rows) for c in range(plan.cols)
+    ]
+    assert [t.index for t in plan.tiles] == list(range(len(plan)))
+
+
+def test_orders_differ_and_random_is_seeded():
+    cells = {o: [(t.row, t.col) for t in make_plan(640, 640, 128, 128, 0, 32, o, 1).tiles] for o in ORDERS}
+    assert len({tuple(v) for v in cells.values()}) == len(ORDERS)
+    again = [(t.row, t.col) for t in make_plan(640, 640, 128, 128, 0, 32, "random", 1).tiles]
+    other = [(t.row, t.col) for t in make_plan(640, 640, 128, 128, 0, 32, "random", 2).tiles]
+    assert again == cells["random"] != other
+    assert cells["serpentine"][5] == (1, cells["serpentine"][4][1])
+    assert cells["center_out"][0] == (2, 2)
+    assert cells["spiral"][:6] == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 4)]
+
+
+def test_neighbours_are_earlier_adjacent_tiles():
+    plan = make_plan(384, 384, 128, 128, 0, 32, "raster")
+    assert plan.tiles[0].neighbors == ()
+    assert plan.tiles[4].neighbors == (0, 1, 2, 3)  # centre of a 3x3 grid in raster order
+    for tile in plan.tiles:
+        for n in tile.neighbors:
+            other = plan.tiles[n]
+            assert n < tile.index and max(abs(other.row - tile.row), abs(other.col - tile.col)) == 1
+
+
+def test_known_mask_marks_cells_made_by_earlier_tiles():
+    plan = make_plan(448, 256, 256, 256, 64, 32)
+    assert not plan.known_mask(0).any()
+    known = plan.known_mask(1)
+    assert known.shape == (8, 8)
+    assert bool(known[:, :2].all()) and not known[:, 2:].any()
+
+
+def test_seams_sit_on_overlap_centre_lines_in_pixels():
+    plan = make_plan(448, 256, 256, 256, 64, 32)
+    (seam,) = plan.seams()
+    assert (seam.axis, seam.overlap_start, seam.overlap_stop, seam.position) == ("vertical", 192, 256, 224)
+    flush = make_plan(512, 512, 256, 256, 0, 32).seams()
+    assert sorted((s.axis, s.position) for s in flush) == [("horizontal", 256)] * 2 + [("vertical", 256)] * 2
+
+
+def test_json_round_trip_and_rejects_uncovering_edit():
+    plan = make_plan(640, 384, 128, 128, 32, 32, "spiral")
+    assert TilePlan.from_json(plan.to_json()) == plan
+    broken = plan.to_json().replace('"x": 0,', '"x": 1,', 1)
+    with pytest.raises(PlanError, match="uncovered"):
+        TilePlan.from_json(broken)
+    with pytest.raises(PlanError, match="tile plan JSON"):
+        TilePlan.from_json("{}")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((512, 512, 1024, 256, 0, 32), "larger than the canvas"),
+        ((512, 512, 256, 256, 256, 32), "smaller than the tile"),
+        ((500, 512, 256, 256, 0, 32), "multiple of the VAE's compression factor 32; use 480 or 512"),
+        ((512, 512, 256, 256, 20, 32), "overlap = 20 px is not a multiple"),
+        ((0, 512, 256, 256, 0, 32), "positive"),
+        ((512, -64, 256, 256, 0, 32), "positive"),
+        ((512, 512, 256, 256, -32, 32), "zero or a positive"),
+        ((512, 512, 256, 256, 0, 0), "compression"),
+    ],
+)
+def test_impossible_plans_say_what_to_change(args, message):
+    with pytest.raises(PlanError, match=message):
+        make_plan(*args)
+
+
+def test_unknown_order_lists_choices():
+    with pytest.raises(PlanError, match="raster, serpentine"):
+        make_plan(512, 512, 256, 256, 0, 32, order="zigzag")
+
+
+def test_plan_error_is_a_value_error():
+    assert issubclass(PlanError, ValueError)
+    assert torch.equal(make_plan(256, 256, 256, 256, 0, 32).coverage(), torch.ones(8, 8))
