@@ -17,6 +17,11 @@ import torch
 
 Order = Literal["raster", "serpentine", "spiral", "center_out", "random"]
 ORDERS: tuple[str, ...] = ("raster", "serpentine", "spiral", "center_out", "random")
+FITS: tuple[str, ...] = ("shift", "grow")
+"""How tiles fit the canvas: ``shift`` keeps the requested tile size (edge tiles shift inward, so an
+overlap on a canvas that is a multiple of the tile adds a row and a column of tiles); ``grow`` keeps
+the tile count of the overlap-free grid and enlarges every tile just enough for the overlap, which
+keeps the cells denoised per canvas cell near ((tile + overlap) / tile)²."""
 
 
 class PlanError(ValueError):
@@ -78,6 +83,14 @@ def _axis_starts(canvas: int, tile: int, overlap: int) -> list[int]:
     return [min(i * stride, canvas - tile) for i in range(count)]
 
 
+def _fitted_tile(canvas: int, tile: int, overlap: int) -> int:
+    """Smallest uniform tile that covers ``canvas`` with the overlap-free tile count and ``overlap``."""
+    count = math.ceil(canvas / tile)
+    if count == 1:
+        return tile
+    return min(canvas, math.ceil((canvas + (count - 1) * overlap) / count))
+
+
 def _grid_order(rows: int, cols: int, order: str, seed: int) -> list[tuple[int, int]]:
     cells = [(r, c) for r in range(rows) for c in range(cols)]
     if order == "raster":
@@ -122,6 +135,7 @@ class TilePlan:
     compression: int
     order: str
     seed: int
+    fit: str
     rows: int
     cols: int
     tiles: tuple[Tile, ...]
@@ -239,11 +253,13 @@ def make_plan(
     compression: int,
     order: str = "raster",
     seed: int = 0,
+    fit: str = "shift",
 ) -> TilePlan:
     """Plan a ``width`` × ``height`` px canvas in tiles of ``tile_width`` × ``tile_height`` px.
 
-    ``overlap`` (px) is the least overlap between neighbouring tiles; edge tiles shift inward and
-    overlap more. All sizes must be multiples of ``compression`` (pixels per latent cell).
+    ``overlap`` (px) is the least overlap between neighbouring tiles. With ``fit="shift"`` edge
+    tiles shift inward and overlap more; with ``fit="grow"`` tiles grow (see ``FITS``). All sizes
+    must be multiples of ``compression`` (pixels per latent cell).
     """
     if not isinstance(compression, int) or compression <= 0:
         raise PlanError(
@@ -271,10 +287,16 @@ def make_plan(
         )
     if order not in ORDERS:
         raise PlanError(f"Unknown tile order {order!r}; choose one of {', '.join(ORDERS)}.")
+    if fit not in FITS:
+        raise PlanError(f"Unknown tile fit {fit!r}; choose one of {', '.join(FITS)}.")
 
     c = compression
-    ys = _axis_starts(height // c, tile_height // c, overlap // c)
-    xs = _axis_starts(width // c, tile_width // c, overlap // c)
+    tile_h, tile_w = tile_height // c, tile_width // c
+    if fit == "grow":
+        tile_h = _fitted_tile(height // c, tile_h, overlap // c)
+        tile_w = _fitted_tile(width // c, tile_w, overlap // c)
+    ys = _axis_starts(height // c, tile_h, overlap // c)
+    xs = _axis_starts(width // c, tile_w, overlap // c)
     sequence = _grid_order(len(ys), len(xs), order, seed)
     position = {cell: i for i, cell in enumerate(sequence)}
     tiles = tuple(
@@ -284,8 +306,8 @@ def make_plan(
             col=col,
             y=ys[r],
             x=xs[col],
-            height=tile_height // c,
-            width=tile_width // c,
+            height=tile_h,
+            width=tile_w,
             neighbors=tuple(
                 sorted(
                     position[(r + dr, col + dc)]
@@ -300,12 +322,13 @@ def make_plan(
     plan = TilePlan(
         canvas_height=height // c,
         canvas_width=width // c,
-        tile_height=tile_height // c,
-        tile_width=tile_width // c,
+        tile_height=tile_h,
+        tile_width=tile_w,
         overlap=overlap // c,
         compression=c,
         order=order,
         seed=seed,
+        fit=fit,
         rows=len(ys),
         cols=len(xs),
         tiles=tiles,

@@ -107,3 +107,24 @@ def test_unknown_order_lists_choices():
 def test_plan_error_is_a_value_error():
     assert issubclass(PlanError, ValueError)
     assert torch.equal(make_plan(256, 256, 256, 256, 0, 32).coverage(), torch.ones(8, 8))
+
+
+@pytest.mark.parametrize("cells", [64, 128, 256])
+def test_grow_fit_keeps_overlap_free_tile_count_and_low_amplification(cells):
+    shifted = make_plan(cells * 32, cells * 32, 1024, 1024, 64, 32)
+    grown = make_plan(cells * 32, cells * 32, 1024, 1024, 64, 32, fit="grow")
+    assert (grown.rows, grown.cols) == (cells // 32, cells // 32)
+    assert (shifted.rows, shifted.cols) == (cells // 32 + 1, cells // 32 + 1)
+    count = cells // 32
+    assert grown.tile_width == grown.tile_height == -(-(cells + (count - 1) * 2) // count)  # ceil
+    assert grown.token_amplification <= 1.15 < shifted.token_amplification
+    assert bool((grown.coverage() > 0).all())
+    assert min(s.overlap_stop - s.overlap_start for s in grown.seams()) >= 64
+    assert TilePlan.from_json(grown.to_json()) == grown
+
+
+def test_grow_fit_leaves_single_tile_axes_alone_and_rejects_unknown_fit():
+    plan = make_plan(1024, 512, 512, 512, 64, 32, fit="grow")
+    assert (plan.rows, plan.tile_height, plan.tile_width) == (1, 16, 17)
+    with pytest.raises(PlanError, match="shift, grow"):
+        make_plan(1024, 512, 512, 512, 64, 32, fit="stretch")

@@ -1,0 +1,135 @@
+"""BCLA Cache node: tell the sampler how tiles share SANA's linear-attention statistics.
+
+The node only clones the MODEL and stores a ``BCLAConfig`` in the clone's transformer_options; the
+cache itself depends on the tile plan, so the Causal SANA Sampler builds it and sets the BCLA
+attention processors as object patches on its own clone at run time. The input MODEL is untouched.
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..temporal_tiling.bcla import MODES, SOURCES, BCLAConfig, BCLAError, bcla_processors
+from .common import CATEGORY
+from .sana_model import require_sana_linear_attention
+
+OPTION_KEY = "sana_bcla"
+"""Key of the BCLAConfig in ``model_options["transformer_options"]``."""
+
+
+def sana_transformer(model):
+    """The diffusers SANA transformer of ``model``; a readable ValueError for any other MODEL.
+
+    The loader's check refuses MODELs that are not diffusers SANA; ``bcla_processors`` then confirms
+    there are linear-attention layers to patch (the cache itself is attached later by the sampler).
+    """
+    transformer = require_sana_linear_attention(model)
+    bcla_processors(transformer, None)
+    return transformer
+
+
+def bcla_config(model) -> BCLAConfig | None:
+    """The BCLAConfig a BCLA Cache node attached to ``model``, if any."""
+    return model.model_options.get("transformer_options", {}).get(OPTION_KEY)
+
+
+class SanaBCLACache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SanaBCLACache",
+            display_name="BCLA Cache",
+            category=CATEGORY,
+            description=(
+                "Block Causal Linear Attention: while a tile is denoised, every SANA linear-attention layer "
+                "also sees the summed statistics (S = Σ φ(K)ᵀV, Z = Σ φ(K)) of the tiles generated before "
+                "it, at O(D²) memory per layer whatever the tile count. Returns a patched clone of MODEL."
+            ),
+            inputs=[
+                io.Model.Input(
+                    "model", tooltip="A SANA model (linear attention); it is cloned, not modified."
+                ),
+                io.Combo.Input(
+                    "mode",
+                    options=list(MODES),
+                    default="cumulative",
+                    tooltip="Which earlier tiles a tile sees: cumulative (all), neighbors (its "
+                    "already generated 8-neighbours), sparse (first + previous), decay "
+                    "(geometric weight per tile), off (locking only).",
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=0.0,
+                    max=8.0,
+                    step=0.05,
+                    tooltip="α in S_own + α·S_cache; 0 is the same as off.",
+                ),
+                io.Combo.Input(
+                    "source",
+                    options=list(SOURCES),
+                    default="synchronous",
+                    tooltip="synchronous: earlier tiles' statistics at the same noise level; "
+                    "clean: statistics of each finished tile re-encoded near t = 0 (one "
+                    "extra model call per tile).",
+                ),
+                io.Float.Input(
+                    "decay",
+                    default=0.5,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="Per-tile factor for mode = decay (0 = previous tile only, 1 = cumulative).",
+                ),
+                io.Boolean.Input(
+                    "record_locked",
+                    default=True,
+                    tooltip="Also record the tokens of the locked overlap (content earlier "
+                    "tiles made); off records only the tile's new cells.",
+                ),
+            ],
+            outputs=[
+                io.Model.Output(
+                    display_name="MODEL",
+                    tooltip="A clone of the model carrying the BCLA settings; the Causal SANA "
+                    "Sampler builds the cache for its tile plan from them.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        mode: str | None = None,
+        source: str | None = None,
+        strength: float | None = None,
+        decay: float | None = None,
+    ) -> bool | str:
+        """Refuse impossible settings before the run; values from links (None here) are checked at run."""
+        given = {
+            k: v
+            for k, v in dict(mode=mode, source=source, strength=strength, decay=decay).items()
+            if v is not None
+        }
+        try:
+            BCLAConfig(**given)
+        except BCLAError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def execute(
+        cls, model, mode: str, strength: float, source: str, decay: float, record_locked: bool
+    ) -> io.NodeOutput:
+        config = BCLAConfig(
+            mode=mode, strength=strength, source=source, decay=decay, record_locked=record_locked
+        )
+        sana_transformer(model)
+        patched = model.clone()
+        options = dict(patched.model_options.get("transformer_options", {}))
+        options[OPTION_KEY] = config
+        patched.model_options["transformer_options"] = options
+        return io.NodeOutput(patched)
+
+
+NODES = [SanaBCLACache]

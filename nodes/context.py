@@ -1,0 +1,182 @@
+"""Global Context Encoder node: what a low-res pass of the whole scene tells every tile.
+
+The node encodes the guide (an IMAGE through the VAE, or a LATENT as is) and carries the strengths.
+The ``bcla_seed`` pass, which runs the model once on the noised guide, happens inside the Causal SANA
+Sampler: it needs the sampler's own BCLA cache, model, prompts and cfg, so both CFG branches get the
+seed that matches what the tiles will read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+
+from ..temporal_tiling.context import ContextError
+from .common import CATEGORY, GlobalContextSocket, check_links
+
+
+@dataclass(frozen=True)
+class ContextSpec:
+    """The GLOBAL_CONTEXT socket value; the sampler turns it into the engine's ``GlobalContext``."""
+
+    guide: torch.Tensor
+    """[B, C, h, w] guide latent in ComfyUI's LATENT space (as VAEEncode gives it)."""
+    skip_residual: float
+    stats: float
+    bcla_seed: float
+    skip_power: float
+    seed_sigma: float
+    seed: int
+
+
+class SanaGlobalContext(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SanaGlobalContext",
+            display_name="Global Context Encoder",
+            category=CATEGORY,
+            description=(
+                "Gives every tile a view of the whole scene from a low-res pass (same aspect ratio as the "
+                "canvas): skip_residual pulls each tile's prediction toward the guide early on (DemoFusion), "
+                "stats matches each tile's colour statistics to the guide (AdaIN), bcla_seed seeds the BCLA "
+                "cache with the guide's own attention statistics. Strengths combine; 0 turns one off."
+            ),
+            inputs=[
+                io.Float.Input(
+                    "skip_residual",
+                    default=0.5,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="DemoFusion skip residual: pull toward the guide, strongest at high "
+                    "noise, fading to 0 at the end so tiles keep their detail.",
+                ),
+                io.Float.Input(
+                    "stats",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="Move each tile's per-channel mean/std (the guide's frequency band) "
+                    "toward the guide crop's; fights colour drift between tiles.",
+                ),
+                io.Float.Input(
+                    "bcla_seed",
+                    default=0.0,
+                    min=0.0,
+                    max=4.0,
+                    step=0.05,
+                    tooltip="β in S_ctx = α·S_cache + β·S_seed: the guide's own linear-attention "
+                    "statistics join every tile's context (needs a BCLA Cache MODEL).",
+                ),
+                io.Float.Input(
+                    "skip_power",
+                    default=3.0,
+                    min=0.1,
+                    max=10.0,
+                    step=0.1,
+                    tooltip="Exponent of the skip-residual cosine decay (DemoFusion uses 3); "
+                    "higher lets go of the guide sooner.",
+                ),
+                io.Float.Input(
+                    "seed_sigma",
+                    default=0.5,
+                    min=0.01,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Noise level of the bcla_seed pass over the guide.",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**63 - 1,
+                    control_after_generate=True,
+                    tooltip="Noise seed of the bcla_seed pass.",
+                ),
+                io.Int.Input(
+                    "guide_long_side",
+                    default=512,
+                    min=0,
+                    max=4096,
+                    step=8,
+                    tooltip="Resize an input image to this many pixels on its long side before "
+                    "encoding (a cheap guide); 0 keeps its size.",
+                ),
+                io.Image.Input(
+                    "image",
+                    optional=True,
+                    tooltip="Low-res picture of the whole scene (needs vae); e.g. a 1K "
+                    "generation or the image being upscaled.",
+                ),
+                io.Vae.Input("vae", optional=True, tooltip="Encodes the image into the guide latent."),
+                io.Latent.Input(
+                    "latent",
+                    optional=True,
+                    tooltip="Low-res latent of the whole scene, used as the guide directly.",
+                ),
+            ],
+            outputs=[
+                GlobalContextSocket.Output(
+                    display_name="GLOBAL_CONTEXT",
+                    tooltip="Connect to the Causal SANA Sampler (mode = causal).",
+                ),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, input_types: dict | None = None) -> bool | str:
+        linked = input_types or {}
+        if (
+            mismatch := check_links(linked, {"image": "IMAGE", "vae": "VAE", "latent": "LATENT"})
+        ) is not None:
+            return mismatch
+        if ("image" in linked) == ("latent" in linked):
+            return "Connect exactly one guide: an image (with a vae) or a latent."
+        if "image" in linked and "vae" not in linked:
+            return "An image guide needs the vae input connected to encode it."
+        return True
+
+    @classmethod
+    def execute(
+        cls,
+        skip_residual: float,
+        stats: float,
+        bcla_seed: float,
+        skip_power: float,
+        seed_sigma: float,
+        seed: int,
+        guide_long_side: int,
+        image: torch.Tensor | None = None,
+        vae=None,
+        latent: dict | None = None,
+    ) -> io.NodeOutput:
+        if latent is not None:
+            guide = latent["samples"]
+        elif image is not None and vae is not None:
+            guide = vae.encode(_resized(image[..., :3], guide_long_side, vae.spacial_compression_encode()))
+        else:
+            raise ContextError("Connect a guide: an image with a vae, or a latent.")
+        if guide.ndim != 4:
+            raise ContextError(f"The guide latent must be [B, C, h, w], got {tuple(guide.shape)}.")
+        spec = ContextSpec(guide, skip_residual, stats, bcla_seed, skip_power, seed_sigma, seed)
+        return io.NodeOutput(spec)
+
+
+def _resized(image: torch.Tensor, long_side: int, multiple: int) -> torch.Tensor:
+    """IMAGE [B, H, W, 3] with its long side scaled to about ``long_side`` px (0 = unchanged) and both
+    sides rounded to whole latent cells of ``multiple`` px, antialiased, so the VAE can encode it."""
+    height, width = image.shape[1:3]
+    scale = 1.0 if long_side <= 0 else long_side / max(height, width)
+    size = tuple(max(1, round(side * scale / multiple)) * multiple for side in (height, width))
+    if size == (height, width):
+        return image
+    resized = F.interpolate(image.movedim(-1, 1), size=size, mode="bicubic", antialias=True)
+    return resized.clamp(0, 1).movedim(1, -1)
+
+
+NODES = [SanaGlobalContext]

@@ -1,0 +1,293 @@
+"""Tile Planner node: cut a canvas into equal tiles and fix the order they are generated in."""
+
+from __future__ import annotations
+
+import colorsys
+
+import comfy.model_management
+import numpy as np
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+from PIL import Image, ImageDraw, ImageFont
+
+from ..temporal_tiling.plan import ORDERS, PlanError, TilePlan, make_plan
+from .common import CATEGORY, TilePlanSocket, check_links
+
+PREVIEW_LONG_SIDE = 512
+"""Long side (px) of the plan preview image."""
+MEMORY_HEADROOM = 0.8
+"""Share of the free memory an auto-sized tile may take (the rest stays for VAE, previews, other nodes)."""
+
+LINKABLE = {"image": "IMAGE", "latent": "LATENT", "vae": "VAE", "model": "MODEL"}
+
+
+def auto_tile_cells(model, canvas_h: int, canvas_w: int, batch: int = 1) -> tuple[int, int]:
+    """Largest tile (latent cells) that fits the free memory ComfyUI reports and the model's native size.
+
+    Memory per tile comes from ComfyUI's own estimate for the model (``memory_required`` of a CFG
+    batch), plus the weights when they are not loaded yet. SANA checkpoints are trained at a fixed
+    size (``config.sample_size`` cells); tiles larger than that lose quality, so that caps the tile too.
+    """
+    device = model.load_device
+    free = comfy.model_management.get_free_memory(device)
+    loaded = any(m.model is model.model for m in comfy.model_management.loaded_models())
+    weights = 0 if loaded else model.model_size()
+    budget = free * MEMORY_HEADROOM - weights
+    channels = model.get_model_object("latent_format").latent_channels
+    native = getattr(getattr(model.get_model_object("diffusion_model"), "config", None), "sample_size", None)
+    side = max(canvas_h, canvas_w) if not native else min(int(native), max(canvas_h, canvas_w))
+    for n in range(side, 0, -1):
+        h, w = min(n, canvas_h), min(n, canvas_w)
+        if model.memory_required([2 * batch, channels, h, w]) <= budget:
+            return h, w
+    raise PlanError(
+        f"Not even a one-cell tile fits the {free / 2**30:.2f} GiB free on {device}; free memory "
+        "(close other models) or set tile_size to manual."
+    )
+
+
+def _compression(vae, widget: int) -> int:
+    """Pixels per latent cell: the connected VAE's own factor, else the widget."""
+    if vae is None:
+        return int(widget)
+    factor = vae.spacial_compression_encode()
+    if not isinstance(factor, int) or factor <= 0:
+        raise PlanError(f"The connected VAE reports no usable spatial compression ({factor!r}).")
+    return factor
+
+
+def render_preview(plan: TilePlan, long_side: int = PREVIEW_LONG_SIDE) -> torch.Tensor:
+    """Picture of the plan as an IMAGE [1, H, W, 3]: overlap shading, tile outlines, generation order."""
+    scale = long_side / max(plan.height_px, plan.width_px)
+    height, width = max(1, round(plan.height_px * scale)), max(1, round(plan.width_px * scale))
+    coverage = plan.coverage()[None, None]
+    shade = F.interpolate(coverage, size=(height, width), mode="nearest")[0, 0]
+    grey = (0.16 + 0.12 * (shade - 1).clamp(0, 3)).numpy()  # brighter where more tiles overlap
+    picture = Image.fromarray((np.stack([grey] * 3, -1) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=max(10, int(min(height, width) / max(plan.rows, plan.cols) / 4)))
+    cells = scale * plan.compression
+    for tile in plan.tiles:
+        hue = tile.index / max(1, len(plan))
+        color = tuple(int(255 * v) for v in colorsys.hsv_to_rgb(hue, 0.75, 1.0))
+        x0, y0 = tile.x * cells, tile.y * cells
+        x1, y1 = (tile.x + tile.width) * cells - 1, (tile.y + tile.height) * cells - 1
+        draw.rectangle((x0, y0, x1, y1), outline=color, width=2)
+        draw.text(((x0 + x1) / 2, (y0 + y1) / 2), str(tile.index + 1), fill=color, font=font, anchor="mm")
+    return torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0)[None]
+
+
+def summary(plan: TilePlan) -> str:
+    """One line for the node: grid, tile size, overlap, token cost."""
+    return (
+        f"{plan.cols}×{plan.rows} tiles of {plan.tile_width_px}×{plan.tile_height_px} px on "
+        f"{plan.width_px}×{plan.height_px} px, overlap {plan.overlap * plan.compression} px, "
+        f"{plan.order} order, {plan.token_amplification:.2f}× tokens"
+    )
+
+
+class SanaTilePlanner(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SanaTilePlanner",
+            display_name="Tile Planner",
+            category=CATEGORY,
+            description=(
+                "Cuts the canvas into equal tiles and fixes the order they are generated in, like the frames "
+                "of a video. Sizes come from the widgets, or from a connected image/latent."
+            ),
+            inputs=[
+                io.Int.Input(
+                    "width",
+                    default=2048,
+                    min=8,
+                    max=16384,
+                    step=8,
+                    tooltip="Canvas width in pixels (ignored when an image or latent is connected).",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=1024,
+                    min=8,
+                    max=16384,
+                    step=8,
+                    tooltip="Canvas height in pixels (ignored when an image or latent is connected).",
+                ),
+                io.Int.Input(
+                    "tile_width",
+                    default=1024,
+                    min=8,
+                    max=16384,
+                    step=8,
+                    tooltip="Tile width in pixels; every tile has this size (edge tiles shift inward).",
+                ),
+                io.Int.Input(
+                    "tile_height",
+                    default=1024,
+                    min=8,
+                    max=16384,
+                    step=8,
+                    tooltip="Tile height in pixels; every tile has this size (edge tiles shift inward).",
+                ),
+                io.Int.Input(
+                    "overlap",
+                    default=256,
+                    min=0,
+                    max=8192,
+                    step=8,
+                    tooltip="Least overlap between neighbouring tiles in pixels; a quarter of the "
+                    "tile is a good start. Must be smaller than the tile.",
+                ),
+                io.Combo.Input(
+                    "order",
+                    options=list(ORDERS),
+                    default="raster",
+                    tooltip="Generation order: raster (row by row), serpentine (rows alternate "
+                    "direction), spiral (edges inward), center_out, random (uses shuffle_seed).",
+                ),
+                io.Int.Input(
+                    "shuffle_seed",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    tooltip="Shuffles the tiles for order = random; no effect otherwise.",
+                ),
+                io.Int.Input(
+                    "compression",
+                    default=32,
+                    min=1,
+                    max=64,
+                    tooltip="Pixels per latent cell when no VAE is connected (SANA's DC-AE: 32, "
+                    "SD/Flux VAEs: 8). All sizes must be multiples of it. A connected VAE's "
+                    "own factor is used instead.",
+                ),
+                io.Combo.Input(
+                    "tile_size",
+                    options=["manual", "auto"],
+                    default="manual",
+                    tooltip="manual: tile_width/tile_height. auto: the largest tile that fits the "
+                    "free memory ComfyUI reports and the model's native size (needs model).",
+                ),
+                io.Image.Input(
+                    "image",
+                    optional=True,
+                    tooltip="Take the canvas size from this image (e.g. the picture to upscale).",
+                ),
+                io.Latent.Input(
+                    "latent",
+                    optional=True,
+                    tooltip="Take the canvas size from this latent (cells × compression).",
+                ),
+                io.Vae.Input(
+                    "vae",
+                    optional=True,
+                    tooltip="Read the compression factor from this VAE instead of the widget.",
+                ),
+                io.Model.Input(
+                    "model",
+                    optional=True,
+                    tooltip="Needed by tile_size = auto: its memory estimate and native size.",
+                ),
+            ],
+            outputs=[
+                TilePlanSocket.Output(
+                    display_name="TILE_PLAN",
+                    tooltip="The tile plan: connect it to the sampler, splitter, blender "
+                    "and metrics that work on this canvas.",
+                ),
+                io.Image.Output(
+                    display_name="preview",
+                    tooltip="The plan drawn as an image: tile outlines, generation order, "
+                    "brighter where tiles overlap.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        width: int | None = None,
+        height: int | None = None,
+        tile_width: int | None = None,
+        tile_height: int | None = None,
+        overlap: int | None = None,
+        compression: int | None = None,
+        tile_size: str | None = None,
+        input_types: dict | None = None,
+    ) -> bool | str:
+        """Refuse impossible plans before the run. Values that come from links (None here: an image or
+        latent for the size, a VAE for the compression, widgets turned into inputs) are checked at run."""
+        linked = input_types or {}
+        if (mismatch := check_links(linked, LINKABLE)) is not None:
+            return mismatch
+        if tile_size == "auto" and "model" not in linked:
+            return (
+                "tile_size = auto needs the model input connected (its memory estimate sets the tile size)."
+            )
+        if overlap is None:
+            return True
+        c = 1 if "vae" in linked or compression is None else compression
+        sized = "image" not in linked and "latent" not in linked and None not in (width, height)
+        canvas = (width, height) if sized else None
+        tile = (
+            (tile_width, tile_height)
+            if tile_size == "manual" and None not in (tile_width, tile_height)
+            else None
+        )
+        canvas, tile = canvas or tile, tile or canvas
+        try:
+            if canvas is not None:
+                make_plan(*canvas, *tile, overlap, c)
+            elif overlap % c:
+                make_plan(c, c, c, c, overlap, c)
+        except PlanError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def execute(
+        cls,
+        width: int,
+        height: int,
+        tile_width: int,
+        tile_height: int,
+        overlap: int,
+        order: str,
+        shuffle_seed: int,
+        compression: int,
+        tile_size: str,
+        image: torch.Tensor | None = None,
+        latent: dict | None = None,
+        vae=None,
+        model=None,
+    ) -> io.NodeOutput:
+        c = _compression(vae, compression)
+        if latent is not None:
+            height, width = (int(s) * c for s in latent["samples"].shape[-2:])
+        elif image is not None:
+            height, width = int(image.shape[1]), int(image.shape[2])
+            if height % c or width % c:
+                raise PlanError(
+                    f"The connected image is {width}×{height} px, not a multiple of the compression factor "
+                    f"{c}; scale it to {width // c * c}×{height // c * c} px (e.g. with Upscale Image) first."
+                )
+        if tile_size == "auto":
+            if model is None:
+                raise PlanError("tile_size = auto needs the model input connected.")
+            if width % c or height % c:
+                make_plan(width, height, width, height, overlap, c)  # raises the divisibility message
+            th, tw = auto_tile_cells(model, height // c, width // c)
+            tile_height, tile_width = th * c, tw * c
+        plan = make_plan(width, height, tile_width, tile_height, overlap, c, order, shuffle_seed)
+        shown = {
+            "canvas": [plan.width_px, plan.height_px],
+            "compression": plan.compression,
+            "tiles": [[t.x * c, t.y * c, t.width * c, t.height * c] for t in plan.tiles],
+            "summary": summary(plan),
+        }
+        return io.NodeOutput(plan, render_preview(plan), ui={"sana_tile_plan": [shown]})
+
+
+NODES = [SanaTilePlanner]

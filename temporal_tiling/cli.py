@@ -1,0 +1,544 @@
+"""Command line: a high-resolution canvas from a prompt by causal temporal tiling, no ComfyUI needed.
+
+    python -m temporal_tiling generate --prompt "a navy night sky over a grey metal plate, one moon" \\
+        --width 1024 --height 512 --tile 256 --overlap 64 --method compare --out out/
+
+``--method compare`` renders independent tiles, MultiDiffusion and causal BCLA from the same noise,
+writes each as PNG plus a labelled strip (``compare.png``) and the seam metrics of each
+(``metrics.md`` / ``metrics.json``). The model is the pack's embedded SANA-architecture model
+(``temporal_tiling/embedded/seamlab-sana``) unless ``--model`` names another diffusers SANA folder.
+Every file is written to a temporary name and renamed into place, so an error or Ctrl-C never
+leaves a half-written output. Bad settings end with an argparse-style message naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+from tqdm import tqdm
+
+from .bcla import MODES, SOURCES, BCLAConfig, install_bcla
+from .bcla import BCLACache as _BCLACache
+from .context import GlobalContext, encode_global_context, guide_size
+from .flow import SAMPLERS, CFGDenoiser, flow_sigmas
+from .plan import ORDERS, PlanError, TilePlan, make_plan
+from .sampling import METHODS, generate
+from .sana import EMBEDDED_MODEL
+
+COMPARE = ("independent", "multidiffusion", "causal")
+"""What ``--method compare`` renders, in strip order."""
+
+TRAIN_COMMAND = "python -m temporal_tiling.train build --out temporal_tiling/embedded/seamlab-sana"
+FULL_DECODE_CELLS = 128 * 128
+"""Larger latent canvases are decoded tile by tile (DC-AE decoder memory grows with the canvas)."""
+
+
+class CLIError(Exception):
+    """A problem the user fixes on the command line; ``flag`` names the option to change."""
+
+    def __init__(self, message: str, flag: str | None = None) -> None:
+        super().__init__(message)
+        self.flag = flag
+
+
+@dataclass
+class LoadedModel:
+    """What the CLI needs from a model, whatever its source (diffusers folder, tests' tiny model)."""
+
+    transformer: torch.nn.Module
+    encode_prompt: Callable[[str], Tensor]
+    """prompt -> embeds [1, L, D] of its valid tokens only (see ``load_sana_folder``)."""
+    decode: Callable[[Tensor], Tensor]
+    """latent [B, C, h, w] (the model's scaled space) -> image [B, 3, H, W] in [0, 1]."""
+    compression: int
+    flow_shift: float = 3.0
+    name: str = "model"
+
+
+Loader = Callable[[Path, torch.device], LoadedModel]
+
+
+# --- model ----------------------------------------------------------------------------------------
+
+
+def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
+    """A diffusers SANA pipeline folder: transformer/, vae/ (AutoencoderDC), text_encoder/ + tokenizer/."""
+    from .sana import is_pipeline_folder, load_text_encoder, load_transformer_folder, load_vae_folder
+    from .sana.vae import compression, decode_tiled, scaling_factor
+
+    if not is_pipeline_folder(folder):
+        if folder.resolve() == EMBEDDED_MODEL:
+            raise CLIError(
+                f"the embedded model is missing (expected a diffusers SANA folder at {folder}); "
+                f"train it with `{TRAIN_COMMAND}` or pass --model DIR",
+                "--model",
+            )
+        raise CLIError(
+            f"'{folder}' is not a diffusers SANA folder (needs model_index.json and transformer/config.json)",
+            "--model",
+        )
+    transformer, variant = load_transformer_folder(folder)
+    vae = load_vae_folder(folder).to(device)
+    if folder.resolve() == EMBEDDED_MODEL.resolve():
+        # The seam-lab model was trained on bare prompts padded to a short length (no SANA instruction).
+        from .train import FlowConfig
+
+        text = load_text_encoder(folder, instruction="never")
+        text.max_sequence_length = FlowConfig.max_text_length
+    else:
+        text = load_text_encoder(folder)
+    text = text.to(device)
+    scale = scaling_factor(vae)
+
+    def encode_prompt(prompt: str) -> Tensor:
+        # Right padding: cutting the padded positions is exactly SANA's encoder_attention_mask for one
+        # prompt (masked keys get a -10000 bias, i.e. zero weight), and generate() pads cond and uncond
+        # of different lengths with a mask of its own.
+        embeds, mask = text.encode(prompt)
+        return embeds[:, : max(1, int(mask[0].sum()))]
+
+    @torch.no_grad()
+    def decode(latent: Tensor) -> Tensor:
+        latent = latent.to(device, next(vae.parameters()).dtype) / scale
+        if latent.shape[-2] * latent.shape[-1] > FULL_DECODE_CELLS:
+            pixels = decode_tiled(vae, latent, tile=64, overlap=8)
+        else:
+            pixels = vae.decode(latent).sample
+        return ((pixels.float() + 1) / 2).clamp(0, 1)
+
+    return LoadedModel(
+        transformer.to(device), encode_prompt, decode, compression(vae), variant.flow_shift, folder.name
+    )
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path`` and rename it into place (all or nothing)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """First image of a [B, 3, H, W] batch in [0, 1] as an 8-bit RGB PIL image."""
+    array = (image[0].detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
+
+
+def compare_strip(images: dict[str, Image.Image]) -> Image.Image:
+    """Labelled panels, stacked along the canvas's short side (wide canvases one above the other)."""
+    first = next(iter(images.values()))
+    width, height = first.size
+    label = 16
+    vertical = width >= height
+    count = len(images)
+    size = (width, count * (height + label)) if vertical else (count * width, height + label)
+    strip = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(strip)
+    for i, (name, image) in enumerate(images.items()):
+        x, y = (0, i * (height + label)) if vertical else (i * width, 0)
+        draw.text((x + 4, y + 2), name, fill="black")
+        strip.paste(image, (x, y + label))
+    return strip
+
+
+# --- arguments ------------------------------------------------------------------------------------
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """argparse type: a number in [low, high] (or (low, high] with ``low_open``)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not np.isfinite(value) or (low is not None and (value <= low if low_open else value < low)):
+            bound = f"> {low:g}" if low_open else f">= {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = BCLAConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m temporal_tiling",
+        description="SANA temporal tiling: high-resolution canvases generated tile after tile.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    g = commands.add_parser(
+        "generate",
+        help="generate a canvas from a prompt (and compare tiling methods)",
+        description="Generate a canvas from a prompt with causal temporal tiling or a baseline.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g.add_argument("--prompt", required=True, help="text prompt")
+    g.add_argument("--negative", default="", help="negative prompt (CFG's unconditional branch)")
+    g.add_argument("--width", type=_number(int, 1), default=512, help="canvas width in px")
+    g.add_argument("--height", type=_number(int, 1), default=256, help="canvas height in px")
+    g.add_argument("--tile", type=_number(int, 1), default=128, help="tile width in px (and height)")
+    g.add_argument(
+        "--tile-height", type=_number(int, 1), default=None, help="tile height in px if not square"
+    )
+    g.add_argument(
+        "--overlap", type=_number(int, 0), default=32, help="least overlap of neighbouring tiles, px"
+    )
+    g.add_argument("--order", choices=ORDERS, default="raster", help="tile generation order")
+    g.add_argument(
+        "--method", choices=(*METHODS, "compare"), default="causal", help="compare = " + " / ".join(COMPARE)
+    )
+    g.add_argument("--steps", type=_number(int, 1), default=20, help="sampling steps")
+    g.add_argument(
+        "--cfg", type=_number(float, 0, low_open=True), default=4.5, help="classifier-free guidance"
+    )
+    g.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the one canvas noise")
+    g.add_argument("--sampler", choices=tuple(SAMPLERS), default="euler")
+    g.add_argument(
+        "--shift",
+        type=_number(float, 0, low_open=True),
+        default=None,
+        help="flow shift (default: the model's)",
+    )
+    g.add_argument("--bcla-mode", choices=MODES, default=defaults.mode, help="BCLA cache mode (causal)")
+    g.add_argument("--bcla-strength", type=_number(float, 0), default=defaults.strength, help="BCLA α")
+    g.add_argument("--bcla-source", choices=SOURCES, default=defaults.source, help="BCLA statistics source")
+    g.add_argument(
+        "--context-skip",
+        type=_number(float, 0, 1),
+        default=0.0,
+        help="global context: DemoFusion skip-residual strength (causal)",
+    )
+    g.add_argument(
+        "--context-stats",
+        type=_number(float, 0, 1),
+        default=0.0,
+        help="global context: CMod/AdaIN statistics strength (causal)",
+    )
+    g.add_argument(
+        "--context-seed",
+        type=_number(float, 0),
+        default=0.0,
+        help="global context: BCLA seed strength from the low-res pass (causal)",
+    )
+    g.add_argument(
+        "--context-size",
+        type=_number(int, 1),
+        default=None,
+        help="long side in px of the low-res pass (default: the tile's long side)",
+    )
+    g.add_argument(
+        "--reference",
+        action="store_true",
+        help="also render the whole canvas in one pass and score every method against it",
+    )
+    g.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="diffusers SANA folder")
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    g.set_defaults(command_parser=g)
+    return parser
+
+
+_PLAN_FLAGS = (
+    (r"^(tile_width|The tile)", "--tile"),
+    (r"^tile_height", "--tile-height"),
+    (r"^width", "--width"),
+    (r"^height", "--height"),
+    (r"^overlap", "--overlap"),
+)
+
+
+def _plan(args: argparse.Namespace, compression: int) -> TilePlan:
+    tile_height = args.tile_height or args.tile
+    try:
+        return make_plan(
+            args.width, args.height, args.tile, tile_height, args.overlap, compression, args.order, args.seed
+        )
+    except PlanError as error:
+        message = str(error)
+        flag = next((f for pattern, f in _PLAN_FLAGS if re.match(pattern, message)), "--tile")
+        if flag == "--tile-height" and args.tile_height is None:
+            flag = "--tile"
+        raise CLIError(message, flag) from None
+
+
+# --- the job --------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A tqdm bar over tile-steps, fed by ``generate``'s ``progress(done, total)``."""
+
+    def __init__(self, label: str) -> None:
+        self.bar = tqdm(desc=f"{label:>14}", unit="step", file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _global_context(
+    args: argparse.Namespace,
+    model: LoadedModel,
+    plan: TilePlan,
+    conditioning: dict,
+    cache_config: BCLAConfig,
+    shift: float,
+    out: Path,
+) -> GlobalContext | None:
+    """The low-res pass (the whole scene in one model pass) and the context built from it."""
+    if not (args.context_skip or args.context_stats or args.context_seed):
+        return None
+    long_side = args.context_size or max(plan.tile_width_px, plan.tile_height_px)
+    height, width = guide_size(plan, long_side)
+    low = make_plan(width, height, width, height, 0, plan.compression)
+    bar = _Progress("low-res guide")
+    try:
+        guide = generate(
+            low, model.transformer, method="full", progress=bar, **conditioning, **_sampling(args, shift)
+        ).canvas
+    finally:
+        bar.close()
+    save_png(to_pil(model.decode(guide)), out / "guide.png")
+    seed_kwargs = {}
+    if args.context_seed > 0:
+        # The seed statistics are per-layer tensors: record them with a throw-away cache on the same
+        # model, generate() seeds its own cache with them.
+        cache = _BCLACache(cache_config, plan)
+        undo = install_bcla(model.transformer, cache)
+        seed_kwargs = {
+            "denoiser": CFGDenoiser(
+                model.transformer,
+                conditioning["prompt_embeds"],
+                conditioning["negative_embeds"],
+                args.cfg,
+                cache,
+            ),
+            "cache": cache,
+            "sigma": flow_sigmas(args.steps, shift)[:-1],
+            "seed": args.seed,
+        }
+    else:
+        undo = None
+    try:
+        return encode_global_context(
+            guide,
+            skip_residual=args.context_skip,
+            stats=args.context_stats,
+            bcla_seed=args.context_seed,
+            **seed_kwargs,
+        )
+    finally:
+        if undo is not None:
+            undo()
+
+
+def _sampling(args: argparse.Namespace, shift: float) -> dict:
+    return {"steps": args.steps, "cfg": args.cfg, "sampler": args.sampler, "shift": shift, "seed": args.seed}
+
+
+def _summary(reports: dict, seconds: dict[str, float]) -> str:
+    def fmt(value: float | None, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    lines = [
+        "| method | gradient ratio mean / worst | ΔE mean / worst | overlap PSNR dB | PSNR vs full dB "
+        "| time s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in reports.items():
+        lines.append(
+            f"| {name} | {r.gradient_ratio_mean:.3f} / {r.gradient_ratio_worst:.3f} | "
+            f"{r.delta_e_mean:.2f} / {r.delta_e_worst:.2f} | {fmt(r.overlap_psnr_mean, '.2f')} | "
+            f"{fmt(r.psnr, '.2f')} | {seconds[name]:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CLIError(f"unknown torch device {name!r}; use cpu, cuda or cuda:N", "--device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("CUDA is not available on this machine; use --device cpu", "--device")
+    return device
+
+
+def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
+    """Render every requested method into ``args.out``; returns the files written."""
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"'{out}' exists and is not a folder", "--out")
+    device = _device(args.device)
+    if args.method not in ("causal", "compare") and (
+        args.context_skip or args.context_stats or args.context_seed
+    ):
+        raise CLIError(f"global context is only used by the causal method, not {args.method!r}", "--method")
+    model = loader(args.model, device)
+    plan = _plan(args, model.compression)
+    out.mkdir(parents=True, exist_ok=True)
+    shift = args.shift if args.shift is not None else model.flow_shift
+    prompt_embeds = model.encode_prompt(args.prompt)
+    negative_embeds = model.encode_prompt(args.negative) if args.cfg != 1.0 else None
+    conditioning = {"prompt_embeds": prompt_embeds, "negative_embeds": negative_embeds}
+    cache_config = BCLAConfig(mode=args.bcla_mode, strength=args.bcla_strength, source=args.bcla_source)
+    methods = list(COMPARE) if args.method == "compare" else [args.method]
+    if args.reference and "full" not in methods:
+        methods.append("full")
+    print(
+        f"{model.name}: {plan.width_px}×{plan.height_px} px, {plan.cols}×{plan.rows} tiles of "
+        f"{plan.tile_width_px}×{plan.tile_height_px} px, {args.steps} steps, {', '.join(methods)}",
+        file=sys.stderr,
+    )
+    context = None
+    if "causal" in methods:
+        context = _global_context(args, model, plan, conditioning, cache_config, shift, out)
+    written = [out / "guide.png"] if context is not None else []
+    images: dict[str, Tensor] = {}
+    tiles: dict[str, Tensor] = {}
+    seconds: dict[str, float] = {}
+    for method in methods:
+        bar = _Progress(method)
+        start = time.perf_counter()
+        try:
+            result = generate(
+                plan,
+                model.transformer,
+                method=method,
+                cache_config=cache_config if method == "causal" else None,
+                context=context if method == "causal" else None,
+                progress=bar,
+                **conditioning,
+                **_sampling(args, shift),
+            )
+        finally:
+            bar.close()
+        images[method] = model.decode(result.canvas)
+        if method != "full":
+            tiles[method] = model.decode(result.tiles)
+        seconds[method] = time.perf_counter() - start
+        path = out / f"{method}.png"
+        save_png(to_pil(images[method]), path)
+        written.append(path)
+    if len(methods) > 1:
+        shown = {m: to_pil(images[m]) for m in methods}
+        save_png(compare_strip(shown), out / "compare.png")
+        written.append(out / "compare.png")
+    written += _write_metrics(plan, images, tiles, seconds, out)
+    for path in written:
+        print(path)
+    return written
+
+
+def _write_metrics(
+    plan: TilePlan, images: dict[str, Tensor], tiles: dict[str, Tensor], seconds: dict[str, float], out: Path
+) -> list[Path]:
+    """Seam metrics of every tiled method (vs the full pass when there is one), if metrics exist."""
+    try:
+        from .metrics import seam_report
+    except ImportError:
+        return []
+    reference = images.get("full")
+    reports = {
+        m: seam_report(images[m], plan, tiles=tiles[m], reference=reference) for m in images if m != "full"
+    }
+    if not reports:
+        return []
+    table = _summary(reports, seconds)
+    details = "\n\n".join(f"## {m}\n\n{r.to_markdown()}" for m, r in reports.items())
+    write_atomic(out / "metrics.md", f"# Seam metrics\n\n{table}\n\n{details}\n".encode())
+    payload = {m: {**r.to_dict(), "seconds": seconds[m]} for m, r in reports.items()}
+    write_atomic(out / "metrics.json", json.dumps(payload, indent=2).encode())
+    print(table)
+    return [out / "metrics.md", out / "metrics.json"]
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The pack's own errors: each says what to change, so they end the CLI without a traceback."""
+    from .bcla import BCLAError
+    from .context import ContextError
+    from .flow import FlowError
+    from .sampling import SamplingError
+
+    errors: list[type[BaseException]] = [PlanError, BCLAError, ContextError, FlowError, SamplingError]
+    with contextlib.suppress(ImportError):
+        from .sana import CheckpointError
+
+        errors.append(CheckpointError)
+    with contextlib.suppress(ImportError):
+        from .metrics import MetricsError
+
+        errors.append(MetricsError)
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None, *, loader: Loader = load_sana_folder) -> int:
+    """``python -m temporal_tiling``; ``loader`` is injectable so tests can run a tiny model."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: argparse.ArgumentParser = args.command_parser
+    try:
+        with torch.no_grad():
+            run_generate(args, loader)
+    except CLIError as error:
+        command.error(f"argument {error.flag}: {error}" if error.flag else str(error))
+    except _user_errors() as error:
+        command.error(str(error))
+    except OSError as error:  # unwritable --out, full disk: say so, no traceback
+        command.error(f"cannot write the output: {error}")
+    except KeyboardInterrupt:
+        print("\ninterrupted: no partial files were written", file=sys.stderr)
+        return 130
+    return 0

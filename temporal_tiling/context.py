@@ -1,0 +1,322 @@
+"""Global context for causal tiling: what a low-res pass of the whole scene tells every tile.
+
+Tiles see their neighbours through locking and BCLA, but nothing that says what the whole picture
+looks like. A low-res pass (image or latent of the same scene, any size with the canvas's aspect
+ratio) supplies that, three ways, combinable, each with its own strength:
+
+* ``skip_residual`` (DemoFusion's skip residual, seed 001): after every model call the tile's
+  predicted clean latent is pulled toward the guide crop, ``x0 += w(σ)·lowpass(guide - x0)`` with
+  ``w(σ) = strength·((1 - cos πσ)/2)^power``. That is DemoFusion's cosine decay
+  ``c = ((1 + cos(π(T - t)/T))/2)^α`` with the normalised time written as σ: full weight at pure
+  noise, zero at the end, so the guide fixes the layout early and the tile owns its detail late.
+  DemoFusion blends the noisy latent with the re-noised guide; blending the x0 prediction instead
+  is the same thing for a flow sampler (it keeps the noise estimate) and works for every ComfyUI
+  sampler through one post-CFG hook. Only the band the guide really carries is pulled: the
+  difference is low-passed with a Gaussian of σ = half the guide's upsampling factor, so a 4×
+  smaller guide shapes structure and colour and leaves finer texture alone.
+* ``stats`` (CMod/AdaIN, training-free): per batch element and channel, the tile's predicted
+  clean latent gets its mean and standard deviation moved toward the guide crop's by ``strength``.
+  Statistics are taken over the whole tile (a tile is the natural unit of drift; the guide crop
+  already varies across the canvas, so tile-level matching keeps lighting gradients). Only the
+  guide's band is aligned (the tile's low-passed part, same low-pass as above) and the finer
+  texture is added back untouched: a smooth upsampled guide says nothing about it, and matching the
+  full-band std to it would flatten the tile. The contrast gain is capped (``MAX_STATS_GAIN``).
+* ``bcla_seed`` (bottleneck attention to global tokens at O(D²), DehazeXL/seed 001): the model
+  runs once on the noised low-res guide while the BCLA cache records; those S, Z statistics seed
+  every tile's cache (``S_ctx = α·S_cache + β·S_seed``, β = strength; the cache owns the mixing).
+
+Zero strength everywhere gives ``x0_hook(...) is None`` and no seed, so sampling with such a context
+is bit-identical to sampling without one. The context is one explicit argument to the sampler
+(``sample_causal(..., context=ctx)``), never global state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
+from torch import Tensor
+
+from .plan import Tile, TilePlan
+
+X0Hook = Callable[[Tensor, Tensor], Tensor]
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+ASPECT_TOLERANCE = 0.1
+"""Largest relative aspect-ratio difference between guide and canvas (beyond one cell of rounding)."""
+
+MAX_STATS_GAIN = 10.0
+"""Cap on the contrast gain of ``stats``: a nearly flat early prediction is not blown up into
+amplified numerical noise (adding the guide's structure is ``skip_residual``'s job)."""
+
+
+class ContextError(ValueError):
+    """A global context that cannot be applied; the message says what to change."""
+
+
+def _check_strength(name: str, value: float, upper: float | None) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (upper is not None and value > upper):
+        bound = f"between 0 and {upper:g}" if upper is not None else "zero or positive"
+        raise ContextError(f"{name} strength must be {bound}, got {value!r}.")
+    return value
+
+
+def _check_guide(guide: Any) -> Tensor:
+    if not isinstance(guide, Tensor) or guide.ndim != 4:
+        shape = tuple(guide.shape) if isinstance(guide, Tensor) else type(guide).__name__
+        raise ContextError(f"The guide must be a latent of shape [B, C, h, w], got {shape}.")
+    if not guide.is_floating_point():
+        raise ContextError(f"The guide latent must be floating point, got {guide.dtype}.")
+    if min(guide.shape) == 0:
+        raise ContextError(f"The guide latent is empty (shape {tuple(guide.shape)}).")
+    if not torch.isfinite(guide).all():
+        raise ContextError("The guide latent contains NaN or infinite values; re-encode the low-res pass.")
+    return guide
+
+
+def resize_latent(latent: Tensor, height: int, width: int) -> Tensor:
+    """Antialiased bicubic resize (area-like when shrinking, smooth when enlarging)."""
+    if latent.shape[-2:] == (height, width):
+        return latent
+    resized = F.interpolate(latent.float(), size=(height, width), mode="bicubic", antialias=True)
+    return resized.to(latent.dtype)
+
+
+def lowpass(x: Tensor, scale: float) -> Tensor:
+    """Keep the band a guide upsampled by ``scale`` carries: Gaussian blur with σ = scale/2 cells."""
+    if scale <= 1.0:
+        return x
+    sigma = 0.5 * scale
+    size = 2 * math.ceil(3 * sigma) + 1
+    return gaussian_blur2d(x, (size, size), (sigma, sigma), border_type="replicate")
+
+
+def skip_weight(sigma: Tensor, strength: float, power: float) -> Tensor:
+    """DemoFusion's cosine decay in σ: ``strength·((1 - cos πσ)/2)^power`` (1 at σ=1, 0 at σ=0)."""
+    s = sigma.float().clamp(0.0, 1.0)
+    return strength * ((1.0 - torch.cos(math.pi * s)) / 2.0) ** power
+
+
+def _per_sample(sigma: Tensor | float, batch: int, device: torch.device) -> Tensor:
+    """σ as [B,1,1,1] whether it arrives as a float, a 0-d tensor, [1] or [B]."""
+    s = torch.as_tensor(sigma, dtype=torch.float32, device=device).reshape(-1)
+    if s.numel() not in (1, batch):
+        raise ContextError(f"sigma has {s.numel()} values for a batch of {batch}.")
+    return s.expand(batch).reshape(batch, 1, 1, 1)
+
+
+def _mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
+    return x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True, unbiased=False)
+
+
+def guide_size(plan: TilePlan, long_side: int) -> tuple[int, int]:
+    """(height, width) px of a low-res pass with the canvas's aspect ratio and ``long_side`` px on its
+    longer side, rounded to whole latent cells (the size to render or resize the guide image to)."""
+    c = plan.compression
+    if long_side < c:
+        raise ContextError(f"The low-res pass needs at least {c} px on its long side, got {long_side}.")
+    scale = long_side / max(plan.height_px, plan.width_px)
+    height, width = (max(1, math.floor(side * scale / c + 0.5)) for side in (plan.height_px, plan.width_px))
+    return height * c, width * c
+
+
+def guide_from_image(
+    image: Tensor, encode: Callable[[Tensor], Tensor], *, size: tuple[int, int] | None = None
+) -> Tensor:
+    """Encode a low-res image into a guide latent.
+
+    ``image`` is [B, 3, H, W] in [0, 1] (engine convention); ``encode`` maps such an image to the
+    model's latent (e.g. a VAE wrapper that scales to [-1, 1] and applies the latent scaling).
+    ``size`` = (height, width) px resizes first (antialiased) — e.g. ``guide_size(plan, 512)`` —
+    so a full-resolution photo becomes a cheap guide.
+    """
+    if not isinstance(image, Tensor) or image.ndim != 4 or image.shape[1] != 3:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ContextError(f"The guide image must be [B, 3, H, W] RGB, got {shape}.")
+    if not torch.isfinite(image).all():
+        raise ContextError("The guide image contains NaN or infinite pixels.")
+    if image.min() < -1e-3 or image.max() > 1 + 1e-3:
+        raise ContextError(
+            f"The guide image must be in [0, 1], got [{float(image.min()):.3g}, {float(image.max()):.3g}]."
+        )
+    if size is not None and tuple(image.shape[-2:]) != tuple(size):
+        image = F.interpolate(image.float(), size=size, mode="bicubic", antialias=True).clamp(0, 1)
+    with torch.no_grad():
+        return _check_guide(encode(image))
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalContext:
+    """A low-res guide and how strongly each global-context method uses it.
+
+    ``guide`` is a latent [B, C, h, w] of the whole scene (B = 1 or the canvas batch), any size with
+    the canvas's aspect ratio; it is resized to the canvas latent size (antialiased bicubic).
+    ``seed_stats`` is what ``BCLACache.record_seed()`` captured on the guide (``encode_global_context``).
+    """
+
+    guide: Tensor
+    skip_residual: float = 0.0
+    stats: float = 0.0
+    bcla_seed: float = 0.0
+    seed_stats: Any = None
+    skip_power: float = 3.0
+
+    def __post_init__(self) -> None:
+        _check_guide(self.guide)
+        object.__setattr__(self, "skip_residual", _check_strength("skip_residual", self.skip_residual, 1.0))
+        object.__setattr__(self, "stats", _check_strength("stats", self.stats, 1.0))
+        object.__setattr__(self, "bcla_seed", _check_strength("bcla_seed", self.bcla_seed, None))
+        power = float(self.skip_power)
+        if not math.isfinite(power) or power <= 0:
+            raise ContextError(f"skip_power must be positive (DemoFusion uses 3), got {self.skip_power!r}.")
+        object.__setattr__(self, "skip_power", power)
+        if self.bcla_seed > 0 and self.seed_stats is None:
+            raise ContextError(
+                "bcla_seed > 0 needs seed statistics; build the context with encode_global_context("
+                "..., denoiser=..., cache=...) or set bcla_seed=0."
+            )
+
+    @property
+    def seeds_cache(self) -> bool:
+        """Whether the sampler must call ``cache.seed(self.seed_stats, self.bcla_seed)`` before tile 0."""
+        return self.bcla_seed > 0 and self.seed_stats is not None
+
+    @property
+    def channels(self) -> int:
+        return self.guide.shape[1]
+
+    def check(self, plan: TilePlan, latent_shape: tuple[int, ...] | torch.Size | None = None) -> None:
+        """Refuse a guide that does not fit the canvas: aspect ratio, channels, batch."""
+        h, w = self.guide.shape[-2:]
+        H, W = plan.canvas_height, plan.canvas_width
+        # One guide cell of rounding is always allowed on top of the relative tolerance: tiny guides
+        # (a 4×2-cell latent) cannot hit the canvas's ratio exactly.
+        expected_w, expected_h = h * W / H, w * H / W
+        fits_w = abs(w - expected_w) <= max(1.0, ASPECT_TOLERANCE * expected_w)
+        fits_h = abs(h - expected_h) <= max(1.0, ASPECT_TOLERANCE * expected_h)
+        if not (fits_w or fits_h):
+            raise ContextError(
+                f"The guide's aspect ratio ({w}×{h} cells, {w / h:.3f}) is far from the canvas's "
+                f"({W}×{H} cells, {W / H:.3f}); render the low-res pass at the canvas's aspect ratio "
+                "(guide_size(plan, long_side))."
+            )
+        if latent_shape is None:
+            return
+        batch, channels = int(latent_shape[0]), int(latent_shape[1])
+        if channels != self.channels:
+            raise ContextError(
+                f"The guide latent has {self.channels} channels but the model's latent has {channels}; "
+                "encode the guide with the same model's VAE."
+            )
+        if self.guide.shape[0] not in (1, batch):
+            raise ContextError(
+                f"The guide has batch {self.guide.shape[0]} but the canvas batch is {batch}; "
+                "use one guide for all or one per canvas."
+            )
+
+    def guide_crop(self, tile: Tile, plan: TilePlan) -> Tensor:
+        """The guide resized to the canvas latent and cut to ``tile``: [B_guide, C, h, w]."""
+        canvas = resize_latent(self.guide, plan.canvas_height, plan.canvas_width)
+        return canvas[(..., *tile.slices)]
+
+    def upsampling(self, plan: TilePlan) -> float:
+        """How many canvas cells one guide cell spans (≤ 1: the guide has full detail)."""
+        h, w = self.guide.shape[-2:]
+        return max(plan.canvas_height / h, plan.canvas_width / w)
+
+    def x0_hook(self, tile: Tile, plan: TilePlan) -> X0Hook | None:
+        """The post-CFG x0 correction for ``tile``; None when it would do nothing (bit-identical path)."""
+        if self.skip_residual == 0 and self.stats == 0:
+            return None
+        self.check(plan)
+        crop = self.guide_crop(tile, plan).float()
+        scale = self.upsampling(plan)
+        skip, stats, power = self.skip_residual, self.stats, self.skip_power
+        guide_mean, guide_std = _mean_std(lowpass(crop, scale))
+
+        def hook(x0: Tensor, sigma: Tensor) -> Tensor:
+            self.check(plan, x0.shape)
+            if x0.shape[-2:] != crop.shape[-2:]:
+                raise ContextError(
+                    f"x0 has spatial size {tuple(x0.shape[-2:])} but tile {tile.index} is "
+                    f"{tile.height}×{tile.width} cells; the hook belongs to another plan."
+                )
+            out = x0.float()
+            g = crop.to(out.device)
+            if skip > 0:
+                weight = skip_weight(_per_sample(sigma, out.shape[0], out.device), skip, power)
+                out = out + weight * lowpass(g - out, scale)
+            if stats > 0:
+                low = lowpass(out, scale)
+                mean, std = _mean_std(low)
+                g_mean, g_std = guide_mean.to(out.device), guide_std.to(out.device)
+                target_mean = mean + stats * (g_mean - mean)
+                target_std = std + stats * (g_std - std)
+                gain = (target_std / std.clamp_min(1e-6)).clamp_max(MAX_STATS_GAIN)
+                out = (low - mean) * gain + target_mean + (out - low)
+            return out.to(x0.dtype)
+
+        return hook
+
+
+def encode_global_context(
+    guide: Tensor,
+    *,
+    skip_residual: float = 0.0,
+    stats: float = 0.0,
+    bcla_seed: float = 0.0,
+    denoiser: Denoiser | None = None,
+    cache: Any = None,
+    sigma: float | Sequence[float] | Tensor = 0.5,
+    seed: int = 0,
+    skip_power: float = 3.0,
+) -> GlobalContext:
+    """Build a :class:`GlobalContext`; for ``bcla_seed > 0`` run the model on the noised guide.
+
+    The seed pass noises the guide to ``sigma`` (flow matching: ``(1-σ)·guide + σ·ε``, ε seeded by
+    ``seed``) and calls ``denoiser`` inside ``cache.record_seed()``, so the low-res tokens' S, Z —
+    global "bottleneck" tokens, O(D²) whatever the guide size — become ``seed_stats``. ``denoiser``
+    must run the model with ``cache``'s processors installed (``install_bcla``) and CFG applied, as
+    for the tiles, so each CFG branch gets its own seed; the stats are plain per-layer tensors, so
+    any later cache of the same model can be seeded with them. One σ (0.5 keeps the guide's content
+    while staying inside the noise range the tiles' own statistics come from) is one model call;
+    a sequence — e.g. the sampling schedule without its final 0 — is one call each and gives a
+    synchronous cache a seed recorded at every noise level it reads (nearest level otherwise).
+    """
+    guide = _check_guide(guide)
+    seed_stats = None
+    if _check_strength("bcla_seed", bcla_seed, None) > 0:
+        if denoiser is None or cache is None:
+            raise ContextError(
+                "bcla_seed > 0 runs the model on the guide: pass denoiser= and cache= (a BCLA cache "
+                "installed on that model), or set bcla_seed=0."
+            )
+        levels = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).tolist()
+        if not levels or not all(0.0 < s <= 1.0 for s in levels):
+            raise ContextError(f"Seed-pass sigmas must lie in (0, 1], got {levels}.")
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        noise = torch.randn(guide.shape, generator=generator, dtype=torch.float32).to(guide)
+        with torch.no_grad(), cache.record_seed() as handle:
+            for level in levels:
+                sigmas = torch.full((guide.shape[0],), level, dtype=torch.float32, device=guide.device)
+                denoiser((1.0 - level) * guide + level * noise, sigmas)
+        seed_stats = handle.stats
+        if not seed_stats:
+            raise ContextError(
+                "The seed pass recorded no attention statistics; install the cache on the model "
+                "(install_bcla(transformer, cache)) and pass a denoiser that runs that model."
+            )
+    return GlobalContext(
+        guide=guide,
+        skip_residual=skip_residual,
+        stats=stats,
+        bcla_seed=bcla_seed,
+        seed_stats=seed_stats,
+        skip_power=skip_power,
+    )

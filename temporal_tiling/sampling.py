@@ -1,0 +1,295 @@
+"""Tile loops: causal (tiles one after another, earlier content locked), independent tiles,
+MultiDiffusion, and :func:`generate`, the one call that wires a SANA transformer into them.
+
+The loops only decide what each tile sees and where its result goes; how a tile is denoised is a
+:data:`DenoiseTile` callable (ComfyUI's samplers in the nodes, :func:`flow.sample_tile` here), so
+the same loop serves both. All tensors are batched: ``B`` canvases at once; tile batches are
+``[T*B, ...]`` tile-major (index ``t*B + b``), tiles in plan order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .flow import CFGDenoiser, Denoiser, flow_sigmas, sample_tile
+from .plan import Tile, TilePlan
+
+DEFAULT_LOCK_FEATHER = 2
+"""Cells of known content, next to the lock edge, that the new tile may still blend into."""
+
+CLEAN_SIGMA = 1e-3
+"""Noise level of the clean re-encoding pass (BCLA ``source = "clean"``): a finished tile, near t = 0."""
+
+METHODS = ("causal", "independent", "multidiffusion", "full")
+
+X0Hook = Callable[[Tensor, Tensor], Tensor]
+TileCallback = Callable[[int, int], None]
+"""``(tile index, tile count)``, called as each tile starts; it may raise to cancel."""
+
+
+class SamplingError(ValueError):
+    """Inputs that do not fit the plan or each other; the message says what to change."""
+
+
+@dataclass
+class TileJob:
+    """Everything one tile's sampler needs; the crops are views of canvas-sized tensors."""
+
+    tile: Tile
+    noise: Tensor
+    """[B,C,h,w] this tile's crop of the one seeded canvas noise."""
+    latent: Tensor
+    """[B,C,h,w] known content: the canvas so far in locked cells, the input latent elsewhere."""
+    denoise_mask: Tensor
+    """[1,1,h,w] in [0, 1], ComfyUI's convention: 1 = generate, 0 = keep ``latent``."""
+    x0_hook: X0Hook | None = None
+    """Applied to the post-CFG clean prediction after every model call (global context)."""
+
+
+DenoiseTile = Callable[[TileJob], Tensor]
+"""Returns the finished clean tile latent [B,C,h,w]."""
+
+
+@dataclass
+class CanvasResult:
+    canvas: Tensor
+    """[B,C,H,W] the stitched latent canvas."""
+    tiles: Tensor
+    """[T*B,C,h,w] each tile's own finished latent, tile-major, in plan order (unblended)."""
+
+
+def lock_mask(plan: TilePlan, index: int, feather: int = DEFAULT_LOCK_FEATHER) -> Tensor:
+    """Denoise mask [1,1,h,w] of tile ``index``: 1 on new cells, 0 deep inside the known overlap.
+
+    Feather profile: a known cell at chessboard distance ``d`` from the nearest new cell gets
+    ``max(0, 1 - d / (feather + 1))``, a linear ramp over ``feather`` cells that rises toward the
+    tile's new area (``feather = 0``: hard lock). Known cells in the ramp keep some of their content
+    and let the new tile blend into them, so the lock edge is not a hard step.
+    """
+    if feather < 0:
+        raise SamplingError(f"lock_feather must be ≥ 0 cells, got {feather}.")
+    new = (~plan.known_mask(index)).float()[None, None]
+    total, grown = new, new
+    for _ in range(feather):
+        grown = F.max_pool2d(grown, 3, stride=1, padding=1)
+        total = total + grown
+    return total / (feather + 1)
+
+
+def _start_canvas(plan: TilePlan, noise: Tensor, latent: Tensor | None) -> Tensor:
+    """The canvas before any tile: the input latent (img2img) or zeros (ComfyUI's empty latent)."""
+    expected = (plan.canvas_height, plan.canvas_width)
+    if noise.ndim != 4 or tuple(noise.shape[-2:]) != expected:
+        raise SamplingError(
+            f"noise has shape {tuple(noise.shape)} but the plan's canvas is {expected[0]}×{expected[1]} "
+            "latent cells; make the noise [B, C, H, W] for this plan."
+        )
+    if latent is None:
+        return torch.zeros_like(noise)
+    if latent.shape[1:] != noise.shape[1:] or latent.shape[0] not in (1, noise.shape[0]):
+        raise SamplingError(
+            f"latent {tuple(latent.shape)} does not match the noise {tuple(noise.shape)}; give a latent "
+            "of the plan's canvas size with the model's latent channels."
+        )
+    return latent.to(noise).expand_as(noise).clone()
+
+
+def sample_causal(
+    plan: TilePlan,
+    noise: Tensor,
+    denoise_tile: DenoiseTile,
+    *,
+    latent: Tensor | None = None,
+    cache: Any = None,
+    lock_feather: int = DEFAULT_LOCK_FEATHER,
+    context: Any = None,
+    on_tile: TileCallback | None = None,
+    reencode: Callable[[Tensor], None] | None = None,
+) -> CanvasResult:
+    """Tiles one after another in plan order, each locked to what the earlier ones produced.
+
+    The known cells of a tile (``plan.known_mask``, feathered by :func:`lock_mask`) are inpainted
+    the way ComfyUI does: re-noised with the same canvas noise at every step. A finished tile is
+    written whole into the canvas: its sampler already returns the known content in mask-0 cells
+    and the feathered blend in the ramp, so this equals "new cells plus the blend across the
+    feather". ``cache`` (BCLACache) is told where each tile starts and ends; with
+    ``cache.needs_clean_pass`` the finished tile is re-encoded by ``reencode`` (one denoiser call
+    near σ = 0, owned by whoever owns the denoiser) while ``cache.clean_pass()`` is open.
+    ``context`` (GlobalContext) gives each tile an x0 hook and, with ``bcla_seed``, seeds the cache
+    before the first tile.
+    """
+    canvas = _start_canvas(plan, noise, latent)
+    if cache is not None and cache.needs_clean_pass and reencode is None:
+        raise SamplingError("The BCLA cache uses source='clean'; pass reencode= or use source='synchronous'.")
+    if cache is not None:
+        cache.reset()
+    if context is not None and context.seeds_cache:
+        if cache is None:
+            raise SamplingError("The global context has a BCLA seed (bcla_seed > 0); pass a cache too.")
+        cache.seed(context.seed_stats, context.bcla_seed)
+    finished = []
+    for tile in plan.tiles:
+        if on_tile is not None:
+            on_tile(tile.index, len(plan))
+        rows, cols = tile.slices
+        mask = lock_mask(plan, tile.index, lock_feather).to(canvas)
+        hook = context.x0_hook(tile, plan) if context is not None else None
+        job = TileJob(tile, noise[..., rows, cols], canvas[..., rows, cols].clone(), mask, hook)
+        if cache is not None:
+            cache.begin_tile(tile, ~plan.known_mask(tile.index))
+        out = denoise_tile(job)
+        if cache is not None:
+            if cache.needs_clean_pass:
+                with cache.clean_pass():
+                    reencode(out)
+            cache.end_tile()
+        canvas[..., rows, cols] = out
+        finished.append(out)
+    return CanvasResult(canvas, torch.cat(finished))
+
+
+def sample_independent(
+    plan: TilePlan,
+    noise: Tensor,
+    denoise_tile: DenoiseTile,
+    *,
+    latent: Tensor | None = None,
+    on_tile: TileCallback | None = None,
+) -> CanvasResult:
+    """The "independent tiles" baseline: no lock, no cache; overlapping cells are averaged."""
+    start = _start_canvas(plan, noise, latent)
+    total = torch.zeros_like(start)
+    generate_all = noise.new_ones(1, 1, plan.tile_height, plan.tile_width)
+    finished = []
+    for tile in plan.tiles:
+        if on_tile is not None:
+            on_tile(tile.index, len(plan))
+        rows, cols = tile.slices
+        out = denoise_tile(TileJob(tile, noise[..., rows, cols], start[..., rows, cols], generate_all))
+        total[..., rows, cols] += out
+        finished.append(out)
+    return CanvasResult(total / plan.coverage().to(total), torch.cat(finished))
+
+
+def multidiffusion_denoiser(
+    plan: TilePlan, denoiser: Denoiser, on_tile: TileCallback | None = None
+) -> Denoiser:
+    """MultiDiffusion: the canvas prediction is every tile's x0 averaged per cell by coverage.
+
+    Any sampler then runs over the whole canvas ``[B,C,H,W]``; the model only ever sees tiles.
+    """
+    coverage = plan.coverage()
+
+    def model(x: Tensor, sigma: Tensor) -> Tensor:
+        total = torch.zeros_like(x)
+        for tile in plan.tiles:
+            if on_tile is not None:
+                on_tile(tile.index, len(plan))
+            rows, cols = tile.slices
+            total[..., rows, cols] += denoiser(x[..., rows, cols], sigma)
+        return total / coverage.to(total)
+
+    return model
+
+
+def canvas_noise(seed: int, shape: tuple[int, ...]) -> Tensor:
+    """The one seeded canvas noise, drawn on CPU like ComfyUI's prepare_noise (device independent)."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+
+
+def _tile_crops(plan: TilePlan, canvas: Tensor) -> Tensor:
+    return torch.cat([canvas[..., t.slices[0], t.slices[1]] for t in plan.tiles])
+
+
+def generate(
+    plan: TilePlan,
+    transformer: torch.nn.Module,
+    prompt_embeds: Tensor,
+    negative_embeds: Tensor | None,
+    *,
+    method: str = "causal",
+    steps: int = 20,
+    cfg: float = 4.5,
+    sampler: str = "euler",
+    shift: float = 3.0,
+    seed: int = 0,
+    cache_config: Any = None,
+    context: Any = None,
+    latent: Tensor | None = None,
+    denoise: float = 1.0,
+    lock_feather: int = DEFAULT_LOCK_FEATHER,
+    progress: Callable[[int, int], None] | None = None,
+) -> CanvasResult:
+    """Generate a latent canvas with a diffusers SanaTransformer2DModel.
+
+    ``method``: ``causal`` (BCLA cache from ``cache_config`` if given), ``independent``,
+    ``multidiffusion`` or ``full`` (one pass over the whole canvas, the no-tiling reference).
+    ``progress(done, total)`` counts tile-steps (one tile through one model step; ``full``: steps)
+    and may raise to cancel. The batch is the prompt batch (or the latent's, for img2img).
+    """
+    if method not in METHODS:
+        raise SamplingError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if denoise < 1 and latent is None:
+        raise SamplingError(f"denoise = {denoise} needs an input latent; pass latent= or use denoise=1.0.")
+    if context is not None and method != "causal":
+        raise SamplingError(f"A global context is only used by method='causal', not {method!r}.")
+    device = next(transformer.parameters()).device
+    batch = prompt_embeds.shape[0] if latent is None else latent.shape[0]
+    shape = (batch, transformer.config.in_channels, plan.canvas_height, plan.canvas_width)
+    noise = canvas_noise(seed, shape).to(device)
+    latent = None if latent is None else latent.to(device, noise.dtype)
+    sigmas = flow_sigmas(steps, shift, denoise)
+    tile_count = 1 if method == "full" else len(plan)
+    total = (len(sigmas) - 1) * tile_count
+    done = 0
+
+    def tick(*_: object) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    cache, undo = None, None
+    if method == "causal" and cache_config is not None:
+        from .bcla import BCLACache, install_bcla
+
+        cache = BCLACache(cache_config, plan)
+        undo = install_bcla(transformer, cache)
+    try:
+        negative = None if negative_embeds is None else negative_embeds.to(device)
+        denoiser = CFGDenoiser(transformer, prompt_embeds.to(device), negative, cfg, cache)
+
+        def denoise_tile(job: TileJob) -> Tensor:
+            return sample_tile(denoiser, job, sigmas, sampler, tick)
+
+        with torch.no_grad():
+            if method == "causal":
+                return sample_causal(
+                    plan,
+                    noise,
+                    denoise_tile,
+                    latent=latent,
+                    cache=cache,
+                    lock_feather=lock_feather,
+                    context=context,
+                    reencode=lambda x0: denoiser(x0, x0.new_full((x0.shape[0],), CLEAN_SIGMA)),
+                )
+            if method == "independent":
+                return sample_independent(plan, noise, denoise_tile, latent=latent)
+            whole = Tile(0, 0, 0, 0, 0, plan.canvas_height, plan.canvas_width, ())
+            start = _start_canvas(plan, noise, latent)
+            job = TileJob(whole, noise, start, noise.new_ones(1, 1, *shape[-2:]))
+            if method == "full":
+                canvas = sample_tile(denoiser, job, sigmas, sampler, tick)
+            else:
+                canvas = sample_tile(multidiffusion_denoiser(plan, denoiser, tick), job, sigmas, sampler)
+            return CanvasResult(canvas, _tile_crops(plan, canvas))
+    finally:
+        if undo is not None:
+            undo()

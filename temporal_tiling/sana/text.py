@@ -1,0 +1,125 @@
+"""SANA's text conditioning: Gemma-2 hidden states of the prompt behind SANA's complex human instruction.
+
+Mirrors diffusers' SanaPipeline exactly (same template, same 300-token budget, same token selection):
+prompt lower-cased and stripped, the instruction prepended, right padding to
+`len(instruction tokens) + 300 - 2`, Gemma-2's last hidden state, then the first token plus the last 299
+positions (the prompt after the template) with their attention mask. The template and budget are read from
+diffusers' SanaPipeline defaults, so they stay in step with diffusers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+from diffusers import SanaPipeline
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .checkpoint import CheckpointError
+
+_PIPELINE_DEFAULTS = inspect.signature(SanaPipeline.__call__).parameters
+COMPLEX_HUMAN_INSTRUCTION: tuple[str, ...] = tuple(_PIPELINE_DEFAULTS["complex_human_instruction"].default)
+MAX_SEQUENCE_LENGTH: int = _PIPELINE_DEFAULTS["max_sequence_length"].default
+INSTRUCTION_MODES = ("auto", "always", "never")
+
+
+class SanaTextEncoder(torch.nn.Module):
+    """Gemma-2 decoder + tokenizer producing SANA's `encoder_hidden_states` and `encoder_attention_mask`.
+
+    `instruction`: 'always' prepends the complex human instruction (SanaPipeline's positive prompt),
+    'never' encodes the bare text (SanaPipeline's negative prompt), 'auto' does the first for non-empty
+    prompts and the second for empty ones, which is what SanaPipeline does with its default negative ''.
+    """
+
+    def __init__(
+        self,
+        text_model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+        instruction: str = "auto",
+    ) -> None:
+        super().__init__()
+        if instruction not in INSTRUCTION_MODES:
+            raise ValueError(f"instruction must be one of {INSTRUCTION_MODES}, got '{instruction}'.")
+        self.text_model = text_model
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "right"
+        self.max_sequence_length = max_sequence_length
+        self.instruction = instruction
+        self._template = "\n".join(COMPLEX_HUMAN_INSTRUCTION)
+        self._template_tokens = len(tokenizer.encode(self._template))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.text_model.config.hidden_size)
+
+    def uses_instruction(self, prompt: str) -> bool:
+        return self.instruction == "always" or (self.instruction == "auto" and bool(prompt.strip()))
+
+    def tokenize(self, prompt: str) -> dict[str, torch.Tensor]:
+        """Token ids [1, L] and attention mask [1, L] of one prompt, template included when it applies."""
+        text = prompt.lower().strip()
+        length = self.max_sequence_length
+        if self.uses_instruction(prompt):
+            text = self._template + text
+            length = self._template_tokens + self.max_sequence_length - 2
+        tokens = self.tokenizer(
+            [text],
+            padding="max_length",
+            max_length=length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        return {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
+
+    @torch.no_grad()
+    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states [1, 300, D] and mask [1, 300] of the tokens after the template (plus BOS)."""
+        device = next(self.text_model.parameters()).device
+        ids = tokens["input_ids"].to(device)
+        mask = tokens["attention_mask"].to(device)
+        hidden = self.text_model(ids, attention_mask=mask)[0]
+        select = [0, *range(-self.max_sequence_length + 1, 0)]
+        return hidden[:, select], mask[:, select]
+
+    def encode(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch of prompts -> (embeds [B, 300, D], mask [B, 300])."""
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        pairs = [self.encode_tokens(self.tokenize(p)) for p in prompts]
+        return torch.cat([e for e, _ in pairs]), torch.cat([m for _, m in pairs])
+
+
+def _find(folder: Path, sub: str, marker: str) -> Path | None:
+    for candidate in (folder / sub, folder):
+        if (candidate / marker).is_file():
+            return candidate
+    return None
+
+
+def load_text_encoder(
+    folder: str | Path, dtype: torch.dtype | None = None, instruction: str = "auto"
+) -> SanaTextEncoder:
+    """Gemma-2 text encoder + tokenizer from a diffusers SANA folder (text_encoder/, tokenizer/) or a
+    transformers folder holding both (e.g. gemma-2-2b-it). Only local files are read."""
+    folder = Path(folder)
+    model_dir = _find(folder, "text_encoder", "config.json")
+    tokenizer_dir = _find(folder, "tokenizer", "tokenizer_config.json")
+    if model_dir is None:
+        raise CheckpointError(
+            f"No text encoder in '{folder}': expected text_encoder/config.json (diffusers SANA folder) or a "
+            "Gemma-2 folder with config.json. Put SANA's Gemma-2 (gemma-2-2b-it) into models/text_encoders."
+        )
+    if tokenizer_dir is None:
+        raise CheckpointError(
+            f"No tokenizer in '{folder}': expected tokenizer/tokenizer_config.json next to the text encoder."
+        )
+    try:
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"Cannot load the text encoder in '{folder}': {exc}") from exc
+    if dtype is not None:
+        model = model.to(dtype)
+    return SanaTextEncoder(model.eval().requires_grad_(False), tokenizer, instruction=instruction)

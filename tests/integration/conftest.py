@@ -1,0 +1,107 @@
+"""Integration tier: the pack inside a real ComfyUI.
+
+Runs when COMFYUI_PATH points at a ComfyUI checkout and pytest runs with that ComfyUI's Python
+(e.g. `COMFYUI_PATH=~/comfyui ~/comfyui/.venv/bin/python -m pytest tests/integration`); every test here is
+skipped with the reason otherwise. Tiny models with the real key layouts are written into a temporary model
+folder that ComfyUI is told about (folder_paths in-process, --base-directory for the server).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from sana_comfy import PACK_ROOT, TINY_VARIANTS, ComfyServer
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+HERE = Path(__file__).resolve().parent
+SKIP_REASON = (
+    "COMFYUI_PATH is not set: point it at a ComfyUI checkout and run pytest with that ComfyUI's Python "
+    "to run the integration tests"
+)
+
+if COMFYUI_PATH:
+    # ComfyUI's own top-level modules (nodes, folder_paths, comfy) must win over the pack's `nodes/`.
+    sys.path.insert(0, str(Path(COMFYUI_PATH).expanduser().resolve()))
+
+
+def pytest_collection_modifyitems(config, items):
+    if COMFYUI_PATH:
+        return
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """ComfyUI imported as a library on the CPU (args set before model_management picks a device)."""
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import comfy.model_management  # noqa: F401
+    import folder_paths
+
+    return types.SimpleNamespace(args=args, folder_paths=folder_paths)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """A ComfyUI base directory with tiny SANA parts in models/: a diffusers pipeline folder, original-layout
+    single files of several variants, a separate VAE folder and text encoder folder, and a non-SANA file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from temporal_tiling.sana import fixtures
+
+    base = tmp_path_factory.mktemp("comfy_base")
+    models = base / "models"
+    for kind in ("checkpoints", "diffusion_models", "vae", "text_encoders"):
+        (models / kind).mkdir(parents=True)
+    fixtures.write_pipeline_folder(models / "checkpoints" / "tiny_sana_diffusers")
+    pipeline = models / "checkpoints" / "tiny_sana_diffusers"
+    # separate parts, as users keep them: DC-AE folder in vae/, Gemma-2 folder in text_encoders/
+    (models / "vae" / "tiny_dcae").symlink_to(pipeline / "vae", target_is_directory=True)
+    text = models / "text_encoders" / "tiny_gemma2"
+    text.mkdir()
+    for part in ("text_encoder", "tokenizer"):
+        (text / part).symlink_to(pipeline / part, target_is_directory=True)
+    for name, kwargs in TINY_VARIANTS.items():
+        sd = fixtures.original_state_dict(64, 2, grid=4, caption_channels=32, in_channels=8, **kwargs)
+        if name.endswith(".pth"):
+            torch.save({"state_dict": sd}, models / "diffusion_models" / name)
+        else:
+            save_file(sd, models / "checkpoints" / name)
+    wrong = fixtures.original_state_dict(64, 2, grid=4, caption_channels=32, in_channels=16)
+    save_file(wrong, models / "checkpoints" / "tiny_sana_16ch.safetensors")
+    save_file(
+        {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)},
+        models / "checkpoints" / "sd15.safetensors",
+    )
+    (models / "checkpoints" / "truncated_sana.safetensors").write_bytes(
+        (models / "checkpoints" / "tiny_sana_1k.safetensors").read_bytes()[:2000]
+    )
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "sana_temporal_tiling").symlink_to(PACK_ROOT, target_is_directory=True)
+    return base
+
+
+@pytest.fixture(scope="session")
+def registered(comfy, models_dir):
+    """The temporary model folders registered with ComfyUI's folder_paths (in-process)."""
+    for kind in ("checkpoints", "diffusion_models", "vae", "text_encoders"):
+        comfy.folder_paths.add_model_folder_path(kind, str(models_dir / "models" / kind), is_default=True)
+    return models_dir
+
+
+@pytest.fixture(scope="session")
+def server(models_dir, tmp_path_factory):
+    comfy_server = ComfyServer(
+        Path(COMFYUI_PATH).expanduser(), models_dir, tmp_path_factory.mktemp("logs") / "comfyui.log"
+    )
+    yield comfy_server
+    comfy_server.stop()

@@ -1,0 +1,215 @@
+"""The front-end extension in a real browser: headless Chromium (Debian's package) opens ComfyUI's UI with
+the pack loaded, loads workflow (a) and the Tile Planner node shows the plan, redrawn when a widget changes.
+
+Driven through the Chrome DevTools Protocol with aiohttp (ComfyUI's own dependency). The workflow then runs
+from the browser (the embedded model, or the tiny test model before it is built) and Quality Metrics shows its
+numbers on the node. The last screenshot is kept at $SANA_SCREENSHOT (e.g. docs/tile_planner.png) if set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from sana_comfy import PACK_ROOT
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+WINDOW = (1600, 1000)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    f"--window-size={WINDOW[0]},{WINDOW[1]}",
+    "--remote-debugging-port=0",
+]
+
+EMBEDDED = "seamlab-sana (embedded)"
+TINY = "tiny_sana_diffusers/"
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
+)
+
+
+class DevTools:
+    """Minimal CDP client: one page, commands awaited by id, console errors and exceptions collected."""
+
+    def __init__(self, socket) -> None:
+        self.socket = socket
+        self.next_id = 0
+        self.errors: list[str] = []
+
+    async def send(self, method: str, **params) -> dict:
+        self.next_id += 1
+        await self.socket.send_json({"id": self.next_id, "method": method, "params": params})
+        while True:
+            message = json.loads((await self.socket.receive()).data)
+            if message.get("method") == "Runtime.exceptionThrown":
+                self.errors.append(json.dumps(message["params"]["exceptionDetails"])[:500])
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+
+    async def evaluate(self, expression: str):
+        result = await self.send(
+            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]}: {json.dumps(result['exceptionDetails'])[:800]}")
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if await self.evaluate(expression):
+                    return
+            except RuntimeError:
+                pass
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"browser: {expression} stayed false for {timeout} s")
+
+    async def screenshot(self):
+        from PIL import Image
+
+        data = (await self.send("Page.captureScreenshot", format="png"))["data"]
+        return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+
+
+def _colourful(image, box) -> int:
+    """Pixels inside ``box`` with clearly saturated colour (the plan's tile outlines and numbers)."""
+    import numpy as np
+
+    hsv = np.asarray(image.crop(box).convert("HSV"))
+    return int(((hsv[..., 1] > 120) & (hsv[..., 2] > 120)).sum())
+
+
+PLANNER = "app.graph.nodes.find(n => n.type === 'SanaTilePlanner')"
+METRICS = "app.graph.nodes.find(n => n.type === 'SanaTileMetrics')"
+
+
+def _set_widgets(node: str, values: dict) -> str:
+    """JS that sets widgets of ``node`` and redraws the canvas."""
+    sets = "".join(
+        f"n.widgets.find(w => w.name === {json.dumps(k)}).value = {json.dumps(v)};" for k, v in values.items()
+    )
+    redraw = "app.canvas.setDirty(true, true); app.canvas.draw(true, true);"
+    return f"(() => {{ const n = {node}; {sets} {redraw} return 1; }})()"
+
+
+async def _session(url: str, port_file: Path) -> dict:
+    """Load workflow (a), screenshot the planner as loaded, after a widget change, with an impossible plan,
+    then run the workflow from the browser and screenshot the planner and the metrics node."""
+    import aiohttp
+
+    deadline = time.monotonic() + 60
+    while not port_file.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    port = int(port_file.read_text().split()[0])
+    async with aiohttp.ClientSession() as http:
+        targets = await (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
+        page = next(t for t in targets if t["type"] == "page")
+        async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as socket:
+            tools = DevTools(socket)
+            await tools.send("Runtime.enable")
+            await tools.send("Page.enable")
+            await tools.send("Page.navigate", url=url)
+            await tools.wait_for("!!(window.app && window.app.graph && window.app.canvas)")
+            await tools.wait_for("!!LiteGraph.registered_node_types['SanaTilePlanner']")
+            workflow = (PACK_ROOT / "workflows" / "txt2img_temporal_tiling.json").read_text()
+            await tools.evaluate(f"app.loadGraphData({workflow}).then(() => true)")
+            await asyncio.sleep(1.0)
+            await tools.evaluate(
+                "document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click()); 1"
+            )
+            box = await tools.evaluate(
+                f"""(() => {{
+                  const node = {PLANNER};
+                  const ds = app.canvas.ds;
+                  ds.scale = 1.0;
+                  ds.offset = [-node.pos[0] + 40, -node.pos[1] + 40];
+                  app.canvas.setDirty(true, true); app.canvas.draw(true, true);
+                  const x = (node.pos[0] + ds.offset[0]) * ds.scale;
+                  const y = (node.pos[1] + ds.offset[1]) * ds.scale;
+                  const rect = app.canvas.canvas.getBoundingClientRect();
+                  return [rect.left + x, rect.top + y, rect.left + x + node.size[0] * ds.scale,
+                          rect.top + y + node.size[1] * ds.scale];
+                }})()"""
+            )
+            preview_box = (int(box[0]), int(box[3] - 210), int(box[2]), int(box[3]))
+            await asyncio.sleep(1.0)
+            shots = {"box": preview_box, "before": await tools.screenshot()}
+            await tools.evaluate(_set_widgets(PLANNER, {"tile_width": 256, "overlap": 64}))
+            await asyncio.sleep(1.0)
+            shots["after"] = await tools.screenshot()
+            await tools.evaluate(_set_widgets(PLANNER, {"overlap": 512}))
+            await asyncio.sleep(1.0)
+            shots["invalid"] = await tools.screenshot()
+            await tools.evaluate(_set_widgets(PLANNER, {"tile_width": 128, "overlap": 32}))
+            choices = await tools.evaluate(
+                "app.graph.nodes.find(n => n.type === 'SanaCheckpointLoader')"
+                ".widgets.find(w => w.name === 'ckpt_name').options.values"
+            )
+            if EMBEDDED not in choices:  # a fresh checkout before the model is built: the tiny test model
+                await tools.evaluate(
+                    _set_widgets(
+                        "app.graph.nodes.find(n => n.type === 'SanaCheckpointLoader')", {"ckpt_name": TINY}
+                    )
+                )
+                await tools.evaluate(
+                    _set_widgets("app.graph.nodes.find(n => n.type === 'SanaCausalSampler')", {"steps": 2})
+                )
+            await tools.evaluate("app.queuePrompt(0, 1).then(() => true)")
+            await tools.wait_for(f"!!({METRICS}.sanaReport && {PLANNER}.sanaExecutedPlan)", timeout=600)
+            await asyncio.sleep(1.0)
+            shots["ran"] = await tools.screenshot()
+            shots["report"] = await tools.evaluate(f"{METRICS}.sanaReport")
+            shots["errors"] = tools.errors
+            return shots
+
+
+def test_tile_planner_draws_the_plan_live_and_metrics_show_on_the_node(server):
+    profile = Path(tempfile.mkdtemp(prefix="sana-chromium-"))
+    browser = subprocess.Popen(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        shots = asyncio.run(_session(server.url, profile / "DevToolsActivePort"))
+    finally:
+        browser.terminate()
+        browser.wait(timeout=30)
+        shutil.rmtree(profile, ignore_errors=True)
+    out = os.environ.get("SANA_SCREENSHOT")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        shots["ran"].save(out)
+    assert [e for e in shots["errors"] if "tile_plan_preview" in e] == []
+    box = shots["box"]
+    drawn = _colourful(shots["before"], box)
+    assert drawn > 500, f"no plan drawn on the Tile Planner ({drawn} coloured px)"
+    import numpy as np
+
+    difference = np.abs(
+        np.asarray(shots["after"].crop(box), float) - np.asarray(shots["before"].crop(box), float)
+    )
+    assert difference.mean() > 1.0, "the plan did not follow the widgets"
+    assert _colourful(shots["invalid"], box) < drawn / 2, "an impossible plan still draws tiles"
+    assert _colourful(shots["ran"], box) > 500, "the plan vanished after the run"
+    assert any(line.startswith("gradient ratio") for line in shots["report"]), shots["report"]

@@ -1,0 +1,317 @@
+"""The pack's graph nodes inside ComfyUI (in-process, tiny SANA with the real layout): planner, BCLA Cache,
+Causal SANA Sampler (every mode, sampler and scheduler, denoise < 1, progress, previews, interrupt), global
+context, split/blend and metrics, as ComfyUI's executor calls them (``execute`` / ``validate_inputs``)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from sana_comfy import pack_module
+
+torch.set_num_threads(1)
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def nodes(registered):
+    """The pack's node modules, imported as ComfyUI imports the pack."""
+    names = ("loaders", "planner", "bcla_cache", "sampler", "context", "tiles", "metrics")
+    return types.SimpleNamespace(**{name: pack_module(f"nodes.{name}") for name in names})
+
+
+@pytest.fixture(scope="module")
+def parts(nodes):
+    loaders = nodes.loaders
+    return loaders.SanaCheckpointLoader.execute(
+        "tiny_sana_diffusers/", loaders.FROM_CHECKPOINT, loaders.FROM_CHECKPOINT, "default", "auto"
+    ).result
+
+
+@pytest.fixture(scope="module")
+def conds(parts):
+    import nodes as comfy_nodes
+
+    _, clip, _ = parts
+    encode = comfy_nodes.CLIPTextEncode()
+    return encode.encode(clip, "a blue to pink sky")[0], encode.encode(clip, "")[0]
+
+
+@pytest.fixture(scope="module")
+def plan(nodes, parts):
+    """6×4 tiles of 4×4 latent cells with 1 cell overlap would be slow; 3×2 tiles of 4 cells, overlap 1."""
+    _, _, vae = parts
+    c = vae.spacial_compression_encode()
+    out = nodes.planner.SanaTilePlanner.execute(
+        10 * c, 7 * c, 4 * c, 4 * c, c, "raster", 0, c, "manual", vae=vae
+    )
+    return out.result[0]
+
+
+def _sample(nodes, model, conds, plan, **overrides):
+    settings = dict(
+        seed=3,
+        steps=STEPS,
+        cfg=3.0,
+        sampler_name="euler",
+        scheduler="simple",
+        denoise=1.0,
+        mode="causal",
+        lock_feather=1,
+        batch_size=1,
+    )
+    settings.update(overrides)
+    positive, negative = conds
+    canvas, tiles = nodes.sampler.SanaCausalSampler.execute(
+        model, positive, negative, plan, **settings
+    ).result
+    return canvas["samples"], tiles["samples"]
+
+
+def _bcla(nodes, model, mode="cumulative", strength=1.0, source="synchronous"):
+    return nodes.bcla_cache.SanaBCLACache.execute(model, mode, strength, source, 0.5, True).result[0]
+
+
+# --- Tile Planner --------------------------------------------------------------------------------
+def test_planner_reads_compression_from_vae_and_size_from_inputs(nodes, parts, plan):
+    _, _, vae = parts
+    c = vae.spacial_compression_encode()
+    assert (plan.compression, plan.canvas_width, plan.canvas_height, plan.rows, plan.cols) == (c, 10, 7, 2, 3)
+    latent = {"samples": torch.zeros(1, 8, 8, 12)}
+    plan2, preview = nodes.planner.SanaTilePlanner.execute(
+        1, 1, 4 * c, 4 * c, 0, "spiral", 0, 32, "manual", latent=latent, vae=vae
+    ).result
+    assert (plan2.canvas_height, plan2.canvas_width, plan2.order) == (8, 12, "spiral")
+    assert preview.shape[0] == 1 and preview.shape[-1] == 3 and float(preview.max()) <= 1.0
+    odd = torch.zeros(1, 10 * c + 1, 12 * c, 3)
+    with pytest.raises(ValueError, match=f"scale it to {12 * c}×{10 * c} px"):
+        nodes.planner.SanaTilePlanner.execute(
+            1, 1, 4 * c, 4 * c, 0, "raster", 0, 32, "manual", image=odd, vae=vae
+        )
+
+
+def test_planner_auto_tile_size_uses_model_memory_estimate(nodes, parts):
+    model, _, vae = parts
+    c = vae.spacial_compression_encode()
+    out = nodes.planner.SanaTilePlanner.execute(
+        64 * c, 32 * c, c, c, 0, "raster", 0, c, "auto", vae=vae, model=model
+    )
+    plan = out.result[0]
+    native = model.get_model_object("diffusion_model").config.sample_size
+    assert plan.tile_height == min(native, 32) and plan.tile_width == min(native, 64)
+
+
+@pytest.mark.parametrize(
+    ("widgets", "links", "message"),
+    [
+        ((256, 256, 512, 256, 64, 32, "manual"), {}, "larger than the canvas"),
+        ((512, 512, 256, 256, 256, 32, "manual"), {}, "must be smaller than the tile"),
+        ((500, 512, 256, 256, 64, 32, "manual"), {}, "not a multiple of the VAE's compression factor 32"),
+        ((500, 512, 256, 256, 64, 32, "manual"), {"vae": "VAE"}, None),
+        ((512, 512, 256, 256, 64, 32, "auto"), {}, "needs the model input connected"),
+        ((512, 512, 256, 256, 64, 32, "manual"), {"image": "LATENT"}, "image expects IMAGE"),
+        ((None, 512, 256, 256, 64, 32, "manual"), {}, None),  # width turned into an input: checked at run
+        ((None, 512, 1024, 256, 256, 32, "manual"), {}, "must be smaller than the tile"),
+    ],
+)
+def test_planner_validation_messages(nodes, widgets, links, message):
+    result = nodes.planner.SanaTilePlanner.validate_inputs(*widgets, input_types=links)
+    if message is None:
+        assert result is True
+    else:
+        assert isinstance(result, str) and message in result
+
+
+# --- BCLA Cache --------------------------------------------------------------------------------------
+def test_bcla_cache_patches_a_clone_and_leaves_the_input_model_untouched(nodes, parts):
+    model, _, _ = parts
+    before = (dict(model.model_options.get("transformer_options", {})), dict(model.object_patches))
+    patched = _bcla(nodes, model, "neighbors", 0.5)
+    assert patched is not model
+    config = nodes.bcla_cache.bcla_config(patched)
+    assert (config.mode, config.strength) == ("neighbors", 0.5)
+    assert nodes.bcla_cache.bcla_config(model) is None
+    assert (dict(model.model_options.get("transformer_options", {})), dict(model.object_patches)) == before
+
+
+def test_bcla_cache_refuses_a_model_without_sana_linear_attention(nodes):
+    import comfy.model_patcher
+
+    base = torch.nn.Module()
+    base.diffusion_model = torch.nn.Linear(2, 2)  # e.g. a UNet: no SANA linear attention to patch
+    foreign = comfy.model_patcher.ModelPatcher(base, "cpu", "cpu")
+    with pytest.raises(ValueError, match="SANA linear attention"):
+        _bcla(nodes, foreign)
+    assert "choose one of" in nodes.bcla_cache.SanaBCLACache.validate_inputs(
+        "everything", "synchronous", 1.0, 0.5
+    )
+
+
+# --- Causal SANA Sampler -----------------------------------------------------------------------------
+def test_modes_give_canvas_and_uniform_tiles(nodes, parts, conds, plan):
+    model, _, _ = parts
+    results = {
+        mode: _sample(nodes, model, conds, plan, mode=mode)
+        for mode in ("causal", "independent", "multidiffusion")
+    }
+    for canvas, tiles in results.values():
+        assert canvas.shape == (1, 8, plan.canvas_height, plan.canvas_width) and torch.isfinite(canvas).all()
+        assert (
+            tiles.shape == (len(plan), 8, plan.tile_height, plan.tile_width) and torch.isfinite(tiles).all()
+        )
+    causal, independent = results["causal"][1], results["independent"][1]
+    assert torch.equal(causal[0], independent[0])  # the first tile has nothing to lock to
+    assert not torch.equal(causal[1], independent[1])  # later tiles are locked to the first
+    # causal: the finished canvas holds each tile's final content where the tile was last written
+    last = plan.tiles[-1]
+    assert torch.equal(results["causal"][0][0, :, last.slices[0], last.slices[1]], causal[-1])
+
+
+def test_bcla_cache_changes_later_tiles_only(nodes, parts, conds, plan):
+    model, _, _ = parts
+    plain = _sample(nodes, model, conds, plan)[1]
+    for mode, source in (
+        ("cumulative", "synchronous"),
+        ("neighbors", "synchronous"),
+        ("cumulative", "clean"),
+    ):
+        shared = _sample(nodes, _bcla(nodes, model, mode, 2.0, source), conds, plan)[1]
+        assert torch.equal(shared[0], plain[0]), mode  # empty cache: bit-identical first tile
+        assert not torch.allclose(shared[1:], plain[1:]), mode
+    off = _sample(nodes, _bcla(nodes, model, "off"), conds, plan)[1]
+    assert torch.equal(off, plain)
+
+
+def test_every_sampler_and_scheduler_runs(nodes, parts, conds, plan):
+    import comfy.samplers
+
+    model = _bcla(nodes, parts[0])
+    small = pack_module("temporal_tiling.plan").make_plan(
+        6 * plan.compression,
+        4 * plan.compression,
+        4 * plan.compression,
+        4 * plan.compression,
+        plan.compression,
+        plan.compression,
+    )
+    failures = {}
+    for sampler_name in comfy.samplers.KSampler.SAMPLERS:
+        canvas, _ = _sample(nodes, model, conds, small, steps=2, sampler_name=sampler_name)
+        if not torch.isfinite(canvas).all():
+            failures[sampler_name] = "non-finite"
+    for scheduler in comfy.samplers.KSampler.SCHEDULERS:
+        canvas, _ = _sample(nodes, model, conds, small, steps=2, scheduler=scheduler)
+        if not torch.isfinite(canvas).all():
+            failures[scheduler] = "non-finite"
+    assert failures == {}
+
+
+def test_denoise_below_one_refines_the_input_latent(nodes, parts, conds, plan):
+    model, _, _ = parts
+    source = torch.randn(
+        1, 8, plan.canvas_height, plan.canvas_width, generator=torch.Generator().manual_seed(1)
+    )
+    light = _sample(nodes, model, conds, plan, denoise=0.2, latent_image={"samples": source})[0]
+    strong = _sample(nodes, model, conds, plan, denoise=0.9, latent_image={"samples": source})[0]
+    assert (light - source).abs().mean() < 0.7 * (strong - source).abs().mean()
+    message = nodes.sampler.SanaCausalSampler.validate_inputs(0.5, "causal", {})
+    assert "connect latent_image" in message
+    wrong = {"samples": torch.zeros(1, 8, plan.canvas_height + 1, plan.canvas_width)}
+    with pytest.raises(ValueError, match="Tile Planner"):
+        _sample(nodes, model, conds, plan, denoise=0.5, latent_image=wrong)
+
+
+def test_progress_counts_tiles_times_steps_with_canvas_previews(nodes, parts, conds, plan, monkeypatch):
+    import comfy.utils
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.Latent2RGB)
+    seen = []
+    monkeypatch.setattr(
+        comfy.utils,
+        "PROGRESS_BAR_HOOK",
+        lambda value, total, preview, node_id=None: seen.append((value, total, preview)),
+    )
+    _sample(nodes, parts[0], conds, plan)
+    total = len(plan) * STEPS
+    assert [v for v, _, _ in seen] == list(range(1, total + 1)) and {t for _, t, _ in seen} == {total}
+    previews = [p for _, _, p in seen if p is not None]
+    assert len(previews) == total
+    width, height = previews[-1][1].size
+    assert width / height == pytest.approx(plan.canvas_width / plan.canvas_height, rel=0.05)  # whole canvas
+
+
+def test_interrupt_is_honoured_within_a_tile(nodes, parts, conds, plan):
+    import comfy.model_management
+
+    model = parts[0].clone()
+    calls = []
+
+    def interrupt_after_two(apply_model, args):
+        calls.append(1)
+        if len(calls) == 2:
+            comfy.model_management.interrupt_current_processing(True)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model.set_model_unet_function_wrapper(interrupt_after_two)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            _sample(nodes, model, conds, plan, steps=20)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert len(calls) == 2  # stopped before the third model call of the first tile
+
+
+# --- Global context ----------------------------------------------------------------------------------
+def test_global_context_guides_the_tiles(nodes, parts, conds, plan):
+    model = parts[0]
+    guide = {"samples": torch.randn(1, 8, 4, 6, generator=torch.Generator().manual_seed(5))}
+    context = nodes.context.SanaGlobalContext
+    assert "exactly one guide" in context.validate_inputs({})
+    assert context.validate_inputs({"latent": "LATENT"}) is True
+    spec = context.execute(1.0, 1.0, 0.0, 3.0, 0.5, 0, 0, latent=guide).result[0]
+    plain = _sample(nodes, model, conds, plan)[0]
+    guided = _sample(nodes, model, conds, plan, global_context=spec)[0]
+    assert not torch.allclose(plain, guided)
+    seeded_spec = context.execute(0.0, 0.0, 1.0, 3.0, 0.5, 0, 0, latent=guide).result[0]
+    with pytest.raises(ValueError, match="BCLA Cache"):
+        _sample(nodes, model, conds, plan, global_context=seeded_spec)
+    seeded = _sample(nodes, _bcla(nodes, model), conds, plan, global_context=seeded_spec)[1]
+    unseeded = _sample(nodes, _bcla(nodes, model), conds, plan)[1]
+    assert not torch.allclose(seeded[0], unseeded[0])  # the seed reaches even the first tile
+    assert "mode = causal" in nodes.sampler.SanaCausalSampler.validate_inputs(
+        1.0, "multidiffusion", {"global_context": "GLOBAL_CONTEXT"}
+    )
+
+
+def test_global_context_encodes_an_image_with_the_vae(nodes, parts, plan):
+    _, _, vae = parts
+    image = torch.rand(1, 30, 45, 3)
+    spec = nodes.context.SanaGlobalContext.execute(
+        0.5, 0.0, 0.0, 3.0, 0.5, 0, 32, image=image, vae=vae
+    ).result[0]
+    c = vae.spacial_compression_encode()
+    assert spec.guide.shape == (1, 8, round(30 * 32 / 45 / c), round(32 / c))
+
+
+# --- Split / blend / metrics -------------------------------------------------------------------------
+def test_split_blend_roundtrip_and_metrics_report(nodes, plan, tmp_path, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
+    image = torch.rand(1, plan.height_px, plan.width_px, 3, generator=torch.Generator().manual_seed(0))
+    tiles = nodes.tiles.SanaTileSplit.execute(plan, image=image).result[0]
+    assert tiles.shape == (len(plan), plan.tile_height_px, plan.tile_width_px, 3)
+    for method in ("none", "feather", "laplacian", "poisson"):
+        out = nodes.tiles.SanaSeamBlender.execute(tiles, plan, method, "cosine", "none").result[0]
+        assert torch.allclose(out, image, atol=1e-4), method
+    assert "reference input connected" in nodes.tiles.SanaSeamBlender.validate_inputs("reference", {})
+    result = nodes.metrics.SanaTileMetrics.execute(image, plan, "sana/report", tiles=tiles)
+    report, ratio, delta_e, psnr, heatmap = result.result
+    assert "gradient ratio" in report and psnr == pytest.approx(100.0)  # identical overlaps: capped PSNR
+    assert heatmap.shape == image.shape and ratio > 0 and delta_e >= 0
+    saved = list((tmp_path / "sana").glob("report_*_.json"))
+    assert len(saved) == 1 and "report" in saved[0].read_text()
+    assert result.ui["text"][0].startswith("| metric") and not list(tmp_path.rglob(".tmp_*"))

@@ -1,0 +1,182 @@
+"""The quick-start CLI on a tiny random SANA transformer: files, compare strip, metrics, errors, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import SanaTransformer2DModel
+from PIL import Image
+
+from temporal_tiling import cli
+
+COMPRESSION = 8
+# 64×32 px canvas, 32 px tiles with 8 px overlap: 3 × 2 tiles of 4×4 latent cells.
+BASE = ["generate", "--prompt", "one sun over a red sky", "--width", "64", "--height", "40", "--tile", "32",
+        "--overlap", "8", "--steps", "2", "--cfg", "2.0"]  # fmt: skip
+
+
+def tiny_loader(folder: Path, device: torch.device) -> cli.LoadedModel:
+    torch.manual_seed(0)
+    transformer = SanaTransformer2DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=2,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=16,
+        sample_size=8,
+        patch_size=1,
+    ).eval()
+
+    def encode_prompt(prompt: str) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(zlib.crc32(prompt.encode()))
+        return torch.randn(
+            1, 3 + len(prompt.split()), 16, generator=generator
+        )  # lengths differ like real ones
+
+    def decode(latent: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(F.interpolate(latent[:, :3], scale_factor=COMPRESSION, mode="bilinear"))
+
+    return cli.LoadedModel(transformer, encode_prompt, decode, COMPRESSION, 3.0, "tiny")
+
+
+def run(argv: list[str], loader=tiny_loader) -> int:
+    torch.set_num_threads(1)
+    return cli.main(argv, loader=loader)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.suffix == ".tmp")
+
+
+def test_causal_writes_one_png_of_the_canvas_size(tmp_path: Path, capsys) -> None:
+    assert run([*BASE, "--method", "causal", "--out", str(tmp_path)]) == 0
+    with Image.open(tmp_path / "causal.png") as image:
+        assert image.size == (64, 40) and image.mode == "RGB"
+    assert (tmp_path / "metrics.md").is_file()
+    assert leftovers(tmp_path) == []
+    err = capsys.readouterr().err
+    assert "causal" in err and "12/12" in err  # tqdm: 6 tiles × 2 steps
+
+
+def test_compare_writes_each_method_a_strip_and_the_metrics(tmp_path: Path, capsys) -> None:
+    assert run([*BASE, "--method", "compare", "--reference", "--out", str(tmp_path)]) == 0
+    for name in ("independent", "multidiffusion", "causal", "full"):
+        with Image.open(tmp_path / f"{name}.png") as image:
+            assert image.size == (64, 40)
+    with Image.open(tmp_path / "compare.png") as strip:
+        assert strip.size == (64, 4 * (40 + 16))  # wide canvas: panels stacked, 16 px label each
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {"independent", "multidiffusion", "causal"}
+    for report in metrics.values():
+        assert report["gradient_ratio_mean"] > 0 and report["psnr"] is not None and report["seconds"] > 0
+    # Independent tiles disagree in their overlaps; causal tiles copy the locked content there.
+    assert metrics["causal"]["overlap_psnr_mean"] > metrics["independent"]["overlap_psnr_mean"]
+    table = (tmp_path / "metrics.md").read_text()
+    assert "| independent |" in table and "| causal |" in table
+    assert "| causal |" in capsys.readouterr().out
+    assert leftovers(tmp_path) == []
+
+
+def test_global_context_flags_render_a_guide(tmp_path: Path) -> None:
+    argv = [
+        *BASE,
+        "--context-skip",
+        "0.5",
+        "--context-stats",
+        "0.5",
+        "--context-seed",
+        "1.0",
+        "--out",
+        str(tmp_path),
+    ]
+    assert run(argv) == 0
+    with Image.open(tmp_path / "guide.png") as guide:
+        assert guide.size == (32, 24)  # the tile's long side, canvas aspect rounded to whole cells
+    assert (tmp_path / "causal.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag", "message"),
+    [
+        (["--tile", "30"], "--tile", "multiple of the VAE's compression factor 8"),
+        (["--tile", "128"], "--tile", "larger than the canvas"),
+        (["--overlap", "32"], "--overlap", "must be smaller than the tile"),
+        (["--width", "60"], "--width", "multiple"),
+        (["--steps", "0"], "--steps", "must be >= 1"),
+        (["--cfg", "nan"], "--cfg", "must be > 0"),
+        (["--context-stats", "2"], "--context-stats", "must be <= 1"),
+        (["--method", "magic"], "--method", "invalid choice"),
+        (["--device", "warp9"], "--device", "unknown torch device"),
+        (["--method", "independent", "--context-skip", "0.5"], "--method", "only used by the causal method"),
+    ],
+)
+def test_bad_flags_end_with_an_argparse_error_naming_the_flag(
+    tmp_path: Path, capsys, flags: list[str], flag: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run([*BASE, *flags, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_missing_embedded_model_says_so(tmp_path: Path, capsys, monkeypatch) -> None:
+    missing = tmp_path / "embedded" / "seamlab-sana"
+    monkeypatch.setattr(cli, "EMBEDDED_MODEL", missing)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*BASE, "--model", str(missing), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --model: the embedded model is missing" in err and "temporal_tiling.train build" in err
+
+
+def test_not_a_model_folder(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([*BASE, "--model", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "is not a diffusers SANA folder" in capsys.readouterr().err
+
+
+def test_interrupt_leaves_no_partial_file(tmp_path: Path, capsys, monkeypatch) -> None:
+    def interrupted_fsync(fd: int) -> None:
+        assert next(tmp_path.glob(".independent.png.*.tmp")).stat().st_size > 0  # half-way through
+        raise KeyboardInterrupt  # Ctrl-C while the first PNG is being written
+
+    monkeypatch.setattr(os, "fsync", interrupted_fsync)
+    assert run([*BASE, "--method", "independent", "--out", str(tmp_path)]) == 130
+    assert list(tmp_path.iterdir()) == []
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_write_atomic_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "a.png"
+    cli.write_atomic(target, b"first")
+    cli.write_atomic(target, b"second")
+    assert target.read_bytes() == b"second" and leftovers(tmp_path) == []
+    mask = os.umask(0o022)
+    try:
+        cli.write_atomic(target, b"third")
+    finally:
+        os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+
+
+def test_module_entry_point_prints_help(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["python -m temporal_tiling", "generate", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("temporal_tiling", run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--method" in out and "compare" in out and "--context-seed" in out

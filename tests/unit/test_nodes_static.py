@@ -1,0 +1,332 @@
+"""The node pack without ComfyUI: schemas read statically from nodes/*.py, shipped workflows checked
+against them, and the browser's tile-plan geometry (js/) checked against the engine's make_plan."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from temporal_tiling.plan import make_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+NODES = ROOT / "nodes"
+WORKFLOWS = ROOT / "workflows"
+CATEGORY = "sana/temporal tiling"
+
+DISPLAY_NAMES = {
+    "SanaTilePlanner": "Tile Planner",
+    "SanaBCLACache": "BCLA Cache",
+    "SanaGlobalContext": "Global Context Encoder",
+    "SanaCausalSampler": "Causal SANA Sampler",
+    "SanaTileSplit": "Split Into Tiles",
+    "SanaSeamBlender": "Seam Blender",
+    "SanaTileMetrics": "Quality Metrics",
+}
+WORKFLOW_NAMES = ("txt2img_temporal_tiling", "upscale_split_img2img_blend", "compare_methods")
+
+SOCKETS = {
+    "Int": "INT",
+    "Float": "FLOAT",
+    "String": "STRING",
+    "Boolean": "BOOLEAN",
+    "Combo": "COMBO",
+    "Image": "IMAGE",
+    "Latent": "LATENT",
+    "Model": "MODEL",
+    "Vae": "VAE",
+    "Clip": "CLIP",
+    "Conditioning": "CONDITIONING",
+    "Mask": "MASK",
+    "TilePlanSocket": "TILE_PLAN",
+    "GlobalContextSocket": "GLOBAL_CONTEXT",
+}
+WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+# Stock ComfyUI (v0.3.64) nodes the workflows use: inputs (name -> type) and output types.
+CORE = {
+    "CLIPTextEncode": ({"text": "STRING", "clip": "CLIP"}, ["CONDITIONING"]),
+    "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, ["IMAGE"]),
+    "VAEDecodeTiled": (
+        {
+            "samples": "LATENT",
+            "vae": "VAE",
+            "tile_size": "INT",
+            "overlap": "INT",
+            "temporal_size": "INT",
+            "temporal_overlap": "INT",
+        },
+        ["IMAGE"],
+    ),
+    "VAEEncode": ({"pixels": "IMAGE", "vae": "VAE"}, ["LATENT"]),
+    "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, []),
+    "PreviewImage": ({"images": "IMAGE"}, []),
+    "LoadImage": ({"image": "COMBO"}, ["IMAGE", "MASK"]),
+    "ImageScale": (
+        {"image": "IMAGE", "upscale_method": "COMBO", "width": "INT", "height": "INT", "crop": "COMBO"},
+        ["IMAGE"],
+    ),
+    "KSampler": (
+        {
+            "model": "MODEL",
+            "seed": "INT",
+            "steps": "INT",
+            "cfg": "FLOAT",
+            "sampler_name": "COMBO",
+            "scheduler": "COMBO",
+            "positive": "CONDITIONING",
+            "negative": "CONDITIONING",
+            "latent_image": "LATENT",
+            "denoise": "FLOAT",
+        },
+        ["LATENT"],
+    ),
+    "Note": ({}, []),
+}
+
+
+# --- static schema reading -------------------------------------------------------------------------
+def _socket(call: ast.Call) -> str | None:
+    """`io.Int.Input(...)` / `TilePlanSocket.Output(...)` -> socket type, else None."""
+    func = call.func
+    if not isinstance(func, ast.Attribute) or func.attr not in ("Input", "Output"):
+        return None
+    owner = func.value
+    name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", None)
+    return SOCKETS.get(name)
+
+
+def _kw(call: ast.Call, name: str):
+    for keyword in call.keywords:
+        if keyword.arg == name:
+            return keyword.value
+    return None
+
+
+def _const(node) -> object:
+    return node.value if isinstance(node, ast.Constant) else None
+
+
+def _name_or_const(node) -> object:
+    """A constant's value, or the name of the module constant it refers to."""
+    return node.id if isinstance(node, ast.Name) else _const(node)
+
+
+def _entry(call: ast.Call) -> dict:
+    first = call.args[0] if call.args else _kw(call, "id")
+    return {
+        "name": _const(first),
+        "display_name": _const(_kw(call, "display_name")),
+        "type": _socket(call),
+        "optional": _const(_kw(call, "optional")) is True,
+        "tooltip": _kw(call, "tooltip") is not None,
+        "control_after_generate": _const(_kw(call, "control_after_generate")) is True,
+    }
+
+
+def read_schemas() -> dict[str, dict]:
+    """node_id -> {display_name, category, inputs, outputs, module} from every io.Schema(...) in nodes/."""
+    schemas: dict[str, dict] = {}
+    for path in sorted(NODES.glob("*.py")):
+        for call in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "Schema"):
+                continue
+            node_id = _const(_kw(call, "node_id"))
+            inputs = [_entry(c) for c in getattr(_kw(call, "inputs"), "elts", [])]
+            outputs = [
+                _entry(c) for c in getattr(_kw(call, "outputs"), "elts", []) if isinstance(c, ast.Call)
+            ]
+            schemas[node_id] = {
+                "display_name": _const(_kw(call, "display_name")),
+                "category": _name_or_const(_kw(call, "category")),
+                "inputs": inputs,
+                "outputs": outputs,
+                "module": path.stem,
+            }
+    return schemas
+
+
+SCHEMAS = read_schemas()
+
+
+def _signature(node_type: str) -> tuple[dict[str, str], list[str]]:
+    if node_type in CORE:
+        return CORE[node_type]
+    schema = SCHEMAS[node_type]
+    return {i["name"]: i["type"] for i in schema["inputs"]}, [o["type"] for o in schema["outputs"]]
+
+
+def _widget_names(node_type: str) -> list[str]:
+    """Widget order of a node in UI format (a seed with control_after_generate adds one value)."""
+    if node_type in CORE:
+        return [n for n, t in CORE[node_type][0].items() if t in WIDGETS]
+    names = []
+    for i in SCHEMAS[node_type]["inputs"]:
+        if i["type"] in WIDGETS:
+            names.append(i["name"])
+            if i["control_after_generate"] or (i["type"] == "INT" and i["name"] in ("seed", "noise_seed")):
+                names.append(f"{i['name']}:control_after_generate")
+    return names
+
+
+# --- schema tests ----------------------------------------------------------------------------------
+def test_node_ids_display_names_and_category():
+    ours = {k: v for k, v in SCHEMAS.items() if k in DISPLAY_NAMES}
+    assert {k: v["display_name"] for k, v in ours.items()} == DISPLAY_NAMES
+    assert {v["category"] for v in ours.values()} <= {"CATEGORY", CATEGORY}
+    assert f'CATEGORY = "{CATEGORY}"' in (NODES / "common.py").read_text()
+
+
+def test_every_input_and_output_has_a_tooltip():
+    missing = [
+        f"{node_id}.{entry['name'] or entry['display_name']}"
+        for node_id, schema in SCHEMAS.items()
+        if node_id in DISPLAY_NAMES
+        for entry in schema["inputs"] + schema["outputs"]
+        if not entry["tooltip"]
+    ]
+    assert missing == []
+    assert all(entry["type"] for s in SCHEMAS.values() for entry in s["inputs"] + s["outputs"])
+
+
+def test_package_registers_every_module_with_nodes():
+    """nodes/__init__.py gathers the NODES list of every module that defines one."""
+    with_nodes = {
+        path.stem
+        for path in NODES.glob("*.py")
+        if path.stem != "__init__"
+        and any(
+            any(
+                getattr(t, "id", None) == "NODES" for t in getattr(n, "targets", [getattr(n, "target", None)])
+            )
+            for n in ast.parse(path.read_text()).body
+        )
+    }
+    package = ast.parse((NODES / "__init__.py").read_text())
+    relative = [n for n in ast.walk(package) if isinstance(n, ast.ImportFrom) and n.level == 1]
+    imported = {alias.name for n in relative for alias in n.names}
+    assigns = [n for n in ast.walk(package) if isinstance(n, ast.Assign)]
+    listed = next(n.value for n in assigns if getattr(n.targets[0], "id", "") == "modules")
+    assert with_nodes >= {"loaders", "planner", "bcla_cache", "context", "sampler", "tiles", "metrics"}
+    assert with_nodes <= imported
+    assert with_nodes == {e.id for e in listed.elts}
+
+
+# --- workflows -------------------------------------------------------------------------------------
+def _load(name: str) -> tuple[dict, dict]:
+    return (
+        json.loads((WORKFLOWS / f"{name}.json").read_text()),
+        json.loads((WORKFLOWS / f"{name}_api.json").read_text()),
+    )
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_ui_workflow_uses_existing_nodes_and_consistent_links(name):
+    ui, _ = _load(name)
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    for node in nodes.values():
+        assert node["type"] in CORE or node["type"] in SCHEMAS, f"unknown node type {node['type']}"
+    seen = set()
+    for link_id, source, slot, target, target_slot, socket in ui["links"]:
+        assert link_id not in seen
+        seen.add(link_id)
+        src, dst = nodes[source], nodes[target]
+        out, inp = src["outputs"][slot], dst["inputs"][target_slot]
+        assert link_id in out["links"] and inp["link"] == link_id
+        assert out["type"] == inp["type"] == socket
+        inputs, outputs = _signature(dst["type"]), _signature(src["type"])
+        assert inputs[0][inp["name"]] == socket, f"{dst['type']}.{inp['name']} is not {socket}"
+        assert outputs[1][slot] == socket
+    # Every declared link appears in the links table, and every required socket input is connected.
+    for node in nodes.values():
+        for inp in node.get("inputs", []):
+            assert inp.get("link") is None or inp["link"] in seen
+        for out in node.get("outputs", []):
+            assert all(link in seen for link in out.get("links") or [])
+        if node["type"] in SCHEMAS:
+            connected = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
+            required = {
+                i["name"]
+                for i in SCHEMAS[node["type"]]["inputs"]
+                if not i["optional"] and i["type"] not in WIDGETS
+            }
+            assert required <= connected, f"{node['type']} misses {required - connected}"
+            assert len(node["widgets_values"]) == len(_widget_names(node["type"]))
+    assert ui["last_link_id"] >= max(seen) and ui["last_node_id"] >= max(nodes)
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_api_workflow_agrees_with_ui_workflow(name):
+    ui, api = _load(name)
+    nodes = {str(n["id"]): n for n in ui["nodes"] if n["type"] != "Note"}
+    assert set(api) == set(nodes)
+    links = {link[0]: link for link in ui["links"]}
+    for node_id, node in nodes.items():
+        entry = api[node_id]
+        assert entry["class_type"] == node["type"]
+        for inp in node.get("inputs", []):
+            if inp.get("link") is not None:
+                _, source, slot, *_ = links[inp["link"]]
+                assert entry["inputs"][inp["name"]] == [str(source), slot], f"{node_id}.{inp['name']}"
+        if node["type"] in SCHEMAS:
+            names = _widget_names(node["type"])
+            widgets = dict(zip(names, node["widgets_values"], strict=True))
+            for key, value in entry["inputs"].items():
+                if not isinstance(value, list):
+                    assert widgets[key] == value, f"{node_id}.{key}: UI {widgets[key]!r} != API {value!r}"
+            assert {k for k in names if ":" not in k} <= set(entry["inputs"])
+
+
+def test_workflows_use_the_embedded_model():
+    for name in WORKFLOW_NAMES:
+        _, api = _load(name)
+        loaders = [n for n in api.values() if n["class_type"] == "SanaCheckpointLoader"]
+        assert loaders, f"{name} loads no SANA model"
+        assert all("embedded" in json.dumps(n["inputs"]).lower() for n in loaders)
+
+
+# --- the browser's plan geometry ----------------------------------------------------------------
+CONFIGS = [
+    (2048, 1024, 1024, 1024, 256, 32, "raster"),
+    (2048, 1536, 1024, 768, 128, 32, "serpentine"),
+    (1280, 1280, 512, 512, 128, 32, "spiral"),
+    (640, 384, 128, 128, 32, 8, "center_out"),
+    (512, 256, 512, 256, 0, 8, "raster"),
+    (1000, 512, 512, 512, 128, 8, "raster"),
+    (2048, 1024, 1024, 1024, 1024, 32, "raster"),
+    (512, 512, 1024, 512, 64, 32, "raster"),
+]
+
+
+def _js_plans(configs) -> list[dict]:
+    source = (ROOT / "js" / "tile_plan_preview.js").read_text()
+    body = "\n".join(line for line in source.splitlines() if not line.startswith("import "))
+    call = "([width, height, tileWidth, tileHeight, overlap, compression, order]) => planFromWidgets("
+    call += "{width, height, tileWidth, tileHeight, overlap, compression, order})"
+    script = (
+        f"const app = {{ registerExtension() {{}} }};\n{body}\nconst configs = {json.dumps(configs)};\n"
+        f"console.log(JSON.stringify(configs.map({call})));"
+    )
+    done = subprocess.run(
+        ["node", "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node (JavaScript runtime) is not installed")
+def test_browser_plan_matches_make_plan():
+    for config, js in zip(CONFIGS, _js_plans(CONFIGS), strict=True):
+        width, height, tw, th, overlap, c, order = config
+        try:
+            plan = make_plan(width, height, tw, th, overlap, c, order)
+        except ValueError:
+            assert "error" in js, f"{config}: the browser draws a plan the engine refuses"
+            continue
+        assert "error" not in js, f"{config}: {js.get('error')}"
+        expected = [[t.x * c, t.y * c, t.width * c, t.height * c] for t in plan.tiles]
+        assert js["tiles"] == expected, config
+        assert (js["width"], js["height"]) == (plan.width_px, plan.height_px)

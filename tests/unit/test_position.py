@@ -1,0 +1,152 @@
+"""Canvas sin-cos PE: a tile gets the crop of the whole canvas' embedding, and undo restores stock."""
+
+import torch
+from diffusers import SanaTransformer2DModel
+from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed
+from diffusers.models.transformers.transformer_sana_video import SanaVideoTransformer3DModel
+
+from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
+from temporal_tiling.plan import make_plan
+from temporal_tiling.position import has_sincos_pos_embed
+
+torch.set_num_threads(1)
+
+
+def tiny_sana_2k(**overrides) -> SanaTransformer2DModel:
+    torch.manual_seed(0)
+    config = dict(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=1,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=16,
+        sample_size=8,
+        patch_size=1,
+        interpolation_scale=2,
+    )
+    return SanaTransformer2DModel(**{**config, **overrides}).eval()
+
+
+def manual_tile_embedding(embed: PatchEmbed, x, plan, tile):
+    """proj(x) + crop of get_2d_sincos_pos_embed on the whole canvas patch grid."""
+    p = embed.patch_size
+    grid = (plan.canvas_height // p, plan.canvas_width // p)
+    dim, base, scale = embed.pos_embed.shape[-1], embed.base_size, embed.interpolation_scale
+    canvas = get_2d_sincos_pos_embed(dim, grid, base_size=base, interpolation_scale=scale).float()
+    rows = slice(tile.y // p, (tile.y + tile.height) // p)
+    cols = slice(tile.x // p, (tile.x + tile.width) // p)
+    crop = canvas.reshape(*grid, -1)[rows, cols]
+    with torch.no_grad():
+        latent = embed.proj(x).flatten(2).transpose(1, 2)
+    return latent + crop.reshape(1, -1, crop.shape[-1])
+
+
+def test_tile_gets_the_canvas_pe_crop_and_undo_restores_stock():
+    model = tiny_sana_2k()
+    embed = model.patch_embed
+    assert has_sincos_pos_embed(model)
+    plan = make_plan(40, 24, 8, 8, 2, 1)  # non-square canvas: 24 × 40 cells
+    tile = next(t for t in plan.tiles if t.y > 0 and t.x > 0)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        stock = embed(x)
+    cache = BCLACache(BCLAConfig(), plan)
+    undo = install_bcla(model, cache)
+    with torch.no_grad():
+        assert torch.equal(embed(x), stock), "no active tile: untouched"
+        cache.begin_tile(tile)
+        tiled = embed(x)
+        cache.end_tile()
+        after_tile = embed(x)
+    expected = manual_tile_embedding(embed, x, plan, tile)
+    assert torch.equal(tiled, expected)
+    assert (tiled - stock).abs().max() > 0.1, "the canvas crop must differ from the stock (0, 0) grid"
+    assert torch.equal(after_tile, stock)
+    undo()
+    assert "forward" not in embed.__dict__
+    with torch.no_grad():
+        assert torch.equal(embed(x), stock)
+
+
+def test_canvas_pe_reaches_the_transformer_output_and_mode_off_leaves_it_stock():
+    model = tiny_sana_2k()
+    plan = make_plan(16, 16, 8, 8, 0, 1)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    text = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(3))
+
+    def run():
+        with torch.no_grad():
+            return model(x, encoder_hidden_states=text, timestep=torch.tensor([500.0])).sample
+
+    stock = run()
+    outs = {}
+    for mode in ("cumulative", "off"):
+        cache = BCLACache(BCLAConfig(mode=mode, strength=0.0), plan)
+        undo = install_bcla(model, cache)
+        outs[mode] = []
+        for tile in plan.tiles:
+            cache.begin_tile(tile)
+            outs[mode].append(run())
+            cache.end_tile()
+        undo()
+    assert all(torch.equal(o, stock) for o in outs["off"])
+    outs = outs["cumulative"]
+    # Same content at four canvas places: four different embeddings, none of them the stock one.
+    assert all((a - b).abs().max() > 1e-3 for i, a in enumerate(outs) for b in outs[i + 1 :])
+    assert all((o - stock).abs().max() > 1e-3 for o in outs)
+    assert torch.equal(run(), stock)
+
+
+def test_models_without_sincos_pe_get_no_position_patch():
+    model = SanaTransformer2DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=1,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=16,
+        sample_size=8,
+    )
+    assert not has_sincos_pos_embed(model)
+    install_bcla(model, BCLACache(BCLAConfig(), make_plan(16, 8, 8, 8, 0, 1)))
+    assert "forward" not in model.patch_embed.__dict__
+
+
+def test_rope_tables_follow_the_tile_on_the_canvas():
+    torch.manual_seed(0)
+    model = SanaVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=12,
+        num_layers=1,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=12,
+        cross_attention_dim=24,
+        caption_channels=16,
+        patch_size=(1, 2, 2),
+        rope_max_seq_len=32,
+    )
+    plan = make_plan(24, 16, 8, 8, 0, 1)  # 16 × 24 cells = 8 × 12 patches
+    tile = plan.tiles[-1]  # rows 8..16, cols 16..24 = patches 4..8, 8..12
+    with torch.no_grad():
+        canvas_cos, canvas_sin = model.rope(torch.zeros(1, 4, 1, 16, 24))
+        stock = model.rope(torch.zeros(1, 4, 1, 8, 8))
+    ids = torch.arange(8 * 12).reshape(8, 12)[4:8, 8:12].flatten()
+    cache = BCLACache(BCLAConfig(), plan)
+    undo = install_bcla(model, cache)
+    cache.begin_tile(tile)
+    cos, sin = model.rope(torch.zeros(1, 4, 1, 8, 8))
+    assert torch.equal(cos, canvas_cos[:, ids]) and torch.equal(sin, canvas_sin[:, ids])
+    assert not torch.equal(cos, stock[0])
+    cache.end_tile()
+    assert torch.equal(model.rope(torch.zeros(1, 4, 1, 8, 8))[0], stock[0])
+    undo()
+    assert "forward" not in model.rope.__dict__

@@ -1,0 +1,436 @@
+"""Tile loops of temporal_tiling.sampling on a tiny random SANA transformer (deterministic, CPU)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import SanaTransformer2DModel
+
+from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
+from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
+from temporal_tiling.plan import TilePlan, make_plan
+from temporal_tiling.sampling import (
+    CLEAN_SIGMA,
+    SamplingError,
+    TileJob,
+    canvas_noise,
+    generate,
+    lock_mask,
+    multidiffusion_denoiser,
+    sample_causal,
+    sample_independent,
+)
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread is ~30× faster than two fighting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> SanaTransformer2DModel:
+    torch.manual_seed(0)
+    return SanaTransformer2DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=2,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=16,
+        sample_size=8,
+        patch_size=1,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    return torch.randn(1, 6, 16, generator=gen), torch.randn(1, 6, 16, generator=gen)
+
+
+def overlapping_plan(order: str = "raster") -> TilePlan:
+    """14×14 cells in 2×2 tiles of 8×8 cells overlapping by 2."""
+    return make_plan(112, 112, 64, 64, 16, compression=8, order=order)
+
+
+def side_by_side_plan() -> TilePlan:
+    """8×16 cells in two 8×8 tiles that do not overlap."""
+    return make_plan(128, 64, 64, 64, 0, compression=8)
+
+
+def run(model, prompts, plan, **kwargs):
+    options = {"steps": STEPS, "cfg": 3.0, "seed": 11, **kwargs}
+    return generate(plan, model, prompts[0], prompts[1], **options)
+
+
+def processor_names(model) -> list[str]:
+    return [type(p).__name__ for p in model.attn_processors.values()]
+
+
+# --- lock mask ------------------------------------------------------------------------------------
+
+
+def test_lock_mask_ramps_linearly_from_known_to_new() -> None:
+    plan = side_by_side_plan()
+    assert torch.equal(lock_mask(plan, 0, 2), torch.ones(1, 1, 8, 8))
+    overlap = make_plan(96, 64, 64, 64, 32, compression=8)  # tiles overlap by 4 columns
+    hard = lock_mask(overlap, 1, 0)[0, 0, 0]
+    assert hard.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    soft = lock_mask(overlap, 1, 2)[0, 0, 0]
+    assert torch.allclose(soft, torch.tensor([0, 0, 1 / 3, 2 / 3, 1, 1, 1, 1]))
+    with pytest.raises(SamplingError, match="lock_feather"):
+        lock_mask(overlap, 1, -1)
+
+
+# --- determinism and order ------------------------------------------------------------------------
+
+
+def test_same_seed_gives_same_canvas_whatever_runs_in_between(model, prompts) -> None:
+    plan = overlapping_plan()
+    first = run(model, prompts, plan, cache_config=BCLAConfig())
+    torch.manual_seed(123)
+    torch.randn(1000)  # unrelated work consuming the global RNG
+    run(model, prompts, plan, method="independent", seed=99)
+    second = run(model, prompts, plan, cache_config=BCLAConfig())
+    assert torch.equal(first.canvas, second.canvas) and torch.equal(first.tiles, second.tiles)
+    other_seed = run(model, prompts, plan, cache_config=BCLAConfig(), seed=12)
+    assert (other_seed.canvas - first.canvas).abs().mean() > 0.05
+
+
+def test_tiles_run_in_plan_order_and_order_changes_the_result(model, prompts) -> None:
+    raster, serpentine = overlapping_plan("raster"), overlapping_plan("serpentine")
+    seen: list[tuple[int, int]] = []
+    denoiser = CFGDenoiser(model, prompts[0], prompts[1], cfg=3.0)
+    sigmas = flow_sigmas(STEPS)
+
+    def denoise_tile(job: TileJob) -> torch.Tensor:
+        seen.append((job.tile.row, job.tile.col))
+        return sample_tile(denoiser, job, sigmas)
+
+    noise = canvas_noise(11, (1, 4, 14, 14))
+    with torch.no_grad():
+        a = sample_causal(raster, noise, denoise_tile, lock_feather=0)
+        b = sample_causal(serpentine, noise, denoise_tile, lock_feather=0)
+    assert seen == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 0), (0, 1), (1, 1), (1, 0)]
+    assert (a.canvas - b.canvas)[..., 8:, :].abs().max() > 1e-2  # the bottom row saw different content
+    assert torch.equal(a.canvas[..., :8, :], b.canvas[..., :8, :])  # the shared first row is identical
+
+
+# --- locking --------------------------------------------------------------------------------------
+
+
+def test_hard_lock_keeps_the_content_earlier_tiles_produced(model, prompts) -> None:
+    plan = overlapping_plan("spiral")
+    denoiser = CFGDenoiser(model, prompts[0], prompts[1], cfg=3.0)
+    jobs: list[TileJob] = []
+
+    def denoise_tile(job: TileJob) -> torch.Tensor:
+        jobs.append(job)
+        return sample_tile(denoiser, job, flow_sigmas(STEPS), "dpmpp_2m")
+
+    with torch.no_grad():
+        result = sample_causal(plan, canvas_noise(3, (2, 4, 14, 14)), denoise_tile, lock_feather=0)
+    canvas = torch.zeros(2, 4, 14, 14)
+    for job, out in zip(jobs, result.tiles.split(2), strict=True):
+        known = plan.known_mask(job.tile.index)
+        rows, cols = job.tile.slices
+        assert torch.equal(job.latent[..., known], canvas[..., rows, cols][..., known])
+        assert torch.equal(out[..., known], job.latent[..., known])  # at σ = 0: locked cells untouched
+        assert (out[..., ~known] - job.latent[..., ~known]).abs().mean() > 0.1  # new cells were generated
+        canvas[..., rows, cols] = out
+    assert torch.equal(canvas, result.canvas)
+
+
+def test_feathered_lock_changes_only_the_ramp(model, prompts) -> None:
+    plan = overlapping_plan()
+    denoiser = CFGDenoiser(model, prompts[0], prompts[1], cfg=3.0)
+    jobs: list[TileJob] = []
+
+    def denoise_tile(job: TileJob) -> torch.Tensor:
+        jobs.append(job)
+        return sample_tile(denoiser, job, flow_sigmas(STEPS))
+
+    with torch.no_grad():
+        result = sample_causal(plan, canvas_noise(3, (1, 4, 14, 14)), denoise_tile, lock_feather=1)
+    out, job = result.tiles[1:2], jobs[1]  # tile 1 overlaps tile 0 in its first two columns
+    assert job.denoise_mask[0, 0, 0, :3].tolist() == [0.0, 0.5, 1.0]
+    assert torch.equal(out[..., :1], job.latent[..., :1])  # deep inside: kept
+    assert (out[..., 1] - job.latent[..., 1]).abs().mean() > 1e-3  # the ramp blends
+    assert torch.equal(result.canvas[..., :6, 6:8], out[..., :6, :2])  # written whole (blend included)
+
+
+# --- BCLA cache -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [BCLAConfig(mode="off"), BCLAConfig(strength=0.0)])
+def test_empty_cache_without_overlap_equals_independent_tiles_bit_for_bit(model, prompts, config) -> None:
+    plan = side_by_side_plan()
+    causal = run(model, prompts, plan, cache_config=config, lock_feather=0)
+    independent = run(model, prompts, plan, method="independent")
+    assert torch.equal(causal.canvas, independent.canvas)
+    assert torch.equal(causal.tiles, independent.tiles)
+    with_cache = run(model, prompts, plan, cache_config=BCLAConfig(), lock_feather=0)
+    assert (with_cache.canvas[..., 8:] - independent.canvas[..., 8:]).abs().max() > 1e-3
+    assert torch.equal(with_cache.canvas[..., :8], independent.canvas[..., :8])  # tile 0 sees no cache
+
+
+def test_cfg_branches_never_share_statistics(model, prompts) -> None:
+    """After tile 0 (both branches recorded), tile 1's cond and uncond chunks each read their own
+    branch: one batched CFG call equals the two branches run alone, whatever the chunk order."""
+    plan = side_by_side_plan()
+    cond, uncond = prompts
+    cache = BCLACache(BCLAConfig(), plan)
+    denoiser = CFGDenoiser(model, cond, uncond, cfg=3.0, cache=cache)
+    sigmas = flow_sigmas(STEPS)
+    checks: dict[str, torch.Tensor] = {}
+
+    def velocity(x, embeds, branches):
+        cache.set_call(float(sigmas[1]), branches)
+        batch = x.repeat(len(branches), 1, 1, 1)
+        timestep = torch.full((batch.shape[0],), float(sigmas[1]) * 1000)
+        return model(batch, encoder_hidden_states=embeds, timestep=timestep).sample
+
+    def denoise_tile(job: TileJob) -> torch.Tensor:
+        if job.tile.index == 1:
+            x = job.noise
+            checks["both"] = velocity(x, torch.cat([cond, uncond]), [0, 1])
+            checks["swapped"] = velocity(x, torch.cat([uncond, cond]), [1, 0])
+            checks["cond"], checks["uncond"] = velocity(x, cond, [0]), velocity(x, uncond, [1])
+            checks["uncond_as_cond"] = velocity(x, uncond, [0])
+        return sample_tile(denoiser, job, sigmas)
+
+    undo = install_bcla(model, cache)
+    try:
+        with torch.no_grad():
+            sample_causal(plan, canvas_noise(5, (1, 4, 8, 16)), denoise_tile, cache=cache, lock_feather=0)
+    finally:
+        undo()
+    assert torch.allclose(checks["both"][:1], checks["cond"], atol=1e-5)
+    assert torch.allclose(checks["both"][1:], checks["uncond"], atol=1e-5)
+    assert torch.allclose(checks["swapped"][:1], checks["uncond"], atol=1e-5)
+    assert torch.allclose(checks["swapped"][1:], checks["cond"], atol=1e-5)
+    assert (checks["uncond_as_cond"] - checks["uncond"]).abs().max() > 1e-4  # the branch id matters
+
+
+class _FakeCache:
+    """Records the sampler's side of the BCLA protocol."""
+
+    def __init__(self, needs_clean_pass: bool) -> None:
+        self.needs_clean_pass = needs_clean_pass
+        self.log: list[tuple] = []
+
+    def reset(self) -> None:
+        self.log.append(("reset",))
+
+    def seed(self, stats, strength) -> None:
+        self.log.append(("seed", stats, strength))
+
+    def begin_tile(self, tile, token_mask) -> None:
+        self.log.append(("begin", tile.index, token_mask.clone()))
+
+    def set_call(self, sigma, branches) -> None:
+        self.log.append(("call", round(sigma, 6), list(branches)))
+
+    def end_tile(self) -> None:
+        self.log.append(("end",))
+
+    @contextmanager
+    def clean_pass(self):
+        self.log.append(("clean",))
+        yield
+        self.log.append(("/clean",))
+
+
+class _FakeContext:
+    seeds_cache, seed_stats, bcla_seed = True, "stats", 0.5
+
+    def __init__(self) -> None:
+        self.hooked: list[int] = []
+
+    def x0_hook(self, tile, plan):
+        self.hooked.append(tile.index)
+        return lambda x0, sigma: x0 * 0.0  # a context that pins every prediction to zero
+
+
+def test_sampler_drives_the_cache_protocol_and_clean_pass(model, prompts) -> None:
+    plan = overlapping_plan()
+    cache, context = _FakeCache(needs_clean_pass=True), _FakeContext()
+    denoiser = CFGDenoiser(model, prompts[0], prompts[1], cfg=3.0, cache=cache)
+    sigmas = flow_sigmas(2)
+    reencoded: list[torch.Tensor] = []
+
+    def reencode(x0: torch.Tensor) -> None:
+        reencoded.append(x0)
+        denoiser(x0, x0.new_full((x0.shape[0],), CLEAN_SIGMA))
+
+    with torch.no_grad():
+        result = sample_causal(
+            plan,
+            canvas_noise(1, (1, 4, 14, 14)),
+            lambda job: sample_tile(denoiser, job, sigmas),
+            cache=cache,
+            context=context,
+            reencode=reencode,
+        )
+    expected: list[tuple] = [("reset",), ("seed", "stats", 0.5)]
+    for tile in plan.tiles:
+        expected += [
+            ("begin", tile.index),
+            ("call", 1.0, [0, 1]),
+            ("call", round(float(sigmas[1]), 6), [0, 1]),
+        ]
+        expected += [("clean",), ("call", CLEAN_SIGMA, [0, 1]), ("/clean",), ("end",)]
+    assert [entry[:2] if entry[0] == "begin" else entry for entry in cache.log] == expected
+    masks = [entry[2] for entry in cache.log if entry[0] == "begin"]
+    for tile, mask in zip(plan.tiles, masks, strict=True):
+        assert mask.dtype == torch.bool and torch.equal(mask, ~plan.known_mask(tile.index))  # True = new
+    assert context.hooked == [0, 1, 2, 3]
+    assert result.canvas.abs().max() == 0  # the context's hook ran on every model call
+    assert all(torch.equal(a, b) for a, b in zip(reencoded, result.tiles.split(1), strict=True))
+
+
+def test_real_cache_clean_source_runs_the_clean_pass(model, prompts) -> None:
+    plan = side_by_side_plan()
+    clean = run(model, prompts, plan, cache_config=BCLAConfig(source="clean"), lock_feather=0)
+    off = run(model, prompts, plan, cache_config=BCLAConfig(mode="off"), lock_feather=0)
+    assert torch.isfinite(clean.canvas).all()
+    assert torch.equal(clean.canvas[..., :8], off.canvas[..., :8])
+    assert (clean.canvas[..., 8:] - off.canvas[..., 8:]).abs().max() > 1e-3
+
+
+# --- baselines ------------------------------------------------------------------------------------
+
+
+def test_independent_tiles_average_their_overlaps() -> None:
+    plan = overlapping_plan()
+    result = sample_independent(plan, torch.zeros(2, 4, 14, 14), lambda job: job.noise + job.tile.index)
+    assert result.tiles.shape == (8, 4, 8, 8) and torch.equal(result.tiles[2:4], torch.ones(2, 4, 8, 8))
+    assert result.canvas[0, 0, 0, 0] == 0 and result.canvas[0, 0, 0, 7] == 0.5  # tiles 0 and 1
+    assert result.canvas[0, 0, 7, 7] == 1.5 and result.canvas[0, 0, 13, 13] == 3  # all four / tile 3
+
+
+def test_multidiffusion_denoiser_averages_every_tile_prediction() -> None:
+    plan = overlapping_plan()
+    calls: list[int] = []
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        calls.append(len(calls))
+        return x + len(calls) - 1  # the k-th call (tile k) adds k
+
+    ticks: list[tuple[int, int]] = []
+    x = torch.randn(2, 4, 14, 14, generator=torch.Generator().manual_seed(2))
+    out = multidiffusion_denoiser(plan, denoiser, lambda i, n: ticks.append((i, n)))(x, torch.full((2,), 0.5))
+    expected = torch.zeros(14, 14)
+    for tile in plan.tiles:
+        expected[tile.slices] += tile.index
+    assert torch.allclose(out, x + expected / plan.coverage(), atol=1e-6)
+    assert ticks == [(0, 4), (1, 4), (2, 4), (3, 4)]
+
+
+def test_multidiffusion_with_one_tile_equals_the_full_pass(model, prompts) -> None:
+    plan = make_plan(64, 64, 64, 64, 0, compression=8)
+    md = run(model, prompts, plan, method="multidiffusion", sampler="dpmpp_2m")
+    full = run(model, prompts, plan, method="full", sampler="dpmpp_2m")
+    assert torch.equal(md.canvas, full.canvas) and md.tiles.shape == (1, 4, 8, 8)
+
+
+# --- batching, progress, cancellation, img2img ----------------------------------------------------
+
+
+def test_batched_canvases_match_single_runs(model, prompts) -> None:
+    plan = overlapping_plan()
+    cond, uncond = prompts
+    options = {"steps": STEPS, "cfg": 3.0, "seed": 4, "cache_config": BCLAConfig()}
+    pair = generate(plan, model, torch.cat([cond, uncond]), torch.cat([uncond, uncond]), **options)
+    single = generate(plan, model, cond, uncond, **options)
+    assert pair.canvas.shape == (2, 4, 14, 14) and pair.tiles.shape == (8, 4, 8, 8)
+    assert torch.allclose(pair.canvas[:1], single.canvas, atol=1e-4)  # same noise row, own statistics
+    assert torch.allclose(pair.tiles[2:3], single.tiles[1:2], atol=1e-4)  # tile-major: t*B + b
+    assert (pair.canvas[1] - pair.canvas[0]).abs().mean() > 0.05
+
+
+@pytest.mark.parametrize(
+    ("method", "calls"),
+    [("causal", 4 * STEPS), ("independent", 4 * STEPS), ("multidiffusion", 4 * STEPS), ("full", STEPS)],
+)
+def test_progress_counts_tiles_times_steps(model, prompts, method: str, calls: int) -> None:
+    ticks: list[tuple[int, int]] = []
+    run(
+        model,
+        prompts,
+        overlapping_plan(),
+        method=method,
+        progress=lambda done, total: ticks.append((done, total)),
+    )
+    assert ticks == [(i + 1, calls) for i in range(calls)]
+
+
+def test_cancellation_stops_without_a_result_and_restores_the_model(model, prompts) -> None:
+    latent = torch.randn(1, 4, 14, 14, generator=torch.Generator().manual_seed(8))
+    before, names = latent.clone(), processor_names(model)
+
+    def cancel(done: int, total: int) -> None:
+        if done == STEPS + 2:  # inside the second tile
+            raise InterruptedError("cancelled")
+
+    result = None
+    with pytest.raises(InterruptedError):
+        result = run(
+            model, prompts, overlapping_plan(), latent=latent, cache_config=BCLAConfig(), progress=cancel
+        )
+    assert result is None and torch.equal(latent, before)
+    assert processor_names(model) == names and "BCLA" not in "".join(names)
+
+
+def test_img2img_keeps_the_low_frequencies_of_the_input(model, prompts) -> None:
+    plan = overlapping_plan()
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 14), torch.linspace(-1, 1, 14), indexing="ij")
+    latent = torch.stack([2 * xx, -2 * yy, 2 * xx * yy, xx + yy])[None]
+
+    def low(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t, 7).flatten()
+
+    def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.corrcoef(torch.stack([low(a), low(b)]))[0, 1])
+
+    light, half, fresh = (
+        run(model, prompts, plan, latent=latent, denoise=d, steps=8) for d in (0.2, 0.5, 1.0)
+    )
+    assert correlation(light.canvas, latent) > 0.9
+    assert correlation(light.canvas, latent) > correlation(half.canvas, latent) + 0.2
+    assert correlation(fresh.canvas, latent) < 0.3  # from pure noise the input is forgotten
+    assert (light.canvas - latent).abs().mean() > 0.1  # it did denoise something
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_refused_with_a_clear_message(model, prompts) -> None:
+    plan = overlapping_plan()
+    tile = lambda job: job.latent  # noqa: E731
+    with pytest.raises(SamplingError, match="plan's canvas"):
+        sample_causal(plan, torch.zeros(1, 4, 12, 14), tile)
+    with pytest.raises(SamplingError, match="does not match the noise"):
+        sample_independent(plan, torch.zeros(1, 4, 14, 14), tile, latent=torch.zeros(1, 3, 14, 14))
+    with pytest.raises(SamplingError, match="reencode"):
+        sample_causal(plan, torch.zeros(1, 4, 14, 14), tile, cache=_FakeCache(needs_clean_pass=True))
+    with pytest.raises(SamplingError, match="pass a cache"):
+        sample_causal(plan, torch.zeros(1, 4, 14, 14), tile, context=_FakeContext())
+    with pytest.raises(SamplingError, match="choose one of"):
+        run(model, prompts, plan, method="tiled")
+    with pytest.raises(SamplingError, match="latent="):
+        run(model, prompts, plan, denoise=0.5)
+    with pytest.raises(SamplingError, match="only used by method='causal'"):
+        run(model, prompts, plan, method="independent", context=_FakeContext())

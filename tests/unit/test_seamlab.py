@@ -1,0 +1,106 @@
+"""Seam-lab scenes: determinism, any-size rendering, prompts, and the object counter."""
+
+import kornia
+import pytest
+import torch
+import torch.nn.functional as F
+
+from temporal_tiling import seamlab
+
+
+def test_same_seed_same_scenes_and_prompts():
+    a, b = seamlab.sample_scenes(12, seed=3), seamlab.sample_scenes(12, seed=3)
+    assert a.prompts == b.prompts
+    assert torch.equal(seamlab.render(a, 48, 40), seamlab.render(b, 48, 40))
+    c = seamlab.sample_scenes(12, seed=4)
+    assert a.prompts != c.prompts
+    assert (seamlab.render(a, 48, 40) - seamlab.render(c, 48, 40)).abs().mean() > 0.05
+
+
+def test_render_any_size_is_the_same_scene():
+    scenes = seamlab.sample_scenes(8, seed=1)
+    small = seamlab.render(scenes, 64, 64)
+    big = seamlab.render(scenes, 192, 192)
+    assert small.shape == (8, 3, 64, 64) and big.shape == (8, 3, 192, 192)
+    assert float(small.min()) >= 0.0 and float(small.max()) <= 1.0
+    down = F.interpolate(big, size=(64, 64), mode="area")
+    assert float((down - small).abs().mean()) < 0.02  # same geometry, only finer sampling
+    wide = seamlab.render(scenes, 64, 160)
+    assert wide.shape == (8, 3, 64, 160)
+
+
+def test_kinds_cover_the_tiling_hard_cases():
+    scenes = seamlab.sample_scenes(400, seed=0)
+    kinds = torch.bincount(scenes.kind, minlength=len(seamlab.KINDS))
+    assert (kinds > 60).all(), kinds
+    assert int(scenes.present[:, 0].sum()) > 40 and int(scenes.present[:, 1].sum()) > 20
+    assert int(scenes.present[:, 2].sum()) > 20
+    assert float((scenes.vignette > 0).float().mean()) == pytest.approx(0.3, abs=0.08)
+
+
+def test_prompts_describe_colours_objects_and_layout():
+    scenes = seamlab.sample_scenes(64, seed=5)
+    vocab = set(seamlab.prompt_vocabulary())
+    for i, p in enumerate(scenes.prompts):
+        assert seamlab.COLOR_NAMES[int(scenes.color1[i])] in p
+        for j, name in enumerate(seamlab.OBJECTS):
+            assert (f"one {name}" in p) == bool(scenes.present[i, j]), p
+        assert set(p.replace(",", " ,").split()) <= vocab, p
+
+
+def test_count_objects_matches_the_scene():
+    scenes = seamlab.sample_scenes(24, seed=2, kinds=("sky", "gradient"))
+    images = seamlab.render(scenes, 64, 64)
+    counts, expected = seamlab.count_objects(images), scenes.expected_counts()
+    for name in seamlab.OBJECTS:
+        assert torch.equal(counts[name], expected[name]), name
+    assert seamlab.duplicated_object_rate(images, scenes) == 0.0
+
+
+def test_connected_labels_agree_with_kornia():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(2, 1, 24, 24, generator=g) > 0.55
+    ours = seamlab.connected_labels(mask)
+    ref = kornia.contrib.connected_components(mask.float(), num_iterations=600)
+    for a, b in zip(ours.view(2, -1), ref.view(2, -1), strict=True):  # same partition, labels may differ
+        pairs = torch.unique(torch.stack([a, b]), dim=1)
+        assert pairs.shape[1] == len(torch.unique(a)) == len(torch.unique(b))
+
+
+def test_duplicated_sun_is_counted_twice():
+    skies = seamlab.sample_scenes(32, seed=2, kinds=("sky",))
+    scenes = skies[int(torch.nonzero(skies.present[:, 0])[0])]  # the first day sky with a sun
+    one = seamlab.render(scenes, 64, 64)
+    two = torch.cat([one, one], dim=-1)  # the classic tiling failure: each tile draws the sun
+    assert int(seamlab.count_objects(one)["sun"][0]) == 1
+    assert int(seamlab.count_objects(two)["sun"][0]) == 2
+    assert seamlab.duplicated_object_rate(two, scenes) == 1.0
+
+
+def test_specular_bands_and_stripes_are_not_counted_as_moons():
+    scenes = seamlab.sample_scenes(24, seed=9, kinds=("metal", "texture"))
+    counts = seamlab.count_objects(seamlab.render(scenes, 64, 64))
+    assert int(counts["moon"].sum()) <= 2 and int(counts["sun"].sum()) == 0
+
+
+def test_random_crops_are_tile_views():
+    g = torch.Generator().manual_seed(0)
+    big = seamlab.render(seamlab.sample_scenes(4, seed=1), 128, 128)
+    crops = seamlab.random_crops(big, 64, g)
+    assert crops.shape == (4, 3, 64, 64)
+    with pytest.raises(seamlab.SceneError, match="larger than the image"):
+        seamlab.random_crops(big, 200, g)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: seamlab.sample_scenes(0), "at least one"),
+        (lambda: seamlab.sample_scenes(2, kinds=("forest",)), "unknown scene kind"),
+        (lambda: seamlab.render(seamlab.sample_scenes(1), 4, 64), "at least 8x8"),
+        (lambda: seamlab.count_objects(torch.rand(1, 1, 8, 8)), r"\[B,3,H,W\]"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

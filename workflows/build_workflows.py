@@ -1,0 +1,423 @@
+"""Writes the shipped example workflows, each in UI format (drag into ComfyUI) and API format (scripts).
+
+One graph description per workflow produces both files, so they always agree. All use the pack's
+embedded seam-lab model, so they run as shipped on a fresh install. Run from the repository root:
+``python workflows/build_workflows.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+EMBEDDED = "seamlab-sana (embedded)"
+FROM_CHECKPOINT = "(from checkpoint folder)"
+PROMPT = "a blue to pink sky with one sun at top left"
+
+# Socket inputs (name, type) in schema order and outputs (name, type) of every node type used.
+SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
+    "SanaCheckpointLoader": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
+    "SanaBCLACache": ([("model", "MODEL")], [("MODEL", "MODEL")]),
+    "SanaTilePlanner": (
+        [("image", "IMAGE"), ("latent", "LATENT"), ("vae", "VAE"), ("model", "MODEL")],
+        [("TILE_PLAN", "TILE_PLAN"), ("preview", "IMAGE")],
+    ),
+    "SanaCausalSampler": (
+        [
+            ("model", "MODEL"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("tile_plan", "TILE_PLAN"),
+            ("latent_image", "LATENT"),
+            ("global_context", "GLOBAL_CONTEXT"),
+        ],
+        [("canvas", "LATENT"), ("tiles", "LATENT")],
+    ),
+    "SanaTileSplit": (
+        [("tile_plan", "TILE_PLAN"), ("image", "IMAGE"), ("latent", "LATENT")],
+        [("image_tiles", "IMAGE"), ("latent_tiles", "LATENT")],
+    ),
+    "SanaSeamBlender": (
+        [("images", "IMAGE"), ("tile_plan", "TILE_PLAN"), ("reference", "IMAGE")],
+        [("IMAGE", "IMAGE")],
+    ),
+    "SanaTileMetrics": (
+        [("image", "IMAGE"), ("tile_plan", "TILE_PLAN"), ("tiles", "IMAGE"), ("reference", "IMAGE")],
+        [
+            ("report", "STRING"),
+            ("gradient_ratio", "FLOAT"),
+            ("delta_e", "FLOAT"),
+            ("overlap_psnr", "FLOAT"),
+            ("heatmap", "IMAGE"),
+        ],
+    ),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+    "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [("LATENT", "LATENT")]),
+    "KSampler": (
+        [
+            ("model", "MODEL"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("latent_image", "LATENT"),
+        ],
+        [("LATENT", "LATENT")],
+    ),
+    "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "ImageScale": ([("image", "IMAGE")], [("IMAGE", "IMAGE")]),
+    "SaveImage": ([("images", "IMAGE")], []),
+    "PreviewImage": ([("images", "IMAGE")], []),
+    "Note": ([], []),
+}
+UI_ONLY = object()
+"""Marks a widget value the UI stores but the API prompt does not (seed's control_after_generate)."""
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    widgets: list[tuple[object, object]] = field(default_factory=list)
+    links: dict[str, tuple[int, int]] = field(default_factory=dict)
+    title: str | None = None
+    size: tuple[int, int] = (320, 200)
+
+
+def loader(node_id: int, pos) -> Node:
+    widgets = [
+        ("ckpt_name", EMBEDDED),
+        ("vae_name", FROM_CHECKPOINT),
+        ("text_encoder_name", FROM_CHECKPOINT),
+        ("weight_dtype", "default"),
+        ("prompt_template", "auto"),
+    ]
+    return Node(node_id, "SanaCheckpointLoader", pos, widgets, size=(340, 180))
+
+
+def text(node_id: int, pos, prompt: str, title: str) -> Node:
+    return Node(node_id, "CLIPTextEncode", pos, [("text", prompt)], {"clip": (1, 1)}, title, (340, 120))
+
+
+def planner(node_id: int, pos, **links) -> Node:
+    widgets = [
+        ("width", 384),
+        ("height", 256),
+        ("tile_width", 128),
+        ("tile_height", 128),
+        ("overlap", 32),
+        ("order", "raster"),
+        ("shuffle_seed", 0),
+        ("compression", 8),
+        ("tile_size", "manual"),
+    ]
+    return Node(node_id, "SanaTilePlanner", pos, widgets, links, size=(340, 560))
+
+
+def sampler(node_id: int, pos, model: tuple[int, int], mode: str, title: str, **links) -> Node:
+    widgets = [
+        ("seed", 42),
+        (UI_ONLY, "fixed"),
+        ("steps", 12),
+        ("cfg", 4.0),
+        ("sampler_name", "euler"),
+        ("scheduler", "simple"),
+        ("denoise", 1.0),
+        ("mode", mode),
+        ("lock_feather", 2),
+        ("batch_size", 1),
+    ]
+    wires = {"model": model, "positive": (2, 0), "negative": (3, 0), "tile_plan": (5, 0), **links}
+    return Node(node_id, "SanaCausalSampler", pos, widgets, wires, title, (340, 380))
+
+
+def metrics(node_id: int, pos, prefix: str, **links) -> Node:
+    return Node(node_id, "SanaTileMetrics", pos, [("filename_prefix", prefix)], links, size=(420, 300))
+
+
+def note(node_id: int, pos, body: str) -> Node:
+    return Node(node_id, "Note", pos, [(UI_ONLY, body)], size=(340, 260))
+
+
+# --- the three workflows ---------------------------------------------------------------------------
+def txt2img() -> list[Node]:
+    return [
+        loader(1, (20, 40)),
+        text(2, (20, 260), PROMPT, "positive"),
+        text(3, (20, 420), "", "negative"),
+        Node(
+            4,
+            "SanaBCLACache",
+            (400, 40),
+            [
+                ("mode", "cumulative"),
+                ("strength", 1.0),
+                ("source", "synchronous"),
+                ("decay", 0.5),
+                ("record_locked", True),
+            ],
+            {"model": (1, 0)},
+            size=(320, 220),
+        ),
+        planner(5, (400, 300), vae=(1, 2)),
+        sampler(6, (800, 40), (4, 0), "causal", "Causal SANA Sampler"),
+        Node(7, "VAEDecode", (1280, 40), links={"samples": (6, 0), "vae": (1, 2)}, size=(220, 60)),
+        Node(
+            8,
+            "SaveImage",
+            (1660, 40),
+            [("filename_prefix", "sana_tiling/txt2img_canvas")],
+            {"images": (7, 0)},
+            size=(420, 360),
+        ),
+        Node(
+            9,
+            "VAEDecode",
+            (1280, 160),
+            links={"samples": (6, 1), "vae": (1, 2)},
+            title="decode tiles",
+            size=(220, 60),
+        ),
+        Node(
+            10,
+            "SanaSeamBlender",
+            (1280, 300),
+            [("method", "feather"), ("ramp", "cosine"), ("color_correction", "none")],
+            {"images": (9, 0), "tile_plan": (5, 0)},
+            size=(320, 160),
+        ),
+        Node(
+            11,
+            "SaveImage",
+            (1660, 460),
+            [("filename_prefix", "sana_tiling/txt2img_blended")],
+            {"images": (10, 0)},
+            size=(420, 360),
+        ),
+        metrics(12, (800, 640), "sana_tiling/txt2img_metrics", image=(7, 0), tile_plan=(5, 0), tiles=(9, 0)),
+        Node(13, "PreviewImage", (400, 900), links={"images": (5, 1)}, title="tile plan", size=(340, 260)),
+        note(
+            14,
+            (20, 600),
+            "Temporal tiling, text to image. The canvas (384×256 px) is generated as 4×3 tiles of 128 px, "
+            "one after another in the Tile Planner's order; each tile keeps what the earlier ones made in "
+            "the overlap and sees their attention statistics through the BCLA Cache. Runs on CPU with the "
+            "pack's embedded seam-lab model. For a real SANA checkpoint pick it in Load SANA and set the "
+            "planner to e.g. 4096×2048 with 1024 px tiles.",
+        ),
+    ]
+
+
+def upscale() -> list[Node]:
+    return [
+        loader(1, (20, 40)),
+        text(2, (20, 260), PROMPT, "positive"),
+        text(3, (20, 420), "", "negative"),
+        Node(4, "LoadImage", (20, 580), [("image", "example.png"), (UI_ONLY, "image")], size=(320, 340)),
+        Node(
+            6,
+            "ImageScale",
+            (400, 640),
+            [("upscale_method", "bicubic"), ("width", 384), ("height", 256), ("crop", "center")],
+            {"image": (4, 0)},
+            title="upscale to the canvas",
+            size=(320, 140),
+        ),
+        planner(5, (400, 40), image=(6, 0), vae=(1, 2)),
+        Node(7, "SanaTileSplit", (800, 40), links={"tile_plan": (5, 0), "image": (6, 0)}, size=(260, 80)),
+        Node(8, "VAEEncode", (800, 180), links={"pixels": (7, 0), "vae": (1, 2)}, size=(220, 60)),
+        Node(
+            9,
+            "KSampler",
+            (1120, 40),
+            [
+                ("seed", 7),
+                (UI_ONLY, "fixed"),
+                ("steps", 12),
+                ("cfg", 4.0),
+                ("sampler_name", "euler"),
+                ("scheduler", "simple"),
+                ("denoise", 0.35),
+            ],
+            {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (8, 0)},
+            title="img2img every tile",
+            size=(320, 300),
+        ),
+        Node(10, "VAEDecode", (1500, 40), links={"samples": (9, 0), "vae": (1, 2)}, size=(220, 60)),
+        Node(
+            11,
+            "SanaSeamBlender",
+            (1500, 160),
+            [("method", "laplacian"), ("ramp", "cosine"), ("color_correction", "apt")],
+            {"images": (10, 0), "tile_plan": (5, 0)},
+            size=(320, 160),
+        ),
+        Node(
+            12,
+            "SaveImage",
+            (1900, 40),
+            [("filename_prefix", "sana_tiling/upscale_blended")],
+            {"images": (11, 0)},
+            size=(420, 360),
+        ),
+        metrics(
+            13, (1500, 380), "sana_tiling/upscale_metrics", image=(11, 0), tile_plan=(5, 0), tiles=(10, 0)
+        ),
+        note(
+            14,
+            (20, 960),
+            "Upscale an existing picture: scale it to the canvas, cut it into the plan's "
+            "tiles, refine every tile with the stock KSampler (img2img, denoise 0.35), stitch them back with "
+            "the Seam Blender (multi-band blend, colour matched across overlaps) and measure the seams. Any "
+            "per-tile nodes can sit between Split Into Tiles and Seam Blender.",
+        ),
+    ]
+
+
+def compare() -> list[Node]:
+    nodes = [
+        loader(1, (20, 40)),
+        text(2, (20, 260), PROMPT, "positive"),
+        text(3, (20, 420), "", "negative"),
+        Node(
+            4,
+            "SanaBCLACache",
+            (20, 580),
+            [
+                ("mode", "cumulative"),
+                ("strength", 1.0),
+                ("source", "synchronous"),
+                ("decay", 0.5),
+                ("record_locked", True),
+            ],
+            {"model": (1, 0)},
+            size=(320, 220),
+        ),
+        planner(5, (20, 840), vae=(1, 2)),
+        note(
+            6,
+            (20, 1420),
+            "Side by side on one seed and one noise: independent tiles (overlaps averaged), "
+            "MultiDiffusion (per-step overlap averaging) and causal tiling with the BCLA cache. Each row "
+            "saves its canvas and shows its seam metrics: gradient ratio (1.0 = invisible), ΔE2000, overlap "
+            "PSNR between neighbouring tiles.",
+        ),
+    ]
+    rows = (("independent", (1, 0)), ("multidiffusion", (1, 0)), ("causal", (4, 0)))
+    for row, (mode, model) in enumerate(rows):
+        base, y = 10 + 10 * row, 40 + 420 * row
+        nodes += [
+            sampler(base, (400, y), model, mode, f"{mode} tiles"),
+            Node(
+                base + 1, "VAEDecode", (780, y), links={"samples": (base, 0), "vae": (1, 2)}, size=(220, 60)
+            ),
+            Node(
+                base + 2,
+                "VAEDecode",
+                (780, y + 100),
+                links={"samples": (base, 1), "vae": (1, 2)},
+                title="decode tiles",
+                size=(220, 60),
+            ),
+            Node(
+                base + 3,
+                "SaveImage",
+                (1040, y),
+                [("filename_prefix", f"sana_tiling/compare_{mode}")],
+                {"images": (base + 1, 0)},
+                size=(300, 300),
+            ),
+            metrics(
+                base + 4,
+                (1380, y),
+                f"sana_tiling/compare_{mode}_metrics",
+                image=(base + 1, 0),
+                tile_plan=(5, 0),
+                tiles=(base + 2, 0),
+            ),
+        ]
+    return nodes
+
+
+# --- serialisation ---------------------------------------------------------------------------------
+def to_api(nodes: list[Node]) -> dict:
+    prompt = {}
+    for node in nodes:
+        if node.type == "Note":
+            continue
+        inputs = {name: value for name, value in node.widgets if name is not UI_ONLY}
+        inputs |= {name: [str(src), slot] for name, (src, slot) in node.links.items()}
+        prompt[str(node.id)] = {
+            "class_type": node.type,
+            "inputs": inputs,
+            "_meta": {"title": node.title or node.type},
+        }
+    return prompt
+
+
+def to_ui(nodes: list[Node]) -> dict:
+    by_id = {n.id: n for n in nodes}
+    links, outputs = [], {}
+    for node in nodes:
+        socket_inputs = dict(SOCKETS[node.type][0])
+        for name, (src, slot) in node.links.items():
+            link_id = len(links) + 1
+            socket = SOCKETS[by_id[src].type][1][slot][1]
+            assert socket_inputs[name] == socket, (node.type, name, socket)
+            links.append([link_id, src, slot, node.id, list(socket_inputs).index(name), socket])
+            outputs.setdefault((src, slot), []).append(link_id)
+    link_of = {(link[3], link[4]): link[0] for link in links}
+    ui_nodes = []
+    for order, node in enumerate(nodes):
+        inputs, outs = SOCKETS[node.type]
+        entry = {
+            "id": node.id,
+            "type": node.type,
+            "pos": list(node.pos),
+            "size": list(node.size),
+            "flags": {},
+            "order": order,
+            "mode": 0,
+            "inputs": [
+                {"name": n, "type": t, "link": link_of.get((node.id, i))} for i, (n, t) in enumerate(inputs)
+            ],
+            "outputs": [
+                {"name": n, "type": t, "links": outputs.get((node.id, i), []), "slot_index": i}
+                for i, (n, t) in enumerate(outs)
+            ],
+            "properties": {"Node name for S&R": node.type},
+            "widgets_values": [value for _, value in node.widgets],
+        }
+        if node.title:
+            entry["title"] = node.title
+        ui_nodes.append(entry)
+    return {
+        "last_node_id": max(n.id for n in nodes),
+        "last_link_id": len(links),
+        "nodes": ui_nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "version": 0.4,
+    }
+
+
+WORKFLOWS = {
+    "txt2img_temporal_tiling": txt2img,
+    "upscale_split_img2img_blend": upscale,
+    "compare_methods": compare,
+}
+
+
+def main() -> None:
+    for name, build in WORKFLOWS.items():
+        nodes = build()
+        (HERE / f"{name}.json").write_text(json.dumps(to_ui(nodes), indent=2, ensure_ascii=False) + "\n")
+        (HERE / f"{name}_api.json").write_text(json.dumps(to_api(nodes), indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
