@@ -28,6 +28,13 @@ function axisStarts(canvas, tile, overlap) {
   return Array.from({ length: count }, (_, i) => Math.min(i * stride, canvas - tile));
 }
 
+// fit = grow: the overlap-free tile count, every tile grown just enough for the overlap (plan.py FITS).
+function fittedTile(canvas, tile, overlap) {
+  const count = Math.ceil(canvas / tile);
+  if (count === 1) return tile;
+  return Math.min(canvas, Math.ceil((canvas + (count - 1) * overlap) / count));
+}
+
 function spiral(rows, cols) {
   let top = 0, bottom = rows - 1, left = 0, right = cols - 1;
   const out = [];
@@ -76,11 +83,14 @@ export function planFromWidgets(v) {
   if (v.overlap >= Math.min(v.tileWidth, v.tileHeight)) {
     return { error: `overlap ${v.overlap} px must be smaller than the tile` };
   }
-  const ys = axisStarts(v.height / c, v.tileHeight / c, v.overlap / c);
-  const xs = axisStarts(v.width / c, v.tileWidth / c, v.overlap / c);
+  const grow = v.fit === "grow";
+  const th = grow ? fittedTile(v.height / c, v.tileHeight / c, v.overlap / c) : v.tileHeight / c;
+  const tw = grow ? fittedTile(v.width / c, v.tileWidth / c, v.overlap / c) : v.tileWidth / c;
+  const ys = axisStarts(v.height / c, th, v.overlap / c);
+  const xs = axisStarts(v.width / c, tw, v.overlap / c);
   const sequence = gridOrder(ys.length, xs.length, v.order) ??
     gridOrder(ys.length, xs.length, "raster");
-  const tiles = sequence.map(([r, col]) => [xs[col] * c, ys[r] * c, v.tileWidth, v.tileHeight]);
+  const tiles = sequence.map(([r, col]) => [xs[col] * c, ys[r] * c, tw * c, th * c]);
   return { width: v.width, height: v.height, tiles, ordered: v.order !== "random" };
 }
 
@@ -103,7 +113,7 @@ function plannerPlan(node) {
   const v = {
     width: widgetValue(node, "width"), height: widgetValue(node, "height"),
     tileWidth: widgetValue(node, "tile_width"), tileHeight: widgetValue(node, "tile_height"),
-    overlap: widgetValue(node, "overlap"), order: widgetValue(node, "order"),
+    overlap: widgetValue(node, "overlap"), order: widgetValue(node, "order"), fit: widgetValue(node, "fit"),
     compression: vae && ran ? ran.compression : widgetValue(node, "compression"),
   };
   if (sizeFromInput && ran) [v.width, v.height] = ran.canvas;

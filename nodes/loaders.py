@@ -34,6 +34,10 @@ EMBEDDED_PROMPT_TEMPLATE = "never"  # the embedded model was trained on bare pro
 FROM_CHECKPOINT = "(from checkpoint folder)"
 MODEL_KINDS = ("checkpoints", "diffusion_models")
 DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_TOOLTIP = (
+    "Weight precision. default: bf16 where the device supports it, else fp32 (SANA is trained in bf16; "
+    "fp16 can overflow)."
+)
 TEMPLATE_TOOLTIP = (
     "SANA's complex-human-instruction prompt template: 'auto' uses it for non-empty prompts and not for "
     "empty ones (as diffusers' SanaPipeline does for prompt / default negative), 'always', 'never'."
@@ -183,17 +187,26 @@ class SanaCheckpointLoader(io.ComfyNode):
             ),
             inputs=[
                 io.Combo.Input(
-                    "ckpt_name", options=model_choices(), tooltip="checkpoints/ or diffusion_models/"
+                    "ckpt_name",
+                    options=model_choices(),
+                    tooltip="A SANA transformer from models/checkpoints or models/diffusion_models "
+                    "(.pth, .safetensors or a diffusers folder), or the pack's embedded seam-lab model.",
                 ),
                 io.Combo.Input(
-                    "vae_name", options=vae_choices(), tooltip="SANA's DC-AE; required for single files"
+                    "vae_name",
+                    options=vae_choices(),
+                    tooltip="SANA's DC-AE from models/vae; required for single-file checkpoints, "
+                    "a diffusers folder brings its own.",
                 ),
                 io.Combo.Input(
                     "text_encoder_name",
                     options=text_encoder_choices(),
-                    tooltip="Gemma-2 folder with tokenizer; required for single files",
+                    tooltip="Gemma-2 folder with its tokenizer from models/text_encoders; required for "
+                    "single-file checkpoints, a diffusers folder brings its own.",
                 ),
-                io.Combo.Input("weight_dtype", options=list(DTYPES), default="default"),
+                io.Combo.Input(
+                    "weight_dtype", options=list(DTYPES), default="default", tooltip=DTYPE_TOOLTIP
+                ),
                 io.Combo.Input(
                     "prompt_template",
                     options=list(INSTRUCTION_MODES),
@@ -201,7 +214,15 @@ class SanaCheckpointLoader(io.ComfyNode):
                     tooltip=TEMPLATE_TOOLTIP,
                 ),
             ],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+            outputs=[
+                io.Model.Output(
+                    tooltip="The SANA transformer as a flow model: KSampler, BCLA Cache, Causal Sampler."
+                ),
+                io.Clip.Output(tooltip="SANA's Gemma-2 text encoder for CLIPTextEncode."),
+                io.Vae.Output(
+                    tooltip="The DC-AE for VAEDecode / VAEDecodeTiled / VAEEncode and the Tile Planner."
+                ),
+            ],
         )
 
     @classmethod
@@ -219,8 +240,12 @@ class SanaVAELoader(io.ComfyNode):
             display_name="Load SANA VAE (DC-AE)",
             category=CATEGORY,
             description="Loads SANA's DC-AE (file or diffusers folder in models/vae) as VAE for stock nodes.",
-            inputs=[io.Combo.Input("vae_name", options=vae_choices()[1:])],
-            outputs=[io.Vae.Output()],
+            inputs=[
+                io.Combo.Input(
+                    "vae_name", options=vae_choices()[1:], tooltip="SANA's DC-AE, file or diffusers folder."
+                )
+            ],
+            outputs=[io.Vae.Output(tooltip="The DC-AE for VAEDecode / VAEDecodeTiled / VAEEncode.")],
         )
 
     @classmethod
@@ -237,8 +262,14 @@ class SanaTextEncoderLoader(io.ComfyNode):
             category=CATEGORY,
             description="Loads SANA's Gemma-2 text encoder (folder in models/text_encoders) as CLIP.",
             inputs=[
-                io.Combo.Input("text_encoder_name", options=text_encoder_choices()[1:]),
-                io.Combo.Input("weight_dtype", options=list(DTYPES), default="default"),
+                io.Combo.Input(
+                    "text_encoder_name",
+                    options=text_encoder_choices()[1:],
+                    tooltip="Gemma-2 folder with its tokenizer (e.g. gemma-2-2b-it).",
+                ),
+                io.Combo.Input(
+                    "weight_dtype", options=list(DTYPES), default="default", tooltip=DTYPE_TOOLTIP
+                ),
                 io.Combo.Input(
                     "prompt_template",
                     options=list(INSTRUCTION_MODES),
@@ -246,7 +277,7 @@ class SanaTextEncoderLoader(io.ComfyNode):
                     tooltip=TEMPLATE_TOOLTIP,
                 ),
             ],
-            outputs=[io.Clip.Output()],
+            outputs=[io.Clip.Output(tooltip="SANA's text conditioning for CLIPTextEncode.")],
         )
 
     @classmethod

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 from PIL import Image, ImageDraw, ImageFont
 
-from ..temporal_tiling.plan import ORDERS, PlanError, TilePlan, make_plan
+from ..temporal_tiling.plan import FITS, ORDERS, PlanError, TilePlan, make_plan
 from .common import CATEGORY, TilePlanSocket, check_links
 
 PREVIEW_LONG_SIDE = 512
@@ -121,7 +121,7 @@ class SanaTilePlanner(io.ComfyNode):
                     min=8,
                     max=16384,
                     step=8,
-                    tooltip="Tile width in pixels; every tile has this size (edge tiles shift inward).",
+                    tooltip="Tile width in pixels; every tile has the same size (see fit).",
                 ),
                 io.Int.Input(
                     "tile_height",
@@ -129,16 +129,25 @@ class SanaTilePlanner(io.ComfyNode):
                     min=8,
                     max=16384,
                     step=8,
-                    tooltip="Tile height in pixels; every tile has this size (edge tiles shift inward).",
+                    tooltip="Tile height in pixels; every tile has the same size (see fit).",
                 ),
                 io.Int.Input(
                     "overlap",
-                    default=256,
+                    default=64,
                     min=0,
                     max=8192,
                     step=8,
-                    tooltip="Least overlap between neighbouring tiles in pixels; a quarter of the "
-                    "tile is a good start. Must be smaller than the tile.",
+                    tooltip="Least overlap between neighbouring tiles in pixels. Causal tiling only needs "
+                    "a lock band (SANA: 64 px = 2 latent cells); MultiDiffusion wants a quarter to a half "
+                    "of the tile. Must be smaller than the tile.",
+                ),
+                io.Combo.Input(
+                    "fit",
+                    options=list(FITS),
+                    default="grow",
+                    tooltip="grow: keep the tile count of an overlap-free grid and enlarge every tile "
+                    "just enough for the overlap (fewest tokens). shift: keep the tile size exactly; "
+                    "edge tiles shift inward, which can add a row and a column of tiles.",
                 ),
                 io.Combo.Input(
                     "order",
@@ -254,6 +263,7 @@ class SanaTilePlanner(io.ComfyNode):
         tile_width: int,
         tile_height: int,
         overlap: int,
+        fit: str,
         order: str,
         shuffle_seed: int,
         compression: int,
@@ -280,7 +290,7 @@ class SanaTilePlanner(io.ComfyNode):
                 make_plan(width, height, width, height, overlap, c)  # raises the divisibility message
             th, tw = auto_tile_cells(model, height // c, width // c)
             tile_height, tile_width = th * c, tw * c
-        plan = make_plan(width, height, tile_width, tile_height, overlap, c, order, shuffle_seed)
+        plan = make_plan(width, height, tile_width, tile_height, overlap, c, order, shuffle_seed, fit)
         shown = {
             "canvas": [plan.width_px, plan.height_px],
             "compression": plan.compression,

@@ -108,6 +108,7 @@ def planner(node_id: int, pos, **links) -> Node:
         ("tile_width", 128),
         ("tile_height", 128),
         ("overlap", 32),
+        ("fit", "grow"),
         ("order", "raster"),
         ("shuffle_seed", 0),
         ("compression", 8),

@@ -45,7 +45,7 @@ def plan(nodes, parts):
     _, _, vae = parts
     c = vae.spacial_compression_encode()
     out = nodes.planner.SanaTilePlanner.execute(
-        10 * c, 7 * c, 4 * c, 4 * c, c, "raster", 0, c, "manual", vae=vae
+        10 * c, 7 * c, 4 * c, 4 * c, c, "shift", "raster", 0, c, "manual", vae=vae
     )
     return out.result[0]
 
@@ -81,14 +81,14 @@ def test_planner_reads_compression_from_vae_and_size_from_inputs(nodes, parts, p
     assert (plan.compression, plan.canvas_width, plan.canvas_height, plan.rows, plan.cols) == (c, 10, 7, 2, 3)
     latent = {"samples": torch.zeros(1, 8, 8, 12)}
     plan2, preview = nodes.planner.SanaTilePlanner.execute(
-        1, 1, 4 * c, 4 * c, 0, "spiral", 0, 32, "manual", latent=latent, vae=vae
+        1, 1, 4 * c, 4 * c, 0, "shift", "spiral", 0, 32, "manual", latent=latent, vae=vae
     ).result
     assert (plan2.canvas_height, plan2.canvas_width, plan2.order) == (8, 12, "spiral")
     assert preview.shape[0] == 1 and preview.shape[-1] == 3 and float(preview.max()) <= 1.0
     odd = torch.zeros(1, 10 * c + 1, 12 * c, 3)
     with pytest.raises(ValueError, match=f"scale it to {12 * c}×{10 * c} px"):
         nodes.planner.SanaTilePlanner.execute(
-            1, 1, 4 * c, 4 * c, 0, "raster", 0, 32, "manual", image=odd, vae=vae
+            1, 1, 4 * c, 4 * c, 0, "shift", "raster", 0, 32, "manual", image=odd, vae=vae
         )
 
 
@@ -96,7 +96,7 @@ def test_planner_auto_tile_size_uses_model_memory_estimate(nodes, parts):
     model, _, vae = parts
     c = vae.spacial_compression_encode()
     out = nodes.planner.SanaTilePlanner.execute(
-        64 * c, 32 * c, c, c, 0, "raster", 0, c, "auto", vae=vae, model=model
+        64 * c, 32 * c, c, c, 0, "shift", "raster", 0, c, "auto", vae=vae, model=model
     )
     plan = out.result[0]
     native = model.get_model_object("diffusion_model").config.sample_size

@@ -185,7 +185,6 @@ def test_every_input_and_output_has_a_tooltip():
     missing = [
         f"{node_id}.{entry['name'] or entry['display_name']}"
         for node_id, schema in SCHEMAS.items()
-        if node_id in DISPLAY_NAMES
         for entry in schema["inputs"] + schema["outputs"]
         if not entry["tooltip"]
     ]
@@ -291,22 +290,25 @@ def test_workflows_use_the_embedded_model():
 
 # --- the browser's plan geometry ----------------------------------------------------------------
 CONFIGS = [
-    (2048, 1024, 1024, 1024, 256, 32, "raster"),
-    (2048, 1536, 1024, 768, 128, 32, "serpentine"),
-    (1280, 1280, 512, 512, 128, 32, "spiral"),
-    (640, 384, 128, 128, 32, 8, "center_out"),
-    (512, 256, 512, 256, 0, 8, "raster"),
-    (1000, 512, 512, 512, 128, 8, "raster"),
-    (2048, 1024, 1024, 1024, 1024, 32, "raster"),
-    (512, 512, 1024, 512, 64, 32, "raster"),
+    (2048, 1024, 1024, 1024, 256, 32, "raster", "shift"),
+    (2048, 1024, 1024, 1024, 64, 32, "raster", "grow"),
+    (2048, 1536, 1024, 768, 128, 32, "serpentine", "shift"),
+    (4096, 2048, 1024, 1024, 96, 32, "serpentine", "grow"),
+    (1280, 1280, 512, 512, 128, 32, "spiral", "shift"),
+    (1280, 1280, 512, 512, 128, 32, "spiral", "grow"),
+    (640, 384, 128, 128, 32, 8, "center_out", "shift"),
+    (512, 256, 512, 256, 0, 8, "raster", "grow"),
+    (1000, 512, 512, 512, 128, 8, "raster", "shift"),
+    (2048, 1024, 1024, 1024, 1024, 32, "raster", "shift"),
+    (512, 512, 1024, 512, 64, 32, "raster", "grow"),
 ]
 
 
 def _js_plans(configs) -> list[dict]:
     source = (ROOT / "js" / "tile_plan_preview.js").read_text()
     body = "\n".join(line for line in source.splitlines() if not line.startswith("import "))
-    call = "([width, height, tileWidth, tileHeight, overlap, compression, order]) => planFromWidgets("
-    call += "{width, height, tileWidth, tileHeight, overlap, compression, order})"
+    call = "([width, height, tileWidth, tileHeight, overlap, compression, order, fit]) => planFromWidgets("
+    call += "{width, height, tileWidth, tileHeight, overlap, compression, order, fit})"
     script = (
         f"const app = {{ registerExtension() {{}} }};\n{body}\nconst configs = {json.dumps(configs)};\n"
         f"console.log(JSON.stringify(configs.map({call})));"
@@ -320,9 +322,9 @@ def _js_plans(configs) -> list[dict]:
 @pytest.mark.skipif(shutil.which("node") is None, reason="node (JavaScript runtime) is not installed")
 def test_browser_plan_matches_make_plan():
     for config, js in zip(CONFIGS, _js_plans(CONFIGS), strict=True):
-        width, height, tw, th, overlap, c, order = config
+        width, height, tw, th, overlap, c, order, fit = config
         try:
-            plan = make_plan(width, height, tw, th, overlap, c, order)
+            plan = make_plan(width, height, tw, th, overlap, c, order, fit=fit)
         except ValueError:
             assert "error" in js, f"{config}: the browser draws a plan the engine refuses"
             continue
