@@ -30,7 +30,6 @@ from .common import CATEGORY
 from .sana_model import SanaVAE, make_clip, make_model_patcher
 
 EMBEDDED_ENTRY = "seamlab-sana (embedded)"
-EMBEDDED_PROMPT_TEMPLATE = "never"  # the embedded model was trained on bare prompts, not SANA's template
 FROM_CHECKPOINT = "(from checkpoint folder)"
 MODEL_KINDS = ("checkpoints", "diffusion_models")
 DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -40,7 +39,8 @@ DTYPE_TOOLTIP = (
 )
 TEMPLATE_TOOLTIP = (
     "SANA's complex-human-instruction prompt template: 'auto' uses it for non-empty prompts and not for "
-    "empty ones (as diffusers' SanaPipeline does for prompt / default negative), 'always', 'never'."
+    "empty ones (as diffusers' SanaPipeline does for prompt / default negative), unless the model folder's "
+    "prompt_settings.json says otherwise (the embedded model: never); 'always', 'never'."
 )
 
 
@@ -156,8 +156,6 @@ def load_sana(ckpt_name: str, vae_name: str, text_encoder_name: str, weight_dtyp
         raise SanaLoadError(
             f"'{ckpt_name}' has no model_index.json + transformer/: not a diffusers SANA folder."
         )
-    if ckpt_name == EMBEDDED_ENTRY and prompt_template == "auto":
-        prompt_template = EMBEDDED_PROMPT_TEMPLATE
     dtype = _dtype(weight_dtype, comfy.model_management.get_torch_device(), [torch.bfloat16, torch.float32])
     transformer, variant = (
         load_transformer_folder(path, dtype) if folder else load_transformer_file(path, dtype)

@@ -36,7 +36,7 @@ from .bcla import MODES, SOURCES, BCLAConfig, install_bcla
 from .bcla import BCLACache as _BCLACache
 from .context import GlobalContext, encode_global_context, guide_size
 from .flow import SAMPLERS, CFGDenoiser, flow_sigmas
-from .plan import ORDERS, PlanError, TilePlan, make_plan
+from .plan import FITS, ORDERS, PlanError, TilePlan, make_plan
 from .sampling import METHODS, generate
 from .sana import EMBEDDED_MODEL
 
@@ -94,15 +94,7 @@ def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
         )
     transformer, variant = load_transformer_folder(folder)
     vae = load_vae_folder(folder).to(device)
-    if folder.resolve() == EMBEDDED_MODEL.resolve():
-        # The seam-lab model was trained on bare prompts padded to a short length (no SANA instruction).
-        from .train import FlowConfig
-
-        text = load_text_encoder(folder, instruction="never")
-        text.max_sequence_length = FlowConfig.max_text_length
-    else:
-        text = load_text_encoder(folder)
-    text = text.to(device)
+    text = load_text_encoder(folder).to(device)
     scale = scaling_factor(vae)
 
     def encode_prompt(prompt: str) -> Tensor:
@@ -229,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--order", choices=ORDERS, default="raster", help="tile generation order")
     g.add_argument(
+        "--fit",
+        choices=FITS,
+        default="grow",
+        help="grow: overlap-free tile count, tiles enlarged by the overlap; shift: exact tile size",
+    )
+    g.add_argument(
         "--method", choices=(*METHODS, "compare"), default="causal", help="compare = " + " / ".join(COMPARE)
     )
     g.add_argument("--steps", type=_number(int, 1), default=20, help="sampling steps")
@@ -277,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="diffusers SANA folder")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument(
+        "--threads",
+        type=_number(int, 1),
+        default=None,
+        help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)",
+    )
     g.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     g.set_defaults(command_parser=g)
     return parser
@@ -295,7 +299,15 @@ def _plan(args: argparse.Namespace, compression: int) -> TilePlan:
     tile_height = args.tile_height or args.tile
     try:
         return make_plan(
-            args.width, args.height, args.tile, tile_height, args.overlap, compression, args.order, args.seed
+            args.width,
+            args.height,
+            args.tile,
+            tile_height,
+            args.overlap,
+            compression,
+            args.order,
+            args.seed,
+            args.fit,
         )
     except PlanError as error:
         message = str(error)
@@ -419,6 +431,8 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise CLIError(f"'{out}' exists and is not a folder", "--out")
     device = _device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.method not in ("causal", "compare") and (
         args.context_skip or args.context_stats or args.context_seed
     ):

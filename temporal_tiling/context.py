@@ -20,7 +20,10 @@ ratio) supplies that, three ways, combinable, each with its own strength:
   already varies across the canvas, so tile-level matching keeps lighting gradients). Only the
   guide's band is aligned (the tile's low-passed part, same low-pass as above) and the finer
   texture is added back untouched: a smooth upsampled guide says nothing about it, and matching the
-  full-band std to it would flatten the tile. The contrast gain is capped (``MAX_STATS_GAIN``).
+  full-band std to it would flatten the tile. The mean moves by ``strength`` at every call; the
+  std by ``strength·(1 - σ)``: a high-noise x0 prediction is a posterior mean whose spread is
+  shrunk by construction, and matching that to the guide's inflated early tiles into blotches on
+  the embedded model. The contrast gain is capped (``MAX_STATS_GAIN``).
 * ``bcla_seed`` (bottleneck attention to global tokens at O(D²), DehazeXL/seed 001): the model
   runs once on the noised low-res guide while the BCLA cache records; those S, Z statistics seed
   every tile's cache (``S_ctx = α·S_cache + β·S_seed``, β = strength; the cache owns the mixing).
@@ -257,7 +260,10 @@ class GlobalContext:
                 mean, std = _mean_std(low)
                 g_mean, g_std = guide_mean.to(out.device), guide_std.to(out.device)
                 target_mean = mean + stats * (g_mean - mean)
-                target_std = std + stats * (g_std - std)
+                # The std of a high-noise prediction (a posterior mean) is shrunk by construction: trust
+                # it, and match it, only as σ → 0. The mean is unbiased at every σ.
+                std_weight = stats * (1.0 - _per_sample(sigma, out.shape[0], out.device).clamp(0.0, 1.0))
+                target_std = std + std_weight * (g_std - std)
                 gain = (target_std / std.clamp_min(1e-6)).clamp_max(MAX_STATS_GAIN)
                 out = (low - mean) * gain + target_mean + (out - low)
             return out.to(x0.dtype)

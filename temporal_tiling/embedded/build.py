@@ -26,6 +26,7 @@ import torch
 from .. import seamlab
 from .. import train as tr
 from ..lora import LoraTrainConfig, evaluate_tile_sequences, load_temporal_lora, train_temporal_lora_modules
+from ..sana.text import PROMPT_SETTINGS
 
 DEMO_PROMPTS = (
     "a blue to pink sky with one sun at top left",
@@ -200,6 +201,10 @@ def export(
     text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(tmp / "tokenizer")
     FlowMatchEulerDiscreteScheduler(shift=tr.SHIFT).save_pretrained(tmp / "scheduler")
+    # Trained on bare prompts padded to max_text_length, not SANA's instruction: the loaders read this.
+    (tmp / PROMPT_SETTINGS).write_text(
+        json.dumps({"instruction": "never", "max_sequence_length": tr.FlowConfig.max_text_length}, indent=2)
+    )
     import diffusers
 
     (tmp / "model_index.json").write_text(

@@ -10,6 +10,7 @@ diffusers' SanaPipeline defaults, so they stay in step with diffusers.
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import torch
@@ -22,6 +23,9 @@ _PIPELINE_DEFAULTS = inspect.signature(SanaPipeline.__call__).parameters
 COMPLEX_HUMAN_INSTRUCTION: tuple[str, ...] = tuple(_PIPELINE_DEFAULTS["complex_human_instruction"].default)
 MAX_SEQUENCE_LENGTH: int = _PIPELINE_DEFAULTS["max_sequence_length"].default
 INSTRUCTION_MODES = ("auto", "always", "never")
+PROMPT_SETTINGS = "prompt_settings.json"
+"""Optional file in a SANA folder for models trained without SANA's prompt recipe (the embedded seam-lab
+model): {"instruction": "never", "max_sequence_length": 32}. Read when the caller asks for 'auto'."""
 
 
 class SanaTextEncoder(torch.nn.Module):
@@ -122,4 +126,11 @@ def load_text_encoder(
         raise CheckpointError(f"Cannot load the text encoder in '{folder}': {exc}") from exc
     if dtype is not None:
         model = model.to(dtype)
-    return SanaTextEncoder(model.eval().requires_grad_(False), tokenizer, instruction=instruction)
+    settings_file = folder / PROMPT_SETTINGS
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    return SanaTextEncoder(
+        model.eval().requires_grad_(False),
+        tokenizer,
+        max_sequence_length=settings.get("max_sequence_length", MAX_SEQUENCE_LENGTH),
+        instruction=settings.get("instruction", "auto") if instruction == "auto" else instruction,
+    )

@@ -20,7 +20,7 @@ from temporal_tiling import cli
 COMPRESSION = 8
 # 64×32 px canvas, 32 px tiles with 8 px overlap: 3 × 2 tiles of 4×4 latent cells.
 BASE = ["generate", "--prompt", "one sun over a red sky", "--width", "64", "--height", "40", "--tile", "32",
-        "--overlap", "8", "--steps", "2", "--cfg", "2.0"]  # fmt: skip
+        "--overlap", "8", "--fit", "shift", "--steps", "2", "--cfg", "2.0", "--threads", "1"]  # fmt: skip
 
 
 def tiny_loader(folder: Path, device: torch.device) -> cli.LoadedModel:
@@ -180,3 +180,17 @@ def test_module_entry_point_prints_help(capsys, monkeypatch) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--method" in out and "compare" in out and "--context-seed" in out
+
+
+@pytest.mark.skipif(
+    not (cli.EMBEDDED_MODEL / "model_index.json").is_file(), reason="the embedded model has not been built"
+)
+def test_embedded_model_renders_through_the_real_loader(tmp_path: Path) -> None:
+    prompt = "a blue to pink sky with one sun at top left"
+    size = ["--width", "128", "--height", "64", "--tile", "64", "--overlap", "16"]
+    argv = ["generate", "--prompt", prompt, *size, "--steps", "3", "--threads", "1", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    with Image.open(tmp_path / "causal.png") as image:
+        assert image.size == (128, 64)
+        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).float()
+    assert pixels.std() > 5  # a picture, not a flat or black canvas

@@ -172,7 +172,7 @@ def test_stats_moves_tile_statistics_toward_guide(guide_cells: tuple[int, int]) 
 
     strengths = (0.0, 0.25, 0.5, 0.75, 1.0)
     distances = [distance(x0)] + [
-        distance(GlobalContext(guide, stats=s).x0_hook(tile, PLAN)(x0, torch.tensor(0.5)))
+        distance(GlobalContext(guide, stats=s).x0_hook(tile, PLAN)(x0, torch.tensor(0.0)))
         for s in strengths[1:]
     ]
     assert all(b < a for a, b in itertools.pairwise(distances)), distances
@@ -248,11 +248,26 @@ def test_bcla_seed_needs_an_installed_cache(model) -> None:
         )
 
 
+def test_stats_matches_the_std_only_as_noise_goes() -> None:
+    guide, tile = smooth_guide(3, height=12, width=20), PLAN.tiles[1]
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6)) * 0.5
+    crop = GlobalContext(guide).guide_crop(tile, PLAN)
+    hook = GlobalContext(guide, stats=1.0).x0_hook(tile, PLAN)
+    std_gaps = []
+    for sigma in (1.0, 0.5, 0.0):
+        out = hook(x0, torch.tensor(sigma))
+        assert torch.allclose(out.mean(dim=(2, 3)), crop.mean(dim=(2, 3)), atol=1e-5)  # mean: every σ
+        std_gaps.append(float((out.std(dim=(2, 3)) - crop.std(dim=(2, 3))).abs().mean()))
+    initial = float((x0.std(dim=(2, 3)) - crop.std(dim=(2, 3))).abs().mean())
+    assert std_gaps[0] == pytest.approx(initial, rel=1e-4)  # σ = 1: the shrunk spread is left alone
+    assert std_gaps[1] == pytest.approx(initial / 2, rel=1e-3) and std_gaps[2] < 1e-4
+
+
 def test_stats_does_not_blow_up_a_flat_prediction() -> None:
     flat = torch.full((1, 4, 8, 8), 0.5) + 1e-4 * torch.randn(
         1, 4, 8, 8, generator=torch.Generator().manual_seed(5)
     )
-    out = GlobalContext(smooth_guide(3), stats=1.0).x0_hook(PLAN.tiles[0], PLAN)(flat, torch.tensor(1.0))
+    out = GlobalContext(smooth_guide(3), stats=1.0).x0_hook(PLAN.tiles[0], PLAN)(flat, torch.tensor(0.0))
     assert torch.isfinite(out).all()
     assert (out - out.mean(dim=(2, 3), keepdim=True)).abs().max() <= 10 * (flat - 0.5).abs().max() + 1e-6
 

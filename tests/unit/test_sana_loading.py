@@ -325,6 +325,17 @@ def test_text_encoder_folder_loading(tmp_path, tiny_text: SanaTextEncoder) -> No
         load_text_encoder(tmp_path / "tokenizer")
 
 
+def test_prompt_settings_file_overrides_auto_only(tmp_path, tiny_text: SanaTextEncoder) -> None:
+    """A model trained without SANA's instruction says so in prompt_settings.json; 'auto' follows it."""
+    tiny_text.text_model.save_pretrained(tmp_path / "text_encoder")
+    tiny_text.tokenizer.save_pretrained(tmp_path / "tokenizer")
+    (tmp_path / "prompt_settings.json").write_text('{"instruction": "never", "max_sequence_length": 12}')
+    loaded = load_text_encoder(tmp_path)
+    assert (loaded.instruction, loaded.max_sequence_length) == ("never", 12)
+    assert loaded.encode("a cat")[0].shape[1] == 12
+    assert load_text_encoder(tmp_path, instruction="always").instruction == "always"
+
+
 def test_diffusers_pipeline_folder_loads(tmp_path) -> None:
     folder = fixtures.write_pipeline_folder(tmp_path / "toy", flow_shift=4.5)
     model, variant = load_transformer_folder(folder)
