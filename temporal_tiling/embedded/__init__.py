@@ -1,5 +1,4 @@
-"""The embedded seam-lab model: a small SANA-architecture checkpoint trained by `build.py`."""
+"""The embedded seam-lab model: a small SANA-architecture checkpoint trained by `build.py`.
 
-from pathlib import Path
-
-SEAMLAB_SANA = Path(__file__).resolve().parent / "seamlab-sana"
+Its folder is `temporal_tiling.sana.EMBEDDED_MODEL`.
+"""

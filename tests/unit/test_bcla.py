@@ -4,13 +4,13 @@ import itertools
 
 import pytest
 import torch
-from diffusers import SanaTransformer2DModel
 from diffusers.models.attention_processor import Attention, SanaLinearAttnProcessor2_0
 from diffusers.models.transformers.transformer_sana_video import (
     SanaLinearAttnProcessor3_0,
     SanaVideoTransformer3DModel,
     WanRotaryPosEmbed,
 )
+from tiny_models import tiny_sana
 
 from temporal_tiling.bcla import (
     BCLACache,
@@ -30,22 +30,6 @@ LAYER = "attn"
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-def tiny_sana(**overrides) -> SanaTransformer2DModel:
-    torch.manual_seed(0)
-    config = dict(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=2,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=8,
-        cross_attention_dim=16,
-        caption_channels=16,
-        sample_size=8,
-        patch_size=1,
-    )
-    return SanaTransformer2DModel(**{**config, **overrides}).eval()
 
 
 def tiny_sana_video() -> SanaVideoTransformer3DModel:

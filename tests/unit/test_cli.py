@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import SanaTransformer2DModel
 from PIL import Image
+from tiny_models import tiny_sana
 
 from temporal_tiling import cli
 
@@ -24,20 +24,7 @@ BASE = ["generate", "--prompt", "one sun over a red sky", "--width", "64", "--he
 
 
 def tiny_loader(folder: Path, device: torch.device) -> cli.LoadedModel:
-    torch.manual_seed(0)
-    transformer = SanaTransformer2DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=2,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=8,
-        cross_attention_dim=16,
-        caption_channels=16,
-        sample_size=8,
-        patch_size=1,
-    ).eval()
+    transformer = tiny_sana()
 
     def encode_prompt(prompt: str) -> torch.Tensor:
         generator = torch.Generator().manual_seed(zlib.crc32(prompt.encode()))

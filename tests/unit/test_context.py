@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import SanaTransformer2DModel
+from tiny_models import tiny_sana
 
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.context import (
@@ -36,20 +37,7 @@ def smooth_guide(seed: int, channels: int = 4, height: int = 3, width: int = 5) 
 
 
 def tiny_transformer() -> SanaTransformer2DModel:
-    torch.manual_seed(0)
-    return SanaTransformer2DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=2,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=8,
-        cross_attention_dim=16,
-        caption_channels=16,
-        sample_size=8,
-        patch_size=1,
-    ).eval()
+    return tiny_sana()
 
 
 @pytest.fixture(scope="module")

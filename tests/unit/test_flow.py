@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from diffusers import SanaTransformer2DModel
+from tiny_models import tiny_sana
 
 from temporal_tiling.flow import (
     CFGDenoiser,
@@ -185,20 +185,7 @@ def test_cfg_denoiser_refuses_mismatched_batches() -> None:
 
 
 def test_cfg_denoiser_on_sana_matches_separate_branch_calls() -> None:
-    torch.manual_seed(0)
-    model = SanaTransformer2DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=2,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=8,
-        cross_attention_dim=16,
-        caption_channels=16,
-        sample_size=8,
-        patch_size=1,
-    ).eval()
+    model = tiny_sana()
     gen = torch.Generator().manual_seed(5)
     cond, uncond = torch.randn(1, 6, 16, generator=gen), torch.randn(1, 6, 16, generator=gen)
     x, sigma = torch.randn(2, 4, 8, 8, generator=gen), torch.full((2,), 0.6)

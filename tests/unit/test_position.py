@@ -4,6 +4,7 @@ import torch
 from diffusers import SanaTransformer2DModel
 from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed
 from diffusers.models.transformers.transformer_sana_video import SanaVideoTransformer3DModel
+from tiny_models import tiny_sana
 
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.plan import make_plan
@@ -13,22 +14,8 @@ torch.set_num_threads(1)
 
 
 def tiny_sana_2k(**overrides) -> SanaTransformer2DModel:
-    torch.manual_seed(0)
-    config = dict(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=1,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=8,
-        cross_attention_dim=16,
-        caption_channels=16,
-        sample_size=8,
-        patch_size=1,
-        interpolation_scale=2,
-    )
-    return SanaTransformer2DModel(**{**config, **overrides}).eval()
+    """A 2K-style model: sin-cos absolute position embedding (interpolation_scale set)."""
+    return tiny_sana(**{"num_layers": 1, "interpolation_scale": 2, **overrides})
 
 
 def manual_tile_embedding(embed: PatchEmbed, x, plan, tile):

@@ -11,8 +11,8 @@ from PIL import Image
 
 from temporal_tiling import seamlab
 from temporal_tiling import train as tr
-from temporal_tiling.embedded import SEAMLAB_SANA
 from temporal_tiling.embedded.build import corpus
+from temporal_tiling.sana import EMBEDDED_MODEL as SEAMLAB_SANA
 
 
 # ----------------------------------------------------------------------------- bug table
