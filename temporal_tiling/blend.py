@@ -150,7 +150,7 @@ def stitch(
         if value not in allowed:
             raise BlendError(f"Unknown {name} {value!r}; choose one of {', '.join(allowed)}.")
     s = _scale(plan, scale)
-    batch = _check_tiles(tiles, plan, s)
+    batch = plan.check_tile_batch(tiles, s)
     work = tiles if tiles.dtype in (torch.float32, torch.float64) else tiles.float()
     if color != "none" and tiles.shape[1] != 3:
         raise BlendError(
@@ -349,7 +349,7 @@ def apt_correct(tiles: Tensor, plan: TilePlan, *, scale: int | None = None) -> T
     common shift leaves every matched seam matched.
     """
     s = _scale(plan, scale)
-    batch = _check_tiles(tiles, plan, s)
+    batch = plan.check_tile_batch(tiles, s)
     grid = tiles.reshape(len(plan), batch, *tiles.shape[1:])
     height, width = plan.canvas_height * s, plan.canvas_width * s
     placed = tiles.new_zeros(batch, 3, height, width)
@@ -408,7 +408,7 @@ def reference_correct(
     least 4 px): frequencies the reference cannot hold stay the tile's own.
     """
     s = _scale(plan, scale)
-    batch = _check_tiles(tiles, plan, s)
+    batch = plan.check_tile_batch(tiles, s)
     height, width = plan.canvas_height * s, plan.canvas_width * s
     _check_reference(reference, batch, height, width)
     upscale = height / reference.shape[-2]
@@ -454,28 +454,6 @@ def _check_image(image: Tensor, plan: TilePlan, scale: int) -> None:
         )
     if image.is_floating_point() and torch.isnan(image).any():
         raise BlendError("The image contains NaN pixels; fix the upstream node before splitting.")
-
-
-def _check_tiles(tiles: Tensor, plan: TilePlan, scale: int) -> int:
-    """Validate a tile batch against the plan and return the canvas batch size B."""
-    if not isinstance(tiles, Tensor) or tiles.ndim != 4:
-        raise BlendError(
-            f"tiles must be a [T*B, C, h, w] tensor, got {getattr(tiles, 'shape', type(tiles))!r}."
-        )
-    if tiles.shape[0] == 0 or tiles.shape[0] % len(plan):
-        raise BlendError(
-            f"The tile batch holds {tiles.shape[0]} images but the plan has {len(plan)} tiles; "
-            f"give T*B images (a multiple of {len(plan)}) in plan order, e.g. from Split Into Tiles."
-        )
-    expected = (plan.tile_height * scale, plan.tile_width * scale)
-    if tuple(tiles.shape[-2:]) != expected:
-        raise BlendError(
-            f"Tiles are {tiles.shape[-1]}×{tiles.shape[-2]} but the plan's tiles are "
-            f"{expected[1]}×{expected[0]}; use the plan the tiles were made with."
-        )
-    if torch.isnan(tiles).any():
-        raise BlendError("The tiles contain NaN pixels; fix the upstream node (decode/sampler) first.")
-    return tiles.shape[0] // len(plan)
 
 
 def _check_reference(reference: Tensor, batch: int, height: int, width: int) -> None:

@@ -210,7 +210,7 @@ def seam_zone_mask(plan: TilePlan) -> Tensor:
 def overlap_psnr(tiles: Tensor, plan: TilePlan) -> Tensor:
     """PSNR (range 1.0) between two tiles' own pixels in their shared overlap, [seams, B]; rows of
     zero-overlap pairs are NaN (nothing shared)."""
-    batch = _check_tiles(tiles, plan)
+    batch = plan.check_tile_batch(tiles)
     c = plan.compression
     grid = tiles.reshape(len(plan), batch, *tiles.shape[1:])
     rows = []
@@ -437,23 +437,3 @@ def _check_image(image: Tensor, plan: TilePlan | None = None, name: str = "image
             f"{plan.width_px}×{plan.height_px} px; use the plan made for this image."
         )
     return image[..., : plan.height_px, : plan.width_px]
-
-
-def _check_tiles(tiles: Tensor, plan: TilePlan) -> int:
-    """Validate a tile batch against the plan and return the canvas batch size B."""
-    expected = (plan.tile_height_px, plan.tile_width_px)
-    if not isinstance(tiles, Tensor) or tiles.ndim != 4:
-        raise MetricsError(f"tiles must be a [T*B, C, h, w] tensor, got {getattr(tiles, 'shape', tiles)!r}.")
-    if tiles.shape[0] == 0 or tiles.shape[0] % len(plan):
-        raise MetricsError(
-            f"The tile batch holds {tiles.shape[0]} images but the plan has {len(plan)} tiles; "
-            f"give T*B images (a multiple of {len(plan)}) in plan order."
-        )
-    if tuple(tiles.shape[-2:]) != expected:
-        raise MetricsError(
-            f"Tiles are {tiles.shape[-1]}×{tiles.shape[-2]} px but the plan's tiles are "
-            f"{expected[1]}×{expected[0]} px; use the plan the tiles were made with."
-        )
-    if torch.isnan(tiles).any():
-        raise MetricsError("tiles contain NaN pixels; fix the upstream node (decode/sampler) first.")
-    return tiles.shape[0] // len(plan)

@@ -202,6 +202,29 @@ class TilePlan:
                 )
         return seams
 
+    def check_tile_batch(self, tiles: torch.Tensor, scale: int | None = None) -> int:
+        """Canvas batch size B of a tile batch [T*B, C, h, w] made for this plan (``scale`` = pixels
+        per latent cell: the compression for images, 1 for latents); PlanError naming the mismatch."""
+        scale = self.compression if scale is None else scale
+        if not isinstance(tiles, torch.Tensor) or tiles.ndim != 4:
+            raise PlanError(
+                f"tiles must be a [T*B, C, h, w] tensor, got {getattr(tiles, 'shape', type(tiles))!r}."
+            )
+        if tiles.shape[0] == 0 or tiles.shape[0] % len(self):
+            raise PlanError(
+                f"The tile batch holds {tiles.shape[0]} images but the plan has {len(self)} tiles; "
+                f"give T*B images (a multiple of {len(self)}) in plan order, e.g. from Split Into Tiles."
+            )
+        expected = (self.tile_height * scale, self.tile_width * scale)
+        if tuple(tiles.shape[-2:]) != expected:
+            raise PlanError(
+                f"Tiles are {tiles.shape[-1]}×{tiles.shape[-2]} but the plan's tiles are "
+                f"{expected[1]}×{expected[0]}; use the plan the tiles were made with."
+            )
+        if tiles.is_floating_point() and torch.isnan(tiles).any():
+            raise PlanError("The tiles contain NaN pixels; fix the upstream node (decode/sampler) first.")
+        return tiles.shape[0] // len(self)
+
     # --- serialisation -----------------------------------------------------------------------
     def to_json(self) -> str:
         return json.dumps(asdict(self))

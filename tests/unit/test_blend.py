@@ -15,7 +15,7 @@ from temporal_tiling.blend import (
     stitch,
 )
 from temporal_tiling.metrics import seam_report
-from temporal_tiling.plan import make_plan
+from temporal_tiling.plan import PlanError, make_plan
 
 BLENDERS = ("feather", "laplacian", "poisson")
 
@@ -180,13 +180,13 @@ def test_bad_inputs_raise_clear_errors():
     plan = PLANS["overlap32_c8"]()
     image = photo_like()
     tiles = split_tiles(image, plan)
-    with pytest.raises(BlendError, match=f"holds {len(plan) - 1} images but the plan has {len(plan)} tiles"):
+    with pytest.raises(PlanError, match=f"holds {len(plan) - 1} images but the plan has {len(plan)} tiles"):
         stitch(tiles[1:], plan)
-    with pytest.raises(BlendError, match="Tiles are 64×96 but the plan's tiles are 96×96"):
+    with pytest.raises(PlanError, match="Tiles are 64×96 but the plan's tiles are 96×96"):
         stitch(tiles[..., :64], plan)
     with pytest.raises(BlendError, match="image is 200×192 but the tile plan covers 256×192"):
         split_tiles(image[..., :200], plan)
-    with pytest.raises(BlendError, match="NaN"):
+    with pytest.raises(PlanError, match="NaN"):
         stitch(tiles.index_put((torch.tensor([3]),), torch.tensor(float("nan"))), plan, "feather")
     with pytest.raises(BlendError, match="NaN"):
         split_tiles(image.index_put((torch.tensor([0]),), torch.tensor(float("nan"))), plan)

@@ -18,7 +18,7 @@ from temporal_tiling.metrics import (
     seam_zone_mask,
     solar_view,
 )
-from temporal_tiling.plan import make_plan
+from temporal_tiling.plan import PlanError, make_plan
 
 # Sharma, Wu & Dalal (2005) test pairs: Lab 1, Lab 2, ΔE00.
 SHARMA = [
@@ -175,7 +175,7 @@ def test_bad_inputs_raise_clear_errors():
         seam_report(image.masked_fill(image > 0.7, float("nan")), plan)
     with pytest.raises(MetricsError, match="covers 256×128"):
         seam_report(image[..., :100], plan)
-    with pytest.raises(MetricsError, match=f"plan has {len(plan)} tiles"):
+    with pytest.raises(PlanError, match=f"plan has {len(plan)} tiles"):
         seam_report(image, plan, tiles=split_tiles(image, plan)[:5])
     with pytest.raises(MetricsError, match="same size"):
         seam_report(image, plan, reference=torch.rand(1, 3, 128, 300))
