@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+from pathlib import Path
 
 import comfy.model_management
 import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..temporal_tiling.atomic import write_atomic
 from ..temporal_tiling.metrics import SeamReport, heatmap_image, seam_heatmap, seam_report
 from ..temporal_tiling.plan import TilePlan
 from .common import CATEGORY, TilePlanSocket, check_links, image_from_engine, image_to_engine
@@ -19,7 +20,7 @@ from .tiles import as_tile_batch
 
 
 def save_report(report: SeamReport, plan: TilePlan, prefix: str) -> str:
-    """Write the report as JSON into ComfyUI's output folder, atomically (temp file + rename).
+    """Write the report as JSON into ComfyUI's output folder, all or nothing.
 
     Returns the path relative to the output folder. The name follows ComfyUI's ``prefix_00001_`` counter.
     """
@@ -28,15 +29,7 @@ def save_report(report: SeamReport, plan: TilePlan, prefix: str) -> str:
     os.makedirs(folder, exist_ok=True)
     filename = f"{name}_{counter:05}_.json"
     payload = {"report": report.to_dict(), "plan": json.loads(plan.to_json())}
-    descriptor, temp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(temp, os.path.join(folder, filename))
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    write_atomic(Path(folder) / filename, json.dumps(payload, indent=2).encode())
     return os.path.join(subfolder, filename)
 
 

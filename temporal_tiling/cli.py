@@ -17,10 +17,8 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from tqdm import tqdm
 
+from .atomic import write_atomic
 from .bcla import MODES, SOURCES, BCLAConfig, install_bcla
 from .bcla import BCLACache as _BCLACache
 from .context import GlobalContext, encode_global_context, guide_size
@@ -119,28 +118,6 @@ def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
 
 
 # --- output ---------------------------------------------------------------------------------------
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and rename it into place (all or nothing)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def to_pil(image: Tensor) -> Image.Image:

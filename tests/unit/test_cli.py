@@ -16,6 +16,7 @@ from PIL import Image
 from tiny_models import tiny_sana
 
 from temporal_tiling import cli
+from temporal_tiling.atomic import write_atomic
 
 COMPRESSION = 8
 # 64×32 px canvas, 32 px tiles with 8 px overlap: 3 × 2 tiles of 4×4 latent cells.
@@ -149,12 +150,12 @@ def test_interrupt_leaves_no_partial_file(tmp_path: Path, capsys, monkeypatch) -
 
 def test_write_atomic_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
     target = tmp_path / "a.png"
-    cli.write_atomic(target, b"first")
-    cli.write_atomic(target, b"second")
+    write_atomic(target, b"first")
+    write_atomic(target, b"second")
     assert target.read_bytes() == b"second" and leftovers(tmp_path) == []
     mask = os.umask(0o022)
     try:
-        cli.write_atomic(target, b"third")
+        write_atomic(target, b"third")
     finally:
         os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
