@@ -425,6 +425,16 @@ class _BCLAProcessor:
                 chunk.add_(context.to(chunk.device), alpha=scale)
 
 
+def _project(attn: Attention, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v of self-attention with the optional q/k norms, as both stock Sana processors compute them."""
+    query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value
+
+
 class BCLALinearAttnProcessor2_0(_BCLAProcessor):
     """``SanaLinearAttnProcessor2_0`` (SANA 1K/2K/4K) reading and writing a ``BCLACache``."""
 
@@ -440,16 +450,7 @@ class BCLALinearAttnProcessor2_0(_BCLAProcessor):
             return _STOCK_2_0(attn, hidden_states, encoder_hidden_states, attention_mask)
         # From here: the stock code, plus recording `scores` and adding the context to it.
         original_dtype = hidden_states.dtype
-        encoder_hidden_states = hidden_states
-
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = _project(attn, hidden_states)
 
         query = query.transpose(1, 2).unflatten(1, (attn.heads, -1))
         key = key.transpose(1, 2).unflatten(1, (attn.heads, -1)).transpose(2, 3)
@@ -513,16 +514,7 @@ class BCLALinearAttnProcessor3_0(_BCLAProcessor):
         if call is None:
             return _STOCK_3_0(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         original_dtype = hidden_states.dtype
-        encoder_hidden_states = hidden_states
-
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = _project(attn, hidden_states)
 
         query = query.unflatten(2, (attn.heads, -1))
         key = key.unflatten(2, (attn.heads, -1))

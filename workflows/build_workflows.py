@@ -134,6 +134,17 @@ def sampler(node_id: int, pos, model: tuple[int, int], mode: str, title: str, **
     return Node(node_id, "SanaCausalSampler", pos, widgets, wires, title, (340, 380))
 
 
+def bcla_cache(node_id: int, pos) -> Node:
+    widgets = [
+        ("mode", "cumulative"),
+        ("strength", 1.0),
+        ("source", "synchronous"),
+        ("decay", 0.5),
+        ("record_locked", True),
+    ]
+    return Node(node_id, "SanaBCLACache", pos, widgets, {"model": (1, 0)}, size=(320, 220))
+
+
 def metrics(node_id: int, pos, prefix: str, **links) -> Node:
     return Node(node_id, "SanaTileMetrics", pos, [("filename_prefix", prefix)], links, size=(420, 300))
 
@@ -148,20 +159,7 @@ def txt2img() -> list[Node]:
         loader(1, (20, 40)),
         text(2, (20, 260), PROMPT, "positive"),
         text(3, (20, 420), "", "negative"),
-        Node(
-            4,
-            "SanaBCLACache",
-            (400, 40),
-            [
-                ("mode", "cumulative"),
-                ("strength", 1.0),
-                ("source", "synchronous"),
-                ("decay", 0.5),
-                ("record_locked", True),
-            ],
-            {"model": (1, 0)},
-            size=(320, 220),
-        ),
+        bcla_cache(4, (400, 40)),
         planner(5, (400, 300), vae=(1, 2)),
         sampler(6, (800, 40), (4, 0), "causal", "Causal SANA Sampler"),
         Node(7, "VAEDecode", (1280, 40), links={"samples": (6, 0), "vae": (1, 2)}, size=(220, 60)),
@@ -282,20 +280,7 @@ def compare() -> list[Node]:
         loader(1, (20, 40)),
         text(2, (20, 260), PROMPT, "positive"),
         text(3, (20, 420), "", "negative"),
-        Node(
-            4,
-            "SanaBCLACache",
-            (20, 580),
-            [
-                ("mode", "cumulative"),
-                ("strength", 1.0),
-                ("source", "synchronous"),
-                ("decay", 0.5),
-                ("record_locked", True),
-            ],
-            {"model": (1, 0)},
-            size=(320, 220),
-        ),
+        bcla_cache(4, (20, 580)),
         planner(5, (20, 840), vae=(1, 2)),
         note(
             6,
