@@ -1,6 +1,6 @@
 """Seam-lab quality benchmark: every tiling method on the embedded model, side by side, same noise.
 
-Run from the repository root: ``python -m bench.bench_quality`` (embedded model, ≤ 25 min on 2 CPU
+Run from the repository root: ``python -m bench.bench_quality`` (embedded model, ≤ 45 min on 2 CPU
 cores) or ``python -m bench.bench_quality --quick`` (a tiny random model, a minute, for the code path;
 writes to ``out/bench-quality-quick/``). Writes ``bench/results/quality.json``,
 ``bench/results/quality.md`` and ``docs/quality_grid.png``.
@@ -56,13 +56,14 @@ from torch import Tensor
 from temporal_tiling import seamlab
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.context import GlobalContext, encode_global_context
-from temporal_tiling.flow import CFGDenoiser, euler, flow_sigmas, noise_scaling, sample_tile
+from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
 from temporal_tiling.metrics import seam_report, seam_zone_mask, to_lab
 from temporal_tiling.plan import Tile, TilePlan, make_plan
 from temporal_tiling.sampling import (
     CLEAN_SIGMA,
     DEFAULT_LOCK_FEATHER,
     CanvasResult,
+    LockRelease,
     TileJob,
     multidiffusion_denoiser,
     sample_causal,
@@ -90,7 +91,7 @@ CFG = 4.0
 """The embedded model's sampling guidance (its model card's samples)."""
 HF_SIGMA = 1.5
 COS_THRESHOLD = 0.85
-MODES = ("cumulative", "neighbors", "sparse", "decay")
+MODES = ("cumulative", "neighbors", "sparse", "decay", "distance")
 SOURCES = ("synchronous", "clean")
 
 
@@ -108,12 +109,19 @@ class Spec:
     feather: int = DEFAULT_LOCK_FEATHER
     order: str = "raster"
     lock_end: float = 1.0
-    """Lock strength at σ = 0 (linear in σ from 1 at σ = 1): < 1 lets the tile rewrite the overlap late."""
+    """Lock weight at σ = 0 (LockRelease.end; 1 = constant lock): < 1 averages old and new content late."""
+    release_band: int = 0
+    """LockRelease.band: release only known cells this close to the new cells (0 = all known cells)."""
+    decay: float = 0.5
+    """BCLAConfig.decay (modes decay and distance)."""
+    record_locked: bool = True
     lock: bool = True
     zero_cache: bool = False
     skip: float = 0.0
     stats: float = 0.0
     seed: float = 0.0
+    seed_sigma: float = 0.0
+    """Noise level of the bcla_seed pass (0 = every level of the schedule, the pack's default)."""
     lora: bool = False
 
     @property
@@ -136,9 +144,16 @@ def bcla_label(spec: Spec) -> str:
         parts.append(f"feather {spec.feather}")
     if spec.order != "raster":
         parts.append(spec.order)
+    if spec.mode in ("decay", "distance") and spec.decay != 0.5:
+        parts.append(f"decay {spec.decay:g}")
+    if not spec.record_locked:
+        parts.append("new tokens only")
     if spec.lock_end != 1:
-        parts.append(f"lock→{spec.lock_end:g}")
+        band = f" in {spec.release_band} cells" if spec.release_band else ""
+        parts.append(f"lock→{spec.lock_end:g}{band}")
     ctx = [f"{n} {v:g}" for n, v in (("skip", spec.skip), ("stats", spec.stats), ("seed", spec.seed)) if v]
+    if spec.seed and spec.seed_sigma:
+        ctx[-1] += f" at σ {spec.seed_sigma:g}"
     if ctx:
         parts.append("ctx " + ", ".join(ctx))
     if spec.lora:
@@ -316,22 +331,6 @@ class FeatureTap:
         return None
 
 
-def scheduled_lock(denoiser, job: TileJob, sigmas: Tensor, lock_end: float) -> Tensor:
-    """ComfyUI's inpainting rule with a lock strength that decays linearly in σ (1 → ``lock_end``)."""
-    known = 1.0 - job.denoise_mask
-
-    def model(x: Tensor, sigma: Tensor) -> Tensor:
-        s = float(sigma.reshape(-1)[0])
-        keep = known * (lock_end + (1.0 - lock_end) * s)
-        x = x * (1 - keep) + noise_scaling(sigma, job.noise, job.latent) * keep
-        x0 = denoiser(x, sigma)
-        if job.x0_hook is not None:
-            x0 = job.x0_hook(x0, sigma)
-        return x0 * (1 - keep) + job.latent * keep
-
-    return euler(model, noise_scaling(sigmas[0], job.noise, job.latent), sigmas)
-
-
 @dataclass
 class Run:
     spec: Spec
@@ -383,7 +382,7 @@ def _guide_context(
             bcla_seed=spec.seed,
             denoiser=_denoiser(model, transformer, pairs, cache),
             cache=cache,
-            sigma=sigmas[:-1],
+            sigma=spec.seed_sigma or sigmas[:-1],
             seed=pairs.seeds[0] + 7,
         )
     finally:
@@ -404,7 +403,13 @@ def run(model: Model, pairs: Pairs, canvas: str, spec: Spec, steps: int) -> Run:
     sigmas = flow_sigmas(steps, model.shift)
     batch = len(pairs)
     start, cpu_start = time.perf_counter(), time.process_time()
-    config = BCLAConfig(mode=spec.mode, strength=spec.strength, source=spec.source)
+    config = BCLAConfig(
+        mode=spec.mode,
+        strength=spec.strength,
+        source=spec.source,
+        decay=spec.decay,
+        record_locked=spec.record_locked,
+    )
     context = None
     if spec.has_context:
         context = _guide_context(model, transformer, pairs, plan, spec, sigmas, config, noise)
@@ -422,8 +427,6 @@ def run(model: Model, pairs: Pairs, canvas: str, spec: Spec, steps: int) -> Run:
         def denoise_tile(job: TileJob) -> Tensor:
             if not spec.lock:
                 job = replace(job, denoise_mask=torch.ones_like(job.denoise_mask))
-            if spec.lock_end < 1:
-                return scheduled_lock(den, job, sigmas, spec.lock_end)
             return sample_tile(den, job, sigmas, "euler")
 
         def on_tile(index: int, total: int) -> None:
@@ -431,8 +434,7 @@ def run(model: Model, pairs: Pairs, canvas: str, spec: Spec, steps: int) -> Run:
                 return
             norms.append(cache.norm())
             if spec.zero_cache:  # verification test 2: the processors add an all-zero cache
-                for stats in [cache._store, *cache._kept.values()]:
-                    stats.mul_(0.0)
+                cache.zero_()
 
         if spec.kind == "full":
             latent = sample_tile(den, canvas_job, sigmas, "euler")
@@ -453,6 +455,7 @@ def run(model: Model, pairs: Pairs, canvas: str, spec: Spec, steps: int) -> Run:
                 denoise_tile,
                 cache=cache,
                 lock_feather=spec.feather,
+                lock_release=LockRelease(1.0 - spec.lock_end, spec.release_band),
                 context=context,
                 on_tile=on_tile,
                 reencode=lambda x0: den(x0, x0.new_full((x0.shape[0],), CLEAN_SIGMA)),
@@ -745,9 +748,10 @@ def tune(bench: Bench, canvases: list[str], deadline: float) -> tuple[Spec, list
         best = best_of(
             [best]
             + [named(best, strength=a) for a in (0.5, 2.0)]
-            + [named(best, feather=f) for f in (0, 1)]
-            + [named(best, lock_end=0.5)],
-            "strength / feather / lock schedule",
+            + [named(best, feather=f) for f in (0, 1, 3)]
+            + [named(best, **release) for release in RELEASES]
+            + [named(best, record_locked=False)],
+            "strength / feather / lock release / recorded tokens",
         )
     if time.perf_counter() < deadline:
         best = best_of(
@@ -763,15 +767,42 @@ def tune(bench: Bench, canvases: list[str], deadline: float) -> tuple[Spec, list
     return best, trail
 
 
-def levers(best: Spec) -> list[tuple[str, Spec]]:
-    """Issue 8's levers, each varied alone from the best configuration (without its global context)."""
-    base = replace(best, skip=0.0, stats=0.0, seed=0.0, lora=False)
-    out = [("lock feather (cells)", named(base, feather=f)) for f in (0, 1, 2)]
-    out += [("lock strength at σ=0", named(base, lock_end=0.5))]
+PACK_DEFAULT = named(Spec("", "causal"), mode="cumulative")
+"""The Causal SANA Sampler + BCLA Cache defaults before issue 8: the levers start from here."""
+NEW_DEFAULT = named(PACK_DEFAULT, seed=1.0)
+"""What the pack gives now: the same sampler and cache, plus the Global Context Encoder's defaults."""
+RELEASES = ({"lock_end": 0.5}, {"lock_end": 0.75}, {"lock_end": 0.5, "release_band": 1})
+"""Lock releases tried: half or a quarter of the lock over the whole overlap, half next to the edge."""
+
+
+def levers(best: Spec, lora: bool) -> list[tuple[str, Spec]]:
+    """Issue 8's levers, each varied alone from the pack's former default, then combined."""
+    base = PACK_DEFAULT
+    out = [("lock feather (cells)", named(base, feather=f)) for f in (0, 1, 2, 3)]
+    out += [("lock release", base)] + [("lock release", named(base, **r)) for r in RELEASES]
+    out += [("cache content", named(base, mode=m)) for m in ("cumulative", "neighbors", "sparse", "decay")]
+    out += [("cache content", named(base, mode="distance", decay=d)) for d in (0.5, 0.25)]
+    out += [
+        ("cache content", named(base, record_locked=False)),
+        ("cache content", named(base, source="clean")),
+        ("cache content", named(base, mode="off")),
+    ]
+    out += [("BCLA strength α", named(base, strength=a)) for a in (0.5, 1.0, 2.0)]
+    out += [("global context", base)] + [
+        ("global context", named(base, **ctx))
+        for ctx in ({"skip": 0.5}, {"stats": 0.5}, {"seed": 1.0}, {"seed": 1.0, "seed_sigma": 0.5})
+    ]
     out += [
         ("order", named(base, order=o)) for o in ("raster", "serpentine", "spiral", "center_out", "random")
     ]
-    out += [("BCLA strength α", named(base, strength=a)) for a in (0.5, 1.0, 2.0)]
+    if lora:
+        out += [
+            ("temporal LoRA", named(base, lora=True)),
+            ("temporal LoRA", named(base, order="serpentine", lora=True)),
+        ]
+    out += [("combination (tuned)", best)]
+    if lora:
+        out += [("combination (tuned)", named(best, lora=True))]
     return out
 
 
@@ -1022,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-pairs", type=int, default=4, help="tuning pairs (other scenes and seeds)")
     p.add_argument("--lever-pairs", type=int, default=8, help="held-out pairs for the lever table (grid)")
     p.add_argument("--steps", type=int, default=8, help="Euler steps (the pack's default is 20)")
-    p.add_argument("--budget-min", type=float, default=25.0, help="wall-clock budget; levers are cut to fit")
+    p.add_argument("--budget-min", type=float, default=45.0, help="wall-clock budget; levers are cut to fit")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = time 1 and 2, keep the faster")
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -1076,7 +1107,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx_variant = best if best.has_context else named(best, skip=0.5)
     no_ctx = replace(best, skip=0.0, stats=0.0, seed=0.0)
     no_ctx = replace(no_ctx, name=bcla_label(no_ctx))
-    for extra in (no_ctx, ctx_variant):
+    for extra in (no_ctx, ctx_variant, NEW_DEFAULT):
         if extra.key not in {s.key for s in specs}:
             specs.append(extra)
     lora_spec = None
@@ -1093,14 +1124,15 @@ def main(argv: list[str] | None = None) -> int:
     lever_bench = bench.head(args.lever_pairs, "levers")
     lever_rows: list[dict] = []
     cut: list[str] = []
-    grid = canvases[0]
-    per_run = records[grid][BASELINES[0].name]["summary"]["seconds_per_canvas"] * args.lever_pairs * 2.5
-    for group, spec in levers(best):
-        if time.perf_counter() - t_start + per_run > budget:
-            cut.append(f"lever {spec.name}")
-            continue
-        lever_rows.append({"group": group, **lever_bench.get(grid, spec)})
-    tests["4_shuffle_vs_raster"] = shuffle_test(lever_rows)
+    lever_specs = [("reference", FULL), ("reference", BASELINES[2]), *levers(best, model.lora is not None)]
+    for canvas in canvases:
+        per_run = records[canvas][BASELINES[0].name]["summary"]["seconds_per_canvas"] * args.lever_pairs * 2.5
+        for group, spec in lever_specs:
+            if time.perf_counter() - t_start + per_run > budget:
+                cut.append(f"lever {spec.name} ({canvas})")
+                continue
+            lever_rows.append({"group": group, "canvas": canvas, **lever_bench.get(canvas, spec)})
+    tests["4_shuffle_vs_raster"] = shuffle_test([r for r in lever_rows if r["canvas"] == canvases[0]])
 
     # 4. goals, tables, figure.
     md50_name = BASELINES[2].name
@@ -1148,9 +1180,10 @@ def main(argv: list[str] | None = None) -> int:
         ("native full canvas", FULL),
         ("independent tiles", BASELINES[0]),
         ("MultiDiffusion 50 %", BASELINES[2]),
-        ("causal lock, BCLA off", BASELINES[3]),
-        ("best BCLA configuration", best),
-    ] + ([("best + temporal LoRA", lora_spec)] if lora_spec else [])
+        ("before: former default", PACK_DEFAULT),
+        ("after: + global context", NEW_DEFAULT),
+        ("tuned configuration", best),
+    ] + ([("tuned + temporal LoRA", lora_spec)] if lora_spec else [])
     grid_figure(bench, figure_specs, figure)
     log(f"wrote {out_dir / 'quality.json'}, {out_dir / 'quality.md'}, {figure} in {elapsed / 60:.1f} min")
     return 0
@@ -1179,8 +1212,8 @@ def markdown(
         f"`{best.name}` = `{json.dumps(best.describe())}`.",
         "",
         "Image grid: `docs/quality_grid.png` (first two held-out pairs on the grid, the first on the "
-        "panorama; native, independent tiles, MultiDiffusion 50 %, lock only, best configuration, best + "
-        "temporal LoRA).",
+        "panorama; native, independent tiles, MultiDiffusion 50 %, the former pack default, the pack's "
+        "defaults now (+ Global Context Encoder), the tuned configuration, tuned + temporal LoRA).",
         "",
         "Columns: gradient ratio and ΔE2000 at the overlap centre lines (mean over seams and pairs; worst = "
         "worst seam of any pair); overlap PSNR between the separately decoded, unblended tiles (mean; worst "
@@ -1218,13 +1251,18 @@ def markdown(
             else:
                 cells = f"{_f(g['value'], 3)} | {_ok(g['pass'])} | {_f(g['gap'], 3)} | {_f(g['native'], 3)}"
                 lines.append(f"| {g['goal']} | {cells} |")
-    grid = canvases[0]
-    if lever_rows:
-        md50 = records[grid][md50_name]["summary"]["cpu_seconds_per_canvas"]
-        lines += ["", f"## Levers (issue 8), {grid}, first {proto['lever_pairs']} held-out pairs", ""]
-        lines += ["Each lever is varied alone from the best configuration without its global context.", ""]
-        rows = [{**r, "name": f"{r['group']}: {r['name']}"} for r in lever_rows]
-        lines.append(table(rows, md50))
+    for cv in canvases:
+        rows = [{**r, "name": f"{r['group']}: {r['name']}"} for r in lever_rows if r["canvas"] == cv]
+        if not rows:
+            continue
+        md50 = records[cv][md50_name]["summary"]["cpu_seconds_per_canvas"]
+        lines += ["", f"## Levers (issue 8), {cv}, first {proto['lever_pairs']} held-out pairs", ""]
+        lines += [
+            f"Each lever is varied alone from the pack's former default (`{PACK_DEFAULT.name}`, feather "
+            f"{DEFAULT_LOCK_FEATHER}, raster); the last group combines them as tuned on the tuning pairs.",
+            "",
+            table(rows, md50),
+        ]
     lines += verification_markdown(payload["verification"])
     lines += ["", "## Tuning trail (tuning pairs; rank sum over both canvases, lower is better)", ""]
     lines += ["| stage | configuration | rank score |", "| --- | --- | --- |"]

@@ -55,7 +55,8 @@ class SanaBCLACache(io.ComfyNode):
                     default="cumulative",
                     tooltip="Which earlier tiles a tile sees: cumulative (all), neighbors (its "
                     "already generated 8-neighbours), sparse (first + previous), decay "
-                    "(geometric weight per tile), off (locking only).",
+                    "(geometric weight per tile of order), distance (weight by distance on the "
+                    "canvas; keeps every tile's statistics), off (locking only).",
                 ),
                 io.Float.Input(
                     "strength",
@@ -79,7 +80,9 @@ class SanaBCLACache(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.05,
-                    tooltip="Per-tile factor for mode = decay (0 = previous tile only, 1 = cumulative).",
+                    tooltip="mode = decay: factor per tile of order (0 = previous tile only, 1 = "
+                    "cumulative). mode = distance: factor per tile step of distance (0 = edge "
+                    "neighbours only, 1 = cumulative).",
                 ),
                 io.Boolean.Input(
                     "record_locked",

@@ -48,7 +48,7 @@ class SanaGlobalContext(io.ComfyNode):
             inputs=[
                 io.Float.Input(
                     "skip_residual",
-                    default=0.5,
+                    default=0.0,
                     min=0.0,
                     max=1.0,
                     step=0.05,
@@ -66,7 +66,7 @@ class SanaGlobalContext(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "bcla_seed",
-                    default=0.0,
+                    default=1.0,
                     min=0.0,
                     max=4.0,
                     step=0.05,
@@ -84,11 +84,13 @@ class SanaGlobalContext(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "seed_sigma",
-                    default=0.5,
-                    min=0.01,
+                    default=0.0,
+                    min=0.0,
                     max=1.0,
                     step=0.01,
-                    tooltip="Noise level of the bcla_seed pass over the guide.",
+                    tooltip="Noise level of the bcla_seed pass over the guide. 0 = every noise level "
+                    "of the sampler's schedule, one low-res model call each, so each step's tiles "
+                    "read the guide's statistics at their own level (as the benchmark measures it).",
                 ),
                 io.Int.Input(
                     "seed",

@@ -27,7 +27,11 @@ from ..temporal_tiling.plan import Tile, TilePlan
 from ..temporal_tiling.sampling import (
     CLEAN_SIGMA,
     DEFAULT_LOCK_FEATHER,
+    DEFAULT_LOCK_RELEASE,
+    DEFAULT_RELEASE_BAND,
     CanvasResult,
+    LockRelease,
+    MaskSchedule,
     SamplingError,
     TileJob,
     X0Hook,
@@ -56,6 +60,7 @@ class _Run:
     """Mutable state shared by the model wrapper, the post-CFG hook and the progress callback."""
 
     hook: X0Hook | None = None
+    mask_schedule: MaskSchedule | None = None
     tile: Tile | None = None
     done_steps: int = 0
     preview: torch.Tensor | None = None
@@ -145,6 +150,24 @@ class SanaCausalSampler(io.ComfyNode):
                     tooltip="Latent cells of already generated content, next to the lock edge, "
                     "that a new tile may still blend into (0 = hard lock). Causal only.",
                 ),
+                io.Float.Input(
+                    "lock_release",
+                    default=DEFAULT_LOCK_RELEASE,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="Share of the lock released by the last step near the lock edge: the "
+                    "new tile's prediction and the earlier content are averaged there in the late "
+                    "steps (0 = constant lock). Causal only.",
+                ),
+                io.Int.Input(
+                    "release_band",
+                    default=DEFAULT_RELEASE_BAND,
+                    min=0,
+                    max=64,
+                    tooltip="Latent cells of the overlap, next to the tile's new area, that "
+                    "lock_release applies to (0 = the whole overlap). Causal only.",
+                ),
                 io.Int.Input(
                     "batch_size",
                     default=1,
@@ -210,6 +233,8 @@ class SanaCausalSampler(io.ComfyNode):
         denoise: float,
         mode: str,
         lock_feather: int,
+        lock_release: float,
+        release_band: int,
         batch_size: int,
         latent_image: dict | None = None,
         global_context: ContextSpec | None = None,
@@ -240,10 +265,11 @@ class SanaCausalSampler(io.ComfyNode):
             )
 
         def denoise_tile(job: TileJob) -> torch.Tensor:
-            run.hook, run.tile = job.x0_hook, job.tile
+            run.hook, run.mask_schedule, run.tile = job.x0_hook, job.mask_schedule, job.tile
             mask = None if bool((job.denoise_mask == 1).all()) else job.denoise_mask
             out = sample(job.noise, job.latent, denoise=denoise, noise_mask=mask, callback=callback)
-            run.hook, run.tile, run.done_steps = None, None, run.done_steps + steps
+            run.hook, run.mask_schedule, run.tile = None, None, None
+            run.done_steps += steps
             rows, cols = job.tile.slices
             run.preview[..., rows, cols] = work.model.process_latent_in(out.to(run.preview))
             return out.to(job.latent)
@@ -258,7 +284,10 @@ class SanaCausalSampler(io.ComfyNode):
         elif mode == "independent":
             result = sample_independent(plan, noise, denoise_tile, latent=given, on_tile=_interrupt_check)
         else:
-            context = _global_context(global_context, work, plan, start, cache, sample)
+            schedule = comfy.samplers.KSampler(
+                work, steps, work.load_device, sampler_name, scheduler, denoise, work.model_options
+            ).sigmas
+            context = _global_context(global_context, work, plan, start, cache, sample, schedule)
             result = sample_causal(
                 plan,
                 noise,
@@ -266,6 +295,7 @@ class SanaCausalSampler(io.ComfyNode):
                 latent=given,
                 cache=cache,
                 lock_feather=lock_feather,
+                lock_release=LockRelease(lock_release, release_band),
                 context=context,
                 on_tile=_interrupt_check,
                 reencode=reencode,
@@ -327,8 +357,19 @@ def _patched_model(model, plan: TilePlan, mode: str, run: _Run):
         hook = run.hook
         return args["denoised"] if hook is None else hook(args["denoised"], args["sigma"])
 
+    previous_mask = model.model_options.get("denoise_mask_function")
+
+    def mask_function(sigma: torch.Tensor, denoise_mask: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        """The lock release of the tile being sampled, after any earlier mask function (e.g.
+        Differential Diffusion), through ComfyUI's own per-call mask hook."""
+        if previous_mask is not None:
+            denoise_mask = previous_mask(sigma, denoise_mask, extra_options=extra_options)
+        schedule = run.mask_schedule
+        return denoise_mask if schedule is None else schedule(sigma, denoise_mask)
+
     work.set_model_unet_function_wrapper(wrapper)
     work.set_model_sampler_post_cfg_function(post_cfg)
+    work.set_model_denoise_mask_function(mask_function)
     return work, cache
 
 
@@ -352,11 +393,18 @@ def _progress(work, plan: TilePlan, run: _Run, total: int):
 
 
 def _global_context(
-    spec: ContextSpec | None, work, plan: TilePlan, start: torch.Tensor, cache: BCLACache | None, sample
+    spec: ContextSpec | None,
+    work,
+    plan: TilePlan,
+    start: torch.Tensor,
+    cache: BCLACache | None,
+    sample,
+    schedule: torch.Tensor,
 ) -> GlobalContext | None:
     """Turn the encoder node's spec into the engine's GlobalContext, in the model's internal latent space.
 
-    ``bcla_seed`` > 0 runs the model once on the guide noised to ``seed_sigma`` while the cache records.
+    ``bcla_seed`` > 0 runs the model on the guide noised to ``seed_sigma`` (0: to every level of the
+    run's ``schedule`` in turn, one call each) while the cache records.
     """
     if spec is None:
         return None
@@ -375,10 +423,11 @@ def _global_context(
             "bcla_seed > 0 seeds the BCLA cache: feed the sampler a model from the BCLA Cache node, "
             "or set bcla_seed to 0."
         )
+    levels = [spec.seed_sigma] if spec.seed_sigma > 0 else [float(s) for s in schedule[:-1] if s > 0]
+    noise = comfy.sample.prepare_noise(guide, spec.seed)
     with cache.record_seed() as handle:
-        sample(
-            comfy.sample.prepare_noise(guide, spec.seed), guide, sigmas=torch.tensor([spec.seed_sigma, 0.0])
-        )
+        for level in levels:
+            sample(noise, guide, sigmas=torch.tensor([level, 0.0]))
     return replace(context, bcla_seed=spec.bcla_seed, seed_stats=handle.stats)
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from .plan import Tile, TilePlan
 from .position import position_patches
 
-MODES: tuple[str, ...] = ("cumulative", "neighbors", "sparse", "decay", "off")
+MODES: tuple[str, ...] = ("cumulative", "neighbors", "sparse", "decay", "distance", "off")
 SOURCES: tuple[str, ...] = ("synchronous", "clean")
 CLEAN_KEY = "clean"
 """Key of the statistics recorded during ``clean_pass`` (source="clean")."""
@@ -51,14 +51,16 @@ class BCLAConfig:
 
     mode: str = "cumulative"
     """cumulative (all earlier tiles) | neighbors (earlier 8-neighbours) | sparse (first + previous tile)
-    | decay (S ← decay·S + S_tile) | off."""
+    | decay (S ← decay·S + S_tile) | distance (every earlier tile weighted by its distance on the
+    canvas: ``decay ** (d - 1)``, d in tile steps, so adjacent tiles count fully) | off."""
     strength: float = 1.0
     """α in S_own + α·S_cache."""
     source: str = "synchronous"
     """synchronous: earlier tiles' statistics at the same noise level (keyed by sigma); clean: recorded
     from each finished tile in a ``clean_pass`` near t=0."""
     decay: float = 0.5
-    """Per-tile geometric factor for mode="decay" (0 = previous tile only, 1 = cumulative)."""
+    """Geometric factor per tile of order (mode="decay": 0 = previous tile only, 1 = cumulative) or per
+    tile step of canvas distance (mode="distance": 0 = edge neighbours only, 1 = cumulative)."""
     record_locked: bool = True
     """Also record the tokens of locked (already generated) cells; False records only the tokens of
     the ``token_mask`` given to ``begin_tile``."""
@@ -237,6 +239,8 @@ class BCLACache:
             self._kept = {i: s for i, s in self._kept.items() if self._last_use.get(i, -1) > tile.index}
         elif mode == "sparse":
             self._context = self._sum(self._kept.values())
+        elif mode == "distance":
+            self._context = self._weighted(tile)
         self._resolved = {}
 
     def set_call(self, sigma: float | Tensor, branches: Sequence[int]) -> None:
@@ -262,6 +266,8 @@ class BCLACache:
         elif mode == "sparse":
             first = min(self._kept, default=index)
             self._kept = {first: self._kept.get(first, own), index: own}
+        elif mode == "distance":
+            self._kept[index] = own
         self._tile, self._pending, self._context, self._token_mask = None, None, None, None
         self._token_masks, self._resolved = {}, {}
 
@@ -303,8 +309,27 @@ class BCLACache:
 
     def norm(self) -> float:
         """Frobenius norm of the cached statistics (running store and per-tile statistics)."""
-        parts = [self._store, *self._kept.values()]
-        return math.sqrt(sum(s.norm() ** 2 for s in parts))
+        return math.sqrt(sum(s.norm() ** 2 for s in self._cached()))
+
+    def zero_(self) -> None:
+        """Zero every cached statistic in place; the processors still add them (an all-zero cache),
+        which must give exactly what no cache gives (seed 000's verification test 2)."""
+        for stats in self._cached():
+            stats.mul_(0.0)
+
+    def _cached(self) -> list[BCLAStats]:
+        return [self._store, *self._kept.values()]
+
+    def _weighted(self, tile: Tile) -> BCLAStats:
+        """mode="distance": Σ decay^(d-1)·S_i over the kept earlier tiles, d = grid distance to ``tile``."""
+        total = BCLAStats()
+        for index, stats in self._kept.items():
+            earlier = self.plan.tiles[index]
+            distance = math.hypot(earlier.row - tile.row, earlier.col - tile.col)
+            weight = self.config.decay ** max(distance - 1.0, 0.0)
+            if weight > 0:
+                total.add_(stats, weight)
+        return total
 
     # --- used by the processors --------------------------------------------------------------
     @staticmethod

@@ -36,7 +36,14 @@ from .bcla import BCLACache as _BCLACache
 from .context import GlobalContext, encode_global_context, guide_size
 from .flow import SAMPLERS, CFGDenoiser, flow_sigmas
 from .plan import FITS, ORDERS, PlanError, TilePlan, make_plan
-from .sampling import METHODS, generate
+from .sampling import (
+    DEFAULT_LOCK_FEATHER,
+    DEFAULT_LOCK_RELEASE,
+    DEFAULT_RELEASE_BAND,
+    METHODS,
+    LockRelease,
+    generate,
+)
 from .sana import EMBEDDED_MODEL
 
 COMPARE = ("independent", "multidiffusion", "causal")
@@ -217,6 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(float, 0, low_open=True),
         default=None,
         help="flow shift (default: the model's)",
+    )
+    g.add_argument(
+        "--lock-feather",
+        type=_number(int, 0),
+        default=DEFAULT_LOCK_FEATHER,
+        help="latent cells of earlier content a new tile may blend into (causal; 0 = hard lock)",
+    )
+    g.add_argument(
+        "--lock-release",
+        type=_number(float, 0, 1),
+        default=DEFAULT_LOCK_RELEASE,
+        help="share of the lock released by the last step near its edge (causal; 0 = constant lock)",
+    )
+    g.add_argument(
+        "--release-band",
+        type=_number(int, 0),
+        default=DEFAULT_RELEASE_BAND,
+        help="latent cells of the overlap next to the new area that --lock-release applies to (0 = all)",
     )
     g.add_argument("--bcla-mode", choices=MODES, default=defaults.mode, help="BCLA cache mode (causal)")
     g.add_argument("--bcla-strength", type=_number(float, 0), default=defaults.strength, help="BCLA α")
@@ -447,6 +472,8 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
                 method=method,
                 cache_config=cache_config if method == "causal" else None,
                 context=context if method == "causal" else None,
+                lock_feather=args.lock_feather,
+                lock_release=LockRelease(args.lock_release, args.release_band),
                 progress=bar,
                 **conditioning,
                 **_sampling(args, shift),

@@ -231,16 +231,18 @@ def masked_denoiser(denoiser: Denoiser, job: TileJob) -> Denoiser:
     """``denoiser`` with the job's x0 hook and ComfyUI's KSamplerX0Inpaint rule at every call.
 
     Known cells (mask 0) are replaced by ``job.latent`` noised to the current σ with ``job.noise``
-    before the model sees them, and by ``job.latent`` itself in the prediction after it.
+    before the model sees them, and by ``job.latent`` itself in the prediction after it; the job's
+    ``mask_schedule`` (ComfyUI's ``denoise_mask_function``) may change the mask per call first.
     """
-    keep = 1.0 - job.denoise_mask
 
     def model(x: Tensor, sigma: Tensor) -> Tensor:
-        x = x * job.denoise_mask + noise_scaling(sigma, job.noise, job.latent) * keep
+        mask = job.denoise_mask if job.mask_schedule is None else job.mask_schedule(sigma, job.denoise_mask)
+        keep = 1.0 - mask
+        x = x * mask + noise_scaling(sigma, job.noise, job.latent) * keep
         x0 = denoiser(x, sigma)
         if job.x0_hook is not None:
             x0 = job.x0_hook(x0, sigma)
-        return x0 * job.denoise_mask + job.latent * keep
+        return x0 * mask + job.latent * keep
 
     return model
 

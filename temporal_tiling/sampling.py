@@ -23,12 +23,19 @@ from .plan import Tile, TilePlan
 DEFAULT_LOCK_FEATHER = 2
 """Cells of known content, next to the lock edge, that the new tile may still blend into."""
 
+DEFAULT_LOCK_RELEASE = 0.0
+"""Share of the lock released by σ = 0 (:class:`LockRelease`); set from bench/results/quality.md."""
+DEFAULT_RELEASE_BAND = 0
+"""Cells of the overlap next to the new area that the release applies to (0 = the whole overlap)."""
+
 CLEAN_SIGMA = 1e-3
 """Noise level of the clean re-encoding pass (BCLA ``source = "clean"``): a finished tile, near t = 0."""
 
 METHODS = ("causal", "independent", "multidiffusion", "full")
 
 X0Hook = Callable[[Tensor, Tensor], Tensor]
+MaskSchedule = Callable[[Tensor, Tensor], Tensor]
+"""``(sigma, denoise_mask) -> denoise_mask`` for one model call: ComfyUI's ``denoise_mask_function``."""
 TileCallback = Callable[[int, int], None]
 """``(tile index, tile count)``, called as each tile starts; it may raise to cancel."""
 
@@ -50,6 +57,8 @@ class TileJob:
     """[1,1,h,w] in [0, 1], ComfyUI's convention: 1 = generate, 0 = keep ``latent``."""
     x0_hook: X0Hook | None = None
     """Applied to the post-CFG clean prediction after every model call (global context)."""
+    mask_schedule: MaskSchedule | None = None
+    """Changes ``denoise_mask`` per model call (lock release); None keeps it fixed."""
 
 
 DenoiseTile = Callable[[TileJob], Tensor]
@@ -82,6 +91,40 @@ def lock_mask(plan: TilePlan, index: int, feather: int = DEFAULT_LOCK_FEATHER) -
     return total / (feather + 1)
 
 
+@dataclass(frozen=True)
+class LockRelease:
+    """The hybrid of locking and overlap averaging: the lock loosens near its edge as σ falls.
+
+    At noise level σ a released known cell loses ``amount·(1 - σ)`` of its lock weight: fully
+    locked at σ = 1, ``1 - amount`` at σ = 0. In the late steps the new tile's prediction is then
+    averaged with the earlier content there instead of being overwritten by it, so both sides of the
+    lock edge meet halfway; early steps, which set the layout, still see the locked content.
+    """
+
+    amount: float = 0.5
+    """Share of the lock released by σ = 0 (0 = ComfyUI's constant lock; 1 = the new tile's
+    prediction alone at the end)."""
+    band: int = 0
+    """Release only known cells within ``band`` cells (chessboard) of the tile's new cells; 0 = every
+    known cell."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.amount <= 1.0:
+            raise SamplingError(f"lock_release must lie in [0, 1] (0 = constant lock), got {self.amount}.")
+        if self.band < 0:
+            raise SamplingError(f"release_band must be ≥ 0 cells (0 = the whole overlap), got {self.band}.")
+
+    def __call__(self, sigma: Tensor, denoise_mask: Tensor) -> Tensor:
+        """The denoise mask at ``sigma`` (a :data:`MaskSchedule`; ComfyUI passes [B, C, h, w] masks)."""
+        level = float(torch.as_tensor(sigma).reshape(-1)[0].clamp(0.0, 1.0))
+        keep = 1.0 - denoise_mask
+        if self.band > 0:
+            new = (denoise_mask >= 1.0).to(denoise_mask.dtype)
+            size = 2 * self.band + 1
+            keep = keep * F.max_pool2d(new.flatten(0, -3)[:, None], size, 1, self.band).reshape(new.shape)
+        return denoise_mask + keep * self.amount * (1.0 - level)
+
+
 def _start_canvas(plan: TilePlan, noise: Tensor, latent: Tensor | None) -> Tensor:
     """The canvas before any tile: the input latent (img2img) or zeros (ComfyUI's empty latent)."""
     expected = (plan.canvas_height, plan.canvas_width)
@@ -108,6 +151,7 @@ def sample_causal(
     latent: Tensor | None = None,
     cache: Any = None,
     lock_feather: int = DEFAULT_LOCK_FEATHER,
+    lock_release: LockRelease | None = None,
     context: Any = None,
     on_tile: TileCallback | None = None,
     reencode: Callable[[Tensor], None] | None = None,
@@ -118,7 +162,9 @@ def sample_causal(
     the way ComfyUI does: re-noised with the same canvas noise at every step. A finished tile is
     written whole into the canvas: its sampler already returns the known content in mask-0 cells
     and the feathered blend in the ramp, so this equals "new cells plus the blend across the
-    feather". ``cache`` (BCLACache) is told where each tile starts and ends; with
+    feather". ``lock_release`` loosens the lock near its edge in the late steps (each job's
+    ``mask_schedule``); the overlap written back is then the blend of old and new content.
+    ``cache`` (BCLACache) is told where each tile starts and ends; with
     ``cache.needs_clean_pass`` the finished tile is re-encoded by ``reencode`` (one denoiser call
     near σ = 0, owned by whoever owns the denoiser) while ``cache.clean_pass()`` is open.
     ``context`` (GlobalContext) gives each tile an x0 hook and, with ``bcla_seed``, seeds the cache
@@ -133,6 +179,7 @@ def sample_causal(
         if cache is None:
             raise SamplingError("The global context has a BCLA seed (bcla_seed > 0); pass a cache too.")
         cache.seed(context.seed_stats, context.bcla_seed)
+    release = lock_release if lock_release is not None and lock_release.amount > 0 else None
     finished = []
     for tile in plan.tiles:
         if on_tile is not None:
@@ -140,7 +187,7 @@ def sample_causal(
         rows, cols = tile.slices
         mask = lock_mask(plan, tile.index, lock_feather).to(canvas)
         hook = context.x0_hook(tile, plan) if context is not None else None
-        job = TileJob(tile, noise[..., rows, cols], canvas[..., rows, cols].clone(), mask, hook)
+        job = TileJob(tile, noise[..., rows, cols], canvas[..., rows, cols].clone(), mask, hook, release)
         if cache is not None:
             cache.begin_tile(tile, ~plan.known_mask(tile.index))
         out = denoise_tile(job)
@@ -224,6 +271,7 @@ def generate(
     latent: Tensor | None = None,
     denoise: float = 1.0,
     lock_feather: int = DEFAULT_LOCK_FEATHER,
+    lock_release: LockRelease | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CanvasResult:
     """Generate a latent canvas with a diffusers SanaTransformer2DModel.
@@ -277,6 +325,7 @@ def generate(
                     latent=latent,
                     cache=cache,
                     lock_feather=lock_feather,
+                    lock_release=lock_release,
                     context=context,
                     reencode=lambda x0: denoiser(x0, x0.new_full((x0.shape[0],), CLEAN_SIGMA)),
                 )

@@ -36,6 +36,10 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ],
         [("canvas", "LATENT"), ("tiles", "LATENT")],
     ),
+    "SanaGlobalContext": (
+        [("image", "IMAGE"), ("vae", "VAE"), ("latent", "LATENT")],
+        [("GLOBAL_CONTEXT", "GLOBAL_CONTEXT")],
+    ),
     "SanaTileSplit": (
         [("tile_plan", "TILE_PLAN"), ("image", "IMAGE"), ("latent", "LATENT")],
         [("image_tiles", "IMAGE"), ("latent_tiles", "LATENT")],
@@ -101,20 +105,20 @@ def text(node_id: int, pos, prompt: str, title: str) -> Node:
     return Node(node_id, "CLIPTextEncode", pos, [("text", prompt)], {"clip": (1, 1)}, title, (340, 120))
 
 
-def planner(node_id: int, pos, **links) -> Node:
+def planner(node_id: int, pos, size=(384, 256), tile=(128, 128), overlap=32, title=None, **links) -> Node:
     widgets = [
-        ("width", 384),
-        ("height", 256),
-        ("tile_width", 128),
-        ("tile_height", 128),
-        ("overlap", 32),
+        ("width", size[0]),
+        ("height", size[1]),
+        ("tile_width", tile[0]),
+        ("tile_height", tile[1]),
+        ("overlap", overlap),
         ("fit", "grow"),
         ("order", "raster"),
         ("shuffle_seed", 0),
         ("compression", 8),
         ("tile_size", "manual"),
     ]
-    return Node(node_id, "SanaTilePlanner", pos, widgets, links, size=(340, 560))
+    return Node(node_id, "SanaTilePlanner", pos, widgets, links, title, size=(340, 560))
 
 
 def sampler(node_id: int, pos, model: tuple[int, int], mode: str, title: str, **links) -> Node:
@@ -128,6 +132,8 @@ def sampler(node_id: int, pos, model: tuple[int, int], mode: str, title: str, **
         ("denoise", 1.0),
         ("mode", mode),
         ("lock_feather", 2),
+        ("lock_release", 0.0),
+        ("release_band", 0),
         ("batch_size", 1),
     ]
     wires = {"model": model, "positive": (2, 0), "negative": (3, 0), "tile_plan": (5, 0), **links}
@@ -143,6 +149,20 @@ def bcla_cache(node_id: int, pos) -> Node:
         ("record_locked", True),
     ]
     return Node(node_id, "SanaBCLACache", pos, widgets, {"model": (1, 0)}, size=(320, 220))
+
+
+def global_context(node_id: int, pos, **links) -> Node:
+    widgets = [
+        ("skip_residual", 0.0),
+        ("stats", 0.0),
+        ("bcla_seed", 1.0),
+        ("skip_power", 3.0),
+        ("seed_sigma", 0.0),
+        ("seed", 0),
+        (UI_ONLY, "fixed"),
+        ("guide_long_side", 512),
+    ]
+    return Node(node_id, "SanaGlobalContext", pos, widgets, links, size=(340, 300))
 
 
 def metrics(node_id: int, pos, prefix: str, **links) -> Node:
@@ -161,7 +181,7 @@ def txt2img() -> list[Node]:
         text(3, (20, 420), "", "negative"),
         bcla_cache(4, (400, 40)),
         planner(5, (400, 300), vae=(1, 2)),
-        sampler(6, (800, 40), (4, 0), "causal", "Causal SANA Sampler"),
+        sampler(6, (800, 40), (4, 0), "causal", "Causal SANA Sampler", global_context=(17, 0)),
         Node(7, "VAEDecode", (1280, 40), links={"samples": (6, 0), "vae": (1, 2)}, size=(220, 60)),
         Node(
             8,
@@ -202,10 +222,14 @@ def txt2img() -> list[Node]:
             (20, 600),
             "Temporal tiling, text to image. The canvas (384×256 px) is generated as 4×3 tiles of 128 px, "
             "one after another in the Tile Planner's order; each tile keeps what the earlier ones made in "
-            "the overlap and sees their attention statistics through the BCLA Cache. Runs on CPU with the "
-            "pack's embedded seam-lab model. For a real SANA checkpoint pick it in Load SANA and set the "
-            "planner to e.g. 4096×2048 with 1024 px tiles.",
+            "the overlap and sees their attention statistics through the BCLA Cache. A low-res pass of the "
+            "whole scene (one 192×128 tile) seeds every tile's cache through the Global Context Encoder. "
+            "Runs on CPU with the pack's embedded seam-lab model. For a real SANA checkpoint pick it in "
+            "Load SANA and set the planner to e.g. 4096×2048 with 1024 px tiles, the low-res pass to 1K.",
         ),
+        planner(15, (20, 900), (192, 128), (192, 128), 0, "low-res plan (one tile)", vae=(1, 2)),
+        sampler(16, (400, 1200), (1, 0), "causal", "low-res pass"),
+        global_context(17, (800, 1200), latent=(16, 0)),
     ]
 
 

@@ -60,6 +60,8 @@ def _sample(nodes, model, conds, plan, **overrides):
         denoise=1.0,
         mode="causal",
         lock_feather=1,
+        lock_release=0.0,
+        release_band=0,
         batch_size=1,
     )
     settings.update(overrides)
@@ -184,6 +186,24 @@ def test_bcla_cache_changes_later_tiles_only(nodes, parts, conds, plan):
     assert torch.equal(off, plain)
 
 
+def test_lock_release_runs_through_comfys_mask_function_after_an_earlier_one(nodes, parts, conds, plan):
+    model, _, _ = parts
+    locked = _sample(nodes, model, conds, plan)[1]
+    released = _sample(nodes, model, conds, plan, lock_release=0.5)[1]
+    assert torch.equal(released[0], locked[0])  # the first tile has no lock to release
+    assert not torch.allclose(released[1:], locked[1:])
+    seen: list[tuple[int, ...]] = []
+
+    def earlier(sigma, denoise_mask, extra_options):  # e.g. Differential Diffusion's mask function
+        seen.append(tuple(denoise_mask.shape))
+        return denoise_mask
+
+    spied = model.clone()
+    spied.set_model_denoise_mask_function(earlier)
+    assert torch.equal(_sample(nodes, spied, conds, plan, lock_release=0.5)[1], released)
+    assert seen and seen[0][-2:] == (plan.tile_height, plan.tile_width)
+
+
 def test_every_sampler_and_scheduler_runs(nodes, parts, conds, plan):
     import comfy.samplers
 
@@ -284,6 +304,31 @@ def test_global_context_guides_the_tiles(nodes, parts, conds, plan):
     assert "mode = causal" in nodes.sampler.SanaCausalSampler.validate_inputs(
         1.0, "multidiffusion", {"global_context": "GLOBAL_CONTEXT"}
     )
+
+
+def test_bcla_seed_pass_records_at_every_level_of_the_schedule(nodes, parts, conds, plan, monkeypatch):
+    import comfy.sample
+    import comfy.samplers
+
+    model = _bcla(nodes, parts[0])
+    guide = {"samples": torch.randn(1, 8, 4, 6, generator=torch.Generator().manual_seed(5))}
+    levels: list[float] = []
+    original = comfy.sample.sample
+
+    def spy(*args, **kwargs):
+        if kwargs.get("sigmas") is not None:
+            levels.append(round(float(kwargs["sigmas"][0]), 5))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(comfy.sample, "sample", spy)
+    every = nodes.context.SanaGlobalContext.execute(0.0, 0.0, 1.0, 3.0, 0.0, 0, 0, latent=guide).result[0]
+    _sample(nodes, model, conds, plan, global_context=every, scheduler="karras")
+    schedule = comfy.samplers.KSampler(model, STEPS, "cpu", "euler", "karras", 1.0).sigmas
+    assert levels == [round(float(s), 5) for s in schedule[:-1]]
+    levels.clear()
+    one = nodes.context.SanaGlobalContext.execute(0.0, 0.0, 1.0, 3.0, 0.5, 0, 0, latent=guide).result[0]
+    _sample(nodes, model, conds, plan, global_context=one)
+    assert levels == [0.5]
 
 
 def test_global_context_encodes_an_image_with_the_vae(nodes, parts, plan):

@@ -360,6 +360,49 @@ def test_mode_sees_exactly_the_expected_tiles(config, seen):
     assert (out - expected).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.25, 1.0])
+def test_distance_mode_weights_earlier_tiles_by_canvas_distance(decay):
+    plan = make_plan(12, 12, 4, 4, 0, 1)  # 3 × 3 raster; tile 4 is the centre: 0, 2 diagonal, 1, 3 beside
+    attn = linear_attn()
+    cache = BCLACache(BCLAConfig(mode="distance", decay=decay), plan)
+    proc = BCLALinearAttnProcessor2_0(cache, LAYER)
+    recorded = []
+    with torch.no_grad():
+        for tile in plan.tiles[:5]:
+            cache.begin_tile(tile)
+            cache.set_call(0.5, [0])
+            proc(attn, tokens(16, seed=tile.index))
+            recorded.append(cache._pending.get(0.5, LAYER, 0).clone())
+            if tile.index < 4:
+                cache.end_tile()
+    diagonal = decay ** (2**0.5 - 1)
+    expected = sum(w * s for w, s in zip([diagonal, 1, diagonal, 1], recorded, strict=False))
+    assert torch.allclose(cache._context.get(0.5, LAYER, 0), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_zeroed_cache_gives_what_no_cache_gives():
+    attn = linear_attn()
+    plan = strip_plan(2)
+    outs = []
+    for zero in (False, True):
+        cache = BCLACache(BCLAConfig(), plan)
+        proc = BCLALinearAttnProcessor2_0(cache, LAYER)
+        with torch.no_grad():
+            cache.begin_tile(plan.tiles[0])
+            cache.set_call(0.5, [0])
+            proc(attn, tokens(16, seed=1))
+            cache.end_tile()
+            if zero:
+                cache.zero_()
+            cache.begin_tile(plan.tiles[1])
+            cache.set_call(0.5, [0])
+            outs.append(proc(attn, tokens(16, seed=2)))
+    with torch.no_grad():
+        alone = SanaLinearAttnProcessor2_0()(attn, tokens(16, seed=2))
+    assert torch.equal(outs[1], alone)
+    assert (outs[0] - alone).abs().max() > 1e-3
+
+
 def test_neighbors_mode_sees_exactly_the_earlier_8_neighbours():
     plan = make_plan(12, 12, 4, 4, 0, 1)  # 3 × 3 raster; tile 5 = (row 1, col 2)
     assert plan.tiles[5].neighbors == (1, 2, 4)

@@ -15,6 +15,7 @@ from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
 from temporal_tiling.plan import TilePlan, make_plan
 from temporal_tiling.sampling import (
     CLEAN_SIGMA,
+    LockRelease,
     SamplingError,
     TileJob,
     canvas_noise,
@@ -157,6 +158,38 @@ def test_feathered_lock_changes_only_the_ramp(model, prompts) -> None:
     assert torch.equal(out[..., :1], job.latent[..., :1])  # deep inside: kept
     assert (out[..., 1] - job.latent[..., 1]).abs().mean() > 1e-3  # the ramp blends
     assert torch.equal(result.canvas[..., :6, 6:8], out[..., :6, :2])  # written whole (blend included)
+
+
+def test_lock_release_loosens_known_cells_as_sigma_falls() -> None:
+    overlap = make_plan(96, 64, 64, 64, 32, compression=8)  # tile 1's first 4 columns are known
+    mask = lock_mask(overlap, 1, 0).expand(2, 4, 8, 8)  # ComfyUI hands the mask over as [B, C, h, w]
+    everywhere, near_edge = LockRelease(0.5), LockRelease(0.5, band=1)
+    assert torch.equal(everywhere(torch.tensor([1.0, 1.0]), mask), mask)  # σ = 1: the full lock
+    assert torch.equal(LockRelease(0.0)(torch.tensor(0.0), mask), mask)  # amount 0: ComfyUI's lock
+    assert everywhere(torch.tensor(0.4), mask)[0, 0, 0].tolist() == pytest.approx([0.3] * 4 + [1.0] * 4)
+    assert near_edge(torch.tensor(0.0), mask)[1, 3, 5].tolist() == [0, 0, 0, 0.5, 1, 1, 1, 1]
+    with pytest.raises(SamplingError, match="lock_release"):
+        LockRelease(1.5)
+    with pytest.raises(SamplingError, match="release_band"):
+        LockRelease(0.5, band=-1)
+
+
+def test_lock_release_averages_old_and_new_content_in_the_overlap() -> None:
+    """Each tile predicts a constant (its index + 1): what the overlap ends as is the blend weight."""
+    plan = make_plan(96, 64, 64, 64, 32, compression=8)
+    sigmas = flow_sigmas(STEPS)
+
+    def denoise_tile(job: TileJob) -> torch.Tensor:
+        value = float(job.tile.index + 1)
+        return sample_tile(lambda x, sigma: torch.full_like(x, value), job, sigmas)
+
+    noise = canvas_noise(0, (1, 4, 8, 12))
+    locked = sample_causal(plan, noise, denoise_tile, lock_feather=0).canvas[0, 0, 0]
+    released = sample_causal(plan, noise, denoise_tile, lock_feather=0, lock_release=LockRelease(0.5, 1))
+    weight = 0.5 * (1 - float(sigmas[-2]))  # the last model call's release decides the final blend
+    assert locked.tolist() == [1.0] * 8 + [2.0] * 4
+    assert released.canvas[0, 0, 0].tolist() == pytest.approx([1.0] * 7 + [1 + weight] + [2.0] * 4)
+    assert torch.equal(released.tiles[0], torch.ones(4, 8, 8))  # the first tile's own result is kept
 
 
 # --- BCLA cache -----------------------------------------------------------------------------------
