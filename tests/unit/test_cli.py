@@ -9,6 +9,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,15 @@ def test_compare_writes_each_method_a_strip_and_the_metrics(tmp_path: Path, caps
     assert leftovers(tmp_path) == []
 
 
+def test_lock_flags_reach_the_causal_sampler(tmp_path: Path) -> None:
+    images = {}
+    for name, flags in (("locked", []), ("released", ["--lock-release", "1", "--release-band", "1"])):
+        assert run([*BASE, "--method", "causal", *flags, "--out", str(tmp_path / name)]) == 0
+        with Image.open(tmp_path / name / "causal.png") as image:
+            images[name] = np.asarray(image)
+    assert not np.array_equal(images["locked"], images["released"])
+
+
 def test_global_context_flags_render_a_guide(tmp_path: Path) -> None:
     argv = [
         *BASE,
@@ -105,6 +115,8 @@ def test_global_context_flags_render_a_guide(tmp_path: Path) -> None:
         (["--steps", "0"], "--steps", "must be >= 1"),
         (["--cfg", "nan"], "--cfg", "must be > 0"),
         (["--context-stats", "2"], "--context-stats", "must be <= 1"),
+        (["--lock-release", "2"], "--lock-release", "must be <= 1"),
+        (["--release-band", "-1"], "--release-band", "must be >= 0"),
         (["--method", "magic"], "--method", "invalid choice"),
         (["--device", "warp9"], "--device", "unknown torch device"),
         (["--method", "independent", "--context-skip", "0.5"], "--method", "only used by the causal method"),
