@@ -16,7 +16,8 @@ Protocol.
   (batch time / B), decode excluded (identical for every method), guide passes included.
 - Metrics (temporal_tiling.metrics, DESIGN definitions) per pair on the decoded canvas; overlap PSNR
   from the unblended, separately decoded tiles; PSNR/SSIM against the native full-canvas render of the
-  same noise ("full"). Averaged over pairs; "worst" = worst seam / worst pair.
+  same noise ("full"; for LoRA rows the LoRA model's own native render, since the LoRA changes the
+  untiled render too). Averaged over pairs; "worst" = worst seam / worst pair.
 - Speckle: high-frequency L* energy (L* minus its Gaussian blur, σ = 1.5 px) inside the tiles (outside
   every overlap zone of the 25 % plan), divided by the same energy of the native render of the pair:
   1.0 = as much fine structure as the untiled render, > 1 = added speckle/blobs, < 1 = smeared.
@@ -162,6 +163,7 @@ def bcla_label(spec: Spec) -> str:
 
 
 FULL = Spec("native full canvas (reference)", "full")
+LORA_FULL = Spec("native full canvas, LoRA model", "full", lora=True)
 BASELINES = (
     Spec("independent tiles", "independent"),
     Spec("MultiDiffusion 25 %", "multidiffusion"),
@@ -651,7 +653,7 @@ class Bench:
     ) -> None:
         self.model, self.pairs, self.steps, self.label, self.log = model, pairs, steps, label, log
         self.full: dict[str, Decoded] = {}
-        self.full_runs: dict[str, Run] = {}
+        self.lora_full: dict[str, Decoded] = {}
         self.done: dict[tuple, dict] = {}  # (canvas, spec.key) -> record
         self.images: dict[tuple, Tensor] = {}
         self.native: dict[tuple, dict] = {}
@@ -662,11 +664,19 @@ class Bench:
     def reference(self, canvas: str) -> Decoded:
         if canvas not in self.full:
             r = run(self.model, self.pairs, canvas, FULL, self.steps)
-            self.full_runs[canvas] = r
             self.full[canvas] = decode_run(self.model, r)
             self.done[(canvas, FULL.key)] = self._record(r, self.full[canvas], None, canvas)
             self.images[(canvas, FULL.key)] = self.full[canvas].image
         return self.full[canvas]
+
+    def lora_reference(self, canvas: str) -> Decoded:
+        """The LoRA model's own native render: the LoRA changes the untiled render too (tile 0's loss
+        drops as much as the others'), so LoRA rows are compared with it, not with the base model's."""
+        if canvas not in self.lora_full:
+            self.lora_full[canvas] = decode_run(
+                self.model, run(self.model, self.pairs, canvas, LORA_FULL, self.steps)
+            )
+        return self.lora_full[canvas]
 
     def head(self, n: int, label: str) -> Bench:
         """A bench on the first ``n`` pairs that reuses this bench's native references."""
@@ -674,6 +684,8 @@ class Bench:
         for canvas, full in self.full.items():
             sub.full[canvas] = Decoded(full.image[:n], full.tiles)
             sub.images[(canvas, FULL.key)] = full.image[:n]
+        for canvas, full in self.lora_full.items():
+            sub.lora_full[canvas] = Decoded(full.image[:n], full.tiles)
         return sub
 
     def native_lines(self, canvas: str, plan: TilePlan) -> dict:
@@ -705,7 +717,7 @@ class Bench:
         if spec.key == FULL.key:
             self.reference(canvas)
         if key not in self.done:
-            full = self.reference(canvas)
+            full = self.lora_reference(canvas) if spec.lora else self.reference(canvas)
             t0 = time.perf_counter()
             r = run(self.model, self.pairs, canvas, spec, self.steps)
             dec = decode_run(self.model, r)
@@ -1218,7 +1230,8 @@ def markdown(
         "Columns: gradient ratio and ΔE2000 at the overlap centre lines (mean over seams and pairs; worst = "
         "worst seam of any pair); overlap PSNR between the separately decoded, unblended tiles (mean; worst "
         "= worst seam); PSNR / SSIM / seam-zone PSNR against the native full-canvas render of the same "
-        "noise; speckle = high-frequency L* energy inside the tiles / the native render's (1 = same, > 1 = "
+        "noise (LoRA rows: the LoRA model's own native render); speckle = high-frequency L* energy "
+        "inside the tiles / the native render's (1 = same, > 1 = "
         "added speckle, < 1 = smeared); dup. objects = share of prompted objects counted more than once; "
         "cos hidden = adjacent-tile cosine of the mean-pooled last-block hidden states; grad interior "
         "lines = the gradient ratio on lines through tile centres (no seam there: the metric's floor on this "
