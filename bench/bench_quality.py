@@ -107,6 +107,8 @@ class Spec:
     mode: str = "off"
     source: str = "synchronous"
     strength: float = 1.0
+    strength_end: float | None = None
+    """BCLAConfig.strength_end: α at σ = 0 (linear in σ from ``strength``); None = constant α."""
     feather: int = DEFAULT_LOCK_FEATHER
     order: str = "raster"
     lock_end: float = 1.0
@@ -139,7 +141,9 @@ class Spec:
 
 def bcla_label(spec: Spec) -> str:
     parts = [f"BCLA {spec.mode}/{spec.source}"]
-    if spec.strength != 1:
+    if spec.strength_end is not None:
+        parts.append(f"α {spec.strength:g}→{spec.strength_end:g}")
+    elif spec.strength != 1:
         parts.append(f"α={spec.strength:g}")
     if spec.feather != DEFAULT_LOCK_FEATHER:
         parts.append(f"feather {spec.feather}")
@@ -408,6 +412,7 @@ def run(model: Model, pairs: Pairs, canvas: str, spec: Spec, steps: int) -> Run:
     config = BCLAConfig(
         mode=spec.mode,
         strength=spec.strength,
+        strength_end=spec.strength_end,
         source=spec.source,
         decay=spec.decay,
         record_locked=spec.record_locked,
@@ -800,6 +805,7 @@ def levers(best: Spec, lora: bool) -> list[tuple[str, Spec]]:
         ("cache content", named(base, mode="off")),
     ]
     out += [("BCLA strength α", named(base, strength=a)) for a in (0.5, 1.0, 2.0)]
+    out += [("BCLA strength α", named(base, strength=a, strength_end=b)) for a, b in ((2.0, 0.0), (0.0, 2.0))]
     out += [("global context", base)] + [
         ("global context", named(base, **ctx))
         for ctx in ({"skip": 0.5}, {"stats": 0.5}, {"seed": 1.0}, {"seed": 1.0, "seed_sigma": 0.5})

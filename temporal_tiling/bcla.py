@@ -54,7 +54,9 @@ class BCLAConfig:
     | decay (S ← decay·S + S_tile) | distance (every earlier tile weighted by its distance on the
     canvas: ``decay ** (d - 1)``, d in tile steps, so adjacent tiles count fully) | off."""
     strength: float = 1.0
-    """α in S_own + α·S_cache."""
+    """α in S_own + α·S_cache (at σ = 1 when ``strength_end`` is set)."""
+    strength_end: float | None = None
+    """α at σ = 0, linear in σ from ``strength`` at σ = 1 (a schedule over the steps); None = constant."""
     source: str = "synchronous"
     """synchronous: earlier tiles' statistics at the same noise level (keyed by sigma); clean: recorded
     from each finished tile in a ``clean_pass`` near t=0."""
@@ -70,10 +72,23 @@ class BCLAConfig:
             raise BCLAError(f"Unknown BCLA mode {self.mode!r}; choose one of {', '.join(MODES)}.")
         if self.source not in SOURCES:
             raise BCLAError(f"Unknown BCLA source {self.source!r}; choose one of {', '.join(SOURCES)}.")
-        if not math.isfinite(self.strength) or self.strength < 0:
-            raise BCLAError(f"BCLA strength must be a finite number >= 0, got {self.strength!r}.")
+        for name, value in (("strength", self.strength), ("strength_end", self.strength_end)):
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise BCLAError(f"BCLA {name} must be a finite number >= 0, got {value!r}.")
         if not 0.0 <= self.decay <= 1.0:
             raise BCLAError(f"BCLA decay must lie in [0, 1] (0 = previous tile only), got {self.decay!r}.")
+
+    @property
+    def active(self) -> bool:
+        """Whether tiles share statistics at all (a mode other than off and some α > 0)."""
+        return self.mode != "off" and (self.strength != 0 or bool(self.strength_end))
+
+    def alpha(self, sigma: float) -> float:
+        """α at noise level ``sigma``."""
+        if self.strength_end is None:
+            return self.strength
+        level = min(max(sigma, 0.0), 1.0)
+        return self.strength_end + (self.strength - self.strength_end) * level
 
 
 def sigma_key(sigma: float | Tensor) -> float:
@@ -210,7 +225,7 @@ class BCLACache:
     def needs_clean_pass(self) -> bool:
         """source="clean": the sampler must run the finished tile once inside ``clean_pass()``."""
         c = self.config
-        return c.source == "clean" and c.mode != "off" and c.strength != 0
+        return c.source == "clean" and c.active
 
     def begin_tile(self, tile: Tile, token_mask: Tensor | None = None) -> None:
         """Start ``tile``: choose which earlier statistics it reads (per mode).
@@ -357,18 +372,19 @@ class BCLACache:
             return None
         mask = None if c.record_locked else self._token_mask
         if self._clean_open:
-            return _Call(self._branches, self._pending, CLEAN_KEY, mask) if c.strength != 0 else None
+            return _Call(self._branches, self._pending, CLEAN_KEY, mask) if c.active else None
         call = _Call(self._branches)
-        if c.strength != 0 and c.source == "synchronous":
+        if c.active and c.source == "synchronous":
             call.record, call.record_key, call.token_mask = self._pending, self._sigma, mask
         store = self._read_store()
         read_key = CLEAN_KEY if c.source == "clean" else self._sigma
         for branch in set(self._branches):
             parts = []
-            if c.strength != 0 and store:
+            alpha = c.alpha(self._sigma)
+            if alpha != 0 and store:
                 s = store.get(self._resolve(0, store, read_key), layer, branch)
                 if s is not None:
-                    parts.append((s, c.strength))
+                    parts.append((s, alpha))
             if self._seed and self._seed_strength != 0:
                 s = self._seed.get(self._resolve(1, self._seed, self._sigma), layer, branch)
                 if s is not None:

@@ -380,6 +380,34 @@ def test_distance_mode_weights_earlier_tiles_by_canvas_distance(decay):
     assert torch.allclose(cache._context.get(0.5, LAYER, 0), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_strength_schedule_runs_linearly_in_sigma_from_strength_to_strength_end():
+    attn = linear_attn()
+    plan = strip_plan(2)
+    seen = tokens(16, seed=1)
+    outs = {}
+    for name, config, sigma in (
+        ("scheduled", BCLAConfig(strength=2.0, strength_end=0.0), 0.25),
+        ("constant", BCLAConfig(strength=0.5), 0.25),
+        ("start", BCLAConfig(strength=2.0, strength_end=0.0), 1.0),
+        ("two", BCLAConfig(strength=2.0), 1.0),
+    ):
+        cache = BCLACache(config, plan)
+        proc = BCLALinearAttnProcessor2_0(cache, LAYER)
+        with torch.no_grad():
+            cache.begin_tile(plan.tiles[0])
+            cache.set_call(sigma, [0])
+            proc(attn, seen)
+            cache.end_tile()
+            cache.begin_tile(plan.tiles[1])
+            cache.set_call(sigma, [0])
+            outs[name] = proc(attn, tokens(16, seed=2))
+    assert torch.equal(outs["scheduled"], outs["constant"])  # α(0.25) = 0 + (2 - 0)·0.25
+    assert torch.equal(outs["start"], outs["two"])
+    assert BCLAConfig(strength=0.0, strength_end=1.0).active and not BCLAConfig(strength=0.0).active
+    with pytest.raises(BCLAError, match="strength_end"):
+        BCLAConfig(strength_end=-1.0)
+
+
 def test_zeroed_cache_gives_what_no_cache_gives():
     attn = linear_attn()
     plan = strip_plan(2)
