@@ -43,6 +43,14 @@ TEMPLATE_TOOLTIP = (
     "prompt_settings.json says otherwise (the embedded model: never); 'always', 'never'."
 )
 
+TEXT_ENCODER_SETTINGS = (
+    io.Combo.Input("weight_dtype", options=list(DTYPES), default="default", tooltip=DTYPE_TOOLTIP),
+    io.Combo.Input(
+        "prompt_template", options=list(INSTRUCTION_MODES), default="auto", tooltip=TEMPLATE_TOOLTIP
+    ),
+)
+"""The last inputs of both Load SANA and Load SANA Text Encoder (schemas only read them)."""
+
 
 class SanaLoadError(ValueError):
     """A model the user picked cannot be loaded; the message names it and says what to change."""
@@ -202,15 +210,7 @@ class SanaCheckpointLoader(io.ComfyNode):
                     tooltip="Gemma-2 folder with its tokenizer from models/text_encoders; required for "
                     "single-file checkpoints, a diffusers folder brings its own.",
                 ),
-                io.Combo.Input(
-                    "weight_dtype", options=list(DTYPES), default="default", tooltip=DTYPE_TOOLTIP
-                ),
-                io.Combo.Input(
-                    "prompt_template",
-                    options=list(INSTRUCTION_MODES),
-                    default="auto",
-                    tooltip=TEMPLATE_TOOLTIP,
-                ),
+                *TEXT_ENCODER_SETTINGS,
             ],
             outputs=[
                 io.Model.Output(
@@ -265,15 +265,7 @@ class SanaTextEncoderLoader(io.ComfyNode):
                     options=text_encoder_choices()[1:],
                     tooltip="Gemma-2 folder with its tokenizer (e.g. gemma-2-2b-it).",
                 ),
-                io.Combo.Input(
-                    "weight_dtype", options=list(DTYPES), default="default", tooltip=DTYPE_TOOLTIP
-                ),
-                io.Combo.Input(
-                    "prompt_template",
-                    options=list(INSTRUCTION_MODES),
-                    default="auto",
-                    tooltip=TEMPLATE_TOOLTIP,
-                ),
+                *TEXT_ENCODER_SETTINGS,
             ],
             outputs=[io.Clip.Output(tooltip="SANA's text conditioning for CLIPTextEncode.")],
         )

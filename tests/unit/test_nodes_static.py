@@ -128,15 +128,38 @@ def _entry(call: ast.Call) -> dict:
     }
 
 
+def _module_sequences(tree: ast.Module) -> dict[str, list[ast.expr]]:
+    """Module-level ``NAME = (...)`` / ``[...]`` assignments: what a ``*NAME`` in a schema list expands to."""
+    return {
+        node.targets[0].id: node.value.elts
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Tuple | ast.List)
+    }
+
+
+def _expanded(elements: list[ast.expr], sequences: dict[str, list[ast.expr]]) -> list[ast.expr]:
+    out = []
+    for element in elements:
+        if isinstance(element, ast.Starred) and isinstance(element.value, ast.Name):
+            out += sequences[element.value.id]
+        else:
+            out.append(element)
+    return out
+
+
 def read_schemas() -> dict[str, dict]:
     """node_id -> {display_name, category, inputs, outputs, module} from every io.Schema(...) in nodes/."""
     schemas: dict[str, dict] = {}
     for path in sorted(NODES.glob("*.py")):
-        for call in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        sequences = _module_sequences(tree)
+        for call in ast.walk(tree):
             if not (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "Schema"):
                 continue
             node_id = _const(_kw(call, "node_id"))
-            inputs = [_entry(c) for c in getattr(_kw(call, "inputs"), "elts", [])]
+            inputs = [_entry(c) for c in _expanded(getattr(_kw(call, "inputs"), "elts", []), sequences)]
             outputs = [
                 _entry(c) for c in getattr(_kw(call, "outputs"), "elts", []) if isinstance(c, ast.Call)
             ]
