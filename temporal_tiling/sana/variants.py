@@ -191,6 +191,44 @@ def default_flow_shift(resolution: int) -> float:
     return 6.0 if resolution >= 4096 else 3.0
 
 
+@dataclass(frozen=True)
+class _Keys:
+    """Where each shape detect_variant reads lives in one key layout."""
+
+    patch: str
+    blocks: str
+    out: str
+    caption: str
+    mlp: str
+    q_norm: str
+    q_bias: str
+    pos_embed: str | None
+
+
+_LAYOUT_KEYS = {
+    "original": _Keys(
+        patch="x_embedder.proj.weight",
+        blocks=r"blocks\.(\d+)\.",
+        out="final_layer.linear.weight",
+        caption="y_embedder.y_proj.fc1.weight",
+        mlp="blocks.0.mlp.inverted_conv.conv.weight",
+        q_norm="blocks.0.attn.q_norm.weight",
+        q_bias="blocks.0.attn.qkv.bias",
+        pos_embed="pos_embed",
+    ),
+    "diffusers": _Keys(
+        patch="patch_embed.proj.weight",
+        blocks=r"transformer_blocks\.(\d+)\.",
+        out="proj_out.weight",
+        caption="caption_projection.linear_1.weight",
+        mlp="transformer_blocks.0.ff.conv_inverted.weight",
+        q_norm="transformer_blocks.0.attn1.norm_q.weight",
+        q_bias="transformer_blocks.0.attn1.to_q.bias",
+        pos_embed=None,
+    ),
+}
+
+
 def detect_variant(state_dict: dict[str, torch.Tensor], name: str = "checkpoint") -> SanaVariant:
     """Variant of a (prefix-stripped) transformer state dict, from its keys and shapes.
 
@@ -203,26 +241,16 @@ def detect_variant(state_dict: dict[str, torch.Tensor], name: str = "checkpoint"
             f"'{name}' is a SANA-Sprint checkpoint (guidance-distilled, SCM/TrigFlow sampling); only flow "
             "SANA models are supported. Use a SANA or SANA-1.5 checkpoint."
         )
-    if layout == "original":
-        patch = state_dict["x_embedder.proj.weight"]
-        hidden, in_channels, patch_size = patch.shape[0], patch.shape[1], patch.shape[2]
-        depth = _depth(state_dict, r"blocks\.(\d+)\.")
-        out_channels = state_dict["final_layer.linear.weight"].shape[0] // patch_size**2
-        caption_channels = state_dict["y_embedder.y_proj.fc1.weight"].shape[1]
-        mlp_hidden = state_dict["blocks.0.mlp.inverted_conv.conv.weight"].shape[0]
-        qk_norm = "blocks.0.attn.q_norm.weight" in state_dict
-        attention_bias = "blocks.0.attn.qkv.bias" in state_dict
-        pos_embed = state_dict.get("pos_embed")
-    else:
-        patch = state_dict["patch_embed.proj.weight"]
-        hidden, in_channels, patch_size = patch.shape[0], patch.shape[1], patch.shape[2]
-        depth = _depth(state_dict, r"transformer_blocks\.(\d+)\.")
-        out_channels = state_dict["proj_out.weight"].shape[0] // patch_size**2
-        caption_channels = state_dict["caption_projection.linear_1.weight"].shape[1]
-        mlp_hidden = state_dict["transformer_blocks.0.ff.conv_inverted.weight"].shape[0]
-        qk_norm = "transformer_blocks.0.attn1.norm_q.weight" in state_dict
-        attention_bias = "transformer_blocks.0.attn1.to_q.bias" in state_dict
-        pos_embed = None
+    keys = _LAYOUT_KEYS[layout]
+    patch = state_dict[keys.patch]
+    hidden, in_channels, patch_size = patch.shape[0], patch.shape[1], patch.shape[2]
+    depth = _depth(state_dict, keys.blocks)
+    out_channels = state_dict[keys.out].shape[0] // patch_size**2
+    caption_channels = state_dict[keys.caption].shape[1]
+    mlp_hidden = state_dict[keys.mlp].shape[0]
+    qk_norm = keys.q_norm in state_dict
+    attention_bias = keys.q_bias in state_dict
+    pos_embed = state_dict.get(keys.pos_embed) if keys.pos_embed else None
     tokens = pos_embed.shape[1] if pos_embed is not None and pos_embed.ndim == 3 else 0
     if tokens and math.isqrt(tokens) ** 2 == tokens:
         grid = math.isqrt(tokens)
