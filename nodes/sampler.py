@@ -10,6 +10,7 @@ tells the cache the noise level and CFG branches of every model call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import comfy.model_management
@@ -284,9 +285,13 @@ class SanaCausalSampler(io.ComfyNode):
         elif mode == "independent":
             result = sample_independent(plan, noise, denoise_tile, latent=given, on_tile=_interrupt_check)
         else:
-            schedule = comfy.samplers.KSampler(
-                work, steps, work.load_device, sampler_name, scheduler, denoise, work.model_options
-            ).sigmas
+
+            def schedule() -> torch.Tensor:
+                """This run's noise levels, as ComfyUI's KSampler computes them."""
+                return comfy.samplers.KSampler(
+                    work, steps, work.load_device, sampler_name, scheduler, denoise, work.model_options
+                ).sigmas
+
             context = _global_context(global_context, work, plan, start, cache, sample, schedule)
             result = sample_causal(
                 plan,
@@ -399,12 +404,12 @@ def _global_context(
     start: torch.Tensor,
     cache: BCLACache | None,
     sample,
-    schedule: torch.Tensor,
+    schedule: Callable[[], torch.Tensor],
 ) -> GlobalContext | None:
     """Turn the encoder node's spec into the engine's GlobalContext, in the model's internal latent space.
 
     ``bcla_seed`` > 0 runs the model on the guide noised to ``seed_sigma`` (0: to every level of the
-    run's ``schedule`` in turn, one call each) while the cache records.
+    run's ``schedule()`` in turn, one call each) while the cache records.
     """
     if spec is None:
         return None
@@ -423,7 +428,7 @@ def _global_context(
             "bcla_seed > 0 seeds the BCLA cache: feed the sampler a model from the BCLA Cache node, "
             "or set bcla_seed to 0."
         )
-    levels = [spec.seed_sigma] if spec.seed_sigma > 0 else [float(s) for s in schedule[:-1] if s > 0]
+    levels = [spec.seed_sigma] if spec.seed_sigma > 0 else [float(s) for s in schedule()[:-1] if s > 0]
     noise = comfy.sample.prepare_noise(guide, spec.seed)
     with cache.record_seed() as handle:
         for level in levels:
