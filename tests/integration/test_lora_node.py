@@ -6,8 +6,6 @@ import pytest
 import torch
 from sana_comfy import pack_module
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def nodes(registered):

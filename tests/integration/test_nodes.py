@@ -10,8 +10,6 @@ import pytest
 import torch
 from sana_comfy import pack_module
 
-torch.set_num_threads(1)
-
 STEPS = 3
 
 

@@ -10,8 +10,6 @@ import pytest
 import torch
 from sana_comfy import TINY_VARIANTS, pack_module
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def loaders(registered):

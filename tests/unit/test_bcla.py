@@ -24,8 +24,6 @@ from temporal_tiling.bcla import (
 )
 from temporal_tiling.plan import make_plan
 
-torch.set_num_threads(1)
-
 LAYER = "attn"
 
 

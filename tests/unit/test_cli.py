@@ -41,7 +41,6 @@ def tiny_loader(folder: Path, device: torch.device) -> cli.LoadedModel:
 
 
 def run(argv: list[str], loader=tiny_loader) -> int:
-    torch.set_num_threads(1)
     return cli.main(argv, loader=loader)
 
 

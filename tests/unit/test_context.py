@@ -42,7 +42,6 @@ def tiny_transformer() -> SanaTransformer2DModel:
 
 @pytest.fixture(scope="module")
 def model() -> tuple[SanaTransformer2DModel, torch.Tensor, torch.Tensor]:
-    torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(1)
     return (
         tiny_transformer(),

@@ -24,15 +24,6 @@ from temporal_tiling.sampling import TileJob
 SAMPLERS = {"euler": euler, "dpmpp_2m": dpmpp_2m}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread is much faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- schedule -------------------------------------------------------------------------------------
 
 

@@ -10,8 +10,6 @@ from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.plan import make_plan
 from temporal_tiling.position import has_sincos_pos_embed
 
-torch.set_num_threads(1)
-
 
 def tiny_sana_2k(**overrides) -> SanaTransformer2DModel:
     """A 2K-style model: sin-cos absolute position embedding (interpolation_scale set)."""

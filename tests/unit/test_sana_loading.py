@@ -28,8 +28,6 @@ from temporal_tiling.sana import (
 from temporal_tiling.sana.text import COMPLEX_HUMAN_INSTRUCTION, MAX_SEQUENCE_LENGTH
 from temporal_tiling.sana.vae import SANA_DCAE_F32C32_CONFIG, build_vae, decode_tiled, fit_latent_rgb
 
-torch.set_num_threads(1)
-
 # (hidden, depth, latent grid, qk_norm) -> (size, px, PE interpolation scale, flow shift, params in M)
 PUBLISHED = {
     "600M_512px": ((1152, 28, 16, False), ("600M", 512, None, 3.0, 591.7)),
