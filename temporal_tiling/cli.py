@@ -402,14 +402,17 @@ def _summary(reports: dict, seconds: dict[str, float]) -> str:
         return "–" if value is None else format(value, spec)
 
     lines = [
-        "| method | gradient ratio mean / worst | ΔE mean / worst | overlap PSNR dB | PSNR vs full dB "
-        "| time s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | seam ratio mean / worst (× floor) | ΔE − floor | drift ΔE − floor | line jump | verdict "
+        "| overlap PSNR dB | PSNR vs full dB | time s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in reports.items():
+        excess = r.excess()
         lines.append(
-            f"| {name} | {r.gradient_ratio_mean:.3f} / {r.gradient_ratio_worst:.3f} | "
-            f"{r.delta_e_mean:.2f} / {r.delta_e_worst:.2f} | {fmt(r.overlap_psnr_mean, '.2f')} | "
+            f"| {name} | {r.gradient_ratio_mean:.3f} / {r.gradient_ratio_worst:.3f} "
+            f"(×{excess['gradient_ratio']:.2f}) | {excess['delta_e']:+.2f} | "
+            f"{excess['drift_delta_e']:+.2f} | {r.line_jump:.2f} | "
+            f"{'pass' if r.meets_targets() else 'seams'} | {fmt(r.overlap_psnr_mean, '.2f')} | "
             f"{fmt(r.psnr, '.2f')} | {seconds[name]:.1f} |"
         )
     return "\n".join(lines)

@@ -93,8 +93,8 @@ def _run_and_check(comfy_server, models_dir, graph: dict) -> dict:
         if node["class_type"] == "SanaTileMetrics":
             report = outputs[node_id]["report_file"][0]
             saved = json.loads((models_dir / "output" / report).read_text())
-            assert saved["report"]["gradient_ratio_mean"] > 0
-            assert "| metric" in outputs[node_id]["text"][0]
+            assert saved["report"]["gradient_ratio_mean"] > 0 and "verdict" in saved["report"]
+            assert "| metric | seams | floor" in outputs[node_id]["text"][0]
     return entry
 
 
