@@ -37,7 +37,7 @@ class SanaBCLACache(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaBCLACache",
+            node_id="SanaTemporalBCLACache",
             display_name="BCLA Cache",
             category=CATEGORY,
             description=(

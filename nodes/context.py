@@ -36,7 +36,7 @@ class SanaGlobalContext(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaGlobalContext",
+            node_id="SanaTemporalGlobalContext",
             display_name="Global Context Encoder",
             category=CATEGORY,
             description=(

@@ -91,7 +91,7 @@ class SanaTilePlanner(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaTilePlanner",
+            node_id="SanaTemporalTilePlanner",
             display_name="Tile Planner",
             category=CATEGORY,
             description=(

@@ -76,7 +76,7 @@ class SanaCausalSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaCausalSampler",
+            node_id="SanaTemporalCausalSampler",
             display_name="Causal SANA Sampler",
             category=CATEGORY,
             description=(

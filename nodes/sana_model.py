@@ -27,7 +27,7 @@ from diffusers import AutoencoderDC, SanaTransformer2DModel
 
 from ..temporal_tiling.sana import SanaTextEncoder, SanaVariant, compression, decode_tiled, fit_latent_rgb
 
-LOADER_DISPLAY_NAME = "Load SANA (SanaCheckpointLoader)"
+LOADER_DISPLAY_NAME = "Load SANA (SanaTemporalCheckpointLoader)"
 LINEAR_PROCESSOR_PREFIX = "SanaLinearAttnProcessor"
 DEFAULT_DECODE_TILE = 512  # px per tiled-decode tile when ComfyUI falls back to tiling after an OOM
 DEFAULT_DECODE_OVERLAP = 64

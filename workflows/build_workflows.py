@@ -18,14 +18,14 @@ PROMPT = "a blue to pink sky with one sun at top left"
 
 # Socket inputs (name, type) in schema order and outputs (name, type) of every node type used.
 SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
-    "SanaCheckpointLoader": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "SanaTemporalCheckpointLoader": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
     "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
-    "SanaBCLACache": ([("model", "MODEL")], [("MODEL", "MODEL")]),
-    "SanaTilePlanner": (
+    "SanaTemporalBCLACache": ([("model", "MODEL")], [("MODEL", "MODEL")]),
+    "SanaTemporalTilePlanner": (
         [("image", "IMAGE"), ("latent", "LATENT"), ("vae", "VAE"), ("model", "MODEL")],
         [("TILE_PLAN", "TILE_PLAN"), ("preview", "IMAGE")],
     ),
-    "SanaCausalSampler": (
+    "SanaTemporalCausalSampler": (
         [
             ("model", "MODEL"),
             ("positive", "CONDITIONING"),
@@ -36,19 +36,19 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ],
         [("canvas", "LATENT"), ("tiles", "LATENT")],
     ),
-    "SanaGlobalContext": (
+    "SanaTemporalGlobalContext": (
         [("image", "IMAGE"), ("vae", "VAE"), ("latent", "LATENT")],
         [("GLOBAL_CONTEXT", "GLOBAL_CONTEXT")],
     ),
-    "SanaTileSplit": (
+    "SanaTemporalTileSplit": (
         [("tile_plan", "TILE_PLAN"), ("image", "IMAGE"), ("latent", "LATENT")],
         [("image_tiles", "IMAGE"), ("latent_tiles", "LATENT")],
     ),
-    "SanaSeamBlender": (
+    "SanaTemporalSeamBlender": (
         [("images", "IMAGE"), ("tile_plan", "TILE_PLAN"), ("reference", "IMAGE")],
         [("IMAGE", "IMAGE")],
     ),
-    "SanaTileMetrics": (
+    "SanaTemporalTileMetrics": (
         [("image", "IMAGE"), ("tile_plan", "TILE_PLAN"), ("tiles", "IMAGE"), ("reference", "IMAGE")],
         [
             ("report", "STRING"),
@@ -98,7 +98,7 @@ def loader(node_id: int, pos) -> Node:
         ("weight_dtype", "default"),
         ("prompt_template", "auto"),
     ]
-    return Node(node_id, "SanaCheckpointLoader", pos, widgets, size=(340, 180))
+    return Node(node_id, "SanaTemporalCheckpointLoader", pos, widgets, size=(340, 180))
 
 
 def text(node_id: int, pos, prompt: str, title: str) -> Node:
@@ -118,7 +118,7 @@ def planner(node_id: int, pos, size=(384, 256), tile=(128, 128), overlap=32, tit
         ("compression", 8),
         ("tile_size", "manual"),
     ]
-    return Node(node_id, "SanaTilePlanner", pos, widgets, links, title, size=(340, 560))
+    return Node(node_id, "SanaTemporalTilePlanner", pos, widgets, links, title, size=(340, 560))
 
 
 def sampler(node_id: int, pos, model: tuple[int, int], mode: str, title: str, **links) -> Node:
@@ -137,7 +137,7 @@ def sampler(node_id: int, pos, model: tuple[int, int], mode: str, title: str, **
         ("batch_size", 1),
     ]
     wires = {"model": model, "positive": (2, 0), "negative": (3, 0), "tile_plan": (5, 0), **links}
-    return Node(node_id, "SanaCausalSampler", pos, widgets, wires, title, (340, 380))
+    return Node(node_id, "SanaTemporalCausalSampler", pos, widgets, wires, title, (340, 380))
 
 
 def bcla_cache(node_id: int, pos) -> Node:
@@ -148,7 +148,7 @@ def bcla_cache(node_id: int, pos) -> Node:
         ("decay", 0.5),
         ("record_locked", True),
     ]
-    return Node(node_id, "SanaBCLACache", pos, widgets, {"model": (1, 0)}, size=(320, 220))
+    return Node(node_id, "SanaTemporalBCLACache", pos, widgets, {"model": (1, 0)}, size=(320, 220))
 
 
 def global_context(node_id: int, pos, **links) -> Node:
@@ -162,11 +162,12 @@ def global_context(node_id: int, pos, **links) -> Node:
         (UI_ONLY, "fixed"),
         ("guide_long_side", 512),
     ]
-    return Node(node_id, "SanaGlobalContext", pos, widgets, links, size=(340, 300))
+    return Node(node_id, "SanaTemporalGlobalContext", pos, widgets, links, size=(340, 300))
 
 
 def metrics(node_id: int, pos, prefix: str, **links) -> Node:
-    return Node(node_id, "SanaTileMetrics", pos, [("filename_prefix", prefix)], links, size=(420, 300))
+    widgets = [("filename_prefix", prefix)]
+    return Node(node_id, "SanaTemporalTileMetrics", pos, widgets, links, size=(420, 300))
 
 
 def note(node_id: int, pos, body: str) -> Node:
@@ -201,7 +202,7 @@ def txt2img() -> list[Node]:
         ),
         Node(
             10,
-            "SanaSeamBlender",
+            "SanaTemporalSeamBlender",
             (1280, 300),
             [("method", "feather"), ("ramp", "cosine"), ("color_correction", "none")],
             {"images": (9, 0), "tile_plan": (5, 0)},
@@ -249,7 +250,13 @@ def upscale() -> list[Node]:
             size=(320, 140),
         ),
         planner(5, (400, 40), image=(6, 0), vae=(1, 2)),
-        Node(7, "SanaTileSplit", (800, 40), links={"tile_plan": (5, 0), "image": (6, 0)}, size=(260, 80)),
+        Node(
+            7,
+            "SanaTemporalTileSplit",
+            (800, 40),
+            links={"tile_plan": (5, 0), "image": (6, 0)},
+            size=(260, 80),
+        ),
         Node(8, "VAEEncode", (800, 180), links={"pixels": (7, 0), "vae": (1, 2)}, size=(220, 60)),
         Node(
             9,
@@ -271,7 +278,7 @@ def upscale() -> list[Node]:
         Node(10, "VAEDecode", (1500, 40), links={"samples": (9, 0), "vae": (1, 2)}, size=(220, 60)),
         Node(
             11,
-            "SanaSeamBlender",
+            "SanaTemporalSeamBlender",
             (1500, 160),
             [("method", "laplacian"), ("ramp", "cosine"), ("color_correction", "apt")],
             {"images": (10, 0), "tile_plan": (5, 0)},

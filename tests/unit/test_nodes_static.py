@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,13 +20,13 @@ WORKFLOWS = ROOT / "workflows"
 CATEGORY = "sana/temporal tiling"
 
 DISPLAY_NAMES = {
-    "SanaTilePlanner": "Tile Planner",
-    "SanaBCLACache": "BCLA Cache",
-    "SanaGlobalContext": "Global Context Encoder",
-    "SanaCausalSampler": "Causal SANA Sampler",
-    "SanaTileSplit": "Split Into Tiles",
-    "SanaSeamBlender": "Seam Blender",
-    "SanaTileMetrics": "Quality Metrics",
+    "SanaTemporalTilePlanner": "Tile Planner",
+    "SanaTemporalBCLACache": "BCLA Cache",
+    "SanaTemporalGlobalContext": "Global Context Encoder",
+    "SanaTemporalCausalSampler": "Causal SANA Sampler",
+    "SanaTemporalTileSplit": "Split Into Tiles",
+    "SanaTemporalSeamBlender": "Seam Blender",
+    "SanaTemporalTileMetrics": "Quality Metrics",
 }
 WORKFLOW_NAMES = ("txt2img_temporal_tiling", "upscale_split_img2img_blend", "compare_methods")
 
@@ -204,6 +205,64 @@ def test_node_ids_display_names_and_category():
     assert f'CATEGORY = "{CATEGORY}"' in (NODES / "common.py").read_text()
 
 
+# Node ids that other SANA packs register. ComfyUI keeps one class per id, so sharing one would hide
+# theirs (ComfyUI_ExtraModels by city96 and its Efficient-Large-Model fork, then other SANA packs).
+OTHER_SANA_PACK_IDS = frozenset(
+    {
+        "SanaCheckpointLoader",
+        "GemmaLoader",
+        "SanaTextEncode",
+        "EmptySanaLatentImage",
+        "ExtraVAELoader",
+        "EmptyDCAELatentImage",
+        "SanaResolutionSelect",
+        "SanaResolutionCond",
+        "ScmModelSampling",
+        "SanaVAELoader",
+        "SanaCLIPLoader",
+        "SanaEmptyLatentImage",
+        "SanaLoRALoader",
+    }
+)
+NODE_ID_PREFIX = "SanaTemporal"
+
+
+def core_node_ids(comfyui: Path) -> set[str]:
+    """Node ids of a ComfyUI checkout, read statically: NODE_CLASS_MAPPINGS dict keys and schema node_ids
+    in nodes.py, comfy_extras/ and comfy_api_nodes/ (importing them needs ComfyUI's whole runtime)."""
+    files = [comfyui / "nodes.py", *(comfyui / "comfy_extras").rglob("*.py")]
+    files += (comfyui / "comfy_api_nodes").rglob("*.py")
+    ids: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+                if any(getattr(t, "id", None) == "NODE_CLASS_MAPPINGS" for t in node.targets):
+                    ids |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+            elif (
+                isinstance(node, ast.keyword)
+                and node.arg == "node_id"
+                and isinstance(node.value, ast.Constant)
+            ):
+                ids.add(node.value.value)
+    return ids
+
+
+def test_node_ids_are_prefixed_and_unused_by_other_sana_packs():
+    assert len(SCHEMAS) >= 11
+    assert [i for i in SCHEMAS if not i.startswith(NODE_ID_PREFIX)] == []
+    assert set(SCHEMAS) & OTHER_SANA_PACK_IDS == set()
+
+
+def test_node_ids_unused_by_core_comfyui():
+    """Needs a ComfyUI checkout at COMFYUI_PATH; the ids are read from its source without importing it."""
+    comfyui = Path(os.environ.get("COMFYUI_PATH", "/nonexistent"))
+    if not (comfyui / "nodes.py").is_file():
+        pytest.skip("set COMFYUI_PATH to a ComfyUI checkout to compare with its node ids")
+    core = core_node_ids(comfyui)
+    assert {"KSampler", "CheckpointLoaderSimple", "VAEDecodeTiled", "ModelSamplingSD3"} <= core
+    assert set(SCHEMAS) & core == set()
+
+
 def test_every_input_and_output_has_a_tooltip():
     missing = [
         f"{node_id}.{entry['name'] or entry['display_name']}"
@@ -306,7 +365,7 @@ def test_api_workflow_agrees_with_ui_workflow(name):
 def test_workflows_use_the_embedded_model():
     for name in WORKFLOW_NAMES:
         _, api = _load(name)
-        loaders = [n for n in api.values() if n["class_type"] == "SanaCheckpointLoader"]
+        loaders = [n for n in api.values() if n["class_type"] == "SanaTemporalCheckpointLoader"]
         assert loaders, f"{name} loads no SANA model"
         assert all("embedded" in json.dumps(n["inputs"]).lower() for n in loaders)
 
