@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import os
 import re
 import sys
@@ -101,6 +102,34 @@ def test_both_packs_keep_every_node(side_by_side):
         object_info["SanaCheckpointLoader"]["python_module"]
         != object_info["SanaTemporalCheckpointLoader"]["python_module"]
     )
+
+
+@needs_extramodels
+def test_shipped_extramodels_workflow_fits_both_packs(side_by_side):
+    """Every node of the shipped workflow exists beside ExtraModels and gets its required inputs; the
+    pack's nodes get only inputs they declare, with valid options. (City96's loaders declare fewer
+    widgets than the fork the workflow is written for; ComfyUI ignores the extra ones.)"""
+    from test_workflows import pack_node_ids
+
+    object_info = side_by_side.get("/object_info")
+    name = "extramodels_txt2img_temporal_tiling"
+    ui = json.loads((PACK_ROOT / "workflows" / f"{name}.json").read_text())
+    api = json.loads((PACK_ROOT / "workflows" / f"{name}_api.json").read_text())
+    assert {n["type"] for n in ui["nodes"]} - {"Note"} <= set(object_info)
+    ours = pack_node_ids()
+    for node_id, node in api.items():
+        declared = object_info[node["class_type"]]["input"]
+        required = declared["required"]
+        assert set(required) <= set(node["inputs"]), f"{node_id} {node['class_type']}"
+        if node["class_type"] not in ours:
+            continue
+        known = {**required, **declared.get("optional", {})}
+        assert set(node["inputs"]) <= set(known), f"{node_id} {node['class_type']}"
+        for key, value in node["inputs"].items():
+            kind = known[key][0]
+            if isinstance(kind, list) or kind == "COMBO":
+                options = kind if isinstance(kind, list) else known[key][1]["options"]
+                assert value in options, f"{node_id}.{key} = {value!r}"
 
 
 # --- in-process: ExtraModels' SANA through this pack's nodes ------------------------------------------
@@ -216,6 +245,11 @@ def test_extramodels_sana_runs_causal_bcla_tiling(pack, parts, extramodels):
         6 * c, 4 * c, 4 * c, 4 * c, c, "shift", "raster", 0, 32, "manual", vae=parts.vae
     ).result[0]
     assert plan.compression == c, "the compression comes from ExtraModels' VAE, not the widget (32)"
+    empty = _run_node(extramodels["EmptySanaLatentImage"], width=6 * 32, height=4 * 32, batch_size=1)[0]
+    from_latent = pack.planner.SanaTilePlanner.execute(
+        64, 64, 4 * c, 4 * c, c, "shift", "raster", 0, c, "manual", latent=empty, vae=parts.vae
+    ).result[0]
+    assert (from_latent.canvas_height, from_latent.canvas_width) == (4, 6)
     bcla = pack.bcla_cache.SanaBCLACache.execute(parts.model, "cumulative", 1.0, "synchronous", 0.5, True)
     model = bcla.result[0]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -88,6 +89,18 @@ CORE = {
     ),
     "Note": ({}, []),
 }
+# ComfyUI_ExtraModels' SANA nodes (Efficient-Large-Model fork) that the ExtraModels workflow uses.
+EXTRAMODELS = {
+    "SanaCheckpointLoader": (
+        {"ckpt_name": "COMBO", "model": "COMBO", "dtype": "COMBO", "enable_cfg_passthrough": "BOOLEAN"},
+        ["MODEL"],
+    ),
+    "GemmaLoader": ({"model_name": "COMBO", "device": "COMBO", "dtype": "COMBO"}, ["GEMMA"]),
+    "SanaTextEncode": ({"text": "STRING", "GEMMA": "GEMMA"}, ["CONDITIONING"]),
+    "ExtraVAELoader": ({"vae_name": "COMBO", "vae_type": "COMBO", "dtype": "COMBO"}, ["VAE"]),
+}
+KNOWN = CORE | EXTRAMODELS
+EXTRAMODELS_WORKFLOW = "extramodels_txt2img_temporal_tiling"
 
 
 # --- static schema reading -------------------------------------------------------------------------
@@ -178,16 +191,16 @@ SCHEMAS = read_schemas()
 
 
 def _signature(node_type: str) -> tuple[dict[str, str], list[str]]:
-    if node_type in CORE:
-        return CORE[node_type]
+    if node_type in KNOWN:
+        return KNOWN[node_type]
     schema = SCHEMAS[node_type]
     return {i["name"]: i["type"] for i in schema["inputs"]}, [o["type"] for o in schema["outputs"]]
 
 
 def _widget_names(node_type: str) -> list[str]:
     """Widget order of a node in UI format (a seed with control_after_generate adds one value)."""
-    if node_type in CORE:
-        return [n for n, t in CORE[node_type][0].items() if t in WIDGETS]
+    if node_type in KNOWN:
+        return [n for n, t in KNOWN[node_type][0].items() if t in WIDGETS]
     names = []
     for i in SCHEMAS[node_type]["inputs"]:
         if i["type"] in WIDGETS:
@@ -253,6 +266,14 @@ def test_node_ids_are_prefixed_and_unused_by_other_sana_packs():
     assert set(SCHEMAS) & OTHER_SANA_PACK_IDS == set()
 
 
+def test_front_end_extends_existing_node_ids():
+    """js/ finds its nodes by id; a renamed id would silently drop the plan preview."""
+    script = (ROOT / "js" / "tile_plan_preview.js").read_text()
+    used = set(re.findall(r"""nodeData\.name === ["']([A-Za-z0-9_]+)["']""", script))
+    assert used == {"SanaTemporalTilePlanner", "SanaTemporalTileMetrics"}
+    assert used <= set(SCHEMAS)
+
+
 def test_node_ids_unused_by_core_comfyui():
     """Needs a ComfyUI checkout at COMFYUI_PATH; the ids are read from its source without importing it."""
     comfyui = Path(os.environ.get("COMFYUI_PATH", "/nonexistent"))
@@ -305,12 +326,12 @@ def _load(name: str) -> tuple[dict, dict]:
     )
 
 
-@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+@pytest.mark.parametrize("name", (*WORKFLOW_NAMES, EXTRAMODELS_WORKFLOW))
 def test_ui_workflow_uses_existing_nodes_and_consistent_links(name):
     ui, _ = _load(name)
     nodes = {n["id"]: n for n in ui["nodes"]}
     for node in nodes.values():
-        assert node["type"] in CORE or node["type"] in SCHEMAS, f"unknown node type {node['type']}"
+        assert node["type"] in KNOWN or node["type"] in SCHEMAS, f"unknown node type {node['type']}"
     seen = set()
     for link_id, source, slot, target, target_slot, socket in ui["links"]:
         assert link_id not in seen
@@ -328,6 +349,8 @@ def test_ui_workflow_uses_existing_nodes_and_consistent_links(name):
             assert inp.get("link") is None or inp["link"] in seen
         for out in node.get("outputs", []):
             assert all(link in seen for link in out.get("links") or [])
+        if node["type"] in EXTRAMODELS:
+            assert len(node["widgets_values"]) == len(_widget_names(node["type"]))
         if node["type"] in SCHEMAS:
             connected = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
             required = {
@@ -340,7 +363,7 @@ def test_ui_workflow_uses_existing_nodes_and_consistent_links(name):
     assert ui["last_link_id"] >= max(seen) and ui["last_node_id"] >= max(nodes)
 
 
-@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+@pytest.mark.parametrize("name", (*WORKFLOW_NAMES, EXTRAMODELS_WORKFLOW))
 def test_api_workflow_agrees_with_ui_workflow(name):
     ui, api = _load(name)
     nodes = {str(n["id"]): n for n in ui["nodes"] if n["type"] != "Note"}
@@ -353,7 +376,7 @@ def test_api_workflow_agrees_with_ui_workflow(name):
             if inp.get("link") is not None:
                 _, source, slot, *_ = links[inp["link"]]
                 assert entry["inputs"][inp["name"]] == [str(source), slot], f"{node_id}.{inp['name']}"
-        if node["type"] in SCHEMAS:
+        if node["type"] in SCHEMAS or node["type"] in EXTRAMODELS:
             names = _widget_names(node["type"])
             widgets = dict(zip(names, node["widgets_values"], strict=True))
             for key, value in entry["inputs"].items():
