@@ -449,6 +449,24 @@ class _BCLAProcessor:
         for branch, stats in _by_branch(own(mask), call.branches).items():
             call.record.put(call.record_key, self.layer, branch, stats)
 
+    def _padded_attention(self, call: _Call, query: Tensor, key: Tensor, value: Tensor, eps: float) -> Tensor:
+        """The stock pad-ones linear attention in float32 with this call's recording and context:
+        φ(q) [B, h, d, N], φ(k) [B, h, N, d], v [B, h, d, N] → [B, h, d, N]. ``[v; 1] @ φ(k)`` is the
+        cached statistic; its last row Z normalises (diffusers' processor 2.0 and LiteLA alike)."""
+        query, key, value = query.float(), key.float(), value.float()
+
+        value = F.pad(value, (0, 0, 0, 1), mode="constant", value=1.0)
+        scores = torch.matmul(value, key)
+
+        def own(mask: Tensor | None) -> Tensor:
+            return scores if mask is None else torch.matmul(value, key * mask[:, None])
+
+        self._record(call, own, key.shape[-2], key.device)
+        if call.context:
+            self._mix(call, scores)
+        out = torch.matmul(scores, query)
+        return out[:, :, :-1] / (out[:, :, -1:] + eps)
+
     @staticmethod
     def _mix(call: _Call, stats: Tensor) -> None:
         """stats += Σ scale·context for every CFG chunk, in place.
@@ -502,20 +520,7 @@ class BCLALinearAttnProcessor2_0(_BCLAProcessor):
         query = F.relu(query)
         key = F.relu(key)
 
-        query, key, value = query.float(), key.float(), value.float()
-
-        value = F.pad(value, (0, 0, 0, 1), mode="constant", value=1.0)
-        scores = torch.matmul(value, key)
-
-        def own(mask: Tensor | None) -> Tensor:
-            return scores if mask is None else torch.matmul(value, key * mask[:, None])
-
-        self._record(call, own, key.shape[-2], key.device)
-        if call.context:
-            self._mix(call, scores)
-        hidden_states = torch.matmul(scores, query)
-
-        hidden_states = hidden_states[:, :, :-1] / (hidden_states[:, :, -1:] + 1e-15)
+        hidden_states = self._padded_attention(call, query, key, value, 1e-15)
         hidden_states = hidden_states.flatten(1, 2).transpose(1, 2)
         hidden_states = hidden_states.to(original_dtype)
 
@@ -628,24 +633,9 @@ class BCLALiteLAMatmul(_BCLAProcessor):
         call = self.cache._plan_call(self.layer)
         if call is None:
             return type(self.attn).attn_matmul(self.attn, q, k, v)
-        # From here: the stock code, plus recording `vk` and adding the context to it.
         q = self.attn.kernel_func(q)
         k = self.attn.kernel_func(k)
-
-        q, k, v = q.float(), k.float(), v.float()
-
-        v = F.pad(v, (0, 0, 0, 1), mode="constant", value=1.0)
-        vk = torch.matmul(v, k)
-
-        def own(mask: Tensor | None) -> Tensor:
-            return vk if mask is None else torch.matmul(v, k * mask[:, None])
-
-        self._record(call, own, k.shape[-2], k.device)
-        if call.context:
-            self._mix(call, vk)
-        out = torch.matmul(vk, q)
-
-        return out[:, :, :-1] / (out[:, :, -1:] + self.attn.eps)
+        return self._padded_attention(call, q, k, v, self.attn.eps)
 
 
 def is_lite_la(module: torch.nn.Module) -> bool:

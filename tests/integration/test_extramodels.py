@@ -214,23 +214,10 @@ def pack():
 
 
 def _sample(pack, parts, model, plan, **overrides):
-    settings = dict(
-        seed=3,
-        steps=2,
-        cfg=3.0,
-        sampler_name="euler",
-        scheduler="simple",
-        denoise=1.0,
-        mode="causal",
-        lock_feather=1,
-        lock_release=0.0,
-        release_band=0,
-        batch_size=1,
-    )
-    canvas, tiles = pack.sampler.SanaCausalSampler.execute(
-        model, parts.positive, parts.negative, plan, **{**settings, **overrides}
-    ).result
-    return canvas["samples"], tiles["samples"]
+    """The pack's node tests' sampler settings (3 euler steps, cfg 3, causal) on ExtraModels' parts."""
+    from test_nodes import _sample as sample_nodes
+
+    return sample_nodes(pack, model, (parts.positive, parts.negative), plan, **overrides)
 
 
 @needs_extramodels
