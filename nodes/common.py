@@ -29,6 +29,15 @@ def image_from_engine(image: Tensor) -> Tensor:
     return image.movedim(1, -1).clamp(0.0, 1.0).float().contiguous()
 
 
+def vae_compression(vae) -> object:
+    """Pixels per latent cell of a ComfyUI VAE. ExtraModels' VAE skips ``comfy.sd.VAE.__init__``, so
+    ``spacial_compression_encode`` fails on it; it keeps the factor as ``latent_scale``."""
+    try:
+        return vae.spacial_compression_encode()
+    except AttributeError:
+        return getattr(vae, "latent_scale", None)
+
+
 def check_links(input_types: dict | None, expected: dict[str, str]) -> str | None:
     """Type-check linked optional inputs; needed when ``validate_inputs`` asks for ``input_types``
     (ComfyUI then leaves link type checks to the node). Returns an error message or None."""

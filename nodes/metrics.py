@@ -47,7 +47,7 @@ class SanaTileMetrics(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaTileMetrics",
+            node_id="SanaTemporalTileMetrics",
             display_name="Quality Metrics",
             category=CATEGORY,
             description=(

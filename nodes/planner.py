@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from PIL import Image, ImageDraw, ImageFont
 
 from ..temporal_tiling.plan import FITS, ORDERS, PlanError, TilePlan, make_plan
-from .common import CATEGORY, TilePlanSocket, check_links
+from .common import CATEGORY, TilePlanSocket, check_links, vae_compression
 
 PREVIEW_LONG_SIDE = 512
 """Long side (px) of the plan preview image."""
@@ -51,7 +51,7 @@ def _compression(vae, widget: int) -> int:
     """Pixels per latent cell: the connected VAE's own factor, else the widget."""
     if vae is None:
         return int(widget)
-    factor = vae.spacial_compression_encode()
+    factor = vae_compression(vae)
     if not isinstance(factor, int) or factor <= 0:
         raise PlanError(f"The connected VAE reports no usable spatial compression ({factor!r}).")
     return factor
@@ -91,7 +91,7 @@ class SanaTilePlanner(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaTilePlanner",
+            node_id="SanaTemporalTilePlanner",
             display_name="Tile Planner",
             category=CATEGORY,
             description=(

@@ -40,7 +40,7 @@ from ..temporal_tiling.sampling import (
     sample_causal,
     sample_independent,
 )
-from .bcla_cache import bcla_config, sana_transformer
+from .bcla_cache import bcla_config, bcla_transformer
 from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_links
 from .context import ContextSpec
 
@@ -76,7 +76,7 @@ class SanaCausalSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaCausalSampler",
+            node_id="SanaTemporalCausalSampler",
             display_name="Causal SANA Sampler",
             category=CATEGORY,
             description=(
@@ -336,7 +336,7 @@ def _patched_model(model, plan: TilePlan, mode: str, run: _Run):
     cache = None
     if config is not None:
         cache = BCLACache(config, plan)
-        transformer = sana_transformer(work)
+        transformer = bcla_transformer(work)
         for path, patch in bcla_object_patches(transformer, cache).items():
             work.add_object_patch(f"diffusion_model.{path}", patch)
     previous = model.model_options.get("model_function_wrapper")

@@ -18,14 +18,14 @@ PROMPT = "a blue to pink sky with one sun at top left"
 
 # Socket inputs (name, type) in schema order and outputs (name, type) of every node type used.
 SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
-    "SanaCheckpointLoader": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "SanaTemporalCheckpointLoader": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
     "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
-    "SanaBCLACache": ([("model", "MODEL")], [("MODEL", "MODEL")]),
-    "SanaTilePlanner": (
+    "SanaTemporalBCLACache": ([("model", "MODEL")], [("MODEL", "MODEL")]),
+    "SanaTemporalTilePlanner": (
         [("image", "IMAGE"), ("latent", "LATENT"), ("vae", "VAE"), ("model", "MODEL")],
         [("TILE_PLAN", "TILE_PLAN"), ("preview", "IMAGE")],
     ),
-    "SanaCausalSampler": (
+    "SanaTemporalCausalSampler": (
         [
             ("model", "MODEL"),
             ("positive", "CONDITIONING"),
@@ -36,19 +36,19 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ],
         [("canvas", "LATENT"), ("tiles", "LATENT")],
     ),
-    "SanaGlobalContext": (
+    "SanaTemporalGlobalContext": (
         [("image", "IMAGE"), ("vae", "VAE"), ("latent", "LATENT")],
         [("GLOBAL_CONTEXT", "GLOBAL_CONTEXT")],
     ),
-    "SanaTileSplit": (
+    "SanaTemporalTileSplit": (
         [("tile_plan", "TILE_PLAN"), ("image", "IMAGE"), ("latent", "LATENT")],
         [("image_tiles", "IMAGE"), ("latent_tiles", "LATENT")],
     ),
-    "SanaSeamBlender": (
+    "SanaTemporalSeamBlender": (
         [("images", "IMAGE"), ("tile_plan", "TILE_PLAN"), ("reference", "IMAGE")],
         [("IMAGE", "IMAGE")],
     ),
-    "SanaTileMetrics": (
+    "SanaTemporalTileMetrics": (
         [("image", "IMAGE"), ("tile_plan", "TILE_PLAN"), ("tiles", "IMAGE"), ("reference", "IMAGE")],
         [
             ("report", "STRING"),
@@ -74,6 +74,11 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "SaveImage": ([("images", "IMAGE")], []),
     "PreviewImage": ([("images", "IMAGE")], []),
     "Note": ([], []),
+    # ComfyUI_ExtraModels (Efficient-Large-Model fork; city96's original takes the same first widgets)
+    "SanaCheckpointLoader": ([], [("model", "MODEL")]),
+    "GemmaLoader": ([], [("GEMMA", "GEMMA")]),
+    "SanaTextEncode": ([("GEMMA", "GEMMA")], [("CONDITIONING", "CONDITIONING")]),
+    "ExtraVAELoader": ([], [("VAE", "VAE")]),
 }
 UI_ONLY = object()
 """Marks a widget value the UI stores but the API prompt does not (seed's control_after_generate)."""
@@ -98,14 +103,16 @@ def loader(node_id: int, pos) -> Node:
         ("weight_dtype", "default"),
         ("prompt_template", "auto"),
     ]
-    return Node(node_id, "SanaCheckpointLoader", pos, widgets, size=(340, 180))
+    return Node(node_id, "SanaTemporalCheckpointLoader", pos, widgets, size=(340, 180))
 
 
 def text(node_id: int, pos, prompt: str, title: str) -> Node:
     return Node(node_id, "CLIPTextEncode", pos, [("text", prompt)], {"clip": (1, 1)}, title, (340, 120))
 
 
-def planner(node_id: int, pos, size=(384, 256), tile=(128, 128), overlap=32, title=None, **links) -> Node:
+def planner(
+    node_id: int, pos, size=(384, 256), tile=(128, 128), overlap=32, title=None, compression=8, **links
+) -> Node:
     widgets = [
         ("width", size[0]),
         ("height", size[1]),
@@ -115,17 +122,19 @@ def planner(node_id: int, pos, size=(384, 256), tile=(128, 128), overlap=32, tit
         ("fit", "grow"),
         ("order", "raster"),
         ("shuffle_seed", 0),
-        ("compression", 8),
+        ("compression", compression),
         ("tile_size", "manual"),
     ]
-    return Node(node_id, "SanaTilePlanner", pos, widgets, links, title, size=(340, 560))
+    return Node(node_id, "SanaTemporalTilePlanner", pos, widgets, links, title, size=(340, 560))
 
 
-def sampler(node_id: int, pos, model: tuple[int, int], mode: str, title: str, **links) -> Node:
+def sampler(
+    node_id: int, pos, model: tuple[int, int], mode: str, title: str, steps: int = 12, **links
+) -> Node:
     widgets = [
         ("seed", 42),
         (UI_ONLY, "fixed"),
-        ("steps", 12),
+        ("steps", steps),
         ("cfg", 4.0),
         ("sampler_name", "euler"),
         ("scheduler", "simple"),
@@ -137,7 +146,7 @@ def sampler(node_id: int, pos, model: tuple[int, int], mode: str, title: str, **
         ("batch_size", 1),
     ]
     wires = {"model": model, "positive": (2, 0), "negative": (3, 0), "tile_plan": (5, 0), **links}
-    return Node(node_id, "SanaCausalSampler", pos, widgets, wires, title, (340, 380))
+    return Node(node_id, "SanaTemporalCausalSampler", pos, widgets, wires, title, (340, 380))
 
 
 def bcla_cache(node_id: int, pos) -> Node:
@@ -148,7 +157,7 @@ def bcla_cache(node_id: int, pos) -> Node:
         ("decay", 0.5),
         ("record_locked", True),
     ]
-    return Node(node_id, "SanaBCLACache", pos, widgets, {"model": (1, 0)}, size=(320, 220))
+    return Node(node_id, "SanaTemporalBCLACache", pos, widgets, {"model": (1, 0)}, size=(320, 220))
 
 
 def global_context(node_id: int, pos, **links) -> Node:
@@ -162,11 +171,12 @@ def global_context(node_id: int, pos, **links) -> Node:
         (UI_ONLY, "fixed"),
         ("guide_long_side", 512),
     ]
-    return Node(node_id, "SanaGlobalContext", pos, widgets, links, size=(340, 300))
+    return Node(node_id, "SanaTemporalGlobalContext", pos, widgets, links, size=(340, 300))
 
 
 def metrics(node_id: int, pos, prefix: str, **links) -> Node:
-    return Node(node_id, "SanaTileMetrics", pos, [("filename_prefix", prefix)], links, size=(420, 300))
+    widgets = [("filename_prefix", prefix)]
+    return Node(node_id, "SanaTemporalTileMetrics", pos, widgets, links, size=(420, 300))
 
 
 def note(node_id: int, pos, body: str) -> Node:
@@ -201,7 +211,7 @@ def txt2img() -> list[Node]:
         ),
         Node(
             10,
-            "SanaSeamBlender",
+            "SanaTemporalSeamBlender",
             (1280, 300),
             [("method", "feather"), ("ramp", "cosine"), ("color_correction", "none")],
             {"images": (9, 0), "tile_plan": (5, 0)},
@@ -249,7 +259,13 @@ def upscale() -> list[Node]:
             size=(320, 140),
         ),
         planner(5, (400, 40), image=(6, 0), vae=(1, 2)),
-        Node(7, "SanaTileSplit", (800, 40), links={"tile_plan": (5, 0), "image": (6, 0)}, size=(260, 80)),
+        Node(
+            7,
+            "SanaTemporalTileSplit",
+            (800, 40),
+            links={"tile_plan": (5, 0), "image": (6, 0)},
+            size=(260, 80),
+        ),
         Node(8, "VAEEncode", (800, 180), links={"pixels": (7, 0), "vae": (1, 2)}, size=(220, 60)),
         Node(
             9,
@@ -271,7 +287,7 @@ def upscale() -> list[Node]:
         Node(10, "VAEDecode", (1500, 40), links={"samples": (9, 0), "vae": (1, 2)}, size=(220, 60)),
         Node(
             11,
-            "SanaSeamBlender",
+            "SanaTemporalSeamBlender",
             (1500, 160),
             [("method", "laplacian"), ("ramp", "cosine"), ("color_correction", "apt")],
             {"images": (10, 0), "tile_plan": (5, 0)},
@@ -351,6 +367,80 @@ def compare() -> list[Node]:
     return nodes
 
 
+def extramodels_txt2img() -> list[Node]:
+    """The tiling nodes on a SANA loaded by ComfyUI_ExtraModels: its loader, Gemma and VAE nodes."""
+    gemma = {"GEMMA": (2, 0)}
+    return [
+        Node(
+            1,
+            "SanaCheckpointLoader",
+            (20, 40),
+            [
+                ("ckpt_name", "Efficient-Large-Model/Sana_1600M_1024px_BF16"),
+                ("model", "SanaMS_1600M_P1_D20"),
+                ("dtype", "auto"),
+                ("enable_cfg_passthrough", True),
+            ],
+            title="Sana Checkpoint Loader (ExtraModels)",
+            size=(380, 160),
+        ),
+        Node(
+            2,
+            "GemmaLoader",
+            (20, 240),
+            [("model_name", "Efficient-Large-Model/gemma-2-2b-it"), ("device", "cpu"), ("dtype", "default")],
+            title="Gemma Loader (ExtraModels)",
+            size=(380, 130),
+        ),
+        Node(3, "SanaTextEncode", (20, 420), [("text", PROMPT)], gemma, "positive", (380, 140)),
+        Node(4, "SanaTextEncode", (20, 600), [("text", "")], gemma, "negative", (380, 140)),
+        Node(
+            5,
+            "ExtraVAELoader",
+            (20, 780),
+            [
+                ("vae_name", "mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers"),
+                ("vae_type", "dcae-f32c32-sana-1.1-diffusers"),
+                ("dtype", "BF16"),
+            ],
+            title="ExtraVAELoader (DC-AE)",
+            size=(380, 130),
+        ),
+        bcla_cache(6, (440, 40)),
+        planner(7, (440, 300), (2048, 1024), (1024, 1024), 256, compression=32, vae=(5, 0)),
+        sampler(
+            8,
+            (840, 40),
+            (6, 0),
+            "causal",
+            "Causal SANA Sampler",
+            steps=20,
+            positive=(3, 0),
+            negative=(4, 0),
+            tile_plan=(7, 0),
+        ),
+        Node(9, "VAEDecode", (1220, 40), links={"samples": (8, 0), "vae": (5, 0)}, size=(220, 60)),
+        Node(
+            10,
+            "SaveImage",
+            (1480, 40),
+            [("filename_prefix", "sana_tiling/extramodels_canvas")],
+            {"images": (9, 0)},
+            size=(520, 320),
+        ),
+        Node(11, "PreviewImage", (840, 480), links={"images": (7, 1)}, title="tile plan", size=(340, 260)),
+        note(
+            12,
+            (1220, 420),
+            "Temporal tiling on the SANA of ComfyUI_ExtraModels: its loader, Gemma and text-encode nodes "
+            "and its DC-AE VAE, with this pack's BCLA Cache, Tile Planner and Causal SANA Sampler. A 2048×"
+            "1024 canvas is generated as 3×1 tiles of 1024 px. The Efficient-Large-Model fork downloads "
+            "the listed models; with city96's original pick your files in the loaders (its VAE config is "
+            "dcae-f32c32-sana-1.0).",
+        ),
+    ]
+
+
 # --- serialisation ---------------------------------------------------------------------------------
 def to_api(nodes: list[Node]) -> dict:
     prompt = {}
@@ -419,6 +509,7 @@ WORKFLOWS = {
     "txt2img_temporal_tiling": txt2img,
     "upscale_split_img2img_blend": upscale,
     "compare_methods": compare,
+    "extramodels_txt2img_temporal_tiling": extramodels_txt2img,
 }
 
 

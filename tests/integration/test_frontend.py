@@ -99,8 +99,13 @@ def _colourful(image, box) -> int:
     return int(((hsv[..., 1] > 120) & (hsv[..., 2] > 120)).sum())
 
 
-PLANNER = "app.graph.nodes.find(n => n.type === 'SanaTilePlanner')"
-METRICS = "app.graph.nodes.find(n => n.type === 'SanaTileMetrics')"
+def _find(node_id: str) -> str:
+    """JS expression for the first node of type ``node_id`` in the graph."""
+    return f"app.graph.nodes.find(n => n.type === '{node_id}')"
+
+
+PLANNER = _find("SanaTemporalTilePlanner")
+METRICS = _find("SanaTemporalTileMetrics")
 
 
 def _set_widgets(node: str, values: dict) -> str:
@@ -130,7 +135,7 @@ async def _session(url: str, port_file: Path) -> dict:
             await tools.send("Page.enable")
             await tools.send("Page.navigate", url=url)
             await tools.wait_for("!!(window.app && window.app.graph && window.app.canvas)")
-            await tools.wait_for("!!LiteGraph.registered_node_types['SanaTilePlanner']")
+            await tools.wait_for("!!LiteGraph.registered_node_types['SanaTemporalTilePlanner']")
             workflow = (PACK_ROOT / "workflows" / "txt2img_temporal_tiling.json").read_text()
             await tools.evaluate(f"app.loadGraphData({workflow}).then(() => true)")
             await asyncio.sleep(1.0)
@@ -162,18 +167,12 @@ async def _session(url: str, port_file: Path) -> dict:
             shots["invalid"] = await tools.screenshot()
             await tools.evaluate(_set_widgets(PLANNER, {"tile_width": 128, "overlap": 32}))
             choices = await tools.evaluate(
-                "app.graph.nodes.find(n => n.type === 'SanaCheckpointLoader')"
-                ".widgets.find(w => w.name === 'ckpt_name').options.values"
+                _find("SanaTemporalCheckpointLoader")
+                + ".widgets.find(w => w.name === 'ckpt_name').options.values"
             )
             if EMBEDDED not in choices:  # a fresh checkout before the model is built: the tiny test model
-                await tools.evaluate(
-                    _set_widgets(
-                        "app.graph.nodes.find(n => n.type === 'SanaCheckpointLoader')", {"ckpt_name": TINY}
-                    )
-                )
-                await tools.evaluate(
-                    _set_widgets("app.graph.nodes.find(n => n.type === 'SanaCausalSampler')", {"steps": 2})
-                )
+                await tools.evaluate(_set_widgets(_find("SanaTemporalCheckpointLoader"), {"ckpt_name": TINY}))
+                await tools.evaluate(_set_widgets(_find("SanaTemporalCausalSampler"), {"steps": 2}))
             await tools.evaluate("app.queuePrompt(0, 1).then(() => true)")
             await tools.wait_for(f"!!({METRICS}.sanaReport && {PLANNER}.sanaExecutedPlan)", timeout=600)
             await asyncio.sleep(1.0)
