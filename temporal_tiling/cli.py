@@ -38,6 +38,7 @@ from .flow import SAMPLERS, CFGDenoiser, flow_sigmas
 from .plan import FITS, ORDERS, PlanError, TilePlan, make_plan
 from .sampling import (
     DEFAULT_LOCK_FEATHER,
+    DEFAULT_LOCK_MARGIN,
     DEFAULT_LOCK_RELEASE,
     DEFAULT_RELEASE_BAND,
     METHODS,
@@ -230,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, 0),
         default=DEFAULT_LOCK_FEATHER,
         help="latent cells of earlier content a new tile may blend into (causal; 0 = hard lock)",
+    )
+    g.add_argument(
+        "--lock-margin",
+        type=_number(int, 0),
+        default=DEFAULT_LOCK_MARGIN,
+        help="outermost latent cells of each earlier tile that a new tile regenerates instead of locking "
+        "(causal; a tile paints its window edge as an image edge)",
     )
     g.add_argument(
         "--lock-release",
@@ -473,6 +481,7 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
                 cache_config=cache_config if method == "causal" else None,
                 context=context if method == "causal" else None,
                 lock_feather=args.lock_feather,
+                lock_margin=args.lock_margin,
                 lock_release=LockRelease(args.lock_release, args.release_band),
                 progress=bar,
                 **conditioning,

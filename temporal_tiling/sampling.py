@@ -23,6 +23,9 @@ from .plan import Tile, TilePlan
 DEFAULT_LOCK_FEATHER = 2
 """Cells of known content, next to the lock edge, that the new tile may still blend into."""
 
+DEFAULT_LOCK_MARGIN = 0
+"""Outermost cells of each earlier tile that a new tile regenerates instead of locking."""
+
 DEFAULT_LOCK_RELEASE = 0.0
 """Share of the lock released by σ = 0 (:class:`LockRelease`); set from bench/results/quality.md."""
 DEFAULT_RELEASE_BAND = 0
@@ -73,8 +76,13 @@ class CanvasResult:
     """[T*B,C,h,w] each tile's own finished latent, tile-major, in plan order (unblended)."""
 
 
-def lock_mask(plan: TilePlan, index: int, feather: int = DEFAULT_LOCK_FEATHER) -> Tensor:
+def lock_mask(
+    plan: TilePlan, index: int, feather: int = DEFAULT_LOCK_FEATHER, margin: int = DEFAULT_LOCK_MARGIN
+) -> Tensor:
     """Denoise mask [1,1,h,w] of tile ``index``: 1 on new cells, 0 deep inside the known overlap.
+
+    Known cells are ``plan.known_mask(index, margin)``: with ``margin`` > 0 the earlier tiles'
+    outermost cells, painted as an image edge, count as new and are regenerated.
 
     Feather profile: a known cell at chessboard distance ``d`` from the nearest new cell gets
     ``max(0, 1 - d / (feather + 1))``, a linear ramp over ``feather`` cells that rises toward the
@@ -83,7 +91,9 @@ def lock_mask(plan: TilePlan, index: int, feather: int = DEFAULT_LOCK_FEATHER) -
     """
     if feather < 0:
         raise SamplingError(f"lock_feather must be ≥ 0 cells, got {feather}.")
-    new = (~plan.known_mask(index)).float()[None, None]
+    if margin < 0:
+        raise SamplingError(f"lock_margin must be ≥ 0 cells (0 = lock every known cell), got {margin}.")
+    new = (~plan.known_mask(index, margin)).float()[None, None]
     total, grown = new, new
     for _ in range(feather):
         grown = F.max_pool2d(grown, 3, stride=1, padding=1)
@@ -151,6 +161,7 @@ def sample_causal(
     latent: Tensor | None = None,
     cache: Any = None,
     lock_feather: int = DEFAULT_LOCK_FEATHER,
+    lock_margin: int = DEFAULT_LOCK_MARGIN,
     lock_release: LockRelease | None = None,
     context: Any = None,
     on_tile: TileCallback | None = None,
@@ -158,11 +169,12 @@ def sample_causal(
 ) -> CanvasResult:
     """Tiles one after another in plan order, each locked to what the earlier ones produced.
 
-    The known cells of a tile (``plan.known_mask``, feathered by :func:`lock_mask`) are inpainted
-    the way ComfyUI does: re-noised with the same canvas noise at every step. A finished tile is
-    written whole into the canvas: its sampler already returns the known content in mask-0 cells
-    and the feathered blend in the ramp, so this equals "new cells plus the blend across the
-    feather". ``lock_release`` loosens the lock near its edge in the late steps (each job's
+    The known cells of a tile (``plan.known_mask`` less each earlier tile's outermost ``lock_margin``
+    cells, feathered by :func:`lock_mask`) are inpainted the way ComfyUI does: re-noised with the
+    same canvas noise at every step. The BCLA cache still records only the plan's new cells. A
+    finished tile is written whole into the canvas: its sampler already returns the known content
+    in mask-0 cells and the feathered blend in the ramp, so this equals "new cells plus the blend
+    across the feather". ``lock_release`` loosens the lock near its edge in the late steps (each job's
     ``mask_schedule``); the overlap written back is then the blend of old and new content.
     ``cache`` (BCLACache) is told where each tile starts and ends; with
     ``cache.needs_clean_pass`` the finished tile is re-encoded by ``reencode`` (one denoiser call
@@ -185,7 +197,7 @@ def sample_causal(
         if on_tile is not None:
             on_tile(tile.index, len(plan))
         rows, cols = tile.slices
-        mask = lock_mask(plan, tile.index, lock_feather).to(canvas)
+        mask = lock_mask(plan, tile.index, lock_feather, lock_margin).to(canvas)
         hook = context.x0_hook(tile, plan) if context is not None else None
         job = TileJob(tile, noise[..., rows, cols], canvas[..., rows, cols].clone(), mask, hook, release)
         if cache is not None:
@@ -271,6 +283,7 @@ def generate(
     latent: Tensor | None = None,
     denoise: float = 1.0,
     lock_feather: int = DEFAULT_LOCK_FEATHER,
+    lock_margin: int = DEFAULT_LOCK_MARGIN,
     lock_release: LockRelease | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CanvasResult:
@@ -325,6 +338,7 @@ def generate(
                     latent=latent,
                     cache=cache,
                     lock_feather=lock_feather,
+                    lock_margin=lock_margin,
                     lock_release=lock_release,
                     context=context,
                     reencode=lambda x0: denoiser(x0, x0.new_full((x0.shape[0],), CLEAN_SIGMA)),

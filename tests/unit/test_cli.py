@@ -86,6 +86,19 @@ def test_lock_flags_reach_the_causal_sampler(tmp_path: Path) -> None:
     assert not np.array_equal(images["locked"], images["released"])
 
 
+def test_lock_margin_flag_reaches_the_causal_sampler(tmp_path: Path, monkeypatch) -> None:
+    margins = []
+
+    def recording_generate(*args, **kwargs):
+        margins.append(kwargs["lock_margin"])
+        return generate(*args, **kwargs)
+
+    generate = cli.generate
+    monkeypatch.setattr(cli, "generate", recording_generate)
+    assert run([*BASE, "--method", "causal", "--lock-margin", "2", "--out", str(tmp_path)]) == 0
+    assert margins == [2]
+
+
 def test_global_context_flags_render_a_guide(tmp_path: Path) -> None:
     argv = [
         *BASE,
@@ -116,6 +129,7 @@ def test_global_context_flags_render_a_guide(tmp_path: Path) -> None:
         (["--context-stats", "2"], "--context-stats", "must be <= 1"),
         (["--lock-release", "2"], "--lock-release", "must be <= 1"),
         (["--release-band", "-1"], "--release-band", "must be >= 0"),
+        (["--lock-margin", "-1"], "--lock-margin", "must be >= 0"),
         (["--method", "magic"], "--method", "invalid choice"),
         (["--device", "warp9"], "--device", "unknown torch device"),
         (["--method", "independent", "--context-skip", "0.5"], "--method", "only used by the causal method"),

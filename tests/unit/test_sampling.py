@@ -74,6 +74,27 @@ def test_lock_mask_ramps_linearly_from_known_to_new() -> None:
         lock_mask(overlap, 1, -1)
 
 
+def test_lock_margin_regenerates_the_earlier_tiles_outermost_cells() -> None:
+    plan = overlapping_plan()  # tile 3 (bottom right) overlaps tiles 0, 1, 2 by 2 cells
+    inner = torch.arange(8)
+    for margin, first_new in ((0, 2), (1, 1), (2, 0)):
+        expected = ((inner[:, None] >= first_new) & (inner[None, :] >= first_new)).float()
+        assert torch.equal(lock_mask(plan, 3, 0, margin)[0, 0], expected), margin
+    # Tile 1 (top right): tile 0's top edge is the canvas border and stays locked; its bottom
+    # edge (canvas row 7) and right edge (column 7, tile 1's column 1) are regenerated.
+    known = lock_mask(plan, 1, 0, 1)[0, 0] == 0
+    assert known[:7, 0].all() and not known[7:, 0].any() and not known[:, 1:].any()
+    with pytest.raises(SamplingError, match="lock_margin"):
+        lock_mask(plan, 3, 0, -1)
+
+
+def test_lock_margin_reaches_generate(model, prompts) -> None:
+    plan = overlapping_plan()
+    kept, regenerated = (run(model, prompts, plan, lock_margin=m).tiles.split(1) for m in (0, 1))
+    assert torch.equal(kept[0], regenerated[0])  # the first tile has no earlier edge
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(kept[1:], regenerated[1:], strict=True))
+
+
 # --- determinism and order ------------------------------------------------------------------------
 
 
