@@ -15,13 +15,17 @@ from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
 from temporal_tiling.plan import TilePlan, make_plan
 from temporal_tiling.sampling import (
     CLEAN_SIGMA,
+    GuideFirst,
     LockRelease,
     SamplingError,
     TileJob,
     canvas_noise,
     generate,
+    guide_plan,
+    latent_upscale,
     lock_mask,
     multidiffusion_denoiser,
+    pixel_upscale,
     sample_causal,
     sample_independent,
 )
@@ -447,6 +451,64 @@ def test_img2img_keeps_the_low_frequencies_of_the_input(model, prompts) -> None:
     assert (light.canvas - latent).abs().mean() > 0.1  # it did denoise something
 
 
+# --- guide first ----------------------------------------------------------------------------------
+
+
+def test_guided_starts_the_tiles_from_the_upscaled_whole_scene_pass(model, prompts) -> None:
+    plan = overlapping_plan()
+    ticks: list[tuple[int, int]] = []
+    light = run(
+        model,
+        prompts,
+        plan,
+        method="guided",
+        guide_first=GuideFirst(denoise=0.1, bcla_seed=0),
+        progress=lambda done, total: ticks.append((done, total)),
+    )
+    assert ticks == [(i + 1, 5 * STEPS) for i in range(5 * STEPS)]  # the guide pass, then 4 tiles
+    whole = guide_plan(plan)
+    assert (len(whole), whole.canvas_height, whole.canvas_width) == (1, 8, 8)  # the tile's size
+    assert torch.equal(light.guide, run(model, prompts, whole, method="full").canvas)
+    start = latent_upscale(light.guide, plan.canvas_height, plan.canvas_width)
+    fresh = run(model, prompts, plan, method="guided", guide_first=GuideFirst(denoise=1.0, bcla_seed=0))
+    assert (light.canvas - start).abs().mean() < 0.5 * (fresh.canvas - start).abs().mean()
+
+
+def test_guided_seeds_the_cache_and_pulls_toward_the_guide(model, prompts) -> None:
+    plan = overlapping_plan()
+    with pytest.raises(SamplingError, match="cache_config"):
+        run(model, prompts, plan, method="guided")
+    results = {
+        name: run(model, prompts, plan, method="guided", cache_config=BCLAConfig(), guide_first=settings)
+        for name, settings in (
+            ("plain", GuideFirst(bcla_seed=0)),
+            ("seeded", GuideFirst(bcla_seed=1)),
+            ("skip", GuideFirst(bcla_seed=0, skip_residual=0.8)),
+        )
+    }
+    plain = results["plain"]
+    for name in ("seeded", "skip"):
+        assert torch.equal(results[name].guide, plain.guide)
+        assert (results[name].tiles[:1] - plain.tiles[:1]).abs().max() > 1e-3, name  # even the first tile
+
+
+def test_pixel_upscale_decodes_resizes_and_reencodes() -> None:
+    seen: list[object] = []
+
+    def decode(latent: torch.Tensor) -> torch.Tensor:
+        seen.append("decode")
+        return latent.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    def encode(image: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(image.shape))
+        return F.avg_pool2d(image, 2)
+
+    ramp = torch.linspace(0.2, 0.8, 5).expand(1, 4, 3, 5)
+    out = pixel_upscale(decode, encode, 2)(ramp, 6, 10)
+    assert seen == ["decode", (1, 4, 12, 20)] and out.shape == (1, 4, 6, 10)
+    assert (out[..., 1:] - out[..., :-1] > 0).all() and float(out.min()) > 0.15 and float(out.max()) < 0.85
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
@@ -467,3 +529,9 @@ def test_bad_input_is_refused_with_a_clear_message(model, prompts) -> None:
         run(model, prompts, plan, denoise=0.5)
     with pytest.raises(SamplingError, match="only used by method='causal'"):
         run(model, prompts, plan, method="independent", context=_FakeContext())
+    with pytest.raises(SamplingError, match="renders its own guide"):
+        run(model, prompts, plan, method="guided", latent=torch.zeros(1, 4, 14, 14))
+    with pytest.raises(SamplingError, match="only used by method='guided'"):
+        run(model, prompts, plan, guide_first=GuideFirst())
+    with pytest.raises(SamplingError, match="guide denoise"):
+        GuideFirst(denoise=0.0)
