@@ -167,7 +167,7 @@ def sampler(node_id: int, pos, model: tuple[int, int], mode: str, title: str, **
         ("denoise", 1.0),
         ("mode", mode),
         ("lock_feather", 2),
-        ("lock_margin", 0),
+        ("lock_margin", 1),
         ("lock_release", 0.0),
         ("release_band", 0),
         ("batch_size", 1),

@@ -70,9 +70,9 @@ def test_lock_mask_ramps_linearly_from_known_to_new() -> None:
     plan = side_by_side_plan()
     assert torch.equal(lock_mask(plan, 0, 2), torch.ones(1, 1, 8, 8))
     overlap = make_plan(96, 64, 64, 64, 32, compression=8)  # tiles overlap by 4 columns
-    hard = lock_mask(overlap, 1, 0)[0, 0, 0]
+    hard = lock_mask(overlap, 1, 0, 0)[0, 0, 0]
     assert hard.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-    soft = lock_mask(overlap, 1, 2)[0, 0, 0]
+    soft = lock_mask(overlap, 1, 2, 0)[0, 0, 0]
     assert torch.allclose(soft, torch.tensor([0, 0, 1 / 3, 2 / 3, 1, 1, 1, 1]))
     with pytest.raises(SamplingError, match="lock_feather"):
         lock_mask(overlap, 1, -1)
@@ -126,8 +126,8 @@ def test_tiles_run_in_plan_order_and_order_changes_the_result(model, prompts) ->
 
     noise = canvas_noise(11, (1, 4, 14, 14))
     with torch.no_grad():
-        a = sample_causal(raster, noise, denoise_tile, lock_feather=0)
-        b = sample_causal(serpentine, noise, denoise_tile, lock_feather=0)
+        a = sample_causal(raster, noise, denoise_tile, lock_feather=0, lock_margin=0)
+        b = sample_causal(serpentine, noise, denoise_tile, lock_feather=0, lock_margin=0)
     assert seen == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 0), (0, 1), (1, 1), (1, 0)]
     assert (a.canvas - b.canvas)[..., 8:, :].abs().max() > 1e-2  # the bottom row saw different content
     assert torch.equal(a.canvas[..., :8, :], b.canvas[..., :8, :])  # the shared first row is identical
@@ -146,7 +146,9 @@ def test_hard_lock_keeps_the_content_earlier_tiles_produced(model, prompts) -> N
         return sample_tile(denoiser, job, flow_sigmas(STEPS), "dpmpp_2m")
 
     with torch.no_grad():
-        result = sample_causal(plan, canvas_noise(3, (2, 4, 14, 14)), denoise_tile, lock_feather=0)
+        result = sample_causal(
+            plan, canvas_noise(3, (2, 4, 14, 14)), denoise_tile, lock_feather=0, lock_margin=0
+        )
     canvas = torch.zeros(2, 4, 14, 14)
     for job, out in zip(jobs, result.tiles.split(2), strict=True):
         known = plan.known_mask(job.tile.index)
@@ -168,7 +170,9 @@ def test_feathered_lock_changes_only_the_ramp(model, prompts) -> None:
         return sample_tile(denoiser, job, flow_sigmas(STEPS))
 
     with torch.no_grad():
-        result = sample_causal(plan, canvas_noise(3, (1, 4, 14, 14)), denoise_tile, lock_feather=1)
+        result = sample_causal(
+            plan, canvas_noise(3, (1, 4, 14, 14)), denoise_tile, lock_feather=1, lock_margin=0
+        )
     out, job = result.tiles[1:2], jobs[1]  # tile 1 overlaps tile 0 in its first two columns
     assert job.denoise_mask[0, 0, 0, :3].tolist() == [0.0, 0.5, 1.0]
     assert torch.equal(out[..., :1], job.latent[..., :1])  # deep inside: kept
@@ -178,7 +182,7 @@ def test_feathered_lock_changes_only_the_ramp(model, prompts) -> None:
 
 def test_lock_release_loosens_known_cells_as_sigma_falls() -> None:
     overlap = make_plan(96, 64, 64, 64, 32, compression=8)  # tile 1's first 4 columns are known
-    mask = lock_mask(overlap, 1, 0).expand(2, 4, 8, 8)  # ComfyUI hands the mask over as [B, C, h, w]
+    mask = lock_mask(overlap, 1, 0, 0).expand(2, 4, 8, 8)  # ComfyUI hands the mask over as [B, C, h, w]
     everywhere, near_edge = LockRelease(0.5), LockRelease(0.5, band=1)
     assert torch.equal(everywhere(torch.tensor([1.0, 1.0]), mask), mask)  # σ = 1: the full lock
     assert torch.equal(LockRelease(0.0)(torch.tensor(0.0), mask), mask)  # amount 0: ComfyUI's lock
@@ -200,8 +204,9 @@ def test_lock_release_averages_old_and_new_content_in_the_overlap() -> None:
         return sample_tile(lambda x, sigma: torch.full_like(x, value), job, sigmas)
 
     noise = canvas_noise(0, (1, 4, 8, 12))
-    locked = sample_causal(plan, noise, denoise_tile, lock_feather=0).canvas[0, 0, 0]
-    released = sample_causal(plan, noise, denoise_tile, lock_feather=0, lock_release=LockRelease(0.5, 1))
+    hard = {"lock_feather": 0, "lock_margin": 0}
+    locked = sample_causal(plan, noise, denoise_tile, **hard).canvas[0, 0, 0]
+    released = sample_causal(plan, noise, denoise_tile, **hard, lock_release=LockRelease(0.5, 1))
     weight = 0.5 * (1 - float(sigmas[-2]))  # the last model call's release decides the final blend
     assert locked.tolist() == [1.0] * 8 + [2.0] * 4
     assert released.canvas[0, 0, 0].tolist() == pytest.approx([1.0] * 7 + [1 + weight] + [2.0] * 4)
