@@ -213,17 +213,8 @@ def note(node_id: int, pos, body: str) -> Node:
 def planned(node: Node) -> TilePlan:
     """The plan a Tile Planner node makes from its widgets with the embedded model's VAE."""
     w = dict(node.widgets)
-    return make_plan(
-        w["width"],
-        w["height"],
-        w["tile_width"],
-        w["tile_height"],
-        w["overlap"],
-        EMBEDDED_COMPRESSION,
-        w["order"],
-        w["shuffle_seed"],
-        w["fit"],
-    )
+    size = (w[k] for k in ("width", "height", "tile_width", "tile_height", "overlap"))
+    return make_plan(*size, EMBEDDED_COMPRESSION, w["order"], w["shuffle_seed"], w["fit"])
 
 
 def describe(plan: TilePlan) -> str:

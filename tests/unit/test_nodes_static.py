@@ -318,17 +318,8 @@ def _embedded_compression() -> int:
 
 def _plan_of(api: dict, node_id: str):
     w = api[node_id]["inputs"]
-    return make_plan(
-        w["width"],
-        w["height"],
-        w["tile_width"],
-        w["tile_height"],
-        w["overlap"],
-        _embedded_compression(),
-        w["order"],
-        w["shuffle_seed"],
-        w["fit"],
-    )
+    size = (w[k] for k in ("width", "height", "tile_width", "tile_height", "overlap"))
+    return make_plan(*size, _embedded_compression(), w["order"], w["shuffle_seed"], w["fit"])
 
 
 def test_txt2img_low_res_pass_renders_one_tile_and_its_note_tells_the_plans():
