@@ -289,9 +289,9 @@ def txt2img() -> list[Node]:
 def upscale() -> list[Node]:
     return [
         loader(1, (20, 40)),
-        text(2, (20, 260), PROMPT, "positive"),
-        text(3, (20, 420), "", "negative"),
-        Node(4, "LoadImage", (20, 580), [("image", "example.png"), (UI_ONLY, "image")], size=(320, 340)),
+        text(2, (20, 300), PROMPT, "positive"),
+        text(3, (20, 470), "", "negative"),
+        Node(4, "LoadImage", (20, 650), [("image", "example.png"), (UI_ONLY, "image")], size=(320, 340)),
         Node(
             6,
             "ImageScale",
@@ -343,7 +343,7 @@ def upscale() -> list[Node]:
         ),
         note(
             14,
-            (20, 960),
+            (20, 1040),
             "Upscale an existing picture: scale it to the canvas, cut it into the plan's "
             "tiles, refine every tile with the stock KSampler (img2img, denoise 0.35), stitch them back with "
             "the Seam Blender (multi-band blend, colour matched across overlaps) and measure the seams. Any "
@@ -355,13 +355,13 @@ def upscale() -> list[Node]:
 def compare() -> list[Node]:
     nodes = [
         loader(1, (20, 40)),
-        text(2, (20, 260), PROMPT, "positive"),
-        text(3, (20, 420), "", "negative"),
-        bcla_cache(4, (20, 580)),
-        planner(5, (20, 840), vae=(1, 2)),
+        text(2, (20, 300), PROMPT, "positive"),
+        text(3, (20, 470), "", "negative"),
+        bcla_cache(4, (20, 650)),
+        planner(5, (20, 920), vae=(1, 2)),
         note(
             6,
-            (20, 1460),
+            (20, 1540),
             "Side by side on one seed and one noise: independent tiles (overlaps averaged), "
             "MultiDiffusion (per-step overlap averaging) and causal tiling with the BCLA cache. Each row "
             "saves its canvas and shows its seam metrics: gradient ratio (1.0 = invisible), ΔE2000, overlap "
