@@ -28,6 +28,7 @@ from ..temporal_tiling.plan import Tile, TilePlan
 from ..temporal_tiling.sampling import (
     CLEAN_SIGMA,
     DEFAULT_LOCK_FEATHER,
+    DEFAULT_LOCK_MARGIN,
     DEFAULT_LOCK_RELEASE,
     DEFAULT_RELEASE_BAND,
     CanvasResult,
@@ -151,6 +152,15 @@ class SanaCausalSampler(io.ComfyNode):
                     tooltip="Latent cells of already generated content, next to the lock edge, "
                     "that a new tile may still blend into (0 = hard lock). Causal only.",
                 ),
+                io.Int.Input(
+                    "lock_margin",
+                    default=DEFAULT_LOCK_MARGIN,
+                    min=0,
+                    max=16,
+                    tooltip="Outermost latent cells of each earlier tile that a new tile regenerates "
+                    "instead of keeping: a tile paints its window edge like an image edge, which shows "
+                    "as a line where the lock keeps it (0 = keep every overlapping cell). Causal only.",
+                ),
                 io.Float.Input(
                     "lock_release",
                     default=DEFAULT_LOCK_RELEASE,
@@ -234,6 +244,7 @@ class SanaCausalSampler(io.ComfyNode):
         denoise: float,
         mode: str,
         lock_feather: int,
+        lock_margin: int,
         lock_release: float,
         release_band: int,
         batch_size: int,
@@ -300,6 +311,7 @@ class SanaCausalSampler(io.ComfyNode):
                 latent=given,
                 cache=cache,
                 lock_feather=lock_feather,
+                lock_margin=lock_margin,
                 lock_release=LockRelease(lock_release, release_band),
                 context=context,
                 on_tile=_interrupt_check,

@@ -33,16 +33,20 @@ from tqdm import tqdm
 from .atomic import write_atomic
 from .bcla import MODES, SOURCES, BCLAConfig, install_bcla
 from .bcla import BCLACache as _BCLACache
-from .context import GlobalContext, encode_global_context, guide_size
+from .context import GlobalContext, encode_global_context
 from .flow import SAMPLERS, CFGDenoiser, flow_sigmas
 from .plan import FITS, ORDERS, PlanError, TilePlan, make_plan
 from .sampling import (
     DEFAULT_LOCK_FEATHER,
+    DEFAULT_LOCK_MARGIN,
     DEFAULT_LOCK_RELEASE,
     DEFAULT_RELEASE_BAND,
     METHODS,
+    GuideFirst,
     LockRelease,
     generate,
+    guide_plan,
+    pixel_upscale,
 )
 from .sana import EMBEDDED_MODEL
 
@@ -74,6 +78,8 @@ class LoadedModel:
     compression: int
     flow_shift: float = 3.0
     name: str = "model"
+    encode: Callable[[Tensor], Tensor] | None = None
+    """image [B, 3, H, W] in [0, 1] -> latent (the model's scaled space); for --guide-upscale pixel."""
 
 
 Loader = Callable[[Path, torch.device], LoadedModel]
@@ -119,8 +125,19 @@ def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
             pixels = vae.decode(latent).sample
         return ((pixels.float() + 1) / 2).clamp(0, 1)
 
+    @torch.no_grad()
+    def encode(image: Tensor) -> Tensor:
+        pixels = image.to(device, next(vae.parameters()).dtype) * 2 - 1
+        return vae.encode(pixels).latent.float() * scale
+
     return LoadedModel(
-        transformer.to(device), encode_prompt, decode, compression(vae), variant.flow_shift, folder.name
+        transformer.to(device),
+        encode_prompt,
+        decode,
+        compression(vae),
+        variant.flow_shift,
+        folder.name,
+        encode,
     )
 
 
@@ -213,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--method", choices=(*METHODS, "compare"), default="causal", help="compare = " + " / ".join(COMPARE)
     )
+    g.add_argument(
+        "--guide-denoise",
+        type=_number(float, 0, 1, low_open=True),
+        default=GuideFirst.denoise,
+        help="guided: share of the schedule the tiles run from the upscaled whole-scene pass",
+    )
+    g.add_argument(
+        "--guide-upscale",
+        choices=("latent", "pixel"),
+        default="latent",
+        help="guided: enlarge the whole-scene pass bilinearly in latent space or bicubic in pixels "
+        "(decode, resize, encode)",
+    )
     g.add_argument("--steps", type=_number(int, 1), default=20, help="sampling steps")
     g.add_argument(
         "--cfg", type=_number(float, 0, low_open=True), default=4.5, help="classifier-free guidance"
@@ -230,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, 0),
         default=DEFAULT_LOCK_FEATHER,
         help="latent cells of earlier content a new tile may blend into (causal; 0 = hard lock)",
+    )
+    g.add_argument(
+        "--lock-margin",
+        type=_number(int, 0),
+        default=DEFAULT_LOCK_MARGIN,
+        help="outermost latent cells of each earlier tile that a new tile regenerates instead of locking "
+        "(causal; a tile paints its window edge as an image edge)",
     )
     g.add_argument(
         "--lock-release",
@@ -250,25 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--context-skip",
         type=_number(float, 0, 1),
         default=0.0,
-        help="global context: DemoFusion skip-residual strength (causal)",
+        help="global context: DemoFusion skip-residual strength (causal, guided)",
     )
     g.add_argument(
         "--context-stats",
         type=_number(float, 0, 1),
         default=0.0,
-        help="global context: CMod/AdaIN statistics strength (causal)",
+        help="global context: CMod/AdaIN statistics strength (causal, guided)",
     )
     g.add_argument(
         "--context-seed",
         type=_number(float, 0),
         default=0.0,
-        help="global context: BCLA seed strength from the low-res pass (causal)",
+        help="global context: BCLA seed strength from the low-res pass (causal, guided)",
     )
     g.add_argument(
         "--context-size",
         type=_number(int, 1),
         default=None,
-        help="long side in px of the low-res pass (default: the tile's long side)",
+        help="long side in px of the low-res pass (default: the tile's long side; causal, guided)",
     )
     g.add_argument(
         "--reference",
@@ -349,9 +386,7 @@ def _global_context(
     """The low-res pass (the whole scene in one model pass) and the context built from it."""
     if not (args.context_skip or args.context_stats or args.context_seed):
         return None
-    long_side = args.context_size or max(plan.tile_width_px, plan.tile_height_px)
-    height, width = guide_size(plan, long_side)
-    low = make_plan(width, height, width, height, 0, plan.compression)
+    low = guide_plan(plan, args.context_size)
     bar = _Progress("low-res guide")
     try:
         guide = generate(
@@ -391,6 +426,24 @@ def _global_context(
     finally:
         if undo is not None:
             undo()
+
+
+def _guide_first(args: argparse.Namespace, model: LoadedModel) -> GuideFirst:
+    upscale = None
+    if args.guide_upscale == "pixel":
+        if model.encode is None:
+            raise CLIError(
+                f"{model.name} has no image encoder; use --guide-upscale latent", "--guide-upscale"
+            )
+        upscale = pixel_upscale(model.decode, model.encode, model.compression)
+    return GuideFirst(
+        long_side=args.context_size,
+        denoise=args.guide_denoise,
+        skip_residual=args.context_skip,
+        stats=args.context_stats,
+        bcla_seed=args.context_seed,
+        upscale=upscale,
+    )
 
 
 def _sampling(args: argparse.Namespace, shift: float) -> dict:
@@ -438,10 +491,12 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
     device = _device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.method not in ("causal", "compare") and (
+    if args.method not in ("causal", "guided", "compare") and (
         args.context_skip or args.context_stats or args.context_seed
     ):
-        raise CLIError(f"global context is only used by the causal method, not {args.method!r}", "--method")
+        raise CLIError(
+            f"global context is only used by the causal and guided methods, not {args.method!r}", "--method"
+        )
     model = loader(args.model, device)
     plan = _plan(args, model.compression)
     out.mkdir(parents=True, exist_ok=True)
@@ -473,9 +528,11 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
                 plan,
                 model.transformer,
                 method=method,
-                cache_config=cache_config if method == "causal" else None,
+                cache_config=cache_config if method in ("causal", "guided") else None,
                 context=context if method == "causal" else None,
+                guide_first=_guide_first(args, model) if method == "guided" else None,
                 lock_feather=args.lock_feather,
+                lock_margin=args.lock_margin,
                 lock_release=LockRelease(args.lock_release, args.release_band),
                 progress=bar,
                 **conditioning,
@@ -487,6 +544,9 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
         if method != "full":
             tiles[method] = model.decode(result.tiles)
         seconds[method] = time.perf_counter() - start
+        if result.guide is not None:
+            save_png(to_pil(model.decode(result.guide)), out / "guide.png")
+            written.append(out / "guide.png")
         path = out / f"{method}.png"
         save_png(to_pil(images[method]), path)
         written.append(path)

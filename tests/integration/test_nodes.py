@@ -59,6 +59,7 @@ def _sample(nodes, model, conds, plan, **overrides):
         denoise=1.0,
         mode="causal",
         lock_feather=1,
+        lock_margin=0,
         lock_release=0.0,
         release_band=0,
         batch_size=1,
@@ -201,6 +202,14 @@ def test_lock_release_runs_through_comfys_mask_function_after_an_earlier_one(nod
     spied.set_model_denoise_mask_function(earlier)
     assert torch.equal(_sample(nodes, spied, conds, plan, lock_release=0.5)[1], released)
     assert seen and seen[0][-2:] == (plan.tile_height, plan.tile_width)
+
+
+def test_lock_margin_regenerates_the_earlier_tiles_edge(nodes, parts, conds, plan):
+    model, _, _ = parts
+    locked = _sample(nodes, model, conds, plan)
+    margin = _sample(nodes, model, conds, plan, lock_margin=1)
+    assert torch.equal(margin[1][0], locked[1][0])  # the first tile has no earlier edge
+    assert not torch.allclose(margin[1][1:], locked[1][1:])
 
 
 def test_every_sampler_and_scheduler_runs(nodes, parts, conds, plan):

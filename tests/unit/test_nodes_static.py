@@ -393,6 +393,54 @@ def test_workflows_use_the_embedded_model():
         assert all("embedded" in json.dumps(n["inputs"]).lower() for n in loaders)
 
 
+def _embedded_compression() -> int:
+    config = json.loads((ROOT / "temporal_tiling/embedded/seamlab-sana/vae/config.json").read_text())
+    return 2 ** (len(config["encoder_block_out_channels"]) - 1)
+
+
+def _plan_of(api: dict, node_id: str):
+    w = api[node_id]["inputs"]
+    size = (w[k] for k in ("width", "height", "tile_width", "tile_height", "overlap"))
+    return make_plan(*size, _embedded_compression(), w["order"], w["shuffle_seed"], w["fit"])
+
+
+def test_txt2img_low_res_pass_renders_one_tile_and_its_note_tells_the_plans():
+    ui, api = _load("txt2img_temporal_tiling")
+    sampler = "SanaTemporalCausalSampler"
+    samplers = {n["_meta"]["title"]: n for n in api.values() if n["class_type"] == sampler}
+    low_res = _plan_of(api, samplers["low-res pass"]["inputs"]["tile_plan"][0])
+    canvas = _plan_of(api, samplers["Causal SANA Sampler"]["inputs"]["tile_plan"][0])
+    assert len(low_res) == 1 and len(canvas) > 1
+    (note,) = (n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note")
+    for plan in (low_res, canvas):
+        tiles = "one tile" if len(plan) == 1 else f"{plan.cols}×{plan.rows} tiles"
+        assert f"{tiles} of {plan.tile_width_px}×{plan.tile_height_px} px" in note, note
+
+
+def _least_drawn_height(node: dict) -> int:
+    """LiteGraph's computeSize: 20 px per socket row, 24 px per widget and 8 below them."""
+    sockets = [i for i in node["inputs"] if i["type"] not in WIDGETS]
+    height = 20 * max(len(sockets), len(node["outputs"]), 1)
+    widgets = len(_widget_names(node["type"])) if node["type"] in SCHEMAS else 0
+    return height + (24 * widgets + 8 if widgets else 0)
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_saved_nodes_are_as_tall_as_drawn_and_do_not_overlap(name):
+    ui, _ = _load(name)
+    title = 30  # the title bar is drawn above pos
+    boxes = []
+    for node in ui["nodes"]:
+        (x, y), (w, h) = node["pos"], node["size"]
+        assert h >= _least_drawn_height(node), f"{node['type']} {node['id']} saved {h} px tall"
+        if node["type"] == "SanaTemporalCausalSampler":
+            assert h >= 634, "the sampler with its live preview is drawn 634 px tall"
+        boxes.append((node["id"], x, y - title, x + w, y + h))
+    for i, (a, ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for b, bx0, by0, bx1, by1 in boxes[i + 1 :]:
+            assert not (ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1), f"nodes {a} and {b} overlap"
+
+
 # --- the browser's plan geometry ----------------------------------------------------------------
 CONFIGS = [
     (2048, 1024, 1024, 1024, 256, 32, "raster", "shift"),
