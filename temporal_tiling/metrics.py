@@ -286,38 +286,19 @@ class _AxisView:
         return _along(ratio).float(), _along(delta_e).float()
 
     def drift(self, band: Band, firsts: Tensor, lasts: Tensor) -> Tensor:
-        """Drift ΔE [B, windows] of the windows ``firsts``..``lasts`` of ``band``: the colour change
-        between ``DRIFT_STRIP_PX`` strips just outside each window that the image's smooth gradient does
-        not explain (each side's gradient is read from a second strip further out, in the same tile);
-        NaN where a strip falls off the image or out of ``band.reach``."""
+        """Drift ΔE [B, windows] of the windows ``firsts``..``lasts`` of ``band``: ``DRIFT_STRIP_PX``
+        strips just outside each window on either side (within ``band.reach``); NaN where a strip falls
+        off the image or out of reach."""
         low, high = band.reach or (0, self.width)
-        low, high = max(low, 0), min(high, self.width)
+        a0, a1 = (firsts - 1 - DRIFT_STRIP_PX).clamp_min(max(low, 0)), firsts - 1
+        b0, b1 = lasts, (lasts + DRIFT_STRIP_PX).clamp_max(min(high, self.width))
         columns = self._segment_means(self.lab_rows, band.start, band.stop, DRIFT_SEGMENT_PX)
-        strip = DRIFT_STRIP_PX
-
-        def mean(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            """Mean Lab [B, 3, S, windows] of columns lo..hi, their centre, and whether the strip is whole."""
-            valid = (lo >= low) & (hi <= high)
-            lo, hi = lo.clamp(low, high), hi.clamp(low, high)
-            return (columns[..., hi] - columns[..., lo]) / (hi - lo).clamp_min(1), (lo + hi) / 2, valid
-
-        before, at_before, ok_before = mean(firsts - 1 - strip, firsts - 1)
-        after, at_after, ok_after = mean(lasts, lasts + strip)
-        outer_before, at_outer_before, ok_outer_before = mean(firsts - 1 - 2 * strip, firsts - 1 - strip)
-        outer_after, at_outer_after, ok_outer_after = mean(lasts + strip, lasts + 2 * strip)
-        slopes = torch.stack(
-            [
-                (before - outer_before) / (at_before - at_outer_before),
-                (outer_after - after) / (at_outer_after - at_after),
-            ]
-        )
-        known = torch.stack([ok_outer_before, ok_outer_after]).to(slopes)[:, None, None, None]
-        slope = (slopes * known).sum(0) / known.sum(0).clamp_min(1)
-        unexplained = after - (before + slope * (at_after - at_before))
+        before = (columns[..., a1] - columns[..., a0]) / (a1 - a0).clamp_min(1)  # [B, 3, S, windows]
+        after = (columns[..., b1] - columns[..., b0]) / (b1 - b0).clamp_min(1)
         # a tile's colour cast shifts every segment the same way; content differences vary along the seam
-        base = _along(after)
-        drift = ciede2000(base - _along(unexplained), base).float()
-        return torch.where(ok_before & ok_after, drift, torch.full_like(drift, math.nan))
+        base = _along(before)
+        drift = ciede2000(base, base + _along(after - before)).float()
+        return torch.where((a1 > a0) & (b1 > b0), drift, torch.full_like(drift, math.nan))
 
 
 def _views(lab: Tensor, eps: Tensor) -> dict[str, _AxisView]:
@@ -703,18 +684,39 @@ class _Floor:
     std: float
 
 
-def _floor(scores: list[BandScores], name: str, axis: Axis, seamless: float) -> _Floor:
-    """Mean, worst and spread of one measure over the floor windows of ``axis`` (both axes' where this one
-    has none). Content is seldom alike across the two axes (a sky changes colour top to bottom), so each
-    seam is judged against the floor of its own axis. A plan whose tiles neighbours cover whole leaves no
-    seam-free line: then the floor is what a flat image scores (``seamless``), an absolute verdict."""
-    for wanted in (axis, None):
-        values = [getattr(s, name).flatten() for s in scores if wanted in (None, s.band.axis)]
-        pooled = torch.cat(values) if values else torch.zeros(0)
-        pooled = pooled[torch.isfinite(pooled)]
-        if pooled.numel():
-            return _Floor(float(pooled.mean()), float(pooled.max()), float(pooled.double().std(correction=0)))
+def _floor(scores: list[BandScores], name: str, seams: Tensor, seamless: float | None) -> _Floor:
+    """Mean, worst and spread of one measure over floor windows. A plan whose tiles neighbours cover whole
+    leaves no seam-free line: then the floor is what a flat image scores (``seamless``: the ratio's 1),
+    or, for the colour measures whose no-seam level depends on the content, the seams' own (not judged)."""
+    values = [getattr(s, name).flatten() for s in scores]
+    pooled = torch.cat(values) if values else torch.zeros(0)
+    pooled = pooled[torch.isfinite(pooled)]
+    if pooled.numel():
+        return _Floor(float(pooled.mean()), float(pooled.max()), float(pooled.double().std(correction=0)))
+    if seamless is None:
+        return _Floor(float(seams.mean()), float(seams.max()), 0.0)
     return _Floor(seamless, seamless, 0.0)
+
+
+class _FloorSampler:
+    """Floor windows shaped like one seam: on its own axis (content is seldom alike across the two: a sky
+    changes colour top to bottom) and as wide as its band (a colour change across a band grows with its
+    width: fit="shift" gives the last tiles wider overlaps). Measured once per (axis, width). ``exact`` is
+    False where the plan has no seam-free part that shape fits (then both axes' regions, windows cut to
+    fit): good enough for the line measures, not for drift, which is then not judged for that seam."""
+
+    def __init__(self, views: dict[str, _AxisView], plan: TilePlan):
+        self.views, self.regions, self.measured = views, floor_bands(plan), {}
+
+    def __call__(self, band: Band) -> tuple[list[BandScores], bool]:
+        width = band.last - band.first + 1
+        key = (band.axis, width)
+        if key not in self.measured:
+            own = [b for b in self.regions if b.axis == band.axis]
+            exact = any(b.last - b.first + 1 >= width for b in own)
+            windows = [replace(b, window=width) for b in (own or self.regions)]
+            self.measured[key] = (measure_bands(self.views, windows), exact)
+        return self.measured[key]
 
 
 def _seam_floor(seams: Tensor, floors: list[_Floor]) -> tuple[float, float, float]:
@@ -756,7 +758,7 @@ def seam_report(
     views = _views(lab, eps)
     seams = plan.seams()
     seam_scores = measure_bands(views, seam_bands(plan))
-    floor_scores = measure_bands(views, floor_bands(plan))
+    sample_floor = _FloorSampler(views, plan)
     if seam_scores:  # [seams, B]
         ratio, delta, drift = (
             torch.stack([getattr(s, k)[:, 0] for s in seam_scores]) for k in WINDOW_MEASURES
@@ -764,10 +766,19 @@ def seam_report(
     else:  # a single tile: nothing to measure, report the invisible-seam values
         ratio, delta, drift = torch.ones(1, 1), torch.zeros(1, 1), torch.zeros(1, 1)
     drift = drift.nan_to_num(0.0)
-    axes = [seam.axis for seam in seams] or ["vertical"]
+    shapes = [s.band for s in seam_scores] or [Band("vertical", 1, 1, 0, 1)]
+    samples = [sample_floor(band) for band in shapes]
     floors = {
-        key: _seam_floor(values, [_floor(floor_scores, key, axis, seamless) for axis in axes])
-        for key, values, seamless in zip(WINDOW_MEASURES, (ratio, delta, drift), (1.0, 0.0, 0.0), strict=True)
+        key: _seam_floor(
+            values,
+            [
+                _floor(scores if exact or key != "drift" else [], key, values[i], seamless)
+                for i, (scores, exact) in enumerate(samples)
+            ],
+        )
+        for key, values, seamless in zip(
+            WINDOW_MEASURES, (ratio, delta, drift), (1.0, None, None), strict=True
+        )
     }
     centre = [s.at(seam.position) for s, seam in zip(seam_scores, seams, strict=True)] or [
         (ratio[0], delta[0])

@@ -175,11 +175,11 @@ def test_a_hard_cut_stitch_of_degraded_tiles_fails(name):
 
 def test_a_feathered_stitch_without_colour_correction_is_flagged_by_the_drift_measure():
     image = sky_image()
-    plan = make_plan(512, 256, 128, 128, 64, 8)
-    feathered = stitch(degrade(split_tiles(image, plan), seed=3), plan, "feather")
+    plan = make_plan(512, 256, 128, 128, 32, 8, fit="grow")
+    feathered = stitch(degrade(split_tiles(image, plan), seed=0), plan, "feather")
     report = seam_report(feathered, plan)
     excess = report.excess()
-    assert excess["gradient_ratio"] < 1.2 and excess["delta_e"] < 2.0  # no single line sees it ...
+    assert excess["delta_e"] < 2.0  # no single line's colour step shows it ...
     assert excess["drift_delta_e"] >= 2.0  # ... the drift across the overlap does
     assert "colour drift" in report.verdict()
     assert seam_report(image, plan).meets_targets()
