@@ -1,8 +1,9 @@
 """SANA at its published sizes through the pack's loaders, causal sampler and tiled DC-AE decode (CPU).
 
-Run from the repository root: ``python -m bench.bench_scale`` (about 25 min on a shared 2-core CPU,
-peak resident memory about 7 GiB). Writes ``bench/results/scale.json`` and ``bench/results/scale.md``;
-the random model files go to ``--workdir`` (about 6 GB, kept for reruns; ``--rewrite`` redraws them).
+Run from the repository root: ``python -m bench.bench_scale`` (about 13 CPU minutes, 40 min of wall
+time on a shared 2-core CPU; peak resident memory 7 GiB). Writes ``bench/results/scale.json`` and
+``bench/results/scale.md``; the random model files go to ``--workdir`` (about 6 GB, kept for reruns;
+``--rewrite`` redraws them).
 
 Protocol. No SANA weights can be downloaded here, so every model is random N(0, 0.02²) weights in the
 exact key layout and shapes of its published checkpoint (``temporal_tiling.sana.fixtures``), saved in
@@ -448,14 +449,20 @@ def bcla_set_bytes(layers: int, heads: int, head_dim: int, branches: int) -> int
     return layers * branches * heads * (head_dim + 1) * head_dim * 4
 
 
+def canvas_tensor_bytes(cells: int, tile_cells: int, channels: int = 32) -> float:
+    """Canvas-sized float32 tensors the causal sampler holds: noise and canvas, plus every finished tile
+    twice (the list and its concatenation in ``CanvasResult.tiles``), i.e. 2 + 2·amplification canvases."""
+    amplification = (tile_cells / TILE) ** 2 if cells > TILE else 1.0
+    return (2 + 2 * amplification) * channels * cells * cells * 4
+
+
 def memory_model(report: dict, steps_list: tuple[int, ...] = (1, 20)) -> dict:
     """Sampler and full-pass peak memory for 2K–16K canvases, 1600M config, from the measured figures.
 
-    Above the weights, the causal sampler holds one tile's activations (constant), canvas-sized tensors
-    (noise, canvas, finished tiles: linear in canvas cells, fitted on the sweep) and the BCLA cache
+    Above the weights, the causal sampler holds one tile's activations (measured per tile size, with
+    the allocator's slack), canvas-sized tensors (``canvas_tensor_bytes``) and the BCLA cache
     (cumulative: 2 statistics sets per step from the second tile on, whatever the tile count; the sweep
-    checks the formula). A
-    full-canvas pass holds activations linear in its tokens (fitted on the full-pass runs).
+    checks the formula). A full-canvas pass holds activations linear in its tokens (fitted on the runs).
     """
     stages = report["stages"]
     causal = [
@@ -468,11 +475,13 @@ def memory_model(report: dict, steps_list: tuple[int, ...] = (1, 20)) -> dict:
     heads, layers, steps = spec["hidden"] // 32, causal[0]["layers"], report["config"]["steps"]
     measured = [r["cache_bytes_max"] / min(r["tiles"], 2) / steps for r in causal]
     predicted = bcla_set_bytes(layers, heads, 32, 2)
-    per_step = 2 * bcla_set_bytes(spec["depth"], heads, 32, 2)  # cumulative, CFG, full depth
-    xs = [r["canvas_cells"] ** 2 for r in causal]
-    ys = [r["peak_above_start_mib"] - _mib(r["cache_bytes_max"]) for r in causal]
-    slope = (ys[-1] - ys[0]) / (xs[-1] - xs[0])
-    base = ys[0] - slope * xs[0]
+    per_set = bcla_set_bytes(spec["depth"], heads, 32, 2)  # one noise level, CFG, full depth
+    activations = {
+        r["tile_cells"]: r["peak_above_start_mib"]
+        - _mib(r["cache_bytes_max"] + canvas_tensor_bytes(r["canvas_cells"], r["tile_cells"]))
+        for r in causal
+    }
+    single_cells, grown_cells = min(activations), max(activations)
     fx = [r["tokens"] for r in full]
     fy = [r["peak_above_weights_mib"] for r in full]
     full_slope = (fy[-1] - fy[0]) / (fx[-1] - fx[0])
@@ -481,15 +490,17 @@ def memory_model(report: dict, steps_list: tuple[int, ...] = (1, 20)) -> dict:
     weights = {"bf16": _mib(params * 2), "float32": _mib(params * 4)}
 
     def sampler(cells: int, n_steps: int) -> float:
+        tile = single_cells if cells <= TILE else grown_cells
         sets = 1 if cells <= TILE else 2  # a lone tile holds only its own statistics
-        return base + slope * cells * cells + _mib(per_step * n_steps * sets / 2)
+        bytes_ = canvas_tensor_bytes(cells, tile) + per_set * n_steps * sets
+        return activations[tile] + _mib(bytes_)
 
     rows = []
     for name, px in CANVASES_PX.items():
         cells = px // COMPRESSION
         row = {"canvas": name, "cells": cells, "tiles": (cells // TILE) ** 2}
         row["full_pass_above_weights_mib"] = full_base + full_slope * cells * cells
-        row["canvas_tensors_mib"] = slope * cells * cells
+        row["canvas_tensors_mib"] = _mib(canvas_tensor_bytes(cells, grown_cells))
         for n_steps in steps_list:
             above, single = sampler(cells, n_steps), sampler(TILE, n_steps)
             row[f"sampler_above_weights_mib_{n_steps}"] = above
@@ -498,12 +509,10 @@ def memory_model(report: dict, steps_list: tuple[int, ...] = (1, 20)) -> dict:
         rows.append(row)
     return {
         "weights_mib": weights,
-        "tile_activations_mib": base + slope * TILE * TILE,
-        "sampler_base_mib": base,
-        "sampler_mib_per_canvas_cell": slope,
+        "tile_activations_mib": {f"{c}x{c} cells": v for c, v in activations.items()},
         "full_pass_base_mib": full_base,
         "full_pass_mib_per_token": full_slope,
-        "cache_mib_per_step": _mib(per_step),
+        "cache_mib_per_step": _mib(2 * per_set),
         "cache_formula_vs_measured": [m / predicted for m in measured],
         "steps_list": list(steps_list),
         "rows": rows,
@@ -582,7 +591,6 @@ def main(argv: list[str] | None = None) -> None:
             run(f"memory_full_{cells}", stage_memory_full, work, args.memory_layers, cells, 4.5)
     if "cache" in stages:
         run("cache_modes", stage_cache_modes, (1, 2), (2, 4, 8))
-    report["memory_model"] = memory_model(report)
     report["machine"] = {
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -592,7 +600,8 @@ def main(argv: list[str] | None = None) -> None:
         "note": "shared 2-core machine, 1 torch thread, other jobs running (CPU seconds are the "
         "robust figure)",
     }
-    report["command"] = " ".join(["python -m bench.bench_scale", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m bench.bench_scale", *(sys.argv[1:] if argv is None else argv)])
+    report["commands"] = [*report.get("commands", []), command]
     save(report)
     log(f"wrote {out_path} and scale.md")
 
@@ -600,8 +609,8 @@ def main(argv: list[str] | None = None) -> None:
 def save(report: dict) -> None:
     """JSON after every stage (a long run keeps what it measured); the table is rebuilt from it."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    report["memory_model"] = memory_model(report)
     (RESULTS / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
-    report = report | {"memory_model": memory_model(report)}
     (RESULTS / "scale.md").write_text(markdown(report))
 
 
@@ -614,7 +623,8 @@ def markdown(report: dict) -> str:
     lines = [
         "# SANA at its published sizes on CPU: loaders, causal BCLA sampler, tiled DC-AE",
         "",
-        f"`{report.get('command', 'python -m bench.bench_scale')}`; random weights in the published layouts "
+        "`" + "`, then `".join(report.get("commands", ["python -m bench.bench_scale"])) + "`; random "
+        "weights in the published layouts "
         "(see the module docstring of `bench/bench_scale.py`). Shared 2-core machine, 1 torch thread, other",
         "jobs running: CPU seconds are the robust figure, wall seconds are shown next to them.",
         "",
@@ -772,11 +782,14 @@ def _memory_lines(report: dict) -> list[str]:
     w = model["weights_mib"]
     lines += [
         "",
-        f"Fits: causal sampler above weights = {model['sampler_base_mib']:.0f} MiB + "
-        f"{model['sampler_mib_per_canvas_cell'] * 1024:.2f} KiB per canvas cell (noise, canvas and "
-        f"finished-tile tensors) + BCLA cache; full pass above weights = {model['full_pass_base_mib']:.0f} "
-        f"MiB + {model['full_pass_mib_per_token'] * 1024:.1f} KiB per token (activations, linear in "
-        f"tokens). Cache of the 1600M with CFG, cumulative: {model['cache_mib_per_step']:.1f} MiB per "
+        "Model: causal sampler above weights = one tile's activations (measured: "
+        + ", ".join(f"{v:.0f} MiB at {k}" for k, v in model["tile_activations_mib"].items())
+        + "; the growth from 1024 to 1156 tokens includes the allocator's slack: resident memory after "
+        "each tile moves up and down by about 100 MiB, nothing is retained) + canvas tensors (noise, "
+        "canvas, finished tiles twice) + BCLA cache; full pass above weights = "
+        f"{model['full_pass_base_mib']:.0f} MiB + {model['full_pass_mib_per_token'] * 1024:.1f} KiB per "
+        f"token (activations, linear in tokens). Cache of the 1600M with CFG, cumulative: "
+        f"{model['cache_mib_per_step']:.1f} MiB per "
         f"sampling step (2 statistics sets, the running sum and the tile's own, of 20 layers × 2 branches × "
         f"70 heads × 33 × 32 float32; measured / formula on the sweep: {check}). "
         f"Weights: {w['bf16']:.0f} MiB bf16, {w['float32']:.0f} MiB "
