@@ -35,6 +35,7 @@ exactly) on 1×1, 2×2, 3×3 tile plans and on full-canvas passes, and the memor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -364,15 +365,13 @@ def stage_decode(work: Path, crop: int, tile: int, overlap: int) -> dict:
 
 def _reduced_model(layers: int) -> tuple[SanaTransformer2DModel, float]:
     """The 1600M 4K config with `layers` blocks, random float32 weights, built through build_transformer."""
-    spec = fixtures.PUBLISHED_TRANSFORMERS["Sana_1600M_4Kpx"] | {"depth": layers}
-    sd = fixtures.original_state_dict(**spec)
-    full = detect_variant(fixtures.original_state_dict(**spec | {"depth": 20}, device="meta"), "4K")
+    published = fixtures.PUBLISHED_TRANSFORMERS["Sana_1600M_4Kpx"]
+    full = detect_variant(fixtures.original_state_dict(**published, device="meta"), "Sana_1600M_4Kpx")
+    sd = fixtures.original_state_dict(**published | {"depth": layers})
     variant = detect_variant(sd, "Sana_1600M_4Kpx")
-    # Same cross-attention heads as the published depth (the size table is keyed by depth).
-    config = variant.config | {
-        k: full.config[k] for k in ("num_cross_attention_heads", "cross_attention_head_dim")
-    }
-    variant = type(variant)(variant.size, variant.resolution, config, full.flow_shift, variant.layout)
+    # The published cross-attention heads (the size table that gives them is keyed by depth).
+    heads = {k: full.config[k] for k in ("num_cross_attention_heads", "cross_attention_head_dim")}
+    variant = dataclasses.replace(variant, config=variant.config | heads, flow_shift=full.flow_shift)
     return build_transformer(sd, variant), full.flow_shift
 
 
