@@ -553,6 +553,7 @@ def main(argv: list[str] | None = None) -> None:
             "tile_cells": TILE,
             "causal_overlap_cells": CAUSAL_OVERLAP,
             "bcla": "cumulative, synchronous, strength 1",
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         }
     )
 
