@@ -761,7 +761,13 @@ def _memory_lines(report: dict) -> list[str]:
         "",
         f"Measured at the 1600M width with {causal[0]['layers']} layers (activations do not depend on "
         f"depth), CFG 4.5 (model batch 2), {report['config']['steps']} step(s); peak resident memory above "
-        "the loaded weights.",
+        "the loaded weights"
+        + (
+            f" (glibc MALLOC_MMAP_THRESHOLD_={threshold}: freed activations go back to the system, so "
+            "the high-water mark counts live tensors rather than heap slack)."
+            if (threshold := report["config"].get("malloc_mmap_threshold"))
+            else "."
+        ),
         "",
         "| run | canvas cells | tiles | tokens per call | peak above weights MiB | BCLA cache MiB "
         "| CPU s per call |",
@@ -784,9 +790,7 @@ def _memory_lines(report: dict) -> list[str]:
         "",
         "Model: causal sampler above weights = one tile's activations (measured: "
         + ", ".join(f"{v:.0f} MiB at {k}" for k, v in model["tile_activations_mib"].items())
-        + "; the growth from 1024 to 1156 tokens includes the allocator's slack: resident memory after "
-        "each tile moves up and down by about 100 MiB, nothing is retained) + canvas tensors (noise, "
-        "canvas, finished tiles twice) + BCLA cache; full pass above weights = "
+        + ") + canvas tensors (noise, canvas, finished tiles twice) + BCLA cache; full pass above weights = "
         f"{model['full_pass_base_mib']:.0f} MiB + {model['full_pass_mib_per_token'] * 1024:.1f} KiB per "
         f"token (activations, linear in tokens). Cache of the 1600M with CFG, cumulative: "
         f"{model['cache_mib_per_step']:.1f} MiB per "
