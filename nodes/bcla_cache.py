@@ -72,7 +72,8 @@ class SanaBCLACache(io.ComfyNode):
             description=(
                 "Block Causal Linear Attention: while a tile is denoised, every SANA linear-attention layer "
                 "also sees the summed statistics (S = Σ φ(K)ᵀV, Z = Σ φ(K)) of the tiles generated before "
-                "it, at O(D²) memory per layer whatever the tile count. Returns a patched clone of MODEL."
+                "it, at O(D²) memory per layer and step (flat in the tile count except for neighbors and "
+                "distance). Returns a patched clone of MODEL."
             ),
             inputs=[
                 io.Model.Input(

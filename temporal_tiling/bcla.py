@@ -4,7 +4,10 @@ SANA's self-attention is ReLU linear attention: ``O_i = φ(q_i)ᵀ S / (φ(q_i)�
 ``S = Σ φ(k) vᵀ`` and ``Z = Σ φ(k)``. Both are plain sums over tokens, so the tokens of tiles that were
 already generated can be carried to later tiles as a fixed-size summary: while tile t is denoised,
 each layer uses ``S_own + α·S_cache (+ β·S_seed)``. That equals full attention over the cached tokens
-plus the tile's own (exact for one layer) at O(D²) memory per layer, whatever the number of tiles.
+plus the tile's own (exact for one layer) at O(D²) memory per layer and noise level (the synchronous
+source keeps one set per sampling step). The cumulative, decay and sparse modes hold a fixed number of
+sets whatever the number of tiles; neighbors keeps about one tile row (grows with the grid's width),
+distance keeps every tile (grows with the tile count).
 
 Statistics are stored in the layout of diffusers' ``SanaLinearAttnProcessor2_0``: it pads v with a row
 of ones, ``scores = [v;1] @ φ(K)`` has shape [B, heads, Dv+1, Dk] and its last row is Z. They are kept
@@ -317,7 +320,7 @@ class BCLACache:
         self._seed, self._seed_strength, self._resolved = stats, float(strength), {}
 
     def nbytes(self) -> int:
-        """Bytes held by the cache: flat in the tile count for cumulative and decay."""
+        """Bytes held by the cache: flat in the tile count for cumulative, decay and sparse."""
         held = [self._store, self._context, self._pending, self._seed, *self._kept.values()]
         unique = {id(s): s for s in held if s is not None}
         return sum(s.nbytes() for s in unique.values()) + sum(
