@@ -573,12 +573,12 @@ class SeamReport:
         if e["delta_e"] >= TARGET_DELTA_E:
             out.append(
                 f"a colour step: seam ΔE {self.delta_e_mean:.2f} against {self.floor_delta_e_mean:.2f} "
-                f"inside the tiles (+{e['delta_e']:.2f}, target < {TARGET_DELTA_E})"
+                f"inside the tiles ({e['delta_e']:+.2f}, target < {TARGET_DELTA_E})"
             )
         if e["drift_delta_e"] >= TARGET_DELTA_E:
             out.append(
                 f"colour drift between tiles: ΔE {self.drift_delta_e_mean:.2f} across the overlaps against "
-                f"{self.floor_drift_delta_e_mean:.2f} inside the tiles (+{e['drift_delta_e']:.2f}, "
+                f"{self.floor_drift_delta_e_mean:.2f} inside the tiles ({e['drift_delta_e']:+.2f}, "
                 f"target < {TARGET_DELTA_E})"
             )
         return out
@@ -607,13 +607,13 @@ class SeamReport:
                 "ΔE2000, worst line per seam (mean / worst)",
                 f"{self.delta_e_mean:.2f} / {self.delta_e_worst:.2f}",
                 f"{self.floor_delta_e_mean:.2f} / {self.floor_delta_e_worst:.2f}",
-                f"+{e['delta_e']:.2f} (< {TARGET_DELTA_E})",
+                f"{e['delta_e']:+.2f} (< {TARGET_DELTA_E})",
             ),
             (
                 "drift ΔE2000 across the overlap (mean / worst)",
                 f"{self.drift_delta_e_mean:.2f} / {self.drift_delta_e_worst:.2f}",
                 f"{self.floor_drift_delta_e_mean:.2f} / {self.floor_drift_delta_e_worst:.2f}",
-                f"+{e['drift_delta_e']:.2f} (< {TARGET_DELTA_E})",
+                f"{e['drift_delta_e']:+.2f} (< {TARGET_DELTA_E})",
             ),
             (
                 "line jump, plan-free (worst row/column over median)",
