@@ -284,7 +284,15 @@ def txt2img() -> list[Node]:
             {"images": (10, 0)},
             size=(420, 360),
         ),
-        metrics(12, (1660, 470), "sana_tiling/txt2img_metrics", image=(7, 0), tile_plan=(5, 0), tiles=(9, 0)),
+        metrics(
+            12,
+            (1660, 470),
+            "sana_tiling/txt2img_metrics",
+            image=(7, 0),
+            tile_plan=(5, 0),
+            tiles=(9, 0),
+            guide=(18, 0),
+        ),
         Node(13, "PreviewImage", (400, 1530), links={"images": (5, 1)}, title="tile plan", size=(340, 260)),
         note(
             14,
@@ -294,13 +302,22 @@ def txt2img() -> list[Node]:
             "order; each tile keeps what the earlier ones made in the overlap and sees their attention "
             "statistics through the BCLA Cache. The low-res pass renders the whole scene at "
             f"{describe(planned(low_res))}; through the Global Context Encoder it seeds every tile's "
-            "cache. Runs on CPU with the pack's embedded seam-lab model. For a real SANA checkpoint pick "
+            "cache, and Quality Metrics compares the canvas with it (layout). Runs on CPU with the "
+            "pack's embedded seam-lab model. For a real SANA checkpoint pick "
             "it in Load SANA and set the planner to e.g. 4096×2048 with 1024 px tiles, the low-res plan "
             "to 1024×512.",
         ),
         low_res,
         sampler(16, (780, 40), (1, 0), "causal", "low-res pass", tile_plan=(15, 0)),
         global_context(17, (780, 750), latent=(16, 0)),
+        Node(
+            18,
+            "VAEDecode",
+            (1220, 760),
+            links={"samples": (16, 0), "vae": (1, 2)},
+            title="decode low-res guide",
+            size=(220, 60),
+        ),
     ]
 
 
