@@ -160,7 +160,7 @@ class SanaTileMetrics(io.ComfyNode):
         heatmap = image_from_engine(mark_measured_lines(heat, tile_plan, report))
         path = save_report(report, tile_plan, filename_prefix)
         table = report.to_markdown()
-        text = f"{report.verdict()}\n\n{table}\n\nsaved {path}"
+        text = f"{table}\n\nsaved {path}"
         return io.NodeOutput(
             table,
             report.gradient_ratio_mean,

@@ -661,9 +661,13 @@ class SeamReport:
                     "",
                 )
             )
-        lines = ["| metric | seams | floor (no seam) | excess |", "| --- | --- | --- | --- |"]
+        lines = [
+            self.verdict(),
+            "",
+            "| metric | seams | floor (no seam) | excess |",
+            "| --- | --- | --- | --- |",
+        ]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-        lines += ["", self.verdict()]
         return "\n".join(lines)
 
 
