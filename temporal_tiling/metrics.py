@@ -450,33 +450,33 @@ def heatmap_image(heat: Tensor, vmax: float = 6.0) -> Tensor:
     return kornia.color.apply_colormap(scaled, kornia.color.ColorMap("hot", num_colors=256))
 
 
-SEAM_BAND_TINT = (0.2, 0.5, 1.0)
-FLOOR_BAND_TINT = (0.2, 1.0, 0.4)
+SEAM_BAND_COLOUR = (0.25, 0.5, 1.0)
+FLOOR_BAND_COLOUR = (0.2, 0.9, 0.3)
 WORST_LINE_COLOUR = (0.0, 1.0, 1.0)
 
 
-def mark_measured_lines(picture: Tensor, plan: TilePlan, report: SeamReport, alpha: float = 0.35) -> Tensor:
-    """``picture`` [B, 3, H, W] with the measured bands tinted (seams blue, floor green) and each seam's
-    worst line drawn in cyan: shows where the report looked and where it found each seam's step."""
+def mark_measured_lines(picture: Tensor, plan: TilePlan, report: SeamReport) -> Tensor:
+    """``picture`` [B, 3, H, W] with the edges of the measured bands outlined (seams blue, floor green)
+    and each seam's worst line drawn in cyan: shows where the report looked and where it found each
+    seam's step, and leaves the picture itself visible."""
     out = picture.clone()
     height, width = out.shape[-2:]
 
-    def region(axis: Axis, lo: int, hi: int, start: int, stop: int) -> tuple[slice, slice]:
-        across, along = (
-            slice(max(lo, 0), min(hi, width if axis == "vertical" else height)),
-            slice(start, stop),
-        )
-        return (along, across) if axis == "vertical" else (across, along)
+    def draw(axis: Axis, position: int, start: int, stop: int, rgb: tuple[float, float, float]) -> None:
+        size = width if axis == "vertical" else height
+        across = min(max(position, 0), size - 1)
+        colour = torch.tensor(rgb, dtype=out.dtype, device=out.device)[:, None]
+        if axis == "vertical":
+            out[..., start:stop, across] = colour
+        else:
+            out[..., across, start:stop] = colour
 
-    for bands, tint in ((floor_bands(plan), FLOOR_BAND_TINT), (seam_bands(plan), SEAM_BAND_TINT)):
-        colour = torch.tensor(tint, dtype=out.dtype, device=out.device)[:, None, None]
+    for bands, rgb in ((floor_bands(plan), FLOOR_BAND_COLOUR), (seam_bands(plan), SEAM_BAND_COLOUR)):
         for b in bands:
-            ys, xs = region(b.axis, b.first - 1, b.last + 1, b.start, b.stop)
-            out[..., ys, xs] = (1 - alpha) * out[..., ys, xs] + alpha * colour
-    colour = torch.tensor(WORST_LINE_COLOUR, dtype=out.dtype, device=out.device)[:, None, None]
+            for edge in (b.first - 1, b.last):
+                draw(b.axis, edge, b.start, b.stop, rgb)
     for entry, seam in zip(report.seams, plan.seams(), strict=True):
-        ys, xs = region(seam.axis, entry["worst_line"], entry["worst_line"] + 1, seam.start, seam.stop)
-        out[..., ys, xs] = colour
+        draw(seam.axis, entry["worst_line"], seam.start, seam.stop, WORST_LINE_COLOUR)
     return out
 
 
