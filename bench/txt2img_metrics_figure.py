@@ -1,0 +1,99 @@
+"""The shipped txt2img workflow in a real ComfyUI, Quality Metrics' verdict with the lock margin off and on.
+
+Run from the repository root with ComfyUI's Python (not in CI):
+``COMFYUI_PATH=~/comfyui ~/comfyui/.venv/bin/python -m bench.txt2img_metrics_figure``. Starts a ComfyUI
+server on a free local port with this pack in a temporary base directory, runs
+``workflows/txt2img_temporal_tiling_api.json`` as shipped except ``lock_margin`` (0, the former default,
+then 1), prints each run's Quality Metrics text and writes ``docs/seam_metrics_txt2img.png``: each
+canvas beside the seam heatmap with the measured bands and each seam's worst line marked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from sana_comfy import ComfyServer  # noqa: E402
+
+from temporal_tiling.metrics import heatmap_image, mark_measured_lines, seam_heatmap, seam_report  # noqa: E402
+from temporal_tiling.plan import make_plan  # noqa: E402
+
+WORKFLOW = ROOT / "workflows" / "txt2img_temporal_tiling_api.json"
+FIGURE = ROOT / "docs" / "seam_metrics_txt2img.png"
+EMBEDDED_COMPRESSION = 8
+
+
+def run(comfyui: Path, base: Path, margin: int) -> tuple[Path, str]:
+    """One run of the shipped graph with ``lock_margin`` set; the saved canvas and the metrics text."""
+    graph = json.loads(WORKFLOW.read_text())
+    for node in graph.values():
+        if node["class_type"] == "SanaTemporalCausalSampler":
+            node["inputs"]["lock_margin"] = margin
+    server = ComfyServer(comfyui, base, base / f"comfyui_{margin}.log")
+    try:
+        entry = server.run(graph, timeout=3600)
+    finally:
+        server.stop()
+    outputs = entry["outputs"]
+    canvas = next(
+        outputs[i]["images"][0]
+        for i, n in graph.items()
+        if n["class_type"] == "SaveImage" and n["inputs"]["filename_prefix"].endswith("txt2img_canvas")
+    )
+    text = next(
+        outputs[i]["text"][0] for i, n in graph.items() if n["class_type"] == "SanaTemporalTileMetrics"
+    )
+    return base / "output" / canvas["subfolder"] / canvas["filename"], text
+
+
+def main() -> None:
+    comfyui = Path(os.environ["COMFYUI_PATH"]).expanduser()
+    planner = json.loads(WORKFLOW.read_text())["5"]["inputs"]
+    size = [planner[k] for k in ("width", "height", "tile_width", "tile_height", "overlap")]
+    plan = make_plan(*size, EMBEDDED_COMPRESSION, planner["order"], planner["shuffle_seed"], planner["fit"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        (base / "custom_nodes").mkdir()
+        (base / "custom_nodes" / "sana_temporal_tiling").symlink_to(ROOT, target_is_directory=True)
+        for margin in (0, 1):
+            path, text = run(comfyui, base, margin)
+            print(f"--- lock_margin {margin}\n{text}\n", flush=True)
+            image = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).float().div(255)
+            image = image.permute(2, 0, 1)[None]
+            report = seam_report(image, plan)
+            heat = mark_measured_lines(heatmap_image(seam_heatmap(image)), plan, report)
+            excess = report.excess()
+            label = (
+                f"lock_margin {margin}: {'seamless' if report.meets_targets() else 'seams visible'} - seam "
+                f"ratio x{excess['gradient_ratio']:.2f} of the floor, dE {excess['delta_e']:+.2f}, line "
+                f"jump {report.line_jump:.2f} ({report.line_jump_axis} at {report.line_jump_position} px)"
+            )
+            rows.append((label, image, heat))
+    scale = 2
+    width, height = plan.width_px * scale, plan.height_px * scale
+    figure = Image.new("RGB", (2 * width + 30, 2 * (height + 20) + 20), "white")
+    draw = ImageDraw.Draw(figure)
+    for i, (label, image, heat) in enumerate(rows):
+        top = 10 + i * (height + 20)
+        draw.text((10, top), label, fill="black")
+        for j, picture in enumerate((image, heat)):
+            pixels = (picture[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+            panel = Image.fromarray(pixels).resize((width, height), Image.NEAREST)
+            figure.paste(panel, (10 + j * (width + 10), top + 14))
+    figure.save(FIGURE, optimize=True)
+    print(f"wrote {FIGURE}")
+
+
+if __name__ == "__main__":
+    main()
