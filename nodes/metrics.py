@@ -117,7 +117,11 @@ class SanaTileMetrics(io.ComfyNode):
     ) -> io.NodeOutput:
         device = comfy.model_management.get_torch_device()
         canvas = image_to_engine(image).to(device)
-        tile_batch = None if tiles is None else as_tile_batch(image_to_engine(tiles).to(device), tile_plan)
+        tile_batch = (
+            None
+            if tiles is None
+            else as_tile_batch(image_to_engine(tiles).to(device), tile_plan, canvas.shape[0])
+        )
         ref = None if reference is None else image_to_engine(reference).to(device)
         report = seam_report(canvas, tile_plan, tiles=tile_batch, reference=ref)
         heatmap = image_from_engine(heatmap_image(seam_heatmap(canvas)))

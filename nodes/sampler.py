@@ -41,19 +41,10 @@ from ..temporal_tiling.sampling import (
     sample_independent,
 )
 from .bcla_cache import bcla_config, sana_transformer
-from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_links
+from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_inputs
 from .context import ContextSpec
 
 MODES = ("causal", "independent", "multidiffusion")
-
-LINKS = {
-    "model": "MODEL",
-    "positive": "CONDITIONING",
-    "negative": "CONDITIONING",
-    "tile_plan": "TILE_PLAN",
-    "latent_image": "LATENT",
-    "global_context": "GLOBAL_CONTEXT",
-}
 
 
 @dataclass
@@ -70,6 +61,17 @@ class _Run:
 
 def _interrupt_check(*_: object) -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def _settings_problem(widgets: dict, linked: dict[str, str]) -> str | None:
+    denoise, mode = widgets.get("denoise"), widgets.get("mode")
+    if denoise is not None and denoise <= 0.0:
+        return f"denoise must be above 0, got {denoise}; use 1.0 to generate from noise."
+    if denoise is not None and denoise < 1.0 and "latent_image" not in linked:
+        return f"denoise = {denoise} refines a canvas: connect latent_image or set denoise to 1."
+    if "global_context" in linked and mode not in (None, "causal"):
+        return f"A global context is used by mode = causal only; disconnect it for mode = {mode}."
+    return None
 
 
 class SanaCausalSampler(io.ComfyNode):
@@ -202,22 +204,9 @@ class SanaCausalSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(
-        cls, denoise: float | None = None, mode: str | None = None, input_types: dict | None = None
-    ) -> bool | str:
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
         """Refuse impossible settings before the run; values from links (None here) are checked at run."""
-        linked = input_types or {}
-        if (mismatch := check_links(linked, LINKS)) is not None:
-            return mismatch
-        if denoise is not None and not 0.0 < denoise <= 1.0:
-            return f"denoise must be in (0, 1], got {denoise}; use 1.0 to generate from noise."
-        if mode is not None and mode not in MODES:
-            return f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}."
-        if denoise is not None and denoise < 1.0 and "latent_image" not in linked:
-            return f"denoise = {denoise} refines a canvas: connect latent_image or set denoise to 1."
-        if "global_context" in linked and mode not in (None, "causal"):
-            return f"A global context is used by mode = causal only; disconnect it for mode = {mode}."
-        return True
+        return check_inputs(cls, widgets, input_types, _settings_problem)
 
     @classmethod
     def execute(
@@ -241,6 +230,7 @@ class SanaCausalSampler(io.ComfyNode):
         global_context: ContextSpec | None = None,
     ) -> io.NodeOutput:
         plan = tile_plan
+        _check_compression(model, plan)
         start, given = _start_latent(model, plan, latent_image, batch_size, denoise)
         noise = comfy.sample.prepare_noise(start, seed)
         run = _Run()
@@ -305,7 +295,23 @@ class SanaCausalSampler(io.ComfyNode):
                 on_tile=_interrupt_check,
                 reencode=reencode,
             )
+        if not bool(torch.isfinite(result.canvas).all()):
+            raise SamplingError(
+                "The sampler produced NaN or infinite values (an unstable sampler/cfg/dtype combination); "
+                "lower cfg, try another sampler, or load the model with weight_dtype fp32."
+            )
         return io.NodeOutput({"samples": result.canvas}, {"samples": result.tiles})
+
+
+def _check_compression(model, plan: TilePlan) -> None:
+    """Refuse a plan made for another latent space (e.g. a 32× compression widget for an 8× model):
+    it would sample a canvas of the wrong size in pixels without any other error."""
+    ratio = getattr(model.get_model_object("latent_format"), "downscale_ratio", None)
+    if ratio is not None and ratio != plan.compression:
+        raise SamplingError(
+            f"The tile plan uses compression {plan.compression} but this model's VAE has {ratio} px per "
+            f"latent cell; connect the VAE to the Tile Planner (or set its compression to {ratio})."
+        )
 
 
 def _start_latent(
@@ -325,6 +331,11 @@ def _start_latent(
             f"latent_image is {tuple(latent.shape)} but this model and plan need [B, {channels}, "
             f"{expected[0]}, {expected[1]}] ({plan.width_px}×{plan.height_px} px); plan from the latent "
             "(connect it to the Tile Planner) or resize the image before encoding."
+        )
+    if not bool(torch.isfinite(latent).all()):
+        raise SamplingError(
+            "latent_image holds NaN or infinite values; fix the node that made it (e.g. a VAE Encode in "
+            "fp16) before sampling."
         )
     return latent, latent
 

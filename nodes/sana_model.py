@@ -46,7 +46,8 @@ def current_transformer_options() -> dict[str, Any]:
 
 
 class SanaLatentFormat(comfy.latent_formats.LatentFormat):
-    """DC-AE latent space: its channel count and scaling factor; preview colours fitted on the VAE.
+    """DC-AE latent space: its channel count, scaling factor and compression; preview colours fitted on
+    the VAE.
 
     The least-squares fit encodes a few images, which takes seconds for the full DC-AE on a CPU, so it runs
     on first use (when ComfyUI builds a latent previewer) and only once.
@@ -57,6 +58,8 @@ class SanaLatentFormat(comfy.latent_formats.LatentFormat):
     def __init__(self, vae: AutoencoderDC) -> None:
         self.latent_channels = int(vae.config.latent_channels)
         self.scale_factor = float(vae.config.scaling_factor)
+        self.downscale_ratio = compression(vae)
+        """Pixels per latent cell; the sampler checks a tile plan's compression against it."""
         self._vae = vae
         self._rgb: tuple[list, list] | None = None
 

@@ -26,6 +26,7 @@ from diffusers.models.attention_processor import Attention, SanaLinearAttnProces
 from diffusers.models.transformers.transformer_sana_video import SanaLinearAttnProcessor3_0
 from torch import Tensor
 
+from .errors import UserInputError
 from .plan import Tile, TilePlan
 from .position import position_patches
 
@@ -41,7 +42,7 @@ _STOCK_2_0 = SanaLinearAttnProcessor2_0()
 _STOCK_3_0 = SanaLinearAttnProcessor3_0()
 
 
-class BCLAError(ValueError):
+class BCLAError(UserInputError):
     """Impossible BCLA settings or call order; the message says what to change."""
 
 
@@ -241,7 +242,9 @@ class BCLACache:
         self._tile, self._pending, self._token_masks = tile, BCLAStats(), {}
         self._token_mask = None
         if token_mask is not None:
-            mask = token_mask.squeeze()
+            cells = tile.height * tile.width
+            whole = token_mask.ndim >= 2 and token_mask.numel() == cells
+            mask = token_mask.reshape(token_mask.shape[-2:]) if whole else token_mask
             if tuple(mask.shape) != (tile.height, tile.width):
                 raise BCLAError(
                     f"token_mask has shape {tuple(token_mask.shape)}; give the tile's [h, w] = "

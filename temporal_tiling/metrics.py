@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import UserInputError
 from .plan import TilePlan
 
 PSNR_CAP_DB = 100.0
@@ -39,7 +40,7 @@ RATIO_EPS = 1e-2
 Axis = Literal["vertical", "horizontal"]
 
 
-class MetricsError(ValueError):
+class MetricsError(UserInputError):
     """Inputs the metrics cannot measure; the message says what to change."""
 
 

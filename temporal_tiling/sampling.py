@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import UserInputError
 from .flow import CFGDenoiser, Denoiser, flow_sigmas, sample_tile
 from .plan import Tile, TilePlan
 
@@ -40,7 +41,7 @@ TileCallback = Callable[[int, int], None]
 """``(tile index, tile count)``, called as each tile starts; it may raise to cancel."""
 
 
-class SamplingError(ValueError):
+class SamplingError(UserInputError):
     """Inputs that do not fit the plan or each other; the message says what to change."""
 
 

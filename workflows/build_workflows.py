@@ -117,6 +117,7 @@ def planner(node_id: int, pos, size=(384, 256), tile=(128, 128), overlap=32, tit
         ("shuffle_seed", 0),
         ("compression", 8),
         ("tile_size", "manual"),
+        ("max_tiles", 1024),
     ]
     return Node(node_id, "SanaTilePlanner", pos, widgets, links, title, size=(340, 560))
 
@@ -203,7 +204,7 @@ def txt2img() -> list[Node]:
             10,
             "SanaSeamBlender",
             (1280, 300),
-            [("method", "feather"), ("ramp", "cosine"), ("color_correction", "none")],
+            [("method", "feather"), ("ramp", "cosine"), ("color_correction", "none"), ("batch_size", 1)],
             {"images": (9, 0), "tile_plan": (5, 0)},
             size=(320, 160),
         ),
@@ -273,7 +274,7 @@ def upscale() -> list[Node]:
             11,
             "SanaSeamBlender",
             (1500, 160),
-            [("method", "laplacian"), ("ramp", "cosine"), ("color_correction", "apt")],
+            [("method", "laplacian"), ("ramp", "cosine"), ("color_correction", "apt"), ("batch_size", 1)],
             {"images": (10, 0), "tile_plan": (5, 0)},
             size=(320, 160),
         ),

@@ -14,13 +14,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..errors import UserInputError
+
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 # Training checkpoints nest the weights; the first of these keys holding tensors wins.
 _NESTED_KEYS = ("state_dict", "model", "module", "ema")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError):
     """A model file cannot be used; the message says which file and what to change."""
 
 
