@@ -52,7 +52,7 @@ def check_links(input_types: dict | None, expected: dict[str, str]) -> str | Non
 
 def link_problem(node: type[io.ComfyNode], linked: dict[str, str]) -> str | None:
     """A linked socket of the wrong type (ComfyUI leaves that check to nodes that take ``input_types``)."""
-    for spec in node.GET_SCHEMA().inputs:
+    for spec in node.define_schema().inputs:
         received = linked.get(spec.id)
         if received is None or isinstance(spec, io.WidgetInput):
             continue
@@ -67,7 +67,7 @@ def widget_problem(node: type[io.ComfyNode], widgets: dict[str, Any]) -> str | N
     ComfyUI checks min/max only for inputs a node's ``validate_inputs`` does not take, and does not check
     schema-API combos at all, so a value sent through the API would otherwise reach ``execute``.
     """
-    for spec in node.GET_SCHEMA().inputs:
+    for spec in node.define_schema().inputs:
         value = widgets.get(spec.id)
         if value is None:
             continue
