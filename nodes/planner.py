@@ -11,16 +11,8 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 from PIL import Image, ImageDraw, ImageFont
 
-from ..temporal_tiling.plan import (
-    FITS,
-    MAX_TILES,
-    ORDERS,
-    WARN_TILES,
-    PlanError,
-    TilePlan,
-    check_plan,
-    make_plan,
-)
+from ..temporal_tiling.options import MAX_TILES, WARN_TILES
+from ..temporal_tiling.plan import FITS, ORDERS, PlanError, TilePlan, check_plan, make_plan
 from .common import CATEGORY, TilePlanSocket, check_inputs
 
 PREVIEW_LONG_SIDE = 512

@@ -27,11 +27,11 @@ from diffusers.models.transformers.transformer_sana_video import SanaLinearAttnP
 from torch import Tensor
 
 from .errors import UserInputError
+from .options import BCLA_MODES as MODES
+from .options import BCLA_SOURCES as SOURCES
 from .plan import Tile, TilePlan
 from .position import position_patches
 
-MODES: tuple[str, ...] = ("cumulative", "neighbors", "sparse", "decay", "distance", "off")
-SOURCES: tuple[str, ...] = ("synchronous", "clean")
 CLEAN_KEY = "clean"
 """Key of the statistics recorded during ``clean_pass`` (source="clean")."""
 

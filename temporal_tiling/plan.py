@@ -16,21 +16,9 @@ import numpy as np
 import torch
 
 from .errors import UserInputError
+from .options import FITS, MAX_TILES, ORDERS
 
 Order = Literal["raster", "serpentine", "spiral", "center_out", "random"]
-ORDERS: tuple[str, ...] = ("raster", "serpentine", "spiral", "center_out", "random")
-FITS: tuple[str, ...] = ("shift", "grow")
-"""How tiles fit the canvas: ``shift`` keeps the requested tile size (edge tiles shift inward, so an
-overlap on a canvas that is a multiple of the tile adds a row and a column of tiles); ``grow`` keeps
-the tile count of the overlap-free grid and enlarges every tile just enough for the overlap, which
-keeps the cells denoised per canvas cell near ((tile + overlap) / tile)²."""
-
-
-MAX_TILES = 1024
-"""Default ceiling on a plan's tile count (a 16384² px canvas in 512 px tiles); each tile is a whole
-sampling run, so beyond it a run takes hours. Raise it with ``max_tiles`` (node) / ``--max-tiles`` (CLI)."""
-WARN_TILES = 256
-"""Above this many tiles the CLI warns and the Tile Planner's summary says the run will be long."""
 
 
 class PlanError(UserInputError):

@@ -19,20 +19,14 @@ from torch import Tensor
 
 from .errors import UserInputError
 from .flow import CFGDenoiser, Denoiser, flow_sigmas, sample_tile
+from .options import DEFAULT_LOCK_FEATHER, METHODS
+from .options import DEFAULT_LOCK_RELEASE as DEFAULT_LOCK_RELEASE  # the nodes' widget default
+from .options import DEFAULT_RELEASE_BAND as DEFAULT_RELEASE_BAND  # the nodes' widget default
 from .plan import Tile, TilePlan
-
-DEFAULT_LOCK_FEATHER = 2
-"""Cells of known content, next to the lock edge, that the new tile may still blend into."""
-
-DEFAULT_LOCK_RELEASE = 0.0
-"""Share of the lock released by σ = 0 (:class:`LockRelease`); set from bench/results/quality.md."""
-DEFAULT_RELEASE_BAND = 0
-"""Cells of the overlap next to the new area that the release applies to (0 = the whole overlap)."""
 
 CLEAN_SIGMA = 1e-3
 """Noise level of the clean re-encoding pass (BCLA ``source = "clean"``): a finished tile, near t = 0."""
 
-METHODS = ("causal", "independent", "multidiffusion", "full")
 
 X0Hook = Callable[[Tensor, Tensor], Tensor]
 MaskSchedule = Callable[[Tensor, Tensor], Tensor]
