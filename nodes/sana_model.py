@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 from typing import Any, ClassVar
 
 import comfy.conds
@@ -289,12 +290,17 @@ class SanaClipModel(torch.nn.Module):
 
 
 class SanaTokenizer:
-    """ComfyUI tokenizer interface: the prompt's token ids behind SANA's template (weights are not used)."""
+    """ComfyUI tokenizer interface: the prompt's token ids behind SANA's template (weights are not used).
+    Words the model does not know and prompts cut short are logged as warnings (CLIPTextEncode is a
+    stock node, so the console is where this can show)."""
 
     def __init__(self, encoder: SanaTextEncoder, embedding_directory=None, tokenizer_data=None) -> None:
         self.encoder = encoder
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs: Any):
+        if text.strip():  # an empty prompt is the usual negative, not a mistake
+            for note in self.encoder.prompt_notes(text):
+                logging.warning("SANA prompt %r: %s", text[:60], note)
         return {"sana": self.encoder.tokenize(text)}
 
     def untokenize(self, token_weight_pair):

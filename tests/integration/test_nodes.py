@@ -430,3 +430,45 @@ def test_split_blend_roundtrip_and_metrics_report(nodes, plan, tmp_path, monkeyp
     saved = list((tmp_path / "sana").glob("report_*_.json"))
     assert len(saved) == 1 and "report" in saved[0].read_text()
     assert result.ui["text"][0].startswith("| metric") and not list(tmp_path.rglob(".tmp_*"))
+
+
+# --- README advice and prompt warnings ---------------------------------------------------------------
+def test_readme_empty_latent_advice_gives_the_requested_size(nodes):
+    """The embedded model is 8× with 16 channels: EmptySD3LatentImage decodes to the size asked for.
+    SANA's DC-AE is 32× with 32 channels: EmptyHunyuanImageLatent is 32× and its 64 zero channels are
+    cut to the model's 32."""
+    import comfy.sample
+    from comfy_extras.nodes_hunyuan import EmptyHunyuanImageLatent
+    from comfy_extras.nodes_sd3 import EmptySD3LatentImage
+
+    import nodes as comfy_nodes
+
+    loaders = nodes.loaders
+    model, clip, vae = loaders.SanaCheckpointLoader.execute(
+        loaders.EMBEDDED_ENTRY, loaders.FROM_CHECKPOINT, loaders.FROM_CHECKPOINT, "default", "auto"
+    ).result
+    assert model.get_model_object("latent_format").downscale_ratio == 8
+    latent = EmptySD3LatentImage.execute(256, 128, 1).result[0]
+    positive = comfy_nodes.CLIPTextEncode().encode(clip, "a blue sky")[0]
+    sampled = comfy_nodes.common_ksampler(model, 0, 1, 1.0, "euler", "simple", positive, positive, latent)[0]
+    image = comfy_nodes.VAEDecode().decode(vae, sampled)[0]
+    assert tuple(image.shape[1:3]) == (128, 256)
+
+    sana = types.SimpleNamespace(
+        get_model_object=lambda name: types.SimpleNamespace(latent_channels=32, latent_dimensions=2)
+    )
+    empty = EmptyHunyuanImageLatent().generate(1024, 512)[0]["samples"]
+    assert tuple(comfy.sample.fix_empty_latent_channels(sana, empty).shape) == (1, 32, 16, 32)
+
+
+def test_unknown_words_and_cut_prompts_are_logged(nodes, parts, caplog):
+    import nodes as comfy_nodes
+
+    clip = parts[1]
+    with caplog.at_level("WARNING"):
+        comfy_nodes.CLIPTextEncode().encode(clip, "zebra " + "the " * 400)
+        comfy_nodes.CLIPTextEncode().encode(clip, "")
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "words the model does not know (read as <unk>): zebra" in logged
+    assert "the prompt is cut short" in logged
+    assert logged.count("SANA prompt") == 2  # the empty negative is not a mistake
