@@ -367,3 +367,14 @@ def test_diffusers_pipeline_folder_loads(tmp_path) -> None:
     assert model.config.caption_channels == 32
     with pytest.raises(CheckpointError, match="not a diffusers SANA folder"):
         load_transformer_folder(tmp_path)
+
+
+def test_prompt_notes_name_unknown_words_and_cut_prompts() -> None:
+    from temporal_tiling.sana import EMBEDDED_MODEL
+
+    text = load_text_encoder(EMBEDDED_MODEL)
+    assert text.prompt_notes("a navy night sky with one moon") == []
+    assert text.prompt_notes("a zebra in the sky") == ["words the model does not know (read as <unk>): zebra"]
+    assert text.prompt_notes("sky " * 31) == []  # 31 words + BOS: exactly what the model reads
+    assert text.prompt_notes("sky " * 40) == ["the prompt is cut short: its last 9 tokens are dropped"]
+    assert "empty" in text.prompt_notes("  ")[0]
