@@ -50,9 +50,9 @@ def check_links(input_types: dict | None, expected: dict[str, str]) -> str | Non
     return None
 
 
-def link_problem(node: type[io.ComfyNode], linked: dict[str, str]) -> str | None:
+def link_problem(inputs: list[io.Input], linked: dict[str, str]) -> str | None:
     """A linked socket of the wrong type (ComfyUI leaves that check to nodes that take ``input_types``)."""
-    for spec in node.define_schema().inputs:
+    for spec in inputs:
         received = linked.get(spec.id)
         if received is None or isinstance(spec, io.WidgetInput):
             continue
@@ -61,13 +61,13 @@ def link_problem(node: type[io.ComfyNode], linked: dict[str, str]) -> str | None
     return None
 
 
-def widget_problem(node: type[io.ComfyNode], widgets: dict[str, Any]) -> str | None:
+def widget_problem(inputs: list[io.Input], widgets: dict[str, Any]) -> str | None:
     """The first widget value outside its input's range or choices (None values come from links).
 
     ComfyUI checks min/max only for inputs a node's ``validate_inputs`` does not take, and does not check
     schema-API combos at all, so a value sent through the API would otherwise reach ``execute``.
     """
-    for spec in node.define_schema().inputs:
+    for spec in inputs:
         value = widgets.get(spec.id)
         if value is None:
             continue
@@ -94,7 +94,8 @@ def check_inputs(
     own ``rules``. A mistake is raised, not returned: ComfyUI files a returned message once per argument
     of ``validate_inputs`` (the same sentence under every input), an exception once on the node."""
     linked = input_types or {}
-    problem = link_problem(node, linked) or widget_problem(node, widgets)
+    inputs = node.define_schema().inputs  # the schema, not GET_SCHEMA: ComfyUI validates on a locked clone
+    problem = link_problem(inputs, linked) or widget_problem(inputs, widgets)
     if problem is None and rules is not None:
         problem = rules(widgets, linked)
     if problem is not None:
