@@ -40,6 +40,18 @@ def image_from_engine(image: Tensor) -> Tensor:
     return image.movedim(1, -1).clamp(0.0, 1.0).float().contiguous()
 
 
+def compression_problem(model, compression: int) -> str | None:
+    """A plan's compression that is not the model's own (the pack's SANA latent formats carry it; other
+    models are not checked): such a plan samples a canvas of the wrong size in pixels, without an error."""
+    ratio = getattr(model.get_model_object("latent_format"), "downscale_ratio", None)
+    if ratio is None or ratio == compression:
+        return None
+    return (
+        f"The tile plan uses compression {compression} but this model's VAE has {ratio} px per latent "
+        f"cell; connect the VAE to the Tile Planner (or set its compression to {ratio})."
+    )
+
+
 def check_links(input_types: dict | None, expected: dict[str, str]) -> str | None:
     """Type-check linked optional inputs; needed when ``validate_inputs`` asks for ``input_types``
     (ComfyUI then leaves link type checks to the node). Returns an error message or None."""

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..temporal_tiling.options import MAX_TILES, WARN_TILES
 from ..temporal_tiling.plan import FITS, ORDERS, PlanError, TilePlan, check_plan, make_plan
-from .common import CATEGORY, TilePlanSocket, check_inputs
+from .common import CATEGORY, TilePlanSocket, check_inputs, compression_problem
 
 PREVIEW_LONG_SIDE = 512
 """Long side (px) of the plan preview image."""
@@ -288,6 +288,8 @@ class SanaTilePlanner(io.ComfyNode):
         model=None,
     ) -> io.NodeOutput:
         c = _compression(vae, compression)
+        if model is not None and (mismatch := compression_problem(model, c)) is not None:
+            raise PlanError(mismatch)
         if latent is not None:
             height, width = (int(s) * c for s in latent["samples"].shape[-2:])
         elif image is not None:

@@ -41,7 +41,7 @@ from ..temporal_tiling.sampling import (
     sample_independent,
 )
 from .bcla_cache import bcla_config, sana_transformer
-from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_inputs
+from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_inputs, compression_problem
 from .context import ContextSpec
 
 MODES = ("causal", "independent", "multidiffusion")
@@ -230,7 +230,8 @@ class SanaCausalSampler(io.ComfyNode):
         global_context: ContextSpec | None = None,
     ) -> io.NodeOutput:
         plan = tile_plan
-        _check_compression(model, plan)
+        if (mismatch := compression_problem(model, plan.compression)) is not None:
+            raise SamplingError(mismatch)
         start, given = _start_latent(model, plan, latent_image, batch_size, denoise)
         noise = comfy.sample.prepare_noise(start, seed)
         run = _Run()
@@ -301,17 +302,6 @@ class SanaCausalSampler(io.ComfyNode):
                 "lower cfg, try another sampler, or load the model with weight_dtype fp32."
             )
         return io.NodeOutput({"samples": result.canvas}, {"samples": result.tiles})
-
-
-def _check_compression(model, plan: TilePlan) -> None:
-    """Refuse a plan made for another latent space (e.g. a 32× compression widget for an 8× model):
-    it would sample a canvas of the wrong size in pixels without any other error."""
-    ratio = getattr(model.get_model_object("latent_format"), "downscale_ratio", None)
-    if ratio is not None and ratio != plan.compression:
-        raise SamplingError(
-            f"The tile plan uses compression {plan.compression} but this model's VAE has {ratio} px per "
-            f"latent cell; connect the VAE to the Tile Planner (or set its compression to {ratio})."
-        )
 
 
 def _start_latent(

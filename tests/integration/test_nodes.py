@@ -328,6 +328,10 @@ def test_sampler_refuses_before_any_model_call(nodes, parts, conds, plan):
     ).result[0]
     with pytest.raises(ValueError, match=f"compression 8 but this model's VAE has {c} px per latent cell"):
         _sample(nodes, counted, conds, other)
+    with pytest.raises(ValueError, match=f"compression 8 but this model's VAE has {c} px per latent cell"):
+        nodes.planner.SanaTilePlanner.execute(
+            80, 56, 32, 32, 8, "shift", "raster", 0, 8, "manual", model=model
+        )
     nan = torch.full((1, 8, plan.canvas_height, plan.canvas_width), float("nan"))
     with pytest.raises(ValueError, match="latent_image holds NaN"):
         _sample(nodes, counted, conds, plan, denoise=0.5, latent_image={"samples": nan})
