@@ -32,6 +32,7 @@ import platform
 import resource
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,29 +129,30 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
-def _child(queue: mp.Queue, model: SanaTransformer2DModel, task: dict) -> None:
+def _child(queue: mp.Queue, function, args: tuple, prepare) -> None:
     torch.set_num_threads(1)
     try:
-        with torch.no_grad():  # warm-up: first-call allocations are not the method's cost
-            model(
-                torch.zeros(1, 32, 8, 8),
-                encoder_hidden_states=torch.zeros(1, 4, CAPTION_CHANNELS),
-                timestep=torch.zeros(1),
-            )
+        if prepare is not None:
+            prepare()  # e.g. a warm-up call: first-call allocations are not the measured cost
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
         start_rss = _rss_kib("VmRSS:")
-        out = TASKS[task["kind"]](model, task)
+        out = function(*args)
         out["peak_mib"] = (_rss_kib("VmHWM:") - start_rss) / 1024
+        out["peak_total_mib"] = _rss_kib("VmHWM:") / 1024
         out["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         queue.put(out)
     except BaseException as error:  # the parent reports it
-        queue.put({"error": f"{type(error).__name__}: {error}"})
+        detail = traceback.format_exc(limit=-3).strip().splitlines()[-3:]
+        queue.put({"error": f"{type(error).__name__}: {error}", "where": detail})
 
 
-def in_child(model: SanaTransformer2DModel, task: dict, timeout: float) -> dict:
+def measure_in_child(function, *args, timeout: float, prepare=None) -> dict:
+    """``function(*args)`` (a dict) in a forked child, plus its peak resident memory: ``peak_mib`` above
+    the child's starting point (Linux VmHWM reset through ``/proc/self/clear_refs``; memory shared with
+    the parent is not counted) and ``peak_total_mib``; ``{"error": ...}`` when it fails or times out."""
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    process = ctx.Process(target=_child, args=(queue, model, task))
+    process = ctx.Process(target=_child, args=(queue, function, args, prepare))
     process.start()
     try:
         return queue.get(timeout=timeout)
@@ -160,6 +162,23 @@ def in_child(model: SanaTransformer2DModel, task: dict, timeout: float) -> dict:
         process.join(5)
         if process.is_alive():
             process.kill()
+
+
+def _warm_up(model: SanaTransformer2DModel) -> None:
+    with torch.no_grad():
+        model(
+            torch.zeros(1, 32, 8, 8),
+            encoder_hidden_states=torch.zeros(1, 4, CAPTION_CHANNELS),
+            timestep=torch.zeros(1),
+        )
+
+
+def _run_task(model: SanaTransformer2DModel, task: dict) -> dict:
+    return TASKS[task["kind"]](model, task)
+
+
+def in_child(model: SanaTransformer2DModel, task: dict, timeout: float) -> dict:
+    return measure_in_child(_run_task, model, task, timeout=timeout, prepare=lambda: _warm_up(model))
 
 
 def task_generate(model: SanaTransformer2DModel, task: dict) -> dict:

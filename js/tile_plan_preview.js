@@ -207,7 +207,7 @@ function reserveSpace(nodeType, extra, draw) {
 app.registerExtension({
   name: "sana.temporal_tiling.tile_plan_preview",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name === "SanaTilePlanner") {
+    if (nodeData.name === "SanaTemporalTilePlanner") {
       reserveSpace(nodeType, PREVIEW_HEIGHT, (ctx, node) => drawPlan(ctx, node, plannerPlan(node)));
       const onExecuted = nodeType.prototype.onExecuted;
       nodeType.prototype.onExecuted = function (message) {
@@ -216,7 +216,7 @@ app.registerExtension({
         this.setDirtyCanvas(true, true);
       };
     }
-    if (nodeData.name === "SanaTileMetrics") {
+    if (nodeData.name === "SanaTemporalTileMetrics") {
       reserveSpace(nodeType, REPORT_HEIGHT, drawReport);
       const onExecuted = nodeType.prototype.onExecuted;
       nodeType.prototype.onExecuted = function (message) {

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..temporal_tiling.bcla import MODES, SOURCES, BCLAConfig, BCLAError, bcla_processors
+from ..temporal_tiling.bcla import MODES, SOURCES, BCLAConfig, BCLAError, bcla_processors, is_lite_la
 from .common import CATEGORY, check_inputs
-from .sana_model import require_sana_linear_attention
+from .sana_model import LOADER_DISPLAY_NAME, SanaDiffusionModel, require_sana_linear_attention
 
 OPTION_KEY = "sana_bcla"
 """Key of the BCLAConfig in ``model_options["transformer_options"]``."""
@@ -26,6 +26,35 @@ def sana_transformer(model):
     transformer = require_sana_linear_attention(model)
     bcla_processors(transformer, None)
     return transformer
+
+
+def bcla_transformer(model):
+    """The module whose SANA linear attention BCLA patches, at object-patch paths under "diffusion_model.":
+    the diffusers transformer of this pack's MODEL, or ExtraModels' SANA itself (LiteLA attention).
+
+    A readable ValueError for any other MODEL or for LiteLA layers another node already replaced.
+    """
+    inner = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if isinstance(inner, SanaDiffusionModel):
+        return sana_transformer(model)
+    layers = [(n, m) for n, m in inner.named_modules() if is_lite_la(m)] if inner is not None else []
+    if not layers:
+        raise ValueError(
+            f"This MODEL ({type(inner).__name__}) has no SANA linear attention for the BCLA cache. Load "
+            f"SANA with '{LOADER_DISPLAY_NAME}' or with ComfyUI_ExtraModels' Sana Checkpoint Loader."
+        )
+    for name, layer in layers:
+        # a pending object patch wins; while a clone is patched in place, the original is in the backup
+        path = f"diffusion_model.{name}.attn_matmul"
+        current = model.object_patches.get(path)
+        if current is None:
+            current = model.object_patches_backup.get(path, layer.__dict__.get("attn_matmul"))
+        if current is not None and getattr(current, "__func__", None) is not type(layer).attn_matmul:
+            raise ValueError(
+                f"LiteLA layer {name} of this MODEL runs {type(current).__name__} instead of its own "
+                "attn_matmul; BCLA needs the model as ExtraModels' loader returns it."
+            )
+    return inner
 
 
 def bcla_config(model) -> BCLAConfig | None:
@@ -47,17 +76,20 @@ class SanaBCLACache(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaBCLACache",
+            node_id="SanaTemporalBCLACache",
             display_name="BCLA Cache",
             category=CATEGORY,
             description=(
                 "Block Causal Linear Attention: while a tile is denoised, every SANA linear-attention layer "
                 "also sees the summed statistics (S = Σ φ(K)ᵀV, Z = Σ φ(K)) of the tiles generated before "
-                "it, at O(D²) memory per layer whatever the tile count. Returns a patched clone of MODEL."
+                "it, at O(D²) memory per layer and step (flat in the tile count except for neighbors and "
+                "distance). Returns a patched clone of MODEL."
             ),
             inputs=[
                 io.Model.Input(
-                    "model", tooltip="A SANA model (linear attention); it is cloned, not modified."
+                    "model",
+                    tooltip="A SANA model (linear attention) from Load SANA or ExtraModels' Sana "
+                    "Checkpoint Loader; it is cloned, not modified.",
                 ),
                 io.Combo.Input(
                     "mode",
@@ -121,7 +153,7 @@ class SanaBCLACache(io.ComfyNode):
         config = BCLAConfig(
             mode=mode, strength=strength, source=source, decay=decay, record_locked=record_locked
         )
-        sana_transformer(model)
+        bcla_transformer(model)
         patched = model.clone()
         options = dict(patched.model_options.get("transformer_options", {}))
         options[OPTION_KEY] = config

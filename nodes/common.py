@@ -52,14 +52,13 @@ def compression_problem(model, compression: int) -> str | None:
     )
 
 
-def check_links(input_types: dict | None, expected: dict[str, str]) -> str | None:
-    """Type-check linked optional inputs; needed when ``validate_inputs`` asks for ``input_types``
-    (ComfyUI then leaves link type checks to the node). Returns an error message or None."""
-    for name, socket in expected.items():
-        received = (input_types or {}).get(name)
-        if received is not None and not validate_node_input(received, socket):
-            return f"{name} expects {socket}, but a {received} is connected."
-    return None
+def vae_compression(vae) -> object:
+    """Pixels per latent cell of a ComfyUI VAE. ExtraModels' VAE skips ``comfy.sd.VAE.__init__``, so
+    ``spacial_compression_encode`` fails on it; it keeps the factor as ``latent_scale``."""
+    try:
+        return vae.spacial_compression_encode()
+    except AttributeError:
+        return getattr(vae, "latent_scale", None)
 
 
 def link_problem(inputs: list[io.Input], linked: dict[str, str]) -> str | None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..temporal_tiling.context import ContextError
-from .common import CATEGORY, GlobalContextSocket, check_inputs
+from .common import CATEGORY, GlobalContextSocket, check_inputs, vae_compression
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class SanaGlobalContext(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaGlobalContext",
+            node_id="SanaTemporalGlobalContext",
             display_name="Global Context Encoder",
             category=CATEGORY,
             description=(
@@ -159,7 +159,7 @@ class SanaGlobalContext(io.ComfyNode):
         if latent is not None:
             guide = latent["samples"]
         elif image is not None and vae is not None:
-            guide = vae.encode(_resized(image[..., :3], guide_long_side, vae.spacial_compression_encode()))
+            guide = vae.encode(_resized(image[..., :3], guide_long_side, vae_compression(vae)))
         else:
             raise ContextError("Connect a guide: an image with a vae, or a latent.")
         if guide.ndim != 4:

@@ -185,7 +185,7 @@ class SanaCheckpointLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaCheckpointLoader",
+            node_id="SanaTemporalCheckpointLoader",
             display_name="Load SANA",
             category=CATEGORY,
             description=(
@@ -239,7 +239,7 @@ class SanaVAELoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaVAELoader",
+            node_id="SanaTemporalVAELoader",
             display_name="Load SANA VAE (DC-AE)",
             category=CATEGORY,
             description="Loads SANA's DC-AE (file or diffusers folder in models/vae) as VAE for stock nodes.",
@@ -264,7 +264,7 @@ class SanaTextEncoderLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaTextEncoderLoader",
+            node_id="SanaTemporalTextEncoderLoader",
             display_name="Load SANA Text Encoder (Gemma-2)",
             category=CATEGORY,
             description="Loads SANA's Gemma-2 text encoder (folder in models/text_encoders) as CLIP.",

@@ -44,7 +44,7 @@ class SanaLoraLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaLoraLoader",
+            node_id="SanaTemporalLoraLoader",
             display_name="Load SANA LoRA",
             category=CATEGORY,
             description=(

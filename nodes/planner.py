@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..temporal_tiling.options import MAX_TILES, WARN_TILES
 from ..temporal_tiling.plan import FITS, ORDERS, PlanError, TilePlan, check_plan, make_plan
-from .common import CATEGORY, TilePlanSocket, check_inputs, compression_problem
+from .common import CATEGORY, TilePlanSocket, check_inputs, compression_problem, vae_compression
 
 PREVIEW_LONG_SIDE = 512
 """Long side (px) of the plan preview image."""
@@ -50,7 +50,7 @@ def _compression(vae, widget: int) -> int:
     """Pixels per latent cell: the connected VAE's own factor, else the widget."""
     if vae is None:
         return int(widget)
-    factor = vae.spacial_compression_encode()
+    factor = vae_compression(vae)
     if not isinstance(factor, int) or factor <= 0:
         raise PlanError(f"The connected VAE reports no usable spatial compression ({factor!r}).")
     return factor
@@ -129,7 +129,7 @@ class SanaTilePlanner(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaTilePlanner",
+            node_id="SanaTemporalTilePlanner",
             display_name="Tile Planner",
             category=CATEGORY,
             description=(

@@ -28,6 +28,7 @@ from ..temporal_tiling.plan import Tile, TilePlan
 from ..temporal_tiling.sampling import (
     CLEAN_SIGMA,
     DEFAULT_LOCK_FEATHER,
+    DEFAULT_LOCK_MARGIN,
     DEFAULT_LOCK_RELEASE,
     DEFAULT_RELEASE_BAND,
     CanvasResult,
@@ -40,7 +41,7 @@ from ..temporal_tiling.sampling import (
     sample_causal,
     sample_independent,
 )
-from .bcla_cache import bcla_config, sana_transformer
+from .bcla_cache import bcla_config, bcla_transformer
 from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_inputs, compression_problem
 from .context import ContextSpec
 
@@ -78,7 +79,7 @@ class SanaCausalSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaCausalSampler",
+            node_id="SanaTemporalCausalSampler",
             display_name="Causal SANA Sampler",
             category=CATEGORY,
             description=(
@@ -153,6 +154,15 @@ class SanaCausalSampler(io.ComfyNode):
                     tooltip="Latent cells of already generated content, next to the lock edge, "
                     "that a new tile may still blend into (0 = hard lock). Causal only.",
                 ),
+                io.Int.Input(
+                    "lock_margin",
+                    default=DEFAULT_LOCK_MARGIN,
+                    min=0,
+                    max=16,
+                    tooltip="Outermost latent cells of each earlier tile that a new tile regenerates "
+                    "instead of keeping: a tile paints its window edge like an image edge, which shows "
+                    "as a line where the lock keeps it (0 = keep every overlapping cell). Causal only.",
+                ),
                 io.Float.Input(
                     "lock_release",
                     default=DEFAULT_LOCK_RELEASE,
@@ -223,6 +233,7 @@ class SanaCausalSampler(io.ComfyNode):
         denoise: float,
         mode: str,
         lock_feather: int,
+        lock_margin: int,
         lock_release: float,
         release_band: int,
         batch_size: int,
@@ -291,6 +302,7 @@ class SanaCausalSampler(io.ComfyNode):
                 latent=given,
                 cache=cache,
                 lock_feather=lock_feather,
+                lock_margin=lock_margin,
                 lock_release=LockRelease(lock_release, release_band),
                 context=context,
                 on_tile=_interrupt_check,
@@ -337,7 +349,7 @@ def _patched_model(model, plan: TilePlan, mode: str, run: _Run):
     cache = None
     if config is not None:
         cache = BCLACache(config, plan)
-        transformer = sana_transformer(work)
+        transformer = bcla_transformer(work)
         for path, patch in bcla_object_patches(transformer, cache).items():
             work.add_object_patch(f"diffusion_model.{path}", patch)
     previous = model.model_options.get("model_function_wrapper")

@@ -28,7 +28,7 @@ from diffusers import AutoencoderDC, SanaTransformer2DModel
 
 from ..temporal_tiling.sana import SanaTextEncoder, SanaVariant, compression, decode_tiled, fit_latent_rgb
 
-LOADER_DISPLAY_NAME = "Load SANA (SanaCheckpointLoader)"
+LOADER_DISPLAY_NAME = "Load SANA (SanaTemporalCheckpointLoader)"
 LINEAR_PROCESSOR_PREFIX = "SanaLinearAttnProcessor"
 DEFAULT_DECODE_TILE = 512  # px per tiled-decode tile when ComfyUI falls back to tiling after an OOM
 DEFAULT_DECODE_OVERLAP = 64
@@ -174,15 +174,15 @@ def make_model_patcher(
 def require_sana_linear_attention(model: comfy.model_patcher.ModelPatcher) -> SanaTransformer2DModel:
     """The diffusers transformer of a MODEL from this pack's loader, or a clear refusal.
 
-    BCLA rewrites diffusers' SANA linear-attention processors; MODELs from other loaders (ExtraModels'
-    SANA with its LiteLA attention, any non-SANA model) have none to rewrite.
+    The LoRA loader maps diffusers' module names, which MODELs from other loaders (ExtraModels' SANA with
+    its original-layout modules, any non-SANA model) do not have.
     """
     inner = getattr(getattr(model, "model", None), "diffusion_model", None)
     if not isinstance(inner, SanaDiffusionModel):
         raise ValueError(
-            f"This MODEL ({type(inner).__name__}) does not use diffusers' SANA linear attention, so the BCLA "
-            f"cache cannot patch it (ExtraModels' SANA loader uses its own LiteLA attention). Load the same "
-            f"checkpoint with '{LOADER_DISPLAY_NAME}' from this pack instead."
+            f"This MODEL ({type(inner).__name__}) does not use diffusers' SANA modules (ExtraModels' SANA "
+            f"loader builds the original layout). Load the same checkpoint with '{LOADER_DISPLAY_NAME}' from "
+            "this pack instead."
         )
     for i, block in enumerate(inner.transformer.transformer_blocks):
         # while a clone is patched in place, the original processor sits in object_patches_backup

@@ -27,7 +27,7 @@ class SanaTileSplit(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaTileSplit",
+            node_id="SanaTemporalTileSplit",
             display_name="Split Into Tiles",
             category=CATEGORY,
             description=(
@@ -99,7 +99,7 @@ class SanaSeamBlender(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SanaSeamBlender",
+            node_id="SanaTemporalSeamBlender",
             display_name="Seam Blender",
             category=CATEGORY,
             description=(

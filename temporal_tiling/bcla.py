@@ -4,11 +4,16 @@ SANA's self-attention is ReLU linear attention: ``O_i = φ(q_i)ᵀ S / (φ(q_i)�
 ``S = Σ φ(k) vᵀ`` and ``Z = Σ φ(k)``. Both are plain sums over tokens, so the tokens of tiles that were
 already generated can be carried to later tiles as a fixed-size summary: while tile t is denoised,
 each layer uses ``S_own + α·S_cache (+ β·S_seed)``. That equals full attention over the cached tokens
-plus the tile's own (exact for one layer) at O(D²) memory per layer, whatever the number of tiles.
+plus the tile's own (exact for one layer) at O(D²) memory per layer and noise level (the synchronous
+source keeps one set per sampling step). The cumulative, decay and sparse modes hold a fixed number of
+sets whatever the number of tiles; neighbors keeps about one tile row (grows with the grid's width),
+distance keeps every tile (grows with the tile count).
 
 Statistics are stored in the layout of diffusers' ``SanaLinearAttnProcessor2_0``: it pads v with a row
 of ones, ``scores = [v;1] @ φ(K)`` has shape [B, heads, Dv+1, Dk] and its last row is Z. They are kept
 per layer, per CFG branch, per batch element and per head, in float32 whatever the model dtype.
+ComfyUI_ExtraModels' SANA computes the same attention in ``LiteLA.attn_matmul`` with the same padded
+layout, so its layers carry the same statistics (``BCLALiteLAMatmul``).
 With RoPE (``SanaLinearAttnProcessor3_0``) the numerator rows are built from rotated φ(k) and the Z row
 from UN-rotated φ(k): a rotated Z is not positive and its dot with φ(q) crosses zero (NaN/Inf).
 """
@@ -318,7 +323,7 @@ class BCLACache:
         self._seed, self._seed_strength, self._resolved = stats, float(strength), {}
 
     def nbytes(self) -> int:
-        """Bytes held by the cache: flat in the tile count for cumulative and decay."""
+        """Bytes held by the cache: flat in the tile count for cumulative, decay and sparse."""
         held = [self._store, self._context, self._pending, self._seed, *self._kept.values()]
         unique = {id(s): s for s in held if s is not None}
         return sum(s.nbytes() for s in unique.values()) + sum(
@@ -450,6 +455,24 @@ class _BCLAProcessor:
         for branch, stats in _by_branch(own(mask), call.branches).items():
             call.record.put(call.record_key, self.layer, branch, stats)
 
+    def _padded_attention(self, call: _Call, query: Tensor, key: Tensor, value: Tensor, eps: float) -> Tensor:
+        """The stock pad-ones linear attention in float32 with this call's recording and context:
+        φ(q) [B, h, d, N], φ(k) [B, h, N, d], v [B, h, d, N] → [B, h, d, N]. ``[v; 1] @ φ(k)`` is the
+        cached statistic; its last row Z normalises (diffusers' processor 2.0 and LiteLA alike)."""
+        query, key, value = query.float(), key.float(), value.float()
+
+        value = F.pad(value, (0, 0, 0, 1), mode="constant", value=1.0)
+        scores = torch.matmul(value, key)
+
+        def own(mask: Tensor | None) -> Tensor:
+            return scores if mask is None else torch.matmul(value, key * mask[:, None])
+
+        self._record(call, own, key.shape[-2], key.device)
+        if call.context:
+            self._mix(call, scores)
+        out = torch.matmul(scores, query)
+        return out[:, :, :-1] / (out[:, :, -1:] + eps)
+
     @staticmethod
     def _mix(call: _Call, stats: Tensor) -> None:
         """stats += Σ scale·context for every CFG chunk, in place.
@@ -503,20 +526,7 @@ class BCLALinearAttnProcessor2_0(_BCLAProcessor):
         query = F.relu(query)
         key = F.relu(key)
 
-        query, key, value = query.float(), key.float(), value.float()
-
-        value = F.pad(value, (0, 0, 0, 1), mode="constant", value=1.0)
-        scores = torch.matmul(value, key)
-
-        def own(mask: Tensor | None) -> Tensor:
-            return scores if mask is None else torch.matmul(value, key * mask[:, None])
-
-        self._record(call, own, key.shape[-2], key.device)
-        if call.context:
-            self._mix(call, scores)
-        hidden_states = torch.matmul(scores, query)
-
-        hidden_states = hidden_states[:, :, :-1] / (hidden_states[:, :, -1:] + 1e-15)
+        hidden_states = self._padded_attention(call, query, key, value, 1e-15)
         hidden_states = hidden_states.flatten(1, 2).transpose(1, 2)
         hidden_states = hidden_states.to(original_dtype)
 
@@ -612,6 +622,40 @@ class BCLALinearAttnProcessor3_0(_BCLAProcessor):
         return hidden_states
 
 
+class BCLALiteLAMatmul(_BCLAProcessor):
+    """``LiteLA.attn_matmul`` (the SANA of ComfyUI_ExtraModels, ``Sana/models/sana_blocks.py``) reading
+    and writing a ``BCLACache``.
+
+    Set as the instance attribute ``attn_matmul`` of one LiteLA module (a ComfyUI object patch), so
+    LiteLA's own forward keeps its projections and calls this with q [B, h, d, N], k [B, h, N, d] and
+    v [B, h, d, N]. LiteLA pads v with a row of ones too: ``[v; 1] @ φ(k)`` is already the cache layout.
+    """
+
+    def __init__(self, cache: BCLACache, layer: str, patch: tuple[int, int], attn: torch.nn.Module) -> None:
+        super().__init__(cache, layer, patch)
+        self.attn = attn
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        call = self.cache._plan_call(self.layer)
+        if call is None:
+            return type(self.attn).attn_matmul(self.attn, q, k, v)
+        q = self.attn.kernel_func(q)
+        k = self.attn.kernel_func(k)
+        return self._padded_attention(call, q, k, v, self.attn.eps)
+
+
+def is_lite_la(module: torch.nn.Module) -> bool:
+    """ExtraModels' LiteLA (recognised by name and interface; the pack does not import ExtraModels):
+    ReLU linear attention whose ``attn_matmul`` pads v with ones, the layout BCLA caches."""
+    kind = type(module)
+    return (
+        kind.__name__ == "LiteLA"
+        and callable(getattr(kind, "attn_matmul", None))
+        and getattr(kind, "PAD_VAL", None) == 1
+        and isinstance(getattr(module, "kernel_func", None), torch.nn.ReLU)
+    )
+
+
 _VARIANTS: tuple[tuple[type, type[_BCLAProcessor]], ...] = (
     (SanaLinearAttnProcessor2_0, BCLALinearAttnProcessor2_0),
     (SanaLinearAttnProcessor3_0, BCLALinearAttnProcessor3_0),
@@ -621,7 +665,10 @@ _VARIANTS: tuple[tuple[type, type[_BCLAProcessor]], ...] = (
 
 
 def _patch_hw(transformer: torch.nn.Module) -> tuple[int, int]:
-    patch = getattr(getattr(transformer, "config", None), "patch_size", 1) or 1
+    """Patch size of a diffusers transformer (its config) or of ExtraModels' SANA (an attribute)."""
+    config = getattr(transformer, "config", None)
+    patch = getattr(config, "patch_size", 1) if config is not None else getattr(transformer, "patch_size", 1)
+    patch = patch or 1
     if isinstance(patch, int):
         return patch, patch
     return int(patch[-2]), int(patch[-1])
@@ -630,12 +677,15 @@ def _patch_hw(transformer: torch.nn.Module) -> tuple[int, int]:
 def bcla_processors(transformer: torch.nn.Module, cache: BCLACache) -> dict[str, object]:
     """Module path -> BCLA processor for every SANA linear self-attention of ``transformer``.
 
-    Keys are attribute paths ("transformer_blocks.0.attn1.processor") so ComfyUI can set them as
-    object patches on a model clone (prefix them with "diffusion_model.").
+    Keys are attribute paths ("transformer_blocks.0.attn1.processor" for diffusers' SANA,
+    "blocks.0.attn.attn_matmul" for ExtraModels' LiteLA) so ComfyUI can set them as object patches on
+    a model clone (prefix them with "diffusion_model.").
     """
     patch = _patch_hw(transformer)
     processors: dict[str, object] = {}
     for name, module in transformer.named_modules():
+        if is_lite_la(module):
+            processors[f"{name}.attn_matmul"] = BCLALiteLAMatmul(cache, name, patch, module)
         if not isinstance(module, Attention):
             continue
         for stock, replacement in _VARIANTS:
@@ -644,8 +694,9 @@ def bcla_processors(transformer: torch.nn.Module, cache: BCLACache) -> dict[str,
                 break
     if not processors:
         raise BCLAError(
-            f"{type(transformer).__name__} has no SANA linear attention (SanaLinearAttnProcessor2_0/3_0); "
-            "BCLA needs a SANA or SANA-Video transformer."
+            f"{type(transformer).__name__} has no SANA linear attention (diffusers' "
+            "SanaLinearAttnProcessor2_0/3_0 or ExtraModels' LiteLA); BCLA needs a SANA or SANA-Video "
+            "transformer."
         )
     return processors
 

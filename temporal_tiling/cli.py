@@ -33,11 +33,14 @@ from .errors import UserInputError
 from .options import (
     BCLA_MODES,
     BCLA_SOURCES,
+    DEFAULT_GUIDE_DENOISE,
     DEFAULT_LOCK_FEATHER,
+    DEFAULT_LOCK_MARGIN,
     DEFAULT_LOCK_RELEASE,
     DEFAULT_RELEASE_BAND,
     EMBEDDED_MODEL,
     FITS,
+    GUIDE_UPSCALES,
     MAX_SIDE,
     MAX_TILES,
     METHODS,
@@ -56,6 +59,7 @@ if (
     from .bcla import BCLAConfig
     from .context import GlobalContext
     from .plan import TilePlan
+    from .sampling import GuideFirst
 
 COMPARE = ("independent", "multidiffusion", "causal")
 """What ``--method compare`` renders, in strip order."""
@@ -87,6 +91,8 @@ class LoadedModel:
     name: str = "model"
     prompt_notes: Callable[[str], list[str]] = lambda prompt: []
     """prompt -> what the model will not see of it (unknown words, tokens cut off)."""
+    encode: Callable[[Tensor], Tensor] | None = None
+    """image [B, 3, H, W] in [0, 1] -> latent (the model's scaled space); for --guide-upscale pixel."""
 
 
 Loader = Callable[[Path, "torch.device"], LoadedModel]
@@ -134,6 +140,11 @@ def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
             pixels = vae.decode(latent).sample
         return ((pixels.float() + 1) / 2).clamp(0, 1)
 
+    @torch.no_grad()
+    def encode(image: Tensor) -> Tensor:
+        pixels = image.to(device, next(vae.parameters()).dtype) * 2 - 1
+        return vae.encode(pixels).latent.float() * scale
+
     return LoadedModel(
         transformer.to(device),
         encode_prompt,
@@ -141,7 +152,8 @@ def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
         compression(vae),
         variant.flow_shift,
         folder.name,
-        text.prompt_notes,
+        prompt_notes=text.prompt_notes,
+        encode=encode,
     )
 
 
@@ -253,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--method", choices=(*METHODS, "compare"), default="causal", help="compare = " + " / ".join(COMPARE)
     )
+    g.add_argument(
+        "--guide-denoise",
+        type=_number(float, 0, 1, low_open=True),
+        default=DEFAULT_GUIDE_DENOISE,
+        help="guided: share of the schedule the tiles run from the upscaled whole-scene pass",
+    )
+    g.add_argument(
+        "--guide-upscale",
+        choices=GUIDE_UPSCALES,
+        default=GUIDE_UPSCALES[0],
+        help="guided: enlarge the whole-scene pass bilinearly in latent space or bicubic in pixels "
+        "(decode, resize, encode)",
+    )
     g.add_argument("--steps", type=_number(int, 1), default=20, help="sampling steps")
     g.add_argument(
         "--cfg", type=_number(float, 0, low_open=True), default=4.5, help="classifier-free guidance"
@@ -270,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, 0),
         default=DEFAULT_LOCK_FEATHER,
         help="latent cells of earlier content a new tile may blend into (causal; 0 = hard lock)",
+    )
+    g.add_argument(
+        "--lock-margin",
+        type=_number(int, 0),
+        default=DEFAULT_LOCK_MARGIN,
+        help="outermost latent cells of each earlier tile that a new tile regenerates instead of locking "
+        "(causal; a tile paints its window edge as an image edge)",
     )
     g.add_argument(
         "--lock-release",
@@ -292,25 +324,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--context-skip",
         type=_number(float, 0, 1),
         default=0.0,
-        help="global context: DemoFusion skip-residual strength (causal)",
+        help="global context: DemoFusion skip-residual strength (causal, guided)",
     )
     g.add_argument(
         "--context-stats",
         type=_number(float, 0, 1),
         default=0.0,
-        help="global context: CMod/AdaIN statistics strength (causal)",
+        help="global context: CMod/AdaIN statistics strength (causal, guided)",
     )
     g.add_argument(
         "--context-seed",
         type=_number(float, 0),
         default=0.0,
-        help="global context: BCLA seed strength from the low-res pass (causal)",
+        help="global context: BCLA seed strength from the low-res pass (causal, guided)",
     )
     g.add_argument(
         "--context-size",
         type=_number(int, 1),
         default=None,
-        help="long side in px of the low-res pass (default: the tile's long side)",
+        help="long side in px of the low-res pass (default: the tile's long side; causal, guided)",
     )
     g.add_argument(
         "--reference",
@@ -403,13 +435,11 @@ def _global_context(
     from .bcla import BCLACache, install_bcla
     from .context import encode_global_context
     from .flow import CFGDenoiser, flow_sigmas
-    from .plan import make_plan
-    from .sampling import generate
+    from .sampling import generate, guide_plan
 
     if not _uses_context(args):
         return None
-    height, width = _guide_size(args, plan)
-    low = make_plan(width, height, width, height, 0, plan.compression)
+    low = guide_plan(plan, args.context_size)
     bar = _Progress("low-res guide")
     try:
         guide = generate(
@@ -455,14 +485,35 @@ def _uses_context(args: argparse.Namespace) -> bool:
     return bool(args.context_skip or args.context_stats or args.context_seed)
 
 
-def _guide_size(args: argparse.Namespace, plan: TilePlan) -> tuple[int, int]:
-    """(height, width) px of the low-res pass; a CLIError naming --context-size if it cannot be made."""
-    from .context import ContextError, guide_size
+def _check_context_size(args: argparse.Namespace, plan: TilePlan) -> None:
+    """A CLIError naming --context-size if the low-res pass (``guide_plan``) cannot be made."""
+    from .context import ContextError
+    from .sampling import guide_plan
 
     try:
-        return guide_size(plan, args.context_size or max(plan.tile_width_px, plan.tile_height_px))
+        guide_plan(plan, args.context_size)
     except ContextError as error:
         raise CLIError(str(error), "--context-size") from None
+
+
+def _guide_first(args: argparse.Namespace, model: LoadedModel) -> GuideFirst:
+    from .sampling import GuideFirst, pixel_upscale
+
+    upscale = None
+    if args.guide_upscale == "pixel":
+        if model.encode is None:
+            raise CLIError(
+                f"{model.name} has no image encoder; use --guide-upscale latent", "--guide-upscale"
+            )
+        upscale = pixel_upscale(model.decode, model.encode, model.compression)
+    return GuideFirst(
+        long_side=args.context_size,
+        denoise=args.guide_denoise,
+        skip_residual=args.context_skip,
+        stats=args.context_stats,
+        bcla_seed=args.context_seed,
+        upscale=upscale,
+    )
 
 
 def _sampling(args: argparse.Namespace, shift: float) -> dict:
@@ -474,14 +525,17 @@ def _summary(reports: dict, seconds: dict[str, float]) -> str:
         return "–" if value is None else format(value, spec)
 
     lines = [
-        "| method | gradient ratio mean / worst | ΔE mean / worst | overlap PSNR dB | PSNR vs full dB "
-        "| time s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | seam ratio mean / worst (× floor) | ΔE − floor | drift ΔE − floor | line jump | verdict "
+        "| overlap PSNR dB | PSNR vs full dB | time s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in reports.items():
+        excess = r.excess()
         lines.append(
-            f"| {name} | {r.gradient_ratio_mean:.3f} / {r.gradient_ratio_worst:.3f} | "
-            f"{r.delta_e_mean:.2f} / {r.delta_e_worst:.2f} | {fmt(r.overlap_psnr_mean, '.2f')} | "
+            f"| {name} | {r.gradient_ratio_mean:.3f} / {r.gradient_ratio_worst:.3f} "
+            f"(×{excess['gradient_ratio']:.2f}) | {excess['delta_e']:+.2f} | "
+            f"{excess['drift_delta_e']:+.2f} | {r.line_jump:.2f} | "
+            f"{'pass' if r.meets_targets() else 'seams'} | {fmt(r.overlap_psnr_mean, '.2f')} | "
             f"{fmt(r.psnr, '.2f')} | {seconds[name]:.1f} |"
         )
     return "\n".join(lines)
@@ -515,18 +569,21 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
     device = _device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.method not in ("causal", "compare") and _uses_context(args):
-        raise CLIError(f"global context is only used by the causal method, not {args.method!r}", "--method")
+    if args.method not in ("causal", "guided", "compare") and _uses_context(args):
+        raise CLIError(
+            f"global context is only used by the causal and guided methods, not {args.method!r}", "--method"
+        )
     model = loader(args.model or EMBEDDED_MODEL, device)
     plan = _plan(args, model.compression)
-    if _uses_context(args):
-        _guide_size(args, plan)
+    if _uses_context(args) or args.method == "guided":
+        _check_context_size(args, plan)
+    guide_first = _guide_first(args, model) if args.method == "guided" else None
     methods = list(COMPARE) if args.method == "compare" else [args.method]
     if args.reference and "full" not in methods:
         methods.append("full")
     _warn(args, model, plan, methods)
     with _staging(out) as stage:
-        written = _render(args, model, plan, methods, stage)
+        written = _render(args, model, plan, methods, guide_first, stage)
     for path in written:
         print(out / path.name)
     return [out / path.name for path in written]
@@ -565,9 +622,14 @@ def _staging(out: Path) -> Iterator[Path]:
 
 
 def _render(
-    args: argparse.Namespace, model: LoadedModel, plan: TilePlan, methods: list[str], out: Path
+    args: argparse.Namespace,
+    model: LoadedModel,
+    plan: TilePlan,
+    methods: list[str],
+    guide_first: GuideFirst | None,
+    out: Path,
 ) -> list[Path]:
-    """Run every method and write its files into ``out``; returns them."""
+    """Run every method and write its files into ``out``; returns them (``guide_first``: for guided)."""
     from .bcla import BCLAConfig
     from .sampling import LockRelease, generate
 
@@ -596,9 +658,11 @@ def _render(
                 plan,
                 model.transformer,
                 method=method,
-                cache_config=cache_config if method == "causal" else None,
+                cache_config=cache_config if method in ("causal", "guided") else None,
                 context=context if method == "causal" else None,
+                guide_first=guide_first if method == "guided" else None,
                 lock_feather=args.lock_feather,
+                lock_margin=args.lock_margin,
                 lock_release=LockRelease(args.lock_release, args.release_band),
                 progress=bar,
                 **conditioning,
@@ -610,6 +674,9 @@ def _render(
         if method != "full":
             tiles[method] = model.decode(result.tiles)
         seconds[method] = time.perf_counter() - start
+        if result.guide is not None:
+            save_png(to_pil(model.decode(result.guide)), out / "guide.png")
+            written.append(out / "guide.png")
         path = out / f"{method}.png"
         save_png(to_pil(images[method]), path)
         written.append(path)

@@ -178,11 +178,23 @@ class TilePlan:
             count[tile.slices] += 1
         return count
 
-    def known_mask(self, index: int) -> torch.Tensor:
-        """Cells of tile ``index`` already produced by tiles earlier in the order, shape [h, w] bool."""
+    def known_mask(self, index: int, margin: int = 0) -> torch.Tensor:
+        """Cells of tile ``index`` already produced by tiles earlier in the order, shape [h, w] bool.
+
+        ``margin`` leaves out each earlier tile's outermost ``margin`` cells on every side that is
+        not the canvas border: a tile paints its window edge as an image edge, so that band is not
+        content worth keeping.
+        """
+        if margin < 0:
+            raise PlanError(f"margin must be ≥ 0 latent cells, got {margin}.")
         done = torch.zeros(self.canvas_height, self.canvas_width, dtype=torch.bool)
         for tile in self.tiles[:index]:
-            done[tile.slices] = True
+            bottom, right = tile.y + tile.height, tile.x + tile.width
+            top = tile.y + margin if tile.y > 0 else 0
+            left = tile.x + margin if tile.x > 0 else 0
+            bottom -= margin if bottom < self.canvas_height else 0
+            right -= margin if right < self.canvas_width else 0
+            done[top : max(top, bottom), left : max(left, right)] = True
         return done[self.tiles[index].slices]
 
     def seams(self) -> list[Seam]:

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .context import encode_global_context, guide_size
 from .errors import UserInputError
 from .flow import CFGDenoiser, Denoiser, flow_sigmas, sample_tile
-from .options import DEFAULT_LOCK_FEATHER, METHODS
+from .options import DEFAULT_GUIDE_DENOISE, DEFAULT_LOCK_FEATHER, DEFAULT_LOCK_MARGIN, METHODS
 from .options import DEFAULT_LOCK_RELEASE as DEFAULT_LOCK_RELEASE  # the nodes' widget default
 from .options import DEFAULT_RELEASE_BAND as DEFAULT_RELEASE_BAND  # the nodes' widget default
-from .plan import Tile, TilePlan
+from .plan import Tile, TilePlan, make_plan
 
 CLEAN_SIGMA = 1e-3
 """Noise level of the clean re-encoding pass (BCLA ``source = "clean"``): a finished tile, near t = 0."""
@@ -66,10 +67,76 @@ class CanvasResult:
     """[B,C,H,W] the stitched latent canvas."""
     tiles: Tensor
     """[T*B,C,h,w] each tile's own finished latent, tile-major, in plan order (unblended)."""
+    guide: Tensor | None = None
+    """[B,C,h,w] the whole-scene pass ``method="guided"`` started from; None for the other methods."""
 
 
-def lock_mask(plan: TilePlan, index: int, feather: int = DEFAULT_LOCK_FEATHER) -> Tensor:
+Upscale = Callable[[Tensor, int, int], Tensor]
+"""``(guide latent [B,C,h,w], canvas height, canvas width in cells) -> canvas latent [B,C,H,W]``."""
+
+
+def latent_upscale(guide: Tensor, height: int, width: int) -> Tensor:
+    """Bilinear enlargement in latent space: no VAE round trip."""
+    return F.interpolate(guide, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def pixel_upscale(
+    decode: Callable[[Tensor], Tensor], encode: Callable[[Tensor], Tensor], compression: int
+) -> Upscale:
+    """Enlargement in pixel space: decode, bicubic resize, re-encode (``decode``/``encode`` map
+    latents to [B,3,H,W] images in [0, 1] and back), so the autoencoder makes the new detail."""
+
+    def upscale(guide: Tensor, height: int, width: int) -> Tensor:
+        size = (height * compression, width * compression)
+        image = F.interpolate(decode(guide).float(), size=size, mode="bicubic", align_corners=False)
+        return encode(image.clamp(0, 1)).to(guide)
+
+    return upscale
+
+
+@dataclass(frozen=True)
+class GuideFirst:
+    """Settings of ``method="guided"``: the whole scene in one pass first, then causal tiles from it.
+
+    A tile without position embedding paints its window as a whole picture (the second tile row
+    repaints the sky's top); starting every tile from the upscaled whole-scene pass at partial
+    denoise gives the canvas one layout, and the guide's attention statistics seed the BCLA cache.
+    """
+
+    long_side: int | None = None
+    """Long side of the whole-scene pass in px; None = the plan's tile long side (the model's size)."""
+    denoise: float = DEFAULT_GUIDE_DENOISE
+    """Share of the schedule the tiles run from the upscaled guide (1 = from noise, guide unused)."""
+    skip_residual: float = 0.0
+    """DemoFusion skip residual toward the guide in the early steps (GlobalContext.skip_residual)."""
+    stats: float = 0.0
+    """Per-tile mean/std alignment to the guide (GlobalContext.stats)."""
+    bcla_seed: float = 1.0
+    """Strength of the guide's attention statistics in every tile's BCLA cache (needs cache_config)."""
+    upscale: Upscale | None = None
+    """How the guide is enlarged to the canvas; None = :func:`latent_upscale`."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.denoise <= 1.0:
+            raise SamplingError(
+                f"guide denoise must be in (0, 1] (0.5 keeps the layout), got {self.denoise}."
+            )
+
+
+def guide_plan(plan: TilePlan, long_side: int | None = None) -> TilePlan:
+    """One tile of the whole scene with the canvas's aspect, ``long_side`` px (default: the tile's)."""
+    long_side = long_side or max(plan.tile_width_px, plan.tile_height_px)
+    height, width = guide_size(plan, long_side)
+    return make_plan(width, height, width, height, 0, plan.compression)
+
+
+def lock_mask(
+    plan: TilePlan, index: int, feather: int = DEFAULT_LOCK_FEATHER, margin: int = DEFAULT_LOCK_MARGIN
+) -> Tensor:
     """Denoise mask [1,1,h,w] of tile ``index``: 1 on new cells, 0 deep inside the known overlap.
+
+    Known cells are ``plan.known_mask(index, margin)``: with ``margin`` > 0 the earlier tiles'
+    outermost cells, painted as an image edge, count as new and are regenerated.
 
     Feather profile: a known cell at chessboard distance ``d`` from the nearest new cell gets
     ``max(0, 1 - d / (feather + 1))``, a linear ramp over ``feather`` cells that rises toward the
@@ -78,7 +145,9 @@ def lock_mask(plan: TilePlan, index: int, feather: int = DEFAULT_LOCK_FEATHER) -
     """
     if feather < 0:
         raise SamplingError(f"lock_feather must be ≥ 0 cells, got {feather}.")
-    new = (~plan.known_mask(index)).float()[None, None]
+    if margin < 0:
+        raise SamplingError(f"lock_margin must be ≥ 0 cells (0 = lock every known cell), got {margin}.")
+    new = (~plan.known_mask(index, margin)).float()[None, None]
     total, grown = new, new
     for _ in range(feather):
         grown = F.max_pool2d(grown, 3, stride=1, padding=1)
@@ -146,6 +215,7 @@ def sample_causal(
     latent: Tensor | None = None,
     cache: Any = None,
     lock_feather: int = DEFAULT_LOCK_FEATHER,
+    lock_margin: int = DEFAULT_LOCK_MARGIN,
     lock_release: LockRelease | None = None,
     context: Any = None,
     on_tile: TileCallback | None = None,
@@ -153,11 +223,12 @@ def sample_causal(
 ) -> CanvasResult:
     """Tiles one after another in plan order, each locked to what the earlier ones produced.
 
-    The known cells of a tile (``plan.known_mask``, feathered by :func:`lock_mask`) are inpainted
-    the way ComfyUI does: re-noised with the same canvas noise at every step. A finished tile is
-    written whole into the canvas: its sampler already returns the known content in mask-0 cells
-    and the feathered blend in the ramp, so this equals "new cells plus the blend across the
-    feather". ``lock_release`` loosens the lock near its edge in the late steps (each job's
+    The known cells of a tile (``plan.known_mask`` less each earlier tile's outermost ``lock_margin``
+    cells, feathered by :func:`lock_mask`) are inpainted the way ComfyUI does: re-noised with the
+    same canvas noise at every step. The BCLA cache still records only the plan's new cells. A
+    finished tile is written whole into the canvas: its sampler already returns the known content
+    in mask-0 cells and the feathered blend in the ramp, so this equals "new cells plus the blend
+    across the feather". ``lock_release`` loosens the lock near its edge in the late steps (each job's
     ``mask_schedule``); the overlap written back is then the blend of old and new content.
     ``cache`` (BCLACache) is told where each tile starts and ends; with
     ``cache.needs_clean_pass`` the finished tile is re-encoded by ``reencode`` (one denoiser call
@@ -180,7 +251,7 @@ def sample_causal(
         if on_tile is not None:
             on_tile(tile.index, len(plan))
         rows, cols = tile.slices
-        mask = lock_mask(plan, tile.index, lock_feather).to(canvas)
+        mask = lock_mask(plan, tile.index, lock_feather, lock_margin).to(canvas)
         hook = context.x0_hook(tile, plan) if context is not None else None
         job = TileJob(tile, noise[..., rows, cols], canvas[..., rows, cols].clone(), mask, hook, release)
         if cache is not None:
@@ -266,31 +337,66 @@ def generate(
     latent: Tensor | None = None,
     denoise: float = 1.0,
     lock_feather: int = DEFAULT_LOCK_FEATHER,
+    lock_margin: int = DEFAULT_LOCK_MARGIN,
     lock_release: LockRelease | None = None,
+    guide_first: GuideFirst | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CanvasResult:
     """Generate a latent canvas with a diffusers SanaTransformer2DModel.
 
-    ``method``: ``causal`` (BCLA cache from ``cache_config`` if given), ``independent``,
-    ``multidiffusion`` or ``full`` (one pass over the whole canvas, the no-tiling reference).
-    ``progress(done, total)`` counts tile-steps (one tile through one model step; ``full``: steps)
-    and may raise to cancel. The batch is the prompt batch (or the latent's, for img2img).
+    ``method``: ``causal`` (BCLA cache from ``cache_config`` if given), ``guided`` (text to image:
+    the whole scene at :func:`guide_plan`'s size first, then causal tiles refined from it, see
+    :class:`GuideFirst`), ``independent``, ``multidiffusion`` or ``full`` (one pass over the whole
+    canvas, the no-tiling reference). ``progress(done, total)`` counts tile-steps (one tile through
+    one model step; ``full``: steps; ``guided``: the guide pass's steps too) and may raise to cancel.
+    The batch is the prompt batch (or the latent's, for img2img).
     """
     if method not in METHODS:
         raise SamplingError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if method == "guided" and (latent is not None or context is not None):
+        raise SamplingError(
+            "method='guided' renders its own guide and start latent; drop latent= and context=."
+        )
+    if guide_first is not None and method != "guided":
+        raise SamplingError(f"guide_first is only used by method='guided', not {method!r}.")
     if denoise < 1 and latent is None:
         raise SamplingError(f"denoise = {denoise} needs an input latent; pass latent= or use denoise=1.0.")
     if context is not None and method != "causal":
         raise SamplingError(f"A global context is only used by method='causal', not {method!r}.")
+    settings = guide_first or GuideFirst()
+    if method == "guided" and settings.bcla_seed > 0 and cache_config is None:
+        raise SamplingError("A guide's bcla_seed > 0 seeds the BCLA cache; pass cache_config or set it to 0.")
     device = next(transformer.parameters()).device
+    done, total, guide = 0, 0, None
+    if method == "guided":
+        total = steps * (1 + len(plan))
+
+        def guide_progress(step: int, _: int) -> None:
+            if progress is not None:
+                progress(step, total)
+
+        guide = generate(
+            guide_plan(plan, settings.long_side),
+            transformer,
+            prompt_embeds,
+            negative_embeds,
+            method="full",
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            shift=shift,
+            seed=seed,
+            progress=guide_progress,
+        ).canvas
+        latent = (settings.upscale or latent_upscale)(guide, plan.canvas_height, plan.canvas_width)
+        denoise, done = settings.denoise, steps
     batch = prompt_embeds.shape[0] if latent is None else latent.shape[0]
     shape = (batch, transformer.config.in_channels, plan.canvas_height, plan.canvas_width)
     noise = canvas_noise(seed, shape).to(device)
     latent = None if latent is None else latent.to(device, noise.dtype)
     sigmas = flow_sigmas(steps, shift, denoise)
     tile_count = 1 if method == "full" else len(plan)
-    total = (len(sigmas) - 1) * tile_count
-    done = 0
+    total = total or (len(sigmas) - 1) * tile_count
 
     def tick(*_: object) -> None:
         nonlocal done
@@ -299,7 +405,7 @@ def generate(
             progress(done, total)
 
     cache, undo = None, None
-    if method == "causal" and cache_config is not None:
+    if method in ("causal", "guided") and cache_config is not None:
         from .bcla import BCLACache, install_bcla
 
         cache = BCLACache(cache_config, plan)
@@ -312,18 +418,31 @@ def generate(
             return sample_tile(denoiser, job, sigmas, sampler, tick)
 
         with torch.no_grad():
-            if method == "causal":
-                return sample_causal(
+            if guide is not None:
+                context = encode_global_context(
+                    guide,
+                    skip_residual=settings.skip_residual,
+                    stats=settings.stats,
+                    bcla_seed=settings.bcla_seed,
+                    denoiser=denoiser if cache is not None else None,
+                    cache=cache,
+                    sigma=sigmas[:-1],
+                    seed=seed,
+                )
+            if method in ("causal", "guided"):
+                result = sample_causal(
                     plan,
                     noise,
                     denoise_tile,
                     latent=latent,
                     cache=cache,
                     lock_feather=lock_feather,
+                    lock_margin=lock_margin,
                     lock_release=lock_release,
                     context=context,
                     reencode=lambda x0: denoiser(x0, x0.new_full((x0.shape[0],), CLEAN_SIGMA)),
                 )
+                return CanvasResult(result.canvas, result.tiles, guide)
             if method == "independent":
                 return sample_independent(plan, noise, denoise_tile, latent=latent)
             whole = Tile(0, 0, 0, 0, 0, plan.canvas_height, plan.canvas_width, ())

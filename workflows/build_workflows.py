@@ -8,24 +8,30 @@ embedded seam-lab model, so they run as shipped on a fresh install. Run from the
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from temporal_tiling.plan import TilePlan, make_plan  # noqa: E402  (the pack root is not installed)
+
 EMBEDDED = "seamlab-sana (embedded)"
 FROM_CHECKPOINT = "(from checkpoint folder)"
 PROMPT = "a blue to pink sky with one sun at top left"
+EMBEDDED_COMPRESSION = 8
+"""Pixels per latent cell of the embedded model's autoencoder (the Tile Planner reads it from the VAE)."""
 
 # Socket inputs (name, type) in schema order and outputs (name, type) of every node type used.
 SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
-    "SanaCheckpointLoader": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "SanaTemporalCheckpointLoader": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
     "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
-    "SanaBCLACache": ([("model", "MODEL")], [("MODEL", "MODEL")]),
-    "SanaTilePlanner": (
+    "SanaTemporalBCLACache": ([("model", "MODEL")], [("MODEL", "MODEL")]),
+    "SanaTemporalTilePlanner": (
         [("image", "IMAGE"), ("latent", "LATENT"), ("vae", "VAE"), ("model", "MODEL")],
         [("TILE_PLAN", "TILE_PLAN"), ("preview", "IMAGE")],
     ),
-    "SanaCausalSampler": (
+    "SanaTemporalCausalSampler": (
         [
             ("model", "MODEL"),
             ("positive", "CONDITIONING"),
@@ -36,26 +42,34 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ],
         [("canvas", "LATENT"), ("tiles", "LATENT")],
     ),
-    "SanaGlobalContext": (
+    "SanaTemporalGlobalContext": (
         [("image", "IMAGE"), ("vae", "VAE"), ("latent", "LATENT")],
         [("GLOBAL_CONTEXT", "GLOBAL_CONTEXT")],
     ),
-    "SanaTileSplit": (
+    "SanaTemporalTileSplit": (
         [("tile_plan", "TILE_PLAN"), ("image", "IMAGE"), ("latent", "LATENT")],
         [("image_tiles", "IMAGE"), ("latent_tiles", "LATENT")],
     ),
-    "SanaSeamBlender": (
+    "SanaTemporalSeamBlender": (
         [("images", "IMAGE"), ("tile_plan", "TILE_PLAN"), ("reference", "IMAGE")],
         [("IMAGE", "IMAGE")],
     ),
-    "SanaTileMetrics": (
-        [("image", "IMAGE"), ("tile_plan", "TILE_PLAN"), ("tiles", "IMAGE"), ("reference", "IMAGE")],
+    "SanaTemporalTileMetrics": (
+        [
+            ("image", "IMAGE"),
+            ("tile_plan", "TILE_PLAN"),
+            ("tiles", "IMAGE"),
+            ("reference", "IMAGE"),
+            ("guide", "IMAGE"),
+        ],
         [
             ("report", "STRING"),
             ("gradient_ratio", "FLOAT"),
             ("delta_e", "FLOAT"),
             ("overlap_psnr", "FLOAT"),
             ("heatmap", "IMAGE"),
+            ("line_jump", "FLOAT"),
+            ("seamless", "BOOLEAN"),
         ],
     ),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
@@ -74,9 +88,33 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "SaveImage": ([("images", "IMAGE")], []),
     "PreviewImage": ([("images", "IMAGE")], []),
     "Note": ([], []),
+    # ComfyUI_ExtraModels (Efficient-Large-Model fork; city96's original takes the same first widgets)
+    "SanaCheckpointLoader": ([], [("model", "MODEL")]),
+    "GemmaLoader": ([], [("GEMMA", "GEMMA")]),
+    "SanaTextEncode": ([("GEMMA", "GEMMA")], [("CONDITIONING", "CONDITIONING")]),
+    "ExtraVAELoader": ([], [("VAE", "VAE")]),
 }
 UI_ONLY = object()
 """Marks a widget value the UI stores but the API prompt does not (seed's control_after_generate)."""
+
+
+# How the ComfyUI front end (LiteGraph ``computeSize``) sizes a node: one 20 px row per socket on
+# the longer side, 20 px + 4 px spacing per widget, 8 px below the widgets; a multi-line text box is
+# at least 50 px; an image shown on the node (saved/previewed images, the sampler's live preview)
+# adds a 190 px preview plus its widget row. The title bar sits above ``pos``.
+SLOT_HEIGHT, WIDGET_HEIGHT, WIDGETS_PAD, TEXT_BOX_HEIGHT = 20, 24, 8, 54
+IMAGE_PREVIEW_HEIGHT = 212
+TITLE_HEIGHT = 30
+MULTILINE_NODES = {"CLIPTextEncode", "Note"}
+EXTRA_HEIGHT = {
+    "SanaTemporalTilePlanner": 208,  # js/tile_plan_preview.js: PREVIEW_HEIGHT + MARGIN
+    "SanaTemporalTileMetrics": 128,  # js/tile_plan_preview.js: REPORT_HEIGHT + MARGIN
+    "SanaTemporalCausalSampler": IMAGE_PREVIEW_HEIGHT,
+    "KSampler": IMAGE_PREVIEW_HEIGHT,
+    "SaveImage": IMAGE_PREVIEW_HEIGHT,
+    "PreviewImage": IMAGE_PREVIEW_HEIGHT,
+    "LoadImage": IMAGE_PREVIEW_HEIGHT,
+}
 
 
 @dataclass
@@ -90,6 +128,16 @@ class Node:
     size: tuple[int, int] = (320, 200)
 
 
+def drawn_height(node: Node) -> int:
+    """The least height the front end draws ``node`` at (below its title bar)."""
+    inputs, outputs = SOCKETS[node.type]
+    height = max(len(inputs), len(outputs), 1) * SLOT_HEIGHT
+    if node.widgets:
+        per_widget = TEXT_BOX_HEIGHT if node.type in MULTILINE_NODES else WIDGET_HEIGHT
+        height += len(node.widgets) * per_widget + WIDGETS_PAD
+    return height + EXTRA_HEIGHT.get(node.type, 0)
+
+
 def loader(node_id: int, pos) -> Node:
     widgets = [
         ("ckpt_name", EMBEDDED),
@@ -98,14 +146,16 @@ def loader(node_id: int, pos) -> Node:
         ("weight_dtype", "default"),
         ("prompt_template", "auto"),
     ]
-    return Node(node_id, "SanaCheckpointLoader", pos, widgets, size=(340, 180))
+    return Node(node_id, "SanaTemporalCheckpointLoader", pos, widgets, size=(340, 180))
 
 
 def text(node_id: int, pos, prompt: str, title: str) -> Node:
     return Node(node_id, "CLIPTextEncode", pos, [("text", prompt)], {"clip": (1, 1)}, title, (340, 120))
 
 
-def planner(node_id: int, pos, size=(384, 256), tile=(128, 128), overlap=32, title=None, **links) -> Node:
+def planner(
+    node_id: int, pos, size=(384, 256), tile=(128, 128), overlap=32, title=None, compression=8, **links
+) -> Node:
     widgets = [
         ("width", size[0]),
         ("height", size[1]),
@@ -115,30 +165,33 @@ def planner(node_id: int, pos, size=(384, 256), tile=(128, 128), overlap=32, tit
         ("fit", "grow"),
         ("order", "raster"),
         ("shuffle_seed", 0),
-        ("compression", 8),
+        ("compression", compression),
         ("tile_size", "manual"),
         ("max_tiles", 1024),
     ]
-    return Node(node_id, "SanaTilePlanner", pos, widgets, links, title, size=(340, 560))
+    return Node(node_id, "SanaTemporalTilePlanner", pos, widgets, links, title, size=(340, 560))
 
 
-def sampler(node_id: int, pos, model: tuple[int, int], mode: str, title: str, **links) -> Node:
+def sampler(
+    node_id: int, pos, model: tuple[int, int], mode: str, title: str, steps: int = 12, **links
+) -> Node:
     widgets = [
         ("seed", 42),
         (UI_ONLY, "fixed"),
-        ("steps", 12),
+        ("steps", steps),
         ("cfg", 4.0),
         ("sampler_name", "euler"),
         ("scheduler", "simple"),
         ("denoise", 1.0),
         ("mode", mode),
         ("lock_feather", 2),
+        ("lock_margin", 1),
         ("lock_release", 0.0),
         ("release_band", 0),
         ("batch_size", 1),
     ]
     wires = {"model": model, "positive": (2, 0), "negative": (3, 0), "tile_plan": (5, 0), **links}
-    return Node(node_id, "SanaCausalSampler", pos, widgets, wires, title, (340, 380))
+    return Node(node_id, "SanaTemporalCausalSampler", pos, widgets, wires, title, (400, 380))
 
 
 def bcla_cache(node_id: int, pos) -> Node:
@@ -149,7 +202,7 @@ def bcla_cache(node_id: int, pos) -> Node:
         ("decay", 0.5),
         ("record_locked", True),
     ]
-    return Node(node_id, "SanaBCLACache", pos, widgets, {"model": (1, 0)}, size=(320, 220))
+    return Node(node_id, "SanaTemporalBCLACache", pos, widgets, {"model": (1, 0)}, size=(320, 220))
 
 
 def global_context(node_id: int, pos, **links) -> Node:
@@ -163,11 +216,12 @@ def global_context(node_id: int, pos, **links) -> Node:
         (UI_ONLY, "fixed"),
         ("guide_long_side", 512),
     ]
-    return Node(node_id, "SanaGlobalContext", pos, widgets, links, size=(340, 300))
+    return Node(node_id, "SanaTemporalGlobalContext", pos, widgets, links, size=(340, 300))
 
 
 def metrics(node_id: int, pos, prefix: str, **links) -> Node:
-    return Node(node_id, "SanaTileMetrics", pos, [("filename_prefix", prefix)], links, size=(420, 300))
+    widgets = [("filename_prefix", prefix)]
+    return Node(node_id, "SanaTemporalTileMetrics", pos, widgets, links, size=(420, 300))
 
 
 def note(node_id: int, pos, body: str) -> Node:
@@ -175,19 +229,34 @@ def note(node_id: int, pos, body: str) -> Node:
 
 
 # --- the three workflows ---------------------------------------------------------------------------
+def planned(node: Node) -> TilePlan:
+    """The plan a Tile Planner node makes from its widgets with the embedded model's VAE."""
+    w = dict(node.widgets)
+    size = (w[k] for k in ("width", "height", "tile_width", "tile_height", "overlap"))
+    return make_plan(*size, EMBEDDED_COMPRESSION, w["order"], w["shuffle_seed"], w["fit"])
+
+
+def describe(plan: TilePlan) -> str:
+    tiles = "one tile" if len(plan) == 1 else f"{plan.cols}×{plan.rows} tiles"
+    return f"{plan.width_px}×{plan.height_px} px as {tiles} of {plan.tile_width_px}×{plan.tile_height_px} px"
+
+
 def txt2img() -> list[Node]:
+    canvas = planner(5, (400, 920), vae=(1, 2))
+    low_res = planner(15, (400, 40), (192, 128), (192, 128), 0, "low-res plan (one tile)", vae=(1, 2))
+    plan = planned(canvas)
     return [
         loader(1, (20, 40)),
-        text(2, (20, 260), PROMPT, "positive"),
-        text(3, (20, 420), "", "negative"),
-        bcla_cache(4, (400, 40)),
-        planner(5, (400, 300), vae=(1, 2)),
-        sampler(6, (800, 40), (4, 0), "causal", "Causal SANA Sampler", global_context=(17, 0)),
-        Node(7, "VAEDecode", (1280, 40), links={"samples": (6, 0), "vae": (1, 2)}, size=(220, 60)),
+        text(2, (20, 300), PROMPT, "positive"),
+        text(3, (20, 470), "", "negative"),
+        bcla_cache(4, (400, 650)),
+        canvas,
+        sampler(6, (1220, 40), (4, 0), "causal", "Causal SANA Sampler", global_context=(17, 0)),
+        Node(7, "VAEDecode", (1660, 40), links={"samples": (6, 0), "vae": (1, 2)}, size=(220, 60)),
         Node(
             8,
             "SaveImage",
-            (1660, 40),
+            (2120, 40),
             [("filename_prefix", "sana_tiling/txt2img_canvas")],
             {"images": (7, 0)},
             size=(420, 360),
@@ -195,15 +264,15 @@ def txt2img() -> list[Node]:
         Node(
             9,
             "VAEDecode",
-            (1280, 160),
+            (1660, 150),
             links={"samples": (6, 1), "vae": (1, 2)},
             title="decode tiles",
             size=(220, 60),
         ),
         Node(
             10,
-            "SanaSeamBlender",
-            (1280, 300),
+            "SanaTemporalSeamBlender",
+            (1660, 260),
             [("method", "feather"), ("ramp", "cosine"), ("color_correction", "none"), ("batch_size", 1)],
             {"images": (9, 0), "tile_plan": (5, 0)},
             size=(320, 160),
@@ -211,35 +280,37 @@ def txt2img() -> list[Node]:
         Node(
             11,
             "SaveImage",
-            (1660, 460),
+            (2120, 450),
             [("filename_prefix", "sana_tiling/txt2img_blended")],
             {"images": (10, 0)},
             size=(420, 360),
         ),
-        metrics(12, (800, 640), "sana_tiling/txt2img_metrics", image=(7, 0), tile_plan=(5, 0), tiles=(9, 0)),
-        Node(13, "PreviewImage", (400, 900), links={"images": (5, 1)}, title="tile plan", size=(340, 260)),
+        metrics(12, (1660, 470), "sana_tiling/txt2img_metrics", image=(7, 0), tile_plan=(5, 0), tiles=(9, 0)),
+        Node(13, "PreviewImage", (400, 1530), links={"images": (5, 1)}, title="tile plan", size=(340, 260)),
         note(
             14,
-            (20, 600),
-            "Temporal tiling, text to image. The canvas (384×256 px) is generated as 4×3 tiles of 128 px, "
-            "one after another in the Tile Planner's order; each tile keeps what the earlier ones made in "
-            "the overlap and sees their attention statistics through the BCLA Cache. A low-res pass of the "
-            "whole scene (one 192×128 tile) seeds every tile's cache through the Global Context Encoder. "
-            "Runs on CPU with the pack's embedded seam-lab model. For a real SANA checkpoint pick it in "
-            "Load SANA and set the planner to e.g. 4096×2048 with 1024 px tiles, the low-res pass to 1K.",
+            (20, 640),
+            f"Temporal tiling, text to image. The canvas is generated at {describe(plan)} "
+            f"(overlap ≥ {dict(canvas.widgets)['overlap']} px), one after another in the Tile Planner's "
+            "order; each tile keeps what the earlier ones made in the overlap and sees their attention "
+            "statistics through the BCLA Cache. The low-res pass renders the whole scene at "
+            f"{describe(planned(low_res))}; through the Global Context Encoder it seeds every tile's "
+            "cache. Runs on CPU with the pack's embedded seam-lab model. For a real SANA checkpoint pick "
+            "it in Load SANA and set the planner to e.g. 4096×2048 with 1024 px tiles, the low-res plan "
+            "to 1024×512.",
         ),
-        planner(15, (20, 900), (192, 128), (192, 128), 0, "low-res plan (one tile)", vae=(1, 2)),
-        sampler(16, (400, 1200), (1, 0), "causal", "low-res pass"),
-        global_context(17, (800, 1200), latent=(16, 0)),
+        low_res,
+        sampler(16, (780, 40), (1, 0), "causal", "low-res pass", tile_plan=(15, 0)),
+        global_context(17, (780, 750), latent=(16, 0)),
     ]
 
 
 def upscale() -> list[Node]:
     return [
         loader(1, (20, 40)),
-        text(2, (20, 260), PROMPT, "positive"),
-        text(3, (20, 420), "", "negative"),
-        Node(4, "LoadImage", (20, 580), [("image", "example.png"), (UI_ONLY, "image")], size=(320, 340)),
+        text(2, (20, 300), PROMPT, "positive"),
+        text(3, (20, 470), "", "negative"),
+        Node(4, "LoadImage", (20, 650), [("image", "example.png"), (UI_ONLY, "image")], size=(320, 340)),
         Node(
             6,
             "ImageScale",
@@ -250,7 +321,13 @@ def upscale() -> list[Node]:
             size=(320, 140),
         ),
         planner(5, (400, 40), image=(6, 0), vae=(1, 2)),
-        Node(7, "SanaTileSplit", (800, 40), links={"tile_plan": (5, 0), "image": (6, 0)}, size=(260, 80)),
+        Node(
+            7,
+            "SanaTemporalTileSplit",
+            (800, 40),
+            links={"tile_plan": (5, 0), "image": (6, 0)},
+            size=(260, 80),
+        ),
         Node(8, "VAEEncode", (800, 180), links={"pixels": (7, 0), "vae": (1, 2)}, size=(220, 60)),
         Node(
             9,
@@ -272,7 +349,7 @@ def upscale() -> list[Node]:
         Node(10, "VAEDecode", (1500, 40), links={"samples": (9, 0), "vae": (1, 2)}, size=(220, 60)),
         Node(
             11,
-            "SanaSeamBlender",
+            "SanaTemporalSeamBlender",
             (1500, 160),
             [("method", "laplacian"), ("ramp", "cosine"), ("color_correction", "apt"), ("batch_size", 1)],
             {"images": (10, 0), "tile_plan": (5, 0)},
@@ -281,7 +358,7 @@ def upscale() -> list[Node]:
         Node(
             12,
             "SaveImage",
-            (1900, 40),
+            (1960, 40),
             [("filename_prefix", "sana_tiling/upscale_blended")],
             {"images": (11, 0)},
             size=(420, 360),
@@ -291,7 +368,7 @@ def upscale() -> list[Node]:
         ),
         note(
             14,
-            (20, 960),
+            (20, 1040),
             "Upscale an existing picture: scale it to the canvas, cut it into the plan's "
             "tiles, refine every tile with the stock KSampler (img2img, denoise 0.35), stitch them back with "
             "the Seam Blender (multi-band blend, colour matched across overlaps) and measure the seams. Any "
@@ -303,13 +380,13 @@ def upscale() -> list[Node]:
 def compare() -> list[Node]:
     nodes = [
         loader(1, (20, 40)),
-        text(2, (20, 260), PROMPT, "positive"),
-        text(3, (20, 420), "", "negative"),
-        bcla_cache(4, (20, 580)),
-        planner(5, (20, 840), vae=(1, 2)),
+        text(2, (20, 300), PROMPT, "positive"),
+        text(3, (20, 470), "", "negative"),
+        bcla_cache(4, (20, 650)),
+        planner(5, (20, 920), vae=(1, 2)),
         note(
             6,
-            (20, 1420),
+            (20, 1540),
             "Side by side on one seed and one noise: independent tiles (overlaps averaged), "
             "MultiDiffusion (per-step overlap averaging) and causal tiling with the BCLA cache. Each row "
             "saves its canvas and shows its seam metrics: gradient ratio (1.0 = invisible), ΔE2000, overlap "
@@ -318,16 +395,16 @@ def compare() -> list[Node]:
     ]
     rows = (("independent", (1, 0)), ("multidiffusion", (1, 0)), ("causal", (4, 0)))
     for row, (mode, model) in enumerate(rows):
-        base, y = 10 + 10 * row, 40 + 420 * row
+        base, y = 10 + 10 * row, 40 + 740 * row
         nodes += [
             sampler(base, (400, y), model, mode, f"{mode} tiles"),
             Node(
-                base + 1, "VAEDecode", (780, y), links={"samples": (base, 0), "vae": (1, 2)}, size=(220, 60)
+                base + 1, "VAEDecode", (840, y), links={"samples": (base, 0), "vae": (1, 2)}, size=(220, 60)
             ),
             Node(
                 base + 2,
                 "VAEDecode",
-                (780, y + 100),
+                (840, y + 110),
                 links={"samples": (base, 1), "vae": (1, 2)},
                 title="decode tiles",
                 size=(220, 60),
@@ -335,14 +412,14 @@ def compare() -> list[Node]:
             Node(
                 base + 3,
                 "SaveImage",
-                (1040, y),
+                (1100, y),
                 [("filename_prefix", f"sana_tiling/compare_{mode}")],
                 {"images": (base + 1, 0)},
                 size=(300, 300),
             ),
             metrics(
                 base + 4,
-                (1380, y),
+                (1440, y),
                 f"sana_tiling/compare_{mode}_metrics",
                 image=(base + 1, 0),
                 tile_plan=(5, 0),
@@ -350,6 +427,80 @@ def compare() -> list[Node]:
             ),
         ]
     return nodes
+
+
+def extramodels_txt2img() -> list[Node]:
+    """The tiling nodes on a SANA loaded by ComfyUI_ExtraModels: its loader, Gemma and VAE nodes."""
+    gemma = {"GEMMA": (2, 0)}
+    return [
+        Node(
+            1,
+            "SanaCheckpointLoader",
+            (20, 40),
+            [
+                ("ckpt_name", "Efficient-Large-Model/Sana_1600M_1024px_BF16"),
+                ("model", "SanaMS_1600M_P1_D20"),
+                ("dtype", "auto"),
+                ("enable_cfg_passthrough", True),
+            ],
+            title="Sana Checkpoint Loader (ExtraModels)",
+            size=(380, 160),
+        ),
+        Node(
+            2,
+            "GemmaLoader",
+            (20, 240),
+            [("model_name", "Efficient-Large-Model/gemma-2-2b-it"), ("device", "cpu"), ("dtype", "default")],
+            title="Gemma Loader (ExtraModels)",
+            size=(380, 130),
+        ),
+        Node(3, "SanaTextEncode", (20, 420), [("text", PROMPT)], gemma, "positive", (380, 140)),
+        Node(4, "SanaTextEncode", (20, 600), [("text", "")], gemma, "negative", (380, 140)),
+        Node(
+            5,
+            "ExtraVAELoader",
+            (20, 780),
+            [
+                ("vae_name", "mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers"),
+                ("vae_type", "dcae-f32c32-sana-1.1-diffusers"),
+                ("dtype", "BF16"),
+            ],
+            title="ExtraVAELoader (DC-AE)",
+            size=(380, 130),
+        ),
+        bcla_cache(6, (440, 40)),
+        planner(7, (440, 300), (2048, 1024), (1024, 1024), 256, compression=32, vae=(5, 0)),
+        sampler(
+            8,
+            (840, 40),
+            (6, 0),
+            "causal",
+            "Causal SANA Sampler",
+            steps=20,
+            positive=(3, 0),
+            negative=(4, 0),
+            tile_plan=(7, 0),
+        ),
+        Node(9, "VAEDecode", (1220, 40), links={"samples": (8, 0), "vae": (5, 0)}, size=(220, 60)),
+        Node(
+            10,
+            "SaveImage",
+            (1480, 40),
+            [("filename_prefix", "sana_tiling/extramodels_canvas")],
+            {"images": (9, 0)},
+            size=(520, 320),
+        ),
+        Node(11, "PreviewImage", (840, 480), links={"images": (7, 1)}, title="tile plan", size=(340, 260)),
+        note(
+            12,
+            (1220, 420),
+            "Temporal tiling on the SANA of ComfyUI_ExtraModels: its loader, Gemma and text-encode nodes "
+            "and its DC-AE VAE, with this pack's BCLA Cache, Tile Planner and Causal SANA Sampler. A 2048×"
+            "1024 canvas is generated as 3×1 tiles of 1024 px. The Efficient-Large-Model fork downloads "
+            "the listed models; with city96's original pick your files in the loaders (its VAE config is "
+            "dcae-f32c32-sana-1.0).",
+        ),
+    ]
 
 
 # --- serialisation ---------------------------------------------------------------------------------
@@ -387,7 +538,7 @@ def to_ui(nodes: list[Node]) -> dict:
             "id": node.id,
             "type": node.type,
             "pos": list(node.pos),
-            "size": list(node.size),
+            "size": [node.size[0], max(node.size[1], drawn_height(node))],
             "flags": {},
             "order": order,
             "mode": 0,
@@ -420,6 +571,7 @@ WORKFLOWS = {
     "txt2img_temporal_tiling": txt2img,
     "upscale_split_img2img_blend": upscale,
     "compare_methods": compare,
+    "extramodels_txt2img_temporal_tiling": extramodels_txt2img,
 }
 
 

@@ -2,7 +2,8 @@
 
 No SANA weights can be downloaded where this pack is tested, so the loaders are exercised with state dicts
 that have exactly the keys and shape relations of the published checkpoints: at the published sizes on the
-`meta` device (no memory, for key/shape checks) or at toy sizes with random values (to run).
+`meta` device (no memory, for key/shape checks), at toy sizes with random values (to run), or at the
+published sizes with random values (`bench/bench_scale.py`, `bench/bench_gpu.py`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,38 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderDC, SanaTransformer2DModel
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
 
 from .text import COMPLEX_HUMAN_INSTRUCTION
+from .vae import SANA_DCAE_F32C32_CONFIG
 
 TIMESTEP_FREQUENCIES = 256  # diffusers' Timesteps(num_channels=256) feeding t_embedder.mlp.0
+# original_state_dict keywords of published checkpoints (SANA's configs: hidden, depth, latent grid, PE).
+PUBLISHED_TRANSFORMERS: dict[str, dict] = {
+    "Sana_600M_1024px": {"hidden": 1152, "depth": 28, "grid": 32},
+    "Sana_1600M_1024px": {"hidden": 2240, "depth": 20, "grid": 32},
+    "Sana_1600M_4Kpx": {"hidden": 2240, "depth": 20, "grid": 128, "pe_scale": 2.0},
+}
+# google/gemma-2-2b-it, SANA's text encoder (2.6 B parameters).
+GEMMA2_2B_CONFIG = {
+    "vocab_size": 256000,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "max_position_embeddings": 8192,
+    "sliding_window": 4096,
+    "query_pre_attn_scalar": 256,
+    "attn_logit_softcapping": 50.0,
+    "final_logit_softcapping": 30.0,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "bos_token_id": 2,
+}
 
 
 def original_state_dict(
@@ -35,19 +62,16 @@ def original_state_dict(
     pe_scale: float | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
     """An original-layout SANA state dict (`blocks.N.attn.qkv.weight` ...), as SANA's training code saves it.
 
-    On `meta` the tensors take no memory; on a real device they are small random values. `pos_embed` is the
-    zero buffer SANA keeps when it trains without PE, or its sin-cos table at `pe_scale`.
+    On `meta` the tensors take no memory; on a real device they are small random values in `dtype` (drawn
+    on that device, so a GPU fills a published size in seconds). `pos_embed` is the zero buffer SANA keeps
+    when it trains without PE, or its sin-cos table at `pe_scale` (float32, as SANA saves it).
     """
-    generator = torch.Generator().manual_seed(seed)
     mlp_hidden = int(mlp_ratio * hidden)
-
-    def t(*shape: int) -> torch.Tensor:
-        if str(device) == "meta":
-            return torch.empty(shape, device="meta")
-        return (torch.randn(shape, generator=generator) * 0.02).to(device)
+    t = _random_tensors(device, dtype, seed)
 
     sd: dict[str, torch.Tensor] = {
         "x_embedder.proj.weight": t(hidden, in_channels, patch_size, patch_size),
@@ -101,6 +125,57 @@ def original_state_dict(
                 sd[b + f"{attn}.q_norm.weight"] = t(hidden)
                 sd[b + f"{attn}.k_norm.weight"] = t(hidden)
     return sd
+
+
+def _random_tensors(device: str | torch.device, dtype: torch.dtype, seed: int):
+    """shape -> tensor of N(0, 0.02²) values in `dtype` on `device` (empty on `meta`), one seeded stream."""
+    if str(device) == "meta":
+        return lambda *shape: torch.empty(shape, device="meta", dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype).mul_(0.02)
+
+    return draw
+
+
+def random_state_dict(
+    module: torch.nn.Module, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random N(0, 0.02²) values in the keys and shapes of `module`'s state dict (`module` may be on `meta`).
+
+    Building the module on `meta` and drawing only its state dict skips the framework's weight init, which
+    takes minutes at published sizes on a CPU.
+    """
+    draw = _random_tensors("cpu", dtype, seed)
+    return {key: draw(*value.shape) for key, value in module.state_dict().items()}
+
+
+def published_dcae_state_dict(dtype: torch.dtype = torch.float32, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights in the diffusers layout of SANA's DC-AE f32c32 (312 M parameters)."""
+    with torch.device("meta"):
+        vae = AutoencoderDC(**SANA_DCAE_F32C32_CONFIG)
+    return random_state_dict(vae, dtype, seed)
+
+
+def write_gemma2_folder(
+    folder: str | Path, num_hidden_layers: int = 26, dtype: torch.dtype = torch.bfloat16, seed: int = 0
+) -> Path:
+    """A Gemma-2-2B-shaped text encoder folder (config, random safetensors, tokenizer) for
+    `load_text_encoder`; `num_hidden_layers` < 26 keeps Gemma-2-2B's width with fewer layers.
+
+    The tokenizer is `tiny_tokenizer` (word level, Gemma's special tokens): the real SentencePiece
+    vocabulary cannot be downloaded, so the template tokenises into its words, not Gemma's pieces.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = Gemma2Config(**(GEMMA2_2B_CONFIG | {"num_hidden_layers": num_hidden_layers}), dtype=dtype)
+    with torch.device("meta"):
+        model = Gemma2Model(config)
+    save_file(random_state_dict(model, dtype, seed), str(folder / "model.safetensors"))
+    config.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
 
 
 def tiny_transformer_config(in_channels: int = 8, caption_channels: int = 32, sample_size: int = 4) -> dict:

@@ -4,6 +4,7 @@ context, split/blend and metrics, as ComfyUI's executor calls them (``execute`` 
 
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
@@ -58,6 +59,7 @@ def _sample(nodes, model, conds, plan, **overrides):
         denoise=1.0,
         mode="causal",
         lock_feather=1,
+        lock_margin=0,
         lock_release=0.0,
         release_band=0,
         batch_size=1,
@@ -232,6 +234,14 @@ def test_lock_release_runs_through_comfys_mask_function_after_an_earlier_one(nod
     spied.set_model_denoise_mask_function(earlier)
     assert torch.equal(_sample(nodes, spied, conds, plan, lock_release=0.5)[1], released)
     assert seen and seen[0][-2:] == (plan.tile_height, plan.tile_width)
+
+
+def test_lock_margin_regenerates_the_earlier_tiles_edge(nodes, parts, conds, plan):
+    model, _, _ = parts
+    locked = _sample(nodes, model, conds, plan)
+    margin = _sample(nodes, model, conds, plan, lock_margin=1)
+    assert torch.equal(margin[1][0], locked[1][0])  # the first tile has no earlier edge
+    assert not torch.allclose(margin[1][1:], locked[1][1:])
 
 
 def test_every_sampler_and_scheduler_runs(nodes, parts, conds, plan):
@@ -428,12 +438,25 @@ def test_split_blend_roundtrip_and_metrics_report(nodes, plan, tmp_path, monkeyp
     with pytest.raises(ValueError, match="set batch_size to the number of canvases"):
         nodes.tiles.SanaSeamBlender.execute(two, plan, "feather", "cosine", "none")
     result = nodes.metrics.SanaTileMetrics.execute(image, plan, "sana/report", tiles=tiles)
-    report, ratio, delta_e, psnr, heatmap = result.result
+    report, ratio, delta_e, psnr, heatmap, jump, seamless = result.result
     assert "gradient ratio" in report and psnr == pytest.approx(100.0)  # identical overlaps: capped PSNR
-    assert heatmap.shape == image.shape and ratio > 0 and delta_e >= 0
+    assert heatmap.shape == image.shape and ratio > 0 and delta_e >= 0 and jump > 0
+    assert seamless is True  # an untouched image re-stitched has no seam
     saved = list((tmp_path / "sana").glob("report_*_.json"))
-    assert len(saved) == 1 and "report" in saved[0].read_text()
-    assert result.ui["text"][0].startswith("| metric") and not list(tmp_path.rglob(".tmp_*"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text())["report"]["meets_targets"] is True
+    assert result.ui["text"][0].startswith("seamless") and not list(tmp_path.rglob(".tmp_*"))
+
+    ramp = torch.linspace(0.2, 0.7, plan.width_px)
+    stepped = ramp[None, None, :, None].expand(1, plan.height_px, -1, 3).clone()  # smooth, no seam
+    seam = plan.seams()[0]
+    if seam.axis == "vertical":
+        stepped[:, :, seam.overlap_start :] += 0.15  # a hard step at the overlap's border, not its centre
+    else:
+        stepped[:, seam.overlap_start :] += 0.15
+    guide = torch.nn.functional.avg_pool2d(stepped.movedim(-1, 1), 4).movedim(1, -1)
+    flagged = nodes.metrics.SanaTileMetrics.execute(stepped.clamp(0, 1), plan, "sana/report", guide=guide)
+    assert flagged.result[-1] is False and flagged.ui["text"][0].startswith("seams visible")
+    assert "guide" in flagged.result[0]
 
 
 # --- README advice and prompt warnings ---------------------------------------------------------------

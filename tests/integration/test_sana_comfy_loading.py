@@ -167,9 +167,9 @@ def test_bcla_check_refuses_foreign_attention(folder_parts, sana_model) -> None:
     model, _, _ = folder_parts
     foreign = model.clone()
     foreign.model = types.SimpleNamespace(diffusion_model=_LiteLA())
-    with pytest.raises(ValueError, match=r"Load SANA \(SanaCheckpointLoader\)"):
+    with pytest.raises(ValueError, match=r"Load SANA \(SanaTemporalCheckpointLoader\)"):
         sana_model.require_sana_linear_attention(foreign)
-    with pytest.raises(ValueError, match="does not use diffusers' SANA linear attention"):
+    with pytest.raises(ValueError, match="does not use diffusers' SANA modules"):
         sana_model.require_sana_linear_attention(comfy.model_patcher.ModelPatcher(_LiteLA(), "cpu", "cpu"))
     from diffusers.models.attention_processor import AttnProcessor2_0
 

@@ -14,7 +14,7 @@ FROM = "(from checkpoint folder)"
 
 
 def txt2img(ckpt: str, vae: str = FROM, text: str = FROM, tiled: bool = False, size: int = 128) -> dict:
-    """SanaCheckpointLoader -> CLIPTextEncode (+/-) -> KSampler -> VAEDecode(Tiled) -> SaveImage."""
+    """SanaTemporalCheckpointLoader -> CLIPTextEncode (+/-) -> KSampler -> VAEDecode(Tiled) -> SaveImage."""
     tiles = {"tile_size": 64, "overlap": 32, "temporal_size": 64, "temporal_overlap": 8} if tiled else {}
     decode = {
         "class_type": "VAEDecodeTiled" if tiled else "VAEDecode",
@@ -22,7 +22,7 @@ def txt2img(ckpt: str, vae: str = FROM, text: str = FROM, tiled: bool = False, s
     }
     return {
         "1": {
-            "class_type": "SanaCheckpointLoader",
+            "class_type": "SanaTemporalCheckpointLoader",
             "inputs": {
                 "ckpt_name": ckpt,
                 "vae_name": vae,
@@ -66,7 +66,7 @@ def _saved_image(server, entry: dict, models_dir) -> Image.Image:
 
 
 def test_object_info_lists_loader_choices(server) -> None:
-    info = server.get("/object_info/SanaCheckpointLoader")["SanaCheckpointLoader"]
+    info = server.get("/object_info/SanaTemporalCheckpointLoader")["SanaTemporalCheckpointLoader"]
     choices = info["input"]["required"]["ckpt_name"][1]["options"]
     assert "tiny_sana_diffusers/" in choices and "tiny_sana_pe2.pth" in choices
     assert info["output"] == ["MODEL", "CLIP", "VAE"]
@@ -103,6 +103,6 @@ def test_non_sana_checkpoint_fails_on_the_node_with_a_clear_message(server) -> N
     entry = server.run(txt2img("sd15.safetensors", "tiny_dcae/", "tiny_gemma2/"))
     assert entry["status"]["status_str"] == "error"
     errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
-    assert errors and errors[0]["node_type"] == "SanaCheckpointLoader"
+    assert errors and errors[0]["node_type"] == "SanaTemporalCheckpointLoader"
     assert "sd15.safetensors" in errors[0]["exception_message"]
     assert "not a SANA transformer checkpoint" in errors[0]["exception_message"]

@@ -33,7 +33,7 @@ def pack_node_ids() -> set[str]:
 def with_model(graph: dict, ckpt: str) -> dict:
     graph = copy.deepcopy(graph)
     for node in graph.values():
-        if node["class_type"] == "SanaCheckpointLoader":
+        if node["class_type"] == "SanaTemporalCheckpointLoader":
             node["inputs"]["ckpt_name"] = ckpt
     return graph
 
@@ -53,7 +53,7 @@ def object_info(comfy_server) -> dict:
 
 
 def _embedded_available(object_info) -> bool:
-    kind, options = object_info["SanaCheckpointLoader"]["input"]["required"]["ckpt_name"][:2]
+    kind, options = object_info["SanaTemporalCheckpointLoader"]["input"]["required"]["ckpt_name"][:2]
     choices = options.get("options", []) if kind == "COMBO" else kind  # schema API or classic combo
     return EMBEDDED_ENTRY in choices
 
@@ -65,7 +65,8 @@ def test_pack_imports_cleanly_and_registers_exactly_its_nodes(comfy_server, obje
         name for name, info in object_info.items() if info["python_module"].endswith("sana_temporal_tiling")
     }
     assert ours == pack_node_ids()
-    for name in ours - {"SanaCheckpointLoader", "SanaVAELoader", "SanaTextEncoderLoader"}:
+    loaders = {"SanaTemporalCheckpointLoader", "SanaTemporalVAELoader", "SanaTemporalTextEncoderLoader"}
+    for name in ours - loaders:
         info = object_info[name]
         assert info["category"] == "sana/temporal tiling"
         for group in ("required", "optional"):
@@ -90,11 +91,11 @@ def _run_and_check(comfy_server, models_dir, graph: dict) -> dict:
             assert images, node_id
             for image in images:
                 assert (models_dir / "output" / image["subfolder"] / image["filename"]).is_file()
-        if node["class_type"] == "SanaTileMetrics":
+        if node["class_type"] == "SanaTemporalTileMetrics":
             report = outputs[node_id]["report_file"][0]
             saved = json.loads((models_dir / "output" / report).read_text())
-            assert saved["report"]["gradient_ratio_mean"] > 0
-            assert "| metric" in outputs[node_id]["text"][0]
+            assert saved["report"]["gradient_ratio_mean"] > 0 and "verdict" in saved["report"]
+            assert "| metric | seams | floor" in outputs[node_id]["text"][0]
     return entry
 
 
@@ -111,7 +112,7 @@ def test_api_workflow_graph_runs_with_a_tiny_model(comfy_server, models_dir, nam
     """The same graphs on a tiny SANA with the real layout (4× VAE): wiring and every node execute."""
     graph = with_model(workflow(name), TINY)
     for node in graph.values():
-        if node["class_type"] in ("SanaCausalSampler", "KSampler"):
+        if node["class_type"] in ("SanaTemporalCausalSampler", "KSampler"):
             node["inputs"]["steps"] = 2
     _run_and_check(comfy_server, models_dir, graph)
 
@@ -179,6 +180,6 @@ def test_plan_for_another_compression_fails_on_the_sampler_and_writes_nothing(co
     entry = comfy_server.run(graph, timeout=600)
     assert entry["status"]["status_str"] == "error", json.dumps(entry)[:2000]
     failure = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
-    assert graph[failure["node_id"]]["class_type"] == "SanaCausalSampler"
+    assert graph[failure["node_id"]]["class_type"] == "SanaTemporalCausalSampler"
     assert "but this model's VAE has 4 px per latent cell" in failure["exception_message"]
     assert not _saved(models_dir, "refused_compression")

@@ -239,6 +239,32 @@ def test_rotated_denominator_crosses_zero_which_is_why_bcla_must_not_use_it():
     assert ratio.min() < 1e-2, "…and gets near zero where the true normaliser does not"
 
 
+def test_fp16_model_at_4k_token_counts_keeps_statistics_in_float32():
+    """A SANA 4K tile is 128 × 128 = 16384 tokens. Its S = Σ φ(k)ᵀ[v; 1] leaves fp16's range (65504)
+    long before the sum ends, so the processor runs the model's fp16 projections but accumulates,
+    caches and mixes S in float32; two such tiles (one cached) match float64 attention over both."""
+    attn = linear_attn(dim=64, heads=2, dtype=torch.float16)
+    with torch.no_grad():
+        for projection in (attn.to_q, attn.to_k, attn.to_v):
+            projection.weight.mul_(4)
+    n = 16384
+    a = (tokens(n, dim=64, seed=1).abs() + 1).half()
+    b = (tokens(n, dim=64, seed=2).abs() + 1).half()
+    with torch.no_grad():
+        out, cache = _cache_a_then_b({"hidden_states": a}, {"hidden_states": b}, attn)
+        k = torch.relu(attn.to_k(a)).unflatten(2, (2, -1))  # [1, N, heads, d], fp16 as the model gives it
+        v = attn.to_v(a).unflatten(2, (2, -1))
+        in_fp16 = torch.einsum("bnhd,bnhe->bhde", v, k)  # the same sum kept in the model's dtype
+        attn64 = attn.double()
+        full = SanaLinearAttnProcessor2_0()(attn64, torch.cat([a, b], dim=1).double())[:, n:]
+    stats = cache._store.get(0.5, LAYER, 0)
+    assert stats.dtype == torch.float32
+    assert torch.isfinite(stats).all() and stats.abs().max() > 65504, "S must exceed fp16's range"
+    assert not torch.isfinite(in_fp16).all(), "the same sum in fp16 overflows: the test would catch it"
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert (out.double() - full).abs().max() < 1e-2 * full.abs().max()
+
+
 # --- 5. CFG branches never mix --------------------------------------------------------------------
 def _cfg_run(perturbed: int | None):
     """Tile 0 then tile 1 with a [cond, uncond] batch; optionally perturb one branch's tile-0 inputs."""

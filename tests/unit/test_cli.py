@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tiny_models import tiny_sana
 
-from temporal_tiling import cli
+from temporal_tiling import cli, sampling
 from temporal_tiling.atomic import write_atomic
 
 COMPRESSION = 8
@@ -87,6 +87,19 @@ def test_lock_flags_reach_the_causal_sampler(tmp_path: Path) -> None:
     assert not np.array_equal(images["locked"], images["released"])
 
 
+def test_lock_margin_flag_reaches_the_causal_sampler(tmp_path: Path, monkeypatch) -> None:
+    margins = []
+
+    def recording_generate(*args, **kwargs):
+        margins.append(kwargs["lock_margin"])
+        return generate(*args, **kwargs)
+
+    generate = sampling.generate  # the CLI imports it when a run starts
+    monkeypatch.setattr(sampling, "generate", recording_generate)
+    assert run([*BASE, "--method", "causal", "--lock-margin", "2", "--out", str(tmp_path)]) == 0
+    assert margins == [2]
+
+
 def test_global_context_flags_render_a_guide(tmp_path: Path) -> None:
     argv = [
         *BASE,
@@ -105,6 +118,38 @@ def test_global_context_flags_render_a_guide(tmp_path: Path) -> None:
     assert (tmp_path / "causal.png").is_file()
 
 
+def test_guided_renders_the_whole_scene_first_with_either_upscale(tmp_path: Path) -> None:
+    def loader_with_encoder(folder: Path, device: torch.device) -> cli.LoadedModel:
+        model = tiny_loader(folder, device)
+
+        def encode(image: torch.Tensor) -> torch.Tensor:
+            rgb = torch.logit(F.avg_pool2d(image, COMPRESSION).clamp(0.01, 0.99))
+            return torch.cat([rgb, torch.zeros_like(rgb[:, :1])], 1)
+
+        model.encode = encode
+        return model
+
+    outputs = {}
+    for upscale in ("latent", "pixel"):
+        out = tmp_path / upscale
+        argv = [
+            *BASE,
+            "--method",
+            "guided",
+            "--context-seed",
+            "1",
+            "--guide-upscale",
+            upscale,
+            "--out",
+            str(out),
+        ]
+        assert run(argv, loader_with_encoder) == 0
+        with Image.open(out / "guide.png") as guide, Image.open(out / "guided.png") as canvas:
+            assert guide.size == (32, 24) and canvas.size == (64, 40)
+            outputs[upscale] = np.asarray(canvas)
+    assert not np.array_equal(outputs["latent"], outputs["pixel"])
+
+
 @pytest.mark.parametrize(
     ("flags", "flag", "message"),
     [
@@ -117,10 +162,18 @@ def test_global_context_flags_render_a_guide(tmp_path: Path) -> None:
         (["--context-stats", "2"], "--context-stats", "must be <= 1"),
         (["--lock-release", "2"], "--lock-release", "must be <= 1"),
         (["--release-band", "-1"], "--release-band", "must be >= 0"),
+        (["--lock-margin", "-1"], "--lock-margin", "must be >= 0"),
+        (["--guide-denoise", "0"], "--guide-denoise", "must be > 0"),
+        (["--method", "guided", "--guide-upscale", "pixel"], "--guide-upscale", "no image encoder"),
         (["--method", "magic"], "--method", "invalid choice"),
         (["--device", "warp9"], "--device", "unknown torch device"),
-        (["--method", "independent", "--context-skip", "0.5"], "--method", "only used by the causal method"),
+        (
+            ["--method", "independent", "--context-skip", "0.5"],
+            "--method",
+            "only used by the causal and guided",
+        ),
         (["--context-stats", "0.5", "--context-size", "1"], "--context-size", "needs at least 8 px"),
+        (["--method", "guided", "--context-size", "1"], "--context-size", "needs at least 8 px"),
         (["--width", "100000"], "--width", "must be <= 16384"),
         (
             ["--width", "16384", "--height", "16384", "--tile", "64", "--overlap", "0"],

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,13 +21,13 @@ WORKFLOWS = ROOT / "workflows"
 CATEGORY = "sana/temporal tiling"
 
 DISPLAY_NAMES = {
-    "SanaTilePlanner": "Tile Planner",
-    "SanaBCLACache": "BCLA Cache",
-    "SanaGlobalContext": "Global Context Encoder",
-    "SanaCausalSampler": "Causal SANA Sampler",
-    "SanaTileSplit": "Split Into Tiles",
-    "SanaSeamBlender": "Seam Blender",
-    "SanaTileMetrics": "Quality Metrics",
+    "SanaTemporalTilePlanner": "Tile Planner",
+    "SanaTemporalBCLACache": "BCLA Cache",
+    "SanaTemporalGlobalContext": "Global Context Encoder",
+    "SanaTemporalCausalSampler": "Causal SANA Sampler",
+    "SanaTemporalTileSplit": "Split Into Tiles",
+    "SanaTemporalSeamBlender": "Seam Blender",
+    "SanaTemporalTileMetrics": "Quality Metrics",
 }
 WORKFLOW_NAMES = ("txt2img_temporal_tiling", "upscale_split_img2img_blend", "compare_methods")
 
@@ -87,6 +89,18 @@ CORE = {
     ),
     "Note": ({}, []),
 }
+# ComfyUI_ExtraModels' SANA nodes (Efficient-Large-Model fork) that the ExtraModels workflow uses.
+EXTRAMODELS = {
+    "SanaCheckpointLoader": (
+        {"ckpt_name": "COMBO", "model": "COMBO", "dtype": "COMBO", "enable_cfg_passthrough": "BOOLEAN"},
+        ["MODEL"],
+    ),
+    "GemmaLoader": ({"model_name": "COMBO", "device": "COMBO", "dtype": "COMBO"}, ["GEMMA"]),
+    "SanaTextEncode": ({"text": "STRING", "GEMMA": "GEMMA"}, ["CONDITIONING"]),
+    "ExtraVAELoader": ({"vae_name": "COMBO", "vae_type": "COMBO", "dtype": "COMBO"}, ["VAE"]),
+}
+KNOWN = CORE | EXTRAMODELS
+EXTRAMODELS_WORKFLOW = "extramodels_txt2img_temporal_tiling"
 
 
 # --- static schema reading -------------------------------------------------------------------------
@@ -177,16 +191,16 @@ SCHEMAS = read_schemas()
 
 
 def _signature(node_type: str) -> tuple[dict[str, str], list[str]]:
-    if node_type in CORE:
-        return CORE[node_type]
+    if node_type in KNOWN:
+        return KNOWN[node_type]
     schema = SCHEMAS[node_type]
     return {i["name"]: i["type"] for i in schema["inputs"]}, [o["type"] for o in schema["outputs"]]
 
 
 def _widget_names(node_type: str) -> list[str]:
     """Widget order of a node in UI format (a seed with control_after_generate adds one value)."""
-    if node_type in CORE:
-        return [n for n, t in CORE[node_type][0].items() if t in WIDGETS]
+    if node_type in KNOWN:
+        return [n for n, t in KNOWN[node_type][0].items() if t in WIDGETS]
     names = []
     for i in SCHEMAS[node_type]["inputs"]:
         if i["type"] in WIDGETS:
@@ -202,6 +216,72 @@ def test_node_ids_display_names_and_category():
     assert {k: v["display_name"] for k, v in ours.items()} == DISPLAY_NAMES
     assert {v["category"] for v in ours.values()} <= {"CATEGORY", CATEGORY}
     assert f'CATEGORY = "{CATEGORY}"' in (NODES / "common.py").read_text()
+
+
+# Node ids that other SANA packs register. ComfyUI keeps one class per id, so sharing one would hide
+# theirs (ComfyUI_ExtraModels by city96 and its Efficient-Large-Model fork, then other SANA packs).
+OTHER_SANA_PACK_IDS = frozenset(
+    {
+        "SanaCheckpointLoader",
+        "GemmaLoader",
+        "SanaTextEncode",
+        "EmptySanaLatentImage",
+        "ExtraVAELoader",
+        "EmptyDCAELatentImage",
+        "SanaResolutionSelect",
+        "SanaResolutionCond",
+        "ScmModelSampling",
+        "SanaVAELoader",
+        "SanaCLIPLoader",
+        "SanaEmptyLatentImage",
+        "SanaLoRALoader",
+    }
+)
+NODE_ID_PREFIX = "SanaTemporal"
+
+
+def core_node_ids(comfyui: Path) -> set[str]:
+    """Node ids of a ComfyUI checkout, read statically: NODE_CLASS_MAPPINGS dict keys and schema node_ids
+    in nodes.py, comfy_extras/ and comfy_api_nodes/ (importing them needs ComfyUI's whole runtime)."""
+    files = [comfyui / "nodes.py", *(comfyui / "comfy_extras").rglob("*.py")]
+    files += (comfyui / "comfy_api_nodes").rglob("*.py")
+    ids: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+                if any(getattr(t, "id", None) == "NODE_CLASS_MAPPINGS" for t in node.targets):
+                    ids |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+            elif (
+                isinstance(node, ast.keyword)
+                and node.arg == "node_id"
+                and isinstance(node.value, ast.Constant)
+            ):
+                ids.add(node.value.value)
+    return ids
+
+
+def test_node_ids_are_prefixed_and_unused_by_other_sana_packs():
+    assert len(SCHEMAS) >= 11
+    assert [i for i in SCHEMAS if not i.startswith(NODE_ID_PREFIX)] == []
+    assert set(SCHEMAS) & OTHER_SANA_PACK_IDS == set()
+
+
+def test_front_end_extends_existing_node_ids():
+    """js/ finds its nodes by id; a renamed id would silently drop the plan preview."""
+    script = (ROOT / "js" / "tile_plan_preview.js").read_text()
+    used = set(re.findall(r"""nodeData\.name === ["']([A-Za-z0-9_]+)["']""", script))
+    assert used == {"SanaTemporalTilePlanner", "SanaTemporalTileMetrics"}
+    assert used <= set(SCHEMAS)
+
+
+def test_node_ids_unused_by_core_comfyui():
+    """Needs a ComfyUI checkout at COMFYUI_PATH; the ids are read from its source without importing it."""
+    comfyui = Path(os.environ.get("COMFYUI_PATH", "/nonexistent"))
+    if not (comfyui / "nodes.py").is_file():
+        pytest.skip("set COMFYUI_PATH to a ComfyUI checkout to compare with its node ids")
+    core = core_node_ids(comfyui)
+    assert {"KSampler", "CheckpointLoaderSimple", "VAEDecodeTiled", "ModelSamplingSD3"} <= core
+    assert set(SCHEMAS) & core == set()
 
 
 def test_every_input_and_output_has_a_tooltip():
@@ -246,12 +326,12 @@ def _load(name: str) -> tuple[dict, dict]:
     )
 
 
-@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+@pytest.mark.parametrize("name", (*WORKFLOW_NAMES, EXTRAMODELS_WORKFLOW))
 def test_ui_workflow_uses_existing_nodes_and_consistent_links(name):
     ui, _ = _load(name)
     nodes = {n["id"]: n for n in ui["nodes"]}
     for node in nodes.values():
-        assert node["type"] in CORE or node["type"] in SCHEMAS, f"unknown node type {node['type']}"
+        assert node["type"] in KNOWN or node["type"] in SCHEMAS, f"unknown node type {node['type']}"
     seen = set()
     for link_id, source, slot, target, target_slot, socket in ui["links"]:
         assert link_id not in seen
@@ -269,6 +349,8 @@ def test_ui_workflow_uses_existing_nodes_and_consistent_links(name):
             assert inp.get("link") is None or inp["link"] in seen
         for out in node.get("outputs", []):
             assert all(link in seen for link in out.get("links") or [])
+        if node["type"] in EXTRAMODELS:
+            assert len(node["widgets_values"]) == len(_widget_names(node["type"]))
         if node["type"] in SCHEMAS:
             connected = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
             required = {
@@ -281,7 +363,7 @@ def test_ui_workflow_uses_existing_nodes_and_consistent_links(name):
     assert ui["last_link_id"] >= max(seen) and ui["last_node_id"] >= max(nodes)
 
 
-@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+@pytest.mark.parametrize("name", (*WORKFLOW_NAMES, EXTRAMODELS_WORKFLOW))
 def test_api_workflow_agrees_with_ui_workflow(name):
     ui, api = _load(name)
     nodes = {str(n["id"]): n for n in ui["nodes"] if n["type"] != "Note"}
@@ -294,7 +376,7 @@ def test_api_workflow_agrees_with_ui_workflow(name):
             if inp.get("link") is not None:
                 _, source, slot, *_ = links[inp["link"]]
                 assert entry["inputs"][inp["name"]] == [str(source), slot], f"{node_id}.{inp['name']}"
-        if node["type"] in SCHEMAS:
+        if node["type"] in SCHEMAS or node["type"] in EXTRAMODELS:
             names = _widget_names(node["type"])
             widgets = dict(zip(names, node["widgets_values"], strict=True))
             for key, value in entry["inputs"].items():
@@ -306,9 +388,57 @@ def test_api_workflow_agrees_with_ui_workflow(name):
 def test_workflows_use_the_embedded_model():
     for name in WORKFLOW_NAMES:
         _, api = _load(name)
-        loaders = [n for n in api.values() if n["class_type"] == "SanaCheckpointLoader"]
+        loaders = [n for n in api.values() if n["class_type"] == "SanaTemporalCheckpointLoader"]
         assert loaders, f"{name} loads no SANA model"
         assert all("embedded" in json.dumps(n["inputs"]).lower() for n in loaders)
+
+
+def _embedded_compression() -> int:
+    config = json.loads((ROOT / "temporal_tiling/embedded/seamlab-sana/vae/config.json").read_text())
+    return 2 ** (len(config["encoder_block_out_channels"]) - 1)
+
+
+def _plan_of(api: dict, node_id: str):
+    w = api[node_id]["inputs"]
+    size = (w[k] for k in ("width", "height", "tile_width", "tile_height", "overlap"))
+    return make_plan(*size, _embedded_compression(), w["order"], w["shuffle_seed"], w["fit"])
+
+
+def test_txt2img_low_res_pass_renders_one_tile_and_its_note_tells_the_plans():
+    ui, api = _load("txt2img_temporal_tiling")
+    sampler = "SanaTemporalCausalSampler"
+    samplers = {n["_meta"]["title"]: n for n in api.values() if n["class_type"] == sampler}
+    low_res = _plan_of(api, samplers["low-res pass"]["inputs"]["tile_plan"][0])
+    canvas = _plan_of(api, samplers["Causal SANA Sampler"]["inputs"]["tile_plan"][0])
+    assert len(low_res) == 1 and len(canvas) > 1
+    (note,) = (n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note")
+    for plan in (low_res, canvas):
+        tiles = "one tile" if len(plan) == 1 else f"{plan.cols}×{plan.rows} tiles"
+        assert f"{tiles} of {plan.tile_width_px}×{plan.tile_height_px} px" in note, note
+
+
+def _least_drawn_height(node: dict) -> int:
+    """LiteGraph's computeSize: 20 px per socket row, 24 px per widget and 8 below them."""
+    sockets = [i for i in node["inputs"] if i["type"] not in WIDGETS]
+    height = 20 * max(len(sockets), len(node["outputs"]), 1)
+    widgets = len(_widget_names(node["type"])) if node["type"] in SCHEMAS else 0
+    return height + (24 * widgets + 8 if widgets else 0)
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_saved_nodes_are_as_tall_as_drawn_and_do_not_overlap(name):
+    ui, _ = _load(name)
+    title = 30  # the title bar is drawn above pos
+    boxes = []
+    for node in ui["nodes"]:
+        (x, y), (w, h) = node["pos"], node["size"]
+        assert h >= _least_drawn_height(node), f"{node['type']} {node['id']} saved {h} px tall"
+        if node["type"] == "SanaTemporalCausalSampler":
+            assert h >= 634, "the sampler with its live preview is drawn 634 px tall"
+        boxes.append((node["id"], x, y - title, x + w, y + h))
+    for i, (a, ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for b, bx0, by0, bx1, by1 in boxes[i + 1 :]:
+            assert not (ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1), f"nodes {a} and {b} overlap"
 
 
 # --- the browser's plan geometry ----------------------------------------------------------------

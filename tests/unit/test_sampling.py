@@ -15,13 +15,17 @@ from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
 from temporal_tiling.plan import TilePlan, make_plan
 from temporal_tiling.sampling import (
     CLEAN_SIGMA,
+    GuideFirst,
     LockRelease,
     SamplingError,
     TileJob,
     canvas_noise,
     generate,
+    guide_plan,
+    latent_upscale,
     lock_mask,
     multidiffusion_denoiser,
+    pixel_upscale,
     sample_causal,
     sample_independent,
 )
@@ -66,12 +70,33 @@ def test_lock_mask_ramps_linearly_from_known_to_new() -> None:
     plan = side_by_side_plan()
     assert torch.equal(lock_mask(plan, 0, 2), torch.ones(1, 1, 8, 8))
     overlap = make_plan(96, 64, 64, 64, 32, compression=8)  # tiles overlap by 4 columns
-    hard = lock_mask(overlap, 1, 0)[0, 0, 0]
+    hard = lock_mask(overlap, 1, 0, 0)[0, 0, 0]
     assert hard.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-    soft = lock_mask(overlap, 1, 2)[0, 0, 0]
+    soft = lock_mask(overlap, 1, 2, 0)[0, 0, 0]
     assert torch.allclose(soft, torch.tensor([0, 0, 1 / 3, 2 / 3, 1, 1, 1, 1]))
     with pytest.raises(SamplingError, match="lock_feather"):
         lock_mask(overlap, 1, -1)
+
+
+def test_lock_margin_regenerates_the_earlier_tiles_outermost_cells() -> None:
+    plan = overlapping_plan()  # tile 3 (bottom right) overlaps tiles 0, 1, 2 by 2 cells
+    inner = torch.arange(8)
+    for margin, first_new in ((0, 2), (1, 1), (2, 0)):
+        expected = ((inner[:, None] >= first_new) & (inner[None, :] >= first_new)).float()
+        assert torch.equal(lock_mask(plan, 3, 0, margin)[0, 0], expected), margin
+    # Tile 1 (top right): tile 0's top edge is the canvas border and stays locked; its bottom
+    # edge (canvas row 7) and right edge (column 7, tile 1's column 1) are regenerated.
+    known = lock_mask(plan, 1, 0, 1)[0, 0] == 0
+    assert known[:7, 0].all() and not known[7:, 0].any() and not known[:, 1:].any()
+    with pytest.raises(SamplingError, match="lock_margin"):
+        lock_mask(plan, 3, 0, -1)
+
+
+def test_lock_margin_reaches_generate(model, prompts) -> None:
+    plan = overlapping_plan()
+    kept, regenerated = (run(model, prompts, plan, lock_margin=m).tiles.split(1) for m in (0, 1))
+    assert torch.equal(kept[0], regenerated[0])  # the first tile has no earlier edge
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(kept[1:], regenerated[1:], strict=True))
 
 
 # --- determinism and order ------------------------------------------------------------------------
@@ -101,8 +126,8 @@ def test_tiles_run_in_plan_order_and_order_changes_the_result(model, prompts) ->
 
     noise = canvas_noise(11, (1, 4, 14, 14))
     with torch.no_grad():
-        a = sample_causal(raster, noise, denoise_tile, lock_feather=0)
-        b = sample_causal(serpentine, noise, denoise_tile, lock_feather=0)
+        a = sample_causal(raster, noise, denoise_tile, lock_feather=0, lock_margin=0)
+        b = sample_causal(serpentine, noise, denoise_tile, lock_feather=0, lock_margin=0)
     assert seen == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 0), (0, 1), (1, 1), (1, 0)]
     assert (a.canvas - b.canvas)[..., 8:, :].abs().max() > 1e-2  # the bottom row saw different content
     assert torch.equal(a.canvas[..., :8, :], b.canvas[..., :8, :])  # the shared first row is identical
@@ -121,7 +146,9 @@ def test_hard_lock_keeps_the_content_earlier_tiles_produced(model, prompts) -> N
         return sample_tile(denoiser, job, flow_sigmas(STEPS), "dpmpp_2m")
 
     with torch.no_grad():
-        result = sample_causal(plan, canvas_noise(3, (2, 4, 14, 14)), denoise_tile, lock_feather=0)
+        result = sample_causal(
+            plan, canvas_noise(3, (2, 4, 14, 14)), denoise_tile, lock_feather=0, lock_margin=0
+        )
     canvas = torch.zeros(2, 4, 14, 14)
     for job, out in zip(jobs, result.tiles.split(2), strict=True):
         known = plan.known_mask(job.tile.index)
@@ -143,7 +170,9 @@ def test_feathered_lock_changes_only_the_ramp(model, prompts) -> None:
         return sample_tile(denoiser, job, flow_sigmas(STEPS))
 
     with torch.no_grad():
-        result = sample_causal(plan, canvas_noise(3, (1, 4, 14, 14)), denoise_tile, lock_feather=1)
+        result = sample_causal(
+            plan, canvas_noise(3, (1, 4, 14, 14)), denoise_tile, lock_feather=1, lock_margin=0
+        )
     out, job = result.tiles[1:2], jobs[1]  # tile 1 overlaps tile 0 in its first two columns
     assert job.denoise_mask[0, 0, 0, :3].tolist() == [0.0, 0.5, 1.0]
     assert torch.equal(out[..., :1], job.latent[..., :1])  # deep inside: kept
@@ -153,7 +182,7 @@ def test_feathered_lock_changes_only_the_ramp(model, prompts) -> None:
 
 def test_lock_release_loosens_known_cells_as_sigma_falls() -> None:
     overlap = make_plan(96, 64, 64, 64, 32, compression=8)  # tile 1's first 4 columns are known
-    mask = lock_mask(overlap, 1, 0).expand(2, 4, 8, 8)  # ComfyUI hands the mask over as [B, C, h, w]
+    mask = lock_mask(overlap, 1, 0, 0).expand(2, 4, 8, 8)  # ComfyUI hands the mask over as [B, C, h, w]
     everywhere, near_edge = LockRelease(0.5), LockRelease(0.5, band=1)
     assert torch.equal(everywhere(torch.tensor([1.0, 1.0]), mask), mask)  # σ = 1: the full lock
     assert torch.equal(LockRelease(0.0)(torch.tensor(0.0), mask), mask)  # amount 0: ComfyUI's lock
@@ -175,8 +204,9 @@ def test_lock_release_averages_old_and_new_content_in_the_overlap() -> None:
         return sample_tile(lambda x, sigma: torch.full_like(x, value), job, sigmas)
 
     noise = canvas_noise(0, (1, 4, 8, 12))
-    locked = sample_causal(plan, noise, denoise_tile, lock_feather=0).canvas[0, 0, 0]
-    released = sample_causal(plan, noise, denoise_tile, lock_feather=0, lock_release=LockRelease(0.5, 1))
+    hard = {"lock_feather": 0, "lock_margin": 0}
+    locked = sample_causal(plan, noise, denoise_tile, **hard).canvas[0, 0, 0]
+    released = sample_causal(plan, noise, denoise_tile, **hard, lock_release=LockRelease(0.5, 1))
     weight = 0.5 * (1 - float(sigmas[-2]))  # the last model call's release decides the final blend
     assert locked.tolist() == [1.0] * 8 + [2.0] * 4
     assert released.canvas[0, 0, 0].tolist() == pytest.approx([1.0] * 7 + [1 + weight] + [2.0] * 4)
@@ -426,6 +456,64 @@ def test_img2img_keeps_the_low_frequencies_of_the_input(model, prompts) -> None:
     assert (light.canvas - latent).abs().mean() > 0.1  # it did denoise something
 
 
+# --- guide first ----------------------------------------------------------------------------------
+
+
+def test_guided_starts_the_tiles_from_the_upscaled_whole_scene_pass(model, prompts) -> None:
+    plan = overlapping_plan()
+    ticks: list[tuple[int, int]] = []
+    light = run(
+        model,
+        prompts,
+        plan,
+        method="guided",
+        guide_first=GuideFirst(denoise=0.1, bcla_seed=0),
+        progress=lambda done, total: ticks.append((done, total)),
+    )
+    assert ticks == [(i + 1, 5 * STEPS) for i in range(5 * STEPS)]  # the guide pass, then 4 tiles
+    whole = guide_plan(plan)
+    assert (len(whole), whole.canvas_height, whole.canvas_width) == (1, 8, 8)  # the tile's size
+    assert torch.equal(light.guide, run(model, prompts, whole, method="full").canvas)
+    start = latent_upscale(light.guide, plan.canvas_height, plan.canvas_width)
+    fresh = run(model, prompts, plan, method="guided", guide_first=GuideFirst(denoise=1.0, bcla_seed=0))
+    assert (light.canvas - start).abs().mean() < 0.5 * (fresh.canvas - start).abs().mean()
+
+
+def test_guided_seeds_the_cache_and_pulls_toward_the_guide(model, prompts) -> None:
+    plan = overlapping_plan()
+    with pytest.raises(SamplingError, match="cache_config"):
+        run(model, prompts, plan, method="guided")
+    results = {
+        name: run(model, prompts, plan, method="guided", cache_config=BCLAConfig(), guide_first=settings)
+        for name, settings in (
+            ("plain", GuideFirst(bcla_seed=0)),
+            ("seeded", GuideFirst(bcla_seed=1)),
+            ("skip", GuideFirst(bcla_seed=0, skip_residual=0.8)),
+        )
+    }
+    plain = results["plain"]
+    for name in ("seeded", "skip"):
+        assert torch.equal(results[name].guide, plain.guide)
+        assert (results[name].tiles[:1] - plain.tiles[:1]).abs().max() > 1e-3, name  # even the first tile
+
+
+def test_pixel_upscale_decodes_resizes_and_reencodes() -> None:
+    seen: list[object] = []
+
+    def decode(latent: torch.Tensor) -> torch.Tensor:
+        seen.append("decode")
+        return latent.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    def encode(image: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(image.shape))
+        return F.avg_pool2d(image, 2)
+
+    ramp = torch.linspace(0.2, 0.8, 5).expand(1, 4, 3, 5)
+    out = pixel_upscale(decode, encode, 2)(ramp, 6, 10)
+    assert seen == ["decode", (1, 4, 12, 20)] and out.shape == (1, 4, 6, 10)
+    assert (out[..., 1:] - out[..., :-1] > 0).all() and float(out.min()) > 0.15 and float(out.max()) < 0.85
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
@@ -446,3 +534,21 @@ def test_bad_input_is_refused_with_a_clear_message(model, prompts) -> None:
         run(model, prompts, plan, denoise=0.5)
     with pytest.raises(SamplingError, match="only used by method='causal'"):
         run(model, prompts, plan, method="independent", context=_FakeContext())
+    with pytest.raises(SamplingError, match="renders its own guide"):
+        run(model, prompts, plan, method="guided", latent=torch.zeros(1, 4, 14, 14))
+    with pytest.raises(SamplingError, match="only used by method='guided'"):
+        run(model, prompts, plan, guide_first=GuideFirst())
+    with pytest.raises(SamplingError, match="guide denoise"):
+        GuideFirst(denoise=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_runs_causal_bcla_with_float32_latents(prompts, dtype) -> None:
+    """bf16/fp16 weights on the sampler path: the model computes in its dtype, latents, x0 and the BCLA
+    statistics stay float32, and the canvas follows the float32 model's."""
+    plan = overlapping_plan()
+    reference = run(tiny_sana(), prompts, plan, cache_config=BCLAConfig())
+    half = run(tiny_sana().to(dtype), prompts, plan, cache_config=BCLAConfig())
+    assert half.canvas.dtype == torch.float32 and torch.isfinite(half.canvas).all()
+    error = (half.canvas - reference.canvas).abs().mean() / reference.canvas.abs().mean()
+    assert error < 0.02, error  # measured: bf16 0.005, fp16 0.0006

@@ -378,3 +378,28 @@ def test_prompt_notes_name_unknown_words_and_cut_prompts() -> None:
     assert text.prompt_notes("sky " * 31) == []  # 31 words + BOS: exactly what the model reads
     assert text.prompt_notes("sky " * 40) == ["the prompt is cut short: its last 9 tokens are dropped"]
     assert "empty" in text.prompt_notes("  ")[0]
+
+
+def test_published_fixture_specs_are_detected_as_the_files_they_stand_for() -> None:
+    expected = {
+        "Sana_600M_1024px": ("SANA 600M 1024px", 3.0),
+        "Sana_1600M_1024px": ("SANA 1600M 1024px", 3.0),
+        "Sana_1600M_4Kpx": ("SANA 1600M 4K, sin-cos PE x2", 6.0),
+    }
+    assert set(fixtures.PUBLISHED_TRANSFORMERS) == set(expected)
+    for name, spec in fixtures.PUBLISHED_TRANSFORMERS.items():
+        variant = detect_variant(fixtures.original_state_dict(**spec, device="meta"), f"{name}_BF16.pth")
+        assert (variant.name, variant.flow_shift) == expected[name]
+
+
+def test_random_weights_in_any_dtype_keep_the_module_layout() -> None:
+    sd = fixtures.original_state_dict(64, 2, grid=4, caption_channels=32, in_channels=8, dtype=torch.bfloat16)
+    assert {v.dtype for k, v in sd.items() if k != "pos_embed"} == {torch.bfloat16}
+    model = build_transformer(sd, detect_variant(sd))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    reference = fixtures.tiny_vae()
+    random = fixtures.random_state_dict(reference, torch.bfloat16, seed=3)
+    assert {k: v.shape for k, v in random.items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    weights = torch.cat([v.float().flatten() for v in random.values()])
+    assert {v.dtype for v in random.values()} == {torch.bfloat16}
+    assert abs(float(weights.std()) - 0.02) < 2e-3
