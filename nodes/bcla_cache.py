@@ -10,7 +10,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..temporal_tiling.bcla import MODES, SOURCES, BCLAConfig, BCLAError, bcla_processors, is_lite_la
-from .common import CATEGORY
+from .common import CATEGORY, check_inputs
 from .sana_model import LOADER_DISPLAY_NAME, SanaDiffusionModel, require_sana_linear_attention
 
 OPTION_KEY = "sana_bcla"
@@ -60,6 +60,16 @@ def bcla_transformer(model):
 def bcla_config(model) -> BCLAConfig | None:
     """The BCLAConfig a BCLA Cache node attached to ``model``, if any."""
     return model.model_options.get("transformer_options", {}).get(OPTION_KEY)
+
+
+def _config_problem(widgets: dict, linked: dict[str, str]) -> str | None:
+    """BCLAConfig's own checks on the settings known before the run (links are None here)."""
+    given = {k: widgets[k] for k in ("mode", "strength", "source", "decay") if widgets.get(k) is not None}
+    try:
+        BCLAConfig(**given)
+    except BCLAError as error:
+        return str(error)
+    return None
 
 
 class SanaBCLACache(io.ComfyNode):
@@ -133,24 +143,8 @@ class SanaBCLACache(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(
-        cls,
-        mode: str | None = None,
-        source: str | None = None,
-        strength: float | None = None,
-        decay: float | None = None,
-    ) -> bool | str:
-        """Refuse impossible settings before the run; values from links (None here) are checked at run."""
-        given = {
-            k: v
-            for k, v in dict(mode=mode, source=source, strength=strength, decay=decay).items()
-            if v is not None
-        }
-        try:
-            BCLAConfig(**given)
-        except BCLAError as error:
-            return str(error)
-        return True
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
+        return check_inputs(cls, widgets, input_types, _config_problem)
 
     @classmethod
     def execute(

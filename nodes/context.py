@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..temporal_tiling.context import ContextError
-from .common import CATEGORY, GlobalContextSocket, check_links, vae_compression
+from .common import CATEGORY, GlobalContextSocket, check_inputs, vae_compression
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,14 @@ class ContextSpec:
     skip_power: float
     seed_sigma: float
     seed: int
+
+
+def _guide_problem(widgets: dict, linked: dict[str, str]) -> str | None:
+    if ("image" in linked) == ("latent" in linked):
+        return "Connect exactly one guide: an image (with a vae) or a latent."
+    if "image" in linked and "vae" not in linked:
+        return "An image guide needs the vae input connected to encode it."
+    return None
 
 
 class SanaGlobalContext(io.ComfyNode):
@@ -131,17 +139,8 @@ class SanaGlobalContext(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None) -> bool | str:
-        linked = input_types or {}
-        if (
-            mismatch := check_links(linked, {"image": "IMAGE", "vae": "VAE", "latent": "LATENT"})
-        ) is not None:
-            return mismatch
-        if ("image" in linked) == ("latent" in linked):
-            return "Connect exactly one guide: an image (with a vae) or a latent."
-        if "image" in linked and "vae" not in linked:
-            return "An image guide needs the vae input connected to encode it."
-        return True
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
+        return check_inputs(cls, widgets, input_types, _guide_problem)
 
     @classmethod
     def execute(

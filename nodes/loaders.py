@@ -16,6 +16,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..temporal_tiling.errors import UserInputError
 from ..temporal_tiling.sana import (
     EMBEDDED_MODEL,
     is_pipeline_folder,
@@ -26,7 +27,7 @@ from ..temporal_tiling.sana import (
     load_vae_folder,
 )
 from ..temporal_tiling.sana.text import INSTRUCTION_MODES
-from .common import CATEGORY
+from .common import CATEGORY, check_inputs
 from .sana_model import SanaVAE, make_clip, make_model_patcher
 
 EMBEDDED_ENTRY = "seamlab-sana (embedded)"
@@ -52,7 +53,7 @@ TEXT_ENCODER_SETTINGS = (
 """The last inputs of both Load SANA and Load SANA Text Encoder (schemas only read them)."""
 
 
-class SanaLoadError(ValueError):
+class SanaLoadError(UserInputError):
     """A model the user picked cannot be loaded; the message names it and says what to change."""
 
 
@@ -224,6 +225,10 @@ class SanaCheckpointLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
+        return check_inputs(cls, widgets, input_types)
+
+    @classmethod
     def execute(cls, ckpt_name, vae_name, text_encoder_name, weight_dtype, prompt_template) -> io.NodeOutput:
         return io.NodeOutput(
             *_guarded(load_sana, ckpt_name, vae_name, text_encoder_name, weight_dtype, prompt_template)
@@ -245,6 +250,10 @@ class SanaVAELoader(io.ComfyNode):
             ],
             outputs=[io.Vae.Output(tooltip="The DC-AE for VAEDecode / VAEDecodeTiled / VAEEncode.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
+        return check_inputs(cls, widgets, input_types)
 
     @classmethod
     def execute(cls, vae_name) -> io.NodeOutput:
@@ -269,6 +278,10 @@ class SanaTextEncoderLoader(io.ComfyNode):
             ],
             outputs=[io.Clip.Output(tooltip="SANA's text conditioning for CLIPTextEncode.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
+        return check_inputs(cls, widgets, input_types)
 
     @classmethod
     def execute(cls, text_encoder_name, weight_dtype, prompt_template) -> io.NodeOutput:

@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from ..temporal_tiling.sana import EMBEDDED_MODEL
 from .bcla_cache import sana_transformer
-from .common import CATEGORY
+from .common import CATEGORY, check_inputs
 
 EMBEDDED_LORA_ENTRY = "seamlab temporal LoRA (embedded)"
 EMBEDDED_LORA = EMBEDDED_MODEL / "temporal_lora" / "pytorch_lora_weights.safetensors"
@@ -69,6 +69,10 @@ class SanaLoraLoader(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="A clone of the model with the LoRA applied.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
+        return check_inputs(cls, widgets, input_types)
 
     @classmethod
     def execute(cls, model, lora_name: str, strength: float) -> io.NodeOutput:

@@ -21,7 +21,7 @@ from ..temporal_tiling.metrics import (
     seam_report,
 )
 from ..temporal_tiling.plan import TilePlan
-from .common import CATEGORY, TilePlanSocket, check_links, image_from_engine, image_to_engine
+from .common import CATEGORY, TilePlanSocket, check_inputs, image_from_engine, image_to_engine
 from .tiles import as_tile_batch
 
 
@@ -41,6 +41,13 @@ def save_report(report: SeamReport, plan: TilePlan, prefix: str) -> str:
 
 def _or_nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
+
+
+def _prefix_problem(widgets: dict, linked: dict[str, str]) -> str | None:
+    prefix = widgets.get("filename_prefix")
+    if prefix is not None and not prefix.strip():
+        return "filename_prefix is empty; give a name such as sana_metrics/report."
+    return None
 
 
 class SanaTileMetrics(io.ComfyNode):
@@ -123,22 +130,8 @@ class SanaTileMetrics(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(
-        cls, filename_prefix: str | None = None, input_types: dict | None = None
-    ) -> bool | str:
-        linked = input_types or {}
-        expected = {
-            "image": "IMAGE",
-            "tile_plan": "TILE_PLAN",
-            "tiles": "IMAGE",
-            "reference": "IMAGE",
-            "guide": "IMAGE",
-        }
-        if (mismatch := check_links(linked, expected)) is not None:
-            return mismatch
-        if filename_prefix is not None and not filename_prefix.strip():
-            return "filename_prefix is empty; give a name such as sana_metrics/report."
-        return True
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
+        return check_inputs(cls, widgets, input_types, _prefix_problem)
 
     @classmethod
     def execute(
@@ -152,7 +145,11 @@ class SanaTileMetrics(io.ComfyNode):
     ) -> io.NodeOutput:
         device = comfy.model_management.get_torch_device()
         canvas = image_to_engine(image).to(device)
-        tile_batch = None if tiles is None else as_tile_batch(image_to_engine(tiles).to(device), tile_plan)
+        tile_batch = (
+            None
+            if tiles is None
+            else as_tile_batch(image_to_engine(tiles).to(device), tile_plan, canvas.shape[0])
+        )
         ref = None if reference is None else image_to_engine(reference).to(device)
         low_res = None if guide is None else image_to_engine(guide).to(device)
         report = seam_report(canvas, tile_plan, tiles=tile_batch, reference=ref, guide=low_res)

@@ -11,15 +11,14 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 from PIL import Image, ImageDraw, ImageFont
 
-from ..temporal_tiling.plan import FITS, ORDERS, PlanError, TilePlan, make_plan
-from .common import CATEGORY, TilePlanSocket, check_links, vae_compression
+from ..temporal_tiling.options import MAX_TILES, WARN_TILES
+from ..temporal_tiling.plan import FITS, ORDERS, PlanError, TilePlan, check_plan, make_plan
+from .common import CATEGORY, TilePlanSocket, check_inputs, compression_problem, vae_compression
 
 PREVIEW_LONG_SIDE = 512
 """Long side (px) of the plan preview image."""
 MEMORY_HEADROOM = 0.8
 """Share of the free memory an auto-sized tile may take (the rest stays for VAE, previews, other nodes)."""
-
-LINKABLE = {"image": "IMAGE", "latent": "LATENT", "vae": "VAE", "model": "MODEL"}
 
 
 def auto_tile_cells(model, canvas_h: int, canvas_w: int, batch: int = 1) -> tuple[int, int]:
@@ -57,6 +56,40 @@ def _compression(vae, widget: int) -> int:
     return factor
 
 
+def _plan_problem(widgets: dict, linked: dict[str, str]) -> str | None:
+    """What is wrong with the plan the widgets describe, as far as it is known before the run."""
+    tile_size, overlap, compression = (widgets.get(k) for k in ("tile_size", "overlap", "compression"))
+    if tile_size == "auto" and "model" not in linked:
+        return "tile_size = auto needs the model input connected (its memory estimate sets the tile size)."
+    if overlap is None:
+        return None
+    c = 1 if "vae" in linked or compression is None else compression
+    width, height, tile_width, tile_height = (
+        widgets.get(k) for k in ("width", "height", "tile_width", "tile_height")
+    )
+    sized = "image" not in linked and "latent" not in linked and None not in (width, height)
+    canvas = (width, height) if sized else None
+    tile = (
+        (tile_width, tile_height) if tile_size == "manual" and None not in (tile_width, tile_height) else None
+    )
+    canvas, tile = canvas or tile, tile or canvas
+    try:
+        if canvas is not None:
+            check_plan(
+                *canvas,
+                *tile,
+                overlap,
+                c,
+                fit=widgets.get("fit") or "grow",
+                max_tiles=widgets.get("max_tiles") or MAX_TILES,
+            )
+        elif overlap % c:
+            check_plan(c, c, c, c, overlap, c)
+    except PlanError as error:
+        return str(error)
+    return None
+
+
 def render_preview(plan: TilePlan, long_side: int = PREVIEW_LONG_SIDE) -> torch.Tensor:
     """Picture of the plan as an IMAGE [1, H, W, 3]: overlap shading, tile outlines, generation order."""
     scale = long_side / max(plan.height_px, plan.width_px)
@@ -84,6 +117,11 @@ def summary(plan: TilePlan) -> str:
         f"{plan.cols}×{plan.rows} tiles of {plan.tile_width_px}×{plan.tile_height_px} px on "
         f"{plan.width_px}×{plan.height_px} px, overlap {plan.overlap * plan.compression} px, "
         f"{plan.order} order, {plan.token_amplification:.2f}× tokens"
+        + (
+            f"; {len(plan)} tiles is a long run (each tile samples every step)"
+            if len(plan) > WARN_TILES
+            else ""
+        )
     )
 
 
@@ -179,6 +217,16 @@ class SanaTilePlanner(io.ComfyNode):
                     tooltip="manual: tile_width/tile_height. auto: the largest tile that fits the "
                     "free memory ComfyUI reports and the model's native size (needs model).",
                 ),
+                io.Int.Input(
+                    "max_tiles",
+                    default=MAX_TILES,
+                    min=1,
+                    max=65536,
+                    optional=True,
+                    tooltip=f"Ceiling on the tile count: every tile is a whole sampling run, so a plan "
+                    f"with more tiles is refused before anything runs (above {WARN_TILES} the summary "
+                    "warns). Raise it only for a run you mean to wait for.",
+                ),
                 io.Image.Input(
                     "image",
                     optional=True,
@@ -215,45 +263,10 @@ class SanaTilePlanner(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(
-        cls,
-        width: int | None = None,
-        height: int | None = None,
-        tile_width: int | None = None,
-        tile_height: int | None = None,
-        overlap: int | None = None,
-        compression: int | None = None,
-        tile_size: str | None = None,
-        input_types: dict | None = None,
-    ) -> bool | str:
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
         """Refuse impossible plans before the run. Values that come from links (None here: an image or
         latent for the size, a VAE for the compression, widgets turned into inputs) are checked at run."""
-        linked = input_types or {}
-        if (mismatch := check_links(linked, LINKABLE)) is not None:
-            return mismatch
-        if tile_size == "auto" and "model" not in linked:
-            return (
-                "tile_size = auto needs the model input connected (its memory estimate sets the tile size)."
-            )
-        if overlap is None:
-            return True
-        c = 1 if "vae" in linked or compression is None else compression
-        sized = "image" not in linked and "latent" not in linked and None not in (width, height)
-        canvas = (width, height) if sized else None
-        tile = (
-            (tile_width, tile_height)
-            if tile_size == "manual" and None not in (tile_width, tile_height)
-            else None
-        )
-        canvas, tile = canvas or tile, tile or canvas
-        try:
-            if canvas is not None:
-                make_plan(*canvas, *tile, overlap, c)
-            elif overlap % c:
-                make_plan(c, c, c, c, overlap, c)
-        except PlanError as error:
-            return str(error)
-        return True
+        return check_inputs(cls, widgets, input_types, _plan_problem)
 
     @classmethod
     def execute(
@@ -268,12 +281,15 @@ class SanaTilePlanner(io.ComfyNode):
         shuffle_seed: int,
         compression: int,
         tile_size: str,
+        max_tiles: int = MAX_TILES,
         image: torch.Tensor | None = None,
         latent: dict | None = None,
         vae=None,
         model=None,
     ) -> io.NodeOutput:
         c = _compression(vae, compression)
+        if model is not None and (mismatch := compression_problem(model, c)) is not None:
+            raise PlanError(mismatch)
         if latent is not None:
             height, width = (int(s) * c for s in latent["samples"].shape[-2:])
         elif image is not None:
@@ -287,10 +303,12 @@ class SanaTilePlanner(io.ComfyNode):
             if model is None:
                 raise PlanError("tile_size = auto needs the model input connected.")
             if width % c or height % c:
-                make_plan(width, height, width, height, overlap, c)  # raises the divisibility message
+                check_plan(width, height, width, height, overlap, c)  # raises the divisibility message
             th, tw = auto_tile_cells(model, height // c, width // c)
             tile_height, tile_width = th * c, tw * c
-        plan = make_plan(width, height, tile_width, tile_height, overlap, c, order, shuffle_seed, fit)
+        plan = make_plan(
+            width, height, tile_width, tile_height, overlap, c, order, shuffle_seed, fit, max_tiles
+        )
         shown = {
             "canvas": [plan.width_px, plan.height_px],
             "compression": plan.compression,

@@ -42,19 +42,10 @@ from ..temporal_tiling.sampling import (
     sample_independent,
 )
 from .bcla_cache import bcla_config, bcla_transformer
-from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_links
+from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_inputs, compression_problem
 from .context import ContextSpec
 
 MODES = ("causal", "independent", "multidiffusion")
-
-LINKS = {
-    "model": "MODEL",
-    "positive": "CONDITIONING",
-    "negative": "CONDITIONING",
-    "tile_plan": "TILE_PLAN",
-    "latent_image": "LATENT",
-    "global_context": "GLOBAL_CONTEXT",
-}
 
 
 @dataclass
@@ -71,6 +62,17 @@ class _Run:
 
 def _interrupt_check(*_: object) -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def _settings_problem(widgets: dict, linked: dict[str, str]) -> str | None:
+    denoise, mode = widgets.get("denoise"), widgets.get("mode")
+    if denoise is not None and denoise <= 0.0:
+        return f"denoise must be above 0, got {denoise}; use 1.0 to generate from noise."
+    if denoise is not None and denoise < 1.0 and "latent_image" not in linked:
+        return f"denoise = {denoise} refines a canvas: connect latent_image or set denoise to 1."
+    if "global_context" in linked and mode not in (None, "causal"):
+        return f"A global context is used by mode = causal only; disconnect it for mode = {mode}."
+    return None
 
 
 class SanaCausalSampler(io.ComfyNode):
@@ -212,22 +214,9 @@ class SanaCausalSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(
-        cls, denoise: float | None = None, mode: str | None = None, input_types: dict | None = None
-    ) -> bool | str:
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
         """Refuse impossible settings before the run; values from links (None here) are checked at run."""
-        linked = input_types or {}
-        if (mismatch := check_links(linked, LINKS)) is not None:
-            return mismatch
-        if denoise is not None and not 0.0 < denoise <= 1.0:
-            return f"denoise must be in (0, 1], got {denoise}; use 1.0 to generate from noise."
-        if mode is not None and mode not in MODES:
-            return f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}."
-        if denoise is not None and denoise < 1.0 and "latent_image" not in linked:
-            return f"denoise = {denoise} refines a canvas: connect latent_image or set denoise to 1."
-        if "global_context" in linked and mode not in (None, "causal"):
-            return f"A global context is used by mode = causal only; disconnect it for mode = {mode}."
-        return True
+        return check_inputs(cls, widgets, input_types, _settings_problem)
 
     @classmethod
     def execute(
@@ -252,6 +241,8 @@ class SanaCausalSampler(io.ComfyNode):
         global_context: ContextSpec | None = None,
     ) -> io.NodeOutput:
         plan = tile_plan
+        if (mismatch := compression_problem(model, plan.compression)) is not None:
+            raise SamplingError(mismatch)
         start, given = _start_latent(model, plan, latent_image, batch_size, denoise)
         noise = comfy.sample.prepare_noise(start, seed)
         run = _Run()
@@ -317,6 +308,11 @@ class SanaCausalSampler(io.ComfyNode):
                 on_tile=_interrupt_check,
                 reencode=reencode,
             )
+        if not bool(torch.isfinite(result.canvas).all()):
+            raise SamplingError(
+                "The sampler produced NaN or infinite values (an unstable sampler/cfg/dtype combination); "
+                "lower cfg, try another sampler, or load the model with weight_dtype fp32."
+            )
         return io.NodeOutput({"samples": result.canvas}, {"samples": result.tiles})
 
 
@@ -337,6 +333,11 @@ def _start_latent(
             f"latent_image is {tuple(latent.shape)} but this model and plan need [B, {channels}, "
             f"{expected[0]}, {expected[1]}] ({plan.width_px}×{plan.height_px} px); plan from the latent "
             "(connect it to the Tile Planner) or resize the image before encoding."
+        )
+    if not bool(torch.isfinite(latent).all()):
+        raise SamplingError(
+            "latent_image holds NaN or infinite values; fix the node that made it (e.g. a VAE Encode in "
+            "fp16) before sampling."
         )
     return latent, latent
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 from typing import Any, ClassVar
 
 import comfy.conds
@@ -46,7 +47,8 @@ def current_transformer_options() -> dict[str, Any]:
 
 
 class SanaLatentFormat(comfy.latent_formats.LatentFormat):
-    """DC-AE latent space: its channel count and scaling factor; preview colours fitted on the VAE.
+    """DC-AE latent space: its channel count, scaling factor and compression; preview colours fitted on
+    the VAE.
 
     The least-squares fit encodes a few images, which takes seconds for the full DC-AE on a CPU, so it runs
     on first use (when ComfyUI builds a latent previewer) and only once.
@@ -57,6 +59,8 @@ class SanaLatentFormat(comfy.latent_formats.LatentFormat):
     def __init__(self, vae: AutoencoderDC) -> None:
         self.latent_channels = int(vae.config.latent_channels)
         self.scale_factor = float(vae.config.scaling_factor)
+        self.downscale_ratio = compression(vae)
+        """Pixels per latent cell; the sampler checks a tile plan's compression against it."""
         self._vae = vae
         self._rgb: tuple[list, list] | None = None
 
@@ -286,12 +290,17 @@ class SanaClipModel(torch.nn.Module):
 
 
 class SanaTokenizer:
-    """ComfyUI tokenizer interface: the prompt's token ids behind SANA's template (weights are not used)."""
+    """ComfyUI tokenizer interface: the prompt's token ids behind SANA's template (weights are not used).
+    Words the model does not know and prompts cut short are logged as warnings (CLIPTextEncode is a
+    stock node, so the console is where this can show)."""
 
     def __init__(self, encoder: SanaTextEncoder, embedding_directory=None, tokenizer_data=None) -> None:
         self.encoder = encoder
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs: Any):
+        if text.strip():  # an empty prompt is the usual negative, not a mistake
+            for note in self.encoder.prompt_notes(text):
+                logging.warning("SANA prompt %r: %s", text[:60], note)
         return {"sana": self.encoder.tokenize(text)}
 
     def untokenize(self, token_weight_pair):

@@ -8,7 +8,19 @@ from comfy_api.latest import io
 
 from ..temporal_tiling.blend import COLORS, METHODS, RAMPS, BlendError, split_tiles, stitch
 from ..temporal_tiling.plan import TilePlan
-from .common import CATEGORY, TilePlanSocket, check_links, image_from_engine, image_to_engine
+from .common import CATEGORY, TilePlanSocket, check_inputs, image_from_engine, image_to_engine
+
+
+def _source_problem(widgets: dict, linked: dict[str, str]) -> str | None:
+    if "image" not in linked and "latent" not in linked:
+        return "Connect an image or a latent to cut into tiles."
+    return None
+
+
+def _reference_problem(widgets: dict, linked: dict[str, str]) -> str | None:
+    if widgets.get("color_correction") == "reference" and "reference" not in linked:
+        return "color_correction = reference needs the reference input connected (e.g. the low-res pass)."
+    return None
 
 
 class SanaTileSplit(io.ComfyNode):
@@ -46,13 +58,8 @@ class SanaTileSplit(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None) -> bool | str:
-        linked = input_types or {}
-        if mismatch := check_links(linked, {"tile_plan": "TILE_PLAN", "image": "IMAGE", "latent": "LATENT"}):
-            return mismatch
-        if "image" not in linked and "latent" not in linked:
-            return "Connect an image or a latent to cut into tiles."
-        return True
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
+        return check_inputs(cls, widgets, input_types, _source_problem)
 
     @classmethod
     def execute(
@@ -69,18 +76,22 @@ class SanaTileSplit(io.ComfyNode):
         return io.NodeOutput(image_tiles, latent_tiles)
 
 
-def as_tile_batch(images: torch.Tensor, plan: TilePlan) -> torch.Tensor:
-    """Engine tile batch from either a tile batch or a stitched image (cut into the plan's tiles)."""
+def as_tile_batch(images: torch.Tensor, plan: TilePlan, canvases: int) -> torch.Tensor:
+    """Engine tile batch from a batch of ``canvases`` × the plan's tiles or ``canvases`` stitched images
+    (cut into the plan's tiles). The count is given, not guessed: 4 tiles fit a 2-tile plan as 2 canvases
+    too, and stitching another plan's tiles that way gives wrong pictures without any error."""
     tile_size = (plan.tile_height_px, plan.tile_width_px)
-    is_tiles = tuple(images.shape[-2:]) == tile_size and images.shape[0] % len(plan) == 0
-    if is_tiles:
+    count = images.shape[0]
+    if tuple(images.shape[-2:]) == tile_size and count == canvases * len(plan):
         return images
-    if images.shape[-2] >= plan.height_px and images.shape[-1] >= plan.width_px:
+    stitched = images.shape[-2] >= plan.height_px and images.shape[-1] >= plan.width_px
+    if stitched and count == canvases:
         return split_tiles(images, plan)
     raise BlendError(
-        f"images are {images.shape[0]} × {images.shape[-1]}×{images.shape[-2]} px: neither the plan's tile "
-        f"batch ({len(plan)}·B × {tile_size[1]}×{tile_size[0]} px) nor a stitched image of at least "
-        f"{plan.width_px}×{plan.height_px} px; use the plan these images were made with."
+        f"images are {count} × {images.shape[-1]}×{images.shape[-2]} px: neither the plan's tile batch "
+        f"({canvases} × {len(plan)} tiles of {tile_size[1]}×{tile_size[0]} px) nor {canvases} stitched "
+        f"image(s) of at least {plan.width_px}×{plan.height_px} px; connect the plan these images were made "
+        "with, or set batch_size to the number of canvases in the batch."
     )
 
 
@@ -132,6 +143,15 @@ class SanaSeamBlender(io.ComfyNode):
                     tooltip="Global image (e.g. the low-res pass) for color_correction = reference; "
                     "same aspect ratio as the canvas.",
                 ),
+                io.Int.Input(
+                    "batch_size",
+                    default=1,
+                    min=1,
+                    max=64,
+                    optional=True,
+                    tooltip="Canvases in the batch (the sampler's batch_size): images must hold "
+                    "batch_size × the plan's tiles, or batch_size stitched images.",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="IMAGE", tooltip="The stitched, blended canvas."),
@@ -139,19 +159,8 @@ class SanaSeamBlender(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(
-        cls, color_correction: str | None = None, input_types: dict | None = None
-    ) -> bool | str:
-        linked = input_types or {}
-        if mismatch := check_links(
-            linked, {"images": "IMAGE", "tile_plan": "TILE_PLAN", "reference": "IMAGE"}
-        ):
-            return mismatch
-        if color_correction is not None and color_correction not in COLORS:
-            return f"Unknown color_correction {color_correction!r}; choose one of {', '.join(COLORS)}."
-        if color_correction == "reference" and "reference" not in linked:
-            return "color_correction = reference needs the reference input connected (e.g. the low-res pass)."
-        return True
+    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
+        return check_inputs(cls, widgets, input_types, _reference_problem)
 
     @classmethod
     def execute(
@@ -162,9 +171,10 @@ class SanaSeamBlender(io.ComfyNode):
         ramp: str,
         color_correction: str,
         reference: torch.Tensor | None = None,
+        batch_size: int = 1,
     ) -> io.NodeOutput:
         device = comfy.model_management.get_torch_device()
-        tiles = as_tile_batch(image_to_engine(images).to(device), tile_plan)
+        tiles = as_tile_batch(image_to_engine(images).to(device), tile_plan, batch_size)
         ref = None if reference is None else image_to_engine(reference).to(device)
         out = stitch(tiles, tile_plan, method, ramp, color_correction, ref)
         return io.NodeOutput(image_from_engine(out).to(comfy.model_management.intermediate_device()))

@@ -31,11 +31,12 @@ from diffusers.models.attention_processor import Attention, SanaLinearAttnProces
 from diffusers.models.transformers.transformer_sana_video import SanaLinearAttnProcessor3_0
 from torch import Tensor
 
+from .errors import UserInputError
+from .options import BCLA_MODES as MODES
+from .options import BCLA_SOURCES as SOURCES
 from .plan import Tile, TilePlan
 from .position import position_patches
 
-MODES: tuple[str, ...] = ("cumulative", "neighbors", "sparse", "decay", "distance", "off")
-SOURCES: tuple[str, ...] = ("synchronous", "clean")
 CLEAN_KEY = "clean"
 """Key of the statistics recorded during ``clean_pass`` (source="clean")."""
 
@@ -46,7 +47,7 @@ _STOCK_2_0 = SanaLinearAttnProcessor2_0()
 _STOCK_3_0 = SanaLinearAttnProcessor3_0()
 
 
-class BCLAError(ValueError):
+class BCLAError(UserInputError):
     """Impossible BCLA settings or call order; the message says what to change."""
 
 
@@ -246,7 +247,9 @@ class BCLACache:
         self._tile, self._pending, self._token_masks = tile, BCLAStats(), {}
         self._token_mask = None
         if token_mask is not None:
-            mask = token_mask.squeeze()
+            cells = tile.height * tile.width
+            whole = token_mask.ndim >= 2 and token_mask.numel() == cells
+            mask = token_mask.reshape(token_mask.shape[-2:]) if whole else token_mask
             if tuple(mask.shape) != (tile.height, tile.width):
                 raise BCLAError(
                     f"token_mask has shape {tuple(token_mask.shape)}; give the tile's [h, w] = "

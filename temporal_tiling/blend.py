@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from kornia.geometry.transform import pyrdown, pyrup
 from torch import Tensor
 
+from .errors import UserInputError
 from .plan import TilePlan
 
 METHODS: tuple[str, ...] = ("none", "feather", "laplacian", "poisson")
@@ -49,7 +50,7 @@ GAIN_LIMITS = (0.5, 2.0)
 Rect = tuple[int, int, int, int]
 
 
-class BlendError(ValueError):
+class BlendError(UserInputError):
     """Inputs that cannot be split or stitched; the message says what to change."""
 
 

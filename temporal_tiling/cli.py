@@ -17,38 +17,49 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import re
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
-from torch import Tensor
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from .atomic import write_atomic
-from .bcla import MODES, SOURCES, BCLAConfig, install_bcla
-from .bcla import BCLACache as _BCLACache
-from .context import GlobalContext, encode_global_context
-from .flow import SAMPLERS, CFGDenoiser, flow_sigmas
-from .plan import FITS, ORDERS, PlanError, TilePlan, make_plan
-from .sampling import (
+from .errors import UserInputError
+from .options import (
+    BCLA_MODES,
+    BCLA_SOURCES,
+    DEFAULT_GUIDE_DENOISE,
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
     DEFAULT_LOCK_RELEASE,
     DEFAULT_RELEASE_BAND,
+    EMBEDDED_MODEL,
+    FITS,
+    GUIDE_UPSCALES,
+    MAX_SIDE,
+    MAX_TILES,
     METHODS,
-    GuideFirst,
-    LockRelease,
-    generate,
-    guide_plan,
-    pixel_upscale,
+    ORDERS,
+    SAMPLER_NAMES,
+    WARN_TILES,
 )
-from .sana import EMBEDDED_MODEL
+
+if (
+    TYPE_CHECKING
+):  # torch, diffusers & co. load only when a run starts: --help and argument errors are instant
+    import torch
+    from PIL import Image
+    from torch import Tensor
+
+    from .bcla import BCLAConfig
+    from .context import GlobalContext
+    from .plan import TilePlan
+    from .sampling import GuideFirst
 
 COMPARE = ("independent", "multidiffusion", "causal")
 """What ``--method compare`` renders, in strip order."""
@@ -58,7 +69,7 @@ FULL_DECODE_CELLS = 128 * 128
 """Larger latent canvases are decoded tile by tile (DC-AE decoder memory grows with the canvas)."""
 
 
-class CLIError(Exception):
+class CLIError(UserInputError):
     """A problem the user fixes on the command line; ``flag`` names the option to change."""
 
     def __init__(self, message: str, flag: str | None = None) -> None:
@@ -78,11 +89,13 @@ class LoadedModel:
     compression: int
     flow_shift: float = 3.0
     name: str = "model"
+    prompt_notes: Callable[[str], list[str]] = lambda prompt: []
+    """prompt -> what the model will not see of it (unknown words, tokens cut off)."""
     encode: Callable[[Tensor], Tensor] | None = None
     """image [B, 3, H, W] in [0, 1] -> latent (the model's scaled space); for --guide-upscale pixel."""
 
 
-Loader = Callable[[Path, torch.device], LoadedModel]
+Loader = Callable[[Path, "torch.device"], LoadedModel]
 
 
 # --- model ----------------------------------------------------------------------------------------
@@ -90,6 +103,8 @@ Loader = Callable[[Path, torch.device], LoadedModel]
 
 def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
     """A diffusers SANA pipeline folder: transformer/, vae/ (AutoencoderDC), text_encoder/ + tokenizer/."""
+    import torch
+
     from .sana import is_pipeline_folder, load_text_encoder, load_transformer_folder, load_vae_folder
     from .sana.vae import compression, decode_tiled, scaling_factor
 
@@ -137,7 +152,8 @@ def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
         compression(vae),
         variant.flow_shift,
         folder.name,
-        encode,
+        prompt_notes=text.prompt_notes,
+        encode=encode,
     )
 
 
@@ -146,6 +162,9 @@ def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
 
 def to_pil(image: Tensor) -> Image.Image:
     """First image of a [B, 3, H, W] batch in [0, 1] as an 8-bit RGB PIL image."""
+    import numpy as np
+    from PIL import Image
+
     array = (image[0].detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
@@ -158,6 +177,8 @@ def save_png(image: Image.Image, path: Path) -> None:
 
 def compare_strip(images: dict[str, Image.Image]) -> Image.Image:
     """Labelled panels, stacked along the canvas's short side (wide canvases one above the other)."""
+    from PIL import Image, ImageDraw
+
     first = next(iter(images.values()))
     width, height = first.size
     label = 16
@@ -186,7 +207,7 @@ def _number(kind: type, low: float | None = None, high: float | None = None, low
             raise argparse.ArgumentTypeError(
                 f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
             ) from None
-        if not np.isfinite(value) or (low is not None and (value <= low if low_open else value < low)):
+        if not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)):
             bound = f"> {low:g}" if low_open else f">= {low:g}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         if high is not None and value > high:
@@ -196,8 +217,16 @@ def _number(kind: type, low: float | None = None, high: float | None = None, low
     return parse
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help does not already say what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, "", False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    defaults = BCLAConfig()
     parser = argparse.ArgumentParser(
         prog="python -m temporal_tiling",
         description="SANA temporal tiling: high-resolution canvases generated tile after tile.",
@@ -207,18 +236,24 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="generate a canvas from a prompt (and compare tiling methods)",
         description="Generate a canvas from a prompt with causal temporal tiling or a baseline.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     g.add_argument("--prompt", required=True, help="text prompt")
     g.add_argument("--negative", default="", help="negative prompt (CFG's unconditional branch)")
-    g.add_argument("--width", type=_number(int, 1), default=512, help="canvas width in px")
-    g.add_argument("--height", type=_number(int, 1), default=256, help="canvas height in px")
+    g.add_argument("--width", type=_number(int, 1, MAX_SIDE), default=512, help="canvas width in px")
+    g.add_argument("--height", type=_number(int, 1, MAX_SIDE), default=256, help="canvas height in px")
     g.add_argument("--tile", type=_number(int, 1), default=128, help="tile width in px (and height)")
     g.add_argument(
         "--tile-height", type=_number(int, 1), default=None, help="tile height in px if not square"
     )
     g.add_argument(
         "--overlap", type=_number(int, 0), default=32, help="least overlap of neighbouring tiles, px"
+    )
+    g.add_argument(
+        "--max-tiles",
+        type=_number(int, 1),
+        default=MAX_TILES,
+        help=f"refuse plans with more tiles (each is a whole sampling run; warns above {WARN_TILES})",
     )
     g.add_argument("--order", choices=ORDERS, default="raster", help="tile generation order")
     g.add_argument(
@@ -233,13 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--guide-denoise",
         type=_number(float, 0, 1, low_open=True),
-        default=GuideFirst.denoise,
+        default=DEFAULT_GUIDE_DENOISE,
         help="guided: share of the schedule the tiles run from the upscaled whole-scene pass",
     )
     g.add_argument(
         "--guide-upscale",
-        choices=("latent", "pixel"),
-        default="latent",
+        choices=GUIDE_UPSCALES,
+        default=GUIDE_UPSCALES[0],
         help="guided: enlarge the whole-scene pass bilinearly in latent space or bicubic in pixels "
         "(decode, resize, encode)",
     )
@@ -248,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cfg", type=_number(float, 0, low_open=True), default=4.5, help="classifier-free guidance"
     )
     g.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the one canvas noise")
-    g.add_argument("--sampler", choices=tuple(SAMPLERS), default="euler")
+    g.add_argument("--sampler", choices=SAMPLER_NAMES, default="euler", help="flow sampler")
     g.add_argument(
         "--shift",
         type=_number(float, 0, low_open=True),
@@ -280,9 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RELEASE_BAND,
         help="latent cells of the overlap next to the new area that --lock-release applies to (0 = all)",
     )
-    g.add_argument("--bcla-mode", choices=MODES, default=defaults.mode, help="BCLA cache mode (causal)")
-    g.add_argument("--bcla-strength", type=_number(float, 0), default=defaults.strength, help="BCLA α")
-    g.add_argument("--bcla-source", choices=SOURCES, default=defaults.source, help="BCLA statistics source")
+    g.add_argument("--bcla-mode", choices=BCLA_MODES, default=BCLA_MODES[0], help="BCLA cache mode (causal)")
+    g.add_argument("--bcla-strength", type=_number(float, 0), default=1.0, help="BCLA α")
+    g.add_argument(
+        "--bcla-source", choices=BCLA_SOURCES, default=BCLA_SOURCES[0], help="BCLA statistics source"
+    )
     g.add_argument(
         "--context-skip",
         type=_number(float, 0, 1),
@@ -312,7 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also render the whole canvas in one pass and score every method against it",
     )
-    g.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="diffusers SANA folder")
+    g.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="diffusers SANA folder (default: the embedded seam-lab model)",
+    )
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     g.add_argument(
         "--threads",
@@ -331,10 +373,13 @@ _PLAN_FLAGS = (
     (r"^width", "--width"),
     (r"^height", "--height"),
     (r"^overlap", "--overlap"),
+    (r"^The plan has \d+ tiles", "--max-tiles"),
 )
 
 
 def _plan(args: argparse.Namespace, compression: int) -> TilePlan:
+    from .plan import PlanError, make_plan
+
     tile_height = args.tile_height or args.tile
     try:
         return make_plan(
@@ -347,6 +392,7 @@ def _plan(args: argparse.Namespace, compression: int) -> TilePlan:
             args.order,
             args.seed,
             args.fit,
+            args.max_tiles,
         )
     except PlanError as error:
         message = str(error)
@@ -363,6 +409,8 @@ class _Progress:
     """A tqdm bar over tile-steps, fed by ``generate``'s ``progress(done, total)``."""
 
     def __init__(self, label: str) -> None:
+        from tqdm import tqdm
+
         self.bar = tqdm(desc=f"{label:>14}", unit="step", file=sys.stderr, dynamic_ncols=True, leave=True)
 
     def __call__(self, done: int, total: int) -> None:
@@ -384,7 +432,12 @@ def _global_context(
     out: Path,
 ) -> GlobalContext | None:
     """The low-res pass (the whole scene in one model pass) and the context built from it."""
-    if not (args.context_skip or args.context_stats or args.context_seed):
+    from .bcla import BCLACache, install_bcla
+    from .context import encode_global_context
+    from .flow import CFGDenoiser, flow_sigmas
+    from .sampling import generate, guide_plan
+
+    if not _uses_context(args):
         return None
     low = guide_plan(plan, args.context_size)
     bar = _Progress("low-res guide")
@@ -399,7 +452,7 @@ def _global_context(
     if args.context_seed > 0:
         # The seed statistics are per-layer tensors: record them with a throw-away cache on the same
         # model, generate() seeds its own cache with them.
-        cache = _BCLACache(cache_config, plan)
+        cache = BCLACache(cache_config, plan)
         undo = install_bcla(model.transformer, cache)
         seed_kwargs = {
             "denoiser": CFGDenoiser(
@@ -428,7 +481,24 @@ def _global_context(
             undo()
 
 
+def _uses_context(args: argparse.Namespace) -> bool:
+    return bool(args.context_skip or args.context_stats or args.context_seed)
+
+
+def _check_context_size(args: argparse.Namespace, plan: TilePlan) -> None:
+    """A CLIError naming --context-size if the low-res pass (``guide_plan``) cannot be made."""
+    from .context import ContextError
+    from .sampling import guide_plan
+
+    try:
+        guide_plan(plan, args.context_size)
+    except ContextError as error:
+        raise CLIError(str(error), "--context-size") from None
+
+
 def _guide_first(args: argparse.Namespace, model: LoadedModel) -> GuideFirst:
+    from .sampling import GuideFirst, pixel_upscale
+
     upscale = None
     if args.guide_upscale == "pixel":
         if model.encode is None:
@@ -472,6 +542,8 @@ def _summary(reports: dict, seconds: dict[str, float]) -> str:
 
 
 def _device(name: str | None) -> torch.device:
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -484,30 +556,88 @@ def _device(name: str | None) -> torch.device:
 
 
 def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
-    """Render every requested method into ``args.out``; returns the files written."""
+    """Render every requested method into ``args.out``; returns the files written.
+
+    Every setting is checked before the model runs, and the files reach ``args.out`` only when the whole
+    run succeeded, so a failure leaves the folder as it was.
+    """
+    import torch
+
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise CLIError(f"'{out}' exists and is not a folder", "--out")
     device = _device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.method not in ("causal", "guided", "compare") and (
-        args.context_skip or args.context_stats or args.context_seed
-    ):
+    if args.method not in ("causal", "guided", "compare") and _uses_context(args):
         raise CLIError(
             f"global context is only used by the causal and guided methods, not {args.method!r}", "--method"
         )
-    model = loader(args.model, device)
+    model = loader(args.model or EMBEDDED_MODEL, device)
     plan = _plan(args, model.compression)
+    if _uses_context(args) or args.method == "guided":
+        _check_context_size(args, plan)
+    guide_first = _guide_first(args, model) if args.method == "guided" else None
+    methods = list(COMPARE) if args.method == "compare" else [args.method]
+    if args.reference and "full" not in methods:
+        methods.append("full")
+    _warn(args, model, plan, methods)
+    with _staging(out) as stage:
+        written = _render(args, model, plan, methods, guide_first, stage)
+    for path in written:
+        print(out / path.name)
+    return [out / path.name for path in written]
+
+
+def _warn(args: argparse.Namespace, model: LoadedModel, plan: TilePlan, methods: list[str]) -> None:
+    """Warnings about what the run will not do as the user may expect; it still runs."""
+    for flag, prompt in (("--prompt", args.prompt), ("--negative", args.negative)):
+        if prompt.strip() or flag == "--prompt":
+            for note in model.prompt_notes(prompt):
+                print(f"warning: {flag}: {note}", file=sys.stderr)
+    if len(plan) > WARN_TILES:
+        passes = len(plan) * args.steps * len(methods)
+        print(
+            f"warning: {len(plan)} tiles × {args.steps} steps × {len(methods)} method(s) = {passes} tile "
+            "passes; this run will be long (larger --tile means fewer tiles)",
+            file=sys.stderr,
+        )
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A hidden folder in ``out`` that a run writes into; its files move into ``out`` only when the run
+    succeeded. On any failure it is removed, and so is ``out`` if the run created it."""
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+    try:
+        yield stage
+        for path in sorted(stage.iterdir()):
+            path.replace(out / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _render(
+    args: argparse.Namespace,
+    model: LoadedModel,
+    plan: TilePlan,
+    methods: list[str],
+    guide_first: GuideFirst | None,
+    out: Path,
+) -> list[Path]:
+    """Run every method and write its files into ``out``; returns them (``guide_first``: for guided)."""
+    from .bcla import BCLAConfig
+    from .sampling import LockRelease, generate
+
     shift = args.shift if args.shift is not None else model.flow_shift
     prompt_embeds = model.encode_prompt(args.prompt)
     negative_embeds = model.encode_prompt(args.negative) if args.cfg != 1.0 else None
     conditioning = {"prompt_embeds": prompt_embeds, "negative_embeds": negative_embeds}
     cache_config = BCLAConfig(mode=args.bcla_mode, strength=args.bcla_strength, source=args.bcla_source)
-    methods = list(COMPARE) if args.method == "compare" else [args.method]
-    if args.reference and "full" not in methods:
-        methods.append("full")
     print(
         f"{model.name}: {plan.width_px}×{plan.height_px} px, {plan.cols}×{plan.rows} tiles of "
         f"{plan.tile_width_px}×{plan.tile_height_px} px, {args.steps} steps, {', '.join(methods)}",
@@ -530,7 +660,7 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
                 method=method,
                 cache_config=cache_config if method in ("causal", "guided") else None,
                 context=context if method == "causal" else None,
-                guide_first=_guide_first(args, model) if method == "guided" else None,
+                guide_first=guide_first if method == "guided" else None,
                 lock_feather=args.lock_feather,
                 lock_margin=args.lock_margin,
                 lock_release=LockRelease(args.lock_release, args.release_band),
@@ -554,10 +684,7 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
         shown = {m: to_pil(images[m]) for m in methods}
         save_png(compare_strip(shown), out / "compare.png")
         written.append(out / "compare.png")
-    written += _write_metrics(plan, images, tiles, seconds, out)
-    for path in written:
-        print(path)
-    return written
+    return written + _write_metrics(plan, images, tiles, seconds, out)
 
 
 def _write_metrics(
@@ -586,36 +713,19 @@ def _write_metrics(
 # --- entry point ----------------------------------------------------------------------------------
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The pack's own errors: each says what to change, so they end the CLI without a traceback."""
-    from .bcla import BCLAError
-    from .context import ContextError
-    from .flow import FlowError
-    from .sampling import SamplingError
-
-    errors: list[type[BaseException]] = [PlanError, BCLAError, ContextError, FlowError, SamplingError]
-    with contextlib.suppress(ImportError):
-        from .sana import CheckpointError
-
-        errors.append(CheckpointError)
-    with contextlib.suppress(ImportError):
-        from .metrics import MetricsError
-
-        errors.append(MetricsError)
-    return tuple(errors)
-
-
 def main(argv: Sequence[str] | None = None, *, loader: Loader = load_sana_folder) -> int:
     """``python -m temporal_tiling``; ``loader`` is injectable so tests can run a tiny model."""
     parser = build_parser()
     args = parser.parse_args(argv)
     command: argparse.ArgumentParser = args.command_parser
     try:
+        import torch
+
         with torch.no_grad():
             run_generate(args, loader)
     except CLIError as error:
         command.error(f"argument {error.flag}: {error}" if error.flag else str(error))
-    except _user_errors() as error:
+    except UserInputError as error:
         command.error(str(error))
     except OSError as error:  # unwritable --out, full disk: say so, no traceback
         command.error(f"cannot write the output: {error}")

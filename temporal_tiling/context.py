@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
+from .errors import UserInputError
 from .plan import Tile, TilePlan
 
 X0Hook = Callable[[Tensor, Tensor], Tensor]
@@ -58,7 +59,7 @@ MAX_STATS_GAIN = 10.0
 amplified numerical noise (adding the guide's structure is ``skip_residual``'s job)."""
 
 
-class ContextError(ValueError):
+class ContextError(UserInputError):
     """A global context that cannot be applied; the message says what to change."""
 
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import Tensor
 
+from .errors import UserInputError
+
 if TYPE_CHECKING:
     from .sampling import TileJob
 
@@ -27,7 +29,7 @@ StepCallback = Callable[[int, Tensor, Tensor, int], None]
 """``(step, x0, x, total_steps)``, ComfyUI's sampler callback order; it may raise to cancel."""
 
 
-class FlowError(ValueError):
+class FlowError(UserInputError):
     """Impossible sampling settings; the message says what to change."""
 
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from . import seamlab
 from . import train as tr
 from .bcla import BCLACache, BCLAConfig, install_bcla
+from .errors import UserInputError
 from .plan import make_plan
 
 ADAPTER = "temporal"
@@ -34,7 +35,7 @@ TARGET_MODULES = r".*attn1\.(to_q|to_k|to_v|to_out\.0)"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-class LoraError(ValueError):
+class LoraError(UserInputError):
     """Bad temporal-LoRA settings or files; the message says what to change."""
 
 

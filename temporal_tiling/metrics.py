@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import UserInputError
 from .plan import TilePlan
 
 PSNR_CAP_DB = 100.0
@@ -77,7 +78,7 @@ content than the tiles' middles by chance; on flat content that allowance is nea
 Axis = Literal["vertical", "horizontal"]
 
 
-class MetricsError(ValueError):
+class MetricsError(UserInputError):
     """Inputs the metrics cannot measure; the message says what to change."""
 
 

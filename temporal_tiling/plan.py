@@ -15,16 +15,13 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .errors import UserInputError
+from .options import FITS, MAX_TILES, ORDERS
+
 Order = Literal["raster", "serpentine", "spiral", "center_out", "random"]
-ORDERS: tuple[str, ...] = ("raster", "serpentine", "spiral", "center_out", "random")
-FITS: tuple[str, ...] = ("shift", "grow")
-"""How tiles fit the canvas: ``shift`` keeps the requested tile size (edge tiles shift inward, so an
-overlap on a canvas that is a multiple of the tile adds a row and a column of tiles); ``grow`` keeps
-the tile count of the overlap-free grid and enlarges every tile just enough for the overlap, which
-keeps the cells denoised per canvas cell near ((tile + overlap) / tile)²."""
 
 
-class PlanError(ValueError):
+class PlanError(UserInputError):
     """An impossible tile plan; the message says which setting to change."""
 
 
@@ -89,6 +86,13 @@ def _fitted_tile(canvas: int, tile: int, overlap: int) -> int:
     if count == 1:
         return tile
     return min(canvas, math.ceil((canvas + (count - 1) * overlap) / count))
+
+
+def _axis(canvas: int, tile: int, overlap: int, fit: str) -> tuple[int, list[int]]:
+    """(tile size, tile origins) along one axis, in latent cells, for a ``fit`` of ``FITS``."""
+    if fit == "grow":
+        tile = _fitted_tile(canvas, tile, overlap)
+    return tile, _axis_starts(canvas, tile, overlap)
 
 
 def _grid_order(rows: int, cols: int, order: str, seed: int) -> list[tuple[int, int]]:
@@ -279,7 +283,7 @@ def _check_px(name: str, value: int, compression: int) -> None:
         )
 
 
-def make_plan(
+def check_plan(
     width: int,
     height: int,
     tile_width: int,
@@ -287,14 +291,13 @@ def make_plan(
     overlap: int,
     compression: int,
     order: str = "raster",
-    seed: int = 0,
     fit: str = "shift",
-) -> TilePlan:
-    """Plan a ``width`` × ``height`` px canvas in tiles of ``tile_width`` × ``tile_height`` px.
+    max_tiles: int = MAX_TILES,
+) -> tuple[int, int]:
+    """(rows, cols) of the plan ``make_plan`` would build, or a PlanError naming the setting to change.
 
-    ``overlap`` (px) is the least overlap between neighbouring tiles. With ``fit="shift"`` edge
-    tiles shift inward and overlap more; with ``fit="grow"`` tiles grow (see ``FITS``). All sizes
-    must be multiples of ``compression`` (pixels per latent cell).
+    Counts the grid without building tiles, so a canvas cut into tens of thousands of tiles is refused
+    in microseconds instead of being planned first.
     """
     if not isinstance(compression, int) or compression <= 0:
         raise PlanError(
@@ -326,12 +329,42 @@ def make_plan(
         raise PlanError(f"Unknown tile fit {fit!r}; choose one of {', '.join(FITS)}.")
 
     c = compression
-    tile_h, tile_w = tile_height // c, tile_width // c
-    if fit == "grow":
-        tile_h = _fitted_tile(height // c, tile_h, overlap // c)
-        tile_w = _fitted_tile(width // c, tile_w, overlap // c)
-    ys = _axis_starts(height // c, tile_h, overlap // c)
-    xs = _axis_starts(width // c, tile_w, overlap // c)
+    rows, cols = (
+        len(_axis(canvas // c, tile // c, overlap // c, fit)[1])
+        for canvas, tile in ((height, tile_height), (width, tile_width))
+    )
+    if rows * cols > max_tiles:
+        raise PlanError(
+            f"The plan has {rows * cols} tiles ({cols}×{rows}), more than the ceiling of {max_tiles} "
+            f"(max_tiles): every tile is a full sampling run. Use larger tiles or a smaller canvas, or "
+            f"raise max_tiles if you mean it."
+        )
+    return rows, cols
+
+
+def make_plan(
+    width: int,
+    height: int,
+    tile_width: int,
+    tile_height: int,
+    overlap: int,
+    compression: int,
+    order: str = "raster",
+    seed: int = 0,
+    fit: str = "shift",
+    max_tiles: int = MAX_TILES,
+) -> TilePlan:
+    """Plan a ``width`` × ``height`` px canvas in tiles of ``tile_width`` × ``tile_height`` px.
+
+    ``overlap`` (px) is the least overlap between neighbouring tiles. With ``fit="shift"`` edge
+    tiles shift inward and overlap more; with ``fit="grow"`` tiles grow (see ``FITS``). All sizes
+    must be multiples of ``compression`` (pixels per latent cell). More than ``max_tiles`` tiles are
+    refused before any tile is built (see ``MAX_TILES``).
+    """
+    check_plan(width, height, tile_width, tile_height, overlap, compression, order, fit, max_tiles)
+    c = compression
+    tile_h, ys = _axis(height // c, tile_height // c, overlap // c, fit)
+    tile_w, xs = _axis(width // c, tile_width // c, overlap // c, fit)
     sequence = _grid_order(len(ys), len(xs), order, seed)
     position = {cell: i for i, cell in enumerate(sequence)}
     tiles = tuple(

@@ -17,11 +17,13 @@ from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed_from
 from diffusers.models.transformers.transformer_sana_video import WanRotaryPosEmbed
 from torch import Tensor
 
+from .errors import UserInputError
+
 if TYPE_CHECKING:
     from .plan import Tile, TilePlan
 
 
-class PositionError(ValueError):
+class PositionError(UserInputError):
     """The canvas does not fit the model's position encoding; the message says what to change."""
 
 

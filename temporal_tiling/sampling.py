@@ -18,27 +18,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .context import encode_global_context, guide_size
+from .errors import UserInputError
 from .flow import CFGDenoiser, Denoiser, flow_sigmas, sample_tile
+from .options import DEFAULT_GUIDE_DENOISE, DEFAULT_LOCK_FEATHER, DEFAULT_LOCK_MARGIN, METHODS
+from .options import DEFAULT_LOCK_RELEASE as DEFAULT_LOCK_RELEASE  # the nodes' widget default
+from .options import DEFAULT_RELEASE_BAND as DEFAULT_RELEASE_BAND  # the nodes' widget default
 from .plan import Tile, TilePlan, make_plan
-
-DEFAULT_LOCK_FEATHER = 2
-"""Cells of known content, next to the lock edge, that the new tile may still blend into."""
-
-DEFAULT_LOCK_MARGIN = 1
-"""Outermost cells of each earlier tile that a new tile regenerates instead of locking. Measured on
-the embedded model (512×256 px, 4×2 tiles, 3 prompts): 1 removes the line at the earlier tile's
-window edge (worst inner line over the median line 5.29 → 4.43 on average; native render 4.76); 2
-scored 4.62."""
-
-DEFAULT_LOCK_RELEASE = 0.0
-"""Share of the lock released by σ = 0 (:class:`LockRelease`); set from bench/results/quality.md."""
-DEFAULT_RELEASE_BAND = 0
-"""Cells of the overlap next to the new area that the release applies to (0 = the whole overlap)."""
 
 CLEAN_SIGMA = 1e-3
 """Noise level of the clean re-encoding pass (BCLA ``source = "clean"``): a finished tile, near t = 0."""
 
-METHODS = ("causal", "guided", "independent", "multidiffusion", "full")
 
 X0Hook = Callable[[Tensor, Tensor], Tensor]
 MaskSchedule = Callable[[Tensor, Tensor], Tensor]
@@ -47,7 +36,7 @@ TileCallback = Callable[[int, int], None]
 """``(tile index, tile count)``, called as each tile starts; it may raise to cancel."""
 
 
-class SamplingError(ValueError):
+class SamplingError(UserInputError):
     """Inputs that do not fit the plan or each other; the message says what to change."""
 
 
@@ -116,7 +105,7 @@ class GuideFirst:
 
     long_side: int | None = None
     """Long side of the whole-scene pass in px; None = the plan's tile long side (the model's size)."""
-    denoise: float = 0.5
+    denoise: float = DEFAULT_GUIDE_DENOISE
     """Share of the schedule the tiles run from the upscaled guide (1 = from noise, guide unused)."""
     skip_residual: float = 0.0
     """DemoFusion skip residual toward the guide in the early steps (GlobalContext.skip_residual)."""

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import UserInputError
+
 KINDS = ("sky", "gradient", "metal", "texture")
 PATTERNS = ("stripes", "checks", "dots")
 OBJECTS = ("sun", "moon", "tree")
@@ -50,7 +52,7 @@ TRUNK_RGB = (0.40, 0.25, 0.10)
 HIGHLIGHT_RGB = (0.97, 0.97, 0.95)
 
 
-class SceneError(ValueError):
+class SceneError(UserInputError):
     """Bad arguments to the scene generator (sizes, counts)."""
 
 

@@ -40,12 +40,13 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from . import seamlab
+from .errors import UserInputError
 
 SHIFT = 3.0
 PRECISIONS = ("bf16", "fp32")
 
 
-class TrainError(ValueError):
+class TrainError(UserInputError):
     """A training setting that cannot work; the message says what to change."""
 
 

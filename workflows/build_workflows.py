@@ -167,6 +167,7 @@ def planner(
         ("shuffle_seed", 0),
         ("compression", compression),
         ("tile_size", "manual"),
+        ("max_tiles", 1024),
     ]
     return Node(node_id, "SanaTemporalTilePlanner", pos, widgets, links, title, size=(340, 560))
 
@@ -272,7 +273,7 @@ def txt2img() -> list[Node]:
             10,
             "SanaTemporalSeamBlender",
             (1660, 260),
-            [("method", "feather"), ("ramp", "cosine"), ("color_correction", "none")],
+            [("method", "feather"), ("ramp", "cosine"), ("color_correction", "none"), ("batch_size", 1)],
             {"images": (9, 0), "tile_plan": (5, 0)},
             size=(320, 160),
         ),
@@ -367,7 +368,7 @@ def upscale() -> list[Node]:
             11,
             "SanaTemporalSeamBlender",
             (1500, 160),
-            [("method", "laplacian"), ("ramp", "cosine"), ("color_correction", "apt")],
+            [("method", "laplacian"), ("ramp", "cosine"), ("color_correction", "apt"), ("batch_size", 1)],
             {"images": (10, 0), "tile_plan": (5, 0)},
             size=(320, 160),
         ),

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from ..options import EMBEDDED_MODEL
 from .checkpoint import CheckpointError, load_state_dict
 from .text import SanaTextEncoder, load_text_encoder
 from .vae import compression, decode_tiled, fit_latent_rgb, load_vae_file, load_vae_folder
@@ -14,8 +15,6 @@ from .variants import (
     load_transformer_folder,
     variant_from_config,
 )
-
-EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "embedded" / "seamlab-sana"
 
 
 def is_pipeline_folder(path: str | Path) -> bool:

@@ -6,13 +6,16 @@ that holds no tensors) becomes a `CheckpointError` whose message names the file 
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
+
+from ..errors import UserInputError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -20,7 +23,7 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 _NESTED_KEYS = ("state_dict", "model", "module", "ema")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError):
     """A model file cannot be used; the message says which file and what to change."""
 
 
@@ -30,14 +33,21 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Pickle-based files go through `torch.load(weights_only=True)`: a file that needs arbitrary code to
     unpickle is refused instead of executed.
     """
+    return load_checkpoint(path)[0]
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, stored config) of a model file. The config is what the weights cannot tell (e.g. a
+    custom SANA's cross-attention heads): safetensors metadata ``config`` (a JSON object) or the ``config``
+    entry (dict or JSON text) of a pickled checkpoint; {} when the file has none."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Model file '{path}' does not exist. Put it in the model folder and refresh.")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        state = _load_safetensors(path)
+        state, config = _load_safetensors(path)
     elif suffix in PICKLE_SUFFIXES:
-        state = _load_pickle(path)
+        state, config = _load_pickle(path)
     else:
         raise CheckpointError(
             f"'{path.name}' has an unsupported extension '{suffix}'. "
@@ -45,20 +55,49 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         )
     if not state:
         raise CheckpointError(f"'{path.name}' holds no tensors: it is not a model checkpoint.")
-    return state
+    return state, config
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _config(stored: object, path: Path) -> dict:
+    """A stored config as a dict; a malformed one is refused rather than ignored."""
+    if stored is None:
+        return {}
     try:
-        return load_file(str(path), device="cpu")
+        config = json.loads(stored) if isinstance(stored, str) else stored
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"'{path.name}' stores a config that is not JSON ({exc}).") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"'{path.name}' stores a config that is not a JSON object.")
+    return config
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        with safe_open(str(path), "pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+        return load_file(str(path), device="cpu"), _config(metadata.get("config"), path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(
             f"'{path.name}' is not a readable safetensors file (truncated or corrupt download?): {exc}. "
             "Download it again."
         ) from exc
 
 
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+def _has_torch_header(path: Path) -> bool:
+    """torch.save writes a zip archive ('PK') or, in its legacy format, a pickle (PROTO 2-5 opcode)."""
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    return head == b"PK" or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _load_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    if not _has_torch_header(path):
+        raise CheckpointError(
+            f"'{path.name}' is not a PyTorch checkpoint: it starts with neither a zip nor a pickle header "
+            "(corrupt or truncated download, or another format). Download it again."
+        )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -70,7 +109,7 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"'{path.name}' is corrupt ({exc}). Download it again.") from exc
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"'{path.name}' is truncated or corrupt ({exc}). Download it again.") from exc
-    return _tensors_of(obj, path)
+    return _tensors_of(obj, path), _config(obj.get("config"), path)
 
 
 def _tensors_of(obj: object, path: Path) -> dict[str, torch.Tensor]:

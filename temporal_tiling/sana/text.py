@@ -61,13 +61,16 @@ class SanaTextEncoder(torch.nn.Module):
     def uses_instruction(self, prompt: str) -> bool:
         return self.instruction == "always" or (self.instruction == "auto" and bool(prompt.strip()))
 
+    def _text_and_length(self, prompt: str) -> tuple[str, int]:
+        """The text the tokenizer reads for ``prompt`` and the token count it is padded or cut to."""
+        text = prompt.lower().strip()
+        if self.uses_instruction(prompt):
+            return self._template + text, self._template_tokens + self.max_sequence_length - 2
+        return text, self.max_sequence_length
+
     def tokenize(self, prompt: str) -> dict[str, torch.Tensor]:
         """Token ids [1, L] and attention mask [1, L] of one prompt, template included when it applies."""
-        text = prompt.lower().strip()
-        length = self.max_sequence_length
-        if self.uses_instruction(prompt):
-            text = self._template + text
-            length = self._template_tokens + self.max_sequence_length - 2
+        text, length = self._text_and_length(prompt)
         tokens = self.tokenizer(
             [text],
             padding="max_length",
@@ -77,6 +80,26 @@ class SanaTextEncoder(torch.nn.Module):
             return_tensors="pt",
         )
         return {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
+
+    def prompt_notes(self, prompt: str) -> list[str]:
+        """What the model will not see of ``prompt``: words its tokenizer does not know (read as the
+        unknown token) and tokens past ``max_sequence_length`` (cut off); [] when it sees all of it."""
+        if not prompt.strip():
+            return ["the prompt is empty, so nothing steers the picture"]
+        notes = []
+        text = prompt.lower().strip()
+        unknown_id = self.tokenizer.unk_token_id
+        if unknown_id is not None:
+            tokens = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            pairs = zip(tokens.input_ids, tokens.offset_mapping, strict=True)
+            unknown = ", ".join(dict.fromkeys(text[a:b] for i, (a, b) in pairs if i == unknown_id))
+            if unknown:
+                notes.append(f"words the model does not know (read as {self.tokenizer.unk_token}): {unknown}")
+        full, length = self._text_and_length(prompt)
+        count = len(self.tokenizer(full, add_special_tokens=True).input_ids)
+        if count > length:
+            notes.append(f"the prompt is cut short: its last {count - length} tokens are dropped")
+        return notes
 
     @torch.no_grad()
     def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from diffusers import SanaTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_sana_transformer_to_diffusers
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
-from .checkpoint import CheckpointError, load_state_dict
+from .checkpoint import CheckpointError, load_checkpoint
 
 ORIGINAL_MARKER = "blocks.0.cross_attn.q_linear.weight"
 DIFFUSERS_MARKER = "transformer_blocks.0.attn2.to_q.weight"
@@ -347,9 +347,36 @@ def load_transformer_file(
 ) -> tuple[SanaTransformer2DModel, SanaVariant]:
     """Load a single-file SANA transformer (original or diffusers keys), detecting its variant."""
     path = Path(path)
-    state_dict = strip_prefix(load_state_dict(path))
+    tensors, stored = load_checkpoint(path)
+    state_dict = strip_prefix(tensors)
     variant = detect_variant(state_dict, path.name)
+    if variant.size == "custom":
+        variant = with_stored_cross_heads(variant, stored, path.name)
     return build_transformer(state_dict, variant, dtype, path.name), variant
+
+
+def with_stored_cross_heads(variant: SanaVariant, stored: dict, name: str) -> SanaVariant:
+    """A custom-size variant with the cross-attention heads its file stores.
+
+    The weights fix the cross-attention width but not how it splits into heads, and each split is a
+    different model; published sizes have known splits, a custom size must say its own.
+    """
+    heads = stored.get("num_cross_attention_heads")
+    width = variant.config["cross_attention_dim"]
+    if not isinstance(heads, int) or heads <= 0 or width % heads:
+        raise CheckpointError(
+            f"'{name}' is a custom-size SANA transformer ({width} wide, {variant.config['num_layers']} "
+            "blocks): its weights do not tell how many cross-attention heads it has, and a wrong guess "
+            "is a different model. Load it as a diffusers folder (transformer/config.json), or store its "
+            "transformer config in the file: safetensors metadata 'config' = JSON with "
+            "num_cross_attention_heads."
+        )
+    config = {
+        **variant.config,
+        "num_cross_attention_heads": heads,
+        "cross_attention_head_dim": width // heads,
+    }
+    return replace(variant, config=config)
 
 
 def load_transformer_folder(

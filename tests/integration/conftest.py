@@ -8,6 +8,7 @@ folder that ComfyUI is told about (folder_paths in-process, --base-directory for
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import types
@@ -70,14 +71,17 @@ def models_dir(tmp_path_factory) -> Path:
     text.mkdir()
     for part in ("text_encoder", "tokenizer"):
         (text / part).symlink_to(pipeline / part, target_is_directory=True)
+    config = {"num_cross_attention_heads": 1}  # a custom size stores what its weights cannot tell
     for name, kwargs in TINY_VARIANTS.items():
         sd = fixtures.original_state_dict(64, 2, grid=4, caption_channels=32, in_channels=8, **kwargs)
         if name.endswith(".pth"):
-            torch.save({"state_dict": sd}, models / "diffusion_models" / name)
+            torch.save({"state_dict": sd, "config": config}, models / "diffusion_models" / name)
         else:
-            save_file(sd, models / "checkpoints" / name)
+            save_file(sd, models / "checkpoints" / name, metadata={"config": json.dumps(config)})
     wrong = fixtures.original_state_dict(64, 2, grid=4, caption_channels=32, in_channels=16)
-    save_file(wrong, models / "checkpoints" / "tiny_sana_16ch.safetensors")
+    save_file(
+        wrong, models / "checkpoints" / "tiny_sana_16ch.safetensors", metadata={"config": json.dumps(config)}
+    )
     save_file(
         {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)},
         models / "checkpoints" / "sd15.safetensors",

@@ -72,6 +72,18 @@ def _sample(nodes, model, conds, plan, **overrides):
     return canvas["samples"], tiles["samples"]
 
 
+def refusal(node, links: dict | None = None, **widgets) -> str | None:
+    """The message a node's validate_inputs refuses these inputs with (None: accepted). It raises, so
+    ComfyUI reports the mistake once instead of once per argument."""
+    UserInputError = pack_module("temporal_tiling.errors").UserInputError
+
+    try:
+        assert node.validate_inputs(input_types=links or {}, **widgets) is True
+    except UserInputError as error:
+        return str(error)
+    return None
+
+
 def _bcla(nodes, model, mode="cumulative", strength=1.0, source="synchronous"):
     return nodes.bcla_cache.SanaBCLACache.execute(model, mode, strength, source, 0.5, True).result[0]
 
@@ -105,6 +117,9 @@ def test_planner_auto_tile_size_uses_model_memory_estimate(nodes, parts):
     assert plan.tile_height == min(native, 32) and plan.tile_width == min(native, 64)
 
 
+PLANNER_WIDGETS = ("width", "height", "tile_width", "tile_height", "overlap", "compression", "tile_size")
+
+
 @pytest.mark.parametrize(
     ("widgets", "links", "message"),
     [
@@ -116,14 +131,31 @@ def test_planner_auto_tile_size_uses_model_memory_estimate(nodes, parts):
         ((512, 512, 256, 256, 64, 32, "manual"), {"image": "LATENT"}, "image expects IMAGE"),
         ((None, 512, 256, 256, 64, 32, "manual"), {}, None),  # width turned into an input: checked at run
         ((None, 512, 1024, 256, 256, 32, "manual"), {}, "must be smaller than the tile"),
+        ((20000, 512, 256, 256, 64, 32, "manual"), {}, "width = 20000 is above its maximum 16384"),
+        ((512, 512, 256, 256, 64, 32, "big"), {}, "tile_size = 'big' is not one of its choices"),
+        ((16384, 16384, 64, 64, 0, 8, "manual"), {}, "65536 tiles (256×256), more than the ceiling of 1024"),
     ],
 )
 def test_planner_validation_messages(nodes, widgets, links, message):
-    result = nodes.planner.SanaTilePlanner.validate_inputs(*widgets, input_types=links)
-    if message is None:
-        assert result is True
-    else:
-        assert isinstance(result, str) and message in result
+    values = dict(zip(PLANNER_WIDGETS, widgets, strict=True))
+    result = refusal(nodes.planner.SanaTilePlanner, links, fit="shift", **values)
+    assert result is None if message is None else message in result
+
+
+def test_planner_refuses_65536_tiles_fast_and_max_tiles_raises_the_ceiling(nodes):
+    import time
+
+    planner = nodes.planner.SanaTilePlanner
+    widgets = dict(zip(PLANNER_WIDGETS, (16384, 16384, 64, 64, 0, 8, "manual"), strict=True))
+    start = time.perf_counter()
+    assert "raise max_tiles" in refusal(planner, fit="shift", **widgets)
+    with pytest.raises(ValueError, match="more than the ceiling of 1024"):
+        planner.execute(**widgets, fit="shift", order="raster", shuffle_seed=0)
+    assert time.perf_counter() - start < 1.0
+    assert refusal(planner, fit="shift", max_tiles=65536, **widgets) is None
+    small = dict(widgets, width=1024, height=1024)
+    plan, _ = planner.execute(**small, fit="shift", order="raster", shuffle_seed=0, max_tiles=256).result
+    assert len(plan) == 256
 
 
 # --- BCLA Cache --------------------------------------------------------------------------------------
@@ -146,9 +178,9 @@ def test_bcla_cache_refuses_a_model_without_sana_linear_attention(nodes):
     foreign = comfy.model_patcher.ModelPatcher(base, "cpu", "cpu")
     with pytest.raises(ValueError, match="SANA linear attention"):
         _bcla(nodes, foreign)
-    assert "choose one of" in nodes.bcla_cache.SanaBCLACache.validate_inputs(
-        "everything", "synchronous", 1.0, 0.5
-    )
+    cache = nodes.bcla_cache.SanaBCLACache
+    assert "mode = 'everything' is not one of its choices" in refusal(cache, mode="everything")
+    assert "strength = 100.0 is above its maximum 8.0" in refusal(cache, strength=100.0)
 
 
 # --- Causal SANA Sampler -----------------------------------------------------------------------------
@@ -244,8 +276,7 @@ def test_denoise_below_one_refines_the_input_latent(nodes, parts, conds, plan):
     light = _sample(nodes, model, conds, plan, denoise=0.2, latent_image={"samples": source})[0]
     strong = _sample(nodes, model, conds, plan, denoise=0.9, latent_image={"samples": source})[0]
     assert (light - source).abs().mean() < 0.7 * (strong - source).abs().mean()
-    message = nodes.sampler.SanaCausalSampler.validate_inputs(0.5, "causal", {})
-    assert "connect latent_image" in message
+    assert "connect latent_image" in refusal(nodes.sampler.SanaCausalSampler, denoise=0.5, mode="causal")
     wrong = {"samples": torch.zeros(1, 8, plan.canvas_height + 1, plan.canvas_width)}
     with pytest.raises(ValueError, match="Tile Planner"):
         _sample(nodes, model, conds, plan, denoise=0.5, latent_image=wrong)
@@ -292,13 +323,50 @@ def test_interrupt_is_honoured_within_a_tile(nodes, parts, conds, plan):
     assert len(calls) == 2  # stopped before the third model call of the first tile
 
 
+def test_sampler_refuses_before_any_model_call(nodes, parts, conds, plan):
+    """A plan for another compression, NaN in the latent, unknown sampler names: refused with a message,
+    the model never called."""
+    model, _, vae = parts
+    calls = []
+    counted = model.clone()
+    counted.set_model_unet_function_wrapper(
+        lambda apply, args: calls.append(1) or apply(args["input"], args["timestep"], **args["c"])
+    )
+    c = vae.spacial_compression_encode()
+    other = nodes.planner.SanaTilePlanner.execute(
+        10 * 8, 7 * 8, 4 * 8, 4 * 8, 8, "shift", "raster", 0, 8, "manual"
+    ).result[0]
+    with pytest.raises(ValueError, match=f"compression 8 but this model's VAE has {c} px per latent cell"):
+        _sample(nodes, counted, conds, other)
+    with pytest.raises(ValueError, match=f"compression 8 but this model's VAE has {c} px per latent cell"):
+        nodes.planner.SanaTilePlanner.execute(
+            80, 56, 32, 32, 8, "shift", "raster", 0, 8, "manual", model=model
+        )
+    nan = torch.full((1, 8, plan.canvas_height, plan.canvas_width), float("nan"))
+    with pytest.raises(ValueError, match="latent_image holds NaN"):
+        _sample(nodes, counted, conds, plan, denoise=0.5, latent_image={"samples": nan})
+    assert calls == []
+    sampler = nodes.sampler.SanaCausalSampler
+    assert "sampler_name = 'foo' is not one of its choices" in refusal(sampler, sampler_name="foo")
+    assert "scheduler = 'bar' is not one of its choices" in refusal(sampler, scheduler="bar")
+    assert "cfg must be a finite number" in refusal(sampler, cfg=float("nan"))
+    assert "steps = 0 is below its minimum 1" in refusal(sampler, steps=0)
+
+
+def test_sampler_refuses_a_non_finite_result(nodes, parts, conds, plan):
+    model = parts[0].clone()
+    model.set_model_unet_function_wrapper(lambda apply, args: torch.full_like(args["input"], float("nan")))
+    with pytest.raises(ValueError, match="produced NaN or infinite values"):
+        _sample(nodes, model, conds, plan, mode="independent")
+
+
 # --- Global context ----------------------------------------------------------------------------------
 def test_global_context_guides_the_tiles(nodes, parts, conds, plan):
     model = parts[0]
     guide = {"samples": torch.randn(1, 8, 4, 6, generator=torch.Generator().manual_seed(5))}
     context = nodes.context.SanaGlobalContext
-    assert "exactly one guide" in context.validate_inputs({})
-    assert context.validate_inputs({"latent": "LATENT"}) is True
+    assert "exactly one guide" in refusal(context)
+    assert refusal(context, {"latent": "LATENT"}) is None
     spec = context.execute(1.0, 1.0, 0.0, 3.0, 0.5, 0, 0, latent=guide).result[0]
     plain = _sample(nodes, model, conds, plan)[0]
     guided = _sample(nodes, model, conds, plan, global_context=spec)[0]
@@ -309,8 +377,11 @@ def test_global_context_guides_the_tiles(nodes, parts, conds, plan):
     seeded = _sample(nodes, _bcla(nodes, model), conds, plan, global_context=seeded_spec)[1]
     unseeded = _sample(nodes, _bcla(nodes, model), conds, plan)[1]
     assert not torch.allclose(seeded[0], unseeded[0])  # the seed reaches even the first tile
-    assert "mode = causal" in nodes.sampler.SanaCausalSampler.validate_inputs(
-        1.0, "multidiffusion", {"global_context": "GLOBAL_CONTEXT"}
+    assert "mode = causal" in refusal(
+        nodes.sampler.SanaCausalSampler,
+        {"global_context": "GLOBAL_CONTEXT"},
+        denoise=1.0,
+        mode="multidiffusion",
     )
 
 
@@ -360,7 +431,12 @@ def test_split_blend_roundtrip_and_metrics_report(nodes, plan, tmp_path, monkeyp
     for method in ("none", "feather", "laplacian", "poisson"):
         out = nodes.tiles.SanaSeamBlender.execute(tiles, plan, method, "cosine", "none").result[0]
         assert torch.allclose(out, image, atol=1e-4), method
-    assert "reference input connected" in nodes.tiles.SanaSeamBlender.validate_inputs("reference", {})
+    assert "reference input connected" in refusal(nodes.tiles.SanaSeamBlender, color_correction="reference")
+    two = nodes.tiles.SanaTileSplit.execute(plan, image=torch.cat([image, image])).result[0]
+    pair = nodes.tiles.SanaSeamBlender.execute(two, plan, "feather", "cosine", "none", batch_size=2).result[0]
+    assert torch.allclose(pair[1], image[0], atol=1e-4)
+    with pytest.raises(ValueError, match="set batch_size to the number of canvases"):
+        nodes.tiles.SanaSeamBlender.execute(two, plan, "feather", "cosine", "none")
     result = nodes.metrics.SanaTileMetrics.execute(image, plan, "sana/report", tiles=tiles)
     report, ratio, delta_e, psnr, heatmap, jump, seamless = result.result
     assert "gradient ratio" in report and psnr == pytest.approx(100.0)  # identical overlaps: capped PSNR
@@ -381,3 +457,45 @@ def test_split_blend_roundtrip_and_metrics_report(nodes, plan, tmp_path, monkeyp
     flagged = nodes.metrics.SanaTileMetrics.execute(stepped.clamp(0, 1), plan, "sana/report", guide=guide)
     assert flagged.result[-1] is False and flagged.ui["text"][0].startswith("seams visible")
     assert "guide" in flagged.result[0]
+
+
+# --- README advice and prompt warnings ---------------------------------------------------------------
+def test_readme_empty_latent_advice_gives_the_requested_size(nodes):
+    """The embedded model is 8× with 16 channels: EmptySD3LatentImage decodes to the size asked for.
+    SANA's DC-AE is 32× with 32 channels: EmptyHunyuanImageLatent is 32× and its 64 zero channels are
+    cut to the model's 32."""
+    import comfy.sample
+    from comfy_extras.nodes_hunyuan import EmptyHunyuanImageLatent
+    from comfy_extras.nodes_sd3 import EmptySD3LatentImage
+
+    import nodes as comfy_nodes
+
+    loaders = nodes.loaders
+    model, clip, vae = loaders.SanaCheckpointLoader.execute(
+        loaders.EMBEDDED_ENTRY, loaders.FROM_CHECKPOINT, loaders.FROM_CHECKPOINT, "default", "auto"
+    ).result
+    assert model.get_model_object("latent_format").downscale_ratio == 8
+    latent = EmptySD3LatentImage.execute(256, 128, 1).result[0]
+    positive = comfy_nodes.CLIPTextEncode().encode(clip, "a blue sky")[0]
+    sampled = comfy_nodes.common_ksampler(model, 0, 1, 1.0, "euler", "simple", positive, positive, latent)[0]
+    image = comfy_nodes.VAEDecode().decode(vae, sampled)[0]
+    assert tuple(image.shape[1:3]) == (128, 256)
+
+    sana = types.SimpleNamespace(
+        get_model_object=lambda name: types.SimpleNamespace(latent_channels=32, latent_dimensions=2)
+    )
+    empty = EmptyHunyuanImageLatent().generate(1024, 512)[0]["samples"]
+    assert tuple(comfy.sample.fix_empty_latent_channels(sana, empty).shape) == (1, 32, 16, 32)
+
+
+def test_unknown_words_and_cut_prompts_are_logged(nodes, parts, caplog):
+    import nodes as comfy_nodes
+
+    clip = parts[1]
+    with caplog.at_level("WARNING"):
+        comfy_nodes.CLIPTextEncode().encode(clip, "zebra " + "the " * 400)
+        comfy_nodes.CLIPTextEncode().encode(clip, "")
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "words the model does not know (read as <unk>): zebra" in logged
+    assert "the prompt is cut short" in logged
+    assert logged.count("SANA prompt") == 2  # the empty negative is not a mistake

@@ -137,6 +137,17 @@ def _errors(comfy_server, graph: dict) -> dict:
         (PLANNER, {"overlap": 30}, "not a multiple of the VAE's compression factor"),
         (SAMPLER, {"denoise": 0.5}, "connect latent_image"),
         ("10", {"color_correction": "reference"}, "needs the reference input connected"),
+        (SAMPLER, {"sampler_name": "foo"}, "sampler_name = 'foo' is not one of its choices"),
+        (SAMPLER, {"scheduler": "bar"}, "scheduler = 'bar' is not one of its choices"),
+        (PLANNER, {"width": 20000}, "width = 20000 is above its maximum 16384"),
+        (PLANNER, {"tile_size": "big"}, "tile_size = 'big' is not one of its choices"),
+        (
+            PLANNER,
+            {"width": 16384, "height": 16384, "tile_width": 64, "tile_height": 64, "overlap": 0},
+            "65536 tiles",
+        ),
+        ("4", {"strength": 100.0}, "strength = 100.0 is above its maximum 8.0"),
+        ("1", {"weight_dtype": "fp8"}, "weight_dtype = 'fp8' is not one of its choices"),
     ],
 )
 def test_bad_input_is_a_validation_error_on_its_node(comfy_server, node, changes, message):
@@ -146,6 +157,29 @@ def test_bad_input_is_a_validation_error_on_its_node(comfy_server, node, changes
     graph[node]["inputs"].update(changes)
     errors = _errors(comfy_server, graph)
     assert set(errors) == {node}, errors
-    details = " ".join(e["details"] for e in errors[node]["errors"])
+    assert len(errors[node]["errors"]) == 1, errors  # one message, not one per input
+    details = errors[node]["errors"][0]["details"]
     assert message in details, details
     assert errors[node]["class_type"] == graph[node]["class_type"]
+
+
+def _saved(models_dir, prefix: str) -> list[Path]:
+    return list((models_dir / "output").glob(f"{prefix}*"))
+
+
+def test_plan_for_another_compression_fails_on_the_sampler_and_writes_nothing(comfy_server, models_dir):
+    """Plans from the compression widget (no VAE: 32× for the main canvas, 8× for the guide) for the tiny
+    4× model sampled canvases of the wrong size in pixels."""
+    graph = with_model(workflow("txt2img_temporal_tiling"), TINY)
+    for planner in (PLANNER, "15"):
+        graph[planner]["inputs"].pop("vae", None)
+    graph[PLANNER]["inputs"].update(compression=32, width=384, height=256, tile_width=128, tile_height=128)
+    for node in graph.values():
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = "refused_compression/out"
+    entry = comfy_server.run(graph, timeout=600)
+    assert entry["status"]["status_str"] == "error", json.dumps(entry)[:2000]
+    failure = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert graph[failure["node_id"]]["class_type"] == "SanaTemporalCausalSampler"
+    assert "but this model's VAE has 4 px per latent cell" in failure["exception_message"]
+    assert not _saved(models_dir, "refused_compression")

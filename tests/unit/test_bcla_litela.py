@@ -135,6 +135,27 @@ def test_record_locked_off_records_only_the_masked_tokens():
     assert (everything - full).abs().max() > 1e-2
 
 
+def test_one_cell_tiles_take_the_samplers_denoise_mask_as_token_mask():
+    """A 1 × 1-cell tile's [1, 1, 1, 1] lock mask is its [h, w] token mask, not a scalar to refuse."""
+    attn = lite_la()
+    a, b = tokens(1, seed=1), tokens(1, seed=2)
+    plan = make_plan(2, 1, 1, 1, 0, 1)
+    cache = BCLACache(BCLAConfig(record_locked=False), plan)
+    patched(attn, cache)
+    with torch.no_grad():
+        cache.begin_tile(plan.tiles[0], torch.ones(1, 1, 1, 1))
+        cache.set_call(0.5, [0])
+        attn(a)
+        cache.end_tile()
+        cache.begin_tile(plan.tiles[1], torch.ones(1, 1, 1, 1))
+        cache.set_call(0.5, [0])
+        out = attn(b)
+    del attn.attn_matmul
+    with torch.no_grad():
+        full = attn(torch.cat([a, b], dim=1))[:, 1:]
+    assert (out - full).abs().max() <= 1e-5
+
+
 def test_lite_la_records_what_diffusers_processor_records():
     """Same weights, same tokens: the cache holds the same [B, heads, Dv+1, Dk] statistics for both
     attention classes, so everything built on the statistics (modes, seeds, CFG) applies to both."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tiny_models import tiny_sana
 
-from temporal_tiling import cli
+from temporal_tiling import cli, sampling
 from temporal_tiling.atomic import write_atomic
 
 COMPRESSION = 8
@@ -93,8 +94,8 @@ def test_lock_margin_flag_reaches_the_causal_sampler(tmp_path: Path, monkeypatch
         margins.append(kwargs["lock_margin"])
         return generate(*args, **kwargs)
 
-    generate = cli.generate
-    monkeypatch.setattr(cli, "generate", recording_generate)
+    generate = sampling.generate  # the CLI imports it when a run starts
+    monkeypatch.setattr(sampling, "generate", recording_generate)
     assert run([*BASE, "--method", "causal", "--lock-margin", "2", "--out", str(tmp_path)]) == 0
     assert margins == [2]
 
@@ -171,6 +172,15 @@ def test_guided_renders_the_whole_scene_first_with_either_upscale(tmp_path: Path
             "--method",
             "only used by the causal and guided",
         ),
+        (["--context-stats", "0.5", "--context-size", "1"], "--context-size", "needs at least 8 px"),
+        (["--method", "guided", "--context-size", "1"], "--context-size", "needs at least 8 px"),
+        (["--width", "100000"], "--width", "must be <= 16384"),
+        (
+            ["--width", "16384", "--height", "16384", "--tile", "64", "--overlap", "0"],
+            "--max-tiles",
+            "65536 tiles",
+        ),
+        (["--max-tiles", "5"], "--max-tiles", "more than the ceiling of 5"),
     ],
 )
 def test_bad_flags_end_with_an_argparse_error_naming_the_flag(
@@ -181,7 +191,96 @@ def test_bad_flags_end_with_an_argparse_error_naming_the_flag(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}" in err and message in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_mid_run_leaves_the_output_folder_as_it_was(tmp_path: Path, capsys) -> None:
+    """The first method's PNG is written, then the second fails: no file, no new folder remains."""
+    from temporal_tiling.sampling import SamplingError
+
+    def failing_loader(folder: Path, device: torch.device) -> cli.LoadedModel:
+        model = tiny_loader(folder, device)
+        decoded = []
+
+        def decode(latent: torch.Tensor) -> torch.Tensor:
+            decoded.append(1)
+            if len(decoded) > 2:  # canvas + tiles of the first method decode; the second method fails
+                raise SamplingError("the second method failed")
+            return model.decode(latent)
+
+        return cli.LoadedModel(model.transformer, model.encode_prompt, decode, COMPRESSION, 3.0, "tiny")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run([*BASE, "--method", "compare", "--out", str(tmp_path / "new")], loader=failing_loader)
+    assert exit_info.value.code == 2 and "the second method failed" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "causal.png").write_bytes(b"an earlier run")
+    with pytest.raises(SystemExit):
+        run([*BASE, "--method", "compare", "--out", str(tmp_path / "old")], loader=failing_loader)
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["causal.png"]
+    assert (tmp_path / "old" / "causal.png").read_bytes() == b"an earlier run"
+
+
+def test_one_cell_tiles_run(tmp_path: Path) -> None:
+    assert run([*BASE, "--tile", "8", "--overlap", "0", "--out", str(tmp_path)]) == 0
+    with Image.open(tmp_path / "causal.png") as image:
+        assert image.size == (64, 40)
+
+
+def test_prompt_notes_and_long_runs_are_warned_about(tmp_path: Path, capsys) -> None:
+    def noting_loader(folder: Path, device: torch.device) -> cli.LoadedModel:
+        model = tiny_loader(folder, device)
+        model.prompt_notes = lambda prompt: [f"words the model does not know: {prompt.split()[0]}"]
+        return model
+
+    argv = [*BASE, "--negative", "blurry", "--max-tiles", "2000", "--out", str(tmp_path)]
+    argv[argv.index("--tile") + 1], argv[argv.index("--overlap") + 1] = "8", "0"
+    argv[argv.index("--width") + 1], argv[argv.index("--height") + 1] = "160", "104"  # 20 × 13 tiles
+    argv[argv.index("--steps") + 1] = "1"
+    assert run(argv, loader=noting_loader) == 0
+    err = capsys.readouterr().err
+    assert "warning: --prompt: words the model does not know: one" in err
+    assert "warning: --negative: words the model does not know: blurry" in err
+    assert "warning: 260 tiles × 1 steps × 1 method(s) = 260 tile passes" in err
+
+
+def test_help_and_argument_errors_load_no_torch_and_print_each_default_once() -> None:
+    code = (
+        "import sys\n"
+        "from temporal_tiling import cli\n"
+        "cli.build_parser().parse_args(['generate', '--prompt', 'x', '--out', 'o'])\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'numpy', 'PIL') if m in sys.modules))\n"
+    )
+    root = Path(cli.__file__).resolve().parents[1]
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "temporal_tiling", "generate", "--help"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout
+    entries = help_text.split("\n  --")[1:]
+    assert len(entries) > 20 and any(e.startswith("max-tiles") for e in entries)
+    assert all(" ".join(e.split()).count("default") <= 1 for e in entries), entries
+    assert "(default: )" not in help_text
+
+
+def test_cli_defaults_are_the_engines() -> None:
+    from temporal_tiling.bcla import BCLAConfig
+    from temporal_tiling.flow import SAMPLERS
+
+    args = cli.build_parser().parse_args(["generate", "--prompt", "x", "--out", "o"])
+    engine = BCLAConfig()
+    assert (args.bcla_mode, args.bcla_strength, args.bcla_source) == (
+        engine.mode,
+        engine.strength,
+        engine.source,
+    )
+    assert tuple(SAMPLERS) == cli.SAMPLER_NAMES
 
 
 def test_missing_embedded_model_says_so(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -202,7 +301,7 @@ def test_not_a_model_folder(tmp_path: Path, capsys) -> None:
 
 def test_interrupt_leaves_no_partial_file(tmp_path: Path, capsys, monkeypatch) -> None:
     def interrupted_fsync(fd: int) -> None:
-        assert next(tmp_path.glob(".independent.png.*.tmp")).stat().st_size > 0  # half-way through
+        assert next(tmp_path.rglob(".independent.png.*.tmp")).stat().st_size > 0  # half-way through
         raise KeyboardInterrupt  # Ctrl-C while the first PNG is being written
 
     monkeypatch.setattr(os, "fsync", interrupted_fsync)

@@ -128,3 +128,20 @@ def test_grow_fit_leaves_single_tile_axes_alone_and_rejects_unknown_fit():
     assert (plan.rows, plan.tile_height, plan.tile_width) == (1, 16, 17)
     with pytest.raises(PlanError, match="shift, grow"):
         make_plan(1024, 512, 512, 512, 64, 32, fit="stretch")
+
+
+def test_tile_ceiling_is_checked_before_any_tile_is_built():
+    import time
+
+    from temporal_tiling.plan import check_plan
+
+    start = time.perf_counter()
+    with pytest.raises(PlanError, match=r"65536 tiles \(256×256\), more than the ceiling of 1024"):
+        make_plan(16384, 16384, 64, 64, 0, 8)
+    assert time.perf_counter() - start < 0.5  # counted, not built: building them took 17-35 s
+    assert check_plan(16384, 16384, 64, 64, 0, 8, max_tiles=65536) == (256, 256)
+    for fit in ("shift", "grow"):
+        plan = make_plan(2048, 1024, 256, 256, 64, 32, fit=fit)
+        assert check_plan(2048, 1024, 256, 256, 64, 32, fit=fit) == (plan.rows, plan.cols)
+    with pytest.raises(PlanError, match="ceiling of 7"):
+        make_plan(2048, 1024, 256, 256, 64, 32, fit="grow", max_tiles=7)

@@ -16,3 +16,18 @@ def test_readme_engine_example_runs():
     assert result.canvas.shape[-2:] == (plan.canvas_height, plan.canvas_width)
     assert result.tiles.shape[0] == len(plan)
     assert torch.isfinite(result.canvas).all()
+
+
+def test_readme_lists_the_embedded_vocabulary_and_its_empty_latent():
+    import json
+
+    from temporal_tiling.options import EMBEDDED_MODEL
+
+    text = README.read_text()
+    vocab = json.loads((EMBEDDED_MODEL / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    listed = re.search(r"Its vocabulary: (.*)\.", text).group(1)
+    assert set(re.findall(r"`([^`]+)`", listed)) == {w for w in vocab if w[0] != "<" and w != ","}
+    vae = json.loads((EMBEDDED_MODEL / "vae" / "config.json").read_text())
+    compression = 2 ** (len(vae["encoder_block_out_channels"]) - 1)
+    row = next(line for line in text.splitlines() if line.startswith("| the embedded seam-lab model |"))
+    assert f"{compression}×, {vae['latent_channels']} channels" in row and "EmptySD3LatentImage" in row

@@ -145,7 +145,8 @@ def test_resolution_from_file_name_when_weights_cannot_tell() -> None:
 def test_prefixed_and_nested_pth_checkpoint_loads(tmp_path) -> None:
     sd = _tiny(pe_scale=2.0)
     path = tmp_path / "Sana_tiny.pth"
-    torch.save({"state_dict": {f"model.diffusion_model.{k}": v for k, v in sd.items()}, "step": 3}, path)
+    nested = {f"model.diffusion_model.{k}": v for k, v in sd.items()}
+    torch.save({"state_dict": nested, "step": 3, "config": {"num_cross_attention_heads": 1}}, path)
     model, variant = load_transformer_file(path)
     assert variant.interpolation_scale == 2.0
     assert torch.equal(_run(model), _run(build_transformer(sd, detect_variant(sd))))
@@ -217,6 +218,30 @@ def test_truncated_and_corrupt_files_refused(tmp_path) -> None:
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="not a state dict"):
         load_state_dict(tmp_path / "list.pth")
+    noise = torch.randint(0, 256, (4000,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    (tmp_path / "random.pth").write_bytes(noise.numpy().tobytes())
+    with pytest.raises(CheckpointError, match=r"random\.pth' is not a PyTorch checkpoint"):
+        load_state_dict(tmp_path / "random.pth")
+
+
+def test_single_file_builds_the_folder_model_or_is_refused(tmp_path) -> None:
+    """A custom size's cross-attention heads are not in the weights: the single file must store them."""
+    folder = fixtures.write_pipeline_folder(tmp_path / "toy")
+    from_folder, _ = load_transformer_folder(folder)
+    weights = from_folder.state_dict()
+    bare = tmp_path / "toy.safetensors"
+    save_file(weights, bare)
+    with pytest.raises(CheckpointError, match=r"safetensors metadata 'config'.*num_cross_attention_heads"):
+        load_transformer_file(bare)
+    config = (folder / "transformer" / "config.json").read_text()
+    described = tmp_path / "toy_with_config.safetensors"
+    save_file(weights, described, metadata={"config": config})
+    from_file, variant = load_transformer_file(described)
+    assert variant.config["num_cross_attention_heads"] == from_folder.config.num_cross_attention_heads == 2
+    assert torch.equal(_run(from_file), _run(from_folder))
+    save_file(weights, bare, metadata={"config": "not json"})
+    with pytest.raises(CheckpointError, match="not JSON"):
+        load_transformer_file(bare)
 
 
 def test_sana_dcae_single_file_layout_checked() -> None:
@@ -342,6 +367,17 @@ def test_diffusers_pipeline_folder_loads(tmp_path) -> None:
     assert model.config.caption_channels == 32
     with pytest.raises(CheckpointError, match="not a diffusers SANA folder"):
         load_transformer_folder(tmp_path)
+
+
+def test_prompt_notes_name_unknown_words_and_cut_prompts() -> None:
+    from temporal_tiling.sana import EMBEDDED_MODEL
+
+    text = load_text_encoder(EMBEDDED_MODEL)
+    assert text.prompt_notes("a navy night sky with one moon") == []
+    assert text.prompt_notes("a zebra in the sky") == ["words the model does not know (read as <unk>): zebra"]
+    assert text.prompt_notes("sky " * 31) == []  # 31 words + BOS: exactly what the model reads
+    assert text.prompt_notes("sky " * 40) == ["the prompt is cut short: its last 9 tokens are dropped"]
+    assert "empty" in text.prompt_notes("  ")[0]
 
 
 def test_published_fixture_specs_are_detected_as_the_files_they_stand_for() -> None:
