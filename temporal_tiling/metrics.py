@@ -10,23 +10,26 @@ to any line between. So each seam is measured on its *band*: every line from ``M
 overlap to ``MARGIN_PX`` after it (the shared edge ± ``MARGIN_PX`` without overlap). A seam's headline
 is its worst line.
 
-Against what. Content has edges and colour changes of its own, so the same band, as wide as the seams'
-bands, is measured through the middle of every tile where no other tile reaches: the *floor*, what this
-image scores where there is no seam. The verdict (``SeamReport.meets_targets``) is the seams' excess over
-that floor, each seam against the floor of its own axis: the seams' mean worst-line gradient ratio below
-``TARGET_RATIO`` times the floor's, their mean worst-line ΔE and drift ΔE less than ``TARGET_DELTA_E``
-above the floor's. Worst seams are reported (and drawn by ``mark_measured_lines``) but not judged: one
-band crossing a strong edge of the content decides a worst value.
+Against what. Content has edges and colour changes of its own, so windows shaped like each seam's
+band (same axis, same width) are slid through the part of every tile no other tile reaches: the
+*floor*, what this image scores where there is no seam. The verdict (``SeamReport.meets_targets``) is
+the seams' excess over that floor: their mean worst-line gradient ratio below ``TARGET_RATIO`` times
+the floor's, their mean worst-line ΔE and drift ΔE less than ``TARGET_DELTA_E`` above the floor's
+(beyond the sampling noise of as many bands, ``SAMPLING_Z``). Worst seams are reported (and drawn by
+``mark_measured_lines``) but not judged: one band crossing a strong edge of the content decides a
+worst value.
 
 The numbers:
 - gradient ratio of a line: mean |ΔL*| across the line over mean |ΔL*| between neighbouring pixel lines
   within ``BAND_PX`` on both sides, both plus the image's own noise level (``noise_lstar``), so flat,
-  noise-free areas do not turn rounding into drama. 1 = like its surroundings.
+  noise-free areas do not turn rounding into drama; per ``SEGMENT_PX`` segment along the line, the
+  median over the segments (``ALONG_QUANTILE``). 1 = like its surroundings.
 - ΔE of a line: CIEDE2000 between the mean Lab of the ``BAND_PX`` bands on either side, per
-  ``SEGMENT_PX`` segment along the line, averaged over the segments.
-- drift ΔE of a band: CIEDE2000 between ``DRIFT_STRIP_PX`` strips just outside the band on either side,
-  per ``DRIFT_SEGMENT_PX`` segment: a tile-sized colour change spread over the whole overlap (e.g. a
-  feather between tiles of different colour casts) that no single line sees.
+  ``SEGMENT_PX`` segment along the line, the median over the segments.
+- drift ΔE of a band: CIEDE2000 of the median (over ``DRIFT_SEGMENT_PX`` segments) colour change
+  between ``DRIFT_STRIP_PX`` strips just outside the band on either side: a tile-sized colour change
+  spread over the whole overlap (e.g. a feather between tiles of different colour casts) that no single
+  line sees.
 - line jump (plan-free): for every row and column boundary the mean |ΔL*| along it; the worst over the
   median of its axis. A seam across the canvas is a peak; it needs no plan, so it also judges images
   from other tools.
