@@ -771,23 +771,25 @@ def seam_report(
         ratio, delta, drift = (
             torch.stack([getattr(s, k)[:, 0] for s in seam_scores]) for k in WINDOW_MEASURES
         )
+        drift = drift.nan_to_num(0.0)
+        samples = [sample_floor(s.band) for s in seam_scores]
+        floors = {
+            key: _seam_floor(
+                values,
+                [
+                    _floor(scores if exact or key != "drift" else [], key, values[i], seamless)
+                    for i, (scores, exact) in enumerate(samples)
+                ],
+            )
+            for key, values, seamless in zip(
+                WINDOW_MEASURES, (ratio, delta, drift), (1.0, None, None), strict=True
+            )
+        }
     else:  # a single tile: nothing to measure, report the invisible-seam values
         ratio, delta, drift = torch.ones(1, 1), torch.zeros(1, 1), torch.zeros(1, 1)
-    drift = drift.nan_to_num(0.0)
-    shapes = [s.band for s in seam_scores] or [Band("vertical", 1, 1, 0, 1)]
-    samples = [sample_floor(band) for band in shapes]
-    floors = {
-        key: _seam_floor(
-            values,
-            [
-                _floor(scores if exact or key != "drift" else [], key, values[i], seamless)
-                for i, (scores, exact) in enumerate(samples)
-            ],
-        )
-        for key, values, seamless in zip(
-            WINDOW_MEASURES, (ratio, delta, drift), (1.0, None, None), strict=True
-        )
-    }
+        floors = {
+            key: (value, value, 0.0) for key, value in zip(WINDOW_MEASURES, (1.0, 0.0, 0.0), strict=True)
+        }
     centre = [s.at(seam.position) for s, seam in zip(seam_scores, seams, strict=True)] or [
         (ratio[0], delta[0])
     ]
