@@ -5,7 +5,9 @@ context, split/blend and metrics, as ComfyUI's executor calls them (``execute`` 
 from __future__ import annotations
 
 import json
+import os
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -499,3 +501,52 @@ def test_unknown_words_and_cut_prompts_are_logged(nodes, parts, caplog):
     assert "words the model does not know (read as <unk>): zebra" in logged
     assert "the prompt is cut short" in logged
     assert logged.count("SANA prompt") == 2  # the empty negative is not a mistake
+
+
+# --- Saved outputs -----------------------------------------------------------------------------------
+NODE_REFERENCE = Path(__file__).with_name("reference_node_runs.safetensors")
+
+
+def test_sampler_modes_give_the_outputs_saved_before_the_run_path_was_unified(nodes, parts, conds, plan):
+    """Canvas and tiles of fixed sampler runs, compared with ones saved before the engine's run path was
+    unified. Exact where the torch version and CPU capability match the recording, to 1e-4 elsewhere;
+    ``RECORD_REFERENCE_RUNS=1`` rewrites the file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model = parts[0]
+    guide = {"samples": torch.randn(1, 8, 4, 6, generator=torch.Generator().manual_seed(5))}
+    source = torch.randn(
+        1, 8, plan.canvas_height, plan.canvas_width, generator=torch.Generator().manual_seed(1)
+    )
+    context = nodes.context.SanaGlobalContext.execute
+    runs = {
+        "causal": dict(model=model),
+        "causal_bcla_margin1": dict(model=_bcla(nodes, model), lock_margin=1),
+        "causal_clean_release_context": dict(
+            model=_bcla(nodes, model, mode="decay", source="clean"),
+            lock_release=0.5,
+            release_band=1,
+            global_context=context(0.5, 0.5, 1.0, 3.0, 0.0, 0, 0, latent=guide).result[0],
+        ),
+        "causal_img2img": dict(model=model, denoise=0.6, latent_image={"samples": source}),
+        "independent": dict(model=model, mode="independent"),
+        "multidiffusion": dict(model=model, mode="multidiffusion"),
+    }
+    outputs = {}
+    for name, settings in runs.items():
+        canvas, tiles = _sample(nodes, settings.pop("model"), conds, plan, **settings)
+        outputs[f"{name}_canvas"], outputs[f"{name}_tiles"] = canvas.contiguous(), tiles.contiguous()
+    environment = {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+    if os.environ.get("RECORD_REFERENCE_RUNS") == "1":
+        save_file(outputs, NODE_REFERENCE, metadata=environment)
+        pytest.skip(f"recorded {len(outputs)} node reference runs")
+    with safe_open(NODE_REFERENCE, "pt") as handle:
+        exact = handle.metadata() == environment
+    saved = load_file(NODE_REFERENCE)
+    assert sorted(outputs) == sorted(saved)
+    for name, tensor in outputs.items():
+        if exact:
+            assert torch.equal(tensor, saved[name]), f"{name} differs by {(tensor - saved[name]).abs().max()}"
+        else:
+            torch.testing.assert_close(tensor, saved[name], atol=1e-4, rtol=1e-4, msg=name)
