@@ -22,6 +22,7 @@ from temporal_tiling.bcla import (
     bcla_processors,
     install_bcla,
 )
+from temporal_tiling.bcla.processors import apply_rotary_emb
 from temporal_tiling.plan import make_plan
 
 LAYER = "attn"
@@ -100,7 +101,7 @@ def test_empty_cache_is_bit_identical_to_stock_sana():
     cache.begin_tile(plan.tiles[0])
     cache.set_call(0.5, [0])
     out = run_sana(model, x)
-    assert cache._pending.nbytes() > 0, "the BCLA path (recording) must have run"
+    assert cache.tile_stats.nbytes() > 0, "the BCLA path (recording) must have run"
     assert torch.equal(out, stock)
     undo()
     assert type(model.transformer_blocks[0].attn1.processor) is SanaLinearAttnProcessor2_0
@@ -120,7 +121,7 @@ def test_empty_cache_is_bit_identical_to_stock_sana_video_rope():
     cache.set_call(0.5, [0])
     with torch.no_grad():
         out = model(x, encoder_hidden_states=text, timestep=torch.tensor([500.0])).sample
-    assert cache._pending.nbytes() > 0
+    assert cache.tile_stats.nbytes() > 0
     assert torch.equal(out, stock)
     undo()
 
@@ -227,9 +228,7 @@ def test_rotated_denominator_crosses_zero_which_is_why_bcla_must_not_use_it():
         q = torch.relu(attn.norm_q(attn.to_q(x))).unflatten(2, (2, -1))
         k = torch.relu(attn.norm_k(attn.to_k(x))).unflatten(2, (2, -1))
     rot = (cos[:, idx], sin[:, idx])
-    from temporal_tiling.bcla import _apply_rotary_emb
-
-    q_rot, k_rot = _apply_rotary_emb(q, *rot), _apply_rotary_emb(k, *rot)
+    q_rot, k_rot = apply_rotary_emb(q, *rot), apply_rotary_emb(k, *rot)
     z, z_rot = k.sum(1, keepdim=True), k_rot.sum(1, keepdim=True)  # [1, 1, heads, d]
     den = (q * z).sum(-1)  # [1, N, heads]
     den_rot = (q_rot * z_rot).sum(-1)
@@ -257,7 +256,7 @@ def test_fp16_model_at_4k_token_counts_keeps_statistics_in_float32():
         in_fp16 = torch.einsum("bnhd,bnhe->bhde", v, k)  # the same sum kept in the model's dtype
         attn64 = attn.double()
         full = SanaLinearAttnProcessor2_0()(attn64, torch.cat([a, b], dim=1).double())[:, n:]
-    stats = cache._store.get(0.5, LAYER, 0)
+    stats = cache.earlier_stats.get(0.5, LAYER, 0)
     assert stats.dtype == torch.float32
     assert torch.isfinite(stats).all() and stats.abs().max() > 65504, "S must exceed fp16's range"
     assert not torch.isfinite(in_fp16).all(), "the same sum in fp16 overflows: the test would catch it"
@@ -296,10 +295,10 @@ def test_cfg_perturbing_one_branch_leaves_the_other_branch_unchanged(perturbed):
     base, out = _cfg_run(None)
     pert, out_p = _cfg_run(perturbed)
     for layer in ("transformer_blocks.0.attn1", "transformer_blocks.1.attn1"):
-        kept, kept_p = base._store.get(0.5, layer, other), pert._store.get(0.5, layer, other)
+        kept, kept_p = base.earlier_stats.get(0.5, layer, other), pert.earlier_stats.get(0.5, layer, other)
         assert kept.shape == (1, 2, 9, 8)
         assert (kept - kept_p).abs().max() <= 1e-6
-        moved = base._store.get(0.5, layer, perturbed) - pert._store.get(0.5, layer, perturbed)
+        moved = base.earlier_stats.get(0.5, layer, perturbed) - pert.earlier_stats.get(0.5, layer, perturbed)
         assert moved.abs().max() > 1e-2
     assert (out[other] - out_p[other]).abs().max() <= 1e-6
     assert (out[perturbed] - out_p[perturbed]).abs().max() > 1e-3
@@ -396,12 +395,12 @@ def test_distance_mode_weights_earlier_tiles_by_canvas_distance(decay):
             cache.begin_tile(tile)
             cache.set_call(0.5, [0])
             proc(attn, tokens(16, seed=tile.index))
-            recorded.append(cache._pending.get(0.5, LAYER, 0).clone())
+            recorded.append(cache.tile_stats.get(0.5, LAYER, 0).clone())
             if tile.index < 4:
                 cache.end_tile()
     diagonal = decay ** (2**0.5 - 1)
     expected = sum(w * s for w, s in zip([diagonal, 1, diagonal, 1], recorded, strict=False))
-    assert torch.allclose(cache._context.get(0.5, LAYER, 0), expected, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(cache.earlier_stats.get(0.5, LAYER, 0), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_strength_schedule_runs_linearly_in_sigma_from_strength_to_strength_end():
@@ -474,9 +473,9 @@ def test_decay_weights_earlier_tiles_geometrically():
             cache.begin_tile(tile)
             cache.set_call(0.5, [0])
             proc(attn, tokens(16, seed=tile.index))
-            recorded.append(cache._pending.get(0.5, LAYER, 0).clone())
+            recorded.append(cache.tile_stats.get(0.5, LAYER, 0).clone())
             cache.end_tile()
-    stored = cache._store.get(0.5, LAYER, 0)
+    stored = cache.earlier_stats.get(0.5, LAYER, 0)
     assert torch.allclose(stored, 0.5 * recorded[0] + recorded[1], rtol=1e-6, atol=0)
     assert not torch.allclose(stored, recorded[0] + recorded[1], rtol=1e-3, atol=0)
 
@@ -511,7 +510,7 @@ def test_clean_source_records_only_in_clean_pass():
         cache.begin_tile(plan.tiles[0])
         cache.set_call(0.9, [0])
         proc(attn, tokens(16, seed=20))
-        assert not cache._pending
+        assert not cache.tile_stats
         with cache.clean_pass():
             cache.set_call(0.01, [0])
             clean_out = proc(attn, tokens(16, seed=21))

@@ -196,7 +196,7 @@ def test_bcla_seed_stats_have_a_tiles_shape_and_the_cache_norm_grows(model) -> N
         norms: list[float] = []
         seeded = run_causal(model, context, cache, on_tile=lambda index, count: norms.append(cache.norm()))
         norms.append(cache.norm())
-        tile_store = cache._store  # the running sum of the tiles' own statistics
+        tile_store = cache.earlier_stats  # cumulative: the running sum of the tiles' own statistics
     seed = context.seed_stats
     assert list(seed.data) == [0.5]  # one model call at σ = 0.5, both CFG branches
     tile_slots = next(iter(tile_store.data.values()))
