@@ -147,11 +147,13 @@ def run(
     *,
     device: torch.device | str = "cpu",
     latent: Tensor | None = None,
+    noise: Tensor | None = None,
 ) -> CanvasResult:
     """Generate a latent canvas: ``shape`` = (batch, latent channels); ``latent`` for img2img.
 
     The canvas noise is drawn on CPU from ``settings.seed`` (as ComfyUI's ``prepare_noise`` does) and
-    moved to ``device``. A BCLA cache is attached to the host for the whole run and detached after.
+    moved to ``device``, unless ``noise`` [B,C,H,W] is given (e.g. one seed per batch item). A BCLA
+    cache is attached to the host for the whole run and detached after.
     """
     if settings.denoise < 1 and latent is None:
         raise SamplingError(
@@ -160,7 +162,9 @@ def run(
     if settings.method == "guided" and latent is not None:
         raise SamplingError("method='guided' renders its own guide and start latent; give no input latent.")
     batch, channels = shape
-    noise = canvas_noise(settings.seed, (batch, channels, plan.canvas_height, plan.canvas_width)).to(device)
+    if noise is None:
+        noise = canvas_noise(settings.seed, (batch, channels, plan.canvas_height, plan.canvas_width))
+    noise = noise.to(device)
     latent = None if latent is None else latent.to(device, noise.dtype)
     cache = None
     if settings.method in CAUSAL_METHODS and settings.cache_config is not None:
