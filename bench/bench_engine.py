@@ -7,7 +7,7 @@ Run from the repository root: ``python -m bench.bench_engine`` (≤ 15 min on 2 
 Protocol. A random SANA-architecture transformer (diffusers ``SanaTransformer2DModel``, DC-AE-like
 32 latent channels, patch 1, head dim 32) generates canvases with as many tokens as SANA 2K, 4K and
 8K (64², 128², 256² latent cells) in tiles of 32×32 cells (1024 px at 32×) through
-``temporal_tiling.sampling.generate``, the call the CLI and README use: CFG on (one batch of cond and
+``temporal_tiling.pipeline.generate``, the call the CLI and README use: CFG on (one batch of cond and
 uncond), Euler, the same step count for every method. Every (canvas, method) runs in a forked child
 process: wall time of the ``generate`` call (``time.perf_counter``) and peak resident memory above
 the child's starting point (Linux VmHWM, reset through ``/proc/self/clear_refs``; the weights are
@@ -41,9 +41,11 @@ import torch
 from diffusers import SanaTransformer2DModel
 
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
+from temporal_tiling.contracts import TileJob
 from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
+from temporal_tiling.pipeline import generate
 from temporal_tiling.plan import TilePlan, make_plan
-from temporal_tiling.sampling import TileJob, canvas_noise, generate, sample_causal
+from temporal_tiling.sampling import canvas_noise, sample_causal
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -8,7 +8,7 @@ Protocol. The published SANA 1600M 4K transformer (sin-cos PE ×2, shift 6) with
 on the GPU in the original key layout (``fixtures.original_state_dict``) and built through the pack's
 ``detect_variant`` / ``build_transformer``, in ``--dtype`` (bf16). Random prompt embeddings of SANA's
 shape (300 × 2304), CFG 4.5 (cond and uncond in one batch), Euler, ``--steps`` steps for every method,
-through ``temporal_tiling.sampling.generate`` (the engine call the CLI uses). Plans as in
+through ``temporal_tiling.pipeline.generate`` (the engine call the CLI uses). Plans as in
 ``bench/bench_engine.py``: 1024 px tiles; causal and independent on the 2-cell lock band with tiles
 grown to fit; MultiDiffusion on fixed windows at 50 % and 25 % overlap. Seconds per image (CUDA
 synchronised wall time) and peak memory (``torch.cuda.max_memory_allocated``, reset per run; on CPU the
@@ -30,8 +30,8 @@ import torch
 
 from bench.bench_engine import _rss_kib, fit_for, verdict
 from temporal_tiling.bcla import BCLAConfig
+from temporal_tiling.pipeline import generate
 from temporal_tiling.plan import TilePlan, make_plan
-from temporal_tiling.sampling import generate
 from temporal_tiling.sana import build_transformer, detect_variant, fixtures
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -56,10 +56,9 @@ if (
     from PIL import Image
     from torch import Tensor
 
-    from .bcla import BCLAConfig
-    from .context import GlobalContext
+    from .context import ContextSettings
+    from .pipeline import GuideFirst
     from .plan import TilePlan
-    from .sampling import GuideFirst
 
 COMPARE = ("independent", "multidiffusion", "causal")
 """What ``--method compare`` renders, in strip order."""
@@ -423,19 +422,12 @@ class _Progress:
 
 
 def _global_context(
-    args: argparse.Namespace,
-    model: LoadedModel,
-    plan: TilePlan,
-    conditioning: dict,
-    cache_config: BCLAConfig,
-    shift: float,
-    out: Path,
-) -> GlobalContext | None:
-    """The low-res pass (the whole scene in one model pass) and the context built from it."""
-    from .bcla import BCLACache, install_bcla
-    from .context import encode_global_context
-    from .flow import CFGDenoiser, flow_sigmas
-    from .sampling import generate, guide_plan
+    args: argparse.Namespace, model: LoadedModel, plan: TilePlan, conditioning: dict, shift: float, out: Path
+) -> ContextSettings | None:
+    """The low-res pass (the whole scene in one model pass, saved as guide.png) and the context the
+    flags ask for; the causal run records the guide's BCLA statistics itself."""
+    from .context import ContextSettings
+    from .pipeline import generate, guide_plan
 
     if not _uses_context(args):
         return None
@@ -448,37 +440,13 @@ def _global_context(
     finally:
         bar.close()
     save_png(to_pil(model.decode(guide)), out / "guide.png")
-    seed_kwargs = {}
-    if args.context_seed > 0:
-        # The seed statistics are per-layer tensors: record them with a throw-away cache on the same
-        # model, generate() seeds its own cache with them.
-        cache = BCLACache(cache_config, plan)
-        undo = install_bcla(model.transformer, cache)
-        seed_kwargs = {
-            "denoiser": CFGDenoiser(
-                model.transformer,
-                conditioning["prompt_embeds"],
-                conditioning["negative_embeds"],
-                args.cfg,
-                cache,
-            ),
-            "cache": cache,
-            "sigma": flow_sigmas(args.steps, shift)[:-1],
-            "seed": args.seed,
-        }
-    else:
-        undo = None
-    try:
-        return encode_global_context(
-            guide,
-            skip_residual=args.context_skip,
-            stats=args.context_stats,
-            bcla_seed=args.context_seed,
-            **seed_kwargs,
-        )
-    finally:
-        if undo is not None:
-            undo()
+    return ContextSettings(
+        guide,
+        skip_residual=args.context_skip,
+        stats=args.context_stats,
+        bcla_seed=args.context_seed,
+        seed=args.seed,
+    )
 
 
 def _uses_context(args: argparse.Namespace) -> bool:
@@ -488,7 +456,7 @@ def _uses_context(args: argparse.Namespace) -> bool:
 def _check_context_size(args: argparse.Namespace, plan: TilePlan) -> None:
     """A CLIError naming --context-size if the low-res pass (``guide_plan``) cannot be made."""
     from .context import ContextError
-    from .sampling import guide_plan
+    from .pipeline import guide_plan
 
     try:
         guide_plan(plan, args.context_size)
@@ -497,7 +465,7 @@ def _check_context_size(args: argparse.Namespace, plan: TilePlan) -> None:
 
 
 def _guide_first(args: argparse.Namespace, model: LoadedModel) -> GuideFirst:
-    from .sampling import GuideFirst, pixel_upscale
+    from .pipeline import GuideFirst, pixel_upscale
 
     upscale = None
     if args.guide_upscale == "pixel":
@@ -631,7 +599,8 @@ def _render(
 ) -> list[Path]:
     """Run every method and write its files into ``out``; returns them (``guide_first``: for guided)."""
     from .bcla import BCLAConfig
-    from .sampling import LockRelease, generate
+    from .pipeline import generate
+    from .sampling import LockRelease
 
     shift = args.shift if args.shift is not None else model.flow_shift
     prompt_embeds = model.encode_prompt(args.prompt)
@@ -645,7 +614,7 @@ def _render(
     )
     context = None
     if "causal" in methods:
-        context = _global_context(args, model, plan, conditioning, cache_config, shift, out)
+        context = _global_context(args, model, plan, conditioning, shift, out)
     written = [out / "guide.png"] if context is not None else []
     images: dict[str, Tensor] = {}
     tiles: dict[str, Tensor] = {}

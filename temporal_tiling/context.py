@@ -4,7 +4,7 @@ Tiles see their neighbours through locking and BCLA, but nothing that says what 
 looks like. A low-res pass (image or latent of the same scene, any size with the canvas's aspect
 ratio) supplies that, three ways, combinable, each with its own strength:
 
-* ``skip_residual`` (DemoFusion's skip residual, seed 001): after every model call the tile's
+* ``skip_residual`` (DemoFusion's skip residual): after every model call the tile's
   predicted clean latent is pulled toward the guide crop, ``x0 += w(σ)·lowpass(guide - x0)`` with
   ``w(σ) = strength·((1 - cos πσ)/2)^power``. That is DemoFusion's cosine decay
   ``c = ((1 + cos(π(T - t)/T))/2)^α`` with the normalised time written as σ: full weight at pure
@@ -24,9 +24,10 @@ ratio) supplies that, three ways, combinable, each with its own strength:
   std by ``strength·(1 - σ)``: a high-noise x0 prediction is a posterior mean whose spread is
   shrunk by construction, and matching that to the guide's inflated early tiles into blotches on
   the embedded model. The contrast gain is capped (``MAX_STATS_GAIN``).
-* ``bcla_seed`` (bottleneck attention to global tokens at O(D²), DehazeXL/seed 001): the model
-  runs once on the noised low-res guide while the BCLA cache records; those S, Z statistics seed
-  every tile's cache (``S_ctx = α·S_cache + β·S_seed``, β = strength; the cache owns the mixing).
+* ``bcla_seed`` (bottleneck attention to global tokens at O(D²), as in DehazeXL): the model
+  runs on the noised low-res guide while the BCLA cache records (the run's seed pass); those S, Z
+  statistics seed every tile's cache (``S_ctx = α·S_cache + β·S_seed``, β = strength; the cache
+  owns the mixing).
 
 Zero strength everywhere gives ``x0_hook(...) is None`` and no seed, so sampling with such a context
 is bit-identical to sampling without one. The context is one explicit argument to the sampler
@@ -36,20 +37,17 @@ is bit-identical to sampling without one. The context is one explicit argument t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
+from .contracts import X0Hook
 from .errors import UserInputError
 from .plan import Tile, TilePlan
-
-X0Hook = Callable[[Tensor, Tensor], Tensor]
-Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 ASPECT_TOLERANCE = 0.1
 """Largest relative aspect-ratio difference between guide and canvas (beyond one cell of rounding)."""
@@ -71,7 +69,7 @@ def _check_strength(name: str, value: float, upper: float | None) -> float:
     return value
 
 
-def _check_guide(guide: Any) -> Tensor:
+def _check_guide(guide: object) -> Tensor:
     if not isinstance(guide, Tensor) or guide.ndim != 4:
         shape = tuple(guide.shape) if isinstance(guide, Tensor) else type(guide).__name__
         raise ContextError(f"The guide must be a latent of shape [B, C, h, w], got {shape}.")
@@ -161,14 +159,15 @@ class GlobalContext:
 
     ``guide`` is a latent [B, C, h, w] of the whole scene (B = 1 or the canvas batch), any size with
     the canvas's aspect ratio; it is resized to the canvas latent size (antialiased bicubic).
-    ``seed_stats`` is what ``BCLACache.record_seed()`` captured on the guide (``encode_global_context``).
+    ``seed_stats`` is what ``BCLACache.record_seed()`` captured on the guide (the run's seed pass,
+    ``pipeline.global_context``).
     """
 
     guide: Tensor
     skip_residual: float = 0.0
     stats: float = 0.0
     bcla_seed: float = 0.0
-    seed_stats: Any = None
+    seed_stats: object = None
     skip_power: float = 3.0
 
     def __post_init__(self) -> None:
@@ -182,8 +181,8 @@ class GlobalContext:
         object.__setattr__(self, "skip_power", power)
         if self.bcla_seed > 0 and self.seed_stats is None:
             raise ContextError(
-                "bcla_seed > 0 needs seed statistics; build the context with encode_global_context("
-                "..., denoiser=..., cache=...) or set bcla_seed=0."
+                "bcla_seed > 0 needs seed statistics; give the run ContextSettings (it records them) "
+                "or set bcla_seed=0."
             )
 
     @property
@@ -272,58 +271,20 @@ class GlobalContext:
         return hook
 
 
-def encode_global_context(
-    guide: Tensor,
-    *,
-    skip_residual: float = 0.0,
-    stats: float = 0.0,
-    bcla_seed: float = 0.0,
-    denoiser: Denoiser | None = None,
-    cache: Any = None,
-    sigma: float | Sequence[float] | Tensor = 0.5,
-    seed: int = 0,
-    skip_power: float = 3.0,
-) -> GlobalContext:
-    """Build a :class:`GlobalContext`; for ``bcla_seed > 0`` run the model on the noised guide.
+@dataclass(frozen=True)
+class ContextSettings:
+    """A global context as the user asks for it (the Global Context node, the CLI's flags): a guide
+    and the strengths. The run turns it into a :class:`GlobalContext`, recording the guide's BCLA
+    statistics with the run's own model and cache when ``bcla_seed`` > 0."""
 
-    The seed pass noises the guide to ``sigma`` (flow matching: ``(1-σ)·guide + σ·ε``, ε seeded by
-    ``seed``) and calls ``denoiser`` inside ``cache.record_seed()``, so the low-res tokens' S, Z —
-    global "bottleneck" tokens, O(D²) whatever the guide size — become ``seed_stats``. ``denoiser``
-    must run the model with ``cache``'s processors installed (``install_bcla``) and CFG applied, as
-    for the tiles, so each CFG branch gets its own seed; the stats are plain per-layer tensors, so
-    any later cache of the same model can be seeded with them. One σ (0.5 keeps the guide's content
-    while staying inside the noise range the tiles' own statistics come from) is one model call;
-    a sequence — e.g. the sampling schedule without its final 0 — is one call each and gives a
-    synchronous cache a seed recorded at every noise level it reads (nearest level otherwise).
-    """
-    guide = _check_guide(guide)
-    seed_stats = None
-    if _check_strength("bcla_seed", bcla_seed, None) > 0:
-        if denoiser is None or cache is None:
-            raise ContextError(
-                "bcla_seed > 0 runs the model on the guide: pass denoiser= and cache= (a BCLA cache "
-                "installed on that model), or set bcla_seed=0."
-            )
-        levels = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).tolist()
-        if not levels or not all(0.0 < s <= 1.0 for s in levels):
-            raise ContextError(f"Seed-pass sigmas must lie in (0, 1], got {levels}.")
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        noise = torch.randn(guide.shape, generator=generator, dtype=torch.float32).to(guide)
-        with torch.no_grad(), cache.record_seed() as handle:
-            for level in levels:
-                sigmas = torch.full((guide.shape[0],), level, dtype=torch.float32, device=guide.device)
-                denoiser((1.0 - level) * guide + level * noise, sigmas)
-        seed_stats = handle.stats
-        if not seed_stats:
-            raise ContextError(
-                "The seed pass recorded no attention statistics; install the cache on the model "
-                "(install_bcla(transformer, cache)) and pass a denoiser that runs that model."
-            )
-    return GlobalContext(
-        guide=guide,
-        skip_residual=skip_residual,
-        stats=stats,
-        bcla_seed=bcla_seed,
-        seed_stats=seed_stats,
-        skip_power=skip_power,
-    )
+    guide: Tensor
+    """[B, C, h, w] latent of the whole scene, in the host's latent space."""
+    skip_residual: float = 0.0
+    stats: float = 0.0
+    bcla_seed: float = 0.0
+    skip_power: float = 3.0
+    seed_sigma: float = 0.0
+    """Noise level of the seed pass; 0 = every level of the run's schedule, one model call each, so
+    each step's tiles read the guide's statistics at their own level."""
+    seed: int = 0
+    """Seed of the seed pass's noise."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from torch import Tensor
@@ -94,3 +95,56 @@ class TileContext(Protocol):
 
     def x0_hook(self, tile: Tile, plan: TilePlan) -> X0Hook | None:
         """The x0 correction for ``tile``; None when there is none."""
+
+
+@dataclass
+class TileJob:
+    """Everything one sampler run needs: a tile, or the whole canvas; crops are views of canvas tensors."""
+
+    tile: Tile
+    noise: Tensor
+    """[B,C,h,w] this tile's crop of the one seeded canvas noise."""
+    latent: Tensor
+    """[B,C,h,w] known content: the canvas so far in locked cells, the input latent elsewhere."""
+    denoise_mask: Tensor
+    """[1,1,h,w] in [0, 1], ComfyUI's convention: 1 = generate, 0 = keep ``latent``."""
+    x0_hook: X0Hook | None = None
+    """Applied to the post-CFG clean prediction after every model call (global context)."""
+    mask_schedule: MaskSchedule | None = None
+    """Changes ``denoise_mask`` per model call (lock release); None keeps it fixed."""
+    denoise: float = 1.0
+    """Share of the noise schedule to run (ComfyUI's ``denoise``): below 1 refines ``latent``."""
+    model_wrap: DenoiserWrap | None = None
+    """Replaces each model call of this job (MultiDiffusion over the canvas); None = the model itself."""
+
+
+class Host(Protocol):
+    """How a run reaches the model: the engine's own flow sampler (CLI, benchmarks) or ComfyUI's (nodes).
+
+    All latents a run hands over are in the host's latent space; only the global context's x0 hook
+    works in the model's own space (:meth:`model_space`).
+    """
+
+    def denoise(self, job: TileJob) -> Tensor:
+        """Run the sampler over ``job`` and return its clean latent [B,C,h,w]."""
+
+    def schedule(self, denoise: float) -> Tensor:
+        """This run's noise levels at ``denoise``, from the first to the final 0."""
+
+    def reencode(self, x0: Tensor) -> None:
+        """One model call on a finished tile near σ = 0, output unused (the cache records it)."""
+
+    def seed_call(self, guide: Tensor, noise: Tensor, sigma: float) -> None:
+        """One model call on ``guide`` noised to ``sigma`` with ``noise``, output unused."""
+
+    def model_space(self, latent: Tensor) -> Tensor:
+        """``latent`` as the model predicts it (ComfyUI's ``process_latent_in``; identity elsewhere)."""
+
+    def attach_cache(self, cache: TileCache) -> None:
+        """Let the model's attention read and write ``cache`` from now until :meth:`detach_cache`."""
+
+    def detach_cache(self) -> None:
+        """Give the model its own attention back."""
+
+    def on_tile(self, index: int, count: int) -> None:
+        """A tile starts (every model call of a tile, inside MultiDiffusion); may raise to cancel."""

@@ -11,19 +11,13 @@ Flow matching: ``x_σ = (1 - σ)·x0 + σ·noise``; SANA predicts the velocity `
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from .contracts import CallCache, Denoiser, TileJob
 from .errors import UserInputError
-
-if TYPE_CHECKING:
-    from .sampling import TileJob
-
-Denoiser = Callable[[Tensor, Tensor], Tensor]
-"""``(x [N,C,h,w], sigma [N]) -> x0 [N,C,h,w]``: predicted clean latent, CFG applied."""
 
 StepCallback = Callable[[int, Tensor, Tensor, int], None]
 """``(step, x0, x, total_steps)``, ComfyUI's sampler callback order; it may raise to cancel."""
@@ -31,12 +25,6 @@ StepCallback = Callable[[int, Tensor, Tensor, int], None]
 
 class FlowError(UserInputError):
     """Impossible sampling settings; the message says what to change."""
-
-
-class CallCache(Protocol):
-    """What the denoiser needs from a BCLA cache: the noise level and CFG branch of each model call."""
-
-    def set_call(self, sigma: float, branches: Sequence[int]) -> None: ...
 
 
 # --- schedule -------------------------------------------------------------------------------------

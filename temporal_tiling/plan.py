@@ -170,6 +170,15 @@ class TilePlan:
         tiled = len(self.tiles) * self.tile_height * self.tile_width
         return tiled / (self.canvas_height * self.canvas_width)
 
+    @property
+    def whole_canvas(self) -> Tile:
+        """The canvas as one tile: what a full pass or a MultiDiffusion sampler runs over."""
+        return Tile(0, 0, 0, 0, 0, self.canvas_height, self.canvas_width, ())
+
+    def crops(self, canvas: torch.Tensor) -> torch.Tensor:
+        """The tiles' crops of a latent canvas [B,C,H,W] as one tile batch [T*B,C,h,w], tile-major."""
+        return torch.cat([canvas[..., tile.slices[0], tile.slices[1]] for tile in self.tiles])
+
     # --- masks -------------------------------------------------------------------------------
     def coverage(self) -> torch.Tensor:
         """How many tiles cover each latent cell, shape [H, W] (float32)."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tiny_models import tiny_sana
 
-from temporal_tiling import cli, sampling
+from temporal_tiling import cli, pipeline
 from temporal_tiling.atomic import write_atomic
 
 COMPRESSION = 8
@@ -94,8 +94,8 @@ def test_lock_margin_flag_reaches_the_causal_sampler(tmp_path: Path, monkeypatch
         margins.append(kwargs["lock_margin"])
         return generate(*args, **kwargs)
 
-    generate = sampling.generate  # the CLI imports it when a run starts
-    monkeypatch.setattr(sampling, "generate", recording_generate)
+    generate = pipeline.generate  # the CLI imports it when a run starts
+    monkeypatch.setattr(pipeline, "generate", recording_generate)
     assert run([*BASE, "--method", "causal", "--lock-margin", "2", "--out", str(tmp_path)]) == 0
     assert margins == [2]
 

@@ -15,14 +15,15 @@ from tiny_models import tiny_sana
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.context import (
     ContextError,
+    ContextSettings,
     GlobalContext,
-    encode_global_context,
     guide_from_image,
     guide_size,
     lowpass,
     skip_weight,
 )
 from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
+from temporal_tiling.pipeline import FlowHost, global_context
 from temporal_tiling.plan import Tile, make_plan
 from temporal_tiling.sampling import canvas_noise, sample_causal
 
@@ -183,10 +184,19 @@ def installed_cache(model):
         undo()
 
 
-def seed_context(model, cache, guide: torch.Tensor, strength: float = 1.0, **kwargs) -> GlobalContext:
+def seed_context(
+    model, cache, guide: torch.Tensor, strength: float = 1.0, seed_sigma: float = 0.5
+) -> GlobalContext:
+    """The run path's seed pass on the tiny model (3 steps; ``seed_sigma`` 0 = every level)."""
     transformer, cond, uncond = model
-    denoiser = CFGDenoiser(transformer, cond, uncond, 3.0, cache)
-    return encode_global_context(guide, bcla_seed=strength, denoiser=denoiser, cache=cache, **kwargs)
+    host = FlowHost(transformer, cond, uncond, steps=3, cfg=3.0)
+    host.attach_cache(cache)
+    try:
+        settings = ContextSettings(guide, bcla_seed=strength, seed_sigma=seed_sigma)
+        canvas = torch.zeros(1, guide.shape[1], PLAN.canvas_height, PLAN.canvas_width)
+        return global_context(settings, PLAN, host, cache, canvas, denoise=1.0)
+    finally:
+        host.detach_cache()
 
 
 def test_bcla_seed_stats_have_a_tiles_shape_and_the_cache_norm_grows(model) -> None:
@@ -219,20 +229,19 @@ def test_bcla_seed_stats_have_a_tiles_shape_and_the_cache_norm_grows(model) -> N
 def test_bcla_seed_at_every_noise_level(model) -> None:
     levels = flow_sigmas(3)[:-1]
     with installed_cache(model) as cache:
-        seed = seed_context(model, cache, smooth_guide(5), sigma=levels).seed_stats
+        seed = seed_context(model, cache, smooth_guide(5), seed_sigma=0.0).seed_stats
     assert sorted(seed.data) == sorted(round(float(s), 6) for s in levels)
 
 
-def test_bcla_seed_needs_an_installed_cache(model) -> None:
+def test_bcla_seed_needs_a_cache_the_model_writes(model) -> None:
     transformer, cond, uncond = model
-    cache = BCLACache(BCLAConfig(), PLAN)
-    with pytest.raises(ContextError, match="install_bcla"):
-        encode_global_context(
-            smooth_guide(5),
-            bcla_seed=1.0,
-            denoiser=CFGDenoiser(transformer, cond, uncond, 3.0, cache),
-            cache=cache,
-        )
+    settings = ContextSettings(smooth_guide(5), bcla_seed=1.0)
+    canvas = torch.zeros(1, 4, PLAN.canvas_height, PLAN.canvas_width)
+    host = FlowHost(transformer, cond, uncond, steps=3, cfg=3.0)
+    with pytest.raises(ContextError, match="BCLA Cache node"):
+        global_context(settings, PLAN, host, None, canvas, denoise=1.0)
+    with pytest.raises(ContextError, match="recorded no attention statistics"):
+        global_context(settings, PLAN, host, BCLACache(BCLAConfig(), PLAN), canvas, denoise=1.0)
 
 
 def test_stats_matches_the_std_only_as_noise_goes() -> None:
@@ -305,11 +314,6 @@ def test_guide_batch_must_be_one_or_canvas_batch() -> None:
 def test_bad_context_is_refused(guide, kwargs, message: str) -> None:
     with pytest.raises(ContextError, match=message):
         GlobalContext(guide, **kwargs)
-
-
-def test_bcla_seed_without_model_is_refused() -> None:
-    with pytest.raises(ContextError, match="pass denoiser= and cache="):
-        encode_global_context(smooth_guide(0), bcla_seed=1.0)
 
 
 # --- building a guide -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 import torch
 from tiny_models import tiny_sana
 
+from temporal_tiling.contracts import TileJob
 from temporal_tiling.flow import (
     CFGDenoiser,
     FlowError,
@@ -19,7 +20,6 @@ from temporal_tiling.flow import (
     shift_sigma,
 )
 from temporal_tiling.plan import Tile
-from temporal_tiling.sampling import TileJob
 
 SAMPLERS = {"euler": euler, "dpmpp_2m": dpmpp_2m}
 

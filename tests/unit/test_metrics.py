@@ -324,7 +324,7 @@ def test_on_a_real_model_the_headline_ranks_full_pass_then_causal_then_independe
     tiles the most, causal tiles with BCLA in between; the worst-line headline and the verdict agree."""
     from temporal_tiling import seamlab
     from temporal_tiling.bcla import BCLAConfig
-    from temporal_tiling.sampling import generate
+    from temporal_tiling.pipeline import generate
     from temporal_tiling.sana import load_text_encoder, load_transformer_folder, load_vae_folder
     from temporal_tiling.sana.vae import scaling_factor
 

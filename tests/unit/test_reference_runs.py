@@ -24,8 +24,9 @@ from tiny_models import tiny_sana
 
 from temporal_tiling import cli
 from temporal_tiling.bcla import BCLAConfig
+from temporal_tiling.pipeline import GuideFirst, generate
 from temporal_tiling.plan import make_plan
-from temporal_tiling.sampling import GuideFirst, LockRelease, generate
+from temporal_tiling.sampling import LockRelease
 
 REFERENCE = Path(__file__).with_name("reference_runs.safetensors")
 RECORD = os.environ.get("RECORD_REFERENCE_RUNS") == "1"

@@ -1,0 +1,412 @@
+"""One run: a plan, a method and its options, through a host that owns the model.
+
+:func:`run` is the only place that turns a method name into tile loops: the Causal SANA Sampler node
+(ComfyUI's samplers as the host), the CLI and the benchmarks (:class:`FlowHost`, the engine's flow
+sampler, through :func:`generate`) all call it. Methods:
+
+* ``causal``: tiles one after another, earlier content locked, a BCLA cache if configured, an
+  optional global context (a whole-scene guide and how strongly the tiles follow it);
+* ``guided``: the whole scene at the model's own size first, then causal tiles refined from it;
+* ``independent``: every tile on its own, overlaps averaged (baseline);
+* ``multidiffusion``: one sampler over the canvas, every model call averaged over the tiles;
+* ``full``: one pass over the whole canvas (the no-tiling reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .bcla import BCLACache, BCLAConfig, install_bcla
+from .context import ContextError, ContextSettings, GlobalContext, guide_size
+from .contracts import Host, TileCache, TileJob
+from .flow import CFGDenoiser, flow_sigmas, sample_tile
+from .options import DEFAULT_GUIDE_DENOISE, DEFAULT_LOCK_FEATHER, DEFAULT_LOCK_MARGIN, METHODS
+from .plan import TilePlan, make_plan
+from .sampling import (
+    CLEAN_SIGMA,
+    CanvasResult,
+    LockRelease,
+    SamplingError,
+    canvas_noise,
+    multidiffusion_denoiser,
+    sample_causal,
+    sample_independent,
+    start_canvas,
+)
+
+CAUSAL_METHODS = ("causal", "guided")
+"""Methods that run the causal tile loop (and so can use a BCLA cache)."""
+
+Upscale = Callable[[Tensor, int, int], Tensor]
+"""``(guide latent [B,C,h,w], canvas height, canvas width in cells) -> canvas latent [B,C,H,W]``."""
+
+
+def latent_upscale(guide: Tensor, height: int, width: int) -> Tensor:
+    """Bilinear enlargement in latent space: no VAE round trip."""
+    return F.interpolate(guide, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def pixel_upscale(
+    decode: Callable[[Tensor], Tensor], encode: Callable[[Tensor], Tensor], compression: int
+) -> Upscale:
+    """Enlargement in pixel space: decode, bicubic resize, re-encode (``decode``/``encode`` map
+    latents to [B,3,H,W] images in [0, 1] and back), so the autoencoder makes the new detail."""
+
+    def upscale(guide: Tensor, height: int, width: int) -> Tensor:
+        size = (height * compression, width * compression)
+        image = F.interpolate(decode(guide).float(), size=size, mode="bicubic", align_corners=False)
+        return encode(image.clamp(0, 1)).to(guide)
+
+    return upscale
+
+
+@dataclass(frozen=True)
+class GuideFirst:
+    """Settings of ``method="guided"``: the whole scene in one pass first, then causal tiles from it.
+
+    A tile without position embedding paints its window as a whole picture (the second tile row
+    repaints the sky's top); starting every tile from the upscaled whole-scene pass at partial
+    denoise gives the canvas one layout, and the guide's attention statistics seed the BCLA cache.
+    """
+
+    long_side: int | None = None
+    """Long side of the whole-scene pass in px; None = the plan's tile long side (the model's size)."""
+    denoise: float = DEFAULT_GUIDE_DENOISE
+    """Share of the schedule the tiles run from the upscaled guide (1 = from noise, guide unused)."""
+    skip_residual: float = 0.0
+    """DemoFusion skip residual toward the guide in the early steps (GlobalContext.skip_residual)."""
+    stats: float = 0.0
+    """Per-tile mean/std alignment to the guide (GlobalContext.stats)."""
+    bcla_seed: float = 1.0
+    """Strength of the guide's attention statistics in every tile's BCLA cache (needs a cache)."""
+    upscale: Upscale | None = None
+    """How the guide is enlarged to the canvas; None = :func:`latent_upscale`."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.denoise <= 1.0:
+            raise SamplingError(
+                f"guide denoise must be in (0, 1] (0.5 keeps the layout), got {self.denoise}."
+            )
+
+
+def guide_plan(plan: TilePlan, long_side: int | None = None) -> TilePlan:
+    """One tile of the whole scene with the canvas's aspect, ``long_side`` px (default: the tile's)."""
+    long_side = long_side or max(plan.tile_width_px, plan.tile_height_px)
+    height, width = guide_size(plan, long_side)
+    return make_plan(width, height, width, height, 0, plan.compression)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What to run on a plan; every method's options, checked together before the model runs."""
+
+    method: str = "causal"
+    seed: int = 0
+    """Seed of the one canvas noise (and of the guide pass's noise for ``guided``)."""
+    denoise: float = 1.0
+    """Share of the schedule to run from ``latent`` (below 1 needs an input latent)."""
+    lock_feather: int = DEFAULT_LOCK_FEATHER
+    lock_margin: int = DEFAULT_LOCK_MARGIN
+    lock_release: LockRelease | None = None
+    cache_config: BCLAConfig | None = None
+    """A BCLA cache for the causal methods; None = tiles see each other through the lock only."""
+    context: ContextSettings | None = None
+    """A global context for ``causal``."""
+    guide_first: GuideFirst | None = None
+    """Options of ``guided``; None = the defaults."""
+
+    def __post_init__(self) -> None:
+        method = self.method
+        if method not in METHODS:
+            raise SamplingError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+        if self.context is not None and method != "causal":
+            hint = " (it renders its own guide)" if method == "guided" else ""
+            raise SamplingError(f"A global context is only used by method='causal', not {method!r}{hint}.")
+        if self.guide_first is not None and method != "guided":
+            raise SamplingError(f"guide_first is only used by method='guided', not {method!r}.")
+        if method == "guided" and self.guide.bcla_seed > 0 and self.cache_config is None:
+            raise SamplingError(
+                "A guide's bcla_seed > 0 seeds the BCLA cache; give a BCLA cache or set it to 0."
+            )
+
+    @property
+    def guide(self) -> GuideFirst:
+        return self.guide_first or GuideFirst()
+
+
+def run(
+    plan: TilePlan,
+    host: Host,
+    settings: RunSettings,
+    shape: tuple[int, int],
+    *,
+    device: torch.device | str = "cpu",
+    latent: Tensor | None = None,
+    noise: Tensor | None = None,
+) -> CanvasResult:
+    """Generate a latent canvas: ``shape`` = (batch, latent channels); ``latent`` for img2img.
+
+    The canvas noise is drawn on CPU from ``settings.seed`` (as ComfyUI's ``prepare_noise`` does) and
+    moved to ``device``, unless ``noise`` [B,C,H,W] is given (e.g. one seed per batch item). A BCLA
+    cache is attached to the host for the whole run and detached after.
+    """
+    if settings.denoise < 1 and latent is None:
+        raise SamplingError(
+            f"denoise = {settings.denoise} needs an input latent; give one or use denoise = 1."
+        )
+    if settings.method == "guided" and latent is not None:
+        raise SamplingError("method='guided' renders its own guide and start latent; give no input latent.")
+    batch, channels = shape
+    if noise is None:
+        noise = canvas_noise(settings.seed, (batch, channels, plan.canvas_height, plan.canvas_width))
+    noise = noise.to(device)
+    latent = None if latent is None else latent.to(device, noise.dtype)
+    cache = None
+    if settings.method in CAUSAL_METHODS and settings.cache_config is not None:
+        cache = BCLACache(settings.cache_config, plan)
+        host.attach_cache(cache)
+    try:
+        with torch.no_grad():
+            return _run(plan, host, settings, noise, latent, cache)
+    finally:
+        if cache is not None:
+            host.detach_cache()
+
+
+def _run(
+    plan: TilePlan,
+    host: Host,
+    settings: RunSettings,
+    noise: Tensor,
+    latent: Tensor | None,
+    cache: TileCache | None,
+) -> CanvasResult:
+    """The method dispatch: which tile loop runs, with which start, context and cache."""
+    method, denoise, context, guide = settings.method, settings.denoise, settings.context, None
+    if method == "guided":
+        options = settings.guide
+        guide = render_guide(plan, host, options.long_side, settings.seed, noise)
+        latent = (options.upscale or latent_upscale)(guide, plan.canvas_height, plan.canvas_width)
+        denoise = options.denoise
+        context = ContextSettings(
+            guide, options.skip_residual, options.stats, options.bcla_seed, seed=settings.seed
+        )
+
+    def denoise_tile(job: TileJob) -> Tensor:
+        return host.denoise(replace(job, denoise=denoise))
+
+    if method in CAUSAL_METHODS:
+        result = sample_causal(
+            plan,
+            noise,
+            denoise_tile,
+            latent=latent,
+            cache=cache,
+            lock_feather=settings.lock_feather,
+            lock_margin=settings.lock_margin,
+            lock_release=settings.lock_release,
+            context=global_context(context, plan, host, cache, noise, denoise),
+            on_tile=host.on_tile,
+            reencode=host.reencode,
+        )
+        return CanvasResult(result.canvas, result.tiles, guide)
+    if method == "independent":
+        return sample_independent(plan, noise, denoise_tile, latent=latent, on_tile=host.on_tile)
+    job = TileJob(
+        plan.whole_canvas,
+        noise,
+        start_canvas(plan, noise, latent),
+        noise.new_ones(1, 1, plan.canvas_height, plan.canvas_width),
+        denoise=denoise,
+    )
+    if method == "multidiffusion":
+        job.model_wrap = lambda denoiser: multidiffusion_denoiser(plan, denoiser, host.on_tile)
+    canvas = host.denoise(job)
+    return CanvasResult(canvas, plan.crops(canvas))
+
+
+def render_guide(plan: TilePlan, host: Host, long_side: int | None, seed: int, like: Tensor) -> Tensor:
+    """The whole scene in one pass at :func:`guide_plan`'s size, from ``seed``'s noise (batch, channels,
+    device and dtype of ``like``)."""
+    small = guide_plan(plan, long_side)
+    noise = canvas_noise(seed, (*like.shape[:2], small.canvas_height, small.canvas_width)).to(like)
+    mask = noise.new_ones(1, 1, small.canvas_height, small.canvas_width)
+    return host.denoise(TileJob(small.whole_canvas, noise, torch.zeros_like(noise), mask))
+
+
+def global_context(
+    settings: ContextSettings | None,
+    plan: TilePlan,
+    host: Host,
+    cache: TileCache | None,
+    noise: Tensor,
+    denoise: float,
+) -> GlobalContext | None:
+    """The engine's GlobalContext for ``settings``, after the BCLA seed pass when ``bcla_seed`` > 0.
+
+    The seed pass runs the model on the guide noised to ``seed_sigma`` (0: to every level of the run's
+    schedule in turn, one call each) while the cache records: the guide's tokens' S, Z statistics,
+    O(D²) whatever the guide's size, then join every tile's context.
+    """
+    if settings is None:
+        return None
+    guide = settings.guide.to(noise)
+    context = GlobalContext(
+        guide=host.model_space(guide),
+        skip_residual=settings.skip_residual,
+        stats=settings.stats,
+        skip_power=settings.skip_power,
+    )
+    context.check(plan, tuple(noise.shape))  # before the seed pass runs the model on the guide
+    if settings.bcla_seed <= 0:
+        return context
+    if cache is None:
+        raise ContextError(
+            "bcla_seed > 0 seeds the BCLA cache: run with a BCLA cache (in ComfyUI, a model from the "
+            "BCLA Cache node) or set bcla_seed to 0."
+        )
+    if settings.seed_sigma > 0:
+        levels = [settings.seed_sigma]
+    else:
+        levels = [float(level) for level in host.schedule(denoise)[:-1] if level > 0]
+    seed_noise = canvas_noise(settings.seed, tuple(guide.shape)).to(guide)
+    with cache.record_seed() as handle:
+        for level in levels:
+            host.seed_call(guide, seed_noise, level)
+    if not handle.stats:
+        raise ContextError(
+            "The seed pass recorded no attention statistics: the model's attention does not use the "
+            "BCLA cache (a model without SANA linear attention?)."
+        )
+    return replace(context, bcla_seed=settings.bcla_seed, seed_stats=handle.stats)
+
+
+class FlowHost:
+    """The engine's own host: a diffusers SanaTransformer2DModel, CFG, and the flow samplers of
+    :mod:`temporal_tiling.flow` (the same rules as ComfyUI's; used by the CLI, benchmarks and tests).
+
+    ``progress(done, total)`` counts tile-steps (one tile through one model step; a whole-canvas pass
+    counts its steps, MultiDiffusion its tile calls) and may raise to cancel.
+    """
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        prompt_embeds: Tensor,
+        negative_embeds: Tensor | None,
+        *,
+        steps: int = 20,
+        cfg: float = 4.5,
+        sampler: str = "euler",
+        shift: float = 3.0,
+        prompt_mask: Tensor | None = None,
+        negative_mask: Tensor | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        total: int = 0,
+    ) -> None:
+        self.transformer = transformer
+        self.device = next(transformer.parameters()).device
+        self.steps, self.cfg, self.sampler, self.shift = steps, cfg, sampler, shift
+        self.conditioning = (prompt_embeds.to(self.device), None)
+        if negative_embeds is not None:
+            self.conditioning = (self.conditioning[0], negative_embeds.to(self.device))
+        self.masks = (prompt_mask, negative_mask)
+        self.progress, self.total, self.done = progress, total, 0
+        self.cache: TileCache | None = None
+        self._undo: Callable[[], None] | None = None
+        self._counting_tile_calls = False
+        self.denoiser = self._denoiser()
+
+    def _denoiser(self) -> CFGDenoiser:
+        positive, negative = self.conditioning
+        prompt_mask, negative_mask = self.masks
+        return CFGDenoiser(
+            self.transformer, positive, negative, self.cfg, self.cache, prompt_mask, negative_mask
+        )
+
+    def tick(self, *_: object) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def schedule(self, denoise: float) -> Tensor:
+        return flow_sigmas(self.steps, self.shift, denoise)
+
+    def denoise(self, job: TileJob) -> Tensor:
+        sigmas = self.schedule(job.denoise)
+        if job.model_wrap is None:
+            return sample_tile(self.denoiser, job, sigmas, self.sampler, self.tick)
+        self._counting_tile_calls = True
+        try:
+            return sample_tile(job.model_wrap(self.denoiser), job, sigmas, self.sampler)
+        finally:
+            self._counting_tile_calls = False
+
+    def on_tile(self, index: int, count: int) -> None:
+        if self._counting_tile_calls:
+            self.tick()
+
+    def reencode(self, x0: Tensor) -> None:
+        self.denoiser(x0, x0.new_full((x0.shape[0],), CLEAN_SIGMA))
+
+    def seed_call(self, guide: Tensor, noise: Tensor, sigma: float) -> None:
+        sigmas = torch.full((guide.shape[0],), sigma, dtype=torch.float32, device=guide.device)
+        self.denoiser((1.0 - sigma) * guide + sigma * noise, sigmas)
+
+    def model_space(self, latent: Tensor) -> Tensor:
+        return latent
+
+    def attach_cache(self, cache: TileCache) -> None:
+        self.cache = cache
+        self._undo = install_bcla(self.transformer, cache)
+        self.denoiser = self._denoiser()
+
+    def detach_cache(self) -> None:
+        if self._undo is not None:
+            self._undo()
+        self.cache, self._undo = None, None
+        self.denoiser = self._denoiser()
+
+
+def generate(
+    plan: TilePlan,
+    transformer: torch.nn.Module,
+    prompt_embeds: Tensor,
+    negative_embeds: Tensor | None,
+    *,
+    steps: int = 20,
+    cfg: float = 4.5,
+    sampler: str = "euler",
+    shift: float = 3.0,
+    latent: Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **settings,
+) -> CanvasResult:
+    """:func:`run` with a :class:`FlowHost` on a diffusers SanaTransformer2DModel.
+
+    ``settings`` are :class:`RunSettings` fields (``method``, ``seed``, ``denoise``, lock, cache,
+    context and guide options). The batch is the prompt batch (or the latent's, for img2img).
+    ``progress(done, total)`` counts tile-steps (see :class:`FlowHost`).
+    """
+    options = RunSettings(**settings)
+    windows = 1 if options.method == "full" else len(plan)
+    total = steps * (windows + (options.method == "guided"))
+    host = FlowHost(
+        transformer,
+        prompt_embeds,
+        negative_embeds,
+        steps=steps,
+        cfg=cfg,
+        sampler=sampler,
+        shift=shift,
+        progress=progress,
+        total=total,
+    )
+    batch = prompt_embeds.shape[0] if latent is None else latent.shape[0]
+    shape = (batch, transformer.config.in_channels)
+    return run(plan, host, options, shape, device=host.device, latent=latent)
