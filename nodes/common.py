@@ -27,7 +27,7 @@ TilePlanSocket = io.Custom("TILE_PLAN")
 """A ``temporal_tiling.plan.TilePlan``: canvas, tiles and generation order."""
 
 GlobalContextSocket = io.Custom("GLOBAL_CONTEXT")
-"""A ``nodes.context.ContextSpec``: low-res guide latent and the global-context strengths."""
+"""A ``temporal_tiling.context.ContextSettings``: low-res guide latent and the global-context strengths."""
 
 
 def image_to_engine(image: Tensor) -> Tensor:

@@ -8,28 +8,11 @@ seed that matches what the tiles will read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..temporal_tiling.context import ContextError
+from ..temporal_tiling.context import ContextError, ContextSettings, guide_from_image, scaled_size
 from .common import CATEGORY, GlobalContextSocket, check_inputs, vae_compression
-
-
-@dataclass(frozen=True)
-class ContextSpec:
-    """The GLOBAL_CONTEXT socket value; the sampler turns it into the engine's ``GlobalContext``."""
-
-    guide: torch.Tensor
-    """[B, C, h, w] guide latent in ComfyUI's LATENT space (as VAEEncode gives it)."""
-    skip_residual: float
-    stats: float
-    bcla_seed: float
-    skip_power: float
-    seed_sigma: float
-    seed: int
 
 
 def _guide_problem(widgets: dict, linked: dict[str, str]) -> str | None:
@@ -159,25 +142,22 @@ class SanaGlobalContext(io.ComfyNode):
         if latent is not None:
             guide = latent["samples"]
         elif image is not None and vae is not None:
-            guide = vae.encode(_resized(image[..., :3], guide_long_side, vae_compression(vae)))
+            guide = _encoded(image, vae, guide_long_side)
         else:
             raise ContextError("Connect a guide: an image with a vae, or a latent.")
         if guide.ndim != 4:
             raise ContextError(f"The guide latent must be [B, C, h, w], got {tuple(guide.shape)}.")
-        spec = ContextSpec(guide, skip_residual, stats, bcla_seed, skip_power, seed_sigma, seed)
+        spec = ContextSettings(guide, skip_residual, stats, bcla_seed, skip_power, seed_sigma, seed)
         return io.NodeOutput(spec)
 
 
-def _resized(image: torch.Tensor, long_side: int, multiple: int) -> torch.Tensor:
-    """IMAGE [B, H, W, 3] with its long side scaled to about ``long_side`` px (0 = unchanged) and both
-    sides rounded to whole latent cells of ``multiple`` px, antialiased, so the VAE can encode it."""
-    height, width = image.shape[1:3]
-    scale = 1.0 if long_side <= 0 else long_side / max(height, width)
-    size = tuple(max(1, round(side * scale / multiple)) * multiple for side in (height, width))
-    if size == (height, width):
-        return image
-    resized = F.interpolate(image.movedim(-1, 1), size=size, mode="bicubic", antialias=True)
-    return resized.clamp(0, 1).movedim(1, -1)
+def _encoded(image: torch.Tensor, vae, long_side: int) -> torch.Tensor:
+    """IMAGE [B, H, W, C] resized to about ``long_side`` px on its long side (0 = its own size), both
+    sides whole latent cells, and encoded by ``vae``."""
+    pixels = image[..., :3].movedim(-1, 1)
+    height, width = pixels.shape[-2:]
+    size = scaled_size(height, width, long_side or max(height, width), vae_compression(vae))
+    return guide_from_image(pixels, lambda x: vae.encode(x.movedim(1, -1)), size=size)
 
 
 NODES = [SanaGlobalContext]

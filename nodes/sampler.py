@@ -1,19 +1,18 @@
-"""Causal SANA Sampler node: tiles generated one after another through ComfyUI's own samplers.
+"""Causal SANA Sampler node: the engine's run path with ComfyUI's own samplers as its host.
 
-The engine (``temporal_tiling.sampling``) decides what each tile sees; this node supplies the
-``denoise_tile`` it calls: ``comfy.sample.sample`` on the tile with ``noise_mask`` = the tile's lock
-mask, so ComfyUI's KSamplerX0Inpaint keeps the already generated overlap (re-noised each step) for
-every sampler and scheduler. The BCLA cache is built here because it depends on the plan; its
-attention processors go onto a clone of the MODEL as object patches, and a model_function_wrapper
-tells the cache the noise level and CFG branches of every model call.
+The engine (``temporal_tiling.pipeline.run``) decides what each tile sees, in which order, and how
+methods differ; this node supplies the host it calls: ``comfy.sample.sample`` on a tile with
+``noise_mask`` = the tile's lock mask, so ComfyUI's KSamplerX0Inpaint keeps the already generated
+overlap (re-noised each step) for every sampler and scheduler. The BCLA processors go onto a clone of
+the MODEL as object patches; an apply-model wrapper tells the cache the noise level and CFG branches
+of every model call (and averages tiles for MultiDiffusion); a post-CFG function applies the global
+context and the denoise-mask function the lock release.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-
 import comfy.model_management
+import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -21,43 +20,24 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..temporal_tiling.bcla import BCLACache, bcla_object_patches
-from ..temporal_tiling.blend import split_tiles
-from ..temporal_tiling.context import ContextError, GlobalContext
-from ..temporal_tiling.plan import Tile, TilePlan
-from ..temporal_tiling.sampling import (
-    CLEAN_SIGMA,
+from ..temporal_tiling.bcla import bcla_object_patches
+from ..temporal_tiling.context import ContextSettings
+from ..temporal_tiling.contracts import DenoiserWrap, MaskSchedule, TileCache, TileJob, X0Hook
+from ..temporal_tiling.options import (
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
     DEFAULT_LOCK_RELEASE,
     DEFAULT_RELEASE_BAND,
-    CanvasResult,
-    LockRelease,
-    MaskSchedule,
-    SamplingError,
-    TileJob,
-    X0Hook,
-    multidiffusion_denoiser,
-    sample_causal,
-    sample_independent,
 )
+from ..temporal_tiling.pipeline import RunSettings, run
+from ..temporal_tiling.plan import Tile, TilePlan
+from ..temporal_tiling.sampling import CLEAN_SIGMA, LockRelease, SamplingError
 from .bcla_cache import bcla_config, bcla_transformer
 from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_inputs, compression_problem
-from .context import ContextSpec
 
 MODES = ("causal", "independent", "multidiffusion")
-
-
-@dataclass
-class _Run:
-    """Mutable state shared by the model wrapper, the post-CFG hook and the progress callback."""
-
-    hook: X0Hook | None = None
-    mask_schedule: MaskSchedule | None = None
-    tile: Tile | None = None
-    done_steps: int = 0
-    preview: torch.Tensor | None = None
-    """Canvas in the model's internal latent space, for previews; finished tiles pasted in."""
+WRAPPER_KEY = "sana_temporal_tiling"
+"""Key of this pack's wrapper on the MODEL clone (ComfyUI chains wrappers of every key)."""
 
 
 def _interrupt_check(*_: object) -> None:
@@ -238,76 +218,26 @@ class SanaCausalSampler(io.ComfyNode):
         release_band: int,
         batch_size: int,
         latent_image: dict | None = None,
-        global_context: ContextSpec | None = None,
+        global_context: ContextSettings | None = None,
     ) -> io.NodeOutput:
         plan = tile_plan
         if (mismatch := compression_problem(model, plan.compression)) is not None:
             raise SamplingError(mismatch)
         start, given = _start_latent(model, plan, latent_image, batch_size, denoise)
-        noise = comfy.sample.prepare_noise(start, seed)
-        run = _Run()
-        work, cache = _patched_model(model, plan, mode, run)
-        run.preview = work.model.process_latent_in(start.clone())
-        total = (1 if mode == "multidiffusion" else len(plan)) * steps
-        callback = _progress(work, plan, run, total)
-
-        def sample(noise_: torch.Tensor, latent: torch.Tensor, **kwargs) -> torch.Tensor:
-            return comfy.sample.sample(
-                work,
-                noise_,
-                steps,
-                cfg,
-                sampler_name,
-                scheduler,
-                positive,
-                negative,
-                latent,
-                disable_pbar=True,
-                seed=seed,
-                **kwargs,
-            )
-
-        def denoise_tile(job: TileJob) -> torch.Tensor:
-            run.hook, run.mask_schedule, run.tile = job.x0_hook, job.mask_schedule, job.tile
-            mask = None if bool((job.denoise_mask == 1).all()) else job.denoise_mask
-            out = sample(job.noise, job.latent, denoise=denoise, noise_mask=mask, callback=callback)
-            run.hook, run.mask_schedule, run.tile = None, None, None
-            run.done_steps += steps
-            rows, cols = job.tile.slices
-            run.preview[..., rows, cols] = work.model.process_latent_in(out.to(run.preview))
-            return out.to(job.latent)
-
-        def reencode(x0: torch.Tensor) -> None:
-            """source = clean: one model call on the finished tile near σ = 0, recording only."""
-            sample(torch.zeros_like(x0), x0, sigmas=torch.tensor([CLEAN_SIGMA, 0.0]))
-
-        if mode == "multidiffusion":
-            canvas = sample(noise, start, denoise=denoise, callback=callback)
-            result = CanvasResult(canvas, split_tiles(canvas, plan, scale=1))
-        elif mode == "independent":
-            result = sample_independent(plan, noise, denoise_tile, latent=given, on_tile=_interrupt_check)
-        else:
-
-            def schedule() -> torch.Tensor:
-                """This run's noise levels, as ComfyUI's KSampler computes them."""
-                return comfy.samplers.KSampler(
-                    work, steps, work.load_device, sampler_name, scheduler, denoise, work.model_options
-                ).sigmas
-
-            context = _global_context(global_context, work, plan, start, cache, sample, schedule)
-            result = sample_causal(
-                plan,
-                noise,
-                denoise_tile,
-                latent=given,
-                cache=cache,
-                lock_feather=lock_feather,
-                lock_margin=lock_margin,
-                lock_release=LockRelease(lock_release, release_band),
-                context=context,
-                on_tile=_interrupt_check,
-                reencode=reencode,
-            )
+        settings = RunSettings(
+            method=mode,
+            seed=seed,
+            denoise=denoise,
+            lock_feather=lock_feather,
+            lock_margin=lock_margin,
+            lock_release=LockRelease(lock_release, release_band),
+            cache_config=bcla_config(model) if mode == "causal" else None,
+            context=global_context,
+        )
+        windows = 1 if mode == "multidiffusion" else len(plan)
+        host = ComfyHost(model, plan, (positive, negative), (steps, cfg, sampler_name, scheduler, seed))
+        host.start_preview(start, windows * steps)
+        result = run(plan, host, settings, tuple(start.shape[:2]), device=start.device, latent=given)
         if not bool(torch.isfinite(result.canvas).all()):
             raise SamplingError(
                 "The sampler produced NaN or infinite values (an unstable sampler/cfg/dtype combination); "
@@ -342,111 +272,150 @@ def _start_latent(
     return latent, latent
 
 
-def _patched_model(model, plan: TilePlan, mode: str, run: _Run):
-    """A clone with the BCLA processors (causal + BCLA Cache model), the call wrapper and the x0 hook."""
-    work = model.clone()
-    config = bcla_config(model) if mode == "causal" else None
-    cache = None
-    if config is not None:
-        cache = BCLACache(config, plan)
-        transformer = bcla_transformer(work)
-        for path, patch in bcla_object_patches(transformer, cache).items():
-            work.add_object_patch(f"diffusion_model.{path}", patch)
-    previous = model.model_options.get("model_function_wrapper")
+class ComfyHost:
+    """The run path's host inside ComfyUI (``contracts.Host``): every sampler run is
+    ``comfy.sample.sample`` on a clone of the MODEL that carries this run's patches.
 
-    def call(apply_model, args: dict) -> torch.Tensor:
-        if previous is not None:
-            return previous(apply_model, args)
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    def wrapper(apply_model, args: dict) -> torch.Tensor:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        if cache is not None:
-            cache.set_call(float(args["timestep"].flatten()[0]), args["cond_or_uncond"])
-        if mode != "multidiffusion":
-            return call(apply_model, args)
-
-        def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return call(apply_model, {**args, "input": x, "timestep": sigma})
-
-        return multidiffusion_denoiser(plan, denoiser, _interrupt_check)(args["input"], args["timestep"])
-
-    def post_cfg(args: dict) -> torch.Tensor:
-        hook = run.hook
-        return args["denoised"] if hook is None else hook(args["denoised"], args["sigma"])
-
-    previous_mask = model.model_options.get("denoise_mask_function")
-
-    def mask_function(sigma: torch.Tensor, denoise_mask: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        """The lock release of the tile being sampled, after any earlier mask function (e.g.
-        Differential Diffusion), through ComfyUI's own per-call mask hook."""
-        if previous_mask is not None:
-            denoise_mask = previous_mask(sigma, denoise_mask, extra_options=extra_options)
-        schedule = run.mask_schedule
-        return denoise_mask if schedule is None else schedule(sigma, denoise_mask)
-
-    work.set_model_unet_function_wrapper(wrapper)
-    work.set_model_sampler_post_cfg_function(post_cfg)
-    work.set_model_denoise_mask_function(mask_function)
-    return work, cache
-
-
-def _progress(work, plan: TilePlan, run: _Run, total: int):
-    """Sampler callback: progress over tiles × steps, interrupt check, preview of the whole canvas."""
-    previewer = latent_preview.get_previewer(work.load_device, work.model.latent_format)
-    bar = comfy.utils.ProgressBar(total)
-
-    def callback(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        image = None
-        if previewer is not None:
-            canvas = run.preview.clone() if run.tile is not None else x0
-            if run.tile is not None:
-                rows, cols = run.tile.slices
-                canvas[..., rows, cols] = x0.to(canvas)
-            image = previewer.decode_latent_to_preview_image("JPEG", canvas)
-        bar.update_absolute(run.done_steps + step + 1, total, image)
-
-    return callback
-
-
-def _global_context(
-    spec: ContextSpec | None,
-    work,
-    plan: TilePlan,
-    start: torch.Tensor,
-    cache: BCLACache | None,
-    sample,
-    schedule: Callable[[], torch.Tensor],
-) -> GlobalContext | None:
-    """Turn the encoder node's spec into the engine's GlobalContext, in the model's internal latent space.
-
-    ``bcla_seed`` > 0 runs the model on the guide noised to ``seed_sigma`` (0: to every level of the
-    run's ``schedule()`` in turn, one call each) while the cache records.
+    The clone's hooks read what the job being sampled needs (x0 hook, lock release, MultiDiffusion
+    wrap, BCLA cache) from this object, so one patched clone serves every tile.
     """
-    if spec is None:
-        return None
-    guide = spec.guide.to(start)
-    context = GlobalContext(
-        guide=work.model.process_latent_in(guide),
-        skip_residual=spec.skip_residual,
-        stats=spec.stats,
-        skip_power=spec.skip_power,
-    )
-    context.check(plan, tuple(start.shape))  # before the seed pass runs the model on the guide
-    if spec.bcla_seed <= 0:
-        return context
-    if cache is None:
-        raise ContextError(
-            "bcla_seed > 0 seeds the BCLA cache: feed the sampler a model from the BCLA Cache node, "
-            "or set bcla_seed to 0."
+
+    def __init__(self, model, plan: TilePlan, conditioning: tuple, sampling: tuple) -> None:
+        self.plan = plan
+        self.positive, self.negative = conditioning
+        self.steps, self.cfg, self.sampler_name, self.scheduler, self.seed = sampling
+        self.hook: X0Hook | None = None
+        self.mask_schedule: MaskSchedule | None = None
+        self.model_wrap: DenoiserWrap | None = None
+        self.tile: Tile | None = None
+        self.cache: TileCache | None = None
+        self.done_steps = 0
+        self.preview: torch.Tensor | None = None
+        """Canvas in the model's internal latent space, for previews; finished tiles pasted in."""
+        self.work = self._patched(model)
+        self.callback = None
+
+    # --- the MODEL clone ---------------------------------------------------------------------------
+    def _patched(self, model):
+        """A clone with this run's apply-model wrapper, post-CFG function and denoise-mask function."""
+        work = model.clone()
+
+        def apply_model(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+            _interrupt_check()
+            if self.cache is not None:
+                self.cache.set_call(float(t.flatten()[0]), transformer_options["cond_or_uncond"])
+            if self.model_wrap is None:
+                return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+            def denoiser(x_: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+                return executor(x_, sigma, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+            return self.model_wrap(denoiser)(x, t)
+
+        def post_cfg(args: dict) -> torch.Tensor:
+            hook = self.hook
+            return args["denoised"] if hook is None else hook(args["denoised"], args["sigma"])
+
+        # ComfyUI has one denoise-mask function per model, not a chain: call any earlier one (e.g.
+        # Differential Diffusion) first, then the lock release of the tile being sampled.
+        previous_mask = model.model_options.get("denoise_mask_function")
+
+        def mask_function(
+            sigma: torch.Tensor, denoise_mask: torch.Tensor, extra_options: dict
+        ) -> torch.Tensor:
+            if previous_mask is not None:
+                denoise_mask = previous_mask(sigma, denoise_mask, extra_options=extra_options)
+            schedule = self.mask_schedule
+            return denoise_mask if schedule is None else schedule(sigma, denoise_mask)
+
+        work.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, apply_model)
+        work.set_model_sampler_post_cfg_function(post_cfg)
+        work.set_model_denoise_mask_function(mask_function)
+        return work
+
+    def _sample(self, noise: torch.Tensor, latent: torch.Tensor, **kwargs) -> torch.Tensor:
+        return comfy.sample.sample(
+            self.work,
+            noise,
+            self.steps,
+            self.cfg,
+            self.sampler_name,
+            self.scheduler,
+            self.positive,
+            self.negative,
+            latent,
+            disable_pbar=True,
+            seed=self.seed,
+            **kwargs,
         )
-    levels = [spec.seed_sigma] if spec.seed_sigma > 0 else [float(s) for s in schedule()[:-1] if s > 0]
-    noise = comfy.sample.prepare_noise(guide, spec.seed)
-    with cache.record_seed() as handle:
-        for level in levels:
-            sample(noise, guide, sigmas=torch.tensor([level, 0.0]))
-    return replace(context, bcla_seed=spec.bcla_seed, seed_stats=handle.stats)
+
+    # --- progress and previews ---------------------------------------------------------------------
+    def start_preview(self, start: torch.Tensor, total: int) -> None:
+        """Progress over ``total`` tile-steps, with previews of the whole canvas as tiles finish."""
+        self.preview = self.work.model.process_latent_in(start.clone())
+        previewer = latent_preview.get_previewer(self.work.load_device, self.work.model.latent_format)
+        bar = comfy.utils.ProgressBar(total)
+
+        def callback(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
+            _interrupt_check()
+            image = None
+            if previewer is not None:
+                canvas = self.preview.clone()
+                rows, cols = self.tile.slices
+                canvas[..., rows, cols] = x0.to(canvas)
+                image = previewer.decode_latent_to_preview_image("JPEG", canvas)
+            bar.update_absolute(self.done_steps + step + 1, total, image)
+
+        self.callback = callback
+
+    # --- contracts.Host ----------------------------------------------------------------------------
+    def denoise(self, job: TileJob) -> torch.Tensor:
+        self.hook, self.mask_schedule, self.model_wrap, self.tile = (
+            job.x0_hook,
+            job.mask_schedule,
+            job.model_wrap,
+            job.tile,
+        )
+        mask = None if bool((job.denoise_mask == 1).all()) else job.denoise_mask
+        try:
+            out = self._sample(
+                job.noise, job.latent, denoise=job.denoise, noise_mask=mask, callback=self.callback
+            )
+        finally:
+            self.hook, self.mask_schedule, self.model_wrap = None, None, None
+        self.done_steps += self.steps
+        rows, cols = job.tile.slices
+        self.preview[..., rows, cols] = self.work.model.process_latent_in(out.to(self.preview))
+        return out.to(job.latent)
+
+    def schedule(self, denoise: float) -> torch.Tensor:
+        """This run's noise levels, as ComfyUI's KSampler computes them."""
+        work = self.work
+        return comfy.samplers.KSampler(
+            work, self.steps, work.load_device, self.sampler_name, self.scheduler, denoise, work.model_options
+        ).sigmas
+
+    def reencode(self, x0: torch.Tensor) -> None:
+        self._sample(torch.zeros_like(x0), x0, sigmas=torch.tensor([CLEAN_SIGMA, 0.0]))
+
+    def seed_call(self, guide: torch.Tensor, noise: torch.Tensor, sigma: float) -> None:
+        self._sample(noise, guide, sigmas=torch.tensor([sigma, 0.0]))
+
+    def model_space(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.work.model.process_latent_in(latent)
+
+    def attach_cache(self, cache: TileCache) -> None:
+        """The BCLA processors as object patches on this run's clone (before its first sampling)."""
+        self.cache = cache
+        for path, patch in bcla_object_patches(bcla_transformer(self.work), cache).items():
+            self.work.add_object_patch(f"diffusion_model.{path}", patch)
+
+    def detach_cache(self) -> None:
+        """Nothing to undo: the patches live on this run's clone only."""
+        self.cache = None
+
+    def on_tile(self, index: int, count: int) -> None:
+        _interrupt_check()
 
 
 NODES = [SanaCausalSampler]

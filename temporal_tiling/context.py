@@ -117,15 +117,21 @@ def _mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
     return x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True, unbiased=False)
 
 
+def scaled_size(height: int, width: int, long_side: int, multiple: int) -> tuple[int, int]:
+    """(height, width) with the same aspect ratio and about ``long_side`` on the longer side, each rounded
+    to a whole number (at least one) of ``multiple`` px: latent cells, so the VAE can encode it."""
+    scale = long_side / max(height, width)
+    rows, cols = (max(1, math.floor(side * scale / multiple + 0.5)) for side in (height, width))
+    return rows * multiple, cols * multiple
+
+
 def guide_size(plan: TilePlan, long_side: int) -> tuple[int, int]:
     """(height, width) px of a low-res pass with the canvas's aspect ratio and ``long_side`` px on its
     longer side, rounded to whole latent cells (the size to render or resize the guide image to)."""
     c = plan.compression
     if long_side < c:
         raise ContextError(f"The low-res pass needs at least {c} px on its long side, got {long_side}.")
-    scale = long_side / max(plan.height_px, plan.width_px)
-    height, width = (max(1, math.floor(side * scale / c + 0.5)) for side in (plan.height_px, plan.width_px))
-    return height * c, width * c
+    return scaled_size(plan.height_px, plan.width_px, long_side, c)
 
 
 def guide_from_image(
