@@ -19,23 +19,25 @@ import comfy.utils
 import latent_preview
 import torch
 from comfy_api.latest import io
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..temporal_tiling.bcla import bcla_object_patches
 from ..temporal_tiling.context import ContextSettings
 from ..temporal_tiling.contracts import DenoiserWrap, MaskSchedule, TileCache, TileJob, X0Hook
 from ..temporal_tiling.options import (
+    DEFAULT_GUIDE_DENOISE,
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
     DEFAULT_LOCK_RELEASE,
     DEFAULT_RELEASE_BAND,
 )
-from ..temporal_tiling.pipeline import RunSettings, run
+from ..temporal_tiling.pipeline import GuideFirst, RunSettings, run
 from ..temporal_tiling.plan import Tile, TilePlan
 from ..temporal_tiling.sampling import CLEAN_SIGMA, LockRelease, SamplingError
 from .bcla_cache import bcla_config, bcla_transformer
 from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_inputs, compression_problem
 
-MODES = ("causal", "independent", "multidiffusion")
+MODES = ("causal", "guided", "independent", "multidiffusion")
 WRAPPER_KEY = "sana_temporal_tiling"
 """Key of this pack's wrapper on the MODEL clone (ComfyUI chains wrappers of every key)."""
 
@@ -52,6 +54,11 @@ def _settings_problem(widgets: dict, linked: dict[str, str]) -> str | None:
         return f"denoise = {denoise} refines a canvas: connect latent_image or set denoise to 1."
     if "global_context" in linked and mode not in (None, "causal"):
         return f"A global context is used by mode = causal only; disconnect it for mode = {mode}."
+    if "latent_image" in linked and mode == "guided":
+        return (
+            "mode = guided renders its own whole-scene pass and starts the tiles from it: disconnect "
+            "latent_image, or refine it with mode = causal and denoise < 1."
+        )
     return None
 
 
@@ -65,8 +72,9 @@ class SanaCausalSampler(io.ComfyNode):
             description=(
                 "Generates the canvas tile by tile in the plan's order. Each tile keeps the overlap the "
                 "earlier tiles produced (inpainting-style lock) and, with a BCLA Cache model, sees their "
-                "linear-attention statistics. Every ComfyUI sampler and scheduler works. mode = independent "
-                "or multidiffusion runs the baselines for comparison."
+                "linear-attention statistics. mode = guided first renders the whole scene in one tile and "
+                "starts every tile from it (one layout for the canvas). Every ComfyUI sampler and scheduler "
+                "works. mode = independent or multidiffusion runs the baselines for comparison."
             ),
             inputs=[
                 io.Model.Input(
@@ -123,6 +131,8 @@ class SanaCausalSampler(io.ComfyNode):
                     options=list(MODES),
                     default="causal",
                     tooltip="causal: tiles in order, overlap locked, BCLA if the model has it. "
+                    "guided: the whole scene at the tile's size first, upscaled, then causal tiles "
+                    "refined from it at guide_denoise (one layout; the guide seeds BCLA). "
                     "independent: tiles alone, overlaps averaged (baseline). "
                     "multidiffusion: per-step average of overlapping tiles (baseline).",
                 ),
@@ -168,6 +178,16 @@ class SanaCausalSampler(io.ComfyNode):
                     max=64,
                     tooltip="Canvases generated at once when no latent_image is connected.",
                 ),
+                io.Float.Input(
+                    "guide_denoise",
+                    default=DEFAULT_GUIDE_DENOISE,
+                    min=0.05,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="mode = guided: share of the schedule the tiles run from the upscaled "
+                    "whole-scene pass. Lower keeps its layout and colours; higher lets tiles add "
+                    "more of their own detail (1 = from noise).",
+                ),
                 io.Latent.Input(
                     "latent_image",
                     optional=True,
@@ -189,6 +209,11 @@ class SanaCausalSampler(io.ComfyNode):
                     display_name="tiles",
                     tooltip="Every tile's own latent as a batch (tile-major, plan order, all "
                     "the same size): decode and feed to Seam Blender / Quality Metrics.",
+                ),
+                io.Latent.Output(
+                    display_name="guide",
+                    tooltip="mode = guided: the whole-scene pass the tiles started from; decode it "
+                    "and give it to Quality Metrics' guide. Other modes have none.",
                 ),
             ],
         )
@@ -217,6 +242,7 @@ class SanaCausalSampler(io.ComfyNode):
         lock_release: float,
         release_band: int,
         batch_size: int,
+        guide_denoise: float = DEFAULT_GUIDE_DENOISE,
         latent_image: dict | None = None,
         global_context: ContextSettings | None = None,
     ) -> io.NodeOutput:
@@ -231,10 +257,11 @@ class SanaCausalSampler(io.ComfyNode):
             lock_feather=lock_feather,
             lock_margin=lock_margin,
             lock_release=LockRelease(lock_release, release_band),
-            cache_config=bcla_config(model) if mode == "causal" else None,
+            cache_config=bcla_config(model) if mode in ("causal", "guided") else None,
             context=global_context,
+            guide_first=_guide_first(model, guide_denoise) if mode == "guided" else None,
         )
-        windows = 1 if mode == "multidiffusion" else len(plan)
+        windows = (1 if mode == "multidiffusion" else len(plan)) + (mode == "guided")
         host = ComfyHost(model, plan, (positive, negative), (steps, cfg, sampler_name, scheduler, seed))
         host.start_preview(start, windows * steps)
         result = run(plan, host, settings, tuple(start.shape[:2]), device=start.device, latent=given)
@@ -243,7 +270,19 @@ class SanaCausalSampler(io.ComfyNode):
                 "The sampler produced NaN or infinite values (an unstable sampler/cfg/dtype combination); "
                 "lower cfg, try another sampler, or load the model with weight_dtype fp32."
             )
-        return io.NodeOutput({"samples": result.canvas}, {"samples": result.tiles})
+        guide = (
+            {"samples": result.guide}
+            if result.guide is not None
+            else ExecutionBlocker(
+                f"mode = {mode} renders no guide; disconnect the guide output or use guided."
+            )
+        )
+        return io.NodeOutput({"samples": result.canvas}, {"samples": result.tiles}, guide)
+
+
+def _guide_first(model, denoise: float) -> GuideFirst:
+    """mode = guided: the guide seeds BCLA when the model has a BCLA cache."""
+    return GuideFirst(denoise=denoise, bcla_seed=1.0 if bcla_config(model) is not None else 0.0)
 
 
 def _start_latent(
@@ -362,7 +401,10 @@ class ComfyHost:
             if previewer is not None:
                 canvas = self.preview.clone()
                 rows, cols = self.tile.slices
-                canvas[..., rows, cols] = x0.to(canvas)
+                if canvas[..., rows, cols].shape == x0.shape:
+                    canvas[..., rows, cols] = x0.to(canvas)
+                else:  # the whole-scene pass of mode = guided: smaller than the canvas
+                    canvas = x0
                 image = previewer.decode_latent_to_preview_image("JPEG", canvas)
             bar.update_absolute(self.done_steps + step + 1, total, image)
 
@@ -385,7 +427,8 @@ class ComfyHost:
             self.hook, self.mask_schedule, self.model_wrap = None, None, None
         self.done_steps += self.steps
         rows, cols = job.tile.slices
-        self.preview[..., rows, cols] = self.work.model.process_latent_in(out.to(self.preview))
+        if self.preview[..., rows, cols].shape == out.shape:
+            self.preview[..., rows, cols] = self.work.model.process_latent_in(out.to(self.preview))
         return out.to(job.latent)
 
     def schedule(self, denoise: float) -> torch.Tensor:

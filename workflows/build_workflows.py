@@ -40,7 +40,7 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             ("latent_image", "LATENT"),
             ("global_context", "GLOBAL_CONTEXT"),
         ],
-        [("canvas", "LATENT"), ("tiles", "LATENT")],
+        [("canvas", "LATENT"), ("tiles", "LATENT"), ("guide", "LATENT")],
     ),
     "SanaTemporalGlobalContext": (
         [("image", "IMAGE"), ("vae", "VAE"), ("latent", "LATENT")],
@@ -189,6 +189,7 @@ def sampler(
         ("lock_release", 0.0),
         ("release_band", 0),
         ("batch_size", 1),
+        ("guide_denoise", 0.5),
     ]
     wires = {"model": model, "positive": (2, 0), "negative": (3, 0), "tile_plan": (5, 0), **links}
     return Node(node_id, "SanaTemporalCausalSampler", pos, widgets, wires, title, (400, 380))

@@ -68,7 +68,7 @@ def _sample(nodes, model, conds, plan, **overrides):
     )
     settings.update(overrides)
     positive, negative = conds
-    canvas, tiles = nodes.sampler.SanaCausalSampler.execute(
+    canvas, tiles, _ = nodes.sampler.SanaCausalSampler.execute(
         model, positive, negative, plan, **settings
     ).result
     return canvas["samples"], tiles["samples"]
@@ -360,6 +360,43 @@ def test_sampler_refuses_a_non_finite_result(nodes, parts, conds, plan):
     model.set_model_unet_function_wrapper(lambda apply, args: torch.full_like(args["input"], float("nan")))
     with pytest.raises(ValueError, match="produced NaN or infinite values"):
         _sample(nodes, model, conds, plan, mode="independent")
+
+
+# --- Guided ------------------------------------------------------------------------------------------
+def test_guided_mode_renders_the_whole_scene_first_and_starts_the_tiles_from_it(
+    nodes, parts, conds, plan, monkeypatch
+):
+    import comfy.utils
+    from comfy_execution.graph_utils import ExecutionBlocker
+
+    model = _bcla(nodes, parts[0])
+    seen = []
+    monkeypatch.setattr(
+        comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: seen.append(total)
+    )
+    positive, negative = conds
+    settings = dict(seed=3, steps=STEPS, cfg=3.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    locks = dict(lock_feather=1, lock_margin=1, lock_release=0.0, release_band=0, batch_size=1)
+    run = nodes.sampler.SanaCausalSampler.execute
+    canvas, _, guide = run(model, positive, negative, plan, **settings, mode="guided", **locks).result
+    assert set(seen) == {(len(plan) + 1) * STEPS}  # the whole-scene pass counts as one more tile
+    small = guide["samples"]
+    assert small.shape[:2] == canvas["samples"].shape[:2]
+    assert max(small.shape[-2:]) == max(plan.tile_height, plan.tile_width)  # the model's own size
+    upscaled = torch.nn.functional.interpolate(small, size=canvas["samples"].shape[-2:], mode="bilinear")
+    from_noise = run(model, positive, negative, plan, **settings, mode="causal", **locks).result[0]["samples"]
+    closer = (canvas["samples"] - upscaled).abs().mean()
+    assert closer < 0.8 * (from_noise - upscaled).abs().mean()  # the tiles keep the guide's layout
+    low = run(model, positive, negative, plan, **settings, mode="guided", guide_denoise=0.2, **locks).result[
+        0
+    ]
+    assert (low["samples"] - upscaled).abs().mean() < closer  # less denoise, closer to the guide
+    assert isinstance(
+        run(model, positive, negative, plan, **settings, mode="causal", **locks).result[2], ExecutionBlocker
+    )
+    assert "disconnect latent_image" in refusal(
+        nodes.sampler.SanaCausalSampler, {"latent_image": "LATENT"}, denoise=1.0, mode="guided"
+    )
 
 
 # --- Global context ----------------------------------------------------------------------------------

@@ -290,7 +290,8 @@ def test_missing_embedded_model_says_so(tmp_path: Path, capsys, monkeypatch) -> 
         cli.main([*BASE, "--model", str(missing), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --model: the embedded model is missing" in err and "temporal_tiling.train build" in err
+    assert "argument --model: the embedded model is missing" in err
+    assert "temporal_tiling.training build" in err
 
 
 def test_not_a_model_folder(tmp_path: Path, capsys) -> None:

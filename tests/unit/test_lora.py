@@ -5,22 +5,23 @@ import torch
 from safetensors import safe_open
 
 from temporal_tiling import lora
-from temporal_tiling import train as tr
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
-from temporal_tiling.embedded.build import corpus
 from temporal_tiling.plan import make_plan
+from temporal_tiling.training import temporal_lora as tl
+from temporal_tiling.training import toy_models as tm
+from temporal_tiling.training.toy_models import corpus
 
 
 @pytest.fixture(scope="module")
 def text():
-    tok = tr.build_tokenizer(corpus(100))
-    te = tr.build_text_encoder(tok, hidden=16, seed=0)
-    return tr.encode_prompts(tok, te, ["a blue to pink sky with one sun at top left", ""], max_length=12)
+    tok = tm.build_tokenizer(corpus(100))
+    te = tm.build_text_encoder(tok, hidden=16, seed=0)
+    return tm.encode_prompts(tok, te, ["a blue to pink sky with one sun at top left", ""], max_length=12)
 
 
 def _transformer(seed=0):
     torch.manual_seed(seed)
-    return tr.build_transformer(4, 16, hidden=32, heads=2, layers=2).eval()
+    return tm.build_transformer(4, 16, hidden=32, heads=2, layers=2).eval()
 
 
 def _call(t, x, text):
@@ -33,14 +34,14 @@ def test_zero_init_equals_base_model_exactly(text):
     t = _transformer()
     x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(1))
     base = _call(t, x, text)
-    lora.add_temporal_lora(t)
+    tl.add_temporal_lora(t)
     assert torch.equal(_call(t, x, text), base)
     b_weights = [p for n, p in t.named_parameters() if "lora_B" in n]
     assert b_weights and all(float(p.detach().abs().max()) == 0.0 for p in b_weights)
 
 
 def test_adapter_targets_self_attention_projections_only():
-    t = lora.add_temporal_lora(_transformer())
+    t = tl.add_temporal_lora(_transformer())
     trainable = {n for n, p in t.named_parameters() if p.requires_grad}
     modules = {n.split(".lora_")[0] for n in trainable}
     expected = {
@@ -57,13 +58,13 @@ def _sequence(t, text, x0, noise, mode="cumulative", grad=False):
     try:
         emb, mask = text
         with torch.set_grad_enabled(grad):
-            return lora.tile_sequence_losses(t, cache, x0, noise, torch.tensor([0.6, 0.6]), emb, mask), cache
+            return tl.tile_sequence_losses(t, cache, x0, noise, torch.tensor([0.6, 0.6]), emb, mask), cache
     finally:
         undo()
 
 
 def test_tile_loss_uses_the_cache_of_earlier_tiles_only(text):
-    t = lora.add_temporal_lora(_transformer())
+    t = tl.add_temporal_lora(_transformer())
     g = torch.Generator().manual_seed(2)
     x0, noise = torch.randn(2, 4, 4, 8, generator=g), torch.randn(2, 4, 4, 8, generator=g)
     causal, cache = _sequence(t, text, x0, noise)
@@ -83,7 +84,7 @@ def test_tile_loss_uses_the_cache_of_earlier_tiles_only(text):
 
 
 def test_gradient_reaches_the_adapter_through_the_cached_sequence(text):
-    t = lora.add_temporal_lora(_transformer())
+    t = tl.add_temporal_lora(_transformer())
     g = torch.Generator().manual_seed(3)
     x0, noise = torch.randn(2, 4, 4, 8, generator=g), torch.randn(2, 4, 4, 8, generator=g)
     losses, _ = _sequence(t, text, x0, noise, grad=True)
@@ -95,14 +96,14 @@ def test_gradient_reaches_the_adapter_through_the_cached_sequence(text):
 
 
 def test_save_and_load_round_trip(tmp_path, text):
-    t = lora.add_temporal_lora(_transformer())
+    t = tl.add_temporal_lora(_transformer())
     with torch.no_grad():
         for name, p in t.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
     x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(5))
     trained = _call(t, x, text)
-    file = lora.save_temporal_lora(t, tmp_path)
+    file = tl.save_temporal_lora(t, tmp_path)
     with safe_open(file, "pt") as f:
         keys = list(f.keys())
         assert "lora_adapter_metadata" in f.metadata()
@@ -115,13 +116,13 @@ def test_save_and_load_round_trip(tmp_path, text):
 
 
 def test_training_run_writes_a_loadable_adapter(tmp_path):
-    tok = tr.build_tokenizer(corpus(100))
-    te = tr.build_text_encoder(tok, hidden=16, seed=0)
+    tok = tm.build_tokenizer(corpus(100))
+    te = tm.build_text_encoder(tok, hidden=16, seed=0)
     torch.manual_seed(0)
-    vae = tr.build_autoencoder(4, (8, 16, 32, 32)).requires_grad_(False)  # 8x, like the real one
+    vae = tm.build_autoencoder(4, (8, 16, 32, 32)).requires_grad_(False)  # 8x, like the real one
     t = _transformer()
-    cfg = lora.LoraTrainConfig(steps=2, batch=1, rank=4, log_every=1, checkpoint_every=1)
-    log = lora.train_temporal_lora_modules(t, vae, tok, te, cfg, tmp_path / "lora", tmp_path / "work")
+    cfg = tl.LoraTrainConfig(steps=2, batch=1, rank=4, log_every=1, checkpoint_every=1)
+    log = tl.train_temporal_lora_modules(t, vae, tok, te, cfg, tmp_path / "lora", tmp_path / "work")
     assert log["steps"] == 2 and len(log["history"]["loss"]) == 2
     assert (tmp_path / "lora" / "loss.png").is_file() and (tmp_path / "work" / "lora_ckpt").is_dir()
     fresh = lora.load_temporal_lora(_transformer(), tmp_path / "lora")
@@ -130,8 +131,8 @@ def test_training_run_writes_a_loadable_adapter(tmp_path):
 
 def test_bad_input_raises_clear_errors(tmp_path):
     with pytest.raises(lora.LoraError, match="rank"):
-        lora.temporal_lora_config(rank=0)
+        tl.temporal_lora_config(rank=0)
     with pytest.raises(lora.LoraError, match="no LoRA file"):
         lora.load_temporal_lora(_transformer(), tmp_path / "missing")
     with pytest.raises(lora.LoraError, match="not a SanaPipeline folder"):
-        lora.train_temporal_lora(tmp_path, tmp_path / "out", lora.LoraTrainConfig(steps=1), tmp_path / "w")
+        tl.train_temporal_lora(tmp_path, tmp_path / "out", tl.LoraTrainConfig(steps=1), tmp_path / "w")

@@ -1,5 +1,6 @@
-"""Flow-matching trainer: every seed-000 bug-table fix is guarded so the wrong variant fails a test."""
+"""Flow-matching trainer: every rule of the losses table is guarded so the wrong variant fails a test."""
 
+import difflib
 import json
 import math
 from types import SimpleNamespace
@@ -10,16 +11,22 @@ import torch
 from PIL import Image
 
 from temporal_tiling import seamlab
-from temporal_tiling import train as tr
-from temporal_tiling.embedded.build import corpus
 from temporal_tiling.sana import EMBEDDED_MODEL as SEAMLAB_SANA
+from temporal_tiling.sana.vae import compression
+from temporal_tiling.training import autoencoder as ae
+from temporal_tiling.training import flow_matching as fm
+from temporal_tiling.training import loop, plots
+from temporal_tiling.training import losses as ls
+from temporal_tiling.training import toy_models as tm
+from temporal_tiling.training.embedded_recipe import model_card
+from temporal_tiling.training.toy_models import corpus
 
 
 # ----------------------------------------------------------------------------- bug table
 def test_interpolation_runs_from_data_to_noise():
     x0, noise = torch.full((3, 2, 2, 2), 2.0), torch.full((3, 2, 2, 2), -1.0)
     sigma = torch.tensor([0.0, 0.25, 1.0])
-    x = tr.interpolate(x0, noise, sigma)
+    x = ls.interpolate(x0, noise, sigma)
     assert torch.equal(x[0], x0[0])  # σ = 0 is the data
     assert torch.equal(x[2], noise[2])  # σ = 1 is pure noise
     assert torch.allclose(x[1], torch.full((2, 2, 2), 0.75 * 2.0 + 0.25 * -1.0))  # swapped would be 0.25
@@ -28,40 +35,40 @@ def test_interpolation_runs_from_data_to_noise():
 def test_target_is_noise_minus_data_and_recovers_x0():
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(4, 3, 2, 2, generator=g), torch.randn(4, 3, 2, 2, generator=g)
-    v = tr.velocity_target(x0, noise)
+    v = ls.velocity_target(x0, noise)
     assert torch.equal(v, noise - x0)
     sigma = torch.tensor([0.1, 0.4, 0.7, 0.95])
-    x_t = tr.interpolate(x0, noise, sigma)
+    x_t = ls.interpolate(x0, noise, sigma)
     assert torch.allclose(x_t - sigma.view(-1, 1, 1, 1) * v, x0, atol=1e-6)  # SANA: x0 = x_σ - σ·v
     eps = 1e-3  # v is the derivative of x_σ along σ
-    assert torch.allclose((tr.interpolate(x0, noise, sigma + eps) - x_t) / eps, v, atol=1e-3)
+    assert torch.allclose((ls.interpolate(x0, noise, sigma + eps) - x_t) / eps, v, atol=1e-3)
 
 
 def test_bf16_autocast_keeps_fp32_master_weights():
     lin = torch.nn.Linear(8, 8)
     opt = torch.optim.AdamW(lin.parameters(), lr=1e-2)
-    with tr.autocast("cpu", "bf16"):
+    with ls.autocast("cpu", "bf16"):
         y = lin(torch.randn(2, 8))
     assert y.dtype == torch.bfloat16
     y.float().pow(2).mean().backward()
     opt.step()
     assert lin.weight.dtype == torch.float32 and lin.weight.grad.dtype == torch.float32
     assert all(s.dtype == torch.float32 for st in opt.state.values() for s in st.values() if s.ndim)
-    with pytest.raises(tr.TrainError, match="bf16"):
-        tr.autocast("cpu", "fp16")
+    with pytest.raises(ls.TrainError, match="bf16"):
+        ls.autocast("cpu", "fp16")
 
 
 def test_shift_three_is_applied():
-    assert tr.SHIFT == 3.0
-    assert tr.shift_sigmas(torch.tensor(0.5)).item() == pytest.approx(0.75)
-    assert tr.shift_sigmas(torch.tensor([0.0, 1.0])).tolist() == [0.0, 1.0]
+    assert ls.SHIFT == 3.0
+    assert ls.shift_sigmas(torch.tensor(0.5)).item() == pytest.approx(0.75)
+    assert ls.shift_sigmas(torch.tensor([0.0, 1.0])).tolist() == [0.0, 1.0]
     g = torch.Generator().manual_seed(0)
-    sig = tr.sample_sigmas(20000, g)
+    sig = ls.sample_sigmas(20000, g)
     assert sig.median().item() == pytest.approx(0.75, abs=0.02)  # unshifted median would be 0.5
 
 
 def test_timesteps_are_logit_normal_not_beta():
-    u = tr.sample_logit_normal(40000, torch.Generator().manual_seed(1))
+    u = ls.sample_logit_normal(40000, torch.Generator().manual_seed(1))
     z = torch.logit(u)
     assert z.mean().item() == pytest.approx(0.0, abs=0.03)
     assert z.std().item() == pytest.approx(1.0, abs=0.03)  # Beta(1.6, 1.605) gives a logit std ≈ 1.31
@@ -83,21 +90,21 @@ class _StochasticAE(torch.nn.Module):
 
 def test_encode_is_deterministic_latent_times_scaling_factor():
     x = torch.rand(2, 3, 8, 8)
-    z = tr.encode_latents(_StochasticAE(), x)
+    z = ls.encode_latents(_StochasticAE(), x)
     assert torch.equal(z, (x * 2 - 1)[:, :2] * 0.5)
     torch.manual_seed(0)
-    vae = tr.build_autoencoder(4, (8, 16))
-    assert torch.equal(tr.encode_latents(vae, x), tr.encode_latents(vae, x))
+    vae = tm.build_autoencoder(4, (8, 16))
+    assert torch.equal(ls.encode_latents(vae, x), ls.encode_latents(vae, x))
 
 
 def test_loss_is_sigma_weighted_cosmap():
-    w = tr.sigma_weights(torch.tensor([0.0, 0.5, 1.0]))
+    w = ls.sigma_weights(torch.tensor([0.0, 0.5, 1.0]))
     assert w.tolist() == pytest.approx([2 / math.pi, 4 / math.pi, 2 / math.pi])
     pred, target = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
     target[1] *= 2  # errors 1 and 4
     sigma = torch.tensor([0.5, 0.1])
-    expected = (tr.sigma_weights(sigma) * torch.tensor([1.0, 4.0])).mean()
-    loss = tr.flow_matching_loss(pred, target, sigma)
+    expected = (ls.sigma_weights(sigma) * torch.tensor([1.0, 4.0])).mean()
+    loss = ls.flow_matching_loss(pred, target, sigma)
     assert loss.item() == pytest.approx(expected.item())
     assert abs(loss.item() - 2.5) > 0.1  # unweighted MSE would be 2.5
 
@@ -106,7 +113,7 @@ def test_loss_is_sigma_weighted_cosmap():
 def test_tokenizer_is_a_real_word_level_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    tok = tr.build_tokenizer(corpus(200))
+    tok = tm.build_tokenizer(corpus(200))
     tok.save_pretrained(tmp_path)
     back = AutoTokenizer.from_pretrained(tmp_path)
     ids = back("A blue sky, zebra").input_ids
@@ -116,9 +123,9 @@ def test_tokenizer_is_a_real_word_level_tokenizer(tmp_path):
 
 
 def test_prompts_change_the_text_embedding():
-    tok = tr.build_tokenizer(corpus(200))
-    te = tr.build_text_encoder(tok, hidden=16, seed=0)
-    emb, mask = tr.encode_prompts(tok, te, ["a red sky", "a blue sky", ""], max_length=8)
+    tok = tm.build_tokenizer(corpus(200))
+    te = tm.build_text_encoder(tok, hidden=16, seed=0)
+    emb, mask = tm.encode_prompts(tok, te, ["a red sky", "a blue sky", ""], max_length=8)
     assert emb.shape == (3, 8, 16) and mask[2].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
     assert (emb[0, 2] - emb[1, 2]).abs().max() > 0.1  # the colour token differs
     assert torch.equal(emb[0, 1], emb[1, 1])  # causal encoder: the prefix "a" is shared
@@ -127,13 +134,13 @@ def test_prompts_change_the_text_embedding():
 # ----------------------------------------------------------------------------- loop, resume, plots
 def _tiny(seed=0):
     """Tiny stack; `seed` only changes the transformer init (the frozen parts are the same every call)."""
-    tok = tr.build_tokenizer(corpus(100))
-    te = tr.build_text_encoder(tok, hidden=16, seed=0)
+    tok = tm.build_tokenizer(corpus(100))
+    te = tm.build_text_encoder(tok, hidden=16, seed=0)
     torch.manual_seed(0)
-    vae = tr.build_autoencoder(4, (8, 16)).requires_grad_(False)
+    vae = tm.build_autoencoder(4, (8, 16)).requires_grad_(False)
     torch.manual_seed(seed)
-    transformer = tr.build_transformer(4, 16, hidden=16, heads=2, layers=1)
-    cfg = tr.FlowConfig(
+    transformer = tm.build_transformer(4, 16, hidden=16, heads=2, layers=1)
+    cfg = fm.FlowConfig(
         steps=4, lr=1e-3, warmup=2, tokens_per_step=32, sizes=((4, 4),), crop_prob=0.5, checkpoint_every=2
     )
     return transformer, vae, tok, te, cfg
@@ -141,16 +148,16 @@ def _tiny(seed=0):
 
 def test_resume_equals_uninterrupted_run(tmp_path):
     t1, vae, tok, te, cfg = _tiny()
-    ema1, res1 = tr.run_loop(
-        t1, tr.flow_loss_fn(t1, vae, tok, te, cfg), cfg, tr.Checkpoint(tmp_path / "a"), "a"
+    ema1, res1 = loop.run_loop(
+        t1, fm.flow_loss_fn(t1, vae, tok, te, cfg), cfg, loop.Checkpoint(tmp_path / "a"), "a"
     )
 
     t2, vae, tok, te, cfg = _tiny()
     cfg.steps = 2
-    tr.run_loop(t2, tr.flow_loss_fn(t2, vae, tok, te, cfg), cfg, tr.Checkpoint(tmp_path / "b"), "b")
+    loop.run_loop(t2, fm.flow_loss_fn(t2, vae, tok, te, cfg), cfg, loop.Checkpoint(tmp_path / "b"), "b")
     t3, vae, tok, te, cfg = _tiny(seed=1)  # fresh process stand-in: different init, state comes from disk
-    ema3, res3 = tr.run_loop(
-        t3, tr.flow_loss_fn(t3, vae, tok, te, cfg), cfg, tr.Checkpoint(tmp_path / "b"), "b"
+    ema3, res3 = loop.run_loop(
+        t3, fm.flow_loss_fn(t3, vae, tok, te, cfg), cfg, loop.Checkpoint(tmp_path / "b"), "b"
     )
 
     assert res3.step == res1.step == 4
@@ -168,13 +175,13 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 def test_training_reduces_the_flow_loss():
     transformer, vae, tok, te, cfg = _tiny()
     cfg.steps, cfg.lr, cfg.log_every, cfg.sizes = 40, 3e-3, 10, ((4, 4),)
-    _, res = tr.run_loop(transformer, tr.flow_loss_fn(transformer, vae, tok, te, cfg), cfg, None, "t")
+    _, res = loop.run_loop(transformer, fm.flow_loss_fn(transformer, vae, tok, te, cfg), cfg, None, "t")
     assert res.history["loss"][-1] < 0.8 * res.history["loss"][0]
 
 
 def test_ema_decay_warms_up_then_caps():
     lin = torch.nn.Linear(1, 1, bias=False)
-    ema = tr.make_ema(lin, decay=0.9)
+    ema = loop.make_ema(lin, decay=0.9)
     for value in (1.0, 2.0):
         lin.weight.data.fill_(value)
         ema.update_parameters(lin)  # first update copies, second uses decay (1 + 1) / (10 + 1)
@@ -189,27 +196,27 @@ def test_ema_decay_warms_up_then_caps():
 
 def test_loss_curve_png(tmp_path):
     path = tmp_path / "loss.png"
-    tr.plot_loss_curves({"flow": ([10, 20, 30], [1.0, 0.5, 0.3]), "ae": ([10, 30], [0.2, 0.1])}, path)
+    plots.plot_loss_curves({"flow": ([10, 20, 30], [1.0, 0.5, 0.3]), "ae": ([10, 30], [0.2, 0.1])}, path)
     img = torch.from_numpy(np.array(Image.open(path).convert("L"))).float()
     assert Image.open(path).size == (480, 260) and (img < 128).float().mean() > 0.005
 
 
 def test_autoencoder_loss_and_psnr():
     torch.manual_seed(0)
-    vae = tr.build_autoencoder(4, (8, 16))
-    cfg = tr.AEConfig(steps=1, batch=2, crop=16)
-    loss = tr.ae_loss_fn(vae, cfg)(0, tr.step_generator(0, 0))
+    vae = tm.build_autoencoder(4, (8, 16))
+    cfg = ae.AEConfig(steps=1, batch=2, crop=16)
+    loss = ae.ae_loss_fn(vae, cfg)(0, loop.step_generator(0, 0))
     loss.backward()
     assert loss.item() > 0 and vae.encoder.conv_in.weight.grad is not None
     images = seamlab.render(seamlab.sample_scenes(2, seed=0), 16, 16)
-    assert 0 < tr.reconstruction_psnr(vae, images) < 30  # untrained: far from the 30 dB bar
+    assert 0 < ae.reconstruction_psnr(vae, images) < 30  # untrained: far from the 30 dB bar
 
 
 def test_bad_settings_raise():
     t, vae, tok, te, cfg = _tiny()
     t.requires_grad_(False)
-    with pytest.raises(tr.TrainError, match="no trainable parameters"):
-        tr.run_loop(t, tr.flow_loss_fn(t, vae, tok, te, cfg), cfg, None, "x")
+    with pytest.raises(ls.TrainError, match="no trainable parameters"):
+        loop.run_loop(t, fm.flow_loss_fn(t, vae, tok, te, cfg), cfg, None, "x")
 
 
 # ----------------------------------------------------------------------------- the shipped model
@@ -230,11 +237,39 @@ def test_embedded_model_loads_offline_and_fits_budget():
     te = AutoModel.from_pretrained(SEAMLAB_SANA / "text_encoder")
     tok = AutoTokenizer.from_pretrained(SEAMLAB_SANA / "tokenizer")
     assert type(te).__name__ == "Gemma2Model" and tok.unk_token_id not in tok("one sun").input_ids
-    assert tr.vae_compression(vae) >= 8 and transformer.config.caption_channels == te.config.hidden_size
+    assert compression(vae) >= 8 and transformer.config.caption_channels == te.config.hidden_size
     images = seamlab.render(seamlab.sample_scenes(8, seed=424242), 64, 64)
-    assert tr.reconstruction_psnr(vae.eval(), images) >= 30.0
+    assert ae.reconstruction_psnr(vae.eval(), images) >= 30.0
     card = (SEAMLAB_SANA / "README.md").read_text()
-    assert "python -m temporal_tiling.train build" in card
+    assert "python -m temporal_tiling.training build" in card
+
+
+@needs_model
+def test_model_card_template_renders_the_committed_card():
+    """The template filled in with the committed training log gives the committed card, except the
+    temporal-LoRA bullet: that LoRA was retrained for longer after the build and its text edited by hand
+    (the log keeps the build's 200-step run); lines added by hand elsewhere are allowed too."""
+    from diffusers import AutoencoderDC, SanaTransformer2DModel
+    from transformers import AutoModel, AutoTokenizer
+
+    rendered = model_card(
+        SanaTransformer2DModel.from_pretrained(SEAMLAB_SANA / "transformer"),
+        AutoencoderDC.from_pretrained(SEAMLAB_SANA / "vae"),
+        AutoModel.from_pretrained(SEAMLAB_SANA / "text_encoder"),
+        AutoTokenizer.from_pretrained(SEAMLAB_SANA / "tokenizer"),
+        json.loads((SEAMLAB_SANA / "training_log.json").read_text()),
+    ).splitlines()
+    committed = (SEAMLAB_SANA / "README.md").read_text().splitlines()
+    lora_start = next(i for i, line in enumerate(rendered) if line.startswith("- Temporal LoRA: "))
+    lora_end = next(i for i, line in enumerate(rendered) if line.startswith("- Machine: "))
+    matcher = difflib.SequenceMatcher(a=rendered, b=committed, autojunk=False)
+    changed = [
+        rendered[i1:i2]
+        for tag, i1, i2, _, _ in matcher.get_opcodes()
+        if tag in ("replace", "delete") and not (lora_start <= i1 and i2 <= lora_end)
+    ]
+    assert not changed
+    assert len(rendered) > 50 and "$" not in "".join(rendered)
 
 
 @needs_model
@@ -245,7 +280,7 @@ def test_embedded_model_listens_to_the_prompt():
     transformer = SanaTransformer2DModel.from_pretrained(SEAMLAB_SANA / "transformer").eval()
     te = AutoModel.from_pretrained(SEAMLAB_SANA / "text_encoder")
     tok = AutoTokenizer.from_pretrained(SEAMLAB_SANA / "tokenizer")
-    emb, mask = tr.encode_prompts(
+    emb, mask = tm.encode_prompts(
         tok, te, ["a horizontal gradient from red to blue", "wide navy and magenta dots"]
     )
     x = torch.randn(

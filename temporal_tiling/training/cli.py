@@ -1,0 +1,71 @@
+"""`python -m temporal_tiling.training`: `build` reproduces the embedded model, `lora` trains a temporal
+LoRA."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..options import EMBEDDED_MODEL
+
+
+def train_lora(args: argparse.Namespace) -> None:
+    """The `lora` command: train the temporal LoRA for a SanaPipeline folder."""
+    from .temporal_lora import LoraTrainConfig, train_temporal_lora
+
+    cfg = LoraTrainConfig(
+        steps=args.steps,
+        seed=args.seed,
+        threads=args.threads,
+        rank=args.rank,
+        lr=args.lr,
+        batch=args.batch,
+        checkpoint_every=50,
+        max_minutes=args.max_minutes,
+    )
+    train_temporal_lora(Path(args.model), Path(args.out), cfg, Path(args.work))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m temporal_tiling.training",
+        description="Train the embedded seam-lab SANA model and its temporal LoRA.",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train the embedded seam-lab model from scratch and export it")
+    b.add_argument("--out", default="temporal_tiling/embedded/seamlab-sana")
+    b.add_argument("--work", default="out/seamlab-train", help="checkpoints; rerun the command to resume")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--latent-channels", type=int, default=16)
+    b.add_argument("--ae-steps", type=int, default=1200)
+    b.add_argument("--steps", type=int, default=3000)
+    b.add_argument("--lr", type=float, default=1e-3)
+    b.add_argument("--hidden", type=int, default=128)
+    b.add_argument("--heads", type=int, default=4)
+    b.add_argument("--layers", type=int, default=4)
+    b.add_argument("--tokens-per-step", type=int, default=1024)
+    b.add_argument("--lora-steps", type=int, default=200, help="temporal LoRA steps (0 = skip)")
+    b.add_argument("--max-minutes", type=float, default=0.0, help="cap on the transformer stage (minutes)")
+    lo = sub.add_parser("lora", help="train the temporal LoRA (tile sequences with the BCLA cache)")
+    lo.add_argument("--model", default=str(EMBEDDED_MODEL))
+    lo.add_argument("--out", default=str(EMBEDDED_MODEL / "temporal_lora"))
+    lo.add_argument("--work", default="out/temporal-lora-train")
+    lo.add_argument("--steps", type=int, default=200)
+    lo.add_argument("--seed", type=int, default=0)
+    lo.add_argument("--threads", type=int, default=1)
+    lo.add_argument("--rank", type=int, default=32)
+    lo.add_argument("--lr", type=float, default=1e-3)
+    lo.add_argument("--batch", type=int, default=4)
+    lo.add_argument("--max-minutes", type=float, default=0.0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)  # before the heavy imports: --help and bad flags answer at once
+    if args.cmd == "build":
+        from .embedded_recipe import build
+
+        build(args)
+    else:
+        train_lora(args)

@@ -1,0 +1,42 @@
+"""The published-size ComfyUI bench (``bench/bench_comfy_scale.py``) run at toy size: the same files in the
+same ComfyUI model folders and the same graph (Load SANA, CLIPTextEncode, KSampler guide, Tile Planner,
+BCLA Cache, Global Context Encoder, Causal SANA Sampler, VAEDecodeTiled), so the bench cannot rot."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from bench import bench_comfy_scale
+
+STEPS = 2
+
+
+def test_comfy_scale_bench_runs_its_graph_at_toy_size(comfy, tmp_path) -> None:
+    threads = torch.get_num_threads()
+    args = ["--size", "small", "--workdir", str(tmp_path), "--results", str(tmp_path / "results")]
+    args += ["--steps", str(STEPS), "--cfg", "2.0", "--threads", str(threads)]
+    report = bench_comfy_scale.main(args)
+
+    assert report["variant"].startswith("SANA") and report["flow_shift"] == 3.0
+    assert report["dtypes"] | {"vae": None} == {
+        "transformer_loaded": "torch.bfloat16",
+        "transformer_compute": "torch.float32",
+        "text_encoder": "torch.bfloat16",
+        "vae": None,
+    }
+    assert report["text"]["template"] and report["text"]["embeds_shape"] == [1, 300, 32]
+    causal = report["causal"]
+    assert causal["tiles"] == 4 and causal["tile_calls"] == 4 * STEPS and causal["call_batch"] == 2
+    assert causal["seed_pass_calls"] == STEPS  # seed_sigma 0: one guide call per noise level
+    assert causal["guide_ksampler_calls"] == STEPS and causal["canvas_finite"]
+    cache = [tile["cache_bytes"] for tile in causal["per_tile"]]
+    assert 0 < cache[0] < cache[1] == cache[2] == cache[3]  # cumulative: flat once a tile is summed in
+    assert causal["cache_bytes_max"] == max(cache)
+    assert causal["seconds_per_call"] > 0 and report["peak_rss_mib"] > 0
+    assert report["decode"]["image_shape"] == [1, 64 * 4, 64 * 4, 3] and report["decode"]["finite"]
+    assert set(report["stages"]) == {"load", "cast", "text", "guide_ksampler", "causal_sampler", "decode"}
+    saved = json.loads((tmp_path / "results" / "comfy_scale.json").read_text())
+    assert saved["causal"]["per_tile"] == causal["per_tile"]
+    assert "seconds per model call per tile" in (tmp_path / "results" / "comfy_scale.md").read_text()
