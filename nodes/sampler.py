@@ -151,7 +151,8 @@ class SanaCausalSampler(io.ComfyNode):
                     max=16,
                     tooltip="Outermost latent cells of each earlier tile that a new tile regenerates "
                     "instead of keeping: a tile paints its window edge like an image edge, which shows "
-                    "as a line where the lock keeps it (0 = keep every overlapping cell). Causal and guided modes.",
+                    "as a line where the lock keeps it (0 = keep every overlapping cell). "
+                    "Causal and guided modes.",
                 ),
                 io.Float.Input(
                     "lock_release",
