@@ -40,12 +40,12 @@ import diffusers
 import torch
 from diffusers import SanaTransformer2DModel
 
-from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
+from temporal_tiling import pipeline
+from temporal_tiling.bcla import BCLACache, BCLAConfig
 from temporal_tiling.contracts import TileJob
-from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
-from temporal_tiling.pipeline import generate
+from temporal_tiling.pipeline import FlowHost, RunSettings, generate
 from temporal_tiling.plan import TilePlan, make_plan
-from temporal_tiling.sampling import canvas_noise, sample_causal
+from temporal_tiling.sana.fixtures import tiny_transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -98,9 +98,8 @@ def plan_for(side: int, overlap: int, method: str, width: int | None = None) -> 
 
 
 def build_model(heads: int, layers: int) -> SanaTransformer2DModel:
-    torch.manual_seed(0)
-    hidden = heads * 32
-    return SanaTransformer2DModel(
+    """The measured model: 32 latent channels, `heads` linear heads x 32, `layers` blocks, seeded with 0."""
+    return tiny_transformer(
         in_channels=32,
         out_channels=32,
         num_attention_heads=heads,
@@ -108,11 +107,11 @@ def build_model(heads: int, layers: int) -> SanaTransformer2DModel:
         num_layers=layers,
         num_cross_attention_heads=heads,
         cross_attention_head_dim=32,
-        cross_attention_dim=hidden,
+        cross_attention_dim=heads * 32,
         caption_channels=CAPTION_CHANNELS,
         sample_size=TILE,
         patch_size=1,
-    ).eval()
+    )
 
 
 def prompts() -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +205,25 @@ def task_generate(model: SanaTransformer2DModel, task: dict) -> dict:
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "tiles": len(plan)}
 
 
+class CacheSizeHost(FlowHost):
+    """The engine's :class:`FlowHost`, noting the run's BCLA cache size after every tile (the cache is
+    kept after the run detaches it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_cache: BCLACache | None = None
+        self.sizes: list[int] = []
+
+    def attach_cache(self, cache: BCLACache) -> None:
+        self.run_cache = cache
+        super().attach_cache(cache)
+
+    def denoise(self, job: TileJob) -> torch.Tensor:
+        out = super().denoise(job)
+        self.sizes.append(self.run_cache.nbytes())
+        return out
+
+
 def task_cache(model: SanaTransformer2DModel, task: dict) -> dict:
     """Cache bytes while a cumulative BCLA cache runs over n×n small tiles (size of S is per layer)."""
     n, tile, overlap = task["grid"], 4, 1
@@ -213,28 +231,10 @@ def task_cache(model: SanaTransformer2DModel, task: dict) -> dict:
     c = COMPRESSION
     plan = make_plan(side * c, side * c, tile * c, tile * c, overlap * c, c)
     cond, uncond = prompts()
-    cache = BCLACache(BCLAConfig(), plan)
-    denoiser = CFGDenoiser(model, cond, uncond, 4.5, cache)
-    sigmas = flow_sigmas(task["steps"])
-    sizes: list[int] = []
-    undo = install_bcla(model, cache)
-    try:
-        with torch.no_grad():
-            sample_causal(
-                plan,
-                canvas_noise(0, (1, 32, side, side)),
-                lambda job: _tile_and_size(denoiser, job, sigmas, cache, sizes),
-                cache=cache,
-            )
-    finally:
-        undo()
+    host = CacheSizeHost(model, cond, uncond, steps=task["steps"], cfg=4.5)
+    pipeline.run(plan, host, RunSettings(cache_config=BCLAConfig()), (1, 32))
+    cache, sizes = host.run_cache, host.sizes
     return {"tiles": len(plan), "max_bytes": max(sizes), "final_bytes": cache.nbytes(), "norm": cache.norm()}
-
-
-def _tile_and_size(denoiser, job: TileJob, sigmas, cache: BCLACache, sizes: list[int]) -> torch.Tensor:
-    out = sample_tile(denoiser, job, sigmas)
-    sizes.append(cache.nbytes())
-    return out
 
 
 TASKS = {"generate": task_generate, "cache": task_cache}

@@ -49,12 +49,23 @@ from diffusers import SanaTransformer2DModel
 from safetensors.torch import save_file
 from transformers import Gemma2Config, Gemma2Model
 
-from bench.bench_engine import CAUSAL_OVERLAP, COMPRESSION, TILE, _rss_kib, measure_in_child, plan_for
-from temporal_tiling.bcla import MODES, BCLACache, BCLAConfig, install_bcla
-from temporal_tiling.context import encode_global_context
-from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
+from bench.bench_engine import (
+    CAUSAL_OVERLAP,
+    COMPRESSION,
+    TILE,
+    CacheSizeHost,
+    _rss_kib,
+    measure_in_child,
+    plan_for,
+)
+from temporal_tiling import pipeline
+from temporal_tiling.bcla import MODES, BCLAConfig
+from temporal_tiling.context import ContextSettings
+from temporal_tiling.contracts import TileJob
+from temporal_tiling.flow import CFGDenoiser
+from temporal_tiling.pipeline import RunSettings
 from temporal_tiling.plan import make_plan
-from temporal_tiling.sampling import TileJob, canvas_noise, sample_causal
+from temporal_tiling.sampling import canvas_noise
 from temporal_tiling.sana import (
     build_transformer,
     convert_original,
@@ -235,6 +246,39 @@ class CallTimer:
             handle.remove()
 
 
+class TileMeter(CacheSizeHost):
+    """Per tile: wall/CPU seconds, model calls, tokens, cache bytes and resident memory after it; and
+    the time of the global context's seed pass."""
+
+    def __init__(self, *args, timer: CallTimer, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.timer = timer
+        self.per_tile: list[dict] = []
+        self.seed_pass: dict | None = None
+
+    def seed_call(self, guide: torch.Tensor, noise: torch.Tensor, sigma: float) -> None:
+        start = _clock()
+        super().seed_call(guide, noise, sigma)
+        self.seed_pass = _since(start)
+
+    def denoise(self, job: TileJob) -> torch.Tensor:
+        calls = len(self.timer.calls)
+        start = _clock()
+        result = super().denoise(job)
+        self.per_tile.append(
+            _since(start)
+            | {
+                "tile": job.tile.index,
+                "model_calls": len(self.timer.calls) - calls,
+                "tokens": job.tile.height * job.tile.width,
+                "cache_bytes": self.sizes[-1],
+                "rss_mib": _rss_kib("VmRSS:") / 1024,
+                "hwm_mib": _rss_kib("VmHWM:") / 1024,
+            }
+        )
+        return result
+
+
 def _causal_run(
     model: SanaTransformer2DModel,
     embeds: dict,
@@ -245,61 +289,50 @@ def _causal_run(
     shift: float,
     mode: str = "cumulative",
 ) -> tuple[dict, torch.Tensor]:
-    """A causal n×n plan of 1024 px tiles with BCLA; per tile: seconds, cache bytes, resident memory."""
+    """A causal n×n plan of 1024 px tiles with BCLA through ``pipeline.run``; per tile: seconds, cache
+    bytes, resident memory. ``guide``: a global context (skip residual and a one-level BCLA seed pass)
+    on a random low-res guide."""
     side = TILE * grid
     plan = plan_for(side, CAUSAL_OVERLAP, "causal")
     (cond, cond_mask), (uncond, uncond_mask) = embeds["prompt"], embeds["negative"]
-    cache = BCLACache(BCLAConfig(mode=mode), plan)
-    undo = install_bcla(model, cache)
     timer = CallTimer(model)
-    denoiser = CFGDenoiser(model, cond, uncond, cfg, cache, cond_mask, uncond_mask)
-    sigmas = flow_sigmas(steps, shift)
-    per_tile: list[dict] = []
+    host = TileMeter(
+        model,
+        cond,
+        uncond,
+        steps=steps,
+        cfg=cfg,
+        shift=shift,
+        prompt_mask=cond_mask,
+        negative_mask=uncond_mask,
+        timer=timer,
+    )
+    context = None
+    if guide:
+        low = canvas_noise(7, (1, model.config.in_channels, 8 * grid, 8 * grid)) * 0.5
+        context = ContextSettings(low, skip_residual=0.3, bcla_seed=0.5, seed_sigma=0.5)
+    settings = RunSettings(cache_config=BCLAConfig(mode=mode), context=context)
     out: dict = {"tiles": len(plan), "tile_cells": plan.tile_width, "canvas_cells": side}
     before = _rss_kib("VmRSS:")
     Path("/proc/self/clear_refs").write_text("5")  # peak from here: sampling on top of loaded weights
     try:
-        with torch.no_grad():
-            context = None
-            if guide:
-                start = _clock()
-                low = canvas_noise(7, (1, model.config.in_channels, 8 * grid, 8 * grid)) * 0.5
-                context = encode_global_context(
-                    low, skip_residual=0.3, bcla_seed=0.5, denoiser=denoiser, cache=cache, sigma=0.5
-                )
-                out["guide_pass"] = _since(start) | {"guide_cells": 8 * grid}
-
-            def denoise_tile(job: TileJob) -> torch.Tensor:
-                calls = len(timer.calls)
-                start = _clock()
-                result = sample_tile(denoiser, job, sigmas)
-                per_tile.append(
-                    _since(start)
-                    | {
-                        "tile": job.tile.index,
-                        "model_calls": len(timer.calls) - calls,
-                        "tokens": job.tile.height * job.tile.width,
-                        "cache_bytes": cache.nbytes(),
-                        "rss_mib": _rss_kib("VmRSS:") / 1024,
-                        "hwm_mib": _rss_kib("VmHWM:") / 1024,
-                    }
-                )
-                return result
-
-            start = _clock()
-            noise = canvas_noise(0, (1, model.config.in_channels, plan.canvas_height, plan.canvas_width))
-            result = sample_causal(plan, noise, denoise_tile, cache=cache, context=context)
-            out["sampler"] = _since(start)
+        start = _clock()
+        result = pipeline.run(plan, host, settings, (1, model.config.in_channels))
+        sampler = _since(start)
     finally:
         timer.remove()
-        undo()
+    if host.seed_pass is not None:
+        out["guide_pass"] = host.seed_pass | {"guide_cells": 8 * grid}
+        sampler = {key: value - host.seed_pass[key] for key, value in sampler.items()}
+    out["sampler"] = sampler
     assert torch.isfinite(result.canvas).all(), "the canvas is not finite"
     tile_calls = [c for c in timer.calls if c["tokens"] == plan.tile_width * plan.tile_height]
+    per_tile = host.per_tile
     out |= {
         "peak_above_start_mib": (_rss_kib("VmHWM:") - before) / 1024,
         "per_tile": per_tile,
         "cache_bytes_max": max(t["cache_bytes"] for t in per_tile),
-        "cache_bytes_final": cache.nbytes(),
+        "cache_bytes_final": host.run_cache.nbytes(),
         "seconds_per_call": sum(c["seconds"] for c in tile_calls) / len(tile_calls),
         "cpu_seconds_per_call": sum(c["cpu_seconds"] for c in tile_calls) / len(tile_calls),
         "call_batch": tile_calls[0]["batch"],
@@ -403,8 +436,7 @@ def stage_memory_full(work: Path, layers: int, cells: int, cfg: float) -> dict:
 
 def stage_cache_modes(steps_list: tuple[int, ...], grids: tuple[int, ...]) -> dict:
     """Cache bytes per BCLA mode, tile count and step count, with a tiny SANA (bytes per set are exact)."""
-    torch.manual_seed(0)
-    model = SanaTransformer2DModel(**fixtures.tiny_transformer_config())
+    model = fixtures.tiny_transformer(**fixtures.pipeline_transformer_config())
     cond = torch.randn(1, 4, 32)
     rows = []
     for mode in [m for m in MODES if m != "off"]:
@@ -412,24 +444,16 @@ def stage_cache_modes(steps_list: tuple[int, ...], grids: tuple[int, ...]) -> di
             for n in grids:
                 side = 4 + (n - 1) * 3
                 plan = make_plan(side * 8, side * 8, 32, 32, 8, 8)
-                cache = BCLACache(BCLAConfig(mode=mode), plan)
-                denoiser = CFGDenoiser(model, cond, cond, 4.5, cache)
-                sigmas = flow_sigmas(steps)
-                sizes: list[int] = []
-
-                def tile(job: TileJob, cache=cache, denoiser=denoiser, sigmas=sigmas, sizes=sizes):
-                    result = sample_tile(denoiser, job, sigmas)
-                    sizes.append(cache.nbytes())
-                    return result
-
-                undo = install_bcla(model, cache)
-                try:
-                    with torch.no_grad():
-                        sample_causal(plan, canvas_noise(0, (1, 8, side, side)), tile, cache=cache)
-                finally:
-                    undo()
+                host = CacheSizeHost(model, cond, cond, steps=steps, cfg=4.5)
+                pipeline.run(plan, host, RunSettings(cache_config=BCLAConfig(mode=mode)), (1, 8))
                 rows.append(
-                    {"mode": mode, "steps": steps, "grid": n, "tiles": len(plan), "max_bytes": max(sizes)}
+                    {
+                        "mode": mode,
+                        "steps": steps,
+                        "grid": n,
+                        "tiles": len(plan),
+                        "max_bytes": max(host.sizes),
+                    }
                 )
     layers, heads, head_dim = 2, 2, 32
     set_bytes = (

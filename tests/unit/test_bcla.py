@@ -5,12 +5,7 @@ import itertools
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention, SanaLinearAttnProcessor2_0
-from diffusers.models.transformers.transformer_sana_video import (
-    SanaLinearAttnProcessor3_0,
-    SanaVideoTransformer3DModel,
-    WanRotaryPosEmbed,
-)
-from tiny_models import tiny_sana
+from diffusers.models.transformers.transformer_sana_video import SanaLinearAttnProcessor3_0, WanRotaryPosEmbed
 
 from temporal_tiling.bcla import (
     BCLACache,
@@ -24,28 +19,12 @@ from temporal_tiling.bcla import (
 )
 from temporal_tiling.bcla.processors import apply_rotary_emb
 from temporal_tiling.plan import make_plan
+from temporal_tiling.sana.fixtures import tiny_transformer, tiny_video_transformer
 
 LAYER = "attn"
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def tiny_sana_video() -> SanaVideoTransformer3DModel:
-    torch.manual_seed(0)
-    return SanaVideoTransformer3DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=12,
-        num_layers=2,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=12,
-        cross_attention_dim=24,
-        caption_channels=16,
-        sample_size=8,
-        patch_size=(1, 1, 1),
-    ).eval()
 
 
 def run_sana(model, x, seed=1, batch_text=None):
@@ -90,7 +69,7 @@ def strip_plan(tiles: int):
 
 # --- 1. empty cache is bit-identical to stock ------------------------------------------------------
 def test_empty_cache_is_bit_identical_to_stock_sana():
-    model = tiny_sana()
+    model = tiny_transformer()
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     stock = run_sana(model, x)
     plan = make_plan(16, 8, 8, 8, 0, 1)
@@ -101,14 +80,14 @@ def test_empty_cache_is_bit_identical_to_stock_sana():
     cache.begin_tile(plan.tiles[0])
     cache.set_call(0.5, [0])
     out = run_sana(model, x)
-    assert cache.tile_stats.nbytes() > 0, "the BCLA path (recording) must have run"
+    assert cache.nbytes() > 0, "the BCLA path (recording) must have run"
     assert torch.equal(out, stock)
     undo()
     assert type(model.transformer_blocks[0].attn1.processor) is SanaLinearAttnProcessor2_0
 
 
 def test_empty_cache_is_bit_identical_to_stock_sana_video_rope():
-    model = tiny_sana_video()
+    model = tiny_video_transformer()
     x = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     text = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -121,7 +100,7 @@ def test_empty_cache_is_bit_identical_to_stock_sana_video_rope():
     cache.set_call(0.5, [0])
     with torch.no_grad():
         out = model(x, encoder_hidden_states=text, timestep=torch.tensor([500.0])).sample
-    assert cache.tile_stats.nbytes() > 0
+    assert cache.nbytes() > 0
     assert torch.equal(out, stock)
     undo()
 
@@ -170,7 +149,7 @@ def test_cache_of_a_equals_full_linear_attention_with_rope():
 
 # --- 3. cache norm grows over a raster pass ------------------------------------------------------
 def test_cumulative_cache_norm_grows_monotonically_over_raster_pass():
-    model = tiny_sana()
+    model = tiny_transformer()
     plan = make_plan(24, 16, 8, 8, 0, 1)  # 2 × 3 tiles
     cache = BCLACache(BCLAConfig(), plan)
     install_bcla(model, cache)
@@ -267,7 +246,7 @@ def test_fp16_model_at_4k_token_counts_keeps_statistics_in_float32():
 # --- 5. CFG branches never mix --------------------------------------------------------------------
 def _cfg_run(perturbed: int | None):
     """Tile 0 then tile 1 with a [cond, uncond] batch; optionally perturb one branch's tile-0 inputs."""
-    model = tiny_sana()
+    model = tiny_transformer()
     plan = make_plan(16, 8, 8, 8, 0, 1)
     cache = BCLACache(BCLAConfig(), plan)
     install_bcla(model, cache)
@@ -510,7 +489,7 @@ def test_clean_source_records_only_in_clean_pass():
         cache.begin_tile(plan.tiles[0])
         cache.set_call(0.9, [0])
         proc(attn, tokens(16, seed=20))
-        assert not cache.tile_stats
+        assert cache.nbytes() == 0, "outside the clean pass nothing is recorded"
         with cache.clean_pass():
             cache.set_call(0.01, [0])
             clean_out = proc(attn, tokens(16, seed=21))
@@ -563,7 +542,7 @@ def test_seed_statistics_act_as_extra_tokens_in_every_tile():
 # --- 8. strength 0 / mode off are stock ----------------------------------------------------------
 @pytest.mark.parametrize("config", [BCLAConfig(strength=0.0), BCLAConfig(mode="off")])
 def test_strength_zero_or_mode_off_is_identical_to_stock(config):
-    model = tiny_sana()
+    model = tiny_transformer()
     plan = make_plan(16, 8, 8, 8, 0, 1)
     xs = [torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     stock = run_sana(model, xs[1])

@@ -5,12 +5,12 @@ import inspect
 
 import pytest
 import torch
-from tiny_models import tiny_sana
 
 from temporal_tiling import contracts
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.contracts import PositionSource, TileCache
 from temporal_tiling.plan import make_plan
+from temporal_tiling.sana.fixtures import tiny_transformer
 
 
 def protocol_mismatches(protocol: type, implementation: object) -> list[str]:
@@ -102,7 +102,7 @@ def run_tiles(cache: TileCache, source: PositionSource, model: torch.nn.Module, 
 
 
 def test_a_tile_loop_written_against_the_protocols_drives_the_cache(cache):
-    model = tiny_sana()
+    model = tiny_transformer()
     stock = [denoise(model, tile_latent(tile), 0.5) for tile in cache.plan.tiles]
     install_bcla(model, cache)
     plain = run_tiles(cache, cache, model, None)
