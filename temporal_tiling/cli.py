@@ -33,10 +33,13 @@ from .errors import UserInputError
 from .options import (
     BCLA_MODES,
     BCLA_SOURCES,
+    DEFAULT_GUIDE_BCLA_SEED,
     DEFAULT_GUIDE_DENOISE,
+    DEFAULT_GUIDE_STATS,
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
     DEFAULT_LOCK_RELEASE,
+    DEFAULT_METHOD,
     DEFAULT_RELEASE_BAND,
     EMBEDDED_MODEL,
     FITS,
@@ -60,7 +63,7 @@ if (
     from .pipeline import GuideFirst
     from .plan import TilePlan
 
-COMPARE = ("independent", "multidiffusion", "causal")
+COMPARE = ("independent", "multidiffusion", "causal", "guided")
 """What ``--method compare`` renders, in strip order."""
 
 TRAIN_COMMAND = "python -m temporal_tiling.training build --out temporal_tiling/embedded/seamlab-sana"
@@ -262,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="grow: overlap-free tile count, tiles enlarged by the overlap; shift: exact tile size",
     )
     g.add_argument(
-        "--method", choices=(*METHODS, "compare"), default="causal", help="compare = " + " / ".join(COMPARE)
+        "--method",
+        choices=(*METHODS, "compare"),
+        default=DEFAULT_METHOD,
+        help="compare = " + " / ".join(COMPARE),
     )
     g.add_argument(
         "--guide-denoise",
@@ -322,20 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--context-skip",
         type=_number(float, 0, 1),
-        default=0.0,
-        help="global context: DemoFusion skip-residual strength (causal, guided)",
+        default=None,
+        help="global context: DemoFusion skip-residual strength (causal, guided; default 0)",
     )
     g.add_argument(
         "--context-stats",
         type=_number(float, 0, 1),
-        default=0.0,
-        help="global context: CMod/AdaIN statistics strength (causal, guided)",
+        default=None,
+        help="global context: CMod/AdaIN statistics strength (causal, guided; default 0 for causal, "
+        f"{DEFAULT_GUIDE_STATS} for guided)",
     )
     g.add_argument(
         "--context-seed",
         type=_number(float, 0),
-        default=0.0,
-        help="global context: BCLA seed strength from the low-res pass (causal, guided)",
+        default=None,
+        help="global context: BCLA seed strength from the low-res pass (causal, guided; default 0 for "
+        f"causal, {DEFAULT_GUIDE_BCLA_SEED} for guided)",
     )
     g.add_argument(
         "--context-size",
@@ -442,9 +450,9 @@ def _global_context(
     save_png(to_pil(model.decode(guide)), out / "guide.png")
     return ContextSettings(
         guide,
-        skip_residual=args.context_skip,
-        stats=args.context_stats,
-        bcla_seed=args.context_seed,
+        skip_residual=args.context_skip or 0.0,
+        stats=args.context_stats or 0.0,
+        bcla_seed=args.context_seed or 0.0,
         seed=args.seed,
     )
 
@@ -474,14 +482,9 @@ def _guide_first(args: argparse.Namespace, model: LoadedModel) -> GuideFirst:
                 f"{model.name} has no image encoder; use --guide-upscale latent", "--guide-upscale"
             )
         upscale = pixel_upscale(model.decode, model.encode, model.compression)
-    return GuideFirst(
-        long_side=args.context_size,
-        denoise=args.guide_denoise,
-        skip_residual=args.context_skip,
-        stats=args.context_stats,
-        bcla_seed=args.context_seed,
-        upscale=upscale,
-    )
+    given = {"skip_residual": args.context_skip, "stats": args.context_stats, "bcla_seed": args.context_seed}
+    strengths = {name: value for name, value in given.items() if value is not None}
+    return GuideFirst(long_side=args.context_size, denoise=args.guide_denoise, upscale=upscale, **strengths)
 
 
 def _sampling(args: argparse.Namespace, shift: float) -> dict:
@@ -543,10 +546,10 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
         )
     model = loader(args.model or EMBEDDED_MODEL, device)
     plan = _plan(args, model.compression)
-    if _uses_context(args) or args.method == "guided":
-        _check_context_size(args, plan)
-    guide_first = _guide_first(args, model) if args.method == "guided" else None
     methods = list(COMPARE) if args.method == "compare" else [args.method]
+    if _uses_context(args) or "guided" in methods:
+        _check_context_size(args, plan)
+    guide_first = _guide_first(args, model) if "guided" in methods else None
     if args.reference and "full" not in methods:
         methods.append("full")
     _warn(args, model, plan, methods)
@@ -643,7 +646,7 @@ def _render(
         if method != "full":
             tiles[method] = model.decode(result.tiles)
         seconds[method] = time.perf_counter() - start
-        if result.guide is not None:
+        if result.guide is not None and out / "guide.png" not in written:
             save_png(to_pil(model.decode(result.guide)), out / "guide.png")
             written.append(out / "guide.png")
         path = out / f"{method}.png"

@@ -25,7 +25,14 @@ from .bcla import BCLACache, BCLAConfig, install_bcla
 from .context import ContextError, ContextSettings, GlobalContext, guide_size
 from .contracts import Host, TileCache, TileJob
 from .flow import CFGDenoiser, flow_sigmas, sample_tile
-from .options import DEFAULT_GUIDE_DENOISE, DEFAULT_LOCK_FEATHER, DEFAULT_LOCK_MARGIN, METHODS
+from .options import (
+    DEFAULT_GUIDE_BCLA_SEED,
+    DEFAULT_GUIDE_DENOISE,
+    DEFAULT_GUIDE_STATS,
+    DEFAULT_LOCK_FEATHER,
+    DEFAULT_LOCK_MARGIN,
+    METHODS,
+)
 from .plan import TilePlan, make_plan
 from .sampling import (
     CLEAN_SIGMA,
@@ -80,9 +87,9 @@ class GuideFirst:
     """Share of the schedule the tiles run from the upscaled guide (1 = from noise, guide unused)."""
     skip_residual: float = 0.0
     """DemoFusion skip residual toward the guide in the early steps (GlobalContext.skip_residual)."""
-    stats: float = 0.0
+    stats: float = DEFAULT_GUIDE_STATS
     """Per-tile mean/std alignment to the guide (GlobalContext.stats)."""
-    bcla_seed: float = 1.0
+    bcla_seed: float = DEFAULT_GUIDE_BCLA_SEED
     """Strength of the guide's attention statistics in every tile's BCLA cache (needs a cache)."""
     upscale: Upscale | None = None
     """How the guide is enlarged to the canvas; None = :func:`latent_upscale`."""

@@ -61,13 +61,13 @@ def test_causal_writes_one_png_of_the_canvas_size(tmp_path: Path, capsys) -> Non
 
 def test_compare_writes_each_method_a_strip_and_the_metrics(tmp_path: Path, capsys) -> None:
     assert run([*BASE, "--method", "compare", "--reference", "--out", str(tmp_path)]) == 0
-    for name in ("independent", "multidiffusion", "causal", "full"):
+    for name in ("independent", "multidiffusion", "causal", "guided", "full"):
         with Image.open(tmp_path / f"{name}.png") as image:
             assert image.size == (64, 40)
     with Image.open(tmp_path / "compare.png") as strip:
-        assert strip.size == (64, 4 * (40 + 16))  # wide canvas: panels stacked, 16 px label each
+        assert strip.size == (64, 5 * (40 + 16))  # wide canvas: panels stacked, 16 px label each
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics) == {"independent", "multidiffusion", "causal"}
+    assert set(metrics) == {"independent", "multidiffusion", "causal", "guided"}
     for report in metrics.values():
         assert report["gradient_ratio_mean"] > 0 and report["psnr"] is not None and report["seconds"] > 0
     # Independent tiles disagree in their overlaps; causal tiles copy the locked content there.
@@ -103,6 +103,8 @@ def test_lock_margin_flag_reaches_the_causal_sampler(tmp_path: Path, monkeypatch
 def test_global_context_flags_render_a_guide(tmp_path: Path) -> None:
     argv = [
         *BASE,
+        "--method",
+        "causal",
         "--context-skip",
         "0.5",
         "--context-stats",
@@ -224,7 +226,7 @@ def test_a_failure_mid_run_leaves_the_output_folder_as_it_was(tmp_path: Path, ca
 
 def test_one_cell_tiles_run(tmp_path: Path) -> None:
     assert run([*BASE, "--tile", "8", "--overlap", "0", "--out", str(tmp_path)]) == 0
-    with Image.open(tmp_path / "causal.png") as image:
+    with Image.open(tmp_path / "guided.png") as image:  # the default method
         assert image.size == (64, 40)
 
 
@@ -341,7 +343,7 @@ def test_embedded_model_renders_through_the_real_loader(tmp_path: Path) -> None:
     size = ["--width", "128", "--height", "64", "--tile", "64", "--overlap", "16"]
     argv = ["generate", "--prompt", prompt, *size, "--steps", "3", "--threads", "1", "--out", str(tmp_path)]
     assert cli.main(argv) == 0
-    with Image.open(tmp_path / "causal.png") as image:
+    with Image.open(tmp_path / "guided.png") as image:
         assert image.size == (128, 64)
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).float()
     assert pixels.std() > 5  # a picture, not a flat or black canvas

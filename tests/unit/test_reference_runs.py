@@ -61,7 +61,9 @@ def engine_runs() -> dict[str, Callable[[], torch.Tensor]]:
             lock_release=LockRelease(0.5, 1),
         ),
         "causal_img2img": lambda: run(method="causal", cache_config=sync, latent=start, denoise=0.6),
-        "guided": lambda: run(method="guided", cache_config=sync, guide_first=GuideFirst(denoise=0.5)),
+        "guided": lambda: run(
+            method="guided", cache_config=sync, guide_first=GuideFirst(denoise=0.5, stats=0.0)
+        ),
         "guided_skip_stats": lambda: run(
             method="guided",
             cache_config=sync,
