@@ -25,6 +25,7 @@ from ..temporal_tiling.bcla import bcla_object_patches
 from ..temporal_tiling.context import ContextSettings
 from ..temporal_tiling.contracts import DenoiserWrap, MaskSchedule, TileCache, TileJob, X0Hook
 from ..temporal_tiling.options import (
+    DEFAULT_GUIDE_BCLA_SEED,
     DEFAULT_GUIDE_DENOISE,
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
@@ -129,7 +130,7 @@ class SanaCausalSampler(io.ComfyNode):
                 io.Combo.Input(
                     "mode",
                     options=list(MODES),
-                    default="causal",
+                    default="guided",
                     tooltip="causal: tiles in order, overlap locked, BCLA if the model has it. "
                     "guided: the whole scene at the tile's size first, upscaled, then causal tiles "
                     "refined from it at guide_denoise (one layout; the guide seeds BCLA). "
@@ -186,8 +187,9 @@ class SanaCausalSampler(io.ComfyNode):
                     max=1.0,
                     step=0.05,
                     tooltip="mode = guided: share of the schedule the tiles run from the upscaled "
-                    "whole-scene pass. Lower keeps its layout and colours; higher lets tiles add "
-                    "more of their own detail (1 = from noise).",
+                    "whole-scene pass (each tile's colour statistics are also pulled halfway to it). "
+                    "Lower keeps its layout and colours; higher lets tiles add more of their own "
+                    "detail and their window's own gradient (1 = from noise).",
                 ),
                 io.Latent.Input(
                     "latent_image",
@@ -282,8 +284,8 @@ class SanaCausalSampler(io.ComfyNode):
 
 
 def _guide_first(model, denoise: float) -> GuideFirst:
-    """mode = guided: the guide seeds BCLA when the model has a BCLA cache."""
-    return GuideFirst(denoise=denoise, bcla_seed=1.0 if bcla_config(model) is not None else 0.0)
+    """mode = guided with the engine's defaults; the guide seeds BCLA when the model has a BCLA cache."""
+    return GuideFirst(denoise=denoise, bcla_seed=DEFAULT_GUIDE_BCLA_SEED if bcla_config(model) else 0.0)
 
 
 def _start_latent(

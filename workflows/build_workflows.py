@@ -14,7 +14,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from temporal_tiling.plan import TilePlan, make_plan  # noqa: E402  (the pack root is not installed)
+from temporal_tiling.options import DEFAULT_GUIDE_DENOISE  # noqa: E402  (the pack root is not installed)
+from temporal_tiling.plan import TilePlan, make_plan  # noqa: E402
 
 EMBEDDED = "seamlab-sana (embedded)"
 FROM_CHECKPOINT = "(from checkpoint folder)"
@@ -189,7 +190,7 @@ def sampler(
         ("lock_release", 0.0),
         ("release_band", 0),
         ("batch_size", 1),
-        ("guide_denoise", 0.5),
+        ("guide_denoise", DEFAULT_GUIDE_DENOISE),
     ]
     wires = {"model": model, "positive": (2, 0), "negative": (3, 0), "tile_plan": (5, 0), **links}
     return Node(node_id, "SanaTemporalCausalSampler", pos, widgets, wires, title, (400, 380))
@@ -243,21 +244,20 @@ def describe(plan: TilePlan) -> str:
 
 
 def txt2img() -> list[Node]:
-    canvas = planner(5, (400, 920), vae=(1, 2))
-    low_res = planner(15, (400, 40), (192, 128), (192, 128), 0, "low-res plan (one tile)", vae=(1, 2))
+    canvas = planner(5, (400, 40), vae=(1, 2))
     plan = planned(canvas)
     return [
         loader(1, (20, 40)),
         text(2, (20, 300), PROMPT, "positive"),
         text(3, (20, 470), "", "negative"),
-        bcla_cache(4, (400, 650)),
+        bcla_cache(4, (400, 680)),
         canvas,
-        sampler(6, (1220, 40), (4, 0), "causal", "Causal SANA Sampler", global_context=(17, 0)),
-        Node(7, "VAEDecode", (1660, 40), links={"samples": (6, 0), "vae": (1, 2)}, size=(220, 60)),
+        sampler(6, (800, 40), (4, 0), "guided", "Causal SANA Sampler (guided)"),
+        Node(7, "VAEDecode", (1240, 40), links={"samples": (6, 0), "vae": (1, 2)}, size=(220, 60)),
         Node(
             8,
             "SaveImage",
-            (2120, 40),
+            (1700, 40),
             [("filename_prefix", "sana_tiling/txt2img_canvas")],
             {"images": (7, 0)},
             size=(420, 360),
@@ -265,7 +265,7 @@ def txt2img() -> list[Node]:
         Node(
             9,
             "VAEDecode",
-            (1660, 150),
+            (1240, 150),
             links={"samples": (6, 1), "vae": (1, 2)},
             title="decode tiles",
             size=(220, 60),
@@ -273,7 +273,7 @@ def txt2img() -> list[Node]:
         Node(
             10,
             "SanaTemporalSeamBlender",
-            (1660, 260),
+            (1240, 260),
             [("method", "feather"), ("ramp", "cosine"), ("color_correction", "none"), ("batch_size", 1)],
             {"images": (9, 0), "tile_plan": (5, 0)},
             size=(320, 160),
@@ -281,43 +281,40 @@ def txt2img() -> list[Node]:
         Node(
             11,
             "SaveImage",
-            (2120, 450),
+            (1700, 450),
             [("filename_prefix", "sana_tiling/txt2img_blended")],
             {"images": (10, 0)},
             size=(420, 360),
         ),
         metrics(
             12,
-            (1660, 470),
+            (1240, 590),
             "sana_tiling/txt2img_metrics",
             image=(7, 0),
             tile_plan=(5, 0),
             tiles=(9, 0),
             guide=(18, 0),
         ),
-        Node(13, "PreviewImage", (400, 1530), links={"images": (5, 1)}, title="tile plan", size=(340, 260)),
+        Node(13, "PreviewImage", (400, 960), links={"images": (5, 1)}, title="tile plan", size=(340, 260)),
         note(
             14,
             (20, 640),
-            f"Temporal tiling, text to image. The canvas is generated at {describe(plan)} "
-            f"(overlap ≥ {dict(canvas.widgets)['overlap']} px), one after another in the Tile Planner's "
-            "order; each tile keeps what the earlier ones made in the overlap and sees their attention "
-            "statistics through the BCLA Cache. The low-res pass renders the whole scene at "
-            f"{describe(planned(low_res))}; through the Global Context Encoder it seeds every tile's "
-            "cache, and Quality Metrics compares the canvas with it (layout). Runs on CPU with the "
-            "pack's embedded seam-lab model. For a real SANA checkpoint pick "
-            "it in Load SANA and set the planner to e.g. 4096×2048 with 1024 px tiles, the low-res plan "
-            "to 1024×512.",
+            f"Temporal tiling, text to image, guide first. The sampler (mode = guided) renders the whole "
+            f"scene at the tile's size in one pass, enlarges it, and generates the canvas from it at "
+            f"{describe(plan)} (overlap ≥ {dict(canvas.widgets)['overlap']} px), one tile after another in "
+            "the Tile Planner's order, at guide_denoise: the canvas keeps the whole-scene layout. Each "
+            "tile keeps what the earlier ones made in the overlap and sees their attention statistics "
+            "(and the whole-scene pass's) through the BCLA Cache. Quality Metrics compares the canvas "
+            "with the decoded whole-scene pass (layout). Runs on CPU with the pack's embedded seam-lab "
+            "model. For a real SANA checkpoint pick it in Load SANA and set the planner to e.g. "
+            "4096×2048 with 1024 px tiles.",
         ),
-        low_res,
-        sampler(16, (780, 40), (1, 0), "causal", "low-res pass", tile_plan=(15, 0)),
-        global_context(17, (780, 750), latent=(16, 0)),
         Node(
             18,
             "VAEDecode",
-            (1220, 760),
-            links={"samples": (16, 0), "vae": (1, 2)},
-            title="decode low-res guide",
+            (1240, 480),
+            links={"samples": (6, 2), "vae": (1, 2)},
+            title="decode whole-scene pass",
             size=(220, 60),
         ),
     ]

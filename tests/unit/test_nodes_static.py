@@ -404,17 +404,21 @@ def _plan_of(api: dict, node_id: str):
     return make_plan(*size, _embedded_compression(), w["order"], w["shuffle_seed"], w["fit"])
 
 
-def test_txt2img_low_res_pass_renders_one_tile_and_its_note_tells_the_plans():
+def test_txt2img_is_guide_first_and_its_note_tells_the_plan():
+    """The shipped text-to-image graph runs mode = guided, decodes its whole-scene pass into Quality
+    Metrics' guide, and its note states the plan the planner really makes."""
     ui, api = _load("txt2img_temporal_tiling")
-    sampler = "SanaTemporalCausalSampler"
-    samplers = {n["_meta"]["title"]: n for n in api.values() if n["class_type"] == sampler}
-    low_res = _plan_of(api, samplers["low-res pass"]["inputs"]["tile_plan"][0])
-    canvas = _plan_of(api, samplers["Causal SANA Sampler"]["inputs"]["tile_plan"][0])
-    assert len(low_res) == 1 and len(canvas) > 1
+    (sampler_id, sampler), *others = [
+        (k, n) for k, n in api.items() if n["class_type"] == "SanaTemporalCausalSampler"
+    ]
+    assert others == [] and sampler["inputs"]["mode"] == "guided"
+    (metrics,) = (n for n in api.values() if n["class_type"] == "SanaTemporalTileMetrics")
+    decode = api[metrics["inputs"]["guide"][0]]
+    assert decode["class_type"] == "VAEDecode" and decode["inputs"]["samples"] == [sampler_id, 2]
+    canvas = _plan_of(api, sampler["inputs"]["tile_plan"][0])
     (note,) = (n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note")
-    for plan in (low_res, canvas):
-        tiles = "one tile" if len(plan) == 1 else f"{plan.cols}×{plan.rows} tiles"
-        assert f"{tiles} of {plan.tile_width_px}×{plan.tile_height_px} px" in note, note
+    tiles = f"{canvas.cols}×{canvas.rows} tiles of {canvas.tile_width_px}×{canvas.tile_height_px} px"
+    assert len(canvas) > 1 and tiles in note and "mode = guided" in note, note
 
 
 def _least_drawn_height(node: dict) -> int:
