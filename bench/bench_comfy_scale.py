@@ -26,12 +26,13 @@ stock ConditioningZeroOut) → KSampler on a low-res guide → Tile Planner (2×
 lock band, tiles grown to fit) → BCLA Cache (cumulative) → Global Context Encoder (guide
 latent, ``bcla_seed`` + ``skip_residual``) → Causal SANA Sampler → stock VAEDecodeTiled.
 
-After the text encode the text encoder is unloaded from ComfyUI's model management and freed, so
-the sampler's memory is measured without it (on a GPU ComfyUI offloads it; here it would stay
-resident). This CPU has no bf16 matrix units, so the transformer Load SANA returns in bf16 is then cast
-to ``--compute-dtype`` float32 before sampling (ComfyUI follows the model's dtype); the text encoder
-computes in bf16. Every model call is timed by forward hooks on the transformer, which also read the
-BCLA cache's size; peak resident memory (Linux VmHWM, reset before every stage) is recorded per stage.
+After the text encode the bench drops its references to the text encoder, which frees it (ComfyUI's
+model management holds models by weak reference), so the sampler's memory is measured without it; in
+ComfyUI the loader's cached output keeps it in RAM (on a GPU, out of VRAM). This CPU has no bf16
+matrix units, so the transformer Load SANA returns in bf16 is then cast to ``--compute-dtype`` float32
+before sampling (ComfyUI follows the model's dtype); the text encoder computes in bf16. Every model
+call is timed by forward hooks on the transformer, which also read the BCLA cache's size; peak resident
+memory (Linux VmHWM, reset before every stage) is recorded per stage.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import os
 import platform
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,7 +57,7 @@ from safetensors.torch import save_file
 
 from bench.bench_engine import CAUSAL_OVERLAP, TILE, _rss_kib, measure_in_child
 from bench.bench_scale import CallTimer, _clock, _since
-from temporal_tiling.sana import convert_original, detect_variant, fixtures
+from temporal_tiling.sana import convert_original, detect_variant, fixtures, variant_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -282,7 +284,6 @@ def causal_figures(calls: list[dict], plan, steps: int, samples: torch.Tensor) -
 def run_graph(comfyui: Path, base: Path, models: Models, config: dict) -> dict:
     """The causal 2×2 graph through the pack's and ComfyUI's nodes; per stage and per model call figures."""
     stock, pack = import_comfy(comfyui, base)
-    import comfy.model_management
 
     loaders, sampler = pack["loaders"], pack["sampler"]
     stages: dict = {}
@@ -292,9 +293,11 @@ def run_graph(comfyui: Path, base: Path, models: Models, config: dict) -> dict:
         )
     model, clip, vae = loaded.result
     transformer = model.model.diffusion_model.transformer
+    flow_shift = float(model.model.model_sampling.shift)
     report: dict = {
-        "variant": model.model.variant_name,
-        "flow_shift": float(model.model.model_sampling.shift),
+        # the variant the loaded transformer's config and the MODEL's shift describe
+        "variant": variant_from_config(dict(transformer.config), flow_shift).name,
+        "flow_shift": flow_shift,
         "pe_interpolation_scale": transformer.config.interpolation_scale,
         "pe_grid": transformer.config.sample_size,
         "params_m": {
@@ -317,10 +320,11 @@ def run_graph(comfyui: Path, base: Path, models: Models, config: dict) -> dict:
         "template": encoder.uses_instruction(PROMPT),
         "embeds_shape": list(positive[0][0].shape),
     }
-    with stage(stages, "free_text_encoder"):  # as a prompt cached by ComfyUI no longer needs it
-        del loaded, clip, encoder
-        comfy.model_management.unload_all_models()
+    encoder_ref = weakref.ref(encoder)
+    with stage(stages, "free_text_encoder"):
+        del loaded, clip, encoder  # ComfyUI's model management holds loaded models by weak reference
         gc.collect()
+    report["text"]["encoder_freed"] = encoder_ref() is None
     with stage(stages, "cast"):
         transformer.to(getattr(torch, config["compute_dtype"]))
     report["dtypes"]["transformer_compute"] = str(transformer.dtype)

@@ -46,7 +46,7 @@ def test_comfy_scale_bench_runs_its_graph_at_toy_size(comfy, tmp_path, variant) 
     assert report["decode"]["image_shape"] == [1, 64 * 4, 64 * 4, 3] and report["decode"]["finite"]
     stages = {"load", "text", "free_text_encoder", "cast", "guide_ksampler", "causal_sampler", "decode"}
     assert set(report["stages"]) == stages
-    assert report["stages"]["free_text_encoder"]["rss_after_mib"] > 0
+    assert report["text"]["encoder_freed"]
     saved = json.loads((tmp_path / "results" / "comfy_scale.json").read_text())
     assert set(saved) == {variant} and saved[variant]["causal"]["per_tile"] == causal["per_tile"]
     assert "seconds per model call per tile" in (tmp_path / "results" / "comfy_scale.md").read_text()
