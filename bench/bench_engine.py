@@ -45,6 +45,7 @@ from temporal_tiling.bcla import BCLACache, BCLAConfig
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.pipeline import FlowHost, RunSettings, generate
 from temporal_tiling.plan import TilePlan, make_plan
+from temporal_tiling.sana.fixtures import tiny_transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -97,9 +98,8 @@ def plan_for(side: int, overlap: int, method: str, width: int | None = None) -> 
 
 
 def build_model(heads: int, layers: int) -> SanaTransformer2DModel:
-    torch.manual_seed(0)
-    hidden = heads * 32
-    return SanaTransformer2DModel(
+    """The measured model: 32 latent channels, `heads` linear heads x 32, `layers` blocks, seeded with 0."""
+    return tiny_transformer(
         in_channels=32,
         out_channels=32,
         num_attention_heads=heads,
@@ -107,11 +107,11 @@ def build_model(heads: int, layers: int) -> SanaTransformer2DModel:
         num_layers=layers,
         num_cross_attention_heads=heads,
         cross_attention_head_dim=32,
-        cross_attention_dim=hidden,
+        cross_attention_dim=heads * 32,
         caption_channels=CAPTION_CHANNELS,
         sample_size=TILE,
         patch_size=1,
-    ).eval()
+    )
 
 
 def prompts() -> tuple[torch.Tensor, torch.Tensor]:

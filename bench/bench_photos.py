@@ -1,4 +1,5 @@
-"""Seam Blender on real photographs: does the best blend × colour combination meet the seam targets?
+"""Seam Blender on real photographs: does the best blend × colour combination meet the seam targets
+(``SeamReport.meets_targets``: every seam's gradient ratio < 1.2× the photo's own floor, ΔE < 2 above it)?
 
 Run from the repository root: ``python -m bench.bench_photos`` (about 5–10 min on 2 CPU cores).
 Writes ``bench/results/photos.json``, ``bench/results/photos.md`` and ``docs/seam_blender_comparison.png``.
@@ -6,10 +7,10 @@ Writes ``bench/results/photos.json``, ``bench/results/photos.md`` and ``docs/sea
 Protocol. scikit-image's bundled photographs are upscaled (bicubic, torch) to 2048 px on the long side
 and cut with the tile planner. Independent generation is simulated per tile (seeded): a chroma cast,
 an L* gain/offset and a low-frequency L* illumination tilt, all in CIE Lab (``SIMULATION``). Those
-parameters were calibrated once so that stitching with ``none`` lands, on average, on the seams measured
-between independently generated tiles (ΔE 5–8, gradient ratio 2–3, seam-zone PSNR ≈ 30 dB); the table
-reports where each photo actually lands. Every blend × colour-correction combination is then stitched
-and scored.
+parameters were calibrated once so that stitching with ``none`` lands, on average, where tiles generated
+independently by a diffusion model were measured to land (ΔE 5–8, gradient ratio 2–3, seam-zone PSNR
+≈ 30 dB); the table reports where each photo actually lands. Every blend × colour-correction combination
+is then stitched and scored.
 
 Where the seam is measured: on every line of each overlap band (``none``, later tiles win, cuts at the
 later tile's border; blenders spread or move the step), judged against the photo's own floor.

@@ -436,8 +436,7 @@ def stage_memory_full(work: Path, layers: int, cells: int, cfg: float) -> dict:
 
 def stage_cache_modes(steps_list: tuple[int, ...], grids: tuple[int, ...]) -> dict:
     """Cache bytes per BCLA mode, tile count and step count, with a tiny SANA (bytes per set are exact)."""
-    torch.manual_seed(0)
-    model = SanaTransformer2DModel(**fixtures.tiny_transformer_config())
+    model = fixtures.tiny_transformer(**fixtures.pipeline_transformer_config())
     cond = torch.randn(1, 4, 32)
     rows = []
     for mode in [m for m in MODES if m != "off"]:

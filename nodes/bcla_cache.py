@@ -44,12 +44,9 @@ def bcla_transformer(model):
             f"SANA with '{LOADER_DISPLAY_NAME}' or with ComfyUI_ExtraModels' Sana Checkpoint Loader."
         )
     for name, layer in layers:
-        # a pending object patch wins; while a clone is patched in place, the original is in the backup
-        path = f"diffusion_model.{name}.attn_matmul"
-        current = model.object_patches.get(path)
-        if current is None:
-            current = model.object_patches_backup.get(path, layer.__dict__.get("attn_matmul"))
-        if current is not None and getattr(current, "__func__", None) is not type(layer).attn_matmul:
+        # the attn_matmul the model runs: a pending object patch, else the original (also while patched)
+        current = model.get_model_object(f"diffusion_model.{name}.attn_matmul")
+        if getattr(current, "__func__", None) is not type(layer).attn_matmul:
             raise ValueError(
                 f"LiteLA layer {name} of this MODEL runs {type(current).__name__} instead of its own "
                 "attn_matmul; BCLA needs the model as ExtraModels' loader returns it."

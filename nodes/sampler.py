@@ -142,7 +142,7 @@ class SanaCausalSampler(io.ComfyNode):
                     min=0,
                     max=64,
                     tooltip="Latent cells of already generated content, next to the lock edge, "
-                    "that a new tile may still blend into (0 = hard lock). Causal only.",
+                    "that a new tile may still blend into (0 = hard lock). Causal and guided modes.",
                 ),
                 io.Int.Input(
                     "lock_margin",
@@ -151,7 +151,8 @@ class SanaCausalSampler(io.ComfyNode):
                     max=16,
                     tooltip="Outermost latent cells of each earlier tile that a new tile regenerates "
                     "instead of keeping: a tile paints its window edge like an image edge, which shows "
-                    "as a line where the lock keeps it (0 = keep every overlapping cell). Causal only.",
+                    "as a line where the lock keeps it (0 = keep every overlapping cell). "
+                    "Causal and guided modes.",
                 ),
                 io.Float.Input(
                     "lock_release",
@@ -161,7 +162,7 @@ class SanaCausalSampler(io.ComfyNode):
                     step=0.05,
                     tooltip="Share of the lock released by the last step near the lock edge: the "
                     "new tile's prediction and the earlier content are averaged there in the late "
-                    "steps (0 = constant lock). Causal only.",
+                    "steps (0 = constant lock). Causal and guided modes.",
                 ),
                 io.Int.Input(
                     "release_band",
@@ -169,7 +170,7 @@ class SanaCausalSampler(io.ComfyNode):
                     min=0,
                     max=64,
                     tooltip="Latent cells of the overlap, next to the tile's new area, that "
-                    "lock_release applies to (0 = the whole overlap). Causal only.",
+                    "lock_release applies to (0 = the whole overlap). Causal and guided modes.",
                 ),
                 io.Int.Input(
                     "batch_size",

@@ -4,14 +4,11 @@ CLIP (Gemma-2), each usable by the stock nodes (KSampler, CLIPTextEncode, VAEEnc
 The engine loads the diffusers models (``temporal_tiling.sana``); this module only adapts them:
 * ``diffusion_model`` delegates attribute lookups to the diffusers transformer, so object patches on a clone
   at ``diffusion_model.transformer_blocks.{i}.attn1.processor`` replace diffusers' attention processors;
-* the ``transformer_options`` of the running call are readable with ``current_transformer_options()``
-  (diffusers does not forward them to processors; a ContextVar does, without touching any module);
 * the latent format is the DC-AE's (channels, scaling factor) with preview colours fitted on the VAE.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import logging
 from typing import Any, ClassVar
@@ -32,18 +29,6 @@ LOADER_DISPLAY_NAME = "Load SANA (SanaTemporalCheckpointLoader)"
 LINEAR_PROCESSOR_PREFIX = "SanaLinearAttnProcessor"
 DEFAULT_DECODE_TILE = 512  # px per tiled-decode tile when ComfyUI falls back to tiling after an OOM
 DEFAULT_DECODE_OVERLAP = 64
-
-_TRANSFORMER_OPTIONS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "sana_transformer_options", default=None
-)
-
-
-def current_transformer_options() -> dict[str, Any]:
-    """ComfyUI's transformer_options of the model call in progress ({} outside one).
-
-    Attention processors patched onto a clone read `cond_or_uncond`, `sigmas`, patches etc. from here.
-    """
-    return _TRANSFORMER_OPTIONS.get() or {}
 
 
 class SanaLatentFormat(comfy.latent_formats.LatentFormat):
@@ -102,20 +87,16 @@ class SanaDiffusionModel(torch.nn.Module):
         timesteps: torch.Tensor,
         context: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        transformer_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        token = _TRANSFORMER_OPTIONS.set(transformer_options or {})
-        try:
-            return self.transformer(
-                x,
-                encoder_hidden_states=context,
-                timestep=timesteps,
-                encoder_attention_mask=attention_mask,
-                return_dict=False,
-            )[0]
-        finally:
-            _TRANSFORMER_OPTIONS.reset(token)
+        """ComfyUI's extra arguments (transformer_options, control, ...) have no diffusers counterpart."""
+        return self.transformer(
+            x,
+            encoder_hidden_states=context,
+            timestep=timesteps,
+            encoder_attention_mask=attention_mask,
+            return_dict=False,
+        )[0]
 
 
 class SanaModelConfig(comfy.supported_models_base.BASE):
@@ -143,7 +124,6 @@ class SanaModel(comfy.model_base.BaseModel):
     ) -> None:
         super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
         self.diffusion_model = SanaDiffusionModel(transformer)
-        self.variant_name = ""
 
     def extra_conds(self, **kwargs: Any) -> dict[str, Any]:
         out = super().extra_conds(**kwargs)
@@ -165,7 +145,6 @@ def make_model_patcher(
     config = SanaModelConfig(variant, SanaLatentFormat(vae))
     load_device = comfy.model_management.get_torch_device()
     model = SanaModel(config, transformer, device=load_device)
-    model.variant_name = variant.name
     return comfy.model_patcher.ModelPatcher(
         model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device()
     )
@@ -184,10 +163,9 @@ def require_sana_linear_attention(model: comfy.model_patcher.ModelPatcher) -> Sa
             f"loader builds the original layout). Load the same checkpoint with '{LOADER_DISPLAY_NAME}' from "
             "this pack instead."
         )
-    for i, block in enumerate(inner.transformer.transformer_blocks):
-        # while a clone is patched in place, the original processor sits in object_patches_backup
-        path = f"diffusion_model.transformer_blocks.{i}.attn1.processor"
-        processor = model.object_patches_backup.get(path, block.attn1.processor)
+    for i in range(len(inner.transformer.transformer_blocks)):
+        # the processor the model runs: a pending object patch, else the original (also while patched)
+        processor = model.get_model_object(f"diffusion_model.transformer_blocks.{i}.attn1.processor")
         if not type(processor).__name__.startswith(LINEAR_PROCESSOR_PREFIX):
             raise ValueError(
                 f"Block {i} of this MODEL uses {type(processor).__name__}, not diffusers' SANA linear "

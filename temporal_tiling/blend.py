@@ -1,4 +1,5 @@
-"""Split images into a plan's tile batch and stitch tile batches back (DESIGN "Blending and colour").
+"""Split images into a plan's tile batch and stitch tile batches back: blending and colour correction in
+pixel space, on decoded tiles.
 
 Tile batches are ``[T*B, C, h, w]``, tile-major (index ``t*B + b``), tiles in plan order. Everything
 runs batched on the tiles' device; loops go over tiles or pyramid levels, never pixels.
@@ -15,9 +16,9 @@ tiles overlap — across a zero-overlap edge no tile holds the gradient, so it t
   term, solved with a DCT (FFT-based, Neumann boundary).
 
 Colour correction runs on the tiles before blending:
-- ``apt``: per-channel mean/std matching in Lab (seed 001, APT), each tile matched to what is already
-  placed, in plan order, so drift does not accumulate; then one common offset restores the tiles' mean
-  colour (no single tile's cast wins).
+- ``apt``: per-channel mean/std matching in Lab (Reinhard-style colour transfer), each tile matched to
+  what is already placed, in plan order, so drift does not accumulate; then one common offset restores
+  the tiles' mean colour (no single tile's cast wins).
 - ``reference``: each tile's low frequencies (Gaussian blur) replaced by those of a global
   reference image (e.g. the low-res pass) resized to the canvas.
 """

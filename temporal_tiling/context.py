@@ -30,8 +30,8 @@ ratio) supplies that, three ways, combinable, each with its own strength:
   owns the mixing).
 
 Zero strength everywhere gives ``x0_hook(...) is None`` and no seed, so sampling with such a context
-is bit-identical to sampling without one. The context is one explicit argument to the sampler
-(``sample_causal(..., context=ctx)``), never global state.
+is bit-identical to sampling without one. The context is one explicit argument of the causal tile
+loop, never global state.
 """
 
 from __future__ import annotations

@@ -485,7 +485,7 @@ def mark_measured_lines(picture: Tensor, plan: TilePlan, report: SeamReport) -> 
 
 
 def solar_view(image: Tensor, cycles: float = 3.0) -> Tensor:
-    """Solar curve (seed 001): L* mapped through 0.5 - 0.5·cos(2π·cycles·L*/100), shown as grey.
+    """Solar curve: L* mapped through 0.5 - 0.5·cos(2π·cycles·L*/100), shown as grey.
 
     The curve inverts tones at every mid-tone crest, so a 1 L* step — invisible in the photo —
     becomes a several-percent jump and faint seams and gradient breaks show as contour kinks.

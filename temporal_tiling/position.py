@@ -10,7 +10,7 @@ They call the stock forward whenever ``source.position_tile`` is None (no tile a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed_from_grid
@@ -20,6 +20,7 @@ from torch import Tensor
 from .errors import UserInputError
 
 if TYPE_CHECKING:
+    from .contracts import PositionSource
     from .plan import Tile, TilePlan
 
 
@@ -62,13 +63,13 @@ class CanvasPatchEmbedForward:
 
     A plain callable (not a module) so it can be set as an instance attribute by ``install_bcla`` or
     as a ComfyUI object patch (``diffusion_model.patch_embed.forward``) on a model clone.
-    ``source`` is anything with ``plan`` and ``position_tile`` attributes (a ``BCLACache``).
+    ``source`` says which tile is active (a ``BCLACache``).
     """
 
-    def __init__(self, embed: PatchEmbed, source: Any) -> None:
+    def __init__(self, embed: PatchEmbed, source: PositionSource) -> None:
         self.embed = embed
         self.source = source
-        self._memo: tuple[Any, Tensor] | None = None
+        self._memo: tuple[tuple[int, Tile, torch.device], Tensor] | None = None
 
     def _pos_embed(self, tile: Tile, device: torch.device) -> Tensor:
         memo_key = (id(self.source.plan), tile, device)
@@ -96,7 +97,7 @@ class CanvasRopeForward:
     (in patches, rounded down when a tile edge falls inside a patch).
     """
 
-    def __init__(self, rope: WanRotaryPosEmbed, source: Any) -> None:
+    def __init__(self, rope: WanRotaryPosEmbed, source: PositionSource) -> None:
         self.rope = rope
         self.source = source
 
@@ -125,7 +126,7 @@ class CanvasRopeForward:
         return table(rope.freqs_cos), table(rope.freqs_sin)
 
 
-def position_patches(transformer: torch.nn.Module, source: Any) -> dict[str, object]:
+def position_patches(transformer: torch.nn.Module, source: PositionSource) -> dict[str, object]:
     """Attribute path -> replacement for the position encodings that must follow the canvas."""
     patches: dict[str, object] = {}
     if has_sincos_pos_embed(transformer):

@@ -1,9 +1,11 @@
-"""Tiny SANA models with the real key layouts, built on the fly.
+"""Tiny SANA models with the real key layouts, built on the fly: the one place tests and benchmarks build
+models from.
 
 No SANA weights can be downloaded where this pack is tested, so the loaders are exercised with state dicts
 that have exactly the keys and shape relations of the published checkpoints: at the published sizes on the
 `meta` device (no memory, for key/shape checks), at toy sizes with random values (to run), or at the
-published sizes with random values (`bench/bench_scale.py`, `bench/bench_gpu.py`).
+published sizes with random values (`bench/bench_scale.py`, `bench/bench_gpu.py`). The engine's own tests
+and benchmarks run on `tiny_transformer` (and `tiny_video_transformer` for SANA-Video's RoPE path).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderDC, SanaTransformer2DModel
+from diffusers import AutoencoderDC, SanaTransformer2DModel, SanaVideoTransformer3DModel
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -178,8 +180,60 @@ def write_gemma2_folder(
     return folder
 
 
-def tiny_transformer_config(in_channels: int = 8, caption_channels: int = 32, sample_size: int = 4) -> dict:
-    """A toy SanaTransformer2DModel config: 2 linear heads x 32, 2 layers (runs in milliseconds on CPU)."""
+# The unit tests' SanaTransformer2DModel: 4 latent channels, 16-wide captions, 2 linear heads x 8, 2 layers,
+# an 8 x 8 latent (no position embedding). Milliseconds per call on a CPU.
+TINY_TRANSFORMER = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_attention_heads": 2,
+    "attention_head_dim": 8,
+    "num_layers": 2,
+    "num_cross_attention_heads": 2,
+    "cross_attention_head_dim": 8,
+    "cross_attention_dim": 16,
+    "caption_channels": 16,
+    "sample_size": 8,
+    "patch_size": 1,
+}
+# Its SANA-Video counterpart: rotary position embedding, which splits each head over frame, row and column
+# (hence 12-wide heads).
+TINY_VIDEO_TRANSFORMER = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_attention_heads": 2,
+    "attention_head_dim": 12,
+    "num_layers": 2,
+    "num_cross_attention_heads": 2,
+    "cross_attention_head_dim": 12,
+    "cross_attention_dim": 24,
+    "caption_channels": 16,
+    "sample_size": 8,
+    "patch_size": (1, 1, 1),
+}
+
+
+def tiny_transformer(seed: int = 0, **config) -> SanaTransformer2DModel:
+    """A random SanaTransformer2DModel in eval mode: `TINY_TRANSFORMER` updated with `config`.
+
+    The global torch seed is set to `seed` right before the build, so every caller with the same arguments
+    gets the same weights (saved reference outputs depend on it).
+    """
+    torch.manual_seed(seed)
+    return SanaTransformer2DModel(**(TINY_TRANSFORMER | config)).eval()
+
+
+def tiny_video_transformer(seed: int = 0, **config) -> SanaVideoTransformer3DModel:
+    """A random SanaVideoTransformer3DModel in eval mode: `TINY_VIDEO_TRANSFORMER` updated with `config`,
+    seeded like `tiny_transformer`."""
+    torch.manual_seed(seed)
+    return SanaVideoTransformer3DModel(**(TINY_VIDEO_TRANSFORMER | config)).eval()
+
+
+def pipeline_transformer_config(
+    in_channels: int = 8, caption_channels: int = 32, sample_size: int = 4
+) -> dict:
+    """The transformer config of `write_pipeline_folder` (fits `tiny_vae` and `tiny_gemma2`): 2 linear heads
+    x 32, 2 layers (runs in milliseconds on CPU)."""
     return {
         "in_channels": in_channels,
         "out_channels": in_channels,
@@ -257,9 +311,8 @@ def write_pipeline_folder(folder: str | Path, seed: int = 0, flow_shift: float =
     tokenizer = tiny_tokenizer()
     text_model = tiny_gemma2(len(tokenizer), seed=seed)
     vae = tiny_vae(seed=seed)
-    torch.manual_seed(seed)
-    transformer = SanaTransformer2DModel(
-        **tiny_transformer_config(vae.config.latent_channels, text_model.config.hidden_size)
+    transformer = tiny_transformer(
+        seed, **pipeline_transformer_config(vae.config.latent_channels, text_model.config.hidden_size)
     )
     transformer.save_pretrained(folder / "transformer")
     vae.save_pretrained(folder / "vae")

@@ -5,12 +5,7 @@ import itertools
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention, SanaLinearAttnProcessor2_0
-from diffusers.models.transformers.transformer_sana_video import (
-    SanaLinearAttnProcessor3_0,
-    SanaVideoTransformer3DModel,
-    WanRotaryPosEmbed,
-)
-from tiny_models import tiny_sana
+from diffusers.models.transformers.transformer_sana_video import SanaLinearAttnProcessor3_0, WanRotaryPosEmbed
 
 from temporal_tiling.bcla import (
     BCLACache,
@@ -22,29 +17,14 @@ from temporal_tiling.bcla import (
     bcla_processors,
     install_bcla,
 )
+from temporal_tiling.bcla.processors import apply_rotary_emb
 from temporal_tiling.plan import make_plan
+from temporal_tiling.sana.fixtures import tiny_transformer, tiny_video_transformer
 
 LAYER = "attn"
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def tiny_sana_video() -> SanaVideoTransformer3DModel:
-    torch.manual_seed(0)
-    return SanaVideoTransformer3DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=12,
-        num_layers=2,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=12,
-        cross_attention_dim=24,
-        caption_channels=16,
-        sample_size=8,
-        patch_size=(1, 1, 1),
-    ).eval()
 
 
 def run_sana(model, x, seed=1, batch_text=None):
@@ -89,7 +69,7 @@ def strip_plan(tiles: int):
 
 # --- 1. empty cache is bit-identical to stock ------------------------------------------------------
 def test_empty_cache_is_bit_identical_to_stock_sana():
-    model = tiny_sana()
+    model = tiny_transformer()
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     stock = run_sana(model, x)
     plan = make_plan(16, 8, 8, 8, 0, 1)
@@ -100,14 +80,14 @@ def test_empty_cache_is_bit_identical_to_stock_sana():
     cache.begin_tile(plan.tiles[0])
     cache.set_call(0.5, [0])
     out = run_sana(model, x)
-    assert cache._pending.nbytes() > 0, "the BCLA path (recording) must have run"
+    assert cache.nbytes() > 0, "the BCLA path (recording) must have run"
     assert torch.equal(out, stock)
     undo()
     assert type(model.transformer_blocks[0].attn1.processor) is SanaLinearAttnProcessor2_0
 
 
 def test_empty_cache_is_bit_identical_to_stock_sana_video_rope():
-    model = tiny_sana_video()
+    model = tiny_video_transformer()
     x = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     text = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -120,7 +100,7 @@ def test_empty_cache_is_bit_identical_to_stock_sana_video_rope():
     cache.set_call(0.5, [0])
     with torch.no_grad():
         out = model(x, encoder_hidden_states=text, timestep=torch.tensor([500.0])).sample
-    assert cache._pending.nbytes() > 0
+    assert cache.nbytes() > 0
     assert torch.equal(out, stock)
     undo()
 
@@ -169,7 +149,7 @@ def test_cache_of_a_equals_full_linear_attention_with_rope():
 
 # --- 3. cache norm grows over a raster pass ------------------------------------------------------
 def test_cumulative_cache_norm_grows_monotonically_over_raster_pass():
-    model = tiny_sana()
+    model = tiny_transformer()
     plan = make_plan(24, 16, 8, 8, 0, 1)  # 2 × 3 tiles
     cache = BCLACache(BCLAConfig(), plan)
     install_bcla(model, cache)
@@ -227,9 +207,7 @@ def test_rotated_denominator_crosses_zero_which_is_why_bcla_must_not_use_it():
         q = torch.relu(attn.norm_q(attn.to_q(x))).unflatten(2, (2, -1))
         k = torch.relu(attn.norm_k(attn.to_k(x))).unflatten(2, (2, -1))
     rot = (cos[:, idx], sin[:, idx])
-    from temporal_tiling.bcla import _apply_rotary_emb
-
-    q_rot, k_rot = _apply_rotary_emb(q, *rot), _apply_rotary_emb(k, *rot)
+    q_rot, k_rot = apply_rotary_emb(q, *rot), apply_rotary_emb(k, *rot)
     z, z_rot = k.sum(1, keepdim=True), k_rot.sum(1, keepdim=True)  # [1, 1, heads, d]
     den = (q * z).sum(-1)  # [1, N, heads]
     den_rot = (q_rot * z_rot).sum(-1)
@@ -257,7 +235,7 @@ def test_fp16_model_at_4k_token_counts_keeps_statistics_in_float32():
         in_fp16 = torch.einsum("bnhd,bnhe->bhde", v, k)  # the same sum kept in the model's dtype
         attn64 = attn.double()
         full = SanaLinearAttnProcessor2_0()(attn64, torch.cat([a, b], dim=1).double())[:, n:]
-    stats = cache._store.get(0.5, LAYER, 0)
+    stats = cache.earlier_stats.get(0.5, LAYER, 0)
     assert stats.dtype == torch.float32
     assert torch.isfinite(stats).all() and stats.abs().max() > 65504, "S must exceed fp16's range"
     assert not torch.isfinite(in_fp16).all(), "the same sum in fp16 overflows: the test would catch it"
@@ -268,7 +246,7 @@ def test_fp16_model_at_4k_token_counts_keeps_statistics_in_float32():
 # --- 5. CFG branches never mix --------------------------------------------------------------------
 def _cfg_run(perturbed: int | None):
     """Tile 0 then tile 1 with a [cond, uncond] batch; optionally perturb one branch's tile-0 inputs."""
-    model = tiny_sana()
+    model = tiny_transformer()
     plan = make_plan(16, 8, 8, 8, 0, 1)
     cache = BCLACache(BCLAConfig(), plan)
     install_bcla(model, cache)
@@ -296,10 +274,10 @@ def test_cfg_perturbing_one_branch_leaves_the_other_branch_unchanged(perturbed):
     base, out = _cfg_run(None)
     pert, out_p = _cfg_run(perturbed)
     for layer in ("transformer_blocks.0.attn1", "transformer_blocks.1.attn1"):
-        kept, kept_p = base._store.get(0.5, layer, other), pert._store.get(0.5, layer, other)
+        kept, kept_p = base.earlier_stats.get(0.5, layer, other), pert.earlier_stats.get(0.5, layer, other)
         assert kept.shape == (1, 2, 9, 8)
         assert (kept - kept_p).abs().max() <= 1e-6
-        moved = base._store.get(0.5, layer, perturbed) - pert._store.get(0.5, layer, perturbed)
+        moved = base.earlier_stats.get(0.5, layer, perturbed) - pert.earlier_stats.get(0.5, layer, perturbed)
         assert moved.abs().max() > 1e-2
     assert (out[other] - out_p[other]).abs().max() <= 1e-6
     assert (out[perturbed] - out_p[perturbed]).abs().max() > 1e-3
@@ -396,12 +374,12 @@ def test_distance_mode_weights_earlier_tiles_by_canvas_distance(decay):
             cache.begin_tile(tile)
             cache.set_call(0.5, [0])
             proc(attn, tokens(16, seed=tile.index))
-            recorded.append(cache._pending.get(0.5, LAYER, 0).clone())
+            recorded.append(cache.tile_stats.get(0.5, LAYER, 0).clone())
             if tile.index < 4:
                 cache.end_tile()
     diagonal = decay ** (2**0.5 - 1)
     expected = sum(w * s for w, s in zip([diagonal, 1, diagonal, 1], recorded, strict=False))
-    assert torch.allclose(cache._context.get(0.5, LAYER, 0), expected, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(cache.earlier_stats.get(0.5, LAYER, 0), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_strength_schedule_runs_linearly_in_sigma_from_strength_to_strength_end():
@@ -474,9 +452,9 @@ def test_decay_weights_earlier_tiles_geometrically():
             cache.begin_tile(tile)
             cache.set_call(0.5, [0])
             proc(attn, tokens(16, seed=tile.index))
-            recorded.append(cache._pending.get(0.5, LAYER, 0).clone())
+            recorded.append(cache.tile_stats.get(0.5, LAYER, 0).clone())
             cache.end_tile()
-    stored = cache._store.get(0.5, LAYER, 0)
+    stored = cache.earlier_stats.get(0.5, LAYER, 0)
     assert torch.allclose(stored, 0.5 * recorded[0] + recorded[1], rtol=1e-6, atol=0)
     assert not torch.allclose(stored, recorded[0] + recorded[1], rtol=1e-3, atol=0)
 
@@ -511,7 +489,7 @@ def test_clean_source_records_only_in_clean_pass():
         cache.begin_tile(plan.tiles[0])
         cache.set_call(0.9, [0])
         proc(attn, tokens(16, seed=20))
-        assert not cache._pending
+        assert cache.nbytes() == 0, "outside the clean pass nothing is recorded"
         with cache.clean_pass():
             cache.set_call(0.01, [0])
             clean_out = proc(attn, tokens(16, seed=21))
@@ -564,7 +542,7 @@ def test_seed_statistics_act_as_extra_tokens_in_every_tile():
 # --- 8. strength 0 / mode off are stock ----------------------------------------------------------
 @pytest.mark.parametrize("config", [BCLAConfig(strength=0.0), BCLAConfig(mode="off")])
 def test_strength_zero_or_mode_off_is_identical_to_stock(config):
-    model = tiny_sana()
+    model = tiny_transformer()
     plan = make_plan(16, 8, 8, 8, 0, 1)
     xs = [torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     stock = run_sana(model, xs[1])

@@ -71,7 +71,7 @@ def test_empty_cache_is_bit_identical_to_stock_lite_la(qk_norm):
     cache.begin_tile(plan.tiles[0])
     cache.set_call(0.5, [0, 1])
     out = run(model, x)
-    assert cache._pending.nbytes() > 0, "the BCLA path (recording) must have run"
+    assert cache.nbytes() > 0, "the BCLA path (recording) must have run"
     assert torch.equal(out, stock)
     undo()
     assert "attn_matmul" not in model.blocks[0].attn.__dict__
@@ -91,7 +91,7 @@ def test_zeroed_cache_is_bit_identical_to_stock_lite_la():
     cache.set_call(0.5, [0])
     assert not torch.equal(run(model, latent(5)), stock), "the cached statistics must change tile 1"
     cache.zero_()
-    assert cache._plan_call("blocks.0.attn").context, "the zeroed statistics are still added"
+    assert cache.call_plan("blocks.0.attn").context, "the zeroed statistics are still added"
     assert torch.equal(run(model, latent(5)), stock)
 
 
@@ -178,7 +178,7 @@ def test_lite_la_records_what_diffusers_processor_records():
                 out = bcla(twin, x)
             else:
                 out = setup(module, cache)(x)
-        recorded.append((out, cache._pending))
+        recorded.append((out, cache.tile_stats))
     (out_lite, stats_lite), (out_diffusers, stats_diffusers) = recorded
     assert set(stats_lite.data[0.5]) == {(LAYER, 0), (LAYER, 1)}
     for slot, lite in stats_lite.data[0.5].items():

@@ -1,7 +1,6 @@
 """The quality benchmark runs the pack's own run path, and its taps do not change or miscount a run."""
 
 import torch
-from tiny_models import tiny_sana
 
 from bench.quality.model import CFG, Model
 from bench.quality.pairs import Pairs, pair_noise
@@ -11,6 +10,7 @@ from temporal_tiling import pipeline
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.pipeline import FlowHost, RunSettings
 from temporal_tiling.sampling import LockRelease
+from temporal_tiling.sana.fixtures import tiny_transformer
 
 CANVAS = "grid 4×4"
 STEPS = 2
@@ -18,7 +18,7 @@ STEPS = 2
 
 def tiny_bench() -> tuple[Model, Pairs]:
     """The tiny transformer at 8× compression and two pairs of random prompt embeddings."""
-    model = Model(tiny_sana(), None, None, compression=8, scale=1.0, shift=3.0, name="tiny")
+    model = Model(tiny_transformer(), None, None, compression=8, scale=1.0, shift=3.0, name="tiny")
     gen = torch.Generator().manual_seed(3)
     embeds, negative = (torch.randn(2, 5, 16, generator=gen) for _ in range(2))
     mask = torch.ones(2, 5, dtype=torch.long)

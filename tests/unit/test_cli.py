@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tiny_models import tiny_sana
 
 from temporal_tiling import cli, pipeline
 from temporal_tiling.atomic import write_atomic
+from temporal_tiling.sana.fixtures import tiny_transformer
 
 COMPRESSION = 8
 # 64×32 px canvas, 32 px tiles with 8 px overlap: 3 × 2 tiles of 4×4 latent cells.
@@ -27,7 +27,7 @@ BASE = ["generate", "--prompt", "one sun over a red sky", "--width", "64", "--he
 
 
 def tiny_loader(folder: Path, device: torch.device) -> cli.LoadedModel:
-    transformer = tiny_sana()
+    transformer = tiny_transformer()
 
     def encode_prompt(prompt: str) -> torch.Tensor:
         generator = torch.Generator().manual_seed(zlib.crc32(prompt.encode()))

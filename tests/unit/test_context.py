@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import SanaTransformer2DModel
-from tiny_models import tiny_sana
 
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.context import (
@@ -26,6 +25,7 @@ from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
 from temporal_tiling.pipeline import FlowHost, global_context
 from temporal_tiling.plan import Tile, make_plan
 from temporal_tiling.sampling import canvas_noise, sample_causal
+from temporal_tiling.sana.fixtures import tiny_transformer
 
 # 20×12 cells in 8×8 tiles, overlap 2: 3 columns × 2 rows.
 PLAN = make_plan(20, 12, 8, 8, 2, 1)
@@ -35,10 +35,6 @@ def smooth_guide(seed: int, channels: int = 4, height: int = 3, width: int = 5) 
     """A low-res guide (3×5 cells for the 12×20 canvas: 4× smaller) with distinct channel statistics."""
     g = torch.randn(1, channels, height, width, generator=torch.Generator().manual_seed(seed))
     return g * torch.linspace(0.5, 2.0, channels).view(1, -1, 1, 1) + torch.arange(channels).view(1, -1, 1, 1)
-
-
-def tiny_transformer() -> SanaTransformer2DModel:
-    return tiny_sana()
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +202,7 @@ def test_bcla_seed_stats_have_a_tiles_shape_and_the_cache_norm_grows(model) -> N
         norms: list[float] = []
         seeded = run_causal(model, context, cache, on_tile=lambda index, count: norms.append(cache.norm()))
         norms.append(cache.norm())
-        tile_store = cache._store  # the running sum of the tiles' own statistics
+        tile_store = cache.earlier_stats  # cumulative: the running sum of the tiles' own statistics
     seed = context.seed_stats
     assert list(seed.data) == [0.5]  # one model call at σ = 0.5, both CFG branches
     tile_slots = next(iter(tile_store.data.values()))

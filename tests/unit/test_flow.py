@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from tiny_models import tiny_sana
 
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.flow import (
@@ -20,6 +19,7 @@ from temporal_tiling.flow import (
     shift_sigma,
 )
 from temporal_tiling.plan import Tile
+from temporal_tiling.sana.fixtures import tiny_transformer
 
 SAMPLERS = {"euler": euler, "dpmpp_2m": dpmpp_2m}
 
@@ -176,7 +176,7 @@ def test_cfg_denoiser_refuses_mismatched_batches() -> None:
 
 
 def test_cfg_denoiser_on_sana_matches_separate_branch_calls() -> None:
-    model = tiny_sana()
+    model = tiny_transformer()
     gen = torch.Generator().manual_seed(5)
     cond, uncond = torch.randn(1, 6, 16, generator=gen), torch.randn(1, 6, 16, generator=gen)
     x, sigma = torch.randn(2, 4, 8, 8, generator=gen), torch.full((2,), 0.6)

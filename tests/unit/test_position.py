@@ -3,17 +3,16 @@
 import torch
 from diffusers import SanaTransformer2DModel
 from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed
-from diffusers.models.transformers.transformer_sana_video import SanaVideoTransformer3DModel
-from tiny_models import tiny_sana
 
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.plan import make_plan
 from temporal_tiling.position import has_sincos_pos_embed
+from temporal_tiling.sana.fixtures import tiny_transformer, tiny_video_transformer
 
 
 def tiny_sana_2k(**overrides) -> SanaTransformer2DModel:
     """A 2K-style model: sin-cos absolute position embedding (interpolation_scale set)."""
-    return tiny_sana(**{"num_layers": 1, "interpolation_scale": 2, **overrides})
+    return tiny_transformer(**{"num_layers": 1, "interpolation_scale": 2, **overrides})
 
 
 def manual_tile_embedding(embed: PatchEmbed, x, plan, tile):
@@ -87,38 +86,14 @@ def test_canvas_pe_reaches_the_transformer_output_and_mode_off_leaves_it_stock()
 
 
 def test_models_without_sincos_pe_get_no_position_patch():
-    model = SanaTransformer2DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=1,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=8,
-        cross_attention_dim=16,
-        caption_channels=16,
-        sample_size=8,
-    )
+    model = tiny_transformer(num_layers=1)
     assert not has_sincos_pos_embed(model)
     install_bcla(model, BCLACache(BCLAConfig(), make_plan(16, 8, 8, 8, 0, 1)))
     assert "forward" not in model.patch_embed.__dict__
 
 
 def test_rope_tables_follow_the_tile_on_the_canvas():
-    torch.manual_seed(0)
-    model = SanaVideoTransformer3DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=12,
-        num_layers=1,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=12,
-        cross_attention_dim=24,
-        caption_channels=16,
-        patch_size=(1, 2, 2),
-        rope_max_seq_len=32,
-    )
+    model = tiny_video_transformer(num_layers=1, patch_size=(1, 2, 2), rope_max_seq_len=32)
     plan = make_plan(24, 16, 8, 8, 0, 1)  # 16 × 24 cells = 8 × 12 patches
     tile = plan.tiles[-1]  # rows 8..16, cols 16..24 = patches 4..8, 8..12
     with torch.no_grad():

@@ -20,13 +20,13 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tiny_models import tiny_sana
 
 from temporal_tiling import cli
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.pipeline import GuideFirst, generate
 from temporal_tiling.plan import make_plan
 from temporal_tiling.sampling import LockRelease
+from temporal_tiling.sana.fixtures import tiny_transformer
 
 REFERENCE = Path(__file__).with_name("reference_runs.safetensors")
 RECORD = os.environ.get("RECORD_REFERENCE_RUNS") == "1"
@@ -38,7 +38,7 @@ def environment() -> dict[str, str]:
 
 def engine_runs() -> dict[str, Callable[[], torch.Tensor]]:
     """Each entry: one generate() call on the tiny model, returning the canvas latent."""
-    model = tiny_sana()
+    model = tiny_transformer()
     gen = torch.Generator().manual_seed(7)
     positive, negative = torch.randn(1, 6, 16, generator=gen), torch.randn(1, 6, 16, generator=gen)
     plan = make_plan(112, 112, 64, 64, 16, compression=8)  # 2×2 tiles of 8 cells, overlap 2
@@ -80,7 +80,7 @@ def tiny_loader(folder: Path, device: torch.device) -> cli.LoadedModel:
     def decode(latent: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(torch.nn.functional.interpolate(latent[:, :3], scale_factor=8, mode="bilinear"))
 
-    return cli.LoadedModel(tiny_sana(), encode_prompt, decode, 8, 3.0, "tiny")
+    return cli.LoadedModel(tiny_transformer(), encode_prompt, decode, 8, 3.0, "tiny")
 
 
 def cli_images(folder: Path) -> dict[str, torch.Tensor]:

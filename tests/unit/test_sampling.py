@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import SanaTransformer2DModel
-from tiny_models import tiny_sana
 
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.contracts import TileJob
@@ -25,13 +24,14 @@ from temporal_tiling.sampling import (
     sample_causal,
     sample_independent,
 )
+from temporal_tiling.sana.fixtures import tiny_transformer
 
 STEPS = 4
 
 
 @pytest.fixture(scope="module")
 def model() -> SanaTransformer2DModel:
-    return tiny_sana()
+    return tiny_transformer()
 
 
 @pytest.fixture(scope="module")
@@ -550,8 +550,8 @@ def test_half_precision_model_runs_causal_bcla_with_float32_latents(prompts, dty
     """bf16/fp16 weights on the sampler path: the model computes in its dtype, latents, x0 and the BCLA
     statistics stay float32, and the canvas follows the float32 model's."""
     plan = overlapping_plan()
-    reference = run(tiny_sana(), prompts, plan, cache_config=BCLAConfig())
-    half = run(tiny_sana().to(dtype), prompts, plan, cache_config=BCLAConfig())
+    reference = run(tiny_transformer(), prompts, plan, cache_config=BCLAConfig())
+    half = run(tiny_transformer().to(dtype), prompts, plan, cache_config=BCLAConfig())
     assert half.canvas.dtype == torch.float32 and torch.isfinite(half.canvas).all()
     error = (half.canvas - reference.canvas).abs().mean() / reference.canvas.abs().mean()
     assert error < 0.02, error  # measured: bf16 0.005, fp16 0.0006
