@@ -2,29 +2,37 @@
 
 Run from the repository root with ComfyUI's Python:
 ``COMFYUI_PATH=/path/to/ComfyUI /path/to/ComfyUI/.venv/bin/python -m bench.bench_comfy_scale
---decode-cells 24`` (about 8 CPU minutes, peak resident memory 9.1 GiB; decoding the whole 2048 px
-canvas instead of its central 768 px adds about 12 CPU minutes). ``--size small`` runs the same graph
-on toy models in seconds; the integration tests do that. Writes ``bench/results/comfy_scale.json``
-and ``.md``; the random model files go to a ComfyUI base directory under ``--workdir`` (6.6 GiB at the
-published sizes, kept for reruns).
+--variant 600m-pth --decode-cells 24`` (about 8 CPU minutes, peak resident memory 9.1 GiB; decoding
+the whole 2048 px canvas instead of its central 768 px adds about 12 CPU minutes). ``--variant``
+picks the transformer: ``600m-pth`` (SANA 600M 1024 px, original-layout ``.pth``), ``600m-diffusers``
+(the same weights as a diffusers folder) or ``1600m-4k`` (SANA 1600M 4K ``.pth``: sin-cos PE table at
+interpolation scale 2, flow shift 6). ``--size small`` runs the same graph on toy models in seconds;
+the integration tests do that. Each variant's figures are recorded under its name in
+``bench/results/comfy_scale.json`` and ``.md`` (the other variants' are kept); the random model files
+go to a ComfyUI base directory under ``--workdir`` (kept for reruns, shared by the variants).
 
 Protocol. No SANA weights can be downloaded here, so every model is random N(0, 0.02²) weights in the
 key layout and shapes of its published checkpoint (``temporal_tiling.sana.fixtures``), saved in bf16
 where ComfyUI users keep them: ``models/diffusion_models/Sana_600M_1024px_BF16.pth`` (original
-layout), ``models/vae/dc-ae-f32c32-sana-1.0.safetensors`` (DC-AE f32c32, diffusers layout) and
-``models/text_encoders/gemma-2-2b-shaped/`` (Gemma-2-2B width, vocabulary and ``--gemma-layers`` of
-its 26 layers, with a word-level tokenizer: Gemma's SentencePiece vocabulary cannot be downloaded).
+layout; ``Sana_600M_1024px_diffusers/`` with model_index.json, transformer/ and scheduler/;
+``Sana_1600M_4Kpx_BF16.pth``), ``models/vae/dc-ae-f32c32-sana-1.0.safetensors`` (DC-AE f32c32,
+diffusers layout) and ``models/text_encoders/gemma-2-2b-shaped-<layers>l/`` (Gemma-2-2B width,
+vocabulary and ``--gemma-layers`` of its 26 layers, with a word-level tokenizer: Gemma's SentencePiece
+vocabulary cannot be downloaded).
 The graph is the one a user builds, each node called as ComfyUI's executor calls it (``execute``):
 
 Load SANA (bf16) → CLIPTextEncode (SANA's complex human instruction + prompt; the negative is the
-stock ConditioningZeroOut) → KSampler on a low-res guide → Tile Planner (2×2 tiles of 1024 px,
-2-cell lock band, tiles grown to fit) → BCLA Cache (cumulative) → Global Context Encoder (guide
+stock ConditioningZeroOut) → KSampler on a low-res guide → Tile Planner (2×2 tiles of 1024 px, 2-cell
+lock band, tiles grown to fit) → BCLA Cache (cumulative) → Global Context Encoder (guide
 latent, ``bcla_seed`` + ``skip_residual``) → Causal SANA Sampler → stock VAEDecodeTiled.
 
-This CPU has no bf16 matrix units, so the transformer Load SANA returns in bf16 is cast to
-``--compute-dtype`` float32 before sampling (ComfyUI follows the model's dtype); the text encoder
-computes in bf16. Every model call is timed by forward hooks on the transformer, which also read the
-BCLA cache's size; peak resident memory (Linux VmHWM, reset before every stage) is recorded per stage.
+After the text encode the bench drops its references to the text encoder, which frees it (ComfyUI's
+model management holds models by weak reference), so the sampler's memory is measured without it; in
+ComfyUI the loader's cached output keeps it in RAM (on a GPU, out of VRAM). This CPU has no bf16
+matrix units, so the transformer Load SANA returns in bf16 is then cast to ``--compute-dtype`` float32
+before sampling (ComfyUI follows the model's dtype); the text encoder computes in bf16. Every model
+call is timed by forward hooks on the transformer, which also read the BCLA cache's size; peak resident
+memory (Linux VmHWM, reset before every stage) is recorded per stage.
 """
 
 from __future__ import annotations
@@ -32,20 +40,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
+import gc
 import json
 import os
 import platform
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from diffusers import SanaTransformer2DModel
 from safetensors.torch import save_file
 
 from bench.bench_engine import CAUSAL_OVERLAP, TILE, _rss_kib, measure_in_child
 from bench.bench_scale import CallTimer, _clock, _since
-from temporal_tiling.sana import fixtures
+from temporal_tiling.sana import convert_original, detect_variant, fixtures, variant_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -66,52 +78,104 @@ class Models:
     description: dict
 
 
-def write_published(models: Path, gemma_layers: int) -> Models:
-    """SANA 600M 1024 px (.pth, original layout), DC-AE f32c32 and a Gemma-2-2B-shaped encoder, in bf16."""
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One published transformer in one layout, and the toy twin `--size small` writes instead."""
+
+    published: str  # key of fixtures.PUBLISHED_TRANSFORMERS
+    name: str  # the file or folder name users keep it under
+    folder: bool  # diffusers folder (model_index.json, transformer/, scheduler/) instead of a .pth
+    description: str
+    toy_pe_scale: float | None = None  # the toy's sin-cos PE scale (its grid then is the published one)
+
+
+VARIANTS = {
+    "600m-pth": Variant(
+        "Sana_600M_1024px", "Sana_600M_1024px_BF16.pth", False, "SANA 600M 1024px, original-layout .pth"
+    ),
+    "600m-diffusers": Variant(
+        "Sana_600M_1024px", "Sana_600M_1024px_diffusers", True, "SANA 600M 1024px, diffusers folder"
+    ),
+    "1600m-4k": Variant(
+        "Sana_1600M_4Kpx", "Sana_1600M_4Kpx_BF16.pth", False, "SANA 1600M 4Kpx, original-layout .pth", 2.0
+    ),
+}
+TOY_TRANSFORMER = {"hidden": 64, "depth": 2, "grid": 4, "caption_channels": 32, "in_channels": 8}
+TOY_CONFIG = {"num_cross_attention_heads": 1}  # a custom size stores what its weights cannot tell
+
+
+def write_transformer(path: Path, state_dict: dict[str, torch.Tensor], folder: bool, config: dict) -> None:
+    """An original-layout state dict as a .pth ({"state_dict", "config"}) or as a diffusers folder holding
+    the same weights in diffusers keys, with the flow shift its variant implies in scheduler/."""
+    if not folder:
+        torch.save({"state_dict": state_dict} | ({"config": config} if config else {}), path)
+        return
+    variant = detect_variant(state_dict, path.name)
+    (path / "transformer").mkdir(parents=True, exist_ok=True)
+    # safetensors needs unshared storage
+    save_file(
+        {k: v.clone() for k, v in convert_original(state_dict).items()},
+        str(path / "transformer" / "diffusion_pytorch_model.safetensors"),
+    )
+    with torch.device("meta"):
+        SanaTransformer2DModel(**variant.config | config).save_config(path / "transformer")
+    (path / "scheduler").mkdir(exist_ok=True)
+    scheduler = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": variant.flow_shift}
+    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    index = {"_class_name": "SanaPipeline", "transformer": ["diffusers", "SanaTransformer2DModel"]}
+    (path / "model_index.json").write_text(json.dumps(index))
+
+
+def write_published(models: Path, variant: Variant, gemma_layers: int) -> Models:
+    """One published transformer (`variant`), DC-AE f32c32 and a Gemma-2-2B-shaped encoder, in bf16."""
     dtype = torch.bfloat16
-    ckpt = models / "diffusion_models" / "Sana_600M_1024px_BF16.pth"
+    ckpt = models / "diffusion_models" / variant.name
     vae = models / "vae" / "dc-ae-f32c32-sana-1.0.safetensors"
     text = models / "text_encoders" / f"gemma-2-2b-shaped-{gemma_layers}l"
-    if not ckpt.is_file():
-        sd = fixtures.original_state_dict(**fixtures.PUBLISHED_TRANSFORMERS["Sana_600M_1024px"], dtype=dtype)
-        torch.save({"state_dict": sd}, ckpt)
+    if not ckpt.exists():
+        sd = fixtures.original_state_dict(**fixtures.PUBLISHED_TRANSFORMERS[variant.published], dtype=dtype)
+        write_transformer(ckpt, sd, variant.folder, {})
     if not vae.is_file():
         save_file(fixtures.published_dcae_state_dict(dtype), str(vae))
     if not (text / "model.safetensors").is_file():
         fixtures.write_gemma2_folder(text, gemma_layers, dtype)
     description = {
-        "transformer": "SANA 600M 1024px, original-layout .pth, bf16",
+        "transformer": f"{variant.description}, bf16",
         "vae": "DC-AE f32c32 (diffusers layout), bf16",
         "text_encoder": f"Gemma-2-2B shape, {gemma_layers} of 26 layers, bf16, word-level tokenizer",
     }
-    return Models(ckpt.name, vae.name, text.name + "/", description)
+    return Models(ckpt.name + "/" * variant.folder, vae.name, text.name + "/", description)
 
 
-def write_small(models: Path) -> Models:
-    """The same layouts at toy size: 64-wide 2-layer SANA .pth, 4× DC-AE folder, 1-layer Gemma-2 folder."""
-    ckpt = models / "diffusion_models" / "scale_tiny_sana.pth"
-    sd = fixtures.original_state_dict(64, 2, grid=4, caption_channels=32, in_channels=8)
-    # a custom size stores what its weights cannot tell
-    torch.save({"state_dict": sd, "config": {"num_cross_attention_heads": 1}}, ckpt)
+def write_small(models: Path, variant: Variant) -> Models:
+    """The same layouts at toy size: a 64-wide 2-layer SANA (.pth or folder; with the variant's PE table
+    when it has one), a 4× DC-AE folder and a 1-layer Gemma-2 folder."""
+    ckpt = models / "diffusion_models" / f"scale_tiny_{variant.name}"
+    grid = fixtures.PUBLISHED_TRANSFORMERS[variant.published]["grid"] if variant.toy_pe_scale else 4
+    sd = fixtures.original_state_dict(**TOY_TRANSFORMER | {"grid": grid, "pe_scale": variant.toy_pe_scale})
+    write_transformer(ckpt, sd, variant.folder, TOY_CONFIG)
     fixtures.tiny_vae().save_pretrained(models / "vae" / "scale_tiny_dcae")
     text = models / "text_encoders" / "scale_tiny_gemma2"
     tokenizer = fixtures.tiny_tokenizer()
     fixtures.tiny_gemma2(len(tokenizer)).save_pretrained(text)
     tokenizer.save_pretrained(text)
     description = {
-        "transformer": "64 wide, 2 layers",
+        "transformer": f"64 wide, 2 layers, {'diffusers folder' if variant.folder else '.pth'}",
         "vae": "toy DC-AE 4×",
         "text_encoder": "1-layer Gemma-2",
     }
-    return Models(ckpt.name, "scale_tiny_dcae/", text.name + "/", description)
+    return Models(ckpt.name + "/" * variant.folder, "scale_tiny_dcae/", text.name + "/", description)
 
 
-def write_models(base: Path, size: str, gemma_layers: int) -> dict:
+def write_models(base: Path, size: str, variant: str, gemma_layers: int) -> dict:
     """Write the model set (published files already there are kept); its Models fields as a dict."""
     models = base / "models"
     for kind in ("diffusion_models", "vae", "text_encoders"):
         (models / kind).mkdir(parents=True, exist_ok=True)
-    written = write_published(models, gemma_layers) if size == "published" else write_small(models)
+    chosen = VARIANTS[variant]
+    written = (
+        write_published(models, chosen, gemma_layers) if size == "published" else write_small(models, chosen)
+    )
     return dataclasses.asdict(written)
 
 
@@ -220,6 +284,7 @@ def causal_figures(calls: list[dict], plan, steps: int, samples: torch.Tensor) -
 def run_graph(comfyui: Path, base: Path, models: Models, config: dict) -> dict:
     """The causal 2×2 graph through the pack's and ComfyUI's nodes; per stage and per model call figures."""
     stock, pack = import_comfy(comfyui, base)
+
     loaders, sampler = pack["loaders"], pack["sampler"]
     stages: dict = {}
     with stage(stages, "load"):
@@ -228,9 +293,13 @@ def run_graph(comfyui: Path, base: Path, models: Models, config: dict) -> dict:
         )
     model, clip, vae = loaded.result
     transformer = model.model.diffusion_model.transformer
+    flow_shift = float(model.model.model_sampling.shift)
     report: dict = {
-        "variant": model.model.variant_name,
-        "flow_shift": float(model.model.model_sampling.shift),
+        # the variant the loaded transformer's config and the MODEL's shift describe
+        "variant": variant_from_config(dict(transformer.config), flow_shift).name,
+        "flow_shift": flow_shift,
+        "pe_interpolation_scale": transformer.config.interpolation_scale,
+        "pe_grid": transformer.config.sample_size,
         "params_m": {
             "transformer": fixtures.param_count(transformer) / 1e6,
             "vae": fixtures.param_count(vae.autoencoder) / 1e6,
@@ -242,9 +311,6 @@ def run_graph(comfyui: Path, base: Path, models: Models, config: dict) -> dict:
             "vae": str(vae.vae_dtype),
         },
     }
-    with stage(stages, "cast"):
-        transformer.to(getattr(torch, config["compute_dtype"]))
-    report["dtypes"]["transformer_compute"] = str(transformer.dtype)
     with stage(stages, "text"):
         (positive,) = stock.CLIPTextEncode().encode(clip, PROMPT)
     (negative,) = stock.ConditioningZeroOut().zero_out(positive)
@@ -254,6 +320,14 @@ def run_graph(comfyui: Path, base: Path, models: Models, config: dict) -> dict:
         "template": encoder.uses_instruction(PROMPT),
         "embeds_shape": list(positive[0][0].shape),
     }
+    encoder_ref = weakref.ref(encoder)
+    with stage(stages, "free_text_encoder"):
+        del loaded, clip, encoder  # ComfyUI's model management holds loaded models by weak reference
+        gc.collect()
+    report["text"]["encoder_freed"] = encoder_ref() is None
+    with stage(stages, "cast"):
+        transformer.to(getattr(torch, config["compute_dtype"]))
+    report["dtypes"]["transformer_compute"] = str(transformer.dtype)
     channels = model.model.latent_format.latent_channels
     compression = vae.spacial_compression_encode()
     recorder = CallRecorder(transformer)
@@ -327,12 +401,16 @@ def run_graph(comfyui: Path, base: Path, models: Models, config: dict) -> dict:
 def run(size: str, workdir: Path, comfyui: Path, config: dict) -> dict:
     """Write the models (in a child process, so its memory is not counted), then run the graph here."""
     base = workdir / size
-    written = measure_in_child(write_models, base, size, config["gemma_layers"], timeout=3600)
+    written = measure_in_child(
+        write_models, base, size, config["variant"], config["gemma_layers"], timeout=3600
+    )
     if "error" in written:
         raise RuntimeError(f"writing the models failed: {written}")
     models = Models(**{field.name: written[field.name] for field in dataclasses.fields(Models)})
     report = run_graph(comfyui, base, models, config)
-    files = [f for f in (base / "models").rglob("*") if f.is_file()]
+    kinds = {"ckpt": "diffusion_models", "vae": "vae", "text_encoder": "text_encoders"}
+    paths = [base / "models" / kind / getattr(models, field) for field, kind in kinds.items()]
+    files = [f for path in paths for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file()]
     report |= {
         "size": size,
         "models": models.description,
@@ -342,17 +420,33 @@ def run(size: str, workdir: Path, comfyui: Path, config: dict) -> dict:
     return report
 
 
-def markdown(report: dict) -> str:
+def markdown(reports: dict[str, dict]) -> str:
+    """All recorded variants, one section each."""
+    title = "# SANA at published sizes through the pack's nodes in ComfyUI (CPU)\n\n"
+    return title + "\n".join(variant_markdown(name, report) for name, report in reports.items())
+
+
+def pe_text(report: dict) -> str:
+    """What Load SANA's transformer config says about the positional embedding (older reports: nothing)."""
+    if "pe_interpolation_scale" not in report:
+        return ""
+    scale = report["pe_interpolation_scale"]
+    grid = report["pe_grid"]
+    return f", sin-cos PE ×{scale:g} ({grid}² grid)" if scale else f", PE scale none ({grid}² grid)"
+
+
+def variant_markdown(name: str, report: dict) -> str:
     stages, causal, decode = report["stages"], report["causal"], report["decode"]
     config = report["config"]
     lines = [
-        "# SANA at published sizes through the pack's nodes in ComfyUI (CPU)",
+        f"## {name}",
         "",
         "`COMFYUI_PATH=... python -m bench.bench_comfy_scale "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config.items())
         + "`; random weights in the published layouts, read by Load SANA from ComfyUI's model folders "
         "(module docstring of `bench/bench_comfy_scale.py`). "
-        f"{report['machine']['cpus']} shared CPUs, {config['threads']} torch thread(s), `nice -n 10`, other "
+        f"{report['machine']['cpus']} shared CPUs, {config['threads']} torch thread(s), "
+        f"`nice -n {report['machine'].get('nice', 10)}`, other "
         "jobs running: CPU seconds are the robust figure.",
         "",
         f"- models: {report['models']['transformer']} ({report['params_m']['transformer']:.4g} M), "
@@ -360,7 +454,8 @@ def markdown(report: dict) -> str:
         f"{report['models']['text_encoder']} ({report['params_m']['text_encoder']:.4g} M); "
         f"{report['file_bytes'] / 1024**3:.1f} GiB of files",
         f"- Load SANA (weight_dtype bf16): detected **{report['variant']}**, shift "
-        f"{report['flow_shift']:g}; transformer computed in {report['dtypes']['transformer_compute']}, "
+        f"{report['flow_shift']:g}{pe_text(report)}; transformer computed in "
+        f"{report['dtypes']['transformer_compute']}, "
         f"text encoder in {report['dtypes']['text_encoder']}, VAE in {report['dtypes']['vae']}",
         f"- prompt: {report['text']['tokens_in']} tokens in with SANA's template "
         f"({report['text']['template']}), conditioning {report['text']['embeds_shape']}",
@@ -379,7 +474,12 @@ def markdown(report: dict) -> str:
         f"megapixel (the whole {decode['canvas_megapixels']:.1f} MP canvas: about "
         f"{decode['cpu_seconds_per_megapixel'] * decode['canvas_megapixels'] / 60:.0f} CPU min); finite: "
         f"{decode['finite']}",
-        f"- **peak RSS {report['peak_rss_mib']:.0f} MiB** (process, all models resident)",
+        f"- **peak RSS {report['peak_rss_mib']:.0f} MiB** (process; "
+        + (
+            "text encoder freed after the encode)"
+            if "free_text_encoder" in stages
+            else "all models resident)"
+        ),
         "",
         "| stage | wall s | CPU s | RSS before MiB | RSS after MiB | peak RSS MiB |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -405,6 +505,9 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("published", "small"), default="published")
+    parser.add_argument(
+        "--variant", choices=tuple(VARIANTS), default="600m-pth", help="transformer and layout"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sana_comfy_scale"), help="model files")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for comfy_scale.json/.md")
     parser.add_argument("--gemma-layers", type=int, default=26, help="Gemma-2-2B layers written (of 26)")
@@ -420,6 +523,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     config = {
         "size": args.size,
+        "variant": args.variant,
         "gemma_layers": args.gemma_layers,
         "steps": args.steps,
         "cfg": args.cfg,
@@ -434,12 +538,26 @@ def main(argv: list[str] | None = None) -> dict:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "load_average_end": list(os.getloadavg()),
+        "nice": os.nice(0),
         "total_seconds": time.perf_counter() - began,
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "comfy_scale.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.results / "comfy_scale.md").write_text(markdown(report))
+    save(args.results, args.variant, report)
     return report
+
+
+def save(results: Path, variant: str, report: dict) -> None:
+    """Record `report` under its variant in comfy_scale.json/.md, keeping the other variants' (a lock
+    serialises variants run side by side)."""
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / "comfy_scale.json"
+    folder = os.open(results, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        reports = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps(reports | {variant: report}, indent=1) + "\n")
+        (results / "comfy_scale.md").write_text(markdown(reports | {variant: report}))
+    finally:
+        os.close(folder)  # releases the lock
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from bench import bench_comfy_scale
@@ -13,13 +14,20 @@ from bench import bench_comfy_scale
 STEPS = 2
 
 
-def test_comfy_scale_bench_runs_its_graph_at_toy_size(comfy, tmp_path) -> None:
-    threads = torch.get_num_threads()
-    args = ["--size", "small", "--workdir", str(tmp_path), "--results", str(tmp_path / "results")]
-    args += ["--steps", str(STEPS), "--cfg", "2.0", "--threads", str(threads)]
-    report = bench_comfy_scale.main(args)
+# variant -> what Load SANA must detect: flow shift, PE interpolation scale, PE grid
+DETECTED = {"600m-pth": (3.0, None, 4), "600m-diffusers": (3.0, None, 4), "1600m-4k": (6.0, 2.0, 128)}
 
-    assert report["variant"].startswith("SANA") and report["flow_shift"] == 3.0
+
+@pytest.mark.parametrize("variant", DETECTED)
+def test_comfy_scale_bench_runs_its_graph_at_toy_size(comfy, tmp_path, variant) -> None:
+    threads = torch.get_num_threads()
+    args = ["--size", "small", "--variant", variant, "--workdir", str(tmp_path)]
+    args += ["--results", str(tmp_path / "results"), "--steps", str(STEPS), "--cfg", "2.0"]
+    report = bench_comfy_scale.main([*args, "--threads", str(threads)])
+
+    assert report["variant"].startswith("SANA")
+    detected = (report["flow_shift"], report["pe_interpolation_scale"], report["pe_grid"])
+    assert detected == DETECTED[variant]
     assert report["dtypes"] | {"vae": None} == {
         "transformer_loaded": "torch.bfloat16",
         "transformer_compute": "torch.float32",
@@ -36,7 +44,9 @@ def test_comfy_scale_bench_runs_its_graph_at_toy_size(comfy, tmp_path) -> None:
     assert causal["cache_bytes_max"] == max(cache)
     assert causal["seconds_per_call"] > 0 and report["peak_rss_mib"] > 0
     assert report["decode"]["image_shape"] == [1, 64 * 4, 64 * 4, 3] and report["decode"]["finite"]
-    assert set(report["stages"]) == {"load", "cast", "text", "guide_ksampler", "causal_sampler", "decode"}
+    stages = {"load", "text", "free_text_encoder", "cast", "guide_ksampler", "causal_sampler", "decode"}
+    assert set(report["stages"]) == stages
+    assert report["text"]["encoder_freed"]
     saved = json.loads((tmp_path / "results" / "comfy_scale.json").read_text())
-    assert saved["causal"]["per_tile"] == causal["per_tile"]
+    assert set(saved) == {variant} and saved[variant]["causal"]["per_tile"] == causal["per_tile"]
     assert "seconds per model call per tile" in (tmp_path / "results" / "comfy_scale.md").read_text()
