@@ -43,7 +43,7 @@ from diffusers import SanaTransformer2DModel
 from temporal_tiling import pipeline
 from temporal_tiling.bcla import BCLACache, BCLAConfig
 from temporal_tiling.contracts import TileJob
-from temporal_tiling.pipeline import FlowHost, RunSettings, generate
+from temporal_tiling.pipeline import FlowHost, FlowSampling, RunSettings, generate
 from temporal_tiling.plan import TilePlan, make_plan
 from temporal_tiling.sana.fixtures import tiny_transformer
 
@@ -231,7 +231,7 @@ def task_cache(model: SanaTransformer2DModel, task: dict) -> dict:
     c = COMPRESSION
     plan = make_plan(side * c, side * c, tile * c, tile * c, overlap * c, c)
     cond, uncond = prompts()
-    host = CacheSizeHost(model, cond, uncond, steps=task["steps"], cfg=4.5)
+    host = CacheSizeHost(model, cond, uncond, FlowSampling(steps=task["steps"], cfg=4.5))
     pipeline.run(plan, host, RunSettings(cache_config=BCLAConfig()), (1, 32))
     cache, sizes = host.run_cache, host.sizes
     return {"tiles": len(plan), "max_bytes": max(sizes), "final_bytes": cache.nbytes(), "norm": cache.norm()}

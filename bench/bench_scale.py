@@ -63,7 +63,7 @@ from temporal_tiling.bcla import MODES, BCLAConfig
 from temporal_tiling.context import ContextSettings
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.flow import CFGDenoiser
-from temporal_tiling.pipeline import RunSettings
+from temporal_tiling.pipeline import FlowSampling, RunSettings
 from temporal_tiling.plan import make_plan
 from temporal_tiling.sampling import canvas_noise
 from temporal_tiling.sana import (
@@ -300,9 +300,7 @@ def _causal_run(
         model,
         cond,
         uncond,
-        steps=steps,
-        cfg=cfg,
-        shift=shift,
+        FlowSampling(steps, cfg, shift=shift),
         prompt_mask=cond_mask,
         negative_mask=uncond_mask,
         timer=timer,
@@ -444,7 +442,7 @@ def stage_cache_modes(steps_list: tuple[int, ...], grids: tuple[int, ...]) -> di
             for n in grids:
                 side = 4 + (n - 1) * 3
                 plan = make_plan(side * 8, side * 8, 32, 32, 8, 8)
-                host = CacheSizeHost(model, cond, cond, steps=steps, cfg=4.5)
+                host = CacheSizeHost(model, cond, cond, FlowSampling(steps=steps, cfg=4.5))
                 pipeline.run(plan, host, RunSettings(cache_config=BCLAConfig(mode=mode)), (1, 8))
                 rows.append(
                     {

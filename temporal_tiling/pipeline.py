@@ -293,6 +293,18 @@ def global_context(
     return replace(context, bcla_seed=settings.bcla_seed, seed_stats=handle.stats)
 
 
+@dataclass(frozen=True)
+class FlowSampling:
+    """How the engine's own host samples: ComfyUI's KSampler settings for a flow model."""
+
+    steps: int = 20
+    cfg: float = 4.5
+    sampler: str = "euler"
+    """A :data:`flow.SAMPLERS` name."""
+    shift: float = 3.0
+    """SANA's resolution shift of the flow time."""
+
+
 class FlowHost:
     """The engine's own host: a diffusers SanaTransformer2DModel, CFG, and the flow samplers of
     :mod:`temporal_tiling.flow` (the same rules as ComfyUI's; used by the CLI, benchmarks and tests).
@@ -306,11 +318,8 @@ class FlowHost:
         transformer: torch.nn.Module,
         prompt_embeds: Tensor,
         negative_embeds: Tensor | None,
+        sampling: FlowSampling = FlowSampling(),
         *,
-        steps: int = 20,
-        cfg: float = 4.5,
-        sampler: str = "euler",
-        shift: float = 3.0,
         prompt_mask: Tensor | None = None,
         negative_mask: Tensor | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -318,7 +327,7 @@ class FlowHost:
     ) -> None:
         self.transformer = transformer
         self.device = next(transformer.parameters()).device
-        self.steps, self.cfg, self.sampler, self.shift = steps, cfg, sampler, shift
+        self.sampling = sampling
         self.conditioning = (prompt_embeds.to(self.device), None)
         if negative_embeds is not None:
             self.conditioning = (self.conditioning[0], negative_embeds.to(self.device))
@@ -333,7 +342,7 @@ class FlowHost:
         positive, negative = self.conditioning
         prompt_mask, negative_mask = self.masks
         return CFGDenoiser(
-            self.transformer, positive, negative, self.cfg, self.cache, prompt_mask, negative_mask
+            self.transformer, positive, negative, self.sampling.cfg, self.cache, prompt_mask, negative_mask
         )
 
     def tick(self, *_: object) -> None:
@@ -342,15 +351,15 @@ class FlowHost:
             self.progress(self.done, self.total)
 
     def schedule(self, denoise: float) -> Tensor:
-        return flow_sigmas(self.steps, self.shift, denoise)
+        return flow_sigmas(self.sampling.steps, self.sampling.shift, denoise)
 
     def denoise(self, job: TileJob) -> Tensor:
         sigmas = self.schedule(job.denoise)
         if job.model_wrap is None:
-            return sample_tile(self.denoiser, job, sigmas, self.sampler, self.tick)
+            return sample_tile(self.denoiser, job, sigmas, self.sampling.sampler, self.tick)
         self._counting_tile_calls = True
         try:
-            return sample_tile(job.model_wrap(self.denoiser), job, sigmas, self.sampler)
+            return sample_tile(job.model_wrap(self.denoiser), job, sigmas, self.sampling.sampler)
         finally:
             self._counting_tile_calls = False
 
@@ -403,17 +412,8 @@ def generate(
     options = RunSettings(**settings)
     windows = 1 if options.method == "full" else len(plan)
     total = steps * (windows + (options.method == "guided"))
-    host = FlowHost(
-        transformer,
-        prompt_embeds,
-        negative_embeds,
-        steps=steps,
-        cfg=cfg,
-        sampler=sampler,
-        shift=shift,
-        progress=progress,
-        total=total,
-    )
+    sampling = FlowSampling(steps, cfg, sampler, shift)
+    host = FlowHost(transformer, prompt_embeds, negative_embeds, sampling, progress=progress, total=total)
     batch = prompt_embeds.shape[0] if latent is None else latent.shape[0]
     shape = (batch, transformer.config.in_channels)
     return run(plan, host, options, shape, device=host.device, latent=latent)

@@ -22,7 +22,7 @@ from temporal_tiling.bcla import BCLACache, BCLAConfig
 from temporal_tiling.context import ContextSettings
 from temporal_tiling.contracts import Denoiser, TileCache, TileJob
 from temporal_tiling.flow import flow_sigmas
-from temporal_tiling.pipeline import FlowHost, RunSettings
+from temporal_tiling.pipeline import FlowHost, FlowSampling, RunSettings
 from temporal_tiling.plan import Tile, TilePlan
 from temporal_tiling.sampling import CanvasResult, LockRelease
 
@@ -95,9 +95,7 @@ class BenchHost(FlowHost):
             transformer,
             pairs.embeds,
             pairs.negative,
-            steps=steps,
-            cfg=CFG,
-            shift=shift,
+            FlowSampling(steps, CFG, shift=shift),
             prompt_mask=pairs.mask,
             negative_mask=pairs.negative_mask,
         )

@@ -8,7 +8,7 @@ from bench.quality.runner import run
 from bench.quality.specs import BASELINES, PACK_DEFAULT, Spec, named, plan_for
 from temporal_tiling import pipeline
 from temporal_tiling.bcla import BCLAConfig
-from temporal_tiling.pipeline import FlowHost, RunSettings
+from temporal_tiling.pipeline import FlowHost, FlowSampling, RunSettings
 from temporal_tiling.sampling import LockRelease
 from temporal_tiling.sana.fixtures import tiny_transformer
 
@@ -33,9 +33,7 @@ def test_a_bench_run_is_the_pack_run_with_the_same_settings() -> None:
         model.transformer,
         pairs.embeds,
         pairs.negative,
-        steps=STEPS,
-        cfg=CFG,
-        shift=model.shift,
+        FlowSampling(STEPS, CFG, shift=model.shift),
         prompt_mask=pairs.mask,
         negative_mask=pairs.negative_mask,
     )

@@ -22,7 +22,7 @@ from temporal_tiling.context import (
     skip_weight,
 )
 from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
-from temporal_tiling.pipeline import FlowHost, global_context
+from temporal_tiling.pipeline import FlowHost, FlowSampling, global_context
 from temporal_tiling.plan import Tile, make_plan
 from temporal_tiling.sampling import canvas_noise, sample_causal
 from temporal_tiling.sana.fixtures import tiny_transformer
@@ -185,7 +185,7 @@ def seed_context(
 ) -> GlobalContext:
     """The run path's seed pass on the tiny model (3 steps; ``seed_sigma`` 0 = every level)."""
     transformer, cond, uncond = model
-    host = FlowHost(transformer, cond, uncond, steps=3, cfg=3.0)
+    host = FlowHost(transformer, cond, uncond, FlowSampling(steps=3, cfg=3.0))
     host.attach_cache(cache)
     try:
         settings = ContextSettings(guide, bcla_seed=strength, seed_sigma=seed_sigma)
@@ -233,7 +233,7 @@ def test_bcla_seed_needs_a_cache_the_model_writes(model) -> None:
     transformer, cond, uncond = model
     settings = ContextSettings(smooth_guide(5), bcla_seed=1.0)
     canvas = torch.zeros(1, 4, PLAN.canvas_height, PLAN.canvas_width)
-    host = FlowHost(transformer, cond, uncond, steps=3, cfg=3.0)
+    host = FlowHost(transformer, cond, uncond, FlowSampling(steps=3, cfg=3.0))
     with pytest.raises(ContextError, match="BCLA Cache node"):
         global_context(settings, PLAN, host, None, canvas, denoise=1.0)
     with pytest.raises(ContextError, match="recorded no attention statistics"):
