@@ -97,7 +97,8 @@ class GuideFirst:
     def __post_init__(self) -> None:
         if not 0.0 < self.denoise <= 1.0:
             raise SamplingError(
-                f"guide denoise must be in (0, 1] (0.5 keeps the layout), got {self.denoise}."
+                f"guide denoise must be in (0, 1] (the default {DEFAULT_GUIDE_DENOISE} keeps the layout), "
+                f"got {self.denoise}."
             )
 
 
