@@ -32,7 +32,7 @@ from ..temporal_tiling.options import (
     DEFAULT_LOCK_RELEASE,
     DEFAULT_RELEASE_BAND,
 )
-from ..temporal_tiling.pipeline import GuideFirst, RunSettings, run
+from ..temporal_tiling.pipeline import CAUSAL_METHODS, GuideFirst, RunSettings, run
 from ..temporal_tiling.plan import Tile, TilePlan
 from ..temporal_tiling.sampling import CLEAN_SIGMA, LockRelease, SamplingError
 from .bcla_cache import bcla_config, bcla_transformer
@@ -260,7 +260,7 @@ class SanaCausalSampler(io.ComfyNode):
             lock_feather=lock_feather,
             lock_margin=lock_margin,
             lock_release=LockRelease(lock_release, release_band),
-            cache_config=bcla_config(model) if mode in ("causal", "guided") else None,
+            cache_config=bcla_config(model) if mode in CAUSAL_METHODS else None,
             context=global_context,
             guide_first=_guide_first(model, guide_denoise) if mode == "guided" else None,
         )

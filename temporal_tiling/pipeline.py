@@ -329,9 +329,8 @@ class FlowHost:
         self.transformer = transformer
         self.device = next(transformer.parameters()).device
         self.sampling = sampling
-        self.conditioning = (prompt_embeds.to(self.device), None)
-        if negative_embeds is not None:
-            self.conditioning = (self.conditioning[0], negative_embeds.to(self.device))
+        negative = None if negative_embeds is None else negative_embeds.to(self.device)
+        self.conditioning = (prompt_embeds.to(self.device), negative)
         self.masks = (prompt_mask, negative_mask)
         self.progress, self.total, self.done = progress, total, 0
         self.cache: TileCache | None = None

@@ -39,6 +39,11 @@ class Tile:
     neighbors: tuple[int, ...]
     """Indices of grid-adjacent tiles (8-neighbourhood) generated before this one."""
 
+    @classmethod
+    def whole(cls, height: int, width: int) -> Tile:
+        """A whole canvas of ``height`` × ``width`` cells as one tile (a one-pass or MultiDiffusion run)."""
+        return cls(0, 0, 0, 0, 0, height, width, ())
+
     @property
     def slices(self) -> tuple[slice, slice]:
         """(rows, cols) slices of this tile in a latent canvas."""
@@ -173,7 +178,7 @@ class TilePlan:
     @property
     def whole_canvas(self) -> Tile:
         """The canvas as one tile: what a full pass or a MultiDiffusion sampler runs over."""
-        return Tile(0, 0, 0, 0, 0, self.canvas_height, self.canvas_width, ())
+        return Tile.whole(self.canvas_height, self.canvas_width)
 
     def crops(self, canvas: torch.Tensor) -> torch.Tensor:
         """The tiles' crops of a latent canvas [B,C,H,W] as one tile batch [T*B,C,h,w], tile-major."""

@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from bench import quality as package
+from temporal_tiling.lora import LORA_FILE
 from temporal_tiling.sana import EMBEDDED_MODEL
 
 from .figure import grid_figure
@@ -46,7 +47,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 FIGURE = ROOT / "docs" / "quality_grid.png"
 QUICK_OUT = ROOT / "out" / "bench-quality-quick"
-LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def pick_threads(model: Model, batch: int) -> tuple[int, dict]:

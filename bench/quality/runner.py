@@ -138,10 +138,11 @@ class BenchHost(FlowHost):
         height, width = (max(1, round(side / 2)) for side in noise.shape[-2:])
         pooled = F.adaptive_avg_pool2d(noise, (height, width))
         low_noise = pooled / pooled.std(dim=(1, 2, 3), keepdim=True)
-        whole = Tile(0, 0, 0, 0, 0, height, width, ())
         mask = low_noise.new_ones(1, 1, height, width)
         with self.tap.paused():
-            return self.denoise(TileJob(whole, low_noise, torch.zeros_like(low_noise), mask))
+            return self.denoise(
+                TileJob(Tile.whole(height, width), low_noise, torch.zeros_like(low_noise), mask)
+            )
 
 
 @dataclass

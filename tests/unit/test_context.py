@@ -23,7 +23,7 @@ from temporal_tiling.context import (
 )
 from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
 from temporal_tiling.pipeline import FlowHost, FlowSampling, global_context
-from temporal_tiling.plan import Tile, make_plan
+from temporal_tiling.plan import make_plan
 from temporal_tiling.sampling import canvas_noise, sample_causal
 from temporal_tiling.sana.fixtures import tiny_transformer
 
@@ -121,9 +121,7 @@ def test_skip_residual_pulls_toward_guide_low_frequencies() -> None:
 
 def test_skip_residual_pulls_the_sampled_canvas_toward_the_guide(model) -> None:
     guide = smooth_guide(6) * 0.5
-    target = GlobalContext(guide).guide_crop(
-        Tile(0, 0, 0, 0, 0, PLAN.canvas_height, PLAN.canvas_width, ()), PLAN
-    )  # the guide at canvas size
+    target = GlobalContext(guide).guide_crop(PLAN.whole_canvas, PLAN)  # the guide at canvas size
     scale = GlobalContext(guide).upsampling(PLAN)
 
     def distance(canvas: torch.Tensor) -> float:

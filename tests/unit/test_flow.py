@@ -196,7 +196,7 @@ def test_cfg_denoiser_on_sana_matches_separate_branch_calls() -> None:
 def _job(mask: torch.Tensor, hook=None) -> TileJob:
     gen = torch.Generator().manual_seed(6)
     noise, latent = torch.randn(2, 4, 6, 6, generator=gen), torch.randn(2, 4, 6, 6, generator=gen)
-    return TileJob(Tile(0, 0, 0, 0, 0, 6, 6, ()), noise, latent, mask, hook)
+    return TileJob(Tile.whole(6, 6), noise, latent, mask, hook)
 
 
 @pytest.mark.parametrize("name", ["euler", "dpmpp_2m"])
