@@ -14,6 +14,7 @@ sampler, through :func:`generate`) all call it. Methods:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -93,6 +94,12 @@ class GuideFirst:
     """Strength of the guide's attention statistics in every tile's BCLA cache (needs a cache)."""
     upscale: Upscale | None = None
     """How the guide is enlarged to the canvas; None = :func:`latent_upscale`."""
+    tile_steps: int | None = None
+    """Sampler steps of each tile; None = :meth:`steps_per_tile` of the run's steps."""
+    max_upscale: float | None = None
+    """DemoFusion's progressive chain: the largest enlargement (long side) from one level to the next;
+    intermediate canvases, each refined from the one before like the final canvas, are inserted until
+    every step is at most this (2 gives 1× → 2× → 4× ...). None = one step from the guide to the canvas."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.denoise <= 1.0:
@@ -100,6 +107,17 @@ class GuideFirst:
                 f"guide denoise must be in (0, 1] (the default {DEFAULT_GUIDE_DENOISE} keeps the layout), "
                 f"got {self.denoise}."
             )
+        if self.max_upscale is not None and not self.max_upscale > 1.0:
+            raise SamplingError(f"max_upscale must be above 1 (None: one step), got {self.max_upscale}.")
+        if self.tile_steps is not None and self.tile_steps < 1:
+            raise SamplingError(f"guided tile steps must be ≥ 1 (None: the default), got {self.tile_steps}.")
+
+    def steps_per_tile(self, steps: int) -> int:
+        """Steps each tile runs when the whole-scene pass ran ``steps``: by default ``steps × denoise``
+        (rounded), the guide's own step size over the last ``denoise`` share of the schedule (its very
+        levels when ``steps × denoise`` is whole), instead of cutting that share into ``steps`` finer
+        steps as ComfyUI's denoise does (3.3× the model calls at denoise 0.3)."""
+        return self.tile_steps or max(1, round(steps * self.denoise))
 
 
 def guide_plan(plan: TilePlan, long_side: int | None = None) -> TilePlan:
@@ -107,6 +125,25 @@ def guide_plan(plan: TilePlan, long_side: int | None = None) -> TilePlan:
     long_side = long_side or max(plan.tile_width_px, plan.tile_height_px)
     height, width = guide_size(plan, long_side)
     return make_plan(width, height, width, height, 0, plan.compression)
+
+
+def guide_levels(plan: TilePlan, options: GuideFirst) -> list[TilePlan]:
+    """The intermediate canvases of the progressive chain from :func:`guide_plan` to ``plan``, smallest
+    first, their long sides spaced evenly in log scale (empty: the guide is enlarged in one step).
+    They keep the plan's tile size (smaller where a level is), overlap and order."""
+    small = guide_plan(plan, options.long_side)
+    ratio = max(plan.width_px, plan.height_px) / max(small.width_px, small.height_px)
+    if options.max_upscale is None or ratio <= options.max_upscale:
+        return []
+    count = math.ceil(math.log(ratio) / math.log(options.max_upscale)) - 1
+    c, levels = plan.compression, []
+    for level in range(1, count + 1):
+        long_side = round(max(small.width_px, small.height_px) * ratio ** (level / (count + 1)))
+        height, width = guide_size(plan, long_side)
+        tile_height, tile_width = min(plan.tile_height_px, height), min(plan.tile_width_px, width)
+        overlap = min(plan.overlap, tile_height // c - 1, tile_width // c - 1) * c
+        levels.append(make_plan(width, height, tile_width, tile_height, overlap, c, plan.order, plan.seed))
+    return levels
 
 
 @dataclass(frozen=True)
@@ -174,13 +211,36 @@ def run(
         noise = canvas_noise(settings.seed, (batch, channels, plan.canvas_height, plan.canvas_width))
     noise = noise.to(device)
     latent = None if latent is None else latent.to(device, noise.dtype)
+    with torch.no_grad():
+        guide = _guide(plan, host, settings, noise) if settings.method == "guided" else None
+        return _with_cache(plan, host, settings, noise, latent, guide)
+
+
+def _guide(plan: TilePlan, host: Host, settings: RunSettings, noise: Tensor) -> Tensor:
+    """The whole-scene pass, then each level of the progressive chain refined from the one before."""
+    guide = render_guide(plan, host, settings.guide.long_side, settings.seed, noise)
+    for level in guide_levels(plan, settings.guide):
+        shape = (*noise.shape[:2], level.canvas_height, level.canvas_width)
+        level_noise = canvas_noise(settings.seed, shape).to(noise)
+        guide = _with_cache(level, host, settings, level_noise, None, guide).canvas
+    return guide
+
+
+def _with_cache(
+    plan: TilePlan,
+    host: Host,
+    settings: RunSettings,
+    noise: Tensor,
+    latent: Tensor | None,
+    guide: Tensor | None,
+) -> CanvasResult:
+    """:func:`_run` with a BCLA cache of ``plan`` attached to the host for its duration."""
     cache = None
     if settings.method in CAUSAL_METHODS and settings.cache_config is not None:
         cache = BCLACache(settings.cache_config, plan)
         host.attach_cache(cache)
     try:
-        with torch.no_grad():
-            return _run(plan, host, settings, noise, latent, cache)
+        return _run(plan, host, settings, noise, latent, cache, guide)
     finally:
         if cache is not None:
             host.detach_cache()
@@ -193,20 +253,22 @@ def _run(
     noise: Tensor,
     latent: Tensor | None,
     cache: TileCache | None,
+    guide: Tensor | None,
 ) -> CanvasResult:
-    """The method dispatch: which tile loop runs, with which start, context and cache."""
-    method, denoise, context, guide = settings.method, settings.denoise, settings.context, None
+    """The method dispatch: which tile loop runs, with which start, context and cache (``guide``: the
+    whole-scene pass ``guided`` refines, or the chain's previous level)."""
+    method, denoise, context = settings.method, settings.denoise, settings.context
+    steps = None  # the host's
     if method == "guided":
         options = settings.guide
-        guide = render_guide(plan, host, options.long_side, settings.seed, noise)
         latent = (options.upscale or latent_upscale)(guide, plan.canvas_height, plan.canvas_width)
-        denoise = options.denoise
+        denoise, steps = options.denoise, options.steps_per_tile(host.steps)
         context = ContextSettings(
             guide, options.skip_residual, options.stats, options.bcla_seed, seed=settings.seed
         )
 
     def denoise_tile(job: TileJob) -> Tensor:
-        return host.denoise(replace(job, denoise=denoise))
+        return host.denoise(replace(job, denoise=denoise, steps=steps))
 
     if method in CAUSAL_METHODS:
         result = sample_causal(
@@ -218,7 +280,7 @@ def _run(
             lock_feather=settings.lock_feather,
             lock_margin=settings.lock_margin,
             lock_release=settings.lock_release,
-            context=global_context(context, plan, host, cache, noise, denoise),
+            context=global_context(context, plan, host, cache, noise, denoise, steps),
             on_tile=host.on_tile,
             reencode=host.reencode,
         )
@@ -254,12 +316,13 @@ def global_context(
     cache: TileCache | None,
     noise: Tensor,
     denoise: float,
+    steps: int | None = None,
 ) -> GlobalContext | None:
     """The engine's GlobalContext for ``settings``, after the BCLA seed pass when ``bcla_seed`` > 0.
 
-    The seed pass runs the model on the guide noised to ``seed_sigma`` (0: to every level of the run's
-    schedule in turn, one call each) while the cache records: the guide's tokens' S, Z statistics,
-    O(D²) whatever the guide's size, then join every tile's context.
+    The seed pass runs the model on the guide noised to ``seed_sigma`` (0: to every level of the tiles'
+    schedule, ``steps`` at ``denoise``, in turn, one call each) while the cache records: the guide's
+    tokens' S, Z statistics, O(D²) whatever the guide's size, then join every tile's context.
     """
     if settings is None:
         return None
@@ -281,7 +344,7 @@ def global_context(
     if settings.seed_sigma > 0:
         levels = [settings.seed_sigma]
     else:
-        levels = [float(level) for level in host.schedule(denoise)[:-1] if level > 0]
+        levels = [float(level) for level in host.schedule(denoise, steps)[:-1] if level > 0]
     seed_noise = canvas_noise(settings.seed, tuple(guide.shape)).to(guide)
     with cache.record_seed() as handle:
         for level in levels:
@@ -292,6 +355,16 @@ def global_context(
             "BCLA cache (a model without SANA linear attention?)."
         )
     return replace(context, bcla_seed=settings.bcla_seed, seed_stats=handle.stats)
+
+
+def tile_steps_total(plan: TilePlan, settings: RunSettings, steps: int) -> int:
+    """A run's progress total in tile-steps (one tile, or the whole canvas, through one step; the seed
+    pass is not counted): what a progress bar over the run counts to."""
+    if settings.method == "guided":
+        options = settings.guide
+        tiles = len(plan) + sum(len(level) for level in guide_levels(plan, options))
+        return steps + tiles * options.steps_per_tile(steps)
+    return steps * (1 if settings.method == "full" else len(plan))
 
 
 @dataclass(frozen=True)
@@ -329,6 +402,7 @@ class FlowHost:
         self.transformer = transformer
         self.device = next(transformer.parameters()).device
         self.sampling = sampling
+        self.steps = sampling.steps
         negative = None if negative_embeds is None else negative_embeds.to(self.device)
         self.conditioning = (prompt_embeds.to(self.device), negative)
         self.masks = (prompt_mask, negative_mask)
@@ -350,11 +424,11 @@ class FlowHost:
         if self.progress is not None:
             self.progress(self.done, self.total)
 
-    def schedule(self, denoise: float) -> Tensor:
-        return flow_sigmas(self.sampling.steps, self.sampling.shift, denoise)
+    def schedule(self, denoise: float, steps: int | None = None) -> Tensor:
+        return flow_sigmas(steps or self.steps, self.sampling.shift, denoise)
 
     def denoise(self, job: TileJob) -> Tensor:
-        sigmas = self.schedule(job.denoise)
+        sigmas = self.schedule(job.denoise, job.steps)
         if job.model_wrap is None:
             return sample_tile(self.denoiser, job, sigmas, self.sampling.sampler, self.tick)
         self._counting_tile_calls = True
@@ -410,8 +484,7 @@ def generate(
     ``progress(done, total)`` counts tile-steps (see :class:`FlowHost`).
     """
     options = RunSettings(**settings)
-    windows = 1 if options.method == "full" else len(plan)
-    total = steps * (windows + (options.method == "guided"))
+    total = tile_steps_total(plan, options, steps)
     sampling = FlowSampling(steps, cfg, sampler, shift)
     host = FlowHost(transformer, prompt_embeds, negative_embeds, sampling, progress=progress, total=total)
     batch = prompt_embeds.shape[0] if latent is None else latent.shape[0]
