@@ -117,6 +117,17 @@ def test_a_glow_without_an_outline_is_not_a_sun():
     assert int(seamlab.count_objects(_sky_with("sun", [(0.95, 0.9)]))["sun"][0]) == 1
 
 
+def test_a_sun_smeared_along_a_diagonal_is_one_sun():
+    """Causal tiles can paint a sun as a diagonal streak (here 3.8× longer than wide, where a bounding box
+    is mostly sky): a person counts one sun."""
+    sky = _sky_with("sun", [])
+    y, x = torch.meshgrid(torch.arange(256.0), torch.arange(512.0), indexing="ij")
+    along, across = ((x - 100) + (y - 80)) / 2**0.5, ((x - 100) - (y - 80)) / 2**0.5
+    streak = torch.sigmoid(4 * (1 - ((along / 23) ** 2 + (across / 6) ** 2).sqrt()))
+    image = torch.lerp(sky, torch.tensor(seamlab.SUN_RGB).view(1, 3, 1, 1), streak)
+    assert int(seamlab.count_objects(image)["sun"][0]) == 1
+
+
 def test_a_speckled_moon_is_one_moon():
     """Guided tiles can paint the guide's moon as a pale blob of rainbow speckles: still one moon."""
     g = torch.Generator().manual_seed(0)
