@@ -32,7 +32,7 @@ from ..temporal_tiling.options import (
     DEFAULT_LOCK_RELEASE,
     DEFAULT_RELEASE_BAND,
 )
-from ..temporal_tiling.pipeline import CAUSAL_METHODS, GuideFirst, RunSettings, run
+from ..temporal_tiling.pipeline import CAUSAL_METHODS, GuideFirst, RunSettings, run, tile_steps_total
 from ..temporal_tiling.plan import Tile, TilePlan
 from ..temporal_tiling.sampling import CLEAN_SIGMA, LockRelease, SamplingError
 from .bcla_cache import bcla_config, bcla_transformer
@@ -191,6 +191,15 @@ class SanaCausalSampler(io.ComfyNode):
                     "Lower keeps its layout and colours; higher lets tiles add more of their own "
                     "detail and their window's own gradient (1 = from noise).",
                 ),
+                io.Int.Input(
+                    "tile_steps",
+                    default=0,
+                    min=0,
+                    max=10000,
+                    tooltip="mode = guided: sampler steps of each tile from the guide. 0 = steps × "
+                    "guide_denoise: the tiles walk the last part of the guide's own schedule, level for "
+                    "level (ComfyUI's denoise would run all `steps` over that part: ~3× slower at 0.3).",
+                ),
                 io.Latent.Input(
                     "latent_image",
                     optional=True,
@@ -246,6 +255,7 @@ class SanaCausalSampler(io.ComfyNode):
         release_band: int,
         batch_size: int,
         guide_denoise: float = DEFAULT_GUIDE_DENOISE,
+        tile_steps: int = 0,
         latent_image: dict | None = None,
         global_context: ContextSettings | None = None,
     ) -> io.NodeOutput:
@@ -262,11 +272,12 @@ class SanaCausalSampler(io.ComfyNode):
             lock_release=LockRelease(lock_release, release_band),
             cache_config=bcla_config(model) if mode in CAUSAL_METHODS else None,
             context=global_context,
-            guide_first=_guide_first(model, guide_denoise) if mode == "guided" else None,
+            guide_first=_guide_first(model, guide_denoise, tile_steps) if mode == "guided" else None,
         )
-        windows = (1 if mode == "multidiffusion" else len(plan)) + (mode == "guided")
+        # ComfyUI's progress counts MultiDiffusion's steps over the canvas, not its tile calls
+        total = steps if mode == "multidiffusion" else tile_steps_total(plan, settings, steps)
         host = ComfyHost(model, plan, (positive, negative), (steps, cfg, sampler_name, scheduler, seed))
-        host.start_preview(start, windows * steps)
+        host.start_preview(start, total)
         result = run(plan, host, settings, tuple(start.shape[:2]), device=start.device, latent=given)
         if not bool(torch.isfinite(result.canvas).all()):
             raise SamplingError(
@@ -283,9 +294,13 @@ class SanaCausalSampler(io.ComfyNode):
         return io.NodeOutput({"samples": result.canvas}, {"samples": result.tiles}, guide)
 
 
-def _guide_first(model, denoise: float) -> GuideFirst:
+def _guide_first(model, denoise: float, tile_steps: int) -> GuideFirst:
     """mode = guided with the engine's defaults; the guide seeds BCLA when the model has a BCLA cache."""
-    return GuideFirst(denoise=denoise, bcla_seed=DEFAULT_GUIDE_BCLA_SEED if bcla_config(model) else 0.0)
+    return GuideFirst(
+        denoise=denoise,
+        bcla_seed=DEFAULT_GUIDE_BCLA_SEED if bcla_config(model) else 0.0,
+        tile_steps=tile_steps or None,
+    )
 
 
 def _start_latent(
@@ -375,11 +390,13 @@ class ComfyHost:
         work.set_model_denoise_mask_function(mask_function)
         return work
 
-    def _sample(self, noise: torch.Tensor, latent: torch.Tensor, **kwargs) -> torch.Tensor:
+    def _sample(
+        self, noise: torch.Tensor, latent: torch.Tensor, steps: int | None = None, **kwargs
+    ) -> torch.Tensor:
         return comfy.sample.sample(
             self.work,
             noise,
-            self.steps,
+            steps or self.steps,
             self.cfg,
             self.sampler_name,
             self.scheduler,
@@ -424,21 +441,21 @@ class ComfyHost:
         mask = None if bool((job.denoise_mask == 1).all()) else job.denoise_mask
         try:
             out = self._sample(
-                job.noise, job.latent, denoise=job.denoise, noise_mask=mask, callback=self.callback
+                job.noise, job.latent, job.steps, denoise=job.denoise, noise_mask=mask, callback=self.callback
             )
         finally:
             self.hook, self.mask_schedule, self.model_wrap = None, None, None
-        self.done_steps += self.steps
+        self.done_steps += job.steps or self.steps
         rows, cols = job.tile.slices
         if self.preview[..., rows, cols].shape == out.shape:
             self.preview[..., rows, cols] = self.work.model.process_latent_in(out.to(self.preview))
         return out.to(job.latent)
 
-    def schedule(self, denoise: float) -> torch.Tensor:
+    def schedule(self, denoise: float, steps: int | None = None) -> torch.Tensor:
         """This run's noise levels, as ComfyUI's KSampler computes them."""
-        work = self.work
+        work, steps = self.work, steps or self.steps
         return comfy.samplers.KSampler(
-            work, self.steps, work.load_device, self.sampler_name, self.scheduler, denoise, work.model_options
+            work, steps, work.load_device, self.sampler_name, self.scheduler, denoise, work.model_options
         ).sigmas
 
     def reencode(self, x0: torch.Tensor) -> None:

@@ -283,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="guided: enlarge the whole-scene pass bilinearly in latent space or bicubic in pixels "
         "(decode, resize, encode)",
     )
+    g.add_argument(
+        "--guide-tile-steps",
+        type=_number(int, 1),
+        default=None,
+        help="guided: sampler steps of each tile (default: steps × guide denoise, the last part of the "
+        "whole-scene pass's own schedule)",
+    )
     g.add_argument("--steps", type=_number(int, 1), default=20, help="sampling steps")
     g.add_argument(
         "--cfg", type=_number(float, 0, low_open=True), default=4.5, help="classifier-free guidance"
@@ -484,7 +491,13 @@ def _guide_first(args: argparse.Namespace, model: LoadedModel) -> GuideFirst:
         upscale = pixel_upscale(model.decode, model.encode, model.compression)
     given = {"skip_residual": args.context_skip, "stats": args.context_stats, "bcla_seed": args.context_seed}
     strengths = {name: value for name, value in given.items() if value is not None}
-    return GuideFirst(long_side=args.context_size, denoise=args.guide_denoise, upscale=upscale, **strengths)
+    return GuideFirst(
+        long_side=args.context_size,
+        denoise=args.guide_denoise,
+        upscale=upscale,
+        tile_steps=args.guide_tile_steps,
+        **strengths,
+    )
 
 
 def _sampling(args: argparse.Namespace, shift: float) -> dict:

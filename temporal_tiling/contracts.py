@@ -116,6 +116,8 @@ class TileJob:
     """Share of the noise schedule to run (ComfyUI's ``denoise``): below 1 refines ``latent``."""
     model_wrap: DenoiserWrap | None = None
     """Replaces each model call of this job (MultiDiffusion over the canvas); None = the model itself."""
+    steps: int | None = None
+    """Sampler steps of this job; None = the host's steps (guided tiles run fewer from the guide)."""
 
 
 class Host(Protocol):
@@ -125,11 +127,15 @@ class Host(Protocol):
     works in the model's own space (:meth:`model_space`).
     """
 
+    steps: int
+    """The sampler steps the user asked for (one tile, or the whole canvas, from noise)."""
+
     def denoise(self, job: TileJob) -> Tensor:
         """Run the sampler over ``job`` and return its clean latent [B,C,h,w]."""
 
-    def schedule(self, denoise: float) -> Tensor:
-        """This run's noise levels at ``denoise``, from the first to the final 0."""
+    def schedule(self, denoise: float, steps: int | None = None) -> Tensor:
+        """The noise levels of ``steps`` (None = :attr:`steps`) at ``denoise``, from the first to the
+        final 0, as ComfyUI's KSampler makes them (``int(steps / denoise)`` steps, the last ``steps``)."""
 
     def reencode(self, x0: Tensor) -> None:
         """One model call on a finished tile near σ = 0, output unused (the cache records it)."""

@@ -93,6 +93,8 @@ class GuideFirst:
     """Strength of the guide's attention statistics in every tile's BCLA cache (needs a cache)."""
     upscale: Upscale | None = None
     """How the guide is enlarged to the canvas; None = :func:`latent_upscale`."""
+    tile_steps: int | None = None
+    """Sampler steps of each tile; None = :meth:`steps_per_tile` of the run's steps."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.denoise <= 1.0:
@@ -100,6 +102,15 @@ class GuideFirst:
                 f"guide denoise must be in (0, 1] (the default {DEFAULT_GUIDE_DENOISE} keeps the layout), "
                 f"got {self.denoise}."
             )
+        if self.tile_steps is not None and self.tile_steps < 1:
+            raise SamplingError(f"guided tile steps must be ≥ 1 (None: the default), got {self.tile_steps}.")
+
+    def steps_per_tile(self, steps: int) -> int:
+        """Steps each tile runs when the whole-scene pass ran ``steps``: by default ``steps × denoise``,
+        so the tiles walk the last ``denoise`` share of the guide's own schedule, level for level,
+        instead of cutting it into ``steps`` finer steps (ComfyUI's denoise keeps the step count; at
+        denoise 0.3 that costs 3.3× the model calls for the same noise levels)."""
+        return self.tile_steps or max(1, round(steps * self.denoise))
 
 
 def guide_plan(plan: TilePlan, long_side: int | None = None) -> TilePlan:
@@ -196,17 +207,18 @@ def _run(
 ) -> CanvasResult:
     """The method dispatch: which tile loop runs, with which start, context and cache."""
     method, denoise, context, guide = settings.method, settings.denoise, settings.context, None
+    steps = None  # the host's
     if method == "guided":
         options = settings.guide
         guide = render_guide(plan, host, options.long_side, settings.seed, noise)
         latent = (options.upscale or latent_upscale)(guide, plan.canvas_height, plan.canvas_width)
-        denoise = options.denoise
+        denoise, steps = options.denoise, options.steps_per_tile(host.steps)
         context = ContextSettings(
             guide, options.skip_residual, options.stats, options.bcla_seed, seed=settings.seed
         )
 
     def denoise_tile(job: TileJob) -> Tensor:
-        return host.denoise(replace(job, denoise=denoise))
+        return host.denoise(replace(job, denoise=denoise, steps=steps))
 
     if method in CAUSAL_METHODS:
         result = sample_causal(
@@ -218,7 +230,7 @@ def _run(
             lock_feather=settings.lock_feather,
             lock_margin=settings.lock_margin,
             lock_release=settings.lock_release,
-            context=global_context(context, plan, host, cache, noise, denoise),
+            context=global_context(context, plan, host, cache, noise, denoise, steps),
             on_tile=host.on_tile,
             reencode=host.reencode,
         )
@@ -254,12 +266,13 @@ def global_context(
     cache: TileCache | None,
     noise: Tensor,
     denoise: float,
+    steps: int | None = None,
 ) -> GlobalContext | None:
     """The engine's GlobalContext for ``settings``, after the BCLA seed pass when ``bcla_seed`` > 0.
 
-    The seed pass runs the model on the guide noised to ``seed_sigma`` (0: to every level of the run's
-    schedule in turn, one call each) while the cache records: the guide's tokens' S, Z statistics,
-    O(D²) whatever the guide's size, then join every tile's context.
+    The seed pass runs the model on the guide noised to ``seed_sigma`` (0: to every level of the tiles'
+    schedule, ``steps`` at ``denoise``, in turn, one call each) while the cache records: the guide's
+    tokens' S, Z statistics, O(D²) whatever the guide's size, then join every tile's context.
     """
     if settings is None:
         return None
@@ -281,7 +294,7 @@ def global_context(
     if settings.seed_sigma > 0:
         levels = [settings.seed_sigma]
     else:
-        levels = [float(level) for level in host.schedule(denoise)[:-1] if level > 0]
+        levels = [float(level) for level in host.schedule(denoise, steps)[:-1] if level > 0]
     seed_noise = canvas_noise(settings.seed, tuple(guide.shape)).to(guide)
     with cache.record_seed() as handle:
         for level in levels:
@@ -292,6 +305,14 @@ def global_context(
             "BCLA cache (a model without SANA linear attention?)."
         )
     return replace(context, bcla_seed=settings.bcla_seed, seed_stats=handle.stats)
+
+
+def tile_steps_total(plan: TilePlan, settings: RunSettings, steps: int) -> int:
+    """A run's progress total in tile-steps (one tile, or the whole canvas, through one step; the seed
+    pass is not counted): what a progress bar over the run counts to."""
+    if settings.method == "guided":
+        return steps + len(plan) * settings.guide.steps_per_tile(steps)
+    return steps * (1 if settings.method == "full" else len(plan))
 
 
 @dataclass(frozen=True)
@@ -329,6 +350,7 @@ class FlowHost:
         self.transformer = transformer
         self.device = next(transformer.parameters()).device
         self.sampling = sampling
+        self.steps = sampling.steps
         negative = None if negative_embeds is None else negative_embeds.to(self.device)
         self.conditioning = (prompt_embeds.to(self.device), negative)
         self.masks = (prompt_mask, negative_mask)
@@ -350,11 +372,11 @@ class FlowHost:
         if self.progress is not None:
             self.progress(self.done, self.total)
 
-    def schedule(self, denoise: float) -> Tensor:
-        return flow_sigmas(self.sampling.steps, self.sampling.shift, denoise)
+    def schedule(self, denoise: float, steps: int | None = None) -> Tensor:
+        return flow_sigmas(steps or self.steps, self.sampling.shift, denoise)
 
     def denoise(self, job: TileJob) -> Tensor:
-        sigmas = self.schedule(job.denoise)
+        sigmas = self.schedule(job.denoise, job.steps)
         if job.model_wrap is None:
             return sample_tile(self.denoiser, job, sigmas, self.sampling.sampler, self.tick)
         self._counting_tile_calls = True
@@ -410,8 +432,7 @@ def generate(
     ``progress(done, total)`` counts tile-steps (see :class:`FlowHost`).
     """
     options = RunSettings(**settings)
-    windows = 1 if options.method == "full" else len(plan)
-    total = steps * (windows + (options.method == "guided"))
+    total = tile_steps_total(plan, options, steps)
     sampling = FlowSampling(steps, cfg, sampler, shift)
     host = FlowHost(transformer, prompt_embeds, negative_embeds, sampling, progress=progress, total=total)
     batch = prompt_embeds.shape[0] if latent is None else latent.shape[0]

@@ -379,7 +379,12 @@ def test_guided_mode_renders_the_whole_scene_first_and_starts_the_tiles_from_it(
     locks = dict(lock_feather=1, lock_margin=1, lock_release=0.0, release_band=0, batch_size=1)
     run = nodes.sampler.SanaCausalSampler.execute
     canvas, _, guide = run(model, positive, negative, plan, **settings, mode="guided", **locks).result
-    assert set(seen) == {(len(plan) + 1) * STEPS}  # the whole-scene pass counts as one more tile
+    # the whole-scene pass counts as one more tile; tiles run steps × guide_denoise from it by default
+    tile_steps = max(1, round(STEPS * pack_module("temporal_tiling.options").DEFAULT_GUIDE_DENOISE))
+    assert set(seen) == {STEPS + len(plan) * tile_steps} and tile_steps < STEPS
+    seen.clear()
+    run(model, positive, negative, plan, **settings, mode="guided", tile_steps=STEPS, **locks)
+    assert set(seen) == {(len(plan) + 1) * STEPS}
     small = guide["samples"]
     assert small.shape[:2] == canvas["samples"].shape[:2]
     assert max(small.shape[-2:]) == max(plan.tile_height, plan.tile_width)  # the model's own size

@@ -61,13 +61,18 @@ def engine_runs() -> dict[str, Callable[[], torch.Tensor]]:
             lock_release=LockRelease(0.5, 1),
         ),
         "causal_img2img": lambda: run(method="causal", cache_config=sync, latent=start, denoise=0.6),
-        "guided": lambda: run(
-            method="guided", cache_config=sync, guide_first=GuideFirst(denoise=0.5, stats=0.0)
+        "guided": lambda: run(  # tile_steps = steps: every tile ran all steps before tile_steps existed
+            method="guided", cache_config=sync, guide_first=GuideFirst(denoise=0.5, stats=0.0, tile_steps=3)
         ),
         "guided_skip_stats": lambda: run(
             method="guided",
             cache_config=sync,
-            guide_first=GuideFirst(long_side=48, denoise=0.7, skip_residual=0.5, stats=0.5, bcla_seed=0.5),
+            guide_first=GuideFirst(
+                long_side=48, denoise=0.7, skip_residual=0.5, stats=0.5, bcla_seed=0.5, tile_steps=3
+            ),
+        ),
+        "guided_default_tile_steps": lambda: run(
+            method="guided", cache_config=sync, guide_first=GuideFirst(denoise=0.5, stats=0.0)
         ),
     }
 

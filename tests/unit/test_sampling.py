@@ -466,13 +466,35 @@ def test_guided_starts_the_tiles_from_the_upscaled_whole_scene_pass(model, promp
         guide_first=GuideFirst(denoise=0.1, bcla_seed=0),
         progress=lambda done, total: ticks.append((done, total)),
     )
-    assert ticks == [(i + 1, 5 * STEPS) for i in range(5 * STEPS)]  # the guide pass, then 4 tiles
+    assert ticks == [(i + 1, STEPS + 4) for i in range(STEPS + 4)]  # guide pass, 4 tiles of 1 step
     whole = guide_plan(plan)
     assert (len(whole), whole.canvas_height, whole.canvas_width) == (1, 8, 8)  # the tile's size
     assert torch.equal(light.guide, run(model, prompts, whole, method="full").canvas)
     start = latent_upscale(light.guide, plan.canvas_height, plan.canvas_width)
     fresh = run(model, prompts, plan, method="guided", guide_first=GuideFirst(denoise=1.0, bcla_seed=0))
     assert (light.canvas - start).abs().mean() < 0.5 * (fresh.canvas - start).abs().mean()
+
+
+def test_guided_tiles_walk_the_last_levels_of_the_guides_own_schedule(model, prompts) -> None:
+    levels: list[float] = []
+
+    def record(module, args, kwargs) -> None:
+        levels.append(round(float(kwargs["timestep"][0]) / 1000, 5))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        run(
+            model, prompts, overlapping_plan(), method="guided", steps=10, guide_first=GuideFirst(bcla_seed=0)
+        )
+        guide_levels, tile_levels = levels[:10], levels[10:]
+        assert len(tile_levels) == 4 * 3  # 4 tiles × round(10 steps × denoise 0.3)
+        assert tile_levels[:3] == guide_levels[-3:]  # the guide's own last three levels, not 10 finer ones
+        levels.clear()
+        run(model, prompts, overlapping_plan(), method="guided", steps=10, guide_first=GuideFirst(
+            bcla_seed=0, tile_steps=5))  # fmt: skip
+        assert len(levels) == 10 + 4 * 5
+    finally:
+        handle.remove()
 
 
 def test_guided_seeds_the_cache_and_pulls_toward_the_guide(model, prompts) -> None:
