@@ -490,8 +490,9 @@ def model_card(transformer, vae, text_encoder, tokenizer, info: dict) -> str:
     card = Template(MODEL_CARD.read_text(encoding="utf-8")).substitute(values)
     if not reused:
         return card
-    title, body = card.split("\n", 1)
+    body = card.split("\n", 1)[1]
     return (
-        f"{title}\n\nA second transformer: vae, text_encoder and tokenizer are those of `{reused}` (symlinks,"
-        " not retrained); the autoencoder bullet below describes their training in that build.\n" + body
+        f"# {Path(a['out']).name} — a second transformer on the parts of `{reused}`\n\n"
+        f"Its vae, text_encoder and tokenizer are those of `{reused}` (symlinks, not retrained); the "
+        "autoencoder bullet below describes their training in that build.\n" + body
     )
