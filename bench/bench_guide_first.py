@@ -2,7 +2,8 @@
 
 Run from the repository root: ``python -m bench.bench_guide_first`` (about 5 min on 2 CPU cores, one
 torch thread). Writes ``bench/results/guide_first.json``, ``bench/results/guide_first.md`` and
-``docs/guide_first_comparison.png``.
+``docs/guide_first_comparison.png``; ``--model DIR`` runs another SANA folder (e.g. the position-embedding
+model in ``bench/models/``) and adds ``_<folder name>`` to those three names.
 
 Protocol. The quick start's canvas (512×256 px, 4×2 tiles of 152×144 px, 32 px overlap, 20 steps,
 cfg 4.5), three prompts, seed = prompt index. The guided settings (denoise 0.3, statistics 0.5) were
@@ -67,9 +68,12 @@ def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = cli.load_sana_folder(EMBEDDED_MODEL, torch.device("cpu"))
+    model = cli.load_sana_folder(args.model, torch.device("cpu"))
+    embedded = args.model.resolve() == EMBEDDED_MODEL.resolve()
+    suffix = "" if embedded else f"_{args.model.resolve().name}"
     c = model.compression
     plans = {  # the quick start's plan; MultiDiffusion 50 %: 128 px windows every 64 px
         32: make_plan(512, 256, 128, 128, 32, c, fit="grow"),
@@ -101,16 +105,17 @@ def main() -> None:
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "guide_first.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "guide_first.md").write_text(markdown(rows))
-    figure(images, ROOT / "docs" / "guide_first_comparison.png")
+    (args.out / f"guide_first{suffix}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    name = "Embedded model" if embedded else f"Model `{args.model}` (the defaults were not tuned on it)"
+    (args.out / f"guide_first{suffix}.md").write_text(markdown(rows, name))
+    figure(images, ROOT / "docs" / f"guide_first_comparison{suffix}.png")
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], model_name: str = "Embedded model") -> str:
     lines = [
         "# Guide-first text to image (`python -m bench.bench_guide_first`)",
         "",
-        "Embedded model, 512×256 px, 4×2 tiles, 20 steps, 3 prompts (seed = prompt index), one torch thread."
+        f"{model_name}, 512×256 px, 4×2 tiles, 20 steps, 3 prompts (seed = prompt index), one torch thread."
         " Layout: the canvas downscaled to the whole-scene pass vs that pass. Means over the prompts."
         " Objects: the suns or moons the prompt names (it asks for one), counted on the canvas; in brackets"
         " the prompts where the canvas has more than the whole-scene pass.",
