@@ -41,8 +41,23 @@ METHODS = ("full", "multidiffusion 50 %", "independent", "causal", "guided", "gu
 SHOWN = ("guide", "full", "causal", "multidiffusion 50 %", "guided")
 
 
-def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int):
-    common = dict(steps=20, cfg=4.5, shift=model.flow_shift, seed=seed)
+def make_plans(compression: int) -> dict:
+    """The quick start's plan (key: overlap in px); MultiDiffusion 50 %: 128 px windows every 64 px."""
+    return {
+        32: make_plan(512, 256, 128, 128, 32, compression, fit="grow"),
+        64: make_plan(512, 256, 128, 128, 64, compression, fit="shift"),
+    }
+
+
+def whole_scene(model, plans: dict, emb, neg, seed: int):
+    """The whole-scene pass of ``seed`` at the tile's size: the layout reference (and causal's guide)."""
+    return generate(guide_plan(plans[32]), model.transformer, emb, neg, method="full",
+                    steps=20, cfg=4.5, shift=model.flow_shift, seed=seed).canvas  # fmt: skip
+
+
+def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int, **settings):
+    """``name`` of :data:`METHODS` on its plan; ``settings``: more RunSettings fields."""
+    common = dict(steps=20, cfg=4.5, shift=model.flow_shift, seed=seed, **settings)
     plan = plans[64] if name.startswith("multidiffusion") else plans[32]  # overlap in px
     if name == "causal":  # the former default: BCLA seeded by the same whole-scene pass
         options = dict(
@@ -58,39 +73,40 @@ def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int):
     return plan, generate(plan, model.transformer, emb, neg, **options, **common)
 
 
+def measure(model, plan, result, guide_image) -> tuple[torch.Tensor, dict]:
+    """The decoded canvas and its scores: plan-free line jump, Quality Metrics verdict and seam gradient
+    ratio over the image's own floor, layout against the whole-scene pass."""
+    image = model.decode(result.canvas)
+    report = seam_report(image, plan, tiles=model.decode(result.tiles))
+    fidelity = guide_fidelity(image, guide_image, plan)
+    jump = line_jump(image)
+    return image, {
+        "line_jump": jump.value, "line_axis": jump.axis, "line_at_px": jump.position,
+        "seamless": report.meets_targets(), "verdict": report.verdict(),
+        "seam_ratio_over_floor": report.excess()["gradient_ratio"],
+        "guide_psnr": fidelity["guide_psnr"], "guide_delta_e": fidelity["guide_delta_e_mean"],
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = cli.load_sana_folder(EMBEDDED_MODEL, torch.device("cpu"))
-    c = model.compression
-    plans = {  # the quick start's plan; MultiDiffusion 50 %: 128 px windows every 64 px
-        32: make_plan(512, 256, 128, 128, 32, c, fit="grow"),
-        64: make_plan(512, 256, 128, 128, 64, c, fit="shift"),
-    }
+    plans = make_plans(model.compression)
     rows, images = [], {}
     for seed, prompt in enumerate(PROMPTS):
         emb, neg = model.encode_prompt(prompt), model.encode_prompt("")
-        guide = generate(guide_plan(plans[32]), model.transformer, emb, neg, method="full",
-                         steps=20, cfg=4.5, shift=model.flow_shift, seed=seed).canvas  # fmt: skip
+        guide = whole_scene(model, plans, emb, neg, seed)
         guide_image = model.decode(guide)
         images[seed, "guide"] = guide_image
         for name in METHODS:
             start = time.perf_counter()
             plan, result = run_method(name, model, plans, emb, neg, guide, seed)
             seconds = time.perf_counter() - start
-            image = model.decode(result.canvas)
-            images[seed, name] = image
-            report = seam_report(image, plan, tiles=model.decode(result.tiles))
-            fidelity = guide_fidelity(image, guide_image, plan)
-            jump = line_jump(image)
-            rows.append({
-                "prompt": prompt, "seed": seed, "method": name, "seconds": seconds,
-                "line_jump": jump.value, "line_axis": jump.axis, "line_at_px": jump.position,
-                "seamless": report.meets_targets(), "verdict": report.verdict(),
-                "guide_psnr": fidelity["guide_psnr"], "guide_delta_e": fidelity["guide_delta_e_mean"],
-            })  # fmt: skip
+            images[seed, name], scores = measure(model, plan, result, guide_image)
+            rows.append({"prompt": prompt, "seed": seed, "method": name, "seconds": seconds, **scores})
             print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "guide_first.json").write_text(json.dumps(rows, indent=1) + "\n")
