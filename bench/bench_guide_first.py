@@ -88,26 +88,38 @@ def measure(model, plan, result, guide_image) -> tuple[torch.Tensor, dict]:
     }  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    model = cli.load_sana_folder(EMBEDDED_MODEL, torch.device("cpu"))
-    plans = make_plans(model.compression)
-    rows, images = [], {}
+def run_all(model, plans: dict, variants: dict[str, tuple[str, dict]], images: dict) -> list[dict]:
+    """Every variant (name -> (a :data:`METHODS` name, more RunSettings fields)) on every prompt: one
+    score row each; the decoded canvases go into ``images`` by (seed, name), each prompt's whole-scene
+    pass by (seed, "guide")."""
+    rows = []
     for seed, prompt in enumerate(PROMPTS):
         emb, neg = model.encode_prompt(prompt), model.encode_prompt("")
         guide = whole_scene(model, plans, emb, neg, seed)
-        guide_image = model.decode(guide)
-        images[seed, "guide"] = guide_image
-        for name in METHODS:
+        images[seed, "guide"] = guide_image = model.decode(guide)
+        for name, (method, settings) in variants.items():
             start = time.perf_counter()
-            plan, result = run_method(name, model, plans, emb, neg, guide, seed)
+            plan, result = run_method(method, model, plans, emb, neg, guide, seed, **settings)
             seconds = time.perf_counter() - start
             images[seed, name], scores = measure(model, plan, result, guide_image)
             rows.append({"prompt": prompt, "seed": seed, "method": name, "seconds": seconds, **scores})
             print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def embedded_model():
+    """The embedded model on CPU, one torch thread (the benchmarks' protocol)."""
+    torch.set_num_threads(1)
+    return cli.load_sana_folder(EMBEDDED_MODEL, torch.device("cpu"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    model = embedded_model()
+    images: dict = {}
+    rows = run_all(model, make_plans(model.compression), {name: (name, {}) for name in METHODS}, images)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "guide_first.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "guide_first.md").write_text(markdown(rows))

@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
-from bench.bench_guide_first import PROMPTS, make_plans, measure, run_method, whole_scene
-from temporal_tiling import cli
-from temporal_tiling.options import EMBEDDED_MODEL
+from bench.bench_guide_first import PROMPTS, embedded_model, make_plans, run_all
 from temporal_tiling.sampling import LockRelease
 from temporal_tiling.seam_refine import SeamRefine
 
@@ -65,22 +62,9 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", choices=VARIANTS, default=list(VARIANTS), help="rows to run")
     parser.add_argument("--images", type=Path, default=None, help="also save the decoded canvases here")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    model = cli.load_sana_folder(EMBEDDED_MODEL, torch.device("cpu"))
-    plans = make_plans(model.compression)
-    rows, images = [], {}
-    for seed, prompt in enumerate(PROMPTS):
-        emb, neg = model.encode_prompt(prompt), model.encode_prompt("")
-        guide = whole_scene(model, plans, emb, neg, seed)
-        guide_image = model.decode(guide)
-        for name in args.rows:
-            method, settings = VARIANTS[name]
-            start = time.perf_counter()
-            plan, result = run_method(method, model, plans, emb, neg, guide, seed, **settings)
-            seconds = time.perf_counter() - start
-            images[seed, name], scores = measure(model, plan, result, guide_image)
-            rows.append({"prompt": prompt, "seed": seed, "row": name, "seconds": seconds, **scores})
-            print(json.dumps(rows[-1]), flush=True)
+    model = embedded_model()
+    images: dict = {}
+    rows = run_all(model, make_plans(model.compression), {name: VARIANTS[name] for name in args.rows}, images)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lock_border.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "lock_border.md").write_text(markdown(rows))
@@ -90,8 +74,8 @@ def main() -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    native = {r["seed"]: r["line_jump"] for r in rows if r["row"] == "native full pass"}
-    names = list(dict.fromkeys(r["row"] for r in rows))
+    native = {r["seed"]: r["line_jump"] for r in rows if r["method"] == "native full pass"}
+    names = list(dict.fromkeys(r["method"] for r in rows))
     lines = [
         "# Closing the lock border (`python -m bench.bench_lock_border`)",
         "",
@@ -104,7 +88,7 @@ def markdown(rows: list[dict]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for name in names:
-        mine = [r for r in rows if r["row"] == name]
+        mine = [r for r in rows if r["method"] == name]
 
         def mean(key: str, mine: list[dict] = mine) -> float:
             return sum(r[key] for r in mine) / len(mine)
@@ -123,7 +107,7 @@ def markdown(rows: list[dict]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {r['seed']} | {r['row']} | {r['line_jump']:.2f} ({r['line_axis']} {r['line_at_px']} px) | "
+        f"| {r['seed']} | {r['method']} | {r['line_jump']:.2f} ({r['line_axis']} {r['line_at_px']} px) | "
         f"{r['seam_ratio_over_floor']:.2f} | {r['verdict']} | {r['guide_psnr']:.1f} |"
         for r in rows
     ]
