@@ -192,6 +192,7 @@ def sampler(
         ("batch_size", 1),
         ("guide_denoise", DEFAULT_GUIDE_DENOISE),
         ("tile_steps", 0),
+        ("seam_refine", 0.0),
     ]
     wires = {"model": model, "positive": (2, 0), "negative": (3, 0), "tile_plan": (5, 0), **links}
     return Node(node_id, "SanaTemporalCausalSampler", pos, widgets, wires, title, (400, 380))

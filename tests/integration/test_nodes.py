@@ -247,7 +247,8 @@ def test_lock_margin_regenerates_the_earlier_tiles_edge(nodes, parts, conds, pla
 
 
 def test_seam_refine_and_halo_run_through_comfys_sampler(nodes, parts, conds, plan):
-    """The engine's seam refine bands and halo windows are ordinary host jobs: ComfyUI samples them too."""
+    """The engine's seam refine bands and halo windows are ordinary host jobs: ComfyUI samples them too,
+    and the sampler node's seam_refine widget reaches the run."""
     pipeline = pack_module("temporal_tiling.pipeline")
     refine_module = pack_module("temporal_tiling.seam_refine")
     model, _, _ = parts
@@ -267,6 +268,11 @@ def test_seam_refine_and_halo_run_through_comfys_sampler(nodes, parts, conds, pl
         in_bands[band.window.slices] |= band.mask[0, 0] > 0
     assert changed.any() and not (changed & ~in_bands).any()
     assert not torch.equal(canvas(halo=1), plain)
+    for mode in ("causal", "multidiffusion"):  # the sampler node's seam_refine widget
+        plain_canvas, plain_tiles = _sample(nodes, model, conds, plan, mode=mode)
+        refined_canvas, refined_tiles = _sample(nodes, model, conds, plan, mode=mode, seam_refine=0.3)
+        assert torch.equal(refined_tiles, plain_tiles), mode  # the tiles output stays the method's own
+        assert not torch.allclose(refined_canvas, plain_canvas), mode
 
 
 def test_every_sampler_and_scheduler_runs(nodes, parts, conds, plan):
