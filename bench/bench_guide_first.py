@@ -2,7 +2,8 @@
 
 Run from the repository root: ``python -m bench.bench_guide_first`` (about 5 min on 2 CPU cores, one
 torch thread). Writes ``bench/results/guide_first.json``, ``bench/results/guide_first.md`` and
-``docs/guide_first_comparison.png``.
+``docs/guide_first_comparison.png``; ``--model DIR`` runs another SANA folder (e.g. the position-embedding
+model in ``bench/models/``) and adds ``_<folder name>`` to those three names.
 
 Protocol. The quick start's canvas (512×256 px, 4×2 tiles of 152×144 px, 32 px overlap, 20 steps,
 cfg 4.5), three prompts, seed = prompt index. The guided settings (denoise 0.3, statistics 0.5) were
@@ -107,30 +108,34 @@ def run_all(model, plans: dict, variants: dict[str, tuple[str, dict]], images: d
     return rows
 
 
-def embedded_model():
-    """The embedded model on CPU, one torch thread (the benchmarks' protocol)."""
+def bench_model(folder: Path = EMBEDDED_MODEL):
+    """A diffusers SANA folder (default: the embedded model) on CPU, one torch thread (the protocol)."""
     torch.set_num_threads(1)
-    return cli.load_sana_folder(EMBEDDED_MODEL, torch.device("cpu"))
+    return cli.load_sana_folder(folder, torch.device("cpu"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
     args = parser.parse_args()
-    model = embedded_model()
+    model = bench_model(args.model)
+    embedded = args.model.resolve() == EMBEDDED_MODEL.resolve()
+    suffix = "" if embedded else f"_{args.model.resolve().name}"
     images: dict = {}
     rows = run_all(model, make_plans(model.compression), {name: (name, {}) for name in METHODS}, images)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "guide_first.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "guide_first.md").write_text(markdown(rows))
-    figure(images, ROOT / "docs" / "guide_first_comparison.png")
+    (args.out / f"guide_first{suffix}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    name = "Embedded model" if embedded else f"Model `{args.model}` (the defaults were not tuned on it)"
+    (args.out / f"guide_first{suffix}.md").write_text(markdown(rows, name))
+    figure(images, ROOT / "docs" / f"guide_first_comparison{suffix}.png")
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], model_name: str = "Embedded model") -> str:
     lines = [
         "# Guide-first text to image (`python -m bench.bench_guide_first`)",
         "",
-        "Embedded model, 512×256 px, 4×2 tiles, 20 steps, 3 prompts (seed = prompt index), one torch thread."
+        f"{model_name}, 512×256 px, 4×2 tiles, 20 steps, 3 prompts (seed = prompt index), one torch thread."
         " Layout: the canvas downscaled to the whole-scene pass vs that pass. Means over the prompts.",
         "",
         "| method | line jump (native = 1.00×) | seamless verdicts | layout PSNR dB "

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from bench.bench_guide_first import PROMPTS, embedded_model, make_plans, run_all
+from bench.bench_guide_first import PROMPTS, bench_model, make_plans, run_all
 from temporal_tiling.pipeline import GuideFirst, guide_plan
 from temporal_tiling.sampling import LockRelease
 from temporal_tiling.seam_refine import SeamRefine, refine_bands
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", choices=VARIANTS, default=list(VARIANTS), help="rows to run")
     parser.add_argument("--images", type=Path, default=None, help="also save the decoded canvases here")
     args = parser.parse_args()
-    model = embedded_model()
+    model = bench_model()
     images: dict = {}
     plans = make_plans(model.compression)
     rows = run_all(model, plans, {name: VARIANTS[name] for name in args.rows}, images)

@@ -198,8 +198,8 @@ class SanaCausalSampler(io.ComfyNode):
                     min=0,
                     max=10000,
                     tooltip="mode = guided: sampler steps of each tile from the guide. 0 = steps × "
-                    "guide_denoise: the tiles walk the last part of the guide's own schedule, level for "
-                    "level (ComfyUI's denoise would run all `steps` over that part: ~3× slower at 0.3).",
+                    "guide_denoise: the last part of the schedule at the guide's own step size "
+                    "(ComfyUI's denoise would cut that part into all `steps`: ~3× slower at 0.3).",
                 ),
                 io.Float.Input(
                     "seam_refine",

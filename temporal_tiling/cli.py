@@ -290,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="guided: sampler steps of each tile (default: steps × guide denoise, the last part of the "
         "whole-scene pass's own schedule)",
     )
+    g.add_argument(
+        "--guide-max-upscale",
+        type=_number(float, 1, low_open=True),
+        default=None,
+        help="guided: progressive chain (DemoFusion): refine intermediate canvases so that no step enlarges "
+        "the long side more than this (2: 1× → 2× → 4×; default: one step)",
+    )
     g.add_argument("--steps", type=_number(int, 1), default=20, help="sampling steps")
     g.add_argument(
         "--cfg", type=_number(float, 0, low_open=True), default=4.5, help="classifier-free guidance"
@@ -504,6 +511,7 @@ def _guide_first(args: argparse.Namespace, model: LoadedModel) -> GuideFirst:
         denoise=args.guide_denoise,
         upscale=upscale,
         tile_steps=args.guide_tile_steps,
+        max_upscale=args.guide_max_upscale,
         **strengths,
     )
 

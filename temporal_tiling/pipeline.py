@@ -14,6 +14,7 @@ sampler, through :func:`generate`) all call it. Methods:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -96,6 +97,10 @@ class GuideFirst:
     """How the guide is enlarged to the canvas; None = :func:`latent_upscale`."""
     tile_steps: int | None = None
     """Sampler steps of each tile; None = :meth:`steps_per_tile` of the run's steps."""
+    max_upscale: float | None = None
+    """DemoFusion's progressive chain: the largest enlargement (long side) from one level to the next;
+    intermediate canvases, each refined from the one before like the final canvas, are inserted until
+    every step is at most this (2 gives 1× → 2× → 4× ...). None = one step from the guide to the canvas."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.denoise <= 1.0:
@@ -103,14 +108,16 @@ class GuideFirst:
                 f"guide denoise must be in (0, 1] (the default {DEFAULT_GUIDE_DENOISE} keeps the layout), "
                 f"got {self.denoise}."
             )
+        if self.max_upscale is not None and not self.max_upscale > 1.0:
+            raise SamplingError(f"max_upscale must be above 1 (None: one step), got {self.max_upscale}.")
         if self.tile_steps is not None and self.tile_steps < 1:
             raise SamplingError(f"guided tile steps must be ≥ 1 (None: the default), got {self.tile_steps}.")
 
     def steps_per_tile(self, steps: int) -> int:
-        """Steps each tile runs when the whole-scene pass ran ``steps``: by default ``steps × denoise``,
-        so the tiles walk the last ``denoise`` share of the guide's own schedule, level for level,
-        instead of cutting it into ``steps`` finer steps (ComfyUI's denoise keeps the step count; at
-        denoise 0.3 that costs 3.3× the model calls for the same noise levels)."""
+        """Steps each tile runs when the whole-scene pass ran ``steps``: by default ``steps × denoise``
+        (rounded), the guide's own step size over the last ``denoise`` share of the schedule (its very
+        levels when ``steps × denoise`` is whole), instead of cutting that share into ``steps`` finer
+        steps as ComfyUI's denoise does (3.3× the model calls at denoise 0.3)."""
         return self.tile_steps or max(1, round(steps * self.denoise))
 
 
@@ -119,6 +126,25 @@ def guide_plan(plan: TilePlan, long_side: int | None = None) -> TilePlan:
     long_side = long_side or max(plan.tile_width_px, plan.tile_height_px)
     height, width = guide_size(plan, long_side)
     return make_plan(width, height, width, height, 0, plan.compression)
+
+
+def guide_levels(plan: TilePlan, options: GuideFirst) -> list[TilePlan]:
+    """The intermediate canvases of the progressive chain from :func:`guide_plan` to ``plan``, smallest
+    first, their long sides spaced evenly in log scale (empty: the guide is enlarged in one step).
+    They keep the plan's tile size (smaller where a level is), overlap and order."""
+    small = guide_plan(plan, options.long_side)
+    ratio = max(plan.width_px, plan.height_px) / max(small.width_px, small.height_px)
+    if options.max_upscale is None or ratio <= options.max_upscale:
+        return []
+    count = math.ceil(math.log(ratio) / math.log(options.max_upscale)) - 1
+    c, levels = plan.compression, []
+    for level in range(1, count + 1):
+        long_side = round(max(small.width_px, small.height_px) * ratio ** (level / (count + 1)))
+        height, width = guide_size(plan, long_side)
+        tile_height, tile_width = min(plan.tile_height_px, height), min(plan.tile_width_px, width)
+        overlap = min(plan.overlap, tile_height // c - 1, tile_width // c - 1) * c
+        levels.append(make_plan(width, height, tile_width, tile_height, overlap, c, plan.order, plan.seed))
+    return levels
 
 
 @dataclass(frozen=True)
@@ -194,16 +220,39 @@ def run(
         noise = canvas_noise(settings.seed, (batch, channels, plan.canvas_height, plan.canvas_width))
     noise = noise.to(device)
     latent = None if latent is None else latent.to(device, noise.dtype)
+    with torch.no_grad():
+        guide = _guide(plan, host, settings, noise) if settings.method == "guided" else None
+        result = _with_cache(plan, host, settings, noise, latent, guide)
+        if settings.seam_refine is not None:
+            result.canvas = refine_seams(plan, host, result.canvas, noise, settings.seam_refine)
+        return result
+
+
+def _guide(plan: TilePlan, host: Host, settings: RunSettings, noise: Tensor) -> Tensor:
+    """The whole-scene pass, then each level of the progressive chain refined from the one before."""
+    guide = render_guide(plan, host, settings.guide.long_side, settings.seed, noise)
+    for level in guide_levels(plan, settings.guide):
+        shape = (*noise.shape[:2], level.canvas_height, level.canvas_width)
+        level_noise = canvas_noise(settings.seed, shape).to(noise)
+        guide = _with_cache(level, host, settings, level_noise, None, guide).canvas
+    return guide
+
+
+def _with_cache(
+    plan: TilePlan,
+    host: Host,
+    settings: RunSettings,
+    noise: Tensor,
+    latent: Tensor | None,
+    guide: Tensor | None,
+) -> CanvasResult:
+    """:func:`_run` with a BCLA cache of ``plan`` attached to the host for its duration."""
     cache = None
     if settings.method in CAUSAL_METHODS and settings.cache_config is not None:
         cache = BCLACache(settings.cache_config, plan)
         host.attach_cache(cache)
     try:
-        with torch.no_grad():
-            result = _run(plan, host, settings, noise, latent, cache)
-            if settings.seam_refine is not None:
-                result.canvas = refine_seams(plan, host, result.canvas, noise, settings.seam_refine)
-            return result
+        return _run(plan, host, settings, noise, latent, cache, guide)
     finally:
         if cache is not None:
             host.detach_cache()
@@ -216,13 +265,14 @@ def _run(
     noise: Tensor,
     latent: Tensor | None,
     cache: TileCache | None,
+    guide: Tensor | None,
 ) -> CanvasResult:
-    """The method dispatch: which tile loop runs, with which start, context and cache."""
-    method, denoise, context, guide = settings.method, settings.denoise, settings.context, None
+    """The method dispatch: which tile loop runs, with which start, context and cache (``guide``: the
+    whole-scene pass ``guided`` refines, or the chain's previous level)."""
+    method, denoise, context = settings.method, settings.denoise, settings.context
     steps = None  # the host's
     if method == "guided":
         options = settings.guide
-        guide = render_guide(plan, host, options.long_side, settings.seed, noise)
         latent = (options.upscale or latent_upscale)(guide, plan.canvas_height, plan.canvas_width)
         denoise, steps = options.denoise, options.steps_per_tile(host.steps)
         context = ContextSettings(
@@ -327,7 +377,9 @@ def tile_steps_total(plan: TilePlan, settings: RunSettings, steps: int) -> int:
     pass is not counted): what a progress bar over the run counts to."""
     refine = refine_steps_total(plan, settings.seam_refine, steps)
     if settings.method == "guided":
-        return steps + len(plan) * settings.guide.steps_per_tile(steps) + refine
+        options = settings.guide
+        tiles = len(plan) + sum(len(level) for level in guide_levels(plan, options))
+        return steps + tiles * options.steps_per_tile(steps) + refine
     return steps * (1 if settings.method == "full" else len(plan)) + refine
 
 

@@ -22,7 +22,7 @@ from temporal_tiling.bcla import BCLACache, BCLAConfig
 from temporal_tiling.context import ContextSettings
 from temporal_tiling.contracts import Denoiser, TileCache, TileJob
 from temporal_tiling.flow import flow_sigmas
-from temporal_tiling.pipeline import FlowHost, FlowSampling, RunSettings
+from temporal_tiling.pipeline import CAUSAL_METHODS, FlowHost, FlowSampling, GuideFirst, RunSettings
 from temporal_tiling.plan import Tile, TilePlan
 from temporal_tiling.sampling import CanvasResult, LockRelease
 
@@ -83,14 +83,15 @@ class FeatureTap:
 class BenchHost(FlowHost):
     """:class:`FlowHost` (CFG, Euler) on a batch of pairs, with the benchmark's taps and variations."""
 
-    def __init__(self, transformer: torch.nn.Module, pairs: Pairs, spec: Spec, steps: int, shift: float):
-        self.spec = spec
+    def __init__(
+        self, transformer: torch.nn.Module, pairs: Pairs, spec: Spec, plan: TilePlan, steps: int, shift: float
+    ):
+        self.spec, self.plan = spec, plan
         self.norms: list[float] = []
         """Cache norm as each tile starts."""
         self.run_cache: BCLACache | None = None
         """The run's BCLA cache (``pipeline.run`` makes a BCLACache), kept after the run detaches it."""
-        sigmas = flow_sigmas(steps, shift)
-        self.tap = FeatureTap(transformer, float(sigmas[-2]), len(pairs))
+        self.tap = FeatureTap(transformer, float(flow_sigmas(steps, shift)[-2]), len(pairs))
         super().__init__(
             transformer,
             pairs.embeds,
@@ -107,6 +108,11 @@ class BenchHost(FlowHost):
     def denoise(self, job: TileJob) -> Tensor:
         if not self.spec.lock:
             job = replace(job, denoise_mask=torch.ones_like(job.denoise_mask))
+        self.tap.last_sigma = float(self.schedule(job.denoise, job.steps)[-2])  # guided tiles: their own
+        # a guided run's whole-scene pass is no tile of the plan (it may have a tile's size: identity)
+        if job.tile != self.plan.whole_canvas and not any(job.tile is tile for tile in self.plan.tiles):
+            with self.tap.paused():
+                return super().denoise(job)
         return super().denoise(job)
 
     def on_tile(self, index: int, count: int) -> None:
@@ -159,8 +165,9 @@ class Run:
 
 
 def settings_for(spec: Spec, guide: Tensor | None, seed_pass_seed: int) -> RunSettings:
-    """The pipeline's settings for ``spec`` (``guide``: the global context's, when the spec has one)."""
-    causal = spec.kind == "causal"
+    """The pipeline's settings for ``spec`` (``guide``: the global context's, when the spec has one;
+    ``guided`` renders its own from ``seed_pass_seed``)."""
+    causal = spec.kind in CAUSAL_METHODS
     cache_config = None
     if causal and spec.mode != "off":
         cache_config = BCLAConfig(
@@ -176,12 +183,17 @@ def settings_for(spec: Spec, guide: Tensor | None, seed_pass_seed: int) -> RunSe
         context = ContextSettings(
             guide, spec.skip, spec.stats, spec.seed, seed_sigma=spec.seed_sigma, seed=seed_pass_seed
         )
+    guide_first = None
+    if spec.kind == "guided":
+        guide_first = GuideFirst() if cache_config is not None else GuideFirst(bcla_seed=0.0)
     return RunSettings(
         method=spec.kind,
+        seed=seed_pass_seed,
         lock_feather=spec.feather,
         lock_release=LockRelease(1.0 - spec.lock_end, spec.release_band) if causal else None,
         cache_config=cache_config,
         context=context,
+        guide_first=guide_first,
     )
 
 
@@ -194,7 +206,7 @@ def run(model: Model, pairs: Pairs, canvas: str, spec: Spec, steps: int) -> Run:
     plan = plan_for(canvas, spec, model.compression)
     channels = transformer.config.in_channels
     noise = pair_noise(pairs.seeds, (channels, plan.canvas_height, plan.canvas_width))
-    host = BenchHost(transformer, pairs, spec, steps, model.shift)
+    host = BenchHost(transformer, pairs, spec, plan, steps, model.shift)
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
         guide = host.render_guide(noise) if spec.has_context else None

@@ -25,7 +25,7 @@ class Spec:
 
     name: str
     kind: str
-    """The pipeline's method: full | independent | multidiffusion | causal."""
+    """The pipeline's method: full | independent | multidiffusion | causal | guided."""
     overlap: int = OVERLAP_CELLS
     mode: str = "off"
     source: str = "synchronous"
@@ -110,6 +110,9 @@ PACK_DEFAULT = named(Spec("", "causal"), mode="cumulative")
 """The Causal SANA Sampler + BCLA Cache defaults before issue 8: the levers start from here."""
 NEW_DEFAULT = named(PACK_DEFAULT, seed=1.0)
 """What the pack gives now: the same sampler and cache, plus the Global Context Encoder's defaults."""
+GUIDED = Spec("guided (pack default)", "guided", mode="cumulative")
+"""The pack's text-to-image default: the whole scene in one tile-sized pass, then causal tiles with a
+cumulative BCLA cache refined from it (GuideFirst's defaults: denoise 0.3, statistics 0.5, BCLA seed 1)."""
 RELEASES = ({"lock_end": 0.5}, {"lock_end": 0.75}, {"lock_end": 0.5, "release_band": 1})
 """Lock releases tried: half or a quarter of the lock over the whole overlap, half next to the edge."""
 

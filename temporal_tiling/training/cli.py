@@ -47,6 +47,24 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--tokens-per-step", type=int, default=1024)
     b.add_argument("--lora-steps", type=int, default=200, help="temporal LoRA steps (0 = skip)")
     b.add_argument("--max-minutes", type=float, default=0.0, help="cap on the transformer stage (minutes)")
+    b.add_argument(
+        "--reuse-components",
+        metavar="FOLDER",
+        help="take tokenizer, text encoder and DC-AE from this SanaPipeline folder (no autoencoder "
+        "training; exported as relative symlinks) and train only a new transformer",
+    )
+    b.add_argument(
+        "--position-embedding",
+        action="store_true",
+        help="give the transformer SANA 2K/4K's sin-cos position embedding (interpolation_scale 1)",
+    )
+    b.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="transformer autocast (fp32 is several times faster on CPUs without native bf16)",
+    )
+    b.add_argument("--crop-prob", type=float, default=0.3, help="share of square batches cut from 2x scenes")
     lo = sub.add_parser("lora", help="train the temporal LoRA (tile sequences with the BCLA cache)")
     lo.add_argument("--model", default=str(EMBEDDED_MODEL))
     lo.add_argument("--out", default=str(EMBEDDED_MODEL / "temporal_lora"))

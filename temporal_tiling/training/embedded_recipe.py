@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -27,7 +28,6 @@ import torch
 from torch import Tensor
 
 from .. import seamlab
-from ..cli import TRAIN_COMMAND
 from ..lora import load_temporal_lora
 from ..sana.text import PROMPT_SETTINGS
 from ..sana.vae import compression
@@ -74,7 +74,7 @@ def _timed(log: dict, key: str) -> Iterator[None]:
 
 def build(args: argparse.Namespace) -> None:
     """Run all stages; skip the ones already finished in `args.work`."""
-    from diffusers import AutoencoderDC, SanaTransformer2DModel
+    from diffusers import SanaTransformer2DModel
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -88,34 +88,24 @@ def build(args: argparse.Namespace) -> None:
         times["cpu_total_s"] = round(cpu_before + time.process_time(), 1)
         times_path.write_text(json.dumps(times))
 
-    tokenizer = build_tokenizer(corpus())
-    text_encoder = build_text_encoder(tokenizer, seed=args.seed)
-
-    vae = build_autoencoder(args.latent_channels)
-    ae_cfg = AEConfig(
-        steps=args.ae_steps,
-        lr=2e-3,
-        warmup=50,
-        seed=args.seed + 1,
-        threads=args.threads,
-        checkpoint_every=100,
-    )
-    if not (work / "ae_done.json").exists():
-        with _timed(times, "autoencoder_s"):
-            ae_ema, ae_res = run_loop(
-                vae, ae_loss_fn(vae, ae_cfg), ae_cfg, Checkpoint(work / "ae_ckpt"), "autoencoder"
-            )
-        ae_ema.module.save_pretrained(work / "vae_raw", safe_serialization=True)
-        (work / "ae_done.json").write_text(json.dumps({"history": ae_res.history, "steps": ae_res.step}))
-        save_times()
-    vae = AutoencoderDC.from_pretrained(work / "vae_raw").eval().requires_grad_(False)
+    reused = Path(args.reuse_components) if args.reuse_components else None
+    if reused is not None:
+        tokenizer, text_encoder, vae, ae_info = _reused_components(reused)
+    else:
+        tokenizer = build_tokenizer(corpus())
+        text_encoder = build_text_encoder(tokenizer, seed=args.seed)
+        vae, ae_info = _trained_autoencoder(args, work, times, save_times)
     held_out = seamlab.render(seamlab.sample_scenes(64, seed=999_999), 64, 64)
-    vae.register_to_config(scaling_factor=latent_scaling_factor(vae))
     psnr = reconstruction_psnr(vae, held_out)
     print(f"autoencoder held-out PSNR {psnr:.2f} dB, scale {vae.config.scaling_factor:.4f}", flush=True)
 
     transformer = build_transformer(
-        args.latent_channels, text_encoder.config.hidden_size, args.hidden, args.heads, args.layers
+        args.latent_channels,
+        text_encoder.config.hidden_size,
+        args.hidden,
+        args.heads,
+        args.layers,
+        interpolation_scale=1.0 if args.position_embedding else None,
     )
     fl_cfg = FlowConfig(
         steps=args.steps,
@@ -126,6 +116,8 @@ def build(args: argparse.Namespace) -> None:
         tokens_per_step=args.tokens_per_step,
         checkpoint_every=100,
         max_minutes=args.max_minutes,
+        crop_prob=args.crop_prob,
+        precision=args.precision,
     )
     if not (work / "flow_done.json").exists():
         with _timed(times, "transformer_s"):
@@ -154,19 +146,59 @@ def build(args: argparse.Namespace) -> None:
         save_times()
 
     info = {
-        "ae": json.loads((work / "ae_done.json").read_text()),
+        **ae_info,
         "flow": json.loads((work / "flow_done.json").read_text()),
         "times": times,
         "psnr": round(psnr, 2),
         "args": {k: v for k, v in vars(args).items() if k != "cmd"},
         "flow_config": asdict(fl_cfg),
-        "ae_config": asdict(ae_cfg),
     }
     lora_dir = work / "temporal_lora" if (work / "lora_done.json").exists() else None
     if lora_dir is not None:
         info["lora"] = json.loads((work / "lora_done.json").read_text())
         info["lora"]["eval"] = _lora_eval(work, vae, tokenizer, text_encoder, lora_dir)
-    export(Path(args.out), transformer, vae, text_encoder, tokenizer, info, held_out, lora_dir)
+    export(Path(args.out), transformer, vae, text_encoder, tokenizer, info, held_out, lora_dir, reused)
+
+
+def _trained_autoencoder(args: argparse.Namespace, work: Path, times: dict, save_times) -> tuple:
+    """The autoencoder stage: train (or resume) the DC-AE, set its latent scaling factor; returns the
+    frozen model and its log entries ("ae", "ae_config")."""
+    from diffusers import AutoencoderDC
+
+    vae = build_autoencoder(args.latent_channels)
+    ae_cfg = AEConfig(
+        steps=args.ae_steps,
+        lr=2e-3,
+        warmup=50,
+        seed=args.seed + 1,
+        threads=args.threads,
+        checkpoint_every=100,
+    )
+    if not (work / "ae_done.json").exists():
+        with _timed(times, "autoencoder_s"):
+            ae_ema, ae_res = run_loop(
+                vae, ae_loss_fn(vae, ae_cfg), ae_cfg, Checkpoint(work / "ae_ckpt"), "autoencoder"
+            )
+        ae_ema.module.save_pretrained(work / "vae_raw", safe_serialization=True)
+        (work / "ae_done.json").write_text(json.dumps({"history": ae_res.history, "steps": ae_res.step}))
+        save_times()
+    vae = AutoencoderDC.from_pretrained(work / "vae_raw").eval().requires_grad_(False)
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae))
+    return vae, {"ae": json.loads((work / "ae_done.json").read_text()), "ae_config": asdict(ae_cfg)}
+
+
+def _reused_components(folder: Path) -> tuple:
+    """Tokenizer, text encoder and DC-AE of an exported SanaPipeline folder (no autoencoder training), and
+    the autoencoder entries of that folder's training log, which describe how they were made."""
+    from diffusers import AutoencoderDC
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    text_encoder = AutoModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+    vae = AutoencoderDC.from_pretrained(folder / "vae", local_files_only=True)
+    log = json.loads((folder / "training_log.json").read_text())
+    ae_info = {"ae": log["ae"], "ae_config": log["ae_config"], "reused_components": str(folder)}
+    return tokenizer, text_encoder.eval().requires_grad_(False), vae.eval().requires_grad_(False), ae_info
 
 
 def _lora_eval(work: Path, vae, tokenizer, text_encoder, lora_dir: Path) -> dict[str, list[float]]:
@@ -238,8 +270,12 @@ def export(
     info: dict,
     held_out: torch.Tensor,
     lora_dir: Path | None = None,
+    reused: Path | None = None,
 ) -> None:
-    """Write the SanaPipeline folder (atomically), its pictures, the temporal LoRA and the model card."""
+    """Write the SanaPipeline folder (atomically), its pictures, the temporal LoRA and the model card.
+
+    With ``reused`` (the folder the tokenizer, text encoder and DC-AE came from) those parts are relative
+    symlinks into it rather than copies, so a second transformer costs only its own weights."""
     import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -247,9 +283,13 @@ def export(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
-    vae.save_pretrained(tmp / "vae", safe_serialization=True)
-    text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "tokenizer")
+    if reused is not None:
+        for part in ("vae", "text_encoder", "tokenizer"):
+            (tmp / part).symlink_to(os.path.relpath(reused / part, out), target_is_directory=True)
+    else:
+        vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "tokenizer")
     FlowMatchEulerDiscreteScheduler(shift=SHIFT).save_pretrained(tmp / "scheduler")
     # Trained on bare prompts padded to max_text_length, not SANA's instruction: the loaders read this.
     (tmp / PROMPT_SETTINGS).write_text(
@@ -307,6 +347,16 @@ def _minutes(times: dict, key: str) -> str:
     return f"{wall / 60:.1f} min wall" if wall is not None else "wall time n/a"
 
 
+def _position_embedding(config) -> str:
+    if config.interpolation_scale is None:
+        return "no positional embedding"
+    grid = config.sample_size // config.patch_size
+    return (
+        f"sin-cos positional embedding (SANA 2K/4K style: base grid {grid} cells, "
+        f"interpolation_scale {config.interpolation_scale})"
+    )
+
+
 def _components_table(transformer, vae, text_encoder, tokenizer, seed: int) -> str:
     """The card's "Components" rows: class, config summary and parameter count of each part."""
     t, v, te = transformer.config, vae.config, text_encoder.config
@@ -315,7 +365,7 @@ def _components_table(transformer, vae, text_encoder, tokenizer, seed: int) -> s
             "transformer",
             "`SanaTransformer2DModel`",
             f"{t.num_layers} layers, {t.num_attention_heads} heads × {t.attention_head_dim}, "
-            f"patch {t.patch_size}, no positional embedding, cross-attention to {t.caption_channels}-d text",
+            f"patch {t.patch_size}, {_position_embedding(t)}, cross-attention to {t.caption_channels}-d text",
             _n(transformer),
         ),
         (
@@ -385,14 +435,19 @@ def model_card(transformer, vae, text_encoder, tokenizer, info: dict) -> str:
     a, ae, fl, times = info["args"], info["ae_config"], info["flow_config"], info["times"]
     lora = info.get("lora")
     # Fixed step counts (not the wall-clock cap) so the command replays the same run anywhere.
+    reused = info.get("reused_components")
+    ae_steps = f"--reuse-components {reused}" if reused else f"--ae-steps {info['ae']['steps']}"
     command = " ".join(
         [
-            TRAIN_COMMAND,
-            f"--work out/seamlab-train --seed {a['seed']} --threads {a['threads']}",
-            f"--ae-steps {info['ae']['steps']} --steps {info['flow']['steps']}",
+            f"python -m temporal_tiling.training build --out {a['out']}",
+            f"--work {a['work']} --seed {a['seed']} --threads {a['threads']}",
+            f"{ae_steps} --steps {info['flow']['steps']}",
             f"--lora-steps {lora['steps'] if lora else 0}",
             f"--hidden {a['hidden']} --heads {a['heads']} --layers {a['layers']}",
             f"--tokens-per-step {a['tokens_per_step']} --lr {a['lr']}",
+            *(["--position-embedding"] if a.get("position_embedding") else []),
+            *([f"--crop-prob {a['crop_prob']}"] if a.get("crop_prob", 0.3) != 0.3 else []),
+            *([f"--precision {a['precision']}"] if a.get("precision", "bf16") != "bf16" else []),
         ]
     )
     pictures = "![autoencoder loss](loss_autoencoder.png) ![transformer loss](loss_transformer.png)"
@@ -419,6 +474,9 @@ def model_card(transformer, vae, text_encoder, tokenizer, info: dict) -> str:
         "latent_sizes": [list(x) for x in fl["sizes"]],
         "crop_percent": round(fl["crop_prob"] * 100),
         "cfg_dropout_percent": round(fl["cfg_dropout"] * 100),
+        "flow_precision": "bf16 autocast with fp32 master\n  weights,"
+        if fl.get("precision", "bf16") == "bf16"
+        else "fp32 (no autocast),",
         "flow_final_loss": f"{_last(info['flow']['history']):.4f}",
         "flow_time": _minutes(times, "transformer"),
         "lora_summary": _lora_summary(lora, times),
@@ -429,4 +487,12 @@ def model_card(transformer, vae, text_encoder, tokenizer, info: dict) -> str:
         "demo_prompts": "; ".join(DEMO_PROMPTS),
         "canvas_prompts": "; ".join(CANVAS_PROMPTS),
     }
-    return Template(MODEL_CARD.read_text(encoding="utf-8")).substitute(values)
+    card = Template(MODEL_CARD.read_text(encoding="utf-8")).substitute(values)
+    if not reused:
+        return card
+    body = card.split("\n", 1)[1]
+    return (
+        f"# {Path(a['out']).name} — a second transformer on the parts of `{reused}`\n\n"
+        f"Its vae, text_encoder and tokenizer are those of `{reused}` (symlinks, not retrained); the "
+        "autoencoder bullet below describes their training in that build.\n" + body
+    )

@@ -99,9 +99,15 @@ def build_autoencoder(latent_channels: int = 16, channels: tuple[int, ...] = (16
 
 
 def build_transformer(
-    latent_channels: int = 16, caption_channels: int = 64, hidden: int = 128, heads: int = 4, layers: int = 4
+    latent_channels: int = 16,
+    caption_channels: int = 64,
+    hidden: int = 128,
+    heads: int = 4,
+    layers: int = 4,
+    interpolation_scale: float | None = None,
 ):
-    """Small SanaTransformer2DModel: patch 1 on the latent, no positional embedding (like SANA 1K)."""
+    """Small SanaTransformer2DModel: patch 1 on the latent; no positional embedding (like SANA 1K) unless
+    ``interpolation_scale`` is set: then SANA 2K/4K's sin-cos PE over a base grid of ``sample_size`` cells."""
     from diffusers import SanaTransformer2DModel
 
     return SanaTransformer2DModel(
@@ -117,4 +123,5 @@ def build_transformer(
         mlp_ratio=2.5,
         sample_size=8,
         patch_size=1,
+        interpolation_scale=interpolation_scale,
     )

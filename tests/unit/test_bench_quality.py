@@ -1,14 +1,15 @@
 """The quality benchmark runs the pack's own run path, and its taps do not change or miscount a run."""
 
+import pytest
 import torch
 
 from bench.quality.model import CFG, Model
 from bench.quality.pairs import Pairs, pair_noise
-from bench.quality.runner import run
-from bench.quality.specs import BASELINES, PACK_DEFAULT, Spec, named, plan_for
+from bench.quality.runner import run, settings_for
+from bench.quality.specs import BASELINES, GUIDED, PACK_DEFAULT, Spec, named, plan_for
 from temporal_tiling import pipeline
 from temporal_tiling.bcla import BCLAConfig
-from temporal_tiling.pipeline import FlowHost, FlowSampling, RunSettings
+from temporal_tiling.pipeline import FlowHost, FlowSampling, GuideFirst, RunSettings
 from temporal_tiling.sampling import LockRelease
 from temporal_tiling.sana.fixtures import tiny_transformer
 
@@ -44,13 +45,20 @@ def test_a_bench_run_is_the_pack_run_with_the_same_settings() -> None:
     assert len(bench.norms) == len(plan) + 1  # before every tile, and after the last
 
 
-def test_features_come_from_the_tiles_only_not_the_guide_or_seed_pass() -> None:
-    """The seed pass runs at every level of the schedule, the final step's included."""
+@pytest.mark.parametrize("spec", [named(PACK_DEFAULT, seed=1.0), GUIDED], ids=["context", "guided"])
+def test_features_come_from_the_tiles_only_not_the_guide_or_seed_pass(spec: Spec) -> None:
+    """The seed pass runs at every level of the schedule, the final step's included; guided's
+    whole-scene pass has the tile's size here (8 × 8 cells) and ends at the same last level."""
     model, pairs = tiny_bench()
-    spec = named(PACK_DEFAULT, seed=1.0)
     features = run(model, pairs, CANVAS, spec, STEPS).features
     plan = plan_for(CANVAS, spec, model.compression)
     assert features is not None and features.shape[:2] == (len(plan), len(pairs))
+
+
+def test_the_guided_spec_runs_the_pack_default_with_its_own_guide() -> None:
+    settings = settings_for(GUIDED, None, 11)
+    assert settings.method == "guided" and settings.guide == GuideFirst() and settings.seed == 11
+    assert settings.cache_config == BCLAConfig(mode="cumulative")
 
 
 def test_a_zeroed_cache_without_lock_gives_the_independent_tiles() -> None:

@@ -5,8 +5,9 @@ from diffusers import SanaTransformer2DModel
 from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed
 
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
+from temporal_tiling.pipeline import generate, guide_plan
 from temporal_tiling.plan import make_plan
-from temporal_tiling.position import has_sincos_pos_embed
+from temporal_tiling.position import canvas_sincos_pos_embed, has_sincos_pos_embed
 from temporal_tiling.sana.fixtures import tiny_transformer, tiny_video_transformer
 
 
@@ -83,6 +84,41 @@ def test_canvas_pe_reaches_the_transformer_output_and_mode_off_leaves_it_stock()
     assert all((a - b).abs().max() > 1e-3 for i, a in enumerate(outs) for b in outs[i + 1 :])
     assert all((o - stock).abs().max() > 1e-3 for o in outs)
     assert torch.equal(run(), stock)
+
+
+def test_a_guided_run_gives_every_tile_its_canvas_positions():
+    """Through the whole guided path (guide pass, BCLA seed pass, causal tiles): every tile-sized model
+    call adds the canvas PE crop of one tile, each tile's crop turns up, and none adds the stock grid a
+    tile would get on its own; the whole-scene passes keep the model's own (whole-image) grid."""
+    model = tiny_sana_2k()
+    embed = model.patch_embed
+    plan = make_plan(40, 24, 16, 16, 4, 1)  # 24 × 40 cells, 3 × 2 tiles of 16 × 16
+    guide_shape = (guide_plan(plan).canvas_height, guide_plan(plan).canvas_width)
+    added: list[torch.Tensor] = []
+
+    def record(module, inputs, output):
+        added.append(output - module.proj(inputs[0]).flatten(2).transpose(1, 2))
+
+    hook = embed.register_forward_hook(record)
+    prompts = torch.randn(2, 1, 4, 16, generator=torch.Generator().manual_seed(4))
+    generate(plan, model, prompts[0], prompts[1], method="guided", cache_config=BCLAConfig(), steps=2, seed=3)
+    hook.remove()
+
+    def stock(shape: tuple[int, int]) -> torch.Tensor:
+        dim, base, scale = embed.pos_embed.shape[-1], embed.base_size, embed.interpolation_scale
+        return get_2d_sincos_pos_embed(dim, shape, base_size=base, interpolation_scale=scale).float()[None]
+
+    crops = [canvas_sincos_pos_embed(embed, plan, tile) for tile in plan.tiles]
+    tile_calls = [pe for pe in added if pe.shape[1] == 16 * 16]
+    whole_calls = [pe for pe in added if pe.shape[1] == guide_shape[0] * guide_shape[1]]
+    assert len(tile_calls) + len(whole_calls) == len(added) and whole_calls and guide_shape != (16, 16)
+    matched = [
+        [i for i, crop in enumerate(crops) if torch.allclose(pe[:1], crop, atol=1e-5)] for pe in tile_calls
+    ]
+    assert all(len(m) == 1 for m in matched), "a tile call added no tile's canvas crop"
+    assert {m[0] for m in matched} == set(range(len(plan.tiles)))
+    assert not any(torch.allclose(pe[:1], stock((16, 16)), atol=1e-3) for pe in tile_calls)
+    assert all(torch.allclose(pe[:1], stock(guide_shape), atol=1e-5) for pe in whole_calls)
 
 
 def test_models_without_sincos_pe_get_no_position_patch():

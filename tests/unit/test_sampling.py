@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from contextlib import contextmanager
 
 import pytest
@@ -12,7 +13,14 @@ from diffusers import SanaTransformer2DModel
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
-from temporal_tiling.pipeline import GuideFirst, generate, guide_plan, latent_upscale, pixel_upscale
+from temporal_tiling.pipeline import (
+    GuideFirst,
+    generate,
+    guide_levels,
+    guide_plan,
+    latent_upscale,
+    pixel_upscale,
+)
 from temporal_tiling.plan import TilePlan, make_plan
 from temporal_tiling.sampling import (
     CLEAN_SIGMA,
@@ -495,6 +503,37 @@ def test_guided_tiles_walk_the_last_levels_of_the_guides_own_schedule(model, pro
         assert len(levels) == 10 + 4 * 5
     finally:
         handle.remove()
+
+
+def test_progressive_chain_levels_grow_by_at_most_max_upscale_up_to_the_canvas() -> None:
+    plan = make_plan(1024, 512, 128, 128, 32, compression=8, fit="grow")
+    assert guide_levels(plan, GuideFirst()) == []  # one step by default
+    levels = guide_levels(plan, GuideFirst(max_upscale=2.0))
+    sides = [max(guide_plan(plan).width_px, guide_plan(plan).height_px)]
+    sides += [level.width_px for level in levels] + [plan.width_px]
+    assert sides == sorted(sides) and len(levels) == 2  # 152 → 296 → 552 → 1024 px
+    assert all(big / small <= 2.0 for small, big in itertools.pairwise(sides))
+    for level in levels:
+        assert level.width_px / level.height_px == pytest.approx(2.0, rel=0.1)
+        assert level.tile_width_px <= plan.tile_width_px and len(level) > 1
+    assert guide_levels(plan, GuideFirst(max_upscale=8.0)) == []  # 6.7× fits in one step
+    with pytest.raises(SamplingError, match="max_upscale must be above 1"):
+        GuideFirst(max_upscale=1.0)
+
+
+def test_progressive_chain_refines_each_level_from_the_one_before(model, prompts) -> None:
+    plan = make_plan(224, 112, 64, 64, 16, compression=8)  # 28×14 cells, guide 8×4 cells
+    chain = GuideFirst(bcla_seed=0, max_upscale=2.0)
+    levels = guide_levels(plan, chain)
+    assert [level.canvas_width for level in levels] == [15]  # 8 → 15 → 28 cells: √3.5 each
+    ticks: list[tuple[int, int]] = []
+    result = run(model, prompts, plan, method="guided", guide_first=chain,
+                 progress=lambda done, total: ticks.append((done, total)))  # fmt: skip
+    tiles = len(plan) + len(levels[0])
+    assert ticks[-1] == (STEPS + tiles, STEPS + tiles)  # 1 step per tile at STEPS × 0.3
+    assert result.guide.shape[-2:] == (levels[0].canvas_height, levels[0].canvas_width)  # the last level
+    one_step = run(model, prompts, plan, method="guided", guide_first=GuideFirst(bcla_seed=0))
+    assert (result.canvas - one_step.canvas).abs().max() > 1e-3
 
 
 def test_guided_seeds_the_cache_and_pulls_toward_the_guide(model, prompts) -> None:
