@@ -206,7 +206,8 @@ class TilePlan:
         top, left = max(tile.y - halo, 0), max(tile.x - halo, 0)
         bottom = min(tile.y + tile.height + halo, self.canvas_height)
         right = min(tile.x + tile.width + halo, self.canvas_width)
-        return replace(tile, y=top, x=left, height=bottom - top, width=right - left)
+        window = replace(tile, y=top, x=left, height=bottom - top, width=right - left)
+        return tile if window == tile else window  # the tile itself: hosts may recognise it by identity
 
     def known_mask(self, index: int, margin: int = 0, window: Tile | None = None) -> torch.Tensor:
         """Cells of tile ``index`` (or of ``window``) already produced by tiles earlier in the order,

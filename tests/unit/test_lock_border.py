@@ -136,7 +136,7 @@ def test_window_grows_the_tile_by_the_halo_clamped_to_the_canvas() -> None:
     corner = next(t for t in plan.tiles if (t.row, t.col) == (0, 0))
     window = plan.window(corner, 2)
     assert (window.y, window.x, window.height, window.width) == (0, 0, 10, 10)
-    assert plan.window(corner, 0) == corner
+    assert plan.window(corner, 0) is corner
     rows, cols = centre.slices_in(plan.window(centre, 2))
     assert (rows, cols) == (slice(2, 10), slice(2, 10))
     with pytest.raises(PlanError, match="halo"):
