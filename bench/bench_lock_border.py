@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench.bench_guide_first import PROMPTS, bench_model, make_plans, run_all
+from temporal_tiling.options import EMBEDDED_MODEL
 from temporal_tiling.pipeline import GuideFirst, guide_plan
 from temporal_tiling.sampling import LockRelease
 from temporal_tiling.seam_refine import SeamRefine, refine_bands
@@ -62,17 +63,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--rows", nargs="*", choices=VARIANTS, default=list(VARIANTS), help="rows to run")
     parser.add_argument("--images", type=Path, default=None, help="also save the decoded canvases here")
+    parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
     args = parser.parse_args()
-    model = bench_model()
+    model = bench_model(args.model)
+    embedded = args.model.resolve() == EMBEDDED_MODEL.resolve()
+    suffix = "" if embedded else f"_{args.model.resolve().name}"
     images: dict = {}
     plans = make_plans(model.compression)
     rows = run_all(model, plans, {name: VARIANTS[name] for name in args.rows}, images)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lock_border.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "lock_border.md").write_text(markdown(rows, plans))
+    (args.out / f"lock_border{suffix}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    name = "Embedded model" if embedded else f"Model `{args.model}` (the defaults were not tuned on it)"
+    (args.out / f"lock_border{suffix}.md").write_text(markdown(rows, plans, name))
     if args.images is not None:  # to redraw the figure without rerunning
         torch.save(images, args.images)
-    figure(images, args.rows, ROOT / "docs" / "lock_border_comparison.png")
+    figure(images, args.rows, ROOT / "docs" / f"lock_border_comparison{suffix}.png")
 
 
 def model_cells(name: str, plans: dict, steps: int = 20) -> int:
@@ -96,13 +101,13 @@ def model_cells(name: str, plans: dict, steps: int = 20) -> int:
     return cost
 
 
-def markdown(rows: list[dict], plans: dict) -> str:
+def markdown(rows: list[dict], plans: dict, model_name: str = "Embedded model") -> str:
     native = {r["seed"]: r["line_jump"] for r in rows if r["method"] == "native full pass"}
     names = list(dict.fromkeys(r["method"] for r in rows))
     lines = [
         "# Closing the lock border (`python -m bench.bench_lock_border`)",
         "",
-        "Embedded model, 512×256 px, 4×2 tiles, 20 steps, 3 prompts (seed = prompt index), one torch thread."
+        f"{model_name}, 512×256 px, 4×2 tiles, 20 steps, 3 prompts (seed = prompt index), one torch thread."
         " Means over the prompts; line jump ratio: each prompt's jump over the native pass's, then the mean."
         " Seam ratio × floor: seam gradient ratio over the image's own (the verdict wants < 1.2)."
         " Model cost: latent cells × steps the model denoised, over the native pass's (load-free);"
