@@ -412,7 +412,7 @@ def compare() -> list[Node]:
     ]
     rows = (("independent", (1, 0)), ("multidiffusion", (1, 0)), ("causal", (4, 0)))
     for row, (mode, model) in enumerate(rows):
-        base, y = 10 + 10 * row, 40 + 740 * row
+        base, y = 10 + 10 * row, 40 + 760 * row
         nodes += [
             sampler(base, (400, y), model, mode, f"{mode} tiles"),
             Node(
