@@ -111,7 +111,7 @@ def markdown(rows: list[dict], plans: dict, model_name: str = "Embedded model") 
         " Means over the prompts; line jump ratio: each prompt's jump over the native pass's, then the mean."
         " Seam ratio × floor: seam gradient ratio over the image's own (the verdict wants < 1.2)."
         " Model cost: latent cells × steps the model denoised, over the native pass's (load-free);"
-        " seconds were measured on a shared 2-core machine (load 4–6) and vary ±50 % from run to run.",
+        " seconds were measured on a 2-core machine shared with other jobs and vary ±50 % from run to run.",
         "",
         "| row | line jump | × native | seamless verdicts | seam ratio × floor | layout PSNR dB "
         "| model cost × native | s per canvas |",
