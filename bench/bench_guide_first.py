@@ -108,10 +108,15 @@ def run_all(model, plans: dict, variants: dict[str, tuple[str, dict]], images: d
     return rows
 
 
-def bench_model(folder: Path = EMBEDDED_MODEL):
-    """A diffusers SANA folder (default: the embedded model) on CPU, one torch thread (the protocol)."""
+def bench_model(folder: Path = EMBEDDED_MODEL) -> tuple[cli.LoadedModel, str, str]:
+    """A diffusers SANA folder on CPU, one torch thread (the protocol); with the suffix of its result
+    files ("" for the embedded model, else ``_<folder>``) and its name in the tables."""
     torch.set_num_threads(1)
-    return cli.load_sana_folder(folder, torch.device("cpu"))
+    if folder.resolve() == EMBEDDED_MODEL.resolve():
+        suffix, name = "", "Embedded model"
+    else:
+        suffix, name = f"_{folder.resolve().name}", f"Model `{folder}` (the defaults were not tuned on it)"
+    return cli.load_sana_folder(folder, torch.device("cpu")), suffix, name
 
 
 def main() -> None:
@@ -119,15 +124,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
     args = parser.parse_args()
-    model = bench_model(args.model)
-    embedded = args.model.resolve() == EMBEDDED_MODEL.resolve()
-    suffix = "" if embedded else f"_{args.model.resolve().name}"
+    model, suffix, model_name = bench_model(args.model)
     images: dict = {}
     rows = run_all(model, make_plans(model.compression), {name: (name, {}) for name in METHODS}, images)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"guide_first{suffix}.json").write_text(json.dumps(rows, indent=1) + "\n")
-    name = "Embedded model" if embedded else f"Model `{args.model}` (the defaults were not tuned on it)"
-    (args.out / f"guide_first{suffix}.md").write_text(markdown(rows, name))
+    (args.out / f"guide_first{suffix}.md").write_text(markdown(rows, model_name))
     figure(images, ROOT / "docs" / f"guide_first_comparison{suffix}.png")
 
 

@@ -65,16 +65,13 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=None, help="also save the decoded canvases here")
     parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
     args = parser.parse_args()
-    model = bench_model(args.model)
-    embedded = args.model.resolve() == EMBEDDED_MODEL.resolve()
-    suffix = "" if embedded else f"_{args.model.resolve().name}"
+    model, suffix, model_name = bench_model(args.model)
     images: dict = {}
     plans = make_plans(model.compression)
     rows = run_all(model, plans, {name: VARIANTS[name] for name in args.rows}, images)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"lock_border{suffix}.json").write_text(json.dumps(rows, indent=1) + "\n")
-    name = "Embedded model" if embedded else f"Model `{args.model}` (the defaults were not tuned on it)"
-    (args.out / f"lock_border{suffix}.md").write_text(markdown(rows, plans, name))
+    (args.out / f"lock_border{suffix}.md").write_text(markdown(rows, plans, model_name))
     if args.images is not None:  # to redraw the figure without rerunning
         torch.save(images, args.images)
     figure(images, args.rows, ROOT / "docs" / f"lock_border_comparison{suffix}.png")
