@@ -9,7 +9,8 @@ Protocol. The quick start's canvas (512×256 px, 4×2 tiles of 152×144 px, 32 p
 cfg 4.5), three prompts, seed = prompt index. The guided settings (denoise 0.3, statistics 0.5) were
 chosen by looking at prompt 0 only; prompts 1 and 2 are the check. For every method the whole-scene
 pass of the same seed (the guide ``guided`` starts from) is the layout reference: the canvas is
-area-downscaled to its size and compared (PSNR, and each tile's mean colour, CIEDE2000). Line jump:
+area-downscaled to its size and compared (PSNR, and each tile's mean colour, CIEDE2000); the objects the
+prompt names (sun, moon) are counted on the canvas and on that pass (``seamlab.count_objects``). Line jump:
 the plan-free detector (worst row/column boundary over its axis' median). Verdict: the Quality Metrics
 verdict (seams against the image's own floor). MultiDiffusion 50 % runs 128 px windows every 64 px (7×3).
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from temporal_tiling import cli
+from temporal_tiling import cli, seamlab
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.context import ContextSettings
 from temporal_tiling.metrics import guide_fidelity, line_jump, seam_report
@@ -40,6 +41,11 @@ PROMPTS = (
 )
 METHODS = ("full", "multidiffusion 50 %", "independent", "causal", "guided", "guided, no statistics")
 SHOWN = ("guide", "full", "causal", "multidiffusion 50 %", "guided")
+
+
+def count_named_objects(image: torch.Tensor, prompt: str) -> int:
+    """Suns, moons and trees in ``image``, of the kinds ``prompt`` names."""
+    return sum(int(n) for kind, n in seamlab.count_objects(image).items() if kind in prompt)
 
 
 def make_plans(compression: int) -> dict:
@@ -98,12 +104,19 @@ def run_all(model, plans: dict, variants: dict[str, tuple[str, dict]], images: d
         emb, neg = model.encode_prompt(prompt), model.encode_prompt("")
         guide = whole_scene(model, plans, emb, neg, seed)
         images[seed, "guide"] = guide_image = model.decode(guide)
+        guide_objects = count_named_objects(guide_image, prompt)
         for name, (method, settings) in variants.items():
             start = time.perf_counter()
             plan, result = run_method(method, model, plans, emb, neg, guide, seed, **settings)
             seconds = time.perf_counter() - start
             images[seed, name], scores = measure(model, plan, result, guide_image)
-            rows.append({"prompt": prompt, "seed": seed, "method": name, "seconds": seconds, **scores})
+            objects = {
+                "objects": count_named_objects(images[seed, name], prompt),
+                "guide_objects": guide_objects,
+            }
+            rows.append(
+                {"prompt": prompt, "seed": seed, "method": name, "seconds": seconds, **scores, **objects}
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -138,34 +151,43 @@ def markdown(rows: list[dict], model_name: str = "Embedded model") -> str:
         "# Guide-first text to image (`python -m bench.bench_guide_first`)",
         "",
         f"{model_name}, 512×256 px, 4×2 tiles, 20 steps, 3 prompts (seed = prompt index), one torch thread."
-        " Layout: the canvas downscaled to the whole-scene pass vs that pass. Means over the prompts.",
+        " Layout: the canvas downscaled to the whole-scene pass vs that pass. Means over the prompts."
+        " Objects: the suns or moons the prompt names (it asks for one), counted on the canvas; in brackets"
+        " the prompts where the canvas has more than the whole-scene pass.",
         "",
         "| method | line jump (native = 1.00×) | seamless verdicts | layout PSNR dB "
-        "| tile colour ΔE vs guide | s per canvas |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| tile colour ΔE vs guide | objects (guide: {mean_guide_objects(rows):.1f}) | s per canvas |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     mean = lambda name, key: sum(r[key] for r in rows if r["method"] == name) / len(PROMPTS)  # noqa: E731
     native = mean("full", "line_jump")
     for name in METHODS:
         seamless = sum(r["seamless"] for r in rows if r["method"] == name)
+        more = sum(r["objects"] > r["guide_objects"] for r in rows if r["method"] == name)
         jump = mean(name, "line_jump")
         lines.append(
             f"| {name} | {jump:.2f} ({jump / native:.2f}×) | {seamless}/{len(PROMPTS)} | "
             f"{mean(name, 'guide_psnr'):.1f} | {mean(name, 'guide_delta_e'):.2f} | "
-            f"{mean(name, 'seconds'):.1f} |"
+            f"{mean(name, 'objects'):.1f} ({more}/{len(PROMPTS)} more) | {mean(name, 'seconds'):.1f} |"
         )
     lines += [
         "",
         "Per prompt:",
         "",
-        "| prompt | method | line jump | verdict | layout PSNR dB |",
-        "| --- | --- | --- | --- | --- |",
+        "| prompt | method | line jump | verdict | layout PSNR dB | objects (guide) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {r['seed']} | {r['method']} | {r['line_jump']:.2f} | {r['verdict']} | {r['guide_psnr']:.1f} |"
+        f"| {r['seed']} | {r['method']} | {r['line_jump']:.2f} | {r['verdict']} | {r['guide_psnr']:.1f} "
+        f"| {r['objects']} ({r['guide_objects']}) |"
         for r in rows
     ]
     return "\n".join(lines) + "\n"
+
+
+def mean_guide_objects(rows: list[dict]) -> float:
+    """The whole-scene pass's object count, averaged over the prompts (one pass per prompt)."""
+    return sum(r["guide_objects"] for r in rows if r["method"] == METHODS[0]) / len(PROMPTS)
 
 
 def figure(images: dict, path: Path) -> None:

@@ -1,11 +1,13 @@
-"""The shipped txt2img workflow in a real ComfyUI, Quality Metrics' verdict with the lock margin off and on.
+"""The shipped txt2img workflow in a real ComfyUI, Quality Metrics' verdict: the former causal graph
+with the lock margin off and on, then the graph as shipped (guided).
 
 Run from the repository root with ComfyUI's Python (not in CI):
 ``COMFYUI_PATH=~/comfyui ~/comfyui/.venv/bin/python -m bench.txt2img_metrics_figure``. Starts a ComfyUI
 server on a free local port with this pack in a temporary base directory, runs
-``workflows/txt2img_temporal_tiling_api.json`` as shipped except ``lock_margin`` (0, the former default,
-then 1), prints each run's Quality Metrics text and writes ``docs/seam_metrics_txt2img.png``: each
-canvas beside the seam heatmap with the measured bands and each seam's worst line marked.
+``workflows/txt2img_temporal_tiling_api.json`` three times: with ``mode = causal`` and ``lock_margin`` 0
+(the workflow before guide-first) and 1, then as shipped; prints each run's Quality Metrics text and writes
+``docs/seam_metrics_txt2img.png``: each canvas beside the seam heatmap with the measured bands and each
+seam's worst line marked.
 """
 
 from __future__ import annotations
@@ -33,17 +35,26 @@ FIGURE = ROOT / "docs" / "seam_metrics_txt2img.png"
 EMBEDDED_COMPRESSION = 8
 
 
-def run(comfyui: Path, base: Path, margin: int) -> tuple[Path, str]:
-    """One run of the shipped graph with ``lock_margin`` set; the saved canvas and the metrics text."""
+RUNS = {  # label: sampler inputs changed from the shipped graph
+    "causal, lock_margin 0 (the workflow before guide-first)": {"mode": "causal", "lock_margin": 0},
+    "causal, lock_margin 1": {"mode": "causal"},
+    "guided, as shipped": {},
+}
+
+
+def run(server: ComfyServer, base: Path, changes: dict) -> tuple[Path, str]:
+    """One run of the shipped graph with the sampler's ``changes``; the saved canvas and the metrics text."""
     graph = json.loads(WORKFLOW.read_text())
-    for node in graph.values():
-        if node["class_type"] == "SanaTemporalCausalSampler":
-            node["inputs"]["lock_margin"] = margin
-    server = ComfyServer(comfyui, base, base / f"comfyui_{margin}.log")
-    try:
-        entry = server.run(graph, timeout=3600)
-    finally:
-        server.stop()
+    sampler = next(k for k, n in graph.items() if n["class_type"] == "SanaTemporalCausalSampler")
+    graph[sampler]["inputs"].update(changes)
+    if graph[sampler]["inputs"]["mode"] != "guided":  # no whole-scene pass: drop its decode and its wires
+        graph = {k: n for k, n in graph.items() if n["inputs"].get("samples") != [sampler, 2]}
+        for node in graph.values():
+            node["inputs"] = {
+                k: v for k, v in node["inputs"].items() if not (isinstance(v, list) and v[0] not in graph)
+            }
+    entry = server.run(graph, timeout=3600)
+    assert entry.get("status", {}).get("status_str") == "success", json.dumps(entry)[:2000]
     outputs = entry["outputs"]
     canvas = next(
         outputs[i]["images"][0]
@@ -66,23 +77,27 @@ def main() -> None:
         base = Path(tmp)
         (base / "custom_nodes").mkdir()
         (base / "custom_nodes" / "sana_temporal_tiling").symlink_to(ROOT, target_is_directory=True)
-        for margin in (0, 1):
-            path, text = run(comfyui, base, margin)
-            print(f"--- lock_margin {margin}\n{text}\n", flush=True)
+        server = ComfyServer(comfyui, base, base / "comfyui.log")
+        try:
+            runs = [(name, *run(server, base, changes)) for name, changes in RUNS.items()]
+        finally:
+            server.stop()
+        for name, path, text in runs:
+            print(f"--- {name}\n{text}\n", flush=True)
             image = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).float().div(255)
             image = image.permute(2, 0, 1)[None]
             report = seam_report(image, plan)
             heat = mark_measured_lines(heatmap_image(seam_heatmap(image)), plan, report)
             excess = report.excess()
             label = (
-                f"lock_margin {margin}: {'seamless' if report.meets_targets() else 'seams visible'} - seam "
+                f"{name}: {'seamless' if report.meets_targets() else 'seams visible'} - seam "
                 f"ratio x{excess['gradient_ratio']:.2f} of the floor, dE {excess['delta_e']:+.2f}, line "
                 f"jump {report.line_jump:.2f} ({report.line_jump_axis} at {report.line_jump_position} px)"
             )
             rows.append((label, image, heat))
     scale = 2
     width, height = plan.width_px * scale, plan.height_px * scale
-    figure = Image.new("RGB", (2 * width + 30, 2 * (height + 20) + 20), "white")
+    figure = Image.new("RGB", (2 * width + 30, len(rows) * (height + 20) + 20), "white")
     draw = ImageDraw.Draw(figure)
     for i, (label, image, heat) in enumerate(rows):
         top = 10 + i * (height + 20)

@@ -352,7 +352,12 @@ def prompt_vocabulary() -> list[str]:
 
 
 # ----------------------------------------------------------------------------- object counting
-_MIN_FILL, _MAX_ASPECT = 0.55, 2.0
+# Sizes relative to the image's shorter side, so a 64 px crop and a 512×256 canvas are judged alike.
+_BLUR = 0.008  # Gaussian sigma of the second, softened look at the colours (speckled objects)
+_CLOSE = 0.025  # closing kernel: joins an object's fragments and fills its speckle holes
+_MIN_DIAMETER = 0.02  # the smallest object counted: a disc this wide (and 12 px)
+_MIN_FILL, _MAX_ELONGATION = 0.6, 4.0  # of the ellipse with the component's second moments
+_MIN_EDGE = 4.0  # CIELAB change per pixel across the outline: a glow that fades into the sky is no object
 
 
 def object_masks(images: Tensor) -> dict[str, Tensor]:
@@ -382,40 +387,74 @@ def connected_labels(mask: Tensor) -> Tensor:
         labels = grown
 
 
-def _count_components(mask: Tensor, min_area: float) -> Tensor:
-    """Count disc-like connected components per image of a [B,1,H,W] bool mask."""
+def _odd(pixels: float) -> int:
+    return 2 * max(1, round(pixels / 2)) + 1
+
+
+def _object_candidates(images: Tensor) -> dict[str, Tensor]:
+    """Per object kind, the reserved colour seen sharp or softened, its fragments joined (closing)."""
+    short = min(images.shape[-2:])
+    sigma = max(_BLUR * short, 0.3)
+    size = _odd(5 * sigma)
+    soft = kornia.filters.gaussian_blur2d(images, (size, size), (sigma, sigma), border_type="replicate")
+    sharp_masks, soft_masks = object_masks(images), object_masks(soft)
+    kernel = torch.ones(_odd(_CLOSE * short), _odd(_CLOSE * short))
+    return {
+        name: kornia.morphology.closing((sharp_masks[name] | soft_masks[name]).float(), kernel) > 0.5
+        for name in sharp_masks
+    }
+
+
+def _count_components(mask: Tensor, edges: Tensor) -> Tensor:
+    """Count the blob-like components of a [B,1,H,W] bool mask that have an outline.
+
+    Shape from second moments (rotation-free): a component is a blob when it is no more elongated than
+    _MAX_ELONGATION and fills at least _MIN_FILL of the ellipse with its moments (a sun cut in half by the
+    image edge is still a blob, a stripe or a ring is not). Its outline is the mean of `edges`
+    [B,1,H,W] within 2 px of its border.
+    """
     b, _, h, w = mask.shape
+    min_area = max(12.0, math.pi * (_MIN_DIAMETER * min(h, w) / 2) ** 2)
     labels = connected_labels(mask)
-    ys = torch.arange(h).view(h, 1).expand(h, w).reshape(-1)
-    xs = torch.arange(w).view(1, w).expand(h, w).reshape(-1)
+    ys = torch.arange(h, dtype=torch.float64).view(h, 1).expand(h, w).reshape(-1)
+    xs = torch.arange(w, dtype=torch.float64).view(1, w).expand(h, w).reshape(-1)
     counts = []
-    for lab in labels.view(b, -1):  # loop over images, not pixels
-        ids, inv, area = torch.unique(lab, return_inverse=True, return_counts=True)
-        n = len(ids)
-        ymin = torch.full((n,), h).scatter_reduce(0, inv, ys, "amin")
-        ymax = torch.zeros(n, dtype=torch.long).scatter_reduce(0, inv, ys, "amax")
-        xmin = torch.full((n,), w).scatter_reduce(0, inv, xs, "amin")
-        xmax = torch.zeros(n, dtype=torch.long).scatter_reduce(0, inv, xs, "amax")
-        bh, bw = (ymax - ymin + 1).float(), (xmax - xmin + 1).float()
-        fill = area / (bh * bw)
-        aspect = torch.maximum(bh / bw, bw / bh)
-        ok = (ids > 0) & (area >= min_area) & (fill >= _MIN_FILL) & (aspect <= _MAX_ASPECT)
-        counts.append(int(ok.sum()))
+    for lab_image, edge in zip(labels.view(b, -1), edges, strict=True):  # loop over images, not pixels
+        ids, inv, area = torch.unique(lab_image, return_inverse=True, return_counts=True)
+        sums = torch.zeros(len(ids), 5, dtype=torch.float64).index_add_(
+            0, inv, torch.stack([xs, ys, xs * xs, ys * ys, xs * ys], 1)
+        ) / area.unsqueeze(1)
+        mx, my, mxx, myy, mxy = sums.unbind(1)
+        covariance = torch.stack([mxx - mx * mx, mxy - mx * my, mxy - mx * my, myy - my * my], 1)
+        minor, major = torch.linalg.eigvalsh(covariance.view(-1, 2, 2) + torch.eye(2) / 12).unbind(1)
+        elongation = (major / minor).sqrt()
+        fill = area / (4 * math.pi * (major * minor).sqrt())
+        blob = (ids > 0) & (area >= min_area) & (fill >= _MIN_FILL) & (elongation <= _MAX_ELONGATION)
+        if not blob.any():
+            counts.append(0)
+            continue
+        inside = (lab_image.view(1, 1, h, w) == ids[blob].view(-1, 1, 1, 1)).float()
+        outline = F.max_pool2d(inside, 5, stride=1, padding=2) + F.max_pool2d(-inside, 5, stride=1, padding=2)
+        sharpness = (outline * edge).sum((-2, -1)) / outline.sum((-2, -1))
+        counts.append(int((sharpness >= _MIN_EDGE).sum()))
     return torch.tensor(counts)
 
 
-def count_objects(images: Tensor, min_area_frac: float = 0.002) -> dict[str, Tensor]:
-    """Count suns, moons and tree canopies per image [B,3,H,W] in [0,1] (colour + connected components).
+def count_objects(images: Tensor) -> dict[str, Tensor]:
+    """Count suns, moons and tree canopies per image [B,3,H,W] in [0,1], as a person would.
 
-    A component counts when it is at least `min_area_frac` of the image (and 12 px), and is blob-like
-    (bounding-box fill >= 0.55, aspect <= 2) so specular bands and stripes are not mistaken for moons.
+    An object is a blob of its reserved colour (seen sharp or slightly blurred, so a speckled moon is
+    one moon) at least 2 % of the shorter side across, blob-like (at most 4 times longer than wide and
+    filling 60 % of its moment ellipse, at any angle, so a smeared sun counts and specular bands,
+    stripes and rings do not), with an outline: the colour changes by at least 4
+    CIELAB units per pixel across it (a warm glow fading into a pink sky is not a sun).
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise SceneError(f"count_objects expects images [B,3,H,W], got {tuple(images.shape)}")
-    h, w = images.shape[-2:]
-    min_area = max(12.0, min_area_frac * h * w)
-    masks = object_masks(images.float())
-    return {name: _count_components(m, min_area) for name, m in masks.items()}
+    images = images.float().clamp(0, 1)
+    gradient = kornia.filters.spatial_gradient(kornia.color.rgb_to_lab(images), normalized=True)
+    edges = gradient.square().sum((1, 2)).sqrt().unsqueeze(1)  # CIELAB change per pixel
+    return {name: _count_components(m, edges) for name, m in _object_candidates(images).items()}
 
 
 def duplicated_object_rate(images: Tensor, scenes: Scenes) -> float:

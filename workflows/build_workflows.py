@@ -395,22 +395,28 @@ def upscale() -> list[Node]:
 
 
 def compare() -> list[Node]:
+    canvas = planner(5, (20, 920), vae=(1, 2))
     nodes = [
         loader(1, (20, 40)),
         text(2, (20, 300), PROMPT, "positive"),
         text(3, (20, 470), "", "negative"),
         bcla_cache(4, (20, 650)),
-        planner(5, (20, 920), vae=(1, 2)),
+        canvas,
         note(
             6,
             (20, 1540),
-            "Side by side on one seed and one noise: independent tiles (overlaps averaged), "
-            "MultiDiffusion (per-step overlap averaging) and causal tiling with the BCLA cache. Each row "
-            "saves its canvas and shows its seam metrics: gradient ratio (1.0 = invisible), ΔE2000, overlap "
-            "PSNR between neighbouring tiles.",
+            f"Side by side on one plan ({describe(planned(canvas))}), one seed and one noise: independent "
+            "tiles (overlaps averaged), MultiDiffusion (per-step overlap averaging), causal tiling with the "
+            "BCLA cache, and guided (the default: the whole scene in one pass first, then causal tiles "
+            "refined from it). Each row saves its canvas and shows its seam metrics (gradient ratio against "
+            "the image's own floor, ΔE2000, line jump, overlap PSNR between neighbouring tiles) and its "
+            "layout against the guided row's decoded whole-scene pass: only guided starts from it, the "
+            "others show how far tiles drift from one scene.",
         ),
     ]
-    rows = (("independent", (1, 0)), ("multidiffusion", (1, 0)), ("causal", (4, 0)))
+    rows = (("independent", (1, 0)), ("multidiffusion", (1, 0)), ("causal", (4, 0)), ("guided", (4, 0)))
+    guided = 10 + 10 * (len(rows) - 1)
+    whole_scene = guided + 5
     for row, (mode, model) in enumerate(rows):
         base, y = 10 + 10 * row, 40 + 760 * row
         nodes += [
@@ -441,8 +447,19 @@ def compare() -> list[Node]:
                 image=(base + 1, 0),
                 tile_plan=(5, 0),
                 tiles=(base + 2, 0),
+                guide=(whole_scene, 0),
             ),
         ]
+    nodes.append(
+        Node(
+            whole_scene,
+            "VAEDecode",
+            (840, 40 + 740 * (len(rows) - 1) + 220),
+            links={"samples": (guided, 2), "vae": (1, 2)},
+            title="decode whole-scene pass",
+            size=(220, 60),
+        )
+    )
     return nodes
 
 

@@ -421,6 +421,27 @@ def test_txt2img_is_guide_first_and_its_note_tells_the_plan():
     assert len(canvas) > 1 and tiles in note and "mode = guided" in note, note
 
 
+def test_compare_methods_runs_every_mode_on_one_plan_against_one_whole_scene_pass():
+    """The comparison graph shows guided beside the baselines on the same plan, and every row's Quality
+    Metrics measures layout against the guided sampler's decoded whole-scene pass; its note tells the plan."""
+    ui, api = _load("compare_methods")
+    samplers = {k: n for k, n in api.items() if n["class_type"] == "SanaTemporalCausalSampler"}
+    modes = sorted(n["inputs"]["mode"] for n in samplers.values())
+    assert modes == ["causal", "guided", "independent", "multidiffusion"]
+    (plan_id,) = {n["inputs"]["tile_plan"][0] for n in samplers.values()}
+    (guided_id,) = (k for k, n in samplers.items() if n["inputs"]["mode"] == "guided")
+    metrics = [n for n in api.values() if n["class_type"] == "SanaTemporalTileMetrics"]
+    assert len(metrics) == len(samplers)
+    for node in metrics:
+        assert node["inputs"]["tile_plan"] == [plan_id, 0]
+        decode = api[node["inputs"]["guide"][0]]
+        assert decode["class_type"] == "VAEDecode" and decode["inputs"]["samples"] == [guided_id, 2]
+    canvas = _plan_of(api, plan_id)
+    (note,) = (n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note")
+    assert f"{canvas.cols}×{canvas.rows} tiles of {canvas.tile_width_px}×{canvas.tile_height_px} px" in note
+    assert all(mode in note for mode in ("independent", "MultiDiffusion", "causal", "guided")), note
+
+
 def _least_drawn_height(node: dict) -> int:
     """LiteGraph's computeSize: 20 px per socket row, 24 px per widget and 8 below them."""
     sockets = [i for i in node["inputs"] if i["type"] not in WIDGETS]

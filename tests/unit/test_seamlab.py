@@ -1,5 +1,7 @@
 """Seam-lab scenes: determinism, any-size rendering, prompts, and the object counter."""
 
+from dataclasses import replace
+
 import kornia
 import pytest
 import torch
@@ -75,6 +77,64 @@ def test_duplicated_sun_is_counted_twice():
     assert int(seamlab.count_objects(one)["sun"][0]) == 1
     assert int(seamlab.count_objects(two)["sun"][0]) == 2
     assert seamlab.duplicated_object_rate(two, scenes) == 1.0
+
+
+def _sky_with(name: str, centres: list[tuple[float, float]], radius: float = 0.025) -> torch.Tensor:
+    """A 512×256 seam-lab sky with one `name` at each canvas-relative centre, small and soft as the
+    embedded model draws them at this size (radius 0.025 of the height: about 6 px; edges blurred)."""
+    j = seamlab.OBJECTS.index(name)
+    skies = seamlab.sample_scenes(32, seed=2, kinds=("sky",))
+    scene = skies[int(torch.nonzero(skies.present[:, j])[0])]
+    scene = replace(scene, vignette=torch.zeros(1), obj_r=torch.full((1, 3), radius))
+    height, width = 256, 512
+    background = seamlab.render(replace(scene, present=torch.zeros(1, 3, dtype=torch.bool)), height, width)
+    image = background.clone()
+    only = torch.zeros(1, 3, dtype=torch.bool)
+    only[0, j] = True
+    for centre in centres:
+        xy = scene.obj_xy.clone()
+        xy[0, j] = torch.tensor(centre)
+        image += seamlab.render(replace(scene, present=only, obj_xy=xy), height, width) - background
+    return kornia.filters.gaussian_blur2d(image.clamp(0, 1), (7, 7), (1.5, 1.5), border_type="replicate")
+
+
+@pytest.mark.parametrize("name", ["sun", "moon"])
+def test_small_soft_objects_are_counted_one_by_one(name):
+    """The embedded model's suns and moons on a 512×256 canvas are a few pixels across and soft; each one
+    counts, the one cut in half by the right border too."""
+    centres = [(0.12, 0.3), (0.45, 0.7), (0.995, 0.45)]
+    for n in range(len(centres) + 1):
+        counts = seamlab.count_objects(_sky_with(name, centres[:n]))
+        assert int(counts[name][0]) == n, (name, n, counts)
+
+
+def test_a_glow_without_an_outline_is_not_a_sun():
+    background = _sky_with("sun", [])
+    y, x = torch.meshgrid(torch.arange(256.0), torch.arange(512.0), indexing="ij")
+    glow = 0.9 * torch.exp(-(((x - 512) ** 2 + (y - 256) ** 2) / (2 * 45.0**2)))  # fades over ~100 px
+    image = torch.lerp(background, torch.tensor(seamlab.SUN_RGB).view(1, 3, 1, 1), glow)
+    assert int(seamlab.count_objects(image)["sun"][0]) == 0
+    assert int(seamlab.count_objects(_sky_with("sun", [(0.95, 0.9)]))["sun"][0]) == 1
+
+
+def test_a_sun_smeared_along_a_diagonal_is_one_sun():
+    """Causal tiles can paint a sun as a diagonal streak (here 3.8× longer than wide, where a bounding box
+    is mostly sky): a person counts one sun."""
+    sky = _sky_with("sun", [])
+    y, x = torch.meshgrid(torch.arange(256.0), torch.arange(512.0), indexing="ij")
+    along, across = ((x - 100) + (y - 80)) / 2**0.5, ((x - 100) - (y - 80)) / 2**0.5
+    streak = torch.sigmoid(4 * (1 - ((along / 23) ** 2 + (across / 6) ** 2).sqrt()))
+    image = torch.lerp(sky, torch.tensor(seamlab.SUN_RGB).view(1, 3, 1, 1), streak)
+    assert int(seamlab.count_objects(image)["sun"][0]) == 1
+
+
+def test_a_speckled_moon_is_one_moon():
+    """Guided tiles can paint the guide's moon as a pale blob of rainbow speckles: still one moon."""
+    g = torch.Generator().manual_seed(0)
+    sky, moon = _sky_with("moon", []), _sky_with("moon", [(0.3, 0.4)], radius=0.15)
+    speckles = F.interpolate(torch.rand(1, 3, 64, 128, generator=g), size=(256, 512), mode="nearest")
+    image = sky + (moon - sky) * (0.3 + 1.4 * speckles)  # each 4 px speckle tinted its own way
+    assert int(seamlab.count_objects(image.clamp(0, 1))["moon"][0]) == 1
 
 
 def test_specular_bands_and_stripes_are_not_counted_as_moons():
