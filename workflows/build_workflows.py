@@ -417,8 +417,9 @@ def compare() -> list[Node]:
     rows = (("independent", (1, 0)), ("multidiffusion", (1, 0)), ("causal", (4, 0)), ("guided", (4, 0)))
     guided = 10 + 10 * (len(rows) - 1)
     whole_scene = guided + 5
+    row_height = 760  # the sampler with its live preview, and a gap
     for row, (mode, model) in enumerate(rows):
-        base, y = 10 + 10 * row, 40 + 760 * row
+        base, y = 10 + 10 * row, 40 + row_height * row
         nodes += [
             sampler(base, (400, y), model, mode, f"{mode} tiles"),
             Node(
@@ -454,7 +455,7 @@ def compare() -> list[Node]:
         Node(
             whole_scene,
             "VAEDecode",
-            (840, 40 + 740 * (len(rows) - 1) + 220),
+            (840, 40 + row_height * (len(rows) - 1) + 220),
             links={"samples": (guided, 2), "vae": (1, 2)},
             title="decode whole-scene pass",
             size=(220, 60),
