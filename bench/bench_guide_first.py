@@ -48,8 +48,23 @@ def count_named_objects(image: torch.Tensor, prompt: str) -> int:
     return sum(int(n) for kind, n in seamlab.count_objects(image).items() if kind in prompt)
 
 
-def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int):
-    common = dict(steps=20, cfg=4.5, shift=model.flow_shift, seed=seed)
+def make_plans(compression: int) -> dict:
+    """The quick start's plan (key: overlap in px); MultiDiffusion 50 %: 128 px windows every 64 px."""
+    return {
+        32: make_plan(512, 256, 128, 128, 32, compression, fit="grow"),
+        64: make_plan(512, 256, 128, 128, 64, compression, fit="shift"),
+    }
+
+
+def whole_scene(model, plans: dict, emb, neg, seed: int):
+    """The whole-scene pass of ``seed`` at the tile's size: the layout reference (and causal's guide)."""
+    return generate(guide_plan(plans[32]), model.transformer, emb, neg, method="full",
+                    steps=20, cfg=4.5, shift=model.flow_shift, seed=seed).canvas  # fmt: skip
+
+
+def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int, **settings):
+    """``name`` of :data:`METHODS` on its plan; ``settings``: more RunSettings fields."""
+    common = dict(steps=20, cfg=4.5, shift=model.flow_shift, seed=seed, **settings)
     plan = plans[64] if name.startswith("multidiffusion") else plans[32]  # overlap in px
     if name == "causal":  # the former default: BCLA seeded by the same whole-scene pass
         options = dict(
@@ -65,49 +80,69 @@ def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int):
     return plan, generate(plan, model.transformer, emb, neg, **options, **common)
 
 
+def measure(model, plan, result, guide_image) -> tuple[torch.Tensor, dict]:
+    """The decoded canvas and its scores: plan-free line jump, Quality Metrics verdict and seam gradient
+    ratio over the image's own floor, layout against the whole-scene pass."""
+    image = model.decode(result.canvas)
+    report = seam_report(image, plan, tiles=model.decode(result.tiles))
+    fidelity = guide_fidelity(image, guide_image, plan)
+    jump = line_jump(image)
+    return image, {
+        "line_jump": jump.value, "line_axis": jump.axis, "line_at_px": jump.position,
+        "seamless": report.meets_targets(), "verdict": report.verdict(),
+        "seam_ratio_over_floor": report.excess()["gradient_ratio"],
+        "guide_psnr": fidelity["guide_psnr"], "guide_delta_e": fidelity["guide_delta_e_mean"],
+    }  # fmt: skip
+
+
+def run_all(model, plans: dict, variants: dict[str, tuple[str, dict]], images: dict) -> list[dict]:
+    """Every variant (name -> (a :data:`METHODS` name, more RunSettings fields)) on every prompt: one
+    score row each; the decoded canvases go into ``images`` by (seed, name), each prompt's whole-scene
+    pass by (seed, "guide")."""
+    rows = []
+    for seed, prompt in enumerate(PROMPTS):
+        emb, neg = model.encode_prompt(prompt), model.encode_prompt("")
+        guide = whole_scene(model, plans, emb, neg, seed)
+        images[seed, "guide"] = guide_image = model.decode(guide)
+        guide_objects = count_named_objects(guide_image, prompt)
+        for name, (method, settings) in variants.items():
+            start = time.perf_counter()
+            plan, result = run_method(method, model, plans, emb, neg, guide, seed, **settings)
+            seconds = time.perf_counter() - start
+            images[seed, name], scores = measure(model, plan, result, guide_image)
+            objects = {
+                "objects": count_named_objects(images[seed, name], prompt),
+                "guide_objects": guide_objects,
+            }
+            rows.append(
+                {"prompt": prompt, "seed": seed, "method": name, "seconds": seconds, **scores, **objects}
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def bench_model(folder: Path = EMBEDDED_MODEL) -> tuple[cli.LoadedModel, str, str]:
+    """A diffusers SANA folder on CPU, one torch thread (the protocol); with the suffix of its result
+    files ("" for the embedded model, else ``_<folder>``) and its name in the tables."""
+    torch.set_num_threads(1)
+    if folder.resolve() == EMBEDDED_MODEL.resolve():
+        suffix, name = "", "Embedded model"
+    else:
+        suffix, name = f"_{folder.resolve().name}", f"Model `{folder}` (the defaults were not tuned on it)"
+    return cli.load_sana_folder(folder, torch.device("cpu")), suffix, name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    model = cli.load_sana_folder(args.model, torch.device("cpu"))
-    embedded = args.model.resolve() == EMBEDDED_MODEL.resolve()
-    suffix = "" if embedded else f"_{args.model.resolve().name}"
-    c = model.compression
-    plans = {  # the quick start's plan; MultiDiffusion 50 %: 128 px windows every 64 px
-        32: make_plan(512, 256, 128, 128, 32, c, fit="grow"),
-        64: make_plan(512, 256, 128, 128, 64, c, fit="shift"),
-    }
-    rows, images = [], {}
-    for seed, prompt in enumerate(PROMPTS):
-        emb, neg = model.encode_prompt(prompt), model.encode_prompt("")
-        guide = generate(guide_plan(plans[32]), model.transformer, emb, neg, method="full",
-                         steps=20, cfg=4.5, shift=model.flow_shift, seed=seed).canvas  # fmt: skip
-        guide_image = model.decode(guide)
-        images[seed, "guide"] = guide_image
-        guide_objects = count_named_objects(guide_image, prompt)
-        for name in METHODS:
-            start = time.perf_counter()
-            plan, result = run_method(name, model, plans, emb, neg, guide, seed)
-            seconds = time.perf_counter() - start
-            image = model.decode(result.canvas)
-            images[seed, name] = image
-            report = seam_report(image, plan, tiles=model.decode(result.tiles))
-            fidelity = guide_fidelity(image, guide_image, plan)
-            jump = line_jump(image)
-            rows.append({
-                "prompt": prompt, "seed": seed, "method": name, "seconds": seconds,
-                "line_jump": jump.value, "line_axis": jump.axis, "line_at_px": jump.position,
-                "seamless": report.meets_targets(), "verdict": report.verdict(),
-                "guide_psnr": fidelity["guide_psnr"], "guide_delta_e": fidelity["guide_delta_e_mean"],
-                "objects": count_named_objects(image, prompt), "guide_objects": guide_objects,
-            })  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
+    model, suffix, model_name = bench_model(args.model)
+    images: dict = {}
+    rows = run_all(model, make_plans(model.compression), {name: (name, {}) for name in METHODS}, images)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"guide_first{suffix}.json").write_text(json.dumps(rows, indent=1) + "\n")
-    name = "Embedded model" if embedded else f"Model `{args.model}` (the defaults were not tuned on it)"
-    (args.out / f"guide_first{suffix}.md").write_text(markdown(rows, name))
+    (args.out / f"guide_first{suffix}.md").write_text(markdown(rows, model_name))
     figure(images, ROOT / "docs" / f"guide_first_comparison{suffix}.png")
 
 

@@ -334,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RELEASE_BAND,
         help="latent cells of the overlap next to the new area that --lock-release applies to (0 = all)",
     )
+    g.add_argument(
+        "--seam-refine",
+        type=_number(float, 0, 1),
+        default=0.0,
+        metavar="DENOISE",
+        help="once the canvas is done, re-denoise a band across every tile border at this denoise "
+        "(any method; 0 = off, 0.15-0.3 repaints only the border)",
+    )
     g.add_argument("--bcla-mode", choices=BCLA_MODES, default=BCLA_MODES[0], help="BCLA cache mode (causal)")
     g.add_argument("--bcla-strength", type=_number(float, 0), default=1.0, help="BCLA α")
     g.add_argument(
@@ -625,6 +633,7 @@ def _render(
     from .bcla import BCLAConfig
     from .pipeline import generate
     from .sampling import LockRelease
+    from .seam_refine import SeamRefine
 
     shift = args.shift if args.shift is not None else model.flow_shift
     prompt_embeds = model.encode_prompt(args.prompt)
@@ -657,6 +666,7 @@ def _render(
                 lock_feather=args.lock_feather,
                 lock_margin=args.lock_margin,
                 lock_release=LockRelease(args.lock_release, args.release_band),
+                seam_refine=SeamRefine(args.seam_refine) if args.seam_refine > 0 else None,
                 progress=bar,
                 **conditioning,
                 **_sampling(args, shift),

@@ -60,8 +60,9 @@ class TileCache(CallCache, Protocol):
     def seed(self, stats: object, strength: float) -> None:
         """Add a whole-scene pass's statistics (from :meth:`record_seed`) to what every tile reads."""
 
-    def begin_tile(self, tile: Tile, token_mask: Tensor | None = None) -> None:
-        """Start ``tile``; ``token_mask`` [h, w] marks the cells it generates (True)."""
+    def begin_tile(self, tile: Tile, token_mask: Tensor | None = None, window: Tile | None = None) -> None:
+        """Start ``tile``, sampled on ``window`` (the tile with a halo; None = the tile itself);
+        ``token_mask`` [h, w] of the window marks the cells it generates (True)."""
 
     def end_tile(self) -> None:
         """Fold the finished tile's statistics into what later tiles read."""

@@ -46,6 +46,7 @@ from .sampling import (
     sample_independent,
     start_canvas,
 )
+from .seam_refine import SeamRefine, refine_seams, refine_steps_total
 
 CAUSAL_METHODS = ("causal", "guided")
 """Methods that run the causal tile loop (and so can use a BCLA cache)."""
@@ -164,6 +165,10 @@ class RunSettings:
     """A global context for ``causal``."""
     guide_first: GuideFirst | None = None
     """Options of ``guided``; None = the defaults."""
+    halo: int = 0
+    """Cells of neighbouring canvas each tile is sampled with and then discards (not ``full``)."""
+    seam_refine: SeamRefine | None = None
+    """A low-denoise pass over bands across every tile border once the canvas is done; None = off."""
 
     def __post_init__(self) -> None:
         method = self.method
@@ -174,6 +179,10 @@ class RunSettings:
             raise SamplingError(f"A global context is only used by method='causal', not {method!r}{hint}.")
         if self.guide_first is not None and method != "guided":
             raise SamplingError(f"guide_first is only used by method='guided', not {method!r}.")
+        if self.halo < 0 or (self.halo > 0 and method == "full"):
+            raise SamplingError(
+                f"halo must be ≥ 0 cells, and 0 for method='full' (no tiles); got {self.halo}."
+            )
         if method == "guided" and self.guide.bcla_seed > 0 and self.cache_config is None:
             raise SamplingError(
                 "A guide's bcla_seed > 0 seeds the BCLA cache; give a BCLA cache or set it to 0."
@@ -213,7 +222,10 @@ def run(
     latent = None if latent is None else latent.to(device, noise.dtype)
     with torch.no_grad():
         guide = _guide(plan, host, settings, noise) if settings.method == "guided" else None
-        return _with_cache(plan, host, settings, noise, latent, guide)
+        result = _with_cache(plan, host, settings, noise, latent, guide)
+        if settings.seam_refine is not None:
+            result.canvas = refine_seams(plan, host, result.canvas, noise, settings.seam_refine)
+        return result
 
 
 def _guide(plan: TilePlan, host: Host, settings: RunSettings, noise: Tensor) -> Tensor:
@@ -283,10 +295,13 @@ def _run(
             context=global_context(context, plan, host, cache, noise, denoise, steps),
             on_tile=host.on_tile,
             reencode=host.reencode,
+            halo=settings.halo,
         )
         return CanvasResult(result.canvas, result.tiles, guide)
     if method == "independent":
-        return sample_independent(plan, noise, denoise_tile, latent=latent, on_tile=host.on_tile)
+        return sample_independent(
+            plan, noise, denoise_tile, latent=latent, on_tile=host.on_tile, halo=settings.halo
+        )
     job = TileJob(
         plan.whole_canvas,
         noise,
@@ -295,7 +310,7 @@ def _run(
         denoise=denoise,
     )
     if method == "multidiffusion":
-        job.model_wrap = lambda denoiser: multidiffusion_denoiser(plan, denoiser, host.on_tile)
+        job.model_wrap = lambda denoiser: multidiffusion_denoiser(plan, denoiser, host.on_tile, settings.halo)
     canvas = host.denoise(job)
     return CanvasResult(canvas, plan.crops(canvas))
 
@@ -360,11 +375,12 @@ def global_context(
 def tile_steps_total(plan: TilePlan, settings: RunSettings, steps: int) -> int:
     """A run's progress total in tile-steps (one tile, or the whole canvas, through one step; the seed
     pass is not counted): what a progress bar over the run counts to."""
+    refine = refine_steps_total(plan, settings.seam_refine, steps)
     if settings.method == "guided":
         options = settings.guide
         tiles = len(plan) + sum(len(level) for level in guide_levels(plan, options))
-        return steps + tiles * options.steps_per_tile(steps)
-    return steps * (1 if settings.method == "full" else len(plan))
+        return steps + tiles * options.steps_per_tile(steps) + refine
+    return steps * (1 if settings.method == "full" else len(plan)) + refine
 
 
 @dataclass(frozen=True)

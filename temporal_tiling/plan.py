@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -48,6 +48,11 @@ class Tile:
     def slices(self) -> tuple[slice, slice]:
         """(rows, cols) slices of this tile in a latent canvas."""
         return slice(self.y, self.y + self.height), slice(self.x, self.x + self.width)
+
+    def slices_in(self, window: Tile) -> tuple[slice, slice]:
+        """(rows, cols) slices of this tile inside ``window`` (a larger region that contains it)."""
+        top, left = self.y - window.y, self.x - window.x
+        return slice(top, top + self.height), slice(left, left + self.width)
 
     def pixel_slices(self, compression: int) -> tuple[slice, slice]:
         """(rows, cols) slices of this tile in the decoded image."""
@@ -192,8 +197,21 @@ class TilePlan:
             count[tile.slices] += 1
         return count
 
-    def known_mask(self, index: int, margin: int = 0) -> torch.Tensor:
-        """Cells of tile ``index`` already produced by tiles earlier in the order, shape [h, w] bool.
+    def window(self, tile: Tile, halo: int) -> Tile:
+        """``tile`` grown by ``halo`` cells on every side, clamped to the canvas (same index, row and
+        column): the window a tile is sampled on when it should see a ring of its neighbours' cells,
+        so that its own border is not the model's image border."""
+        if halo < 0:
+            raise PlanError(f"halo must be ≥ 0 latent cells (0 = the tile alone), got {halo}.")
+        top, left = max(tile.y - halo, 0), max(tile.x - halo, 0)
+        bottom = min(tile.y + tile.height + halo, self.canvas_height)
+        right = min(tile.x + tile.width + halo, self.canvas_width)
+        window = replace(tile, y=top, x=left, height=bottom - top, width=right - left)
+        return tile if window == tile else window  # the tile itself: hosts may recognise it by identity
+
+    def known_mask(self, index: int, margin: int = 0, window: Tile | None = None) -> torch.Tensor:
+        """Cells of tile ``index`` (or of ``window``) already produced by tiles earlier in the order,
+        shape [h, w] bool.
 
         ``margin`` leaves out each earlier tile's outermost ``margin`` cells on every side that is
         not the canvas border: a tile paints its window edge as an image edge, so that band is not
@@ -209,7 +227,7 @@ class TilePlan:
             bottom -= margin if bottom < self.canvas_height else 0
             right -= margin if right < self.canvas_width else 0
             done[top : max(top, bottom), left : max(left, right)] = True
-        return done[self.tiles[index].slices]
+        return done[(window or self.tiles[index]).slices]
 
     def seams(self) -> list[Seam]:
         """Every pair of grid-adjacent tiles (left/right and top/bottom), in pixels."""

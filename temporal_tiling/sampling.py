@@ -19,7 +19,7 @@ from torch import Tensor
 from .contracts import Denoiser, TileCache, TileCallback, TileContext, TileJob
 from .errors import UserInputError
 from .options import DEFAULT_LOCK_FEATHER, DEFAULT_LOCK_MARGIN
-from .plan import TilePlan
+from .plan import Tile, TilePlan
 
 CLEAN_SIGMA = 1e-3
 """Noise level of the clean re-encoding pass (BCLA ``source = "clean"``): a finished tile, near t = 0."""
@@ -38,15 +38,21 @@ class CanvasResult:
     canvas: Tensor
     """[B,C,H,W] the stitched latent canvas."""
     tiles: Tensor
-    """[T*B,C,h,w] each tile's own finished latent, tile-major, in plan order (unblended)."""
+    """[T*B,C,h,w] each tile's own finished latent, tile-major, in plan order (unblended, and as the
+    method made it: a seam refine pass changes only ``canvas``)."""
     guide: Tensor | None = None
     """[B,C,h,w] the whole-scene pass ``method="guided"`` started from; None for the other methods."""
 
 
 def lock_mask(
-    plan: TilePlan, index: int, feather: int = DEFAULT_LOCK_FEATHER, margin: int = DEFAULT_LOCK_MARGIN
+    plan: TilePlan,
+    index: int,
+    feather: int = DEFAULT_LOCK_FEATHER,
+    margin: int = DEFAULT_LOCK_MARGIN,
+    window: Tile | None = None,
 ) -> Tensor:
-    """Denoise mask [1,1,h,w] of tile ``index``: 1 on new cells, 0 deep inside the known overlap.
+    """Denoise mask [1,1,h,w] of tile ``index`` (or of its halo ``window``, ``TilePlan.window``): 1 on
+    new cells, 0 deep inside the known overlap.
 
     Known cells are ``plan.known_mask(index, margin)``: with ``margin`` > 0 the earlier tiles'
     outermost cells, painted as an image edge, count as new and are regenerated.
@@ -60,7 +66,7 @@ def lock_mask(
         raise SamplingError(f"lock_feather must be ≥ 0 cells, got {feather}.")
     if margin < 0:
         raise SamplingError(f"lock_margin must be ≥ 0 cells (0 = lock every known cell), got {margin}.")
-    new = (~plan.known_mask(index, margin)).float()[None, None]
+    new = (~plan.known_mask(index, margin, window)).float()[None, None]
     total, grown = new, new
     for _ in range(feather):
         grown = F.max_pool2d(grown, 3, stride=1, padding=1)
@@ -133,6 +139,7 @@ def sample_causal(
     context: TileContext | None = None,
     on_tile: TileCallback | None = None,
     reencode: Callable[[Tensor], None] | None = None,
+    halo: int = 0,
 ) -> CanvasResult:
     """Tiles one after another in plan order, each locked to what the earlier ones produced.
 
@@ -147,7 +154,10 @@ def sample_causal(
     ``cache.needs_clean_pass`` the finished tile is re-encoded by ``reencode`` (one denoiser call
     near σ = 0, owned by whoever owns the denoiser) while ``cache.clean_pass()`` is open.
     ``context`` (GlobalContext) gives each tile an x0 hook and, with ``bcla_seed``, seeds the cache
-    before the first tile.
+    before the first tile. ``halo`` > 0 samples each tile on its window grown by that many cells
+    (``TilePlan.window``): earlier content there is locked like the overlap, cells no tile has made
+    yet are generated; only the tile's own area is kept, so its border is no longer the model's
+    image border.
     """
     canvas = start_canvas(plan, noise, latent)
     if cache is not None and cache.needs_clean_pass and reencode is None:
@@ -163,19 +173,24 @@ def sample_causal(
     for tile in plan.tiles:
         if on_tile is not None:
             on_tile(tile.index, len(plan))
-        rows, cols = tile.slices
-        mask = lock_mask(plan, tile.index, lock_feather, lock_margin).to(canvas)
-        hook = context.x0_hook(tile, plan) if context is not None else None
-        job = TileJob(tile, noise[..., rows, cols], canvas[..., rows, cols].clone(), mask, hook, release)
+        window = plan.window(tile, halo)
+        rows, cols = window.slices
+        own_rows, own_cols = own = tile.slices_in(window)
+        mask = lock_mask(plan, tile.index, lock_feather, lock_margin, window).to(canvas)
+        hook = context.x0_hook(window, plan) if context is not None else None
+        job = TileJob(window, noise[..., rows, cols], canvas[..., rows, cols].clone(), mask, hook, release)
         if cache is not None:
-            cache.begin_tile(tile, ~plan.known_mask(tile.index))
-        out = denoise_tile(job)
+            generated = torch.zeros(window.height, window.width, dtype=torch.bool)
+            generated[own] = ~plan.known_mask(tile.index)
+            cache.begin_tile(tile, generated, window)
+        sampled = denoise_tile(job)
         if cache is not None:
             if cache.needs_clean_pass:
                 with cache.clean_pass():
-                    reencode(out)
+                    reencode(sampled)
             cache.end_tile()
-        canvas[..., rows, cols] = out
+        out = sampled[..., own_rows, own_cols]
+        canvas[..., tile.slices[0], tile.slices[1]] = out
         finished.append(out)
     return CanvasResult(canvas, torch.cat(finished))
 
@@ -187,38 +202,50 @@ def sample_independent(
     *,
     latent: Tensor | None = None,
     on_tile: TileCallback | None = None,
+    halo: int = 0,
 ) -> CanvasResult:
-    """The "independent tiles" baseline: no lock, no cache; overlapping cells are averaged."""
+    """The "independent tiles" baseline: no lock, no cache; overlapping cells are averaged.
+
+    ``halo`` > 0 samples each tile on its window grown by that many cells and keeps the tile's area.
+    """
     start = start_canvas(plan, noise, latent)
     total = torch.zeros_like(start)
-    generate_all = noise.new_ones(1, 1, plan.tile_height, plan.tile_width)
     finished = []
     for tile in plan.tiles:
         if on_tile is not None:
             on_tile(tile.index, len(plan))
-        rows, cols = tile.slices
-        out = denoise_tile(TileJob(tile, noise[..., rows, cols], start[..., rows, cols], generate_all))
-        total[..., rows, cols] += out
+        window = plan.window(tile, halo)
+        rows, cols = window.slices
+        own_rows, own_cols = tile.slices_in(window)
+        generate_all = noise.new_ones(1, 1, window.height, window.width)
+        sampled = denoise_tile(TileJob(window, noise[..., rows, cols], start[..., rows, cols], generate_all))
+        out = sampled[..., own_rows, own_cols]
+        total[..., tile.slices[0], tile.slices[1]] += out
         finished.append(out)
     return CanvasResult(total / plan.coverage().to(total), torch.cat(finished))
 
 
 def multidiffusion_denoiser(
-    plan: TilePlan, denoiser: Denoiser, on_tile: TileCallback | None = None
+    plan: TilePlan, denoiser: Denoiser, on_tile: TileCallback | None = None, halo: int = 0
 ) -> Denoiser:
     """MultiDiffusion: the canvas prediction is every tile's x0 averaged per cell by coverage.
 
-    Any sampler then runs over the whole canvas ``[B,C,H,W]``; the model only ever sees tiles.
+    Any sampler then runs over the whole canvas ``[B,C,H,W]``; the model only ever sees tiles (with
+    ``halo`` > 0, each tile's window grown by that many cells, of which only the tile's x0 counts).
     """
     coverage = plan.coverage()
+    windows = [(plan.window(tile, halo), tile) for tile in plan.tiles]
 
     def model(x: Tensor, sigma: Tensor) -> Tensor:
         total = torch.zeros_like(x)
-        for tile in plan.tiles:
+        for window, tile in windows:
             if on_tile is not None:
                 on_tile(tile.index, len(plan))
-            rows, cols = tile.slices
-            total[..., rows, cols] += denoiser(x[..., rows, cols], sigma)
+            rows, cols = window.slices
+            own_rows, own_cols = tile.slices_in(window)
+            total[..., tile.slices[0], tile.slices[1]] += denoiser(x[..., rows, cols], sigma)[
+                ..., own_rows, own_cols
+            ]
         return total / coverage.to(total)
 
     return model

@@ -192,6 +192,7 @@ def sampler(
         ("batch_size", 1),
         ("guide_denoise", DEFAULT_GUIDE_DENOISE),
         ("tile_steps", 0),
+        ("seam_refine", 0.0),
     ]
     wires = {"model": model, "positive": (2, 0), "negative": (3, 0), "tile_plan": (5, 0), **links}
     return Node(node_id, "SanaTemporalCausalSampler", pos, widgets, wires, title, (400, 380))
@@ -416,8 +417,9 @@ def compare() -> list[Node]:
     rows = (("independent", (1, 0)), ("multidiffusion", (1, 0)), ("causal", (4, 0)), ("guided", (4, 0)))
     guided = 10 + 10 * (len(rows) - 1)
     whole_scene = guided + 5
+    row_height = 760  # the sampler with its live preview, and a gap
     for row, (mode, model) in enumerate(rows):
-        base, y = 10 + 10 * row, 40 + 740 * row
+        base, y = 10 + 10 * row, 40 + row_height * row
         nodes += [
             sampler(base, (400, y), model, mode, f"{mode} tiles"),
             Node(
@@ -453,7 +455,7 @@ def compare() -> list[Node]:
         Node(
             whole_scene,
             "VAEDecode",
-            (840, 40 + 740 * (len(rows) - 1) + 220),
+            (840, 40 + row_height * (len(rows) - 1) + 220),
             links={"samples": (guided, 2), "vae": (1, 2)},
             title="decode whole-scene pass",
             size=(220, 60),

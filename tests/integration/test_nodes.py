@@ -246,6 +246,35 @@ def test_lock_margin_regenerates_the_earlier_tiles_edge(nodes, parts, conds, pla
     assert not torch.allclose(margin[1][1:], locked[1][1:])
 
 
+def test_seam_refine_and_halo_run_through_comfys_sampler(nodes, parts, conds, plan):
+    """The engine's seam refine bands and halo windows are ordinary host jobs: ComfyUI samples them too,
+    and the sampler node's seam_refine widget reaches the run."""
+    pipeline = pack_module("temporal_tiling.pipeline")
+    refine_module = pack_module("temporal_tiling.seam_refine")
+    model, _, _ = parts
+    shape = (1, model.get_model_object("latent_format").latent_channels)
+
+    def canvas(**settings) -> torch.Tensor:
+        host = nodes.sampler.ComfyHost(model, plan, conds, (STEPS, 3.0, "euler", "simple", 3))
+        host.start_preview(torch.zeros(*shape, plan.canvas_height, plan.canvas_width), 1)
+        run_settings = pipeline.RunSettings(method="independent", seed=3, **settings)
+        return pipeline.run(plan, host, run_settings, shape).canvas
+
+    plain = canvas()
+    refine = refine_module.SeamRefine(0.5, pad=1)
+    changed = (canvas(seam_refine=refine) - plain).abs().amax(dim=(0, 1)) > 1e-5  # latent in/out rounding
+    in_bands = torch.zeros_like(changed)
+    for band in refine_module.refine_bands(plan, refine.pad):
+        in_bands[band.window.slices] |= band.mask[0, 0] > 0
+    assert changed.any() and not (changed & ~in_bands).any()
+    assert not torch.equal(canvas(halo=1), plain)
+    for mode in ("causal", "multidiffusion"):  # the sampler node's seam_refine widget
+        plain_canvas, plain_tiles = _sample(nodes, model, conds, plan, mode=mode)
+        refined_canvas, refined_tiles = _sample(nodes, model, conds, plan, mode=mode, seam_refine=0.3)
+        assert torch.equal(refined_tiles, plain_tiles), mode  # the tiles output stays the method's own
+        assert not torch.allclose(refined_canvas, plain_canvas), mode
+
+
 def test_every_sampler_and_scheduler_runs(nodes, parts, conds, plan):
     import comfy.samplers
 

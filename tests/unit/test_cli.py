@@ -152,6 +152,22 @@ def test_guided_renders_the_whole_scene_first_with_either_upscale(tmp_path: Path
     assert not np.array_equal(outputs["latent"], outputs["pixel"])
 
 
+def test_seam_refine_flag_reaches_every_method(tmp_path: Path, monkeypatch) -> None:
+    refines = []
+
+    def recording_generate(*args, **kwargs):
+        refines.append((kwargs["method"], kwargs["seam_refine"]))
+        return generate(*args, **kwargs)
+
+    generate = pipeline.generate  # the CLI imports it when a run starts
+    monkeypatch.setattr(pipeline, "generate", recording_generate)
+    assert run([*BASE, "--method", "independent", "--out", str(tmp_path / "off")]) == 0
+    assert run([*BASE, "--method", "compare", "--seam-refine", "0.3", "--out", str(tmp_path / "on")]) == 0
+    assert refines[0] == ("independent", None)
+    assert {method for method, _ in refines[1:]} == set(cli.COMPARE)
+    assert all(refine.denoise == 0.3 for _, refine in refines[1:])
+
+
 @pytest.mark.parametrize(
     ("flags", "flag", "message"),
     [
@@ -165,6 +181,7 @@ def test_guided_renders_the_whole_scene_first_with_either_upscale(tmp_path: Path
         (["--lock-release", "2"], "--lock-release", "must be <= 1"),
         (["--release-band", "-1"], "--release-band", "must be >= 0"),
         (["--lock-margin", "-1"], "--lock-margin", "must be >= 0"),
+        (["--seam-refine", "1.5"], "--seam-refine", "must be <= 1"),
         (["--guide-denoise", "0"], "--guide-denoise", "must be > 0"),
         (["--method", "guided", "--guide-upscale", "pixel"], "--guide-upscale", "no image encoder"),
         (["--method", "magic"], "--method", "invalid choice"),

@@ -283,8 +283,8 @@ class _FakeCache:
     def seed(self, stats, strength) -> None:
         self.log.append(("seed", stats, strength))
 
-    def begin_tile(self, tile, token_mask) -> None:
-        self.log.append(("begin", tile.index, token_mask.clone()))
+    def begin_tile(self, tile, token_mask, window) -> None:
+        self.log.append(("begin", tile.index, token_mask.clone(), window))
 
     def set_call(self, sigma, branches) -> None:
         self.log.append(("call", round(sigma, 6), list(branches)))
