@@ -48,11 +48,11 @@ def count_named_objects(image: torch.Tensor, prompt: str) -> int:
     return sum(int(n) for kind, n in seamlab.count_objects(image).items() if kind in prompt)
 
 
-def make_plans(compression: int) -> dict:
+def make_plans(compression: int, width: int = 512, height: int = 256) -> dict:
     """The quick start's plan (key: overlap in px); MultiDiffusion 50 %: 128 px windows every 64 px."""
     return {
-        32: make_plan(512, 256, 128, 128, 32, compression, fit="grow"),
-        64: make_plan(512, 256, 128, 128, 64, compression, fit="shift"),
+        32: make_plan(width, height, 128, 128, 32, compression, fit="grow"),
+        64: make_plan(width, height, 128, 128, 64, compression, fit="shift"),
     }
 
 
@@ -63,7 +63,9 @@ def whole_scene(model, plans: dict, emb, neg, seed: int):
 
 
 def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int, **settings):
-    """``name`` of :data:`METHODS` on its plan; ``settings``: more RunSettings fields."""
+    """``name`` of :data:`METHODS` on its plan; ``settings``: more RunSettings fields (a ``guide_first``
+    replaces the guided rows' own)."""
+    guide_first = settings.pop("guide_first", None)
     common = dict(steps=20, cfg=4.5, shift=model.flow_shift, seed=seed, **settings)
     plan = plans[64] if name.startswith("multidiffusion") else plans[32]  # overlap in px
     if name == "causal":  # the former default: BCLA seeded by the same whole-scene pass
@@ -73,7 +75,7 @@ def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int, **sett
             context=ContextSettings(guide, bcla_seed=1.0, seed=seed),
         )
     elif name.startswith("guided"):
-        guide_first = GuideFirst(stats=0.0) if "no statistics" in name else GuideFirst()
+        guide_first = guide_first or (GuideFirst(stats=0.0) if "no statistics" in name else GuideFirst())
         options = dict(method="guided", cache_config=BCLAConfig(), guide_first=guide_first)
     else:
         options = dict(method="multidiffusion" if plan is plans[64] else name)
@@ -190,12 +192,13 @@ def mean_guide_objects(rows: list[dict]) -> float:
     return sum(r["guide_objects"] for r in rows if r["method"] == METHODS[0]) / len(PROMPTS)
 
 
-def figure(images: dict, path: Path) -> None:
-    width, height, label = 256, 128, 16
-    out = Image.new("RGB", (len(SHOWN) * (width + 6), len(PROMPTS) * (height + label)), "white")
+def figure(images: dict, path: Path, shown: tuple[str, ...] = SHOWN, width: int = 256) -> None:
+    """``shown`` variants side by side, one row per prompt, each ``width`` px wide (2:1)."""
+    height, label = width // 2, 16
+    out = Image.new("RGB", (len(shown) * (width + 6), len(PROMPTS) * (height + label)), "white")
     draw = ImageDraw.Draw(out)
     for seed in range(len(PROMPTS)):
-        for i, name in enumerate(SHOWN):
+        for i, name in enumerate(shown):
             pixels = (images[seed, name][0].permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()
             x, y = i * (width + 6), seed * (height + label)
             out.paste(Image.fromarray(pixels).resize((width, height), Image.BICUBIC), (x, y + label))

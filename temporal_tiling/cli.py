@@ -342,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="once the canvas is done, re-denoise a band across every tile border at this denoise "
         "(any method; 0 = off, 0.15-0.3 repaints only the border)",
     )
+    g.add_argument(
+        "--halo",
+        type=_number(int, 0),
+        default=0,
+        metavar="CELLS",
+        help="sample every tile with a ring of this many neighbouring latent cells that is then discarded, "
+        "so the tile's border is not the model's image border (tiled methods; 4 removes the row-to-row "
+        "bands guided leaves at large enlargements, at about 1.5× the time)",
+    )
     g.add_argument("--bcla-mode", choices=BCLA_MODES, default=BCLA_MODES[0], help="BCLA cache mode (causal)")
     g.add_argument("--bcla-strength", type=_number(float, 0), default=1.0, help="BCLA α")
     g.add_argument(
@@ -667,6 +676,7 @@ def _render(
                 lock_margin=args.lock_margin,
                 lock_release=LockRelease(args.lock_release, args.release_band),
                 seam_refine=SeamRefine(args.seam_refine) if args.seam_refine > 0 else None,
+                halo=args.halo,
                 progress=bar,
                 **conditioning,
                 **_sampling(args, shift),

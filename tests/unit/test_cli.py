@@ -152,20 +152,21 @@ def test_guided_renders_the_whole_scene_first_with_either_upscale(tmp_path: Path
     assert not np.array_equal(outputs["latent"], outputs["pixel"])
 
 
-def test_seam_refine_flag_reaches_every_method(tmp_path: Path, monkeypatch) -> None:
+def test_seam_refine_and_halo_flags_reach_every_method(tmp_path: Path, monkeypatch) -> None:
     refines = []
 
     def recording_generate(*args, **kwargs):
-        refines.append((kwargs["method"], kwargs["seam_refine"]))
+        refines.append((kwargs["method"], kwargs["seam_refine"], kwargs["halo"]))
         return generate(*args, **kwargs)
 
     generate = pipeline.generate  # the CLI imports it when a run starts
     monkeypatch.setattr(pipeline, "generate", recording_generate)
     assert run([*BASE, "--method", "independent", "--out", str(tmp_path / "off")]) == 0
-    assert run([*BASE, "--method", "compare", "--seam-refine", "0.3", "--out", str(tmp_path / "on")]) == 0
-    assert refines[0] == ("independent", None)
-    assert {method for method, _ in refines[1:]} == set(cli.COMPARE)
-    assert all(refine.denoise == 0.3 for _, refine in refines[1:])
+    on = ["--method", "compare", "--seam-refine", "0.3", "--halo", "1", "--out", str(tmp_path / "on")]
+    assert run([*BASE, *on]) == 0
+    assert refines[0] == ("independent", None, 0)
+    assert {method for method, _, _ in refines[1:]} == set(cli.COMPARE)
+    assert all(refine.denoise == 0.3 and halo == 1 for _, refine, halo in refines[1:])
 
 
 @pytest.mark.parametrize(
