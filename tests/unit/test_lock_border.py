@@ -17,21 +17,9 @@ from temporal_tiling.sampling import (
     sample_causal,
     sample_independent,
 )
-from temporal_tiling.sana.fixtures import tiny_transformer
 from temporal_tiling.seam_refine import SeamRefine, refine_bands
 
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_transformer()
-
-
-@pytest.fixture(scope="module")
-def prompts() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(7)
-    return torch.randn(1, 6, 16, generator=gen), torch.randn(1, 6, 16, generator=gen)
 
 
 PLANS = {

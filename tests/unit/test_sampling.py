@@ -8,7 +8,6 @@ from contextlib import contextmanager
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import SanaTransformer2DModel
 
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.contracts import TileJob
@@ -35,17 +34,6 @@ from temporal_tiling.sampling import (
 from temporal_tiling.sana.fixtures import tiny_transformer
 
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def model() -> SanaTransformer2DModel:
-    return tiny_transformer()
-
-
-@pytest.fixture(scope="module")
-def prompts() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(7)
-    return torch.randn(1, 6, 16, generator=gen), torch.randn(1, 6, 16, generator=gen)
 
 
 def overlapping_plan(order: str = "raster") -> TilePlan:
