@@ -48,7 +48,7 @@ class SeamRefine:
             raise SamplingError(f"seam refine steps must be ≥ 1 (None: the default), got {self.steps}.")
 
     def steps_per_band(self, steps: int) -> int:
-        """``steps × denoise`` by default: the last levels of the run's own schedule, level for level."""
+        """``steps × denoise`` by default: the schedule's last ``denoise`` share at the run's step size."""
         return self.steps or max(1, round(steps * self.denoise))
 
 
