@@ -20,6 +20,9 @@ from temporal_tiling.plan import TilePlan, make_plan  # noqa: E402
 EMBEDDED = "seamlab-sana (embedded)"
 FROM_CHECKPOINT = "(from checkpoint folder)"
 PROMPT = "a blue to pink sky with one sun at top left"
+UPSCALE_PROMPT = "a blue sky"
+"""The upscale workflow refines ComfyUI's example drawing (a figure on a green hill under a blue sky);
+the embedded model knows only seam-lab words, and a prompt naming a sun turns the hill into suns."""
 EMBEDDED_COMPRESSION = 8
 """Pixels per latent cell of the embedded model's autoencoder (the Tile Planner reads it from the VAE)."""
 
@@ -325,7 +328,7 @@ def txt2img() -> list[Node]:
 def upscale() -> list[Node]:
     return [
         loader(1, (20, 40)),
-        text(2, (20, 300), PROMPT, "positive"),
+        text(2, (20, 300), UPSCALE_PROMPT, "positive"),
         text(3, (20, 470), "", "negative"),
         Node(4, "LoadImage", (20, 650), [("image", "example.png"), (UI_ONLY, "image")], size=(320, 340)),
         Node(
