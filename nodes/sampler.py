@@ -212,6 +212,16 @@ class SanaCausalSampler(io.ComfyNode):
                     "the lines independent tiles and MultiDiffusion leave; costs about steps × denoise "
                     "steps per border.",
                 ),
+                io.Int.Input(
+                    "halo",
+                    default=0,
+                    min=0,
+                    max=64,
+                    tooltip="Latent cells of neighbouring canvas each tile is sampled with and then "
+                    "discards, so a tile's border is not the model's image border (tiled modes). "
+                    "0 = off; 4 removes the soft brightness step guided leaves at every tile row when "
+                    "the canvas is many times the tile (about 1.25× the time).",
+                ),
                 io.Latent.Input(
                     "latent_image",
                     optional=True,
@@ -269,6 +279,7 @@ class SanaCausalSampler(io.ComfyNode):
         guide_denoise: float = DEFAULT_GUIDE_DENOISE,
         tile_steps: int = 0,
         seam_refine: float = 0.0,
+        halo: int = 0,
         latent_image: dict | None = None,
         global_context: ContextSettings | None = None,
     ) -> io.NodeOutput:
@@ -287,6 +298,7 @@ class SanaCausalSampler(io.ComfyNode):
             context=global_context,
             guide_first=_guide_first(model, guide_denoise, tile_steps) if mode == "guided" else None,
             seam_refine=SeamRefine(seam_refine) if seam_refine > 0 else None,
+            halo=halo,
         )
         # ComfyUI's progress counts MultiDiffusion's steps over the canvas, not its tile calls
         total = (

@@ -196,6 +196,7 @@ def sampler(
         ("guide_denoise", DEFAULT_GUIDE_DENOISE),
         ("tile_steps", 0),
         ("seam_refine", 0.0),
+        ("halo", 0),
     ]
     wires = {"model": model, "positive": (2, 0), "negative": (3, 0), "tile_plan": (5, 0), **links}
     return Node(node_id, "SanaTemporalCausalSampler", pos, widgets, wires, title, (400, 380))
@@ -420,7 +421,7 @@ def compare() -> list[Node]:
     rows = (("independent", (1, 0)), ("multidiffusion", (1, 0)), ("causal", (4, 0)), ("guided", (4, 0)))
     guided = 10 + 10 * (len(rows) - 1)
     whole_scene = guided + 5
-    row_height = 760  # the sampler with its live preview, and a gap
+    row_height = 790  # the sampler with its live preview, and a gap
     for row, (mode, model) in enumerate(rows):
         base, y = 10 + 10 * row, 40 + row_height * row
         nodes += [

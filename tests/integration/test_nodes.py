@@ -248,7 +248,7 @@ def test_lock_margin_regenerates_the_earlier_tiles_edge(nodes, parts, conds, pla
 
 def test_seam_refine_and_halo_run_through_comfys_sampler(nodes, parts, conds, plan):
     """The engine's seam refine bands and halo windows are ordinary host jobs: ComfyUI samples them too,
-    and the sampler node's seam_refine widget reaches the run."""
+    and the sampler node's seam_refine and halo widgets reach the run."""
     pipeline = pack_module("temporal_tiling.pipeline")
     refine_module = pack_module("temporal_tiling.seam_refine")
     model, _, _ = parts
@@ -273,6 +273,10 @@ def test_seam_refine_and_halo_run_through_comfys_sampler(nodes, parts, conds, pl
         refined_canvas, refined_tiles = _sample(nodes, model, conds, plan, mode=mode, seam_refine=0.3)
         assert torch.equal(refined_tiles, plain_tiles), mode  # the tiles output stays the method's own
         assert not torch.allclose(refined_canvas, plain_canvas), mode
+    plain_canvas, _ = _sample(nodes, model, conds, plan, mode="independent")
+    halo_canvas, _ = _sample(nodes, model, conds, plan, mode="independent", halo=1)  # the halo widget
+    assert torch.allclose(halo_canvas, canvas(halo=1), atol=1e-5)
+    assert not torch.allclose(halo_canvas, plain_canvas)
 
 
 def test_every_sampler_and_scheduler_runs(nodes, parts, conds, plan):
