@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from bench.bench_guide_first import PROMPTS, ROOT, bench_model, figure, make_plans, run_all
+from bench.bench_guide_first import ROOT, bench_model, figure, make_plans, markdown, run_all
 from temporal_tiling.pipeline import GuideFirst, pixel_upscale
 
 SHOWN = ("guide", "full", "guided", "guided, chain x2", "guided, pixel upscale", "guided + halo 4")
@@ -38,43 +38,10 @@ def main() -> None:
     rows = run_all(model, make_plans(model.compression, 1024, 512), variants, images)
     out = ROOT / "bench" / "results"
     (out / "guide_chain.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (out / "guide_chain.md").write_text(markdown(rows, list(variants)))
+    title = "Guide-first at 6.7× the whole-scene pass (`python -m bench.bench_guide_chain`)"
+    table = markdown(rows, names=tuple(variants), title=title, canvas="1024×512 px, 8×4 tiles")
+    (out / "guide_chain.md").write_text(table)
     figure(images, ROOT / "docs" / "guide_chain_comparison.png", SHOWN, width=384)
-
-
-def markdown(rows: list[dict], names: list[str]) -> str:
-    lines = [
-        "# Guide-first at 6.7× the whole-scene pass (`python -m bench.bench_guide_chain`)",
-        "",
-        "Embedded model, 1024×512 px, 8×4 tiles, 20 steps, 3 prompts (seed = prompt index), one torch "
-        "thread. Layout: the canvas downscaled to the whole-scene pass vs that pass. Means over the prompts.",
-        "",
-        "| method | line jump (× native) | seamless verdicts | layout PSNR dB | suns/moons (pass) "
-        "| s per canvas |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]  # fmt: skip
-    mean = lambda name, key: sum(r[key] for r in rows if r["method"] == name) / len(PROMPTS)  # noqa: E731
-    native = mean("full", "line_jump")
-    for name in names:
-        jump = mean(name, "line_jump")
-        seamless = sum(r["seamless"] for r in rows if r["method"] == name)
-        lines.append(
-            f"| {name} | {jump:.2f} ({jump / native:.2f}×) | {seamless}/{len(PROMPTS)} | "
-            f"{mean(name, 'guide_psnr'):.1f} | "
-            f"{mean(name, 'objects'):.1f} ({mean(name, 'guide_objects'):.1f}) | "
-            f"{mean(name, 'seconds'):.1f} |"
-        )
-    lines += [
-        "",
-        "| prompt | method | line jump | verdict | layout PSNR dB | suns/moons |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    lines += [
-        f"| {r['seed']} | {r['method']} | {r['line_jump']:.2f} | {r['verdict']} | {r['guide_psnr']:.1f} | "
-        f"{r['objects']} |"
-        for r in rows
-    ]
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

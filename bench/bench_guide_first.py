@@ -148,11 +148,18 @@ def main() -> None:
     figure(images, ROOT / "docs" / f"guide_first_comparison{suffix}.png")
 
 
-def markdown(rows: list[dict], model_name: str = "Embedded model") -> str:
+def markdown(
+    rows: list[dict],
+    model_name: str = "Embedded model",
+    names: tuple[str, ...] = METHODS,
+    title: str = "Guide-first text to image (`python -m bench.bench_guide_first`)",
+    canvas: str = "512×256 px, 4×2 tiles",
+) -> str:
+    """The tables of ``rows`` (:func:`run_all`), one summary row per variant of ``names``."""
     lines = [
-        "# Guide-first text to image (`python -m bench.bench_guide_first`)",
+        f"# {title}",
         "",
-        f"{model_name}, 512×256 px, 4×2 tiles, 20 steps, 3 prompts (seed = prompt index), one torch thread."
+        f"{model_name}, {canvas}, 20 steps, 3 prompts (seed = prompt index), one torch thread."
         " Layout: the canvas downscaled to the whole-scene pass vs that pass. Means over the prompts."
         " Objects: the suns or moons the prompt names (it asks for one), counted on the canvas; in brackets"
         " the prompts where the canvas has more than the whole-scene pass.",
@@ -163,7 +170,7 @@ def markdown(rows: list[dict], model_name: str = "Embedded model") -> str:
     ]  # fmt: skip
     mean = lambda name, key: sum(r[key] for r in rows if r["method"] == name) / len(PROMPTS)  # noqa: E731
     native = mean("full", "line_jump")
-    for name in METHODS:
+    for name in names:
         seamless = sum(r["seamless"] for r in rows if r["method"] == name)
         more = sum(r["objects"] > r["guide_objects"] for r in rows if r["method"] == name)
         jump = mean(name, "line_jump")
