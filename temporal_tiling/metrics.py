@@ -614,8 +614,8 @@ class SeamReport:
                     continue
                 if name == "gradient_ratio":
                     out.append(
-                        f"lines stand out at the {lines}: gradient ratio {j.seams:.2f} against the image's own "
-                        f"{j.floor:.2f} (×{j.excess:.2f}, target < {TARGET_RATIO})"
+                        f"lines stand out at the {lines}: gradient ratio {j.seams:.2f} against the image's "
+                        f"own {j.floor:.2f} (×{j.excess:.2f}, target < {TARGET_RATIO})"
                     )
                 else:
                     what = "a colour step" if name == "delta_e" else "colour drift between tiles"
