@@ -2,6 +2,7 @@
 untouched photos pass whatever their content, and the verdict is against the image's own floor."""
 
 import json
+from pathlib import Path
 
 import kornia
 import pytest
@@ -404,3 +405,45 @@ def test_drift_is_the_colour_step_the_trend_on_either_side_does_not_explain():
     assert "colour drift between tiles at the horizontal seams" in report.verdict()
     plain = seam_report(sky_image(), plan)
     assert plain.meets_targets() and plain.axes["horizontal"]["drift_delta_e"].seams < 0.5
+
+
+CASES = Path(__file__).parent / "verdict_cases"
+SEEN = {  # file: (what a person sees at 100-200 %, next to the native render; seamless?)
+    "quickstart_guided.png": ("the quick start's guided canvas: one gradient, one sun, no line", True),
+    "guided_1024_suns.png": ("1024×512 guided: big speckled suns across seam bands, no line", True),
+    "causal_lock_margin_0.png": ("the former causal default: a pink line across the canvas, y = 144", False),
+    "early_guided_pink_line.png": ("an early guided run: a straight pink edge along the first row", False),
+    "independent.png": ("independent tiles: each tile row a band of its own, lines at the borders", False),
+}
+
+
+def canvas_png(name: str) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(CASES / name) as image:
+        pixels = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
+        return pixels.view(image.height, image.width, 3).permute(2, 0, 1)[None].float() / 255
+
+
+def plan_of(image: torch.Tensor):
+    """The plan these canvases were made with: 128 px tiles grown to fit, 32 px overlap, 8× latents."""
+    return make_plan(image.shape[-1], image.shape[-2], 128, 128, 32, 8, fit="grow")
+
+
+@pytest.mark.parametrize("name", list(SEEN))
+def test_the_verdict_says_what_a_person_sees(name):
+    """Canvases the pack made, looked at zoomed beside the native render: the verdict agrees. The pooled
+    verdict this replaces called the suns "seams visible" (drift +4.1) and the pink edge seamless."""
+    seen, seamless = SEEN[name]
+    image = canvas_png(name)
+    report = seam_report(image, plan_of(image))
+    assert report.meets_targets() == seamless, f"{seen}: {report.verdict()}"
+
+
+@pytest.mark.xfail(strict=True, reason="known miss: soft steps, ΔE 1.3 on a 0.4 floor, under the targets")
+def test_a_night_sky_stepping_at_every_tile_row_is_called_seamless_though_a_person_sees_the_steps():
+    """1024×512 guided night sky: the brightness steps up by ~4 L* across every tile row's overlap (a
+    staircase a person sees). The horizontal seams score 3× the floor on ΔE (1.28 against 0.41) and
+    ×1.13 on the ratio, under the targets (+2 ΔE, ×1.2); a context halo of 4 cells removes the steps."""
+    image = canvas_png("guided_1024_night_staircase.png")
+    assert not seam_report(image, plan_of(image)).meets_targets()
