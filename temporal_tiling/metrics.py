@@ -306,7 +306,7 @@ class _AxisView:
         a0, a1 = (firsts - 1 - DRIFT_STRIP_PX).clamp_min(max(low, 0)), firsts - 1
         b0, b1 = lasts, (lasts + DRIFT_STRIP_PX).clamp_max(min(high, self.width))
         means = self._segment_means(self.lab_rows, band.start, band.stop, DRIFT_SEGMENT_PX)  # [B, 3, S, W]
-        x = torch.arange(self.width, dtype=means.dtype)
+        x = torch.arange(self.width, dtype=means.dtype, device=means.device)
         sums, moments = _running(means), _running(means * x)
 
         def strip(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -529,9 +529,10 @@ class AxisJudgement:
     shaped like them. A tiling artefact is systematic: the lock border, a gradient that starts over, a
     cast feathered over each overlap sit at every seam of their axis, while content (a sun straddling a
     band) sits at a few; the median counts the first and not the second. ``allowance`` (ΔE measures) is
-    what that many floor windows would give by chance: ``SAMPLING_Z`` standard errors of a median from
-    the floor's robust spread. ``excess``: ``seams / floor`` for the gradient ratio, ``seams - floor -
-    allowance`` for ΔE. ``judged`` is False where the plan leaves no floor to compare with.
+    what chance gives: ``SAMPLING_Z`` standard errors of the difference of the two medians, from the
+    robust spreads of the seams and of the floor (each tile's windows counted as one). ``excess``:
+    ``seams / floor`` for the gradient ratio, ``seams - floor - allowance`` for ΔE. ``judged`` is False
+    where the plan leaves no floor to compare with.
     """
 
     seams: float | None
