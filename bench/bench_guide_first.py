@@ -67,7 +67,7 @@ def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int, **sett
     replaces the guided rows' own)."""
     guide_first = settings.pop("guide_first", None)
     common = dict(steps=20, cfg=4.5, shift=model.flow_shift, seed=seed, **settings)
-    plan = plans[64] if name.startswith("multidiffusion") else plans[32]  # overlap in px
+    plan = method_plan(name, plans)
     if name == "causal":  # the former default: BCLA seeded by the same whole-scene pass
         options = dict(
             method="causal",
@@ -82,14 +82,24 @@ def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int, **sett
     return plan, generate(plan, model.transformer, emb, neg, **options, **common)
 
 
-def measure(model, plan, result, guide_image) -> tuple[torch.Tensor, dict]:
-    """The decoded canvas and its scores: plan-free line jump, Quality Metrics verdict and seam gradient
-    ratio over the image's own floor, layout against the whole-scene pass."""
-    image = model.decode(result.canvas)
-    report = seam_report(image, plan, tiles=model.decode(result.tiles))
+def method_plan(name: str, plans: dict):
+    """The plan ``name`` of :data:`METHODS` runs on (MultiDiffusion 50 %: its own windows)."""
+    return plans[64] if name.startswith("multidiffusion") else plans[32]  # overlap in px
+
+
+def measure(model, plan, result, guide_image) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The decoded canvas, its decoded tiles and their :func:`scores`."""
+    image, tiles = model.decode(result.canvas), model.decode(result.tiles)
+    return image, tiles, scores(image, tiles, plan, guide_image)
+
+
+def scores(image: torch.Tensor, tiles: torch.Tensor, plan, guide_image: torch.Tensor) -> dict:
+    """Plan-free line jump, Quality Metrics verdict and seam gradient ratio over the image's own floor,
+    layout against the whole-scene pass."""
+    report = seam_report(image, plan, tiles=tiles)
     fidelity = guide_fidelity(image, guide_image, plan)
     jump = line_jump(image)
-    return image, {
+    return {
         "line_jump": jump.value, "line_axis": jump.axis, "line_at_px": jump.position,
         "seamless": report.meets_targets(), "verdict": report.verdict(),
         "seam_ratio_over_floor": report.excess()["gradient_ratio"],
@@ -99,8 +109,8 @@ def measure(model, plan, result, guide_image) -> tuple[torch.Tensor, dict]:
 
 def run_all(model, plans: dict, variants: dict[str, tuple[str, dict]], images: dict) -> list[dict]:
     """Every variant (name -> (a :data:`METHODS` name, more RunSettings fields)) on every prompt: one
-    score row each; the decoded canvases go into ``images`` by (seed, name), each prompt's whole-scene
-    pass by (seed, "guide")."""
+    score row each; the decoded canvases go into ``images`` by (seed, name), their tiles by (seed, name,
+    "tiles"), each prompt's whole-scene pass by (seed, "guide")."""
     rows = []
     for seed, prompt in enumerate(PROMPTS):
         emb, neg = model.encode_prompt(prompt), model.encode_prompt("")
@@ -111,13 +121,13 @@ def run_all(model, plans: dict, variants: dict[str, tuple[str, dict]], images: d
             start = time.perf_counter()
             plan, result = run_method(method, model, plans, emb, neg, guide, seed, **settings)
             seconds = time.perf_counter() - start
-            images[seed, name], scores = measure(model, plan, result, guide_image)
+            images[seed, name], images[seed, name, "tiles"], row = measure(model, plan, result, guide_image)
             objects = {
                 "objects": count_named_objects(images[seed, name], prompt),
                 "guide_objects": guide_objects,
             }
             rows.append(
-                {"prompt": prompt, "seed": seed, "method": name, "seconds": seconds, **scores, **objects}
+                {"prompt": prompt, "seed": seed, "method": name, "seconds": seconds, **row, **objects}
             )
             print(json.dumps(rows[-1]), flush=True)
     return rows

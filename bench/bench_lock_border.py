@@ -1,9 +1,12 @@
-"""Closing the lock border: lock margin, lock ramp, lock release, context halo and seam refine, for the
-causal tiles and the baselines, on the embedded model, through the run path.
+"""Closing the lock border: lock margin, lock ramp, lock release, context halo, seam refine and border
+resampling, for the causal tiles and the baselines, on the embedded model, through the run path.
 
-Run from the repository root: ``python -m bench.bench_lock_border`` (about 25 min on 2 CPU cores, one
+Run from the repository root: ``python -m bench.bench_lock_border`` (about 30 min on 2 CPU cores, one
 torch thread). Writes ``bench/results/lock_border.json``, ``bench/results/lock_border.md`` and
-``docs/lock_border_comparison.png``.
+``docs/lock_border_comparison.png``; ``--model DIR`` runs another SANA folder and adds ``_<folder name>``
+to those names. ``--images FILE`` also saves the decoded canvases and tiles; ``--rescore --images FILE``
+scores them again with the current ``temporal_tiling/metrics.py`` and rewrites the tables and figure
+without running the model (the seconds stay those of the run).
 
 Protocol: bench_guide_first's (the quick start's canvas, 512×256 px, 4×2 tiles of 152×144 px, 32 px
 overlap, 20 steps, cfg 4.5, its three prompts, seed = prompt index; MultiDiffusion 50 %: 128 px windows
@@ -12,8 +15,11 @@ prompt), Quality Metrics verdict and seam gradient ratio over the image's own fl
 the whole-scene pass. Causal runs with the pack's lock defaults (margin 1, feather 2, no release), a
 BCLA cache seeded by the whole-scene pass; each variant changes one setting. The halo is 4 cells (one
 overlap), the seam refine ``SeamRefine()`` (denoise 0.25, 4 cells of context each side, steps × denoise
-steps per band). The figure shows each canvas cut around the crossing of the first tile row's bottom
-border and the first column border, zoomed 2× (nearest), ticks at the border lines.
+steps per band), the border resample ``BorderResample()`` (at σ ≤ 0.5 every model call of a tile with a
+lock edge predicts, composites the known cells, re-noises to the same σ with fresh seeded noise and
+predicts again, twice, within 4 cells of the edge: RePaint's resampling inside one model call). The
+figure shows each canvas cut around the crossing of the first tile row's bottom border and the first
+column border, zoomed 2× (nearest), ticks at the border lines.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from bench.bench_guide_first import PROMPTS, bench_model, make_plans, run_all
-from temporal_tiling.options import EMBEDDED_MODEL
+from bench.bench_guide_first import PROMPTS, bench_model, make_plans, method_plan, run_all, scores
+from temporal_tiling.border_resample import BorderResample
+from temporal_tiling.flow import flow_sigmas
+from temporal_tiling.options import DEFAULT_LOCK_MARGIN, EMBEDDED_MODEL
 from temporal_tiling.pipeline import GuideFirst, guide_plan
 from temporal_tiling.sampling import LockRelease
 from temporal_tiling.seam_refine import SeamRefine, refine_bands
@@ -45,6 +53,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # row -> (bench_guide_first method, R
     "causal, lock release 0.5": ("causal", {"lock_release": LockRelease(0.5)}),
     "causal + halo": ("causal", {"halo": HALO}),
     "causal + seam refine": ("causal", {"seam_refine": SeamRefine()}),
+    "causal + border resample": ("causal", {"border_resample": BorderResample()}),
     "independent": ("independent", {}),
     "independent + halo": ("independent", {"halo": HALO}),
     "independent + seam refine": ("independent", {"seam_refine": SeamRefine()}),
@@ -52,6 +61,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # row -> (bench_guide_first method, R
     "multidiffusion 50 % + seam refine": ("multidiffusion 50 %", {"seam_refine": SeamRefine()}),
     "guided": ("guided", {}),
     "guided + seam refine": ("guided", {"seam_refine": SeamRefine()}),
+    "guided + border resample": ("guided", {"border_resample": BorderResample()}),
 }
 CROP = (80, 88, 96)
 """(top, left, size) px of the figure's crop: around y = 112–144 (the first row's bottom overlap) and
@@ -63,31 +73,61 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--rows", nargs="*", choices=VARIANTS, default=list(VARIANTS), help="rows to run")
     parser.add_argument("--images", type=Path, default=None, help="also save the decoded canvases here")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the canvases and tiles an earlier run saved with --images again (after a change to "
+        "temporal_tiling/metrics.py) and rewrite its tables and figure, without running the model",
+    )
     parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
     args = parser.parse_args()
+    if args.rescore and args.images is None:
+        parser.error("--rescore needs --images FILE, saved by an earlier run")
     model, suffix, model_name = bench_model(args.model)
-    images: dict = {}
     plans = make_plans(model.compression)
-    rows = run_all(model, plans, {name: VARIANTS[name] for name in args.rows}, images)
+    results = args.out / f"lock_border{suffix}.json"
+    if args.rescore:
+        images = torch.load(args.images)
+        rows = rescore(json.loads(results.read_text()), images, plans)
+    else:
+        images = {}
+        rows = run_all(model, plans, {name: VARIANTS[name] for name in args.rows}, images)
+        if args.images is not None:  # to redraw the figure or score again without rerunning
+            torch.save(images, args.images)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"lock_border{suffix}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    results.write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / f"lock_border{suffix}.md").write_text(markdown(rows, plans, model_name))
-    if args.images is not None:  # to redraw the figure without rerunning
-        torch.save(images, args.images)
-    figure(images, args.rows, ROOT / "docs" / f"lock_border_comparison{suffix}.png")
+    names = list(dict.fromkeys(row["method"] for row in rows))
+    figure(images, names, ROOT / "docs" / f"lock_border_comparison{suffix}.png")
+
+
+def rescore(rows: list[dict], images: dict, plans: dict) -> list[dict]:
+    """``rows`` of an earlier run, scored again from the canvases and tiles it saved (its seconds and
+    object counts stay)."""
+    for row in rows:
+        seed, name = row["seed"], row["method"]
+        plan = method_plan(VARIANTS[name][0], plans)
+        row.update(scores(images[seed, name], images[seed, name, "tiles"], plan, images[seed, "guide"]))
+    return rows
 
 
 def model_cells(name: str, plans: dict, steps: int = 20) -> int:
     """Latent cells × sampler steps the model denoises for row ``name`` (CFG doubles every row alike;
     the BCLA seed passes, under 5 %, are left out): a cost that does not depend on the machine's load."""
     method, settings = VARIANTS[name]
-    plan = plans[64] if method.startswith("multidiffusion") else plans[32]
+    plan = method_plan(method, plans)
     if method == "full":
         cost = plan.canvas_height * plan.canvas_width * steps
     else:
         windows = [plan.window(tile, settings.get("halo", 0)) for tile in plan.tiles]
         tile_steps = GuideFirst().steps_per_tile(steps) if method == "guided" else steps
         cost = tile_steps * sum(window.height * window.width for window in windows)
+        if (resample := settings.get("border_resample")) is not None:
+            levels = flow_sigmas(tile_steps, denoise=GuideFirst().denoise if method == "guided" else 1.0)
+            late = int(((levels > 0) & (levels <= resample.below_sigma)).sum())
+            known = [plan.known_mask(tile.index, DEFAULT_LOCK_MARGIN).any() for tile in plan.tiles]
+            locked = [window for window, has_known in zip(windows, known, strict=True) if has_known]
+            cost += resample.repeats * late * sum(window.height * window.width for window in locked)
         if method == "guided":
             small = guide_plan(plan)
             cost += small.canvas_height * small.canvas_width * steps

@@ -6,7 +6,8 @@ methods differ; this node supplies the host it calls: ``comfy.sample.sample`` on
 overlap (re-noised each step) for every sampler and scheduler. The BCLA processors go onto a clone of
 the MODEL as object patches; an apply-model wrapper tells the cache the noise level and CFG branches
 of every model call (and averages tiles for MultiDiffusion); a post-CFG function applies the global
-context and the denoise-mask function the lock release.
+context, the denoise-mask function the lock release, and a predict-noise wrapper (the post-CFG model
+call inside ComfyUI's inpainting rule) the border resampling.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..temporal_tiling.bcla import bcla_object_patches
 from ..temporal_tiling.context import ContextSettings
-from ..temporal_tiling.contracts import DenoiserWrap, MaskSchedule, TileCache, TileJob, X0Hook
+from ..temporal_tiling.contracts import DenoiserWrap, MaskSchedule, Resample, TileCache, TileJob, X0Hook
 from ..temporal_tiling.options import (
     DEFAULT_GUIDE_BCLA_SEED,
     DEFAULT_GUIDE_DENOISE,
@@ -374,6 +375,11 @@ class ComfyHost:
         self.hook: X0Hook | None = None
         self.mask_schedule: MaskSchedule | None = None
         self.model_wrap: DenoiserWrap | None = None
+        self.resample: Resample | None = None
+        self.known: torch.Tensor | None = None
+        """The job's known latent in the model's space (KSamplerX0Inpaint's ``latent_image``)."""
+        self.call_mask: torch.Tensor | None = None
+        """The denoise mask of the model call in progress, as ComfyUI's inpainting rule applies it."""
         self.tile: Tile | None = None
         self.cache: TileCache | None = None
         self.done_steps = 0
@@ -384,7 +390,8 @@ class ComfyHost:
 
     # --- the MODEL clone ---------------------------------------------------------------------------
     def _patched(self, model):
-        """A clone with this run's apply-model wrapper, post-CFG function and denoise-mask function."""
+        """A clone with this run's apply-model and predict-noise wrappers, post-CFG function and
+        denoise-mask function."""
         work = model.clone()
 
         def apply_model(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
@@ -413,9 +420,22 @@ class ComfyHost:
             if previous_mask is not None:
                 denoise_mask = previous_mask(sigma, denoise_mask, extra_options=extra_options)
             schedule = self.mask_schedule
-            return denoise_mask if schedule is None else schedule(sigma, denoise_mask)
+            self.call_mask = denoise_mask if schedule is None else schedule(sigma, denoise_mask)
+            return self.call_mask
 
-        work.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, apply_model)
+        def predict_noise(executor, x, timestep, model_options, seed):
+            resample, mask = self.resample, self.call_mask
+            if resample is None or mask is None:  # no mask: nothing known, nothing to resample
+                return executor(x, timestep, model_options, seed)
+
+            def denoiser(x_: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+                return executor(x_, sigma, model_options, seed)
+
+            return resample(denoiser, x, timestep, mask, self.known.to(x))
+
+        wrappers = comfy.patcher_extension.WrappersMP
+        work.add_wrapper_with_key(wrappers.APPLY_MODEL, WRAPPER_KEY, apply_model)
+        work.add_wrapper_with_key(wrappers.PREDICT_NOISE, WRAPPER_KEY, predict_noise)
         work.set_model_sampler_post_cfg_function(post_cfg)
         work.set_model_denoise_mask_function(mask_function)
         return work
@@ -462,19 +482,24 @@ class ComfyHost:
 
     # --- contracts.Host ----------------------------------------------------------------------------
     def denoise(self, job: TileJob) -> torch.Tensor:
-        self.hook, self.mask_schedule, self.model_wrap, self.tile = (
+        self.hook, self.mask_schedule, self.model_wrap, self.resample, self.tile = (
             job.x0_hook,
             job.mask_schedule,
             job.model_wrap,
+            job.resample,
             job.tile,
         )
+        if job.resample is not None:  # ComfyUI shifts the known latent only when it is not all zeros
+            nonzero = bool(torch.count_nonzero(job.latent))
+            self.known = self.work.model.process_latent_in(job.latent) if nonzero else job.latent
         mask = None if bool((job.denoise_mask == 1).all()) else job.denoise_mask
         try:
             out = self._sample(
                 job.noise, job.latent, job.steps, denoise=job.denoise, noise_mask=mask, callback=self.callback
             )
         finally:
-            self.hook, self.mask_schedule, self.model_wrap = None, None, None
+            self.hook, self.mask_schedule, self.model_wrap, self.resample = None, None, None, None
+            self.known, self.call_mask = None, None
         self.done_steps += job.steps or self.steps
         rows, cols = job.tile.slices
         if self.preview[..., rows, cols].shape == out.shape:

@@ -41,6 +41,8 @@ from .options import (
     DEFAULT_LOCK_RELEASE,
     DEFAULT_METHOD,
     DEFAULT_RELEASE_BAND,
+    DEFAULT_RESAMPLE_BAND,
+    DEFAULT_RESAMPLE_SIGMA,
     EMBEDDED_MODEL,
     FITS,
     GUIDE_UPSCALES,
@@ -351,6 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
         "so the tile's border is not the model's image border (tiled methods; 4 removes the row-to-row "
         "bands guided leaves at large enlargements, at about 1.5× the time)",
     )
+    g.add_argument(
+        "--border-resample",
+        type=_number(int, 0),
+        default=0,
+        metavar="REPEATS",
+        help="RePaint-style resampling near the lock edge (causal and guided): at σ ≤ "
+        f"{DEFAULT_RESAMPLE_SIGMA}, every model call predicts, composites the known cells, re-noises "
+        f"and predicts again this many times, within {DEFAULT_RESAMPLE_BAND} latent cells of the edge "
+        "(0 = off)",
+    )
     g.add_argument("--bcla-mode", choices=BCLA_MODES, default=BCLA_MODES[0], help="BCLA cache mode (causal)")
     g.add_argument("--bcla-strength", type=_number(float, 0), default=1.0, help="BCLA α")
     g.add_argument(
@@ -640,6 +652,7 @@ def _render(
 ) -> list[Path]:
     """Run every method and write its files into ``out``; returns them (``guide_first``: for guided)."""
     from .bcla import BCLAConfig
+    from .border_resample import BorderResample
     from .pipeline import generate
     from .sampling import LockRelease
     from .seam_refine import SeamRefine
@@ -649,6 +662,7 @@ def _render(
     negative_embeds = model.encode_prompt(args.negative) if args.cfg != 1.0 else None
     conditioning = {"prompt_embeds": prompt_embeds, "negative_embeds": negative_embeds}
     cache_config = BCLAConfig(mode=args.bcla_mode, strength=args.bcla_strength, source=args.bcla_source)
+    border_resample = BorderResample(repeats=args.border_resample) if args.border_resample > 0 else None
     print(
         f"{model.name}: {plan.width_px}×{plan.height_px} px, {plan.cols}×{plan.rows} tiles of "
         f"{plan.tile_width_px}×{plan.tile_height_px} px, {args.steps} steps, {', '.join(methods)}",
@@ -677,6 +691,7 @@ def _render(
                 lock_release=LockRelease(args.lock_release, args.release_band),
                 seam_refine=SeamRefine(args.seam_refine) if args.seam_refine > 0 else None,
                 halo=args.halo,
+                border_resample=border_resample if method in ("causal", "guided") else None,
                 progress=bar,
                 **conditioning,
                 **_sampling(args, shift),

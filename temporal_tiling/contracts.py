@@ -30,6 +30,12 @@ X0Hook = Callable[[Tensor, Tensor], Tensor]
 MaskSchedule = Callable[[Tensor, Tensor], Tensor]
 """``(sigma, denoise_mask) -> denoise_mask`` for one model call: ComfyUI's ``denoise_mask_function``."""
 
+Resample = Callable[[Denoiser, Tensor, Tensor, Tensor, Tensor], Tensor]
+"""``(denoiser, x, sigma, denoise_mask, known) -> x0``: one model call of an inpainted job, given the
+post-CFG denoiser (x0 hook included), its input with the known cells re-noised, this call's denoise
+mask and the known latent (both in the model's space); it may call the denoiser more than once
+(border resampling)."""
+
 TileCallback = Callable[[int, int], None]
 """``(tile index, tile count)``, called as each tile starts; it may raise to cancel."""
 
@@ -119,6 +125,8 @@ class TileJob:
     """Replaces each model call of this job (MultiDiffusion over the canvas); None = the model itself."""
     steps: int | None = None
     """Sampler steps of this job; None = the host's steps (guided tiles run fewer from the guide)."""
+    resample: Resample | None = None
+    """Replaces each post-CFG model call inside the inpainting rule (border resampling); None = one call."""
 
 
 class Host(Protocol):

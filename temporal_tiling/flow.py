@@ -222,16 +222,19 @@ def masked_denoiser(denoiser: Denoiser, job: TileJob) -> Denoiser:
 
     Known cells (mask 0) are replaced by ``job.latent`` noised to the current σ with ``job.noise``
     before the model sees them, and by ``job.latent`` itself in the prediction after it; the job's
-    ``mask_schedule`` (ComfyUI's ``denoise_mask_function``) may change the mask per call first.
+    ``mask_schedule`` (ComfyUI's ``denoise_mask_function``) may change the mask per call first, and its
+    ``resample`` may replace the hooked model call in between.
     """
+
+    def hooked(x: Tensor, sigma: Tensor) -> Tensor:
+        x0 = denoiser(x, sigma)
+        return x0 if job.x0_hook is None else job.x0_hook(x0, sigma)
 
     def model(x: Tensor, sigma: Tensor) -> Tensor:
         mask = job.denoise_mask if job.mask_schedule is None else job.mask_schedule(sigma, job.denoise_mask)
         keep = 1.0 - mask
         x = x * mask + noise_scaling(sigma, job.noise, job.latent) * keep
-        x0 = denoiser(x, sigma)
-        if job.x0_hook is not None:
-            x0 = job.x0_hook(x0, sigma)
+        x0 = hooked(x, sigma) if job.resample is None else job.resample(hooked, x, sigma, mask, job.latent)
         return x0 * mask + job.latent * keep
 
     return model

@@ -57,3 +57,7 @@ DEFAULT_LOCK_RELEASE = 0.0
 """Share of the lock released by σ = 0 (:class:`LockRelease`); set from bench/results/quality.md."""
 DEFAULT_RELEASE_BAND = 0
 """Cells of the overlap next to the new area that the release applies to (0 = the whole overlap)."""
+DEFAULT_RESAMPLE_SIGMA = 0.5
+"""Border resampling acts at noise levels σ ≤ this: the late steps, once the layout is set."""
+DEFAULT_RESAMPLE_BAND = 4
+"""Cells on each side of the lock edge that border resampling repeats (one overlap of the quick start)."""

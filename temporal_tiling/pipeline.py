@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .bcla import BCLACache, BCLAConfig, install_bcla
+from .border_resample import BorderResample
 from .context import ContextError, ContextSettings, GlobalContext, guide_size
 from .contracts import Host, TileCache, TileJob
 from .flow import CFGDenoiser, flow_sigmas, sample_tile
@@ -169,6 +170,8 @@ class RunSettings:
     """Cells of neighbouring canvas each tile is sampled with and then discards (not ``full``)."""
     seam_refine: SeamRefine | None = None
     """A low-denoise pass over bands across every tile border once the canvas is done; None = off."""
+    border_resample: BorderResample | None = None
+    """RePaint-style resampling near the lock edge in the late steps (causal methods); None = off."""
 
     def __post_init__(self) -> None:
         method = self.method
@@ -182,6 +185,11 @@ class RunSettings:
         if self.halo < 0 or (self.halo > 0 and method == "full"):
             raise SamplingError(
                 f"halo must be ≥ 0 cells, and 0 for method='full' (no tiles); got {self.halo}."
+            )
+        if self.border_resample is not None and method not in CAUSAL_METHODS:
+            raise SamplingError(
+                f"border_resample acts on the lock edge of the causal methods ({', '.join(CAUSAL_METHODS)}); "
+                f"method={method!r} has none: leave it off (None)."
             )
         if method == "guided" and self.guide.bcla_seed > 0 and self.cache_config is None:
             raise SamplingError(
@@ -283,6 +291,7 @@ def _run(
         return host.denoise(replace(job, denoise=denoise, steps=steps))
 
     if method in CAUSAL_METHODS:
+        border = settings.border_resample
         result = sample_causal(
             plan,
             noise,
@@ -296,6 +305,7 @@ def _run(
             on_tile=host.on_tile,
             reencode=host.reencode,
             halo=settings.halo,
+            resample=None if border is None else border.bind(settings.seed),
         )
         return CanvasResult(result.canvas, result.tiles, guide)
     if method == "independent":

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .contracts import Denoiser, TileCache, TileCallback, TileContext, TileJob
+from .contracts import Denoiser, Resample, TileCache, TileCallback, TileContext, TileJob
 from .errors import UserInputError
 from .options import DEFAULT_LOCK_FEATHER, DEFAULT_LOCK_MARGIN
 from .plan import Tile, TilePlan
@@ -102,10 +102,14 @@ class LockRelease:
         level = float(torch.as_tensor(sigma).reshape(-1)[0].clamp(0.0, 1.0))
         keep = 1.0 - denoise_mask
         if self.band > 0:
-            new = (denoise_mask >= 1.0).to(denoise_mask.dtype)
-            size = 2 * self.band + 1
-            keep = keep * F.max_pool2d(new.flatten(0, -3)[:, None], size, 1, self.band).reshape(new.shape)
+            keep = keep * within(denoise_mask >= 1.0, self.band).to(denoise_mask.dtype)
         return denoise_mask + keep * self.amount * (1.0 - level)
+
+
+def within(cells: Tensor, band: int) -> Tensor:
+    """The cells of a bool mask [..., h, w] within ``band`` cells (chessboard) of a True cell."""
+    grown = F.max_pool2d(cells.flatten(0, -3)[:, None].float(), 2 * band + 1, 1, band)
+    return grown.reshape(cells.shape) > 0
 
 
 def start_canvas(plan: TilePlan, noise: Tensor, latent: Tensor | None) -> Tensor:
@@ -140,6 +144,7 @@ def sample_causal(
     on_tile: TileCallback | None = None,
     reencode: Callable[[Tensor], None] | None = None,
     halo: int = 0,
+    resample: Resample | None = None,
 ) -> CanvasResult:
     """Tiles one after another in plan order, each locked to what the earlier ones produced.
 
@@ -157,7 +162,8 @@ def sample_causal(
     before the first tile. ``halo`` > 0 samples each tile on its window grown by that many cells
     (``TilePlan.window``): earlier content there is locked like the overlap, cells no tile has made
     yet are generated; only the tile's own area is kept, so its border is no longer the model's
-    image border.
+    image border. ``resample`` (``BorderResample.bind``) becomes every job's model call near the lock
+    edge.
     """
     canvas = start_canvas(plan, noise, latent)
     if cache is not None and cache.needs_clean_pass and reencode is None:
@@ -178,7 +184,8 @@ def sample_causal(
         own_rows, own_cols = own = tile.slices_in(window)
         mask = lock_mask(plan, tile.index, lock_feather, lock_margin, window).to(canvas)
         hook = context.x0_hook(window, plan) if context is not None else None
-        job = TileJob(window, noise[..., rows, cols], canvas[..., rows, cols].clone(), mask, hook, release)
+        crops = noise[..., rows, cols], canvas[..., rows, cols].clone()
+        job = TileJob(window, *crops, mask, hook, release, resample=resample)
         if cache is not None:
             generated = torch.zeros(window.height, window.width, dtype=torch.bool)
             generated[own] = ~plan.known_mask(tile.index)

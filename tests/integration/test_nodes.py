@@ -279,6 +279,66 @@ def test_seam_refine_and_halo_run_through_comfys_sampler(nodes, parts, conds, pl
     assert not torch.allclose(halo_canvas, plain_canvas)
 
 
+def test_border_resample_runs_inside_comfys_inpainting_rule(nodes, parts, conds, plan):
+    """The engine's border resampling is ComfyUI's post-CFG model call (a predict-noise wrapper): it gets
+    the input, mask and known latent KSamplerX0Inpaint uses, and adds `repeats` model calls at the late
+    levels of every tile with a lock edge, from seeded noise."""
+    pipeline = pack_module("temporal_tiling.pipeline")
+    flow = pack_module("temporal_tiling.flow")
+    sampling = pack_module("temporal_tiling.sampling")
+    BorderResample = pack_module("temporal_tiling.border_resample").BorderResample
+    TileJob = pack_module("temporal_tiling.contracts").TileJob
+    model, _, _ = parts
+    shape = (1, model.get_model_object("latent_format").latent_channels)
+
+    def host(sampler: str = "euler"):
+        made = nodes.sampler.ComfyHost(model, plan, conds, (STEPS, 3.0, sampler, "simple", 3))
+        made.start_preview(torch.zeros(*shape, plan.canvas_height, plan.canvas_width), 1)
+        return made
+
+    tile, seen = plan.tiles[1], []
+    mask = sampling.lock_mask(plan, tile.index, feather=0, margin=0)
+    noise, latent = torch.randn(2, *shape[1:], tile.height, tile.width).unbind(0)
+    noise, latent = noise[None], latent[None]
+
+    def spy(denoiser, x, sigma, denoise_mask, known):
+        seen.append((x, sigma, denoise_mask, known))
+        return denoiser(x, sigma)
+
+    spied = host().denoise(TileJob(tile, noise, latent, mask, resample=spy))
+    assert torch.equal(spied, host().denoise(TileJob(tile, noise, latent, mask)))  # one call: the plain one
+    assert len(seen) == STEPS
+    x, sigma, denoise_mask, known = seen[-1]
+    assert torch.equal(known, model.model.process_latent_in(latent))
+    assert torch.equal(denoise_mask, mask.expand_as(x))
+    kept = denoise_mask == 0
+    assert kept.any()
+    assert torch.allclose(x[kept], flow.noise_scaling(sigma, noise, known)[kept])  # the canvas noise
+
+    forwards: list[int] = []
+    diffusion_model = model.get_model_object("diffusion_model")
+    hook = diffusion_model.register_forward_hook(lambda *_: forwards.append(1))
+    levels = host().schedule(1.0)[:-1]
+    options = BorderResample(below_sigma=float(levels[-2] + levels[-1]) / 2, repeats=2, band=1)
+
+    def run(**settings):
+        forwards.clear()
+        run_settings = pipeline.RunSettings(seed=3, lock_feather=0, lock_margin=0, **settings)
+        return pipeline.run(plan, host(), run_settings, shape).tiles, len(forwards)
+
+    try:
+        plain, plain_calls = run()
+        resampled, calls = run(border_resample=options)
+        again, _ = run(border_resample=options)
+    finally:
+        hook.remove()
+    per_call = plain_calls // (len(plan) * STEPS)  # CFG branches per forward: ComfyUI may batch them
+    assert calls - plain_calls == per_call * options.repeats * 1 * (len(plan) - 1)  # one late level
+    assert torch.equal(resampled[0], plain[0])  # the first tile has no lock edge
+    assert not torch.allclose(resampled[1:], plain[1:])
+    assert torch.equal(again, resampled)
+
+
 def test_every_sampler_and_scheduler_runs(nodes, parts, conds, plan):
     import comfy.samplers
 

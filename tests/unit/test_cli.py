@@ -18,6 +18,7 @@ from PIL import Image
 
 from temporal_tiling import cli, pipeline
 from temporal_tiling.atomic import write_atomic
+from temporal_tiling.border_resample import BorderResample
 from temporal_tiling.sana.fixtures import tiny_transformer
 
 COMPRESSION = 8
@@ -167,6 +168,20 @@ def test_seam_refine_and_halo_flags_reach_every_method(tmp_path: Path, monkeypat
     assert refines[0] == ("independent", None, 0)
     assert {method for method, _, _ in refines[1:]} == set(cli.COMPARE)
     assert all(refine.denoise == 0.3 and halo == 1 for _, refine, halo in refines[1:])
+
+
+def test_border_resample_flag_reaches_the_causal_methods_only(tmp_path: Path, monkeypatch) -> None:
+    seen = {}
+
+    def recording_generate(*args, **kwargs):
+        seen[kwargs["method"]] = kwargs["border_resample"]
+        return generate(*args, **kwargs)
+
+    generate = pipeline.generate
+    monkeypatch.setattr(pipeline, "generate", recording_generate)
+    assert run([*BASE, "--method", "compare", "--border-resample", "2", "--out", str(tmp_path)]) == 0
+    assert seen["causal"] == seen["guided"] == BorderResample(repeats=2)
+    assert seen["independent"] is seen["multidiffusion"] is None
 
 
 @pytest.mark.parametrize(
