@@ -414,7 +414,7 @@ SEEN = {  # file: (what a person sees at 100-200 %, next to the native render; s
     "causal_lock_margin_0.png": ("the former causal default: a pink line across the canvas, y = 144", False),
     "early_guided_pink_line.png": ("an early guided run: a straight pink edge along the first row", False),
     "independent.png": ("independent tiles: each tile row a band of its own, lines at the borders", False),
-    "guided_1024_night_steps_flagged.png": ("1024×512 guided night sky: a brightness step at each row", False),
+    "guided_1024_night_steps_flagged.png": ("1024×512 guided night sky: a brightness step per row", False),
 }
 
 
