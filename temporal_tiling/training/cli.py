@@ -26,6 +26,17 @@ def train_lora(args: argparse.Namespace) -> None:
     train_temporal_lora(Path(args.model), Path(args.out), cfg, Path(args.work))
 
 
+def latent_size(text: str) -> tuple[int, int]:
+    """``"8x16"`` -> (8, 16): a training size in latent cells, height first."""
+    try:
+        height, width = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a latent size is HxW in cells, e.g. 8x16; got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"a latent size needs positive cells, got {text!r}")
+    return height, width
+
+
 def autoencoder_shape_problem(channels: list[int], crop: int) -> str | None:
     """Why ``--ae-channels``/``--ae-crop`` cannot train (None if they can): a crop must be whole latent
     cells, and at least two of them a side, or the decoder never sees a border between cells."""
@@ -73,6 +84,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--heads", type=int, default=4)
     b.add_argument("--layers", type=int, default=4)
     b.add_argument("--tokens-per-step", type=int, default=1024)
+    b.add_argument(
+        "--latent-sizes",
+        type=latent_size,
+        nargs="+",
+        metavar="HxW",
+        help="transformer training sizes in latent cells, drawn uniformly each step (repeat one to weight "
+        "it); 8x8 is 64 px at 8x compression, 256 px at 32x (default: 8x8 8x8 8x16 16x8 16x16)",
+    )
     b.add_argument("--lora-steps", type=int, default=200, help="temporal LoRA steps (0 = skip)")
     b.add_argument("--max-minutes", type=float, default=0.0, help="cap on the transformer stage (minutes)")
     b.add_argument(

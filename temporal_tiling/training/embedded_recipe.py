@@ -125,6 +125,7 @@ def build(args: argparse.Namespace) -> None:
         max_minutes=args.max_minutes,
         crop_prob=args.crop_prob,
         precision=args.precision,
+        sizes=tuple(args.latent_sizes or FlowConfig.sizes),
     )
     if not (work / "flow_done.json").exists():
         with _timed(times, "transformer_s"):
@@ -466,6 +467,13 @@ def _autoencoder_flags(args: dict, reused: str | None) -> list[str]:
     ]
 
 
+def _latent_sizes_flag(sizes: list) -> list[str]:
+    """``--latent-sizes`` of the card's command when the build's sizes are not the default ones."""
+    if [list(size) for size in sizes] == [list(size) for size in FlowConfig.sizes]:
+        return []
+    return ["--latent-sizes " + " ".join(f"{h}x{w}" for h, w in sizes)]
+
+
 def model_card(transformer, vae, text_encoder, tokenizer, info: dict) -> str:
     """Markdown model card (`model_card.md` filled in): config, data, steps, wall time, command, pictures."""
     a, ae, fl, times = info["args"], info["ae_config"], info["flow_config"], info["times"]
@@ -482,6 +490,7 @@ def model_card(transformer, vae, text_encoder, tokenizer, info: dict) -> str:
             f"--hidden {a['hidden']} --heads {a['heads']} --layers {a['layers']}",
             f"--tokens-per-step {a['tokens_per_step']} --lr {a['lr']}",
             *_autoencoder_flags(a, reused),
+            *_latent_sizes_flag(fl["sizes"]),
             *(["--position-embedding"] if a.get("position_embedding") else []),
             *([f"--crop-prob {a['crop_prob']}"] if a.get("crop_prob", 0.3) != 0.3 else []),
             *([f"--precision {a['precision']}"] if a.get("precision", "bf16") != "bf16" else []),

@@ -19,17 +19,19 @@ def test_build_trains_a_32x_autoencoder_and_its_card_replays_the_flags(tmp_path:
         ["build", "--out", str(out), "--work", str(tmp_path / "work"), "--latent-channels", "8",
          "--ae-channels", "4", "4", "4", "4", "4", "8", "--ae-crop", "64", "--ae-batch", "2",
          "--ae-steps", "1", "--precision", "fp32", "--steps", "1", "--lora-steps", "0", "--hidden", "16",
-         "--heads", "2", "--layers", "1", "--tokens-per-step", "64"]
+         "--heads", "2", "--layers", "1", "--tokens-per-step", "64", "--latent-sizes", "2x4", "4x2"]
     )  # fmt: skip
     vae = AutoencoderDC.from_pretrained(out / "vae")
     transformer, _ = load_transformer_folder(out)
     assert compression(vae) == 32 and vae.config.latent_channels == transformer.config.in_channels == 8
     card = (out / "README.md").read_text()
     command = next(line for line in card.splitlines() if line.startswith("python -m"))
-    flags = ("--latent-channels 8", "--ae-channels 4 4 4 4 4 8", "--ae-crop 64", "--ae-batch 2")
+    flags = ("--latent-channels 8", "--ae-channels 4 4 4 4 4 8", "--ae-crop 64", "--ae-batch 2",
+             "--latent-sizes 2x4 4x2")  # fmt: skip
     assert all(flag in command for flag in flags), command
     assert card.startswith("# f32 — a SANA-architecture seam-lab model with a 32× autoencoder")
     assert "random 64 px crops" in card and "EMA 0.99, fp32 (no autocast)." in card
+    assert "over latent sizes [[2, 4], [4, 2]];" in card
     assert "(64 unseen scenes, 256×256)" in card and "renders at 1024×512 (no tiling)" in card
 
 
@@ -58,3 +60,9 @@ def test_a_crop_that_is_not_two_whole_latent_cells_is_refused_before_training(
         train(["build", "--work", str(tmp_path), "--ae-channels", *widths, "--ae-crop", crop])
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing was written"
+
+
+def test_a_latent_size_that_is_not_h_x_w_cells_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        train(["build", "--latent-sizes", "8by8"])
+    assert "a latent size is HxW in cells" in capsys.readouterr().err
