@@ -81,7 +81,7 @@ def model_cells(name: str, plans: dict, steps: int = 20) -> int:
     """Latent cells × sampler steps the model denoises for row ``name`` (CFG doubles every row alike;
     the BCLA seed passes, under 5 %, are left out): a cost that does not depend on the machine's load."""
     method, settings = VARIANTS[name]
-    plan = plans[64] if method.startswith("multidiffusion") else plans[32]
+    plan = plans["multidiffusion"] if method.startswith("multidiffusion") else plans["tiles"]
     if method == "full":
         cost = plan.canvas_height * plan.canvas_width * steps
     else:
