@@ -13,11 +13,13 @@ is its worst line.
 Against what. Content has edges and colour changes of its own, so windows shaped like each seam's
 band (same axis, same width) are slid through the part of every tile no other tile reaches: the
 *floor*, what this image scores where there is no seam. The verdict (``SeamReport.meets_targets``) is
-the seams' excess over that floor: their mean worst-line gradient ratio below ``TARGET_RATIO`` times
-the floor's, their mean worst-line ΔE and drift ΔE less than ``TARGET_DELTA_E`` above the floor's
-(beyond the sampling noise of as many bands, ``SAMPLING_Z``). Worst seams are reported (and drawn by
-``mark_measured_lines``) but not judged: one band crossing a strong edge of the content decides a
-worst value.
+the seams' excess over that floor, on each axis apart (``AxisJudgement``): the median over that axis'
+seams of the worst-line gradient ratio below ``TARGET_RATIO`` times the floor's median, of the
+worst-line ΔE and the drift ΔE less than ``TARGET_DELTA_E`` above the floor's (beyond the sampling
+noise of both medians, ``SAMPLING_Z``). A tiling artefact is at every seam of its axis; a sun crossing a
+band is at a few, and a line at every horizontal seam is not averaged away by clean vertical ones.
+Worst seams are reported (and drawn by ``mark_measured_lines``) but not judged: one band crossing a
+strong edge of the content decides a worst value.
 
 The numbers:
 - gradient ratio of a line: mean |ΔL*| across the line over mean |ΔL*| between neighbouring pixel lines
@@ -26,10 +28,11 @@ The numbers:
   median over the segments (``ALONG_QUANTILE``). 1 = like its surroundings.
 - ΔE of a line: CIEDE2000 between the mean Lab of the ``BAND_PX`` bands on either side, per
   ``SEGMENT_PX`` segment along the line, the median over the segments.
-- drift ΔE of a band: CIEDE2000 of the median (over ``DRIFT_SEGMENT_PX`` segments) colour change
-  between ``DRIFT_STRIP_PX`` strips just outside the band on either side: a tile-sized colour change
-  spread over the whole overlap (e.g. a feather between tiles of different colour casts) that no single
-  line sees.
+- drift ΔE of a band: the colour step across the band that the colour trend on either side does not
+  explain (``DRIFT_STRIP_PX`` strips just outside it fitted with one linear trend plus a jump, per
+  ``DRIFT_SEGMENT_PX`` segment, the median jump; CIEDE2000 of it): a tile-sized colour change spread
+  over the whole overlap (a feather between tiles of different colour casts, a soft step at every tile
+  row) that no single line sees, while a sky's own gradient passes through.
 - line jump (plan-free): for every row and column boundary the mean |ΔL*| along it; the worst over the
   median of its axis. A seam across the canvas is a peak; it needs no plan, so it also judges images
   from other tools.
@@ -74,8 +77,8 @@ NOISE_FLOOR_LSTAR = 0.1
 TARGET_RATIO = 1.2
 TARGET_DELTA_E = 2.0
 SAMPLING_Z = 2.0
-"""ΔE excesses are counted beyond two standard errors of the floor's mean over as many bands as there are
-seams: on busy photos bands of content differ by several ΔE, and a handful of seams can land on busier
+"""ΔE excesses are counted beyond two standard errors of the difference of the seams' and the floor's
+medians: on busy photos bands of content differ by several ΔE, and a handful of seams can land on busier
 content than the tiles' middles by chance; on flat content that allowance is near zero."""
 
 Axis = Literal["vertical", "horizontal"]
@@ -265,17 +268,16 @@ class _AxisView:
     @staticmethod
     def _segment_means(rows: Tensor, start: int, stop: int, segment: int) -> Tensor:
         """Mean of each ``segment`` px piece of rows start..stop of a row-running-summed [..., H+1, W]
-        tensor, per column, running-summed over columns: [..., S, W + 1]."""
+        tensor, per column: [..., S, W]."""
         cuts = torch.arange(start, stop + segment - 1, segment).clamp_max(stop).unique()
         lengths = (cuts[1:] - cuts[:-1]).to(rows)[:, None]
-        means = (rows[..., cuts[1:], :] - rows[..., cuts[:-1], :]) / lengths
-        return F.pad(means.cumsum(-1), (1, 0))
+        return (rows[..., cuts[1:], :] - rows[..., cuts[:-1], :]) / lengths
 
     def lines(self, band: Band) -> tuple[Tensor, Tensor]:
         """Gradient ratio and ΔE of every line of ``band``, each [B, lines]."""
         p = band.positions
         side = torch.minimum(p, self.width - p).clamp_max(BAND_PX)
-        running = self._segment_means(self.steps_rows, band.start, band.stop, SEGMENT_PX)  # [B, S, W]
+        running = _running(self._segment_means(self.steps_rows, band.start, band.stop, SEGMENT_PX))
         across = running[..., p] - running[..., p - 1]
         inside = running[..., p - 1] - running[..., p - side] + running[..., p + side - 1] - running[..., p]
         count = 2 * (side - 1)
@@ -283,26 +285,50 @@ class _AxisView:
         ratio = (across + eps) / (inside / count.clamp_min(1) + eps)
         ratio = torch.where(count > 0, ratio, torch.ones_like(ratio))
 
-        columns = self._segment_means(self.lab_rows, band.start, band.stop, SEGMENT_PX)
+        columns = _running(self._segment_means(self.lab_rows, band.start, band.stop, SEGMENT_PX))
         left = (columns[..., p] - columns[..., p - side]) / side
         right = (columns[..., p + side] - columns[..., p]) / side
         delta_e = ciede2000(left, right)  # [B, S, lines]
         return _along(ratio).float(), _along(delta_e).float()
 
     def drift(self, band: Band, firsts: Tensor, lasts: Tensor) -> Tensor:
-        """Drift ΔE [B, windows] of the windows ``firsts``..``lasts`` of ``band``: ``DRIFT_STRIP_PX``
-        strips just outside each window on either side (within ``band.reach``); NaN where a strip falls
-        off the image or out of reach."""
+        """Drift ΔE [B, windows] of the windows ``firsts``..``lasts`` of ``band``: the colour step across
+        each window that the colour trend on either side does not explain. NaN where a strip falls off
+        the image or out of ``band.reach``.
+
+        The ``DRIFT_STRIP_PX`` strips just outside the window on either side are fitted with one common
+        linear trend plus a jump between them (least squares, per Lab channel and ``DRIFT_SEGMENT_PX``
+        segment along the band); the jump is the drift. A sky's own gradient continues through the
+        window and leaves no jump; a tile-sized colour cast feathered over the overlap, a soft brightness
+        step at every tile row, or a second row that starts its gradient over (the trend reverses) do.
+        """
         low, high = band.reach or (0, self.width)
         a0, a1 = (firsts - 1 - DRIFT_STRIP_PX).clamp_min(max(low, 0)), firsts - 1
         b0, b1 = lasts, (lasts + DRIFT_STRIP_PX).clamp_max(min(high, self.width))
-        columns = self._segment_means(self.lab_rows, band.start, band.stop, DRIFT_SEGMENT_PX)
-        before = (columns[..., a1] - columns[..., a0]) / (a1 - a0).clamp_min(1)  # [B, 3, S, windows]
-        after = (columns[..., b1] - columns[..., b0]) / (b1 - b0).clamp_min(1)
+        means = self._segment_means(self.lab_rows, band.start, band.stop, DRIFT_SEGMENT_PX)  # [B, 3, S, W]
+        x = torch.arange(self.width, dtype=means.dtype, device=means.device)
+        sums, moments = _running(means), _running(means * x)
+
+        def strip(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            """Mean colour, centre, Σ(x - centre)·colour and Σ(x - centre)² of columns lo..hi-1."""
+            n = (hi - lo).clamp_min(1).to(means.dtype)
+            centre = (lo + hi - 1).to(means.dtype) / 2
+            mean = (sums[..., hi] - sums[..., lo]) / n
+            return mean, centre, moments[..., hi] - moments[..., lo] - n * centre * mean, n * (n**2 - 1) / 12
+
+        before, before_x, before_cov, before_var = strip(a0, a1)
+        after, after_x, after_cov, after_var = strip(b0, b1)
+        slope = (before_cov + after_cov) / (before_var + after_var).clamp_min(1e-9)
+        jump = after - before - slope * (after_x - before_x)
         # a tile's colour cast shifts every segment the same way; content differences vary along the seam
         base = _along(before)
-        drift = ciede2000(base, base + _along(after - before)).float()
+        drift = ciede2000(base, base + _along(jump)).float()
         return torch.where((a1 > a0) & (b1 > b0), drift, torch.full_like(drift, math.nan))
+
+
+def _running(values: Tensor) -> Tensor:
+    """Running sum over the last dim with a leading 0: ``out[..., j] - out[..., i]`` sums ``i..j-1``."""
+    return F.pad(values.cumsum(-1), (1, 0))
 
 
 def _views(lab: Tensor, eps: Tensor) -> dict[str, _AxisView]:
@@ -495,6 +521,27 @@ def solar_view(image: Tensor, cycles: float = 3.0) -> Tensor:
 
 
 # --- report ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AxisJudgement:
+    """One measure on the seams of one axis, as the verdict sees it.
+
+    ``seams`` is the median over those seams (× batch), ``floor`` the median over the floor windows
+    shaped like them. A tiling artefact is systematic: the lock border, a gradient that starts over, a
+    cast feathered over each overlap sit at every seam of their axis, while content (a sun straddling a
+    band) sits at a few; the median counts the first and not the second. ``allowance`` (ΔE measures) is
+    what chance gives: ``SAMPLING_Z`` standard errors of the difference of the two medians, from the
+    robust spreads of the seams and of the floor (each tile's windows counted as one). ``excess``:
+    ``seams / floor`` for the gradient ratio, ``seams - floor - allowance`` for ΔE. ``judged`` is False
+    where the plan leaves no floor to compare with.
+    """
+
+    seams: float | None
+    floor: float | None
+    allowance: float
+    excess: float
+    judged: bool
+
+
 @dataclass
 class SeamReport:
     """All seam metrics of one stitched image (batch-pooled: mean over seams × batch, worst = max).
@@ -515,8 +562,6 @@ class SeamReport:
     drift_delta_e_worst: float
     floor_drift_delta_e_mean: float
     floor_drift_delta_e_worst: float
-    floor_delta_e_std: float
-    floor_drift_delta_e_std: float
     seam_count: int
     centre_gradient_ratio_mean: float
     centre_delta_e_mean: float
@@ -536,6 +581,8 @@ class SeamReport:
     guide_ssim: float | None = None
     guide_delta_e_mean: float | None = None
     guide_delta_e_worst: float | None = None
+    axes: dict[str, dict[str, AxisJudgement]] = field(default_factory=dict)
+    """Per seam axis and judged measure: what the verdict compares (see :class:`AxisJudgement`)."""
     seams: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -549,42 +596,34 @@ class SeamReport:
         return json.dumps(self.to_dict(), indent=indent)
 
     def excess(self) -> dict[str, float]:
-        """How far the seams stand out from the image's floor, each seam against the floor of its own axis:
-        the mean seam's gradient ratio as a factor over the mean floor window's; its ΔE and drift ΔE in
-        ΔE2000 units above the floor's, beyond what picking as many bands of this image at random would
-        give (``SAMPLING_Z``). Worst seams are reported, not judged: one band crossing a strong edge of
-        the content decides a worst value, and untouched photos then fail."""
+        """How far the seams stand out from the image's floor, per measure on the worse of the two seam
+        axes (:class:`AxisJudgement`): the gradient ratio as a factor over the floor's, ΔE and drift ΔE in
+        ΔE2000 units above it beyond sampling noise. No seam: 1, 0, 0."""
+        neutral = {"gradient_ratio": 1.0, "delta_e": 0.0, "drift_delta_e": 0.0}
         return {
-            "gradient_ratio": self.gradient_ratio_mean / self.floor_gradient_ratio_mean,
-            "delta_e": self.delta_e_mean - self.floor_delta_e_mean - self._chance(self.floor_delta_e_std),
-            "drift_delta_e": self.drift_delta_e_mean
-            - self.floor_drift_delta_e_mean
-            - self._chance(self.floor_drift_delta_e_std),
+            name: max([axis[name].excess for axis in self.axes.values() if axis[name].judged] or [value])
+            for name, value in neutral.items()
         }
 
-    def _chance(self, floor_std: float) -> float:
-        return SAMPLING_Z * floor_std / math.sqrt(max(self.seam_count, 1))
-
     def failures(self) -> list[str]:
-        """One sentence per measure whose excess over the floor misses its target."""
-        e, out = self.excess(), []
-        if e["gradient_ratio"] >= TARGET_RATIO:
-            out.append(
-                f"lines stand out: seam gradient ratio {self.gradient_ratio_mean:.2f} (worst "
-                f"{self.gradient_ratio_worst:.2f}) against the image's own "
-                f"{self.floor_gradient_ratio_mean:.2f} (×{e['gradient_ratio']:.2f}, target < {TARGET_RATIO})"
-            )
-        if e["delta_e"] >= TARGET_DELTA_E:
-            out.append(
-                f"a colour step: seam ΔE {self.delta_e_mean:.2f} against {self.floor_delta_e_mean:.2f} "
-                f"inside the tiles ({e['delta_e']:+.2f}, target < {TARGET_DELTA_E})"
-            )
-        if e["drift_delta_e"] >= TARGET_DELTA_E:
-            out.append(
-                f"colour drift between tiles: ΔE {self.drift_delta_e_mean:.2f} across the overlaps against "
-                f"{self.floor_drift_delta_e_mean:.2f} inside the tiles ({e['drift_delta_e']:+.2f}, "
-                f"target < {TARGET_DELTA_E})"
-            )
+        """One sentence per axis and measure whose excess over the floor misses its target."""
+        out = []
+        for axis, measures in self.axes.items():
+            lines = "vertical seams" if axis == "vertical" else "horizontal seams"
+            for name, j in measures.items():
+                if not j.judged or j.excess < (TARGET_RATIO if name == "gradient_ratio" else TARGET_DELTA_E):
+                    continue
+                if name == "gradient_ratio":
+                    out.append(
+                        f"lines stand out at the {lines}: gradient ratio {j.seams:.2f} against the image's "
+                        f"own {j.floor:.2f} (×{j.excess:.2f}, target < {TARGET_RATIO})"
+                    )
+                else:
+                    what = "a colour step" if name == "delta_e" else "colour drift between tiles"
+                    out.append(
+                        f"{what} at the {lines}: ΔE {j.seams:.2f} against {j.floor:.2f} inside the tiles "
+                        f"({j.excess:+.2f}, target < {TARGET_DELTA_E})"
+                    )
         return out
 
     def meets_targets(self) -> bool:
@@ -668,10 +707,27 @@ class SeamReport:
         lines = [
             self.verdict(),
             "",
-            "| metric | seams | floor (no seam) | excess |",
+            "| metric | seams | floor (no seam) | excess (judged: the worse axis, below) |",
             "| --- | --- | --- | --- |",
         ]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+        if self.axes:
+            lines += [
+                "",
+                "Judged per axis: medians over that axis' seams and over its floor windows.",
+                "",
+                "| seams | measure | seams (median) | floor (median) | chance allowance | excess |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
+            for axis, measures in self.axes.items():
+                for name, j in measures.items():
+                    if not j.judged:
+                        lines.append(f"| {axis} | {name} | – | – | – | not judged (no floor as wide) |")
+                        continue
+                    excess = f"×{j.excess:.2f}" if name == "gradient_ratio" else f"{j.excess:+.2f}"
+                    lines.append(
+                        f"| {axis} | {name} | {j.seams:.2f} | {j.floor:.2f} | {j.allowance:.2f} | {excess} |"
+                    )
         return "\n".join(lines)
 
 
@@ -689,21 +745,25 @@ WINDOW_MEASURES = ("worst_ratio", "worst_delta_e", "drift")
 class _Floor:
     mean: float
     worst: float
-    std: float
 
 
 def _floor(scores: list[BandScores], name: str, seams: Tensor, seamless: float | None) -> _Floor:
-    """Mean, worst and spread of one measure over floor windows. A plan whose tiles neighbours cover whole
-    leaves no seam-free line: then the floor is what a flat image scores (``seamless``: the ratio's 1),
-    or, for the colour measures whose no-seam level depends on the content, the seams' own (not judged)."""
+    """Mean and worst of one measure over floor windows. A plan whose tiles neighbours cover whole leaves
+    no seam-free line: then the floor is what a flat image scores (``seamless``: the ratio's 1), or, for
+    the colour measures whose no-seam level depends on the content, the seams' own (not judged)."""
+    pooled = _pooled(scores, name)
+    if pooled.numel():
+        return _Floor(float(pooled.mean()), float(pooled.max()))
+    if seamless is None:
+        return _Floor(float(seams.mean()), float(seams.max()))
+    return _Floor(seamless, seamless)
+
+
+def _pooled(scores: list[BandScores], name: str) -> Tensor:
+    """The finite values of one measure over every window of ``scores``, flat."""
     values = [getattr(s, name).flatten() for s in scores]
     pooled = torch.cat(values) if values else torch.zeros(0)
-    pooled = pooled[torch.isfinite(pooled)]
-    if pooled.numel():
-        return _Floor(float(pooled.mean()), float(pooled.max()), float(pooled.double().std(correction=0)))
-    if seamless is None:
-        return _Floor(float(seams.mean()), float(seams.max()), 0.0)
-    return _Floor(seamless, seamless, 0.0)
+    return pooled[torch.isfinite(pooled)]
 
 
 class _FloorSampler:
@@ -727,12 +787,75 @@ class _FloorSampler:
         return self.measured[key]
 
 
-def _seam_floor(seams: Tensor, floors: list[_Floor]) -> tuple[float, float, float]:
-    """The floor the seams [S, B] are judged against, each seam by its axis' floor: mean over seams, the
-    floor's worst on the worst seam's axis, and the root-mean-square spread."""
+def _seam_floor(seams: Tensor, floors: list[_Floor]) -> tuple[float, float]:
+    """The floor the seams [S, B] are reported against, each seam by its axis' floor: mean over seams and
+    the floor's worst on the worst seam's axis."""
     worst_seam = int(seams.amax(-1).argmax())
-    spread = math.sqrt(sum(f.std**2 for f in floors) / len(floors))
-    return sum(f.mean for f in floors) / len(floors), floors[worst_seam].worst, spread
+    return sum(f.mean for f in floors) / len(floors), floors[worst_seam].worst
+
+
+JUDGED = {"gradient_ratio": "worst_ratio", "delta_e": "worst_delta_e", "drift_delta_e": "drift"}
+"""Verdict measure -> the :class:`BandScores` window measure behind it."""
+
+
+def _judge(
+    seam_scores: list[BandScores], samples: list[tuple[list[BandScores], bool]]
+) -> dict[str, dict[str, AxisJudgement]]:
+    """:class:`AxisJudgement` of every judged measure on each axis that has seams."""
+    axes = {}
+    for axis in ("vertical", "horizontal"):
+        mine = [(s, sample) for s, sample in zip(seam_scores, samples, strict=True) if s.band.axis == axis]
+        if mine:
+            axes[axis] = {name: _judge_measure(mine, name) for name in JUDGED}
+    return axes
+
+
+def _judge_measure(mine: list[tuple[BandScores, tuple[list[BandScores], bool]]], name: str) -> AxisJudgement:
+    key = JUDGED[name]
+    # drift needs floor windows as wide as the seam's band (``_FloorSampler``); other seams sit it out
+    kept = [(s, floor) for s, (floor, exact) in mine if exact or key != "drift"]
+    seams = torch.cat([getattr(s, key)[:, 0] for s, _ in kept]) if kept else torch.zeros(0)
+    seams = seams[torch.isfinite(seams)].double()
+    shared = {id(floor): floor for _, floor in kept}  # seams of one width share their floor windows
+    floor, weights = _tile_weighted([band for f in shared.values() for band in f], key)
+    if seams.numel() == 0 or (floor.numel() == 0 and name != "gradient_ratio"):
+        return AxisJudgement(None, None, 0.0, 0.0, judged=False)
+    seam_median = float(seams.quantile(0.5))
+    if name == "gradient_ratio":  # no floor: a flat image's ratio, 1
+        floor_median = _weighted_median(floor, weights) if floor.numel() else 1.0
+        return AxisJudgement(seam_median, floor_median, 0.0, seam_median / floor_median, judged=True)
+    floor_median = _weighted_median(floor, weights)
+    # the difference of two medians: each one's standard error from its robust spread (1.4826 MAD) and
+    # its count (seams; floor bands, one per tile), √(π/2) σ / √n for a median
+    seam_spread = 1.4826 * float((seams - seam_median).abs().quantile(0.5))
+    floor_spread = 1.4826 * _weighted_median((floor - floor_median).abs(), weights)
+    bands = float(weights.sum())
+    error = math.sqrt(math.pi / 2 * (seam_spread**2 / seams.numel() + floor_spread**2 / bands))
+    allowance = SAMPLING_Z * error
+    return AxisJudgement(seam_median, floor_median, allowance, seam_median - floor_median - allowance, True)
+
+
+def _tile_weighted(bands: list[BandScores], key: str) -> tuple[Tensor, Tensor]:
+    """Finite values of one measure over every floor window, and weights that give each floor band (a
+    tile's seam-free part) and image the same say: a tile at the canvas edge has a wider seam-free part
+    and so more windows, and its content (often background) would otherwise set the floor."""
+    values, weights = [], []
+    for band in bands:
+        v = getattr(band, key).double()  # [B, windows]
+        finite = torch.isfinite(v)
+        counts = finite.sum(-1, keepdim=True).clamp_min(1)
+        values.append(v[finite])
+        weights.append((1.0 / counts).expand_as(v)[finite])
+    if not values:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    return torch.cat(values), torch.cat(weights)
+
+
+def _weighted_median(values: Tensor, weights: Tensor) -> float:
+    """The value where the sorted weights reach half their total."""
+    order = values.argsort()
+    cumulative = weights[order].cumsum(0)
+    return float(values[order][torch.searchsorted(cumulative, cumulative[-1] / 2).clamp_max(len(values) - 1)])
 
 
 def seam_report(
@@ -785,11 +908,11 @@ def seam_report(
                 WINDOW_MEASURES, (ratio, delta, drift), (1.0, None, None), strict=True
             )
         }
+        axes = _judge(seam_scores, samples)
     else:  # a single tile: nothing to measure, report the invisible-seam values
         ratio, delta, drift = torch.ones(1, 1), torch.zeros(1, 1), torch.zeros(1, 1)
-        floors = {
-            key: (value, value, 0.0) for key, value in zip(WINDOW_MEASURES, (1.0, 0.0, 0.0), strict=True)
-        }
+        floors = {key: (value, value) for key, value in zip(WINDOW_MEASURES, (1.0, 0.0, 0.0), strict=True)}
+        axes = {}
     centre = [s.at(seam.position) for s, seam in zip(seam_scores, seams, strict=True)] or [
         (ratio[0], delta[0])
     ]
@@ -807,8 +930,6 @@ def seam_report(
         drift_delta_e_worst=float(drift.max()),
         floor_drift_delta_e_mean=floors["drift"][0],
         floor_drift_delta_e_worst=floors["drift"][1],
-        floor_delta_e_std=floors["worst_delta_e"][2],
-        floor_drift_delta_e_std=floors["drift"][2],
         seam_count=len(seams) * image.shape[0],
         centre_gradient_ratio_mean=float(torch.stack([r for r, _ in centre]).mean()),
         centre_delta_e_mean=float(torch.stack([d for _, d in centre]).mean()),
@@ -816,6 +937,7 @@ def seam_report(
         line_jump_axis=jump.axis,
         line_jump_position=jump.position,
         noise_lstar=float(eps.mean()),
+        axes=axes,
     )
     overlapping = [
         (s, seam)

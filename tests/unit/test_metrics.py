@@ -2,6 +2,7 @@
 untouched photos pass whatever their content, and the verdict is against the image's own floor."""
 
 import json
+from pathlib import Path
 
 import kornia
 import pytest
@@ -345,3 +346,104 @@ def test_on_a_real_model_the_headline_ranks_full_pass_then_causal_then_independe
         excess[method] = sum(r.excess()["gradient_ratio"] for r in reports) / len(reports)
     assert headline["full"] < headline["causal"] < headline["independent"], headline
     assert excess["full"] < 1.1 < excess["independent"], excess
+
+
+def with_discs(image, centres, radius, rgb=(1.0, 0.85, 0.1)):
+    """``image`` with flat discs (suns) of ``radius`` px at ``centres`` (x, y)."""
+    h, w = image.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    inside = torch.zeros(h, w, dtype=torch.bool)
+    for x, y in centres:
+        inside |= (xx - x) ** 2 + (yy - y) ** 2 <= radius**2
+    return torch.where(inside, torch.tensor(rgb)[:, None, None], image)
+
+
+def test_big_objects_straddling_a_few_seams_do_not_read_as_seams():
+    """Two suns larger than a seam band on an untouched sky, their edges inside the bands of two of the
+    ten seams: the content crosses those bands, the tiles did nothing. The axis medians leave the two
+    bands out (the pooled means they replace called this "seams visible": ΔE +9.4, drift +20)."""
+    plan = make_plan(512, 256, 128, 128, 32, 8, fit="grow")
+    image = with_discs(sky_image(), [(190, 60), (330, 190)], radius=60)
+    report = seam_report(image, plan)
+    assert report.meets_targets(), report.verdict()
+    assert report.delta_e_worst > 10.0  # the bands the suns cross are still reported as the worst seams
+
+
+def soft_step_at_horizontal_seams(image, plan, channel: int, size: float):
+    """``image`` with Lab ``channel`` lowered by ``size`` across every horizontal overlap, linearly from
+    its top to its bottom border (a soft step, what a lock ramp or a feather leaves), and kept lower
+    below it: a step at every tile row."""
+    lab = kornia.color.rgb_to_lab(image)
+    rows = torch.arange(image.shape[-2], dtype=torch.float32)[:, None]
+    step = torch.zeros_like(rows)
+    for top, bottom in {(s.overlap_start, s.overlap_stop) for s in plan.seams() if s.axis == "horizontal"}:
+        step += size * ((rows - top) / (bottom - top)).clamp(0, 1)
+    lab[:, channel] -= step
+    return kornia.color.lab_to_rgb(lab).clamp(0, 1)
+
+
+def test_a_soft_step_at_every_tile_row_is_judged_on_its_axis_alone():
+    """A 3 L* brightness step spread over each horizontal overlap of a smooth sky and nothing at the
+    vertical seams: judged per axis, the horizontal seams' lines stand out (pooled with the six clean
+    vertical seams, as before, the ratio was ×1.16 and the canvas passed)."""
+    plan = make_plan(512, 256, 128, 128, 32, 8, fit="grow")
+    report = seam_report(soft_step_at_horizontal_seams(sky_image(), plan, channel=0, size=3.0), plan)
+    assert report.axes["horizontal"]["gradient_ratio"].excess >= 1.2
+    assert report.axes["vertical"]["gradient_ratio"].excess < 1.1
+    assert "lines stand out at the horizontal seams" in report.verdict()
+
+
+def test_drift_is_the_colour_step_the_trend_on_either_side_does_not_explain():
+    """A blue-to-pink sky (a large colour change across any band, seam or not) with a soft 6-unit b*
+    step over each horizontal overlap: no L* change, no single line stands out, and the raw colour change
+    across a band hides it in the sky's own (it passed before). Fitted with one trend on both sides of
+    the band plus a jump, the jump is the step; the sky alone has none."""
+    plan = make_plan(512, 256, 128, 128, 32, 8, fit="grow")
+    report = seam_report(soft_step_at_horizontal_seams(sky_image(), plan, channel=2, size=6.0), plan)
+    assert report.excess()["gradient_ratio"] < 1.05 and report.excess()["delta_e"] < 2.0
+    assert report.axes["horizontal"]["drift_delta_e"].excess >= 2.0, report.axes["horizontal"]
+    assert "colour drift between tiles at the horizontal seams" in report.verdict()
+    plain = seam_report(sky_image(), plan)
+    assert plain.meets_targets() and plain.axes["horizontal"]["drift_delta_e"].seams < 0.5
+
+
+CASES = Path(__file__).parent / "verdict_cases"
+SEEN = {  # file: (what a person sees at 100-200 %, next to the native render; seamless?)
+    "quickstart_guided.png": ("the quick start's guided canvas: one gradient, one sun, no line", True),
+    "guided_1024_suns.png": ("1024×512 guided: big speckled suns across seam bands, no line", True),
+    "causal_lock_margin_0.png": ("the former causal default: a pink line across the canvas, y = 144", False),
+    "early_guided_pink_line.png": ("an early guided run: a straight pink edge along the first row", False),
+    "independent.png": ("independent tiles: each tile row a band of its own, lines at the borders", False),
+}
+
+
+def canvas_png(name: str) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(CASES / name) as image:
+        pixels = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
+        return pixels.view(image.height, image.width, 3).permute(2, 0, 1)[None].float() / 255
+
+
+def plan_of(image: torch.Tensor):
+    """The plan these canvases were made with: 128 px tiles grown to fit, 32 px overlap, 8× latents."""
+    return make_plan(image.shape[-1], image.shape[-2], 128, 128, 32, 8, fit="grow")
+
+
+@pytest.mark.parametrize("name", list(SEEN))
+def test_the_verdict_says_what_a_person_sees(name):
+    """Canvases the pack made, looked at zoomed beside the native render: the verdict agrees. The pooled
+    verdict this replaces called the suns "seams visible" (drift +4.1) and the pink edge seamless."""
+    seen, seamless = SEEN[name]
+    image = canvas_png(name)
+    report = seam_report(image, plan_of(image))
+    assert report.meets_targets() == seamless, f"{seen}: {report.verdict()}"
+
+
+@pytest.mark.xfail(strict=True, reason="known miss: soft steps, ΔE 1.3 on a 0.4 floor, under the targets")
+def test_a_night_sky_stepping_at_every_tile_row_is_called_seamless_though_a_person_sees_the_steps():
+    """1024×512 guided night sky: the brightness steps up by ~4 L* across every tile row's overlap (a
+    staircase a person sees). The horizontal seams score 3× the floor on ΔE (1.28 against 0.41) and
+    ×1.13 on the ratio, under the targets (+2 ΔE, ×1.2); a context halo of 4 cells removes the steps."""
+    image = canvas_png("guided_1024_night_staircase.png")
+    assert not seam_report(image, plan_of(image)).meets_targets()
