@@ -4,7 +4,8 @@ Run from the repository root, one model and canvas per call (each adds its rows 
 re-renders the tables):
 ``python -m bench.bench_guide_upscale --model bench/models/seamlab-sana-f32 --canvas 1024x512``
 (the embedded model at 512×256: about 3 min on 2 CPU cores, one torch thread). Writes
-``bench/results/guide_upscale.{json,md}`` and ``docs/guide_upscale_<model>_<canvas>.png``.
+``bench/results/guide_upscale.{json,md}``, ``docs/guide_upscale_<model>_<canvas>.png`` and, one tile of
+the last prompt at 2×, ``docs/guide_upscale_<model>_<canvas>_zoom.png``.
 
 Protocol: ``bench_guide_first``'s prompts, seeds, plans (``make_plans``: tiles of at least 8 latent
 cells), scores and whole-scene pass. Rows: the native one-pass render of the canvas, guided with the
@@ -20,6 +21,7 @@ import json
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 
 from bench.bench_guide_first import (
     PROMPTS,
@@ -55,6 +57,24 @@ def enlarged_passes(model, plans: dict, upscales: dict, images: dict) -> None:
             images[seed, f"{name}-upscaled pass"] = model.decode(
                 upscale(guide, plan.canvas_height, plan.canvas_width)
             )
+
+
+def zoom(images: dict, plan, path: Path, seed: int = len(PROMPTS) - 1, scale: int = 2) -> None:
+    """One tile of ``plan`` (the first row's third, or its last) of prompt ``seed``, every variant of
+    :data:`SHOWN` but the pass side by side, ``scale``× with nearest neighbours: where 32 px blocks show."""
+    tile = next(t for t in plan.tiles if (t.row, t.col) == (0, min(2, plan.cols - 1)))
+    c = plan.compression
+    box = (tile.x * c, tile.y * c, (tile.x + tile.width) * c, (tile.y + tile.height) * c)
+    size = ((box[2] - box[0]) * scale, (box[3] - box[1]) * scale)
+    shown, label = SHOWN[1:], 16
+    out = Image.new("RGB", (len(shown) * (size[0] + 6), size[1] + label), "white")
+    draw = ImageDraw.Draw(out)
+    for i, name in enumerate(shown):
+        pixels = (images[seed, name][0].permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()
+        crop = Image.fromarray(pixels).crop(box).resize(size, Image.NEAREST)
+        out.paste(crop, (i * (size[0] + 6), label))
+        draw.text((i * (size[0] + 6) + 2, 2), f"prompt {seed}: {name}, {scale}x", fill="black")
+    out.save(path)
 
 
 def group_title(row: dict) -> str:
@@ -148,6 +168,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps(kept, indent=1) + "\n")
     RESULTS.with_suffix(".md").write_text(render(kept))
     figure(images, ROOT / "docs" / f"guide_upscale_{name}_{width}x{height}.png", SHOWN, width=min(width, 512))
+    zoom(images, plan, ROOT / "docs" / f"guide_upscale_{name}_{width}x{height}_zoom.png")
     (ROOT / "out").mkdir(exist_ok=True)  # the decoded images, to crop and zoom without rerunning
     torch.save(images, ROOT / "out" / f"guide_upscale_{name}_{width}x{height}.pt")
 
