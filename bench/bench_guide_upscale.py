@@ -167,7 +167,12 @@ def main() -> None:
     kept = [r for r in kept if (r["model"], r["canvas"]) != (name, rows[0]["canvas"])] + rows
     RESULTS.write_text(json.dumps(kept, indent=1) + "\n")
     RESULTS.with_suffix(".md").write_text(render(kept))
-    figure(images, ROOT / "docs" / f"guide_upscale_{name}_{width}x{height}.png", SHOWN, width=min(width, 512))
+    figure(
+        images,
+        ROOT / "docs" / f"guide_upscale_{name}_{width}x{height}.png",
+        SHOWN,
+        width=min(width // 2, 384),
+    )
     zoom(images, plan, ROOT / "docs" / f"guide_upscale_{name}_{width}x{height}_zoom.png")
     (ROOT / "out").mkdir(exist_ok=True)  # the decoded images, to crop and zoom without rerunning
     torch.save(images, ROOT / "out" / f"guide_upscale_{name}_{width}x{height}.pt")
