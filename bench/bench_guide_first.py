@@ -49,16 +49,19 @@ def count_named_objects(image: torch.Tensor, prompt: str) -> int:
 
 
 def make_plans(compression: int, width: int = 512, height: int = 256) -> dict:
-    """The quick start's plan (key: overlap in px); MultiDiffusion 50 %: 128 px windows every 64 px."""
+    """The quick start's plan ("tiles": 128 px tiles, 32 px overlap) and MultiDiffusion 50 %'s (128 px
+    windows every 64 px). Tiles are at least 8 latent cells and overlaps 2 (256 and 64 px at 32×
+    compression, where 128 px would be 4 cells, under the smallest size a 32× model is trained on)."""
+    tile, overlap = max(128, 8 * compression), max(32, 2 * compression)
     return {
-        32: make_plan(width, height, 128, 128, 32, compression, fit="grow"),
-        64: make_plan(width, height, 128, 128, 64, compression, fit="shift"),
+        "tiles": make_plan(width, height, tile, tile, overlap, compression, fit="grow"),
+        "multidiffusion": make_plan(width, height, tile, tile, tile // 2, compression, fit="shift"),
     }
 
 
 def whole_scene(model, plans: dict, emb, neg, seed: int):
     """The whole-scene pass of ``seed`` at the tile's size: the layout reference (and causal's guide)."""
-    return generate(guide_plan(plans[32]), model.transformer, emb, neg, method="full",
+    return generate(guide_plan(plans["tiles"]), model.transformer, emb, neg, method="full",
                     steps=20, cfg=4.5, shift=model.flow_shift, seed=seed).canvas  # fmt: skip
 
 
@@ -78,13 +81,13 @@ def run_method(name: str, model, plans: dict, emb, neg, guide, seed: int, **sett
         guide_first = guide_first or (GuideFirst(stats=0.0) if "no statistics" in name else GuideFirst())
         options = dict(method="guided", cache_config=BCLAConfig(), guide_first=guide_first)
     else:
-        options = dict(method="multidiffusion" if plan is plans[64] else name)
+        options = dict(method="multidiffusion" if plan is plans["multidiffusion"] else name)
     return plan, generate(plan, model.transformer, emb, neg, **options, **common)
 
 
 def method_plan(name: str, plans: dict):
     """The plan ``name`` of :data:`METHODS` runs on (MultiDiffusion 50 %: its own windows)."""
-    return plans[64] if name.startswith("multidiffusion") else plans[32]  # overlap in px
+    return plans["multidiffusion"] if name.startswith("multidiffusion") else plans["tiles"]
 
 
 def measure(model, plan, result, guide_image) -> tuple[torch.Tensor, torch.Tensor, dict]:

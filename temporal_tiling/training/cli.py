@@ -26,6 +26,31 @@ def train_lora(args: argparse.Namespace) -> None:
     train_temporal_lora(Path(args.model), Path(args.out), cfg, Path(args.work))
 
 
+def latent_size(text: str) -> tuple[int, int]:
+    """``"8x16"`` -> (8, 16): a training size in latent cells, height first."""
+    try:
+        height, width = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a latent size is HxW in cells, e.g. 8x16; got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"a latent size needs positive cells, got {text!r}")
+    return height, width
+
+
+def autoencoder_shape_problem(channels: list[int], crop: int) -> str | None:
+    """Why ``--ae-channels``/``--ae-crop`` cannot train (None if they can): a crop must be whole latent
+    cells, and at least two of them a side, or the decoder never sees a border between cells."""
+    if len(channels) < 2 or min(channels) < 1:
+        return f"--ae-channels needs at least two positive widths, got {channels}."
+    compression = 2 ** (len(channels) - 1)
+    if crop % compression or crop < 2 * compression:
+        return (
+            f"--ae-crop {crop} px with {len(channels)} --ae-channels ({compression}x compression): give a "
+            f"multiple of {compression} px of at least {2 * compression} px (2 latent cells)."
+        )
+    return None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m temporal_tiling.training",
@@ -38,13 +63,35 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--latent-channels", type=int, default=16)
+    b.add_argument(
+        "--ae-channels",
+        type=int,
+        nargs="+",
+        default=[16, 32, 64, 64],
+        help="DC-AE block widths; compression = 2^(count - 1): 4 widths = 8x, 6 = 32x (DC-AE f32)",
+    )
     b.add_argument("--ae-steps", type=int, default=1200)
+    b.add_argument("--ae-batch", type=int, default=16)
+    b.add_argument(
+        "--ae-crop",
+        type=int,
+        default=32,
+        help="autoencoder training crop in px: a multiple of the compression, at least 2 latent cells wide",
+    )
     b.add_argument("--steps", type=int, default=3000)
     b.add_argument("--lr", type=float, default=1e-3)
     b.add_argument("--hidden", type=int, default=128)
     b.add_argument("--heads", type=int, default=4)
     b.add_argument("--layers", type=int, default=4)
     b.add_argument("--tokens-per-step", type=int, default=1024)
+    b.add_argument(
+        "--latent-sizes",
+        type=latent_size,
+        nargs="+",
+        metavar="HxW",
+        help="transformer training sizes in latent cells, drawn uniformly each step (repeat one to weight "
+        "it); 8x8 is 64 px at 8x compression, 256 px at 32x (default: 8x8 8x8 8x16 16x8 16x16)",
+    )
     b.add_argument("--lora-steps", type=int, default=200, help="temporal LoRA steps (0 = skip)")
     b.add_argument("--max-minutes", type=float, default=0.0, help="cap on the transformer stage (minutes)")
     b.add_argument(
@@ -62,7 +109,8 @@ def parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("bf16", "fp32"),
         default="bf16",
-        help="transformer autocast (fp32 is several times faster on CPUs without native bf16)",
+        help="autocast of the autoencoder and transformer stages (fp32 is several times faster on CPUs "
+        "without native bf16)",
     )
     b.add_argument("--crop-prob", type=float, default=0.3, help="share of square batches cut from 2x scenes")
     lo = sub.add_parser("lora", help="train the temporal LoRA (tile sequences with the BCLA cache)")
@@ -80,8 +128,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)  # before the heavy imports: --help and bad flags answer at once
+    p = parser()
+    args = p.parse_args(argv)  # before the heavy imports: --help and bad flags answer at once
     if args.cmd == "build":
+        if problem := autoencoder_shape_problem(args.ae_channels, args.ae_crop):
+            p.error(problem)
         from .embedded_recipe import build
 
         build(args)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .. import seamlab
 from ..lora import load_temporal_lora
+from ..options import EMBEDDED_MODEL
 from ..sana.text import PROMPT_SETTINGS
 from ..sana.vae import compression
 from .autoencoder import AEConfig, ae_loss_fn, latent_scaling_factor, reconstruction_psnr
@@ -58,6 +59,11 @@ DEMO_PROMPTS = (
     "fine red and cyan checks, dark vignette",
     "wide navy and magenta dots",
 )
+SAMPLE_CELLS = 8
+"""Side of the card's samples and held-out reconstructions in latent cells (64 px at 8x, 256 px at 32x):
+the transformer's smallest training size, whatever the compression."""
+CANVAS_CELLS = (16, 32)
+"""Height, width of the card's whole-canvas renders in latent cells (2:1, twice the training side)."""
 CANVAS_PROMPTS = (
     "a blue to pink sky with one sun at top left",
     "purple brushed metal with horizontal highlights, dark vignette",
@@ -95,7 +101,8 @@ def build(args: argparse.Namespace) -> None:
         tokenizer = build_tokenizer(corpus())
         text_encoder = build_text_encoder(tokenizer, seed=args.seed)
         vae, ae_info = _trained_autoencoder(args, work, times, save_times)
-    held_out = seamlab.render(seamlab.sample_scenes(64, seed=999_999), 64, 64)
+    side = SAMPLE_CELLS * compression(vae)
+    held_out = seamlab.render(seamlab.sample_scenes(64, seed=999_999), side, side)
     psnr = reconstruction_psnr(vae, held_out)
     print(f"autoencoder held-out PSNR {psnr:.2f} dB, scale {vae.config.scaling_factor:.4f}", flush=True)
 
@@ -118,6 +125,7 @@ def build(args: argparse.Namespace) -> None:
         max_minutes=args.max_minutes,
         crop_prob=args.crop_prob,
         precision=args.precision,
+        sizes=tuple(args.latent_sizes or FlowConfig.sizes),
     )
     if not (work / "flow_done.json").exists():
         with _timed(times, "transformer_s"):
@@ -165,9 +173,12 @@ def _trained_autoencoder(args: argparse.Namespace, work: Path, times: dict, save
     frozen model and its log entries ("ae", "ae_config")."""
     from diffusers import AutoencoderDC
 
-    vae = build_autoencoder(args.latent_channels)
+    vae = build_autoencoder(args.latent_channels, tuple(args.ae_channels))
     ae_cfg = AEConfig(
         steps=args.ae_steps,
+        batch=args.ae_batch,
+        crop=args.ae_crop,
+        precision=args.precision,
         lr=2e-3,
         warmup=50,
         seed=args.seed + 1,
@@ -183,7 +194,7 @@ def _trained_autoencoder(args: argparse.Namespace, work: Path, times: dict, save
         (work / "ae_done.json").write_text(json.dumps({"history": ae_res.history, "steps": ae_res.step}))
         save_times()
     vae = AutoencoderDC.from_pretrained(work / "vae_raw").eval().requires_grad_(False)
-    vae.register_to_config(scaling_factor=latent_scaling_factor(vae))
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, size=SAMPLE_CELLS * compression(vae)))
     return vae, {"ae": json.loads((work / "ae_done.json").read_text()), "ae_config": asdict(ae_cfg)}
 
 
@@ -312,9 +323,11 @@ def export(
     # Pictures for the card.
     recon = ((vae.decode(vae.encode(held_out[:8] * 2 - 1).latent).sample + 1) / 2).clamp(0, 1)
     to_grid(torch.cat([held_out[:8], recon]), 8).save(tmp / "reconstruction.png", optimize=True)
-    samples = _samples(transformer, vae, tokenizer, text_encoder, DEMO_PROMPTS, 64, 64, seed=0)
+    side = SAMPLE_CELLS * compression(vae)
+    samples = _samples(transformer, vae, tokenizer, text_encoder, DEMO_PROMPTS, side, side, seed=0)
     to_grid(samples, 4).save(tmp / "samples.png", optimize=True)
-    canvas = _samples(transformer, vae, tokenizer, text_encoder, CANVAS_PROMPTS, 128, 256, seed=1)
+    height, width = (n * compression(vae) for n in CANVAS_CELLS)
+    canvas = _samples(transformer, vae, tokenizer, text_encoder, CANVAS_PROMPTS, height, width, seed=1)
     to_grid(canvas, 1).save(tmp / "samples_canvas.png", optimize=True)
     curves = {
         "loss_autoencoder.png": ("autoencoder (L1 + grad)", info["ae"]["history"]),
@@ -430,6 +443,37 @@ def _lora_summary(lora: dict | None, times: dict) -> str:
     )
 
 
+def _title(out: Path, compression: int) -> str:
+    """The card's heading: the embedded model's, or a bench model's with its compression."""
+    if out.name == EMBEDDED_MODEL.name:
+        return f"{out.name} — embedded SANA-architecture model of the temporal tiling pack"
+    return f"{out.name} — a SANA-architecture seam-lab model with a {compression}× autoencoder"
+
+
+def _autoencoder_flags(args: dict, reused: str | None) -> list[str]:
+    """The build's autoencoder flags that differ from the defaults (none with reused components)."""
+    flags = {
+        "--latent-channels": (args.get("latent_channels", 16), 16),
+        "--ae-channels": (args.get("ae_channels", [16, 32, 64, 64]), [16, 32, 64, 64]),
+        "--ae-crop": (args.get("ae_crop", 32), 32),
+        "--ae-batch": (args.get("ae_batch", 16), 16),
+    }
+    if reused:
+        return []
+    return [
+        f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+        for flag, (value, default) in flags.items()
+        if value != default
+    ]
+
+
+def _latent_sizes_flag(sizes: list) -> list[str]:
+    """``--latent-sizes`` of the card's command when the build's sizes are not the default ones."""
+    if [list(size) for size in sizes] == [list(size) for size in FlowConfig.sizes]:
+        return []
+    return ["--latent-sizes " + " ".join(f"{h}x{w}" for h, w in sizes)]
+
+
 def model_card(transformer, vae, text_encoder, tokenizer, info: dict) -> str:
     """Markdown model card (`model_card.md` filled in): config, data, steps, wall time, command, pictures."""
     a, ae, fl, times = info["args"], info["ae_config"], info["flow_config"], info["times"]
@@ -445,6 +489,8 @@ def model_card(transformer, vae, text_encoder, tokenizer, info: dict) -> str:
             f"--lora-steps {lora['steps'] if lora else 0}",
             f"--hidden {a['hidden']} --heads {a['heads']} --layers {a['layers']}",
             f"--tokens-per-step {a['tokens_per_step']} --lr {a['lr']}",
+            *_autoencoder_flags(a, reused),
+            *_latent_sizes_flag(fl["sizes"]),
             *(["--position-embedding"] if a.get("position_embedding") else []),
             *([f"--crop-prob {a['crop_prob']}"] if a.get("crop_prob", 0.3) != 0.3 else []),
             *([f"--precision {a['precision']}"] if a.get("precision", "bf16") != "bf16" else []),
@@ -453,7 +499,13 @@ def model_card(transformer, vae, text_encoder, tokenizer, info: dict) -> str:
     pictures = "![autoencoder loss](loss_autoencoder.png) ![transformer loss](loss_transformer.png)"
     if lora:
         pictures += " ![temporal LoRA loss](loss_temporal_lora.png)"
+    c = compression(vae)
+    height, width = (n * c for n in CANVAS_CELLS)
     values = {
+        "title": _title(Path(a["out"]), c),
+        "sample_size": f"{SAMPLE_CELLS * c}×{SAMPLE_CELLS * c}",
+        "canvas_size": f"{width}×{height}",
+        "ae_precision": "bf16 autocast" if ae.get("precision", "bf16") == "bf16" else "fp32 (no autocast)",
         "vocabulary_size": len(tokenizer),
         "components": _components_table(transformer, vae, text_encoder, tokenizer, a["seed"]),
         "scaling_factor": f"{vae.config.scaling_factor:.4f}",
