@@ -35,6 +35,7 @@ from ..temporal_tiling.options import (
 )
 from ..temporal_tiling.pipeline import CAUSAL_METHODS, GuideFirst, RunSettings, run, tile_steps_total
 from ..temporal_tiling.plan import Tile, TilePlan
+from ..temporal_tiling.position import has_canvas_positions
 from ..temporal_tiling.sampling import CLEAN_SIGMA, LockRelease, SamplingError
 from ..temporal_tiling.seam_refine import SeamRefine, refine_steps_total
 from .bcla_cache import bcla_config, bcla_transformer
@@ -521,6 +522,13 @@ class ComfyHost:
 
     def model_space(self, latent: torch.Tensor) -> torch.Tensor:
         return self.work.model.process_latent_in(latent)
+
+    @property
+    def canvas_positions(self) -> bool:
+        try:
+            return has_canvas_positions(bcla_transformer(self.work))
+        except ValueError:  # not a SANA whose attention this pack patches: no positions to follow either
+            return False
 
     def attach_cache(self, cache: TileCache) -> None:
         """The BCLA processors as object patches on this run's clone (before its first sampling)."""

@@ -138,6 +138,9 @@ class Host(Protocol):
 
     steps: int
     """The sampler steps the user asked for (one tile, or the whole canvas, from noise)."""
+    canvas_positions: bool
+    """Whether the model's position encoding must follow each tile's place on the canvas (sin-cos PE,
+    RoPE): then causal tiles get a cache even when no BCLA is asked for, as their position source."""
 
     def denoise(self, job: TileJob) -> Tensor:
         """Run the sampler over ``job`` and return its clean latent [B,C,h,w]."""

@@ -36,6 +36,7 @@ from .options import (
     METHODS,
 )
 from .plan import TilePlan, make_plan
+from .position import has_canvas_positions
 from .sampling import (
     CLEAN_SIGMA,
     CanvasResult,
@@ -254,16 +255,24 @@ def _with_cache(
     latent: Tensor | None,
     guide: Tensor | None,
 ) -> CanvasResult:
-    """:func:`_run` with a BCLA cache of ``plan`` attached to the host for its duration."""
+    """:func:`_run` with a BCLA cache of ``plan`` attached to the host for its duration (a positions-only
+    one on models whose position encoding follows the canvas when no BCLA is asked for)."""
     cache = None
-    if settings.method in CAUSAL_METHODS and settings.cache_config is not None:
-        cache = BCLACache(settings.cache_config, plan)
+    if settings.method in CAUSAL_METHODS:
+        config = settings.cache_config or (POSITIONS_ONLY if host.canvas_positions else None)
+        cache = None if config is None else BCLACache(config, plan)
+    if cache is not None:
         host.attach_cache(cache)
     try:
         return _run(plan, host, settings, noise, latent, cache, guide)
     finally:
         if cache is not None:
             host.detach_cache()
+
+
+POSITIONS_ONLY = BCLAConfig(strength=0.0)
+"""A BCLA cache that shares nothing between tiles (α = 0) but still tells the position patches where
+the active tile sits on the canvas: without it a PE model paints every tile as an image at (0, 0)."""
 
 
 def _run(
@@ -429,6 +438,7 @@ class FlowHost:
         self.device = next(transformer.parameters()).device
         self.sampling = sampling
         self.steps = sampling.steps
+        self.canvas_positions = has_canvas_positions(transformer)
         negative = None if negative_embeds is None else negative_embeds.to(self.device)
         self.conditioning = (prompt_embeds.to(self.device), negative)
         self.masks = (prompt_mask, negative_mask)

@@ -126,11 +126,21 @@ class CanvasRopeForward:
         return table(rope.freqs_cos), table(rope.freqs_sin)
 
 
+def has_canvas_positions(transformer: torch.nn.Module) -> bool:
+    """Whether ``transformer``'s position encoding must follow each tile's place on the canvas: SANA
+    2K/4K's sin-cos PE or SANA-Video's RoPE (SANA 512/1024 have none)."""
+    return has_sincos_pos_embed(transformer) or _has_rope(transformer)
+
+
+def _has_rope(transformer: torch.nn.Module) -> bool:
+    return isinstance(getattr(transformer, "rope", None), WanRotaryPosEmbed)
+
+
 def position_patches(transformer: torch.nn.Module, source: PositionSource) -> dict[str, object]:
     """Attribute path -> replacement for the position encodings that must follow the canvas."""
     patches: dict[str, object] = {}
     if has_sincos_pos_embed(transformer):
         patches["patch_embed.forward"] = CanvasPatchEmbedForward(transformer.patch_embed, source)
-    if isinstance(getattr(transformer, "rope", None), WanRotaryPosEmbed):
+    if _has_rope(transformer):
         patches["rope.forward"] = CanvasRopeForward(transformer.rope, source)
     return patches

@@ -303,17 +303,19 @@ def tiny_gemma2(vocab_size: int, hidden_size: int = 32, seed: int = 0) -> Gemma2
     return Gemma2Model(config).eval()
 
 
-def write_pipeline_folder(folder: str | Path, seed: int = 0, flow_shift: float = 3.0) -> Path:
+def write_pipeline_folder(
+    folder: str | Path, seed: int = 0, flow_shift: float = 3.0, **transformer_config: object
+) -> Path:
     """A complete toy diffusers SANA folder (model_index.json, transformer/, vae/, text_encoder/,
-    tokenizer/, scheduler/) that loads exactly like a published one."""
+    tokenizer/, scheduler/) that loads exactly like a published one; ``transformer_config`` overrides
+    the transformer's (e.g. ``interpolation_scale`` for SANA 2K/4K's sin-cos PE)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = tiny_tokenizer()
     text_model = tiny_gemma2(len(tokenizer), seed=seed)
     vae = tiny_vae(seed=seed)
-    transformer = tiny_transformer(
-        seed, **pipeline_transformer_config(vae.config.latent_channels, text_model.config.hidden_size)
-    )
+    config = pipeline_transformer_config(vae.config.latent_channels, text_model.config.hidden_size)
+    transformer = tiny_transformer(seed, **{**config, **transformer_config})
     transformer.save_pretrained(folder / "transformer")
     vae.save_pretrained(folder / "vae")
     text_model.save_pretrained(folder / "text_encoder")

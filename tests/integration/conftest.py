@@ -64,6 +64,8 @@ def models_dir(tmp_path_factory) -> Path:
     for kind in ("checkpoints", "diffusion_models", "vae", "text_encoders"):
         (models / kind).mkdir(parents=True)
     fixtures.write_pipeline_folder(models / "checkpoints" / "tiny_sana_diffusers")
+    # the same parts with SANA 2K/4K's sin-cos position embedding
+    fixtures.write_pipeline_folder(models / "checkpoints" / "tiny_sana_pe_diffusers", interpolation_scale=2)
     pipeline = models / "checkpoints" / "tiny_sana_diffusers"
     # separate parts, as users keep them: DC-AE folder in vae/, Gemma-2 folder in text_encoders/
     (models / "vae" / "tiny_dcae").symlink_to(pipeline / "vae", target_is_directory=True)

@@ -279,6 +279,34 @@ def test_seam_refine_and_halo_run_through_comfys_sampler(nodes, parts, conds, pl
     assert not torch.allclose(halo_canvas, plain_canvas)
 
 
+def test_tiles_of_a_pe_model_get_their_canvas_positions_without_a_bcla_cache_node(nodes, conds, plan):
+    """SANA 2K/4K add a sin-cos position embedding: with no BCLA Cache node in the graph the causal tiles
+    still get their crop of the canvas' embedding (a positions-only cache carries it), not the stock grid
+    of a small image at (0, 0)."""
+    position = pack_module("temporal_tiling.position")
+    loaders = nodes.loaders
+    model, _, _ = loaders.SanaCheckpointLoader.execute(
+        "tiny_sana_pe_diffusers/", loaders.FROM_CHECKPOINT, loaders.FROM_CHECKPOINT, "default", "auto"
+    ).result
+    embed = nodes.bcla_cache.bcla_transformer(model).patch_embed
+    assert position.has_sincos_pos_embed(nodes.bcla_cache.bcla_transformer(model))
+    added: list[torch.Tensor] = []
+
+    def record(module, inputs, output):
+        added.append(output - module.proj(inputs[0]).flatten(2).transpose(1, 2))
+
+    hook = embed.register_forward_hook(record)
+    try:
+        _sample(nodes, model, conds, plan, mode="causal")
+    finally:
+        hook.remove()
+    crops = [position.canvas_sincos_pos_embed(embed, plan, tile) for tile in plan.tiles]
+    matched = {
+        i for pe in added for i, crop in enumerate(crops) if torch.allclose(pe[:1].float(), crop, atol=1e-4)
+    }
+    assert added and matched == set(range(len(plan.tiles)))
+
+
 def test_border_resample_runs_inside_comfys_inpainting_rule(nodes, parts, conds, plan):
     """The engine's border resampling is ComfyUI's post-CFG model call (a predict-noise wrapper): it gets
     the input, mask and known latent KSamplerX0Inpaint uses, and adds `repeats` model calls at the late

@@ -1,11 +1,12 @@
 """Canvas sin-cos PE: a tile gets the crop of the whole canvas' embedding, and undo restores stock."""
 
+import pytest
 import torch
 from diffusers import SanaTransformer2DModel
 from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed
 
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
-from temporal_tiling.pipeline import generate, guide_plan
+from temporal_tiling.pipeline import GuideFirst, generate, guide_plan
 from temporal_tiling.plan import make_plan
 from temporal_tiling.position import canvas_sincos_pos_embed, has_sincos_pos_embed
 from temporal_tiling.sana.fixtures import tiny_transformer, tiny_video_transformer
@@ -86,10 +87,20 @@ def test_canvas_pe_reaches_the_transformer_output_and_mode_off_leaves_it_stock()
     assert torch.equal(run(), stock)
 
 
-def test_a_guided_run_gives_every_tile_its_canvas_positions():
-    """Through the whole guided path (guide pass, BCLA seed pass, causal tiles): every tile-sized model
-    call adds the canvas PE crop of one tile, each tile's crop turns up, and none adds the stock grid a
-    tile would get on its own; the whole-scene passes keep the model's own (whole-image) grid."""
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"method": "guided", "cache_config": BCLAConfig()},
+        {"method": "guided", "guide_first": GuideFirst(bcla_seed=0.0)},  # no BCLA asked for
+        {"method": "causal"},
+    ],
+    ids=["guided with BCLA", "guided without BCLA", "causal without BCLA"],
+)
+def test_a_tiled_run_gives_every_tile_its_canvas_positions(settings):
+    """Through the whole guided path (guide pass, BCLA seed pass, causal tiles), and without a BCLA cache
+    (a positions-only cache then carries the tile's place): every tile-sized model call adds the canvas
+    PE crop of one tile, each tile's crop turns up, and none adds the stock grid a tile would get on its
+    own; the whole-scene passes keep the model's own (whole-image) grid."""
     model = tiny_sana_2k()
     embed = model.patch_embed
     plan = make_plan(40, 24, 16, 16, 4, 1)  # 24 × 40 cells, 3 × 2 tiles of 16 × 16
@@ -101,7 +112,7 @@ def test_a_guided_run_gives_every_tile_its_canvas_positions():
 
     hook = embed.register_forward_hook(record)
     prompts = torch.randn(2, 1, 4, 16, generator=torch.Generator().manual_seed(4))
-    generate(plan, model, prompts[0], prompts[1], method="guided", cache_config=BCLAConfig(), steps=2, seed=3)
+    generate(plan, model, prompts[0], prompts[1], steps=2, seed=3, **settings)
     hook.remove()
 
     def stock(shape: tuple[int, int]) -> torch.Tensor:
@@ -111,7 +122,8 @@ def test_a_guided_run_gives_every_tile_its_canvas_positions():
     crops = [canvas_sincos_pos_embed(embed, plan, tile) for tile in plan.tiles]
     tile_calls = [pe for pe in added if pe.shape[1] == 16 * 16]
     whole_calls = [pe for pe in added if pe.shape[1] == guide_shape[0] * guide_shape[1]]
-    assert len(tile_calls) + len(whole_calls) == len(added) and whole_calls and guide_shape != (16, 16)
+    assert len(tile_calls) + len(whole_calls) == len(added) and guide_shape != (16, 16)
+    assert bool(whole_calls) == (settings["method"] == "guided")
     matched = [
         [i for i, crop in enumerate(crops) if torch.allclose(pe[:1], crop, atol=1e-5)] for pe in tile_calls
     ]
