@@ -260,9 +260,9 @@ def _with_cache(
     cache = None
     if settings.method in CAUSAL_METHODS:
         config = settings.cache_config or (POSITIONS_ONLY if host.canvas_positions else None)
-        cache = None if config is None else BCLACache(config, plan)
-    if cache is not None:
-        host.attach_cache(cache)
+        if config is not None:
+            cache = BCLACache(config, plan)
+            host.attach_cache(cache)
     try:
         return _run(plan, host, settings, noise, latent, cache, guide)
     finally:
