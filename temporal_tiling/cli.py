@@ -653,7 +653,7 @@ def _render(
     """Run every method and write its files into ``out``; returns them (``guide_first``: for guided)."""
     from .bcla import BCLAConfig
     from .border_resample import BorderResample
-    from .pipeline import generate
+    from .pipeline import CAUSAL_METHODS, generate
     from .sampling import LockRelease
     from .seam_refine import SeamRefine
 
@@ -683,7 +683,7 @@ def _render(
                 plan,
                 model.transformer,
                 method=method,
-                cache_config=cache_config if method in ("causal", "guided") else None,
+                cache_config=cache_config if method in CAUSAL_METHODS else None,
                 context=context if method == "causal" else None,
                 guide_first=guide_first if method == "guided" else None,
                 lock_feather=args.lock_feather,
@@ -691,7 +691,7 @@ def _render(
                 lock_release=LockRelease(args.lock_release, args.release_band),
                 seam_refine=SeamRefine(args.seam_refine) if args.seam_refine > 0 else None,
                 halo=args.halo,
-                border_resample=border_resample if method in ("causal", "guided") else None,
+                border_resample=border_resample if method in CAUSAL_METHODS else None,
                 progress=bar,
                 **conditioning,
                 **_sampling(args, shift),

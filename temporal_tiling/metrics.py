@@ -751,19 +751,12 @@ def _floor(scores: list[BandScores], name: str, seams: Tensor, seamless: float |
     """Mean and worst of one measure over floor windows. A plan whose tiles neighbours cover whole leaves
     no seam-free line: then the floor is what a flat image scores (``seamless``: the ratio's 1), or, for
     the colour measures whose no-seam level depends on the content, the seams' own (not judged)."""
-    pooled = _pooled(scores, name)
+    pooled, _ = _tile_weighted(scores, name)
     if pooled.numel():
         return _Floor(float(pooled.mean()), float(pooled.max()))
     if seamless is None:
         return _Floor(float(seams.mean()), float(seams.max()))
     return _Floor(seamless, seamless)
-
-
-def _pooled(scores: list[BandScores], name: str) -> Tensor:
-    """The finite values of one measure over every window of ``scores``, flat."""
-    values = [getattr(s, name).flatten() for s in scores]
-    pooled = torch.cat(values) if values else torch.zeros(0)
-    return pooled[torch.isfinite(pooled)]
 
 
 class _FloorSampler:
@@ -818,6 +811,7 @@ def _judge_measure(mine: list[tuple[BandScores, tuple[list[BandScores], bool]]],
     seams = seams[torch.isfinite(seams)].double()
     shared = {id(floor): floor for _, floor in kept}  # seams of one width share their floor windows
     floor, weights = _tile_weighted([band for f in shared.values() for band in f], key)
+    floor = floor.double()
     if seams.numel() == 0 or (floor.numel() == 0 and name != "gradient_ratio"):
         return AxisJudgement(None, None, 0.0, 0.0, judged=False)
     seam_median = float(seams.quantile(0.5))
@@ -841,13 +835,13 @@ def _tile_weighted(bands: list[BandScores], key: str) -> tuple[Tensor, Tensor]:
     and so more windows, and its content (often background) would otherwise set the floor."""
     values, weights = [], []
     for band in bands:
-        v = getattr(band, key).double()  # [B, windows]
+        v = getattr(band, key)  # [B, windows]
         finite = torch.isfinite(v)
         counts = finite.sum(-1, keepdim=True).clamp_min(1)
         values.append(v[finite])
         weights.append((1.0 / counts).expand_as(v)[finite])
     if not values:
-        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        return torch.zeros(0), torch.zeros(0)
     return torch.cat(values), torch.cat(weights)
 
 
