@@ -20,10 +20,10 @@ Measured per run: seconds per image (CUDA-synchronised wall time), peak memory
 (``torch.cuda.max_memory_allocated``, reset per run; on CPU the resident-memory high-water mark above
 the start) and the work, in token-steps (latent tokens through one model step, per CFG branch).
 
-Time budget. ``--budget`` seconds from the start of the script, model build included. The second of
+Time budget. ``--budget`` seconds from the start of ``main``, model build included. The second of
 two one-tile warm-up runs gives a first seconds-per-token-step rate, every measured run a new one; a
-run whose estimate (its token-steps × the slowest rate so far × 1.2) would end past the budget is
-skipped and the next, cheaper ones are still tried. Order: 4K then 8K, each causal, independent,
+run whose estimate (its token-steps × the slowest measured rate so far × 1.2) would end past the budget
+is skipped and the next, cheaper ones are still tried. Order: 4K then 8K, each causal, independent,
 MultiDiffusion, guided, full. A run that runs out of GPU memory is reported as such.
 """
 
@@ -238,14 +238,14 @@ def main(argv: list[str] | None = None) -> dict:
     save(report, folders, began)
 
     warm = {"canvas": "warm-up", "cells": setup["tile"], "method": "causal", "overlap_cells": 0}
-    rates = []  # seconds per token-step of every timed run: the warm-up's second, then each measured run
+    rates = []  # seconds per token-step: the warm-up's (used until a run is measured), then each run's
     for _ in range(2):  # the first call pays one-off set-up (kernels, allocator); the second is timed
         warm_seconds = run_one(warm, model, setup, 1, embeds, shift, memory)["seconds"]
     rates.append(warm_seconds / token_steps(warm, setup, 1))
     log(f"warm-up: {warm_seconds:.2f} s for one tile-step")
 
     for row in report["runs"]:
-        estimate = SAFETY * row["token_steps"] * max(rates)
+        estimate = SAFETY * row["token_steps"] * max(rates[1:] or rates)
         elapsed = time.perf_counter() - began
         if elapsed + estimate > args.budget:
             row["skipped"] = f"time budget (estimate {estimate:.0f} s at {elapsed:.0f}/{args.budget:.0f} s)"
@@ -311,7 +311,7 @@ def markdown(report: dict) -> str:
         f"{cfg['bcla']}. Total {report['total_seconds']:.0f} s of a {cfg['budget_seconds']:.0f} s budget "
         f"(model built in {report['build_seconds']:.0f} s).{state}",
         "",
-        "| canvas | method | tiles | token-steps | seconds per image | peak memory MiB | finite |",
+        "| canvas | method | tiles | token-steps | seconds per image | peak MiB, weights included | finite |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["runs"]:

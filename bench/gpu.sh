@@ -49,7 +49,10 @@ if [ "$small" = 0 ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
 log=/dev/null
-[ -n "${OUT:-}" ] && log=$OUT/gpu.log
+if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    log=$OUT/gpu.log
+fi
 status=0
 left=$((${GPU_TIMEOUT:-340} - SECONDS))
 timeout -k 10 "$left" "$PYTHON" -m bench.bench_gpu "$@" 2>&1 | tee "$log" || status=$?
