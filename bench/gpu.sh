@@ -36,7 +36,7 @@ for name in ("diffusers", "transformers", "accelerate", "kornia", "safetensors",
         module = importlib.import_module(name)
         print(f"{name} {getattr(module, '__version__', '?')}", end="; ")
     except ImportError as error:
-        missing.append(f"{name} ({error})")
+        missing.append(f"{name} ({str(error).splitlines()[0]})")
 print(f"torch {torch.__version__}, Python {sys.version.split()[0]}", flush=True)
 if missing:
     sys.exit(f"bench/gpu.sh: missing {', '.join(missing)}; run 'bash bench/gpu_wheels.sh' and carry .whl.")
