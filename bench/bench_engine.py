@@ -40,12 +40,12 @@ import diffusers
 import torch
 from diffusers import SanaTransformer2DModel
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling import pipeline
 from temporal_tiling.bcla import BCLACache, BCLAConfig
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.pipeline import FlowHost, FlowSampling, RunSettings, generate
 from temporal_tiling.plan import TilePlan, make_plan
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

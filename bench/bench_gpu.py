@@ -29,10 +29,11 @@ import diffusers
 import torch
 
 from bench.bench_engine import _rss_kib, fit_for, verdict
+from lab import fixtures
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.pipeline import generate
 from temporal_tiling.plan import TilePlan, make_plan
-from temporal_tiling.sana import build_transformer, detect_variant, fixtures
+from temporal_tiling.sana import build_transformer, detect_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

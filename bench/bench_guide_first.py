@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from temporal_tiling import cli, seamlab
+from lab import seamlab
+from temporal_tiling import cli
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.context import ContextSettings
 from temporal_tiling.metrics import guide_fidelity, line_jump, seam_report

@@ -6,7 +6,7 @@ time on a shared 2-core CPU; peak resident memory 7 GiB). Writes ``bench/results
 ``--rewrite`` redraws them).
 
 Protocol. No SANA weights can be downloaded here, so every model is random N(0, 0.02²) weights in the
-exact key layout and shapes of its published checkpoint (``temporal_tiling.sana.fixtures``), saved in
+exact key layout and shapes of its published checkpoint (``lab.fixtures``), saved in
 bf16 and read back through the pack's own loaders:
 
 * ``Sana_600M_1024px_BF16.pth`` (original layout) through ``load_transformer_file`` and the same
@@ -58,6 +58,7 @@ from bench.bench_engine import (
     measure_in_child,
     plan_for,
 )
+from lab import fixtures
 from temporal_tiling import pipeline
 from temporal_tiling.bcla import MODES, BCLAConfig
 from temporal_tiling.context import ContextSettings
@@ -71,7 +72,6 @@ from temporal_tiling.sana import (
     convert_original,
     decode_tiled,
     detect_variant,
-    fixtures,
     load_text_encoder,
     load_transformer_file,
     load_transformer_folder,

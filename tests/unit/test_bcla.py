@@ -7,6 +7,7 @@ import torch
 from diffusers.models.attention_processor import Attention, SanaLinearAttnProcessor2_0
 from diffusers.models.transformers.transformer_sana_video import SanaLinearAttnProcessor3_0, WanRotaryPosEmbed
 
+from lab.fixtures import tiny_transformer, tiny_video_transformer
 from temporal_tiling.bcla import (
     BCLACache,
     BCLAConfig,
@@ -19,7 +20,6 @@ from temporal_tiling.bcla import (
 )
 from temporal_tiling.bcla.processors import apply_rotary_emb
 from temporal_tiling.plan import make_plan
-from temporal_tiling.sana.fixtures import tiny_transformer, tiny_video_transformer
 
 LAYER = "attn"
 

@@ -6,11 +6,11 @@ import inspect
 import pytest
 import torch
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling import contracts
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.contracts import PositionSource, TileCache
 from temporal_tiling.plan import make_plan
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 
 def protocol_mismatches(protocol: type, implementation: object) -> list[str]:

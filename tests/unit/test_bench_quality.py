@@ -7,11 +7,11 @@ from bench.quality.model import CFG, Model
 from bench.quality.pairs import Pairs, pair_noise
 from bench.quality.runner import run, settings_for
 from bench.quality.specs import BASELINES, GUIDED, PACK_DEFAULT, Spec, named, plan_for
+from lab.fixtures import tiny_transformer
 from temporal_tiling import pipeline
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.pipeline import FlowHost, FlowSampling, GuideFirst, RunSettings
 from temporal_tiling.sampling import LockRelease
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 CANVAS = "grid 4×4"
 STEPS = 2

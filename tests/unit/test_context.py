@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import SanaTransformer2DModel
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.context import (
     ContextError,
@@ -25,7 +26,6 @@ from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
 from temporal_tiling.pipeline import FlowHost, FlowSampling, global_context
 from temporal_tiling.plan import make_plan
 from temporal_tiling.sampling import canvas_noise, sample_causal
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 # 20×12 cells in 8×8 tiles, overlap 2: 3 columns × 2 rows.
 PLAN = make_plan(20, 12, 8, 8, 2, 1)

@@ -4,12 +4,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from lab.training import temporal_lora as tl
+from lab.training import toy_models as tm
+from lab.training.toy_models import corpus
 from temporal_tiling import lora
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.plan import make_plan
-from temporal_tiling.training import temporal_lora as tl
-from temporal_tiling.training import toy_models as tm
-from temporal_tiling.training.toy_models import corpus
 
 
 @pytest.fixture(scope="module")

@@ -323,7 +323,7 @@ def test_bad_inputs_raise_clear_errors():
 def test_on_a_real_model_the_headline_ranks_full_pass_then_causal_then_independent_tiles():
     """Six seam-lab prompts, the same noise for every method: the untiled render has no seam, independent
     tiles the most, causal tiles with BCLA in between; the worst-line headline and the verdict agree."""
-    from temporal_tiling import seamlab
+    from lab import seamlab
     from temporal_tiling.bcla import BCLAConfig
     from temporal_tiling.pipeline import generate
     from temporal_tiling.sana import load_text_encoder, load_transformer_folder, load_vae_folder

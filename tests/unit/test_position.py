@@ -5,11 +5,11 @@ import torch
 from diffusers import SanaTransformer2DModel
 from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed
 
+from lab.fixtures import tiny_transformer, tiny_video_transformer
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.pipeline import GuideFirst, generate, guide_plan
 from temporal_tiling.plan import make_plan
 from temporal_tiling.position import canvas_sincos_pos_embed, has_sincos_pos_embed
-from temporal_tiling.sana.fixtures import tiny_transformer, tiny_video_transformer
 
 
 def tiny_sana_2k(**overrides) -> SanaTransformer2DModel:

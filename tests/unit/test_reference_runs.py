@@ -21,12 +21,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling import cli
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.pipeline import GuideFirst, generate
 from temporal_tiling.plan import make_plan
 from temporal_tiling.sampling import LockRelease
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 REFERENCE = Path(__file__).with_name("reference_runs.safetensors")
 RECORD = os.environ.get("RECORD_REFERENCE_RUNS") == "1"

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
@@ -31,7 +32,6 @@ from temporal_tiling.sampling import (
     sample_causal,
     sample_independent,
 )
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 STEPS = 4
 

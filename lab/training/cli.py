@@ -1,4 +1,4 @@
-"""`python -m temporal_tiling.training`: `build` reproduces the embedded model, `lora` trains a temporal
+"""`python -m lab.training`: `build` reproduces the embedded model, `lora` trains a temporal
 LoRA."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..options import EMBEDDED_MODEL
+from temporal_tiling.options import EMBEDDED_MODEL
 
 
 def train_lora(args: argparse.Namespace) -> None:
@@ -53,7 +53,7 @@ def autoencoder_shape_problem(channels: list[int], crop: int) -> str | None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m temporal_tiling.training",
+        prog="python -m lab.training",
         description="Train the embedded seam-lab SANA model and its temporal LoRA.",
     )
     sub = p.add_subparsers(dest="cmd", required=True)

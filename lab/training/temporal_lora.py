@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
+from temporal_tiling.lora import ADAPTER, LORA_FILE, LoraError
+from temporal_tiling.plan import make_plan
+from temporal_tiling.sana.vae import compression
+
 from .. import seamlab
-from ..bcla import BCLACache, BCLAConfig, install_bcla
-from ..lora import ADAPTER, LORA_FILE, LoraError
-from ..plan import make_plan
-from ..sana.vae import compression
 from .data import scene_batch
 from .flow_matching import noised_batch
 from .loop import Checkpoint, TrainConfig, run_loop
