@@ -68,7 +68,9 @@ if (
 COMPARE = ("independent", "multidiffusion", "causal", "guided")
 """What ``--method compare`` renders, in strip order."""
 
-TRAIN_COMMAND = "python -m lab.training build --out temporal_tiling/embedded/seamlab-sana"
+TRAIN_COMMAND = (
+    "python -m lab.training build --out temporal_tiling/embedded/seamlab-sana --overwrite-embedded"
+)
 FULL_DECODE_CELLS = 128 * 128
 """Larger latent canvases are decoded tile by tile (DC-AE decoder memory grows with the canvas)."""
 

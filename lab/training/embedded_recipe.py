@@ -485,6 +485,7 @@ def model_card(transformer, vae, text_encoder, tokenizer, info: dict) -> str:
     command = " ".join(
         [
             f"python -m lab.training build --out {a['out']}",
+            *(["--overwrite-embedded"] if Path(a["out"]).name == EMBEDDED_MODEL.name else []),
             f"--work {a['work']} --seed {a['seed']} --threads {a['threads']}",
             f"{ae_steps} --steps {info['flow']['steps']}",
             f"--lora-steps {lora['steps'] if lora else 0}",

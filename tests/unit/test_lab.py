@@ -2,6 +2,7 @@
 the engine, never the other way round, and ``python -m lab.training`` is the documented trainer command
 (``test_imports`` checks the whole pack, the lab included, for import cycles)."""
 
+import argparse
 import importlib
 import pkgutil
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from test_imports import import_graph
 
 from temporal_tiling.lora import LoraError
+from temporal_tiling.options import EMBEDDED_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING = "lab.training"
@@ -74,3 +76,51 @@ def test_the_lora_command_reaches_the_trainer(tmp_path):
 
     with pytest.raises(LoraError, match="not a SanaPipeline folder"):
         main(["lora", "--model", str(tmp_path), "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build"],
+        ["lora"],
+        ["build", "--out", str(EMBEDDED_MODEL)],
+        ["lora", "--out", str(EMBEDDED_MODEL / "temporal_lora")],
+    ],
+)
+def test_training_never_writes_over_the_shipped_model_unless_asked(argv, tmp_path, capsys):
+    """No default --out, and an --out inside the embedded model is refused without --overwrite-embedded
+    (before anything loads or is written)."""
+    from lab.training.cli import main
+
+    before = sorted((p.relative_to(EMBEDDED_MODEL), p.stat().st_mtime_ns) for p in EMBEDDED_MODEL.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--work", str(tmp_path / "work")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and ("required" in err or "--overwrite-embedded" in err)
+    assert (
+        sorted((p.relative_to(EMBEDDED_MODEL), p.stat().st_mtime_ns) for p in EMBEDDED_MODEL.rglob("*"))
+        == before
+    )
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_shipped_model_is_written_only_with_overwrite_embedded():
+    from lab.training.cli import overwrites_shipped_model, parser
+
+    args = parser().parse_args(["build", "--out", str(EMBEDDED_MODEL), "--overwrite-embedded"])
+    assert overwrites_shipped_model(args.out) and args.overwrite_embedded
+    assert not overwrites_shipped_model(str(EMBEDDED_MODEL.parent / "elsewhere"))
+
+
+def test_every_training_flag_has_help():
+    from lab.training.cli import parser
+
+    subcommands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [
+        f"{name} {action.option_strings[0]}"
+        for name, command in subcommands.choices.items()
+        for action in command._actions
+        if action.option_strings and not action.help
+    ]
+    assert missing == []

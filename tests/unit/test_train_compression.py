@@ -57,7 +57,19 @@ def test_a_crop_that_is_not_two_whole_latent_cells_is_refused_before_training(
     tmp_path: Path, capsys, widths: list[str], crop: str, message: str
 ):
     with pytest.raises(SystemExit):
-        train(["build", "--work", str(tmp_path), "--ae-channels", *widths, "--ae-crop", crop])
+        train(
+            [
+                "build",
+                "--out",
+                str(tmp_path / "out"),
+                "--work",
+                str(tmp_path),
+                "--ae-channels",
+                *widths,
+                "--ae-crop",
+                crop,
+            ]
+        )
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing was written"
 
