@@ -60,7 +60,15 @@ SMALL = {
 
 def plan(cells: int, tile: int, overlap: int, method: str) -> TilePlan:
     c = COMPRESSION
-    return make_plan(cells * c, cells * c, tile * c, tile * c, overlap * c, c, fit=fit_for(method))
+    return make_plan(
+        width_px=cells * c,
+        height_px=cells * c,
+        tile_width_px=tile * c,
+        tile_height_px=tile * c,
+        overlap_px=overlap * c,
+        compression=c,
+        fit=fit_for(method),
+    )
 
 
 def build_model(setup: dict, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, float]:

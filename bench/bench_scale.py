@@ -309,7 +309,7 @@ def _causal_run(
     if guide:
         low = canvas_noise(7, (1, model.config.in_channels, 8 * grid, 8 * grid)) * 0.5
         context = ContextSettings(low, skip_residual=0.3, bcla_seed=0.5, seed_sigma=0.5)
-    settings = RunSettings(cache_config=BCLAConfig(mode=mode), context=context)
+    settings = RunSettings(method="causal", cache_config=BCLAConfig(mode=mode), context=context)
     out: dict = {"tiles": len(plan), "tile_cells": plan.tile_width, "canvas_cells": side}
     before = _rss_kib("VmRSS:")
     Path("/proc/self/clear_refs").write_text("5")  # peak from here: sampling on top of loaded weights
@@ -441,9 +441,19 @@ def stage_cache_modes(steps_list: tuple[int, ...], grids: tuple[int, ...]) -> di
         for steps in steps_list:
             for n in grids:
                 side = 4 + (n - 1) * 3
-                plan = make_plan(side * 8, side * 8, 32, 32, 8, 8)
+                plan = make_plan(
+                    width_px=side * 8,
+                    height_px=side * 8,
+                    tile_width_px=32,
+                    tile_height_px=32,
+                    overlap_px=8,
+                    compression=8,
+                    fit="shift",
+                )
                 host = CacheSizeHost(model, cond, cond, FlowSampling(steps=steps, cfg=4.5))
-                pipeline.run(plan, host, RunSettings(cache_config=BCLAConfig(mode=mode)), (1, 8))
+                pipeline.run(
+                    plan, host, RunSettings(method="causal", cache_config=BCLAConfig(mode=mode)), (1, 8)
+                )
                 rows.append(
                     {
                         "mode": mode,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import UserInputError
-from .options import FITS, MAX_TILES, ORDERS
+from .options import DEFAULT_FIT, FITS, MAX_TILES, ORDERS
 
 Order = Literal["raster", "serpentine", "spiral", "center_out", "random"]
 
@@ -316,14 +316,15 @@ def _check_px(name: str, value: int, compression: int) -> None:
 
 
 def check_plan(
-    width: int,
-    height: int,
-    tile_width: int,
-    tile_height: int,
-    overlap: int,
+    *,
+    width_px: int,
+    height_px: int,
+    tile_width_px: int,
+    tile_height_px: int,
+    overlap_px: int,
     compression: int,
     order: str = "raster",
-    fit: str = "shift",
+    fit: str = DEFAULT_FIT,
     max_tiles: int = MAX_TILES,
 ) -> tuple[int, int]:
     """(rows, cols) of the plan ``make_plan`` would build, or a PlanError naming the setting to change.
@@ -331,6 +332,13 @@ def check_plan(
     Counts the grid without building tiles, so a canvas cut into tens of thousands of tiles is refused
     in microseconds instead of being planned first.
     """
+    width, height, tile_width, tile_height, overlap = (
+        width_px,
+        height_px,
+        tile_width_px,
+        tile_height_px,
+        overlap_px,
+    )
     if not isinstance(compression, int) or compression <= 0:
         raise PlanError(
             f"compression must be a positive integer (pixels per latent cell), got {compression!r}."
@@ -375,25 +383,45 @@ def check_plan(
 
 
 def make_plan(
-    width: int,
-    height: int,
-    tile_width: int,
-    tile_height: int,
-    overlap: int,
+    *,
+    width_px: int,
+    height_px: int,
+    tile_width_px: int,
+    tile_height_px: int,
+    overlap_px: int,
     compression: int,
     order: str = "raster",
     seed: int = 0,
-    fit: str = "shift",
+    fit: str = DEFAULT_FIT,
     max_tiles: int = MAX_TILES,
 ) -> TilePlan:
-    """Plan a ``width`` × ``height`` px canvas in tiles of ``tile_width`` × ``tile_height`` px.
+    """Plan a ``width_px`` × ``height_px`` canvas in tiles of ``tile_width_px`` × ``tile_height_px``.
 
-    ``overlap`` (px) is the least overlap between neighbouring tiles. With ``fit="shift"`` edge
-    tiles shift inward and overlap more; with ``fit="grow"`` tiles grow (see ``FITS``). All sizes
-    must be multiples of ``compression`` (pixels per latent cell). More than ``max_tiles`` tiles are
-    refused before any tile is built (see ``MAX_TILES``).
+    Sizes come in pixels, by keyword only (``*_px``), and the plan keeps them in latent cells
+    (``TilePlan.tile_width`` ...; ``TilePlan.tile_width_px`` ... in pixels): a cell count passed where
+    pixels are meant cannot slip through by position. ``overlap_px`` is the least overlap between
+    neighbouring tiles. With ``fit="shift"`` edge tiles shift inward and overlap more; with
+    ``fit="grow"`` tiles grow (see ``FITS``). All sizes must be multiples of ``compression`` (pixels per
+    latent cell). More than ``max_tiles`` tiles are refused before any tile is built (see ``MAX_TILES``).
     """
-    check_plan(width, height, tile_width, tile_height, overlap, compression, order, fit, max_tiles)
+    check_plan(
+        width_px=width_px,
+        height_px=height_px,
+        tile_width_px=tile_width_px,
+        tile_height_px=tile_height_px,
+        overlap_px=overlap_px,
+        compression=compression,
+        order=order,
+        fit=fit,
+        max_tiles=max_tiles,
+    )
+    width, height, tile_width, tile_height, overlap = (
+        width_px,
+        height_px,
+        tile_width_px,
+        tile_height_px,
+        overlap_px,
+    )
     c = compression
     tile_h, ys = _axis(height // c, tile_height // c, overlap // c, fit)
     tile_w, xs = _axis(width // c, tile_width // c, overlap // c, fit)

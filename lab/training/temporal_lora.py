@@ -141,7 +141,16 @@ def temporal_loss_fn(
     """run_loop loss: a batch of seam-lab canvases as tile sequences with the cumulative BCLA cache."""
     c = compression(vae)
     h, w = cfg.canvas
-    plan = make_plan(w, h, cfg.tile, cfg.tile, cfg.overlap, c, order=cfg.order)
+    plan = make_plan(
+        width_px=w,
+        height_px=h,
+        tile_width_px=cfg.tile,
+        tile_height_px=cfg.tile,
+        overlap_px=cfg.overlap,
+        compression=c,
+        order=cfg.order,
+        fit="shift",
+    )
     cache = BCLACache(BCLAConfig(mode="cumulative", strength=1.0), plan)
 
     def loss_fn(step: int, g: torch.Generator) -> Tensor:
@@ -166,7 +175,18 @@ def evaluate_tile_sequences(
     x0 = encode_latents(vae, seamlab.render(scenes, 112, 112))
     text, mask = encode_prompts(tokenizer, text_encoder, scenes.prompts)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    cache = BCLACache(BCLAConfig(mode=mode), make_plan(112, 112, 64, 64, 16, compression(vae)))
+    cache = BCLACache(
+        BCLAConfig(mode=mode),
+        make_plan(
+            width_px=112,
+            height_px=112,
+            tile_width_px=64,
+            tile_height_px=64,
+            overlap_px=16,
+            compression=compression(vae),
+            fit="shift",
+        ),
+    )
     undo = install_bcla(transformer, cache)
     try:
         losses = [

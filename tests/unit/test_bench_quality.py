@@ -38,7 +38,9 @@ def test_a_bench_run_is_the_pack_run_with_the_same_settings() -> None:
         prompt_mask=pairs.mask,
         negative_mask=pairs.negative_mask,
     )
-    settings = RunSettings(cache_config=BCLAConfig(mode="cumulative"), lock_release=LockRelease(0.0, 0))
+    settings = RunSettings(
+        method="causal", cache_config=BCLAConfig(mode="cumulative"), lock_release=LockRelease(0.0, 0)
+    )
     noise = pair_noise(pairs.seeds, (4, plan.canvas_height, plan.canvas_width))
     pack = pipeline.run(plan, host, settings, (2, 4), noise=noise)
     assert torch.equal(bench.result.canvas, pack.canvas)
