@@ -332,35 +332,35 @@ def check_plan(
     Counts the grid without building tiles, so a canvas cut into tens of thousands of tiles is refused
     in microseconds instead of being planned first.
     """
-    width, height, tile_width, tile_height, overlap = (
-        width_px,
-        height_px,
-        tile_width_px,
-        tile_height_px,
-        overlap_px,
-    )
     if not isinstance(compression, int) or compression <= 0:
         raise PlanError(
             f"compression must be a positive integer (pixels per latent cell), got {compression!r}."
         )
-    sizes = (("width", width), ("height", height), ("tile_width", tile_width), ("tile_height", tile_height))
+    sizes = (
+        ("width", width_px),
+        ("height", height_px),
+        ("tile_width", tile_width_px),
+        ("tile_height", tile_height_px),
+    )
     for name, value in sizes:
         _check_px(name, value, compression)
+    overlap, c = overlap_px, compression
     if not isinstance(overlap, int) or overlap < 0:
         raise PlanError(f"overlap must be zero or a positive number of pixels, got {overlap!r}.")
-    if overlap % compression:
+    if overlap % c:
         raise PlanError(
-            f"overlap = {overlap} px is not a multiple of the VAE's compression factor {compression}; "
-            f"use {overlap // compression * compression} or {(overlap // compression + 1) * compression}."
+            f"overlap = {overlap} px is not a multiple of the VAE's compression factor {c}; "
+            f"use {overlap // c * c} or {(overlap // c + 1) * c}."
         )
-    if tile_width > width or tile_height > height:
+    tile_size = f"{tile_width_px}×{tile_height_px} px"
+    if tile_width_px > width_px or tile_height_px > height_px:
         raise PlanError(
-            f"The tile ({tile_width}×{tile_height} px) is larger than the canvas ({width}×{height} px); "
+            f"The tile ({tile_size}) is larger than the canvas ({width_px}×{height_px} px); "
             "make the tile smaller or the canvas larger."
         )
-    if overlap >= min(tile_width, tile_height):
+    if overlap >= min(tile_width_px, tile_height_px):
         raise PlanError(
-            f"overlap = {overlap} px must be smaller than the tile ({tile_width}×{tile_height} px); "
+            f"overlap = {overlap} px must be smaller than the tile ({tile_size}); "
             "a quarter of the tile is a good start."
         )
     if order not in ORDERS:
@@ -368,10 +368,9 @@ def check_plan(
     if fit not in FITS:
         raise PlanError(f"Unknown tile fit {fit!r}; choose one of {', '.join(FITS)}.")
 
-    c = compression
     rows, cols = (
         len(_axis(canvas // c, tile // c, overlap // c, fit)[1])
-        for canvas, tile in ((height, tile_height), (width, tile_width))
+        for canvas, tile in ((height_px, tile_height_px), (width_px, tile_width_px))
     )
     if rows * cols > max_tiles:
         raise PlanError(
@@ -415,16 +414,9 @@ def make_plan(
         fit=fit,
         max_tiles=max_tiles,
     )
-    width, height, tile_width, tile_height, overlap = (
-        width_px,
-        height_px,
-        tile_width_px,
-        tile_height_px,
-        overlap_px,
-    )
     c = compression
-    tile_h, ys = _axis(height // c, tile_height // c, overlap // c, fit)
-    tile_w, xs = _axis(width // c, tile_width // c, overlap // c, fit)
+    tile_h, ys = _axis(height_px // c, tile_height_px // c, overlap_px // c, fit)
+    tile_w, xs = _axis(width_px // c, tile_width_px // c, overlap_px // c, fit)
     sequence = _grid_order(len(ys), len(xs), order, seed)
     position = {cell: i for i, cell in enumerate(sequence)}
     tiles = tuple(
@@ -448,11 +440,11 @@ def make_plan(
         for i, (r, col) in enumerate(sequence)
     )
     plan = TilePlan(
-        canvas_height=height // c,
-        canvas_width=width // c,
+        canvas_height=height_px // c,
+        canvas_width=width_px // c,
         tile_height=tile_h,
         tile_width=tile_w,
-        overlap=overlap // c,
+        overlap=overlap_px // c,
         compression=c,
         order=order,
         seed=seed,
