@@ -12,7 +12,7 @@ the integration tests do that. Each variant's figures are recorded under its nam
 go to a ComfyUI base directory under ``--workdir`` (kept for reruns, shared by the variants).
 
 Protocol. No SANA weights can be downloaded here, so every model is random N(0, 0.02²) weights in the
-key layout and shapes of its published checkpoint (``temporal_tiling.sana.fixtures``), saved in bf16
+key layout and shapes of its published checkpoint (``lab.fixtures``), saved in bf16
 where ComfyUI users keep them: ``models/diffusion_models/Sana_600M_1024px_BF16.pth`` (original
 layout; ``Sana_600M_1024px_diffusers/`` with model_index.json, transformer/ and scheduler/;
 ``Sana_1600M_4Kpx_BF16.pth``), ``models/vae/dc-ae-f32c32-sana-1.0.safetensors`` (DC-AE f32c32,
@@ -57,7 +57,8 @@ from safetensors.torch import save_file
 
 from bench.bench_engine import CAUSAL_OVERLAP, TILE, _rss_kib, measure_in_child
 from bench.bench_scale import CallTimer, _clock, _since
-from temporal_tiling.sana import convert_original, detect_variant, fixtures, variant_from_config
+from lab import fixtures
+from temporal_tiling.sana import convert_original, detect_variant, variant_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

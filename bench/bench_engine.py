@@ -40,12 +40,12 @@ import diffusers
 import torch
 from diffusers import SanaTransformer2DModel
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling import pipeline
 from temporal_tiling.bcla import BCLACache, BCLAConfig
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.pipeline import FlowHost, FlowSampling, RunSettings, generate
 from temporal_tiling.plan import TilePlan, make_plan
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -94,7 +94,15 @@ def fit_for(method: str) -> str:
 
 def plan_for(side: int, overlap: int, method: str, width: int | None = None) -> TilePlan:
     c = COMPRESSION
-    return make_plan((width or side) * c, side * c, TILE * c, TILE * c, overlap * c, c, fit=fit_for(method))
+    return make_plan(
+        width_px=(width or side) * c,
+        height_px=side * c,
+        tile_width_px=TILE * c,
+        tile_height_px=TILE * c,
+        overlap_px=overlap * c,
+        compression=c,
+        fit=fit_for(method),
+    )
 
 
 def build_model(heads: int, layers: int) -> SanaTransformer2DModel:
@@ -229,10 +237,18 @@ def task_cache(model: SanaTransformer2DModel, task: dict) -> dict:
     n, tile, overlap = task["grid"], 4, 1
     side = tile + (n - 1) * (tile - overlap)
     c = COMPRESSION
-    plan = make_plan(side * c, side * c, tile * c, tile * c, overlap * c, c)
+    plan = make_plan(
+        width_px=side * c,
+        height_px=side * c,
+        tile_width_px=tile * c,
+        tile_height_px=tile * c,
+        overlap_px=overlap * c,
+        compression=c,
+        fit="shift",
+    )
     cond, uncond = prompts()
     host = CacheSizeHost(model, cond, uncond, FlowSampling(steps=task["steps"], cfg=4.5))
-    pipeline.run(plan, host, RunSettings(cache_config=BCLAConfig()), (1, 32))
+    pipeline.run(plan, host, RunSettings(method="causal", cache_config=BCLAConfig()), (1, 32))
     cache, sizes = host.run_cache, host.sizes
     return {"tiles": len(plan), "max_bytes": max(sizes), "final_bytes": cache.nbytes(), "norm": cache.norm()}
 

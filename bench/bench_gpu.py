@@ -41,11 +41,12 @@ import diffusers
 import torch
 
 from bench.bench_engine import _rss_kib, fit_for, verdict
+from lab import fixtures
 from temporal_tiling.atomic import write_atomic
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.pipeline import GuideFirst, generate, guide_plan
 from temporal_tiling.plan import TilePlan, make_plan
-from temporal_tiling.sana import build_transformer, detect_variant, fixtures
+from temporal_tiling.sana import build_transformer, detect_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -82,7 +83,15 @@ METHODS = (  # (method, label, overlap as a share of the tile or "lock" for the 
 
 def plan(cells: int, tile: int, overlap: int, method: str) -> TilePlan:
     c = COMPRESSION
-    return make_plan(cells * c, cells * c, tile * c, tile * c, overlap * c, c, fit=fit_for(method))
+    return make_plan(
+        width_px=cells * c,
+        height_px=cells * c,
+        tile_width_px=tile * c,
+        tile_height_px=tile * c,
+        overlap_px=overlap * c,
+        compression=c,
+        fit=fit_for(method),
+    )
 
 
 def token_steps(row: dict, setup: dict, steps: int) -> int:

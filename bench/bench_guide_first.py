@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from temporal_tiling import cli, seamlab
+from lab import seamlab
+from temporal_tiling import cli
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.context import ContextSettings
 from temporal_tiling.metrics import guide_fidelity, line_jump, seam_report
@@ -54,8 +55,24 @@ def make_plans(compression: int, width: int = 512, height: int = 256) -> dict:
     compression, where 128 px would be 4 cells, under the smallest size a 32× model is trained on)."""
     tile, overlap = max(128, 8 * compression), max(32, 2 * compression)
     return {
-        "tiles": make_plan(width, height, tile, tile, overlap, compression, fit="grow"),
-        "multidiffusion": make_plan(width, height, tile, tile, tile // 2, compression, fit="shift"),
+        "tiles": make_plan(
+            width_px=width,
+            height_px=height,
+            tile_width_px=tile,
+            tile_height_px=tile,
+            overlap_px=overlap,
+            compression=compression,
+            fit="grow",
+        ),
+        "multidiffusion": make_plan(
+            width_px=width,
+            height_px=height,
+            tile_width_px=tile,
+            tile_height_px=tile,
+            overlap_px=tile // 2,
+            compression=compression,
+            fit="shift",
+        ),
     }
 
 

@@ -5,7 +5,7 @@ Run from the repository root: ``python -m bench.bench_lock_border`` (about 30 mi
 torch thread). Writes ``bench/results/lock_border.json``, ``bench/results/lock_border.md`` and
 ``docs/lock_border_comparison.png``; ``--model DIR`` runs another SANA folder and adds ``_<folder name>``
 to those names. ``--images FILE`` also saves the decoded canvases and tiles; ``--rescore --images FILE``
-scores them again with the current ``temporal_tiling/metrics.py`` and rewrites the tables and figure
+scores them again with the current ``temporal_tiling/metrics/`` and rewrites the tables and figure
 without running the model (the seconds stay those of the run).
 
 Protocol: bench_guide_first's (the quick start's canvas, 512×256 px, 4×2 tiles of 152×144 px, 32 px
@@ -77,7 +77,7 @@ def main() -> None:
         "--rescore",
         action="store_true",
         help="score the canvases and tiles an earlier run saved with --images again (after a change to "
-        "temporal_tiling/metrics.py) and rewrite its tables and figure, without running the model",
+        "temporal_tiling/metrics/) and rewrite its tables and figure, without running the model",
     )
     parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
     args = parser.parse_args()

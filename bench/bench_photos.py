@@ -68,7 +68,15 @@ class Cut:
     compression: int
 
     def plan(self, width: int, height: int) -> TilePlan:
-        return make_plan(width, height, self.tile, self.tile, self.overlap, self.compression)
+        return make_plan(
+            width_px=width,
+            height_px=height,
+            tile_width_px=self.tile,
+            tile_height_px=self.tile,
+            overlap_px=self.overlap,
+            compression=self.compression,
+            fit="shift",
+        )
 
 
 CUTS = (

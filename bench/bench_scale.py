@@ -6,7 +6,7 @@ time on a shared 2-core CPU; peak resident memory 7 GiB). Writes ``bench/results
 ``--rewrite`` redraws them).
 
 Protocol. No SANA weights can be downloaded here, so every model is random N(0, 0.02²) weights in the
-exact key layout and shapes of its published checkpoint (``temporal_tiling.sana.fixtures``), saved in
+exact key layout and shapes of its published checkpoint (``lab.fixtures``), saved in
 bf16 and read back through the pack's own loaders:
 
 * ``Sana_600M_1024px_BF16.pth`` (original layout) through ``load_transformer_file`` and the same
@@ -58,6 +58,7 @@ from bench.bench_engine import (
     measure_in_child,
     plan_for,
 )
+from lab import fixtures
 from temporal_tiling import pipeline
 from temporal_tiling.bcla import MODES, BCLAConfig
 from temporal_tiling.context import ContextSettings
@@ -71,7 +72,6 @@ from temporal_tiling.sana import (
     convert_original,
     decode_tiled,
     detect_variant,
-    fixtures,
     load_text_encoder,
     load_transformer_file,
     load_transformer_folder,
@@ -309,7 +309,7 @@ def _causal_run(
     if guide:
         low = canvas_noise(7, (1, model.config.in_channels, 8 * grid, 8 * grid)) * 0.5
         context = ContextSettings(low, skip_residual=0.3, bcla_seed=0.5, seed_sigma=0.5)
-    settings = RunSettings(cache_config=BCLAConfig(mode=mode), context=context)
+    settings = RunSettings(method="causal", cache_config=BCLAConfig(mode=mode), context=context)
     out: dict = {"tiles": len(plan), "tile_cells": plan.tile_width, "canvas_cells": side}
     before = _rss_kib("VmRSS:")
     Path("/proc/self/clear_refs").write_text("5")  # peak from here: sampling on top of loaded weights
@@ -441,9 +441,19 @@ def stage_cache_modes(steps_list: tuple[int, ...], grids: tuple[int, ...]) -> di
         for steps in steps_list:
             for n in grids:
                 side = 4 + (n - 1) * 3
-                plan = make_plan(side * 8, side * 8, 32, 32, 8, 8)
+                plan = make_plan(
+                    width_px=side * 8,
+                    height_px=side * 8,
+                    tile_width_px=32,
+                    tile_height_px=32,
+                    overlap_px=8,
+                    compression=8,
+                    fit="shift",
+                )
                 host = CacheSizeHost(model, cond, cond, FlowSampling(steps=steps, cfg=4.5))
-                pipeline.run(plan, host, RunSettings(cache_config=BCLAConfig(mode=mode)), (1, 8))
+                pipeline.run(
+                    plan, host, RunSettings(method="causal", cache_config=BCLAConfig(mode=mode)), (1, 8)
+                )
                 rows.append(
                     {
                         "mode": mode,

@@ -70,8 +70,14 @@ def run(server: ComfyServer, base: Path, changes: dict) -> tuple[Path, str]:
 def main() -> None:
     comfyui = Path(os.environ["COMFYUI_PATH"]).expanduser()
     planner = json.loads(WORKFLOW.read_text())["5"]["inputs"]
-    size = [planner[k] for k in ("width", "height", "tile_width", "tile_height", "overlap")]
-    plan = make_plan(*size, EMBEDDED_COMPRESSION, planner["order"], planner["shuffle_seed"], planner["fit"])
+    sizes_px = {f"{k}_px": planner[k] for k in ("width", "height", "tile_width", "tile_height", "overlap")}
+    plan = make_plan(
+        **sizes_px,
+        compression=EMBEDDED_COMPRESSION,
+        order=planner["order"],
+        seed=planner["shuffle_seed"],
+        fit=planner["fit"],
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)

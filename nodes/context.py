@@ -12,6 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..temporal_tiling.context import ContextError, ContextSettings, guide_from_image, scaled_size
+from ..temporal_tiling.options import DEFAULT_GUIDE_BCLA_SEED
 from .common import CATEGORY, GlobalContextSocket, check_inputs, vae_compression
 
 
@@ -57,7 +58,7 @@ class SanaGlobalContext(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "bcla_seed",
-                    default=1.0,
+                    default=DEFAULT_GUIDE_BCLA_SEED,
                     min=0.0,
                     max=4.0,
                     step=0.05,

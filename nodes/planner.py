@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 from PIL import Image, ImageDraw, ImageFont
 
-from ..temporal_tiling.options import MAX_TILES, WARN_TILES
+from ..temporal_tiling.options import DEFAULT_FIT, MAX_SIDE, MAX_TILES, WARN_TILES
 from ..temporal_tiling.plan import FITS, ORDERS, PlanError, TilePlan, check_plan, make_plan
 from .common import CATEGORY, TilePlanSocket, check_inputs, compression_problem, vae_compression
 
@@ -76,15 +76,19 @@ def _plan_problem(widgets: dict, linked: dict[str, str]) -> str | None:
     try:
         if canvas is not None:
             check_plan(
-                *canvas,
-                *tile,
-                overlap,
-                c,
-                fit=widgets.get("fit") or "grow",
+                width_px=canvas[0],
+                height_px=canvas[1],
+                tile_width_px=tile[0],
+                tile_height_px=tile[1],
+                overlap_px=overlap,
+                compression=c,
+                fit=widgets.get("fit") or DEFAULT_FIT,
                 max_tiles=widgets.get("max_tiles") or MAX_TILES,
             )
         elif overlap % c:
-            check_plan(c, c, c, c, overlap, c)
+            check_plan(
+                width_px=c, height_px=c, tile_width_px=c, tile_height_px=c, overlap_px=overlap, compression=c
+            )
     except PlanError as error:
         return str(error)
     return None
@@ -141,7 +145,7 @@ class SanaTilePlanner(io.ComfyNode):
                     "width",
                     default=2048,
                     min=8,
-                    max=16384,
+                    max=MAX_SIDE,
                     step=8,
                     tooltip="Canvas width in pixels (ignored when an image or latent is connected).",
                 ),
@@ -149,7 +153,7 @@ class SanaTilePlanner(io.ComfyNode):
                     "height",
                     default=1024,
                     min=8,
-                    max=16384,
+                    max=MAX_SIDE,
                     step=8,
                     tooltip="Canvas height in pixels (ignored when an image or latent is connected).",
                 ),
@@ -157,7 +161,7 @@ class SanaTilePlanner(io.ComfyNode):
                     "tile_width",
                     default=1024,
                     min=8,
-                    max=16384,
+                    max=MAX_SIDE,
                     step=8,
                     tooltip="Tile width in pixels; every tile has the same size (see fit).",
                 ),
@@ -165,7 +169,7 @@ class SanaTilePlanner(io.ComfyNode):
                     "tile_height",
                     default=1024,
                     min=8,
-                    max=16384,
+                    max=MAX_SIDE,
                     step=8,
                     tooltip="Tile height in pixels; every tile has the same size (see fit).",
                 ),
@@ -182,7 +186,7 @@ class SanaTilePlanner(io.ComfyNode):
                 io.Combo.Input(
                     "fit",
                     options=list(FITS),
-                    default="grow",
+                    default=DEFAULT_FIT,
                     tooltip="grow: keep the tile count of an overlap-free grid and enlarge every tile "
                     "just enough for the overlap (fewest tokens). shift: keep the tile size exactly; "
                     "edge tiles shift inward, which can add a row and a column of tiles.",
@@ -303,11 +307,27 @@ class SanaTilePlanner(io.ComfyNode):
             if model is None:
                 raise PlanError("tile_size = auto needs the model input connected.")
             if width % c or height % c:
-                check_plan(width, height, width, height, overlap, c)  # raises the divisibility message
+                check_plan(
+                    width_px=width,
+                    height_px=height,
+                    tile_width_px=width,
+                    tile_height_px=height,
+                    overlap_px=overlap,
+                    compression=c,
+                )  # raises the divisibility message
             th, tw = auto_tile_cells(model, height // c, width // c)
             tile_height, tile_width = th * c, tw * c
         plan = make_plan(
-            width, height, tile_width, tile_height, overlap, c, order, shuffle_seed, fit, max_tiles
+            width_px=width,
+            height_px=height,
+            tile_width_px=tile_width,
+            tile_height_px=tile_height,
+            overlap_px=overlap,
+            compression=c,
+            order=order,
+            seed=shuffle_seed,
+            fit=fit,
+            max_tiles=max_tiles,
         )
         shown = {
             "canvas": [plan.width_px, plan.height_px],

@@ -31,6 +31,7 @@ from ..temporal_tiling.options import (
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
     DEFAULT_LOCK_RELEASE,
+    DEFAULT_METHOD,
     DEFAULT_RELEASE_BAND,
 )
 from ..temporal_tiling.pipeline import CAUSAL_METHODS, GuideFirst, RunSettings, run, tile_steps_total
@@ -133,7 +134,7 @@ class SanaCausalSampler(io.ComfyNode):
                 io.Combo.Input(
                     "mode",
                     options=list(MODES),
-                    default="guided",
+                    default=DEFAULT_METHOD,
                     tooltip="causal: tiles in order, overlap locked, BCLA if the model has it. "
                     "guided: the whole scene at the tile's size first, upscaled, then causal tiles "
                     "refined from it at guide_denoise (one layout; the guide seeds BCLA). "

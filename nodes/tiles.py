@@ -7,6 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..temporal_tiling.blend import COLORS, METHODS, RAMPS, BlendError, split_tiles, stitch
+from ..temporal_tiling.options import DEFAULT_RAMP, DEFAULT_STITCH
 from ..temporal_tiling.plan import TilePlan
 from .common import CATEGORY, TilePlanSocket, check_inputs, image_from_engine, image_to_engine
 
@@ -117,7 +118,7 @@ class SanaSeamBlender(io.ComfyNode):
                 io.Combo.Input(
                     "method",
                     options=list(METHODS),
-                    default="feather",
+                    default=DEFAULT_STITCH,
                     tooltip="none: paste in order (later tiles win). feather: ramped weights over "
                     "each overlap. laplacian: multi-band blend (hides colour drift, keeps "
                     "detail sharp). poisson: gradient-domain stitch.",
@@ -125,7 +126,7 @@ class SanaSeamBlender(io.ComfyNode):
                 io.Combo.Input(
                     "ramp",
                     options=list(RAMPS),
-                    default="cosine",
+                    default=DEFAULT_RAMP,
                     tooltip="Shape of the feather weights across an overlap (also used by "
                     "laplacian and poisson).",
                 ),

@@ -35,6 +35,7 @@ from kornia.geometry.transform import pyrdown, pyrup
 from torch import Tensor
 
 from .errors import UserInputError
+from .options import DEFAULT_RAMP, DEFAULT_STITCH
 from .plan import TilePlan
 
 METHODS: tuple[str, ...] = ("none", "feather", "laplacian", "poisson")
@@ -90,7 +91,7 @@ def _axis_profiles(starts: list[int], size: int, kind: str, device: torch.device
 
 def feather_weights(
     plan: TilePlan,
-    ramp: str = "linear",
+    ramp: str = DEFAULT_RAMP,
     *,
     scale: int | None = None,
     device: torch.device | str | None = None,
@@ -127,8 +128,8 @@ def split_tiles(image: Tensor, plan: TilePlan, *, scale: int | None = None) -> T
 def stitch(
     tiles: Tensor,
     plan: TilePlan,
-    method: str = "none",
-    ramp: str = "linear",
+    method: str = DEFAULT_STITCH,
+    ramp: str = DEFAULT_RAMP,
     color: str = "none",
     reference: Tensor | None = None,
     *,

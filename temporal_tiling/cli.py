@@ -33,6 +33,7 @@ from .errors import UserInputError
 from .options import (
     BCLA_MODES,
     BCLA_SOURCES,
+    DEFAULT_FIT,
     DEFAULT_GUIDE_BCLA_SEED,
     DEFAULT_GUIDE_DENOISE,
     DEFAULT_GUIDE_STATS,
@@ -68,7 +69,9 @@ if (
 COMPARE = ("independent", "multidiffusion", "causal", "guided")
 """What ``--method compare`` renders, in strip order."""
 
-TRAIN_COMMAND = "python -m temporal_tiling.training build --out temporal_tiling/embedded/seamlab-sana"
+TRAIN_COMMAND = (
+    "python -m lab.training build --out temporal_tiling/embedded/seamlab-sana --overwrite-embedded"
+)
 FULL_DECODE_CELLS = 128 * 128
 """Larger latent canvases are decoded tile by tile (DC-AE decoder memory grows with the canvas)."""
 
@@ -263,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--fit",
         choices=FITS,
-        default="grow",
+        default=DEFAULT_FIT,
         help="grow: overlap-free tile count, tiles enlarged by the overlap; shift: exact tile size",
     )
     g.add_argument(
@@ -433,16 +436,16 @@ def _plan(args: argparse.Namespace, compression: int) -> TilePlan:
     tile_height = args.tile_height or args.tile
     try:
         return make_plan(
-            args.width,
-            args.height,
-            args.tile,
-            tile_height,
-            args.overlap,
-            compression,
-            args.order,
-            args.seed,
-            args.fit,
-            args.max_tiles,
+            width_px=args.width,
+            height_px=args.height,
+            tile_width_px=args.tile,
+            tile_height_px=tile_height,
+            overlap_px=args.overlap,
+            compression=compression,
+            order=args.order,
+            seed=args.seed,
+            fit=args.fit,
+            max_tiles=args.max_tiles,
         )
     except PlanError as error:
         message = str(error)

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from .contracts import X0Hook
 from .errors import UserInputError
+from .options import DEFAULT_GUIDE_BCLA_SEED
 from .plan import Tile, TilePlan
 
 ASPECT_TOLERANCE = 0.1
@@ -287,7 +288,8 @@ class ContextSettings:
     """[B, C, h, w] latent of the whole scene, in the host's latent space."""
     skip_residual: float = 0.0
     stats: float = 0.0
-    bcla_seed: float = 0.0
+    bcla_seed: float = DEFAULT_GUIDE_BCLA_SEED
+    """Strength of the guide's attention statistics in every tile's BCLA cache (needs a cache)."""
     skip_power: float = 3.0
     seed_sigma: float = 0.0
     """Noise level of the seed pass; 0 = every level of the run's schedule, one model call each, so

@@ -1,7 +1,7 @@
 """Load a temporal LoRA (or any diffusers SANA LoRA) onto a SANA transformer for sampling.
 
 The temporal LoRA teaches a SANA transformer to use the BCLA cache of earlier tiles; it is trained by
-`temporal_tiling.training.temporal_lora` and saved as a standard diffusers LoRA file
+`lab.training.temporal_lora` and saved as a standard diffusers LoRA file
 (`pytorch_lora_weights.safetensors`, keys `transformer.….lora_A.weight`, adapter config in the metadata)
 that `load_temporal_lora` and `SanaPipeline.load_lora_weights` read back.
 """

@@ -17,6 +17,9 @@ FITS: tuple[str, ...] = ("shift", "grow")
 overlap on a canvas that is a multiple of the tile adds a row and a column of tiles); ``grow`` keeps
 the tile count of the overlap-free grid and enlarges every tile just enough for the overlap, which
 keeps the cells denoised per canvas cell near ((tile + overlap) / tile)²."""
+DEFAULT_FIT = "grow"
+"""The Tile Planner's and the CLI's fit, and the engine's: for the same tile size ``grow`` denoises the
+fewest cells (no extra row and column of tiles when the canvas is a multiple of the tile)."""
 MAX_SIDE = 16384
 """Largest canvas side in pixels (the Tile Planner's widgets and the CLI)."""
 MAX_TILES = 1024
@@ -45,6 +48,12 @@ DEFAULT_GUIDE_STATS = 0.5
 the colour band a tile paints at its window's bottom edge (line jump 1.85 → 1.71 on the sky prompt)."""
 DEFAULT_GUIDE_BCLA_SEED = 1.0
 """``guided``: strength of the whole-scene pass's attention statistics in every tile's BCLA cache."""
+
+DEFAULT_STITCH = "feather"
+"""Seam Blender method: on real photographs feather scores with Laplacian and Poisson within 0.1 dB and
+is the fastest (bench/results/photos.md)."""
+DEFAULT_RAMP = "cosine"
+"""Shape of the feather weights across an overlap: cosine has no kink where the ramp meets the tile."""
 
 DEFAULT_LOCK_FEATHER = 2
 """Cells of known content, next to the lock edge, that the new tile may still blend into."""

@@ -33,6 +33,7 @@ from .options import (
     DEFAULT_GUIDE_STATS,
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
+    DEFAULT_METHOD,
     METHODS,
 )
 from .plan import TilePlan, make_plan
@@ -127,7 +128,14 @@ def guide_plan(plan: TilePlan, long_side: int | None = None) -> TilePlan:
     """One tile of the whole scene with the canvas's aspect, ``long_side`` px (default: the tile's)."""
     long_side = long_side or max(plan.tile_width_px, plan.tile_height_px)
     height, width = guide_size(plan, long_side)
-    return make_plan(width, height, width, height, 0, plan.compression)
+    return make_plan(
+        width_px=width,
+        height_px=height,
+        tile_width_px=width,
+        tile_height_px=height,
+        overlap_px=0,
+        compression=plan.compression,
+    )
 
 
 def guide_levels(plan: TilePlan, options: GuideFirst) -> list[TilePlan]:
@@ -145,7 +153,19 @@ def guide_levels(plan: TilePlan, options: GuideFirst) -> list[TilePlan]:
         height, width = guide_size(plan, long_side)
         tile_height, tile_width = min(plan.tile_height_px, height), min(plan.tile_width_px, width)
         overlap = min(plan.overlap, tile_height // c - 1, tile_width // c - 1) * c
-        levels.append(make_plan(width, height, tile_width, tile_height, overlap, c, plan.order, plan.seed))
+        levels.append(
+            make_plan(
+                width_px=width,
+                height_px=height,
+                tile_width_px=tile_width,
+                tile_height_px=tile_height,
+                overlap_px=overlap,
+                compression=c,
+                order=plan.order,
+                seed=plan.seed,
+                fit="shift",
+            )
+        )
     return levels
 
 
@@ -153,7 +173,7 @@ def guide_levels(plan: TilePlan, options: GuideFirst) -> list[TilePlan]:
 class RunSettings:
     """What to run on a plan; every method's options, checked together before the model runs."""
 
-    method: str = "causal"
+    method: str = DEFAULT_METHOD
     seed: int = 0
     """Seed of the one canvas noise (and of the guide pass's noise for ``guided``)."""
     denoise: float = 1.0
@@ -199,7 +219,8 @@ class RunSettings:
 
     @property
     def guide(self) -> GuideFirst:
-        return self.guide_first or GuideFirst()
+        """The ``guided`` options; by default the guide seeds the BCLA cache when the run has one."""
+        return self.guide_first or GuideFirst(bcla_seed=DEFAULT_GUIDE_BCLA_SEED if self.cache_config else 0.0)
 
 
 def run(

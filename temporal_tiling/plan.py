@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import UserInputError
-from .options import FITS, MAX_TILES, ORDERS
+from .options import DEFAULT_FIT, FITS, MAX_TILES, ORDERS
 
 Order = Literal["raster", "serpentine", "spiral", "center_out", "random"]
 
@@ -316,14 +316,15 @@ def _check_px(name: str, value: int, compression: int) -> None:
 
 
 def check_plan(
-    width: int,
-    height: int,
-    tile_width: int,
-    tile_height: int,
-    overlap: int,
+    *,
+    width_px: int,
+    height_px: int,
+    tile_width_px: int,
+    tile_height_px: int,
+    overlap_px: int,
     compression: int,
     order: str = "raster",
-    fit: str = "shift",
+    fit: str = DEFAULT_FIT,
     max_tiles: int = MAX_TILES,
 ) -> tuple[int, int]:
     """(rows, cols) of the plan ``make_plan`` would build, or a PlanError naming the setting to change.
@@ -335,24 +336,31 @@ def check_plan(
         raise PlanError(
             f"compression must be a positive integer (pixels per latent cell), got {compression!r}."
         )
-    sizes = (("width", width), ("height", height), ("tile_width", tile_width), ("tile_height", tile_height))
+    sizes = (
+        ("width", width_px),
+        ("height", height_px),
+        ("tile_width", tile_width_px),
+        ("tile_height", tile_height_px),
+    )
     for name, value in sizes:
         _check_px(name, value, compression)
+    overlap, c = overlap_px, compression
     if not isinstance(overlap, int) or overlap < 0:
         raise PlanError(f"overlap must be zero or a positive number of pixels, got {overlap!r}.")
-    if overlap % compression:
+    if overlap % c:
         raise PlanError(
-            f"overlap = {overlap} px is not a multiple of the VAE's compression factor {compression}; "
-            f"use {overlap // compression * compression} or {(overlap // compression + 1) * compression}."
+            f"overlap = {overlap} px is not a multiple of the VAE's compression factor {c}; "
+            f"use {overlap // c * c} or {(overlap // c + 1) * c}."
         )
-    if tile_width > width or tile_height > height:
+    tile_size = f"{tile_width_px}×{tile_height_px} px"
+    if tile_width_px > width_px or tile_height_px > height_px:
         raise PlanError(
-            f"The tile ({tile_width}×{tile_height} px) is larger than the canvas ({width}×{height} px); "
+            f"The tile ({tile_size}) is larger than the canvas ({width_px}×{height_px} px); "
             "make the tile smaller or the canvas larger."
         )
-    if overlap >= min(tile_width, tile_height):
+    if overlap >= min(tile_width_px, tile_height_px):
         raise PlanError(
-            f"overlap = {overlap} px must be smaller than the tile ({tile_width}×{tile_height} px); "
+            f"overlap = {overlap} px must be smaller than the tile ({tile_size}); "
             "a quarter of the tile is a good start."
         )
     if order not in ORDERS:
@@ -360,10 +368,9 @@ def check_plan(
     if fit not in FITS:
         raise PlanError(f"Unknown tile fit {fit!r}; choose one of {', '.join(FITS)}.")
 
-    c = compression
     rows, cols = (
         len(_axis(canvas // c, tile // c, overlap // c, fit)[1])
-        for canvas, tile in ((height, tile_height), (width, tile_width))
+        for canvas, tile in ((height_px, tile_height_px), (width_px, tile_width_px))
     )
     if rows * cols > max_tiles:
         raise PlanError(
@@ -375,28 +382,41 @@ def check_plan(
 
 
 def make_plan(
-    width: int,
-    height: int,
-    tile_width: int,
-    tile_height: int,
-    overlap: int,
+    *,
+    width_px: int,
+    height_px: int,
+    tile_width_px: int,
+    tile_height_px: int,
+    overlap_px: int,
     compression: int,
     order: str = "raster",
     seed: int = 0,
-    fit: str = "shift",
+    fit: str = DEFAULT_FIT,
     max_tiles: int = MAX_TILES,
 ) -> TilePlan:
-    """Plan a ``width`` × ``height`` px canvas in tiles of ``tile_width`` × ``tile_height`` px.
+    """Plan a ``width_px`` × ``height_px`` canvas in tiles of ``tile_width_px`` × ``tile_height_px``.
 
-    ``overlap`` (px) is the least overlap between neighbouring tiles. With ``fit="shift"`` edge
-    tiles shift inward and overlap more; with ``fit="grow"`` tiles grow (see ``FITS``). All sizes
-    must be multiples of ``compression`` (pixels per latent cell). More than ``max_tiles`` tiles are
-    refused before any tile is built (see ``MAX_TILES``).
+    Sizes come in pixels, by keyword only (``*_px``), and the plan keeps them in latent cells
+    (``TilePlan.tile_width`` ...; ``TilePlan.tile_width_px`` ... in pixels): a cell count passed where
+    pixels are meant cannot slip through by position. ``overlap_px`` is the least overlap between
+    neighbouring tiles. With ``fit="shift"`` edge tiles shift inward and overlap more; with
+    ``fit="grow"`` tiles grow (see ``FITS``). All sizes must be multiples of ``compression`` (pixels per
+    latent cell). More than ``max_tiles`` tiles are refused before any tile is built (see ``MAX_TILES``).
     """
-    check_plan(width, height, tile_width, tile_height, overlap, compression, order, fit, max_tiles)
+    check_plan(
+        width_px=width_px,
+        height_px=height_px,
+        tile_width_px=tile_width_px,
+        tile_height_px=tile_height_px,
+        overlap_px=overlap_px,
+        compression=compression,
+        order=order,
+        fit=fit,
+        max_tiles=max_tiles,
+    )
     c = compression
-    tile_h, ys = _axis(height // c, tile_height // c, overlap // c, fit)
-    tile_w, xs = _axis(width // c, tile_width // c, overlap // c, fit)
+    tile_h, ys = _axis(height_px // c, tile_height_px // c, overlap_px // c, fit)
+    tile_w, xs = _axis(width_px // c, tile_width_px // c, overlap_px // c, fit)
     sequence = _grid_order(len(ys), len(xs), order, seed)
     position = {cell: i for i, cell in enumerate(sequence)}
     tiles = tuple(
@@ -420,11 +440,11 @@ def make_plan(
         for i, (r, col) in enumerate(sequence)
     )
     plan = TilePlan(
-        canvas_height=height // c,
-        canvas_width=width // c,
+        canvas_height=height_px // c,
+        canvas_width=width_px // c,
         tile_height=tile_h,
         tile_width=tile_w,
-        overlap=overlap // c,
+        overlap=overlap_px // c,
         compression=c,
         order=order,
         seed=seed,

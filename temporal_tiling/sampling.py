@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .contracts import Denoiser, Resample, TileCache, TileCallback, TileContext, TileJob
 from .errors import UserInputError
-from .options import DEFAULT_LOCK_FEATHER, DEFAULT_LOCK_MARGIN
+from .options import DEFAULT_LOCK_FEATHER, DEFAULT_LOCK_MARGIN, DEFAULT_LOCK_RELEASE, DEFAULT_RELEASE_BAND
 from .plan import Tile, TilePlan
 
 CLEAN_SIGMA = 1e-3
@@ -84,10 +84,10 @@ class LockRelease:
     lock edge meet halfway; early steps, which set the layout, still see the locked content.
     """
 
-    amount: float = 0.5
+    amount: float = DEFAULT_LOCK_RELEASE
     """Share of the lock released by σ = 0 (0 = ComfyUI's constant lock; 1 = the new tile's
     prediction alone at the end)."""
-    band: int = 0
+    band: int = DEFAULT_RELEASE_BAND
     """Release only known cells within ``band`` cells (chessboard) of the tile's new cells; 0 = every
     known cell."""
 

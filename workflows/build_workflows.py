@@ -240,8 +240,10 @@ def note(node_id: int, pos, body: str) -> Node:
 def planned(node: Node) -> TilePlan:
     """The plan a Tile Planner node makes from its widgets with the embedded model's VAE."""
     w = dict(node.widgets)
-    size = (w[k] for k in ("width", "height", "tile_width", "tile_height", "overlap"))
-    return make_plan(*size, EMBEDDED_COMPRESSION, w["order"], w["shuffle_seed"], w["fit"])
+    sizes_px = {f"{k}_px": w[k] for k in ("width", "height", "tile_width", "tile_height", "overlap")}
+    return make_plan(
+        **sizes_px, compression=EMBEDDED_COMPRESSION, order=w["order"], seed=w["shuffle_seed"], fit=w["fit"]
+    )
 
 
 def describe(plan: TilePlan) -> str:

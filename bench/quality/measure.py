@@ -2,7 +2,7 @@
 
 Seam metrics come from :func:`temporal_tiling.metrics.seam_report`; the benchmark adds speckle
 (high-frequency L* energy against the native render), adjacent-tile feature cosines (hidden states
-and colour histograms) and duplicated-object counts (:mod:`temporal_tiling.seamlab`).
+and colour histograms) and duplicated-object counts (:mod:`lab.seamlab`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from temporal_tiling import seamlab
+from lab import seamlab
 from temporal_tiling.metrics import seam_report, to_lab
 from temporal_tiling.plan import TilePlan
 

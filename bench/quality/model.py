@@ -59,7 +59,7 @@ def load_model(folder: Path, lora: Path | None) -> Model:
 
 def quick_model(folder: Path) -> Model:
     """The tests' tiny random SANA folder (real classes, random weights): exercises every code path."""
-    from temporal_tiling.sana.fixtures import write_pipeline_folder
+    from lab.fixtures import write_pipeline_folder
 
     if not (folder / "model_index.json").is_file():
         write_pipeline_folder(folder)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from temporal_tiling import seamlab
+from lab import seamlab
 
 from .model import Model
 

@@ -165,5 +165,13 @@ def plan_for(name: str, spec: Spec, compression: int) -> TilePlan:
     width, height = canvas_px(name, compression)
     tile = TILE_CELLS * compression
     return make_plan(
-        width, height, tile, tile, spec.overlap * compression, compression, order=spec.order, seed=0
+        width_px=width,
+        height_px=height,
+        tile_width_px=tile,
+        tile_height_px=tile,
+        overlap_px=spec.overlap * compression,
+        compression=compression,
+        order=spec.order,
+        seed=0,
+        fit="shift",
     )

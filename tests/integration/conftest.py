@@ -57,7 +57,7 @@ def models_dir(tmp_path_factory) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from temporal_tiling.sana import fixtures
+    from lab import fixtures
 
     base = tmp_path_factory.mktemp("comfy_base")
     models = base / "models"

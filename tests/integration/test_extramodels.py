@@ -141,7 +141,7 @@ def extramodels(comfy, registered):
     from safetensors.torch import save_file
 
     import nodes as comfy_nodes
-    from temporal_tiling.sana import fixtures
+    from lab import fixtures
 
     assert asyncio.run(comfy_nodes.load_custom_node(EXTRAMODELS_PATH))
     mapping = comfy_nodes.NODE_CLASS_MAPPINGS
@@ -193,7 +193,7 @@ def _run_node(cls, **inputs):
 @pytest.fixture(scope="module")
 def parts(extramodels):
     """(MODEL, VAE, positive, negative) from ExtraModels' own nodes."""
-    from temporal_tiling.sana import fixtures
+    from lab import fixtures
 
     model = _run_node(extramodels["SanaCheckpointLoader"], ckpt_name=CKPT, model=TINY, dtype="FP32")[0]
     vae = _run_node(extramodels["ExtraVAELoader"], vae_name=VAE, vae_type=TINY, dtype="FP32")[0]

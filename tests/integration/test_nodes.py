@@ -351,7 +351,9 @@ def test_border_resample_runs_inside_comfys_inpainting_rule(nodes, parts, conds,
 
     def run(**settings):
         forwards.clear()
-        run_settings = pipeline.RunSettings(seed=3, lock_feather=0, lock_margin=0, **settings)
+        run_settings = pipeline.RunSettings(
+            method="causal", seed=3, lock_feather=0, lock_margin=0, **settings
+        )
         return pipeline.run(plan, host(), run_settings, shape).tiles, len(forwards)
 
     try:
@@ -372,12 +374,13 @@ def test_every_sampler_and_scheduler_runs(nodes, parts, conds, plan):
 
     model = _bcla(nodes, parts[0])
     small = pack_module("temporal_tiling.plan").make_plan(
-        6 * plan.compression,
-        4 * plan.compression,
-        4 * plan.compression,
-        4 * plan.compression,
-        plan.compression,
-        plan.compression,
+        width_px=6 * plan.compression,
+        height_px=4 * plan.compression,
+        tile_width_px=4 * plan.compression,
+        tile_height_px=4 * plan.compression,
+        overlap_px=plan.compression,
+        compression=plan.compression,
+        fit="shift",
     )
     failures = {}
     for sampler_name in comfy.samplers.KSampler.SAMPLERS:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import SanaTransformer2DModel
 
-from temporal_tiling.sana.fixtures import tiny_transformer
+from lab.fixtures import tiny_transformer
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import torch
 from diffusers.models.attention_processor import Attention, SanaLinearAttnProcessor2_0
 from diffusers.models.transformers.transformer_sana_video import SanaLinearAttnProcessor3_0, WanRotaryPosEmbed
 
+from lab.fixtures import tiny_transformer, tiny_video_transformer
 from temporal_tiling.bcla import (
     BCLACache,
     BCLAConfig,
@@ -19,7 +20,6 @@ from temporal_tiling.bcla import (
 )
 from temporal_tiling.bcla.processors import apply_rotary_emb
 from temporal_tiling.plan import make_plan
-from temporal_tiling.sana.fixtures import tiny_transformer, tiny_video_transformer
 
 LAYER = "attn"
 
@@ -64,7 +64,15 @@ def tokens(n: int, dim: int = 16, batch: int = 1, seed: int = 0, dtype=torch.flo
 
 def strip_plan(tiles: int):
     """A 1 × tiles plan of 4 × 4-cell tiles (compression 1), raster order."""
-    return make_plan(4 * tiles, 4, 4, 4, 0, 1)
+    return make_plan(
+        width_px=4 * tiles,
+        height_px=4,
+        tile_width_px=4,
+        tile_height_px=4,
+        overlap_px=0,
+        compression=1,
+        fit="shift",
+    )
 
 
 # --- 1. empty cache is bit-identical to stock ------------------------------------------------------
@@ -72,7 +80,9 @@ def test_empty_cache_is_bit_identical_to_stock_sana():
     model = tiny_transformer()
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     stock = run_sana(model, x)
-    plan = make_plan(16, 8, 8, 8, 0, 1)
+    plan = make_plan(
+        width_px=16, height_px=8, tile_width_px=8, tile_height_px=8, overlap_px=0, compression=1, fit="shift"
+    )
     cache = BCLACache(BCLAConfig(), plan)
     undo = install_bcla(model, cache)
     assert isinstance(model.transformer_blocks[1].attn1.processor, BCLALinearAttnProcessor2_0)
@@ -92,7 +102,9 @@ def test_empty_cache_is_bit_identical_to_stock_sana_video_rope():
     text = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         stock = model(x, encoder_hidden_states=text, timestep=torch.tensor([500.0])).sample
-    plan = make_plan(16, 8, 8, 8, 0, 1)
+    plan = make_plan(
+        width_px=16, height_px=8, tile_width_px=8, tile_height_px=8, overlap_px=0, compression=1, fit="shift"
+    )
     cache = BCLACache(BCLAConfig(), plan)
     undo = install_bcla(model, cache)
     assert isinstance(model.transformer_blocks[0].attn1.processor, BCLALinearAttnProcessor3_0)
@@ -150,7 +162,9 @@ def test_cache_of_a_equals_full_linear_attention_with_rope():
 # --- 3. cache norm grows over a raster pass ------------------------------------------------------
 def test_cumulative_cache_norm_grows_monotonically_over_raster_pass():
     model = tiny_transformer()
-    plan = make_plan(24, 16, 8, 8, 0, 1)  # 2 × 3 tiles
+    plan = make_plan(
+        width_px=24, height_px=16, tile_width_px=8, tile_height_px=8, overlap_px=0, compression=1, fit="shift"
+    )  # 2 × 3 tiles
     cache = BCLACache(BCLAConfig(), plan)
     install_bcla(model, cache)
     norms = [cache.norm()]
@@ -168,7 +182,9 @@ def test_cumulative_cache_norm_grows_monotonically_over_raster_pass():
 # --- 4. RoPE rule in bf16 --------------------------------------------------------------------------
 def _rope_raster(dtype):
     """64 tiles of 4 × 4 tokens on a 32 × 32 canvas, each with its canvas RoPE positions."""
-    plan = make_plan(32, 32, 4, 4, 0, 1)
+    plan = make_plan(
+        width_px=32, height_px=32, tile_width_px=4, tile_height_px=4, overlap_px=0, compression=1, fit="shift"
+    )
     cos, sin = rope_tables(32, 32)
     grid = torch.arange(32 * 32).reshape(32, 32)
     attn = linear_attn(dim=24, rope=True, dtype=dtype)
@@ -247,7 +263,9 @@ def test_fp16_model_at_4k_token_counts_keeps_statistics_in_float32():
 def _cfg_run(perturbed: int | None):
     """Tile 0 then tile 1 with a [cond, uncond] batch; optionally perturb one branch's tile-0 inputs."""
     model = tiny_transformer()
-    plan = make_plan(16, 8, 8, 8, 0, 1)
+    plan = make_plan(
+        width_px=16, height_px=8, tile_width_px=8, tile_height_px=8, overlap_px=0, compression=1, fit="shift"
+    )
     cache = BCLACache(BCLAConfig(), plan)
     install_bcla(model, cache)
     g = torch.Generator().manual_seed(7)
@@ -305,7 +323,15 @@ def test_cumulative_nbytes_identical_for_4_and_256_tiles():
     attn = linear_attn()
     sizes = []
     for side in (2, 16):
-        plan = make_plan(4 * side, 4 * side, 4, 4, 0, 1)
+        plan = make_plan(
+            width_px=4 * side,
+            height_px=4 * side,
+            tile_width_px=4,
+            tile_height_px=4,
+            overlap_px=0,
+            compression=1,
+            fit="shift",
+        )
         cache = BCLACache(BCLAConfig(), plan)
         _raster(cache, plan, attn)
         sizes.append(cache.nbytes())
@@ -317,7 +343,15 @@ def test_neighbors_mode_memory_is_bounded_by_the_neighbour_window():
     attn = linear_attn()
     peaks = []
     for rows in (3, 12):
-        plan = make_plan(12, 4 * rows, 4, 4, 0, 1)  # 3 columns
+        plan = make_plan(
+            width_px=12,
+            height_px=4 * rows,
+            tile_width_px=4,
+            tile_height_px=4,
+            overlap_px=0,
+            compression=1,
+            fit="shift",
+        )  # 3 columns
         cache = BCLACache(BCLAConfig(mode="neighbors"), plan)
         track: list[int] = []
         _raster(cache, plan, attn, sigmas=(0.5,), track=track)
@@ -364,7 +398,9 @@ def test_mode_sees_exactly_the_expected_tiles(config, seen):
 
 @pytest.mark.parametrize("decay", [0.0, 0.25, 1.0])
 def test_distance_mode_weights_earlier_tiles_by_canvas_distance(decay):
-    plan = make_plan(12, 12, 4, 4, 0, 1)  # 3 × 3 raster; tile 4 is the centre: 0, 2 diagonal, 1, 3 beside
+    plan = make_plan(
+        width_px=12, height_px=12, tile_width_px=4, tile_height_px=4, overlap_px=0, compression=1, fit="shift"
+    )  # 3 × 3 raster; tile 4 is the centre: 0, 2 diagonal, 1, 3 beside
     attn = linear_attn()
     cache = BCLACache(BCLAConfig(mode="distance", decay=decay), plan)
     proc = BCLALinearAttnProcessor2_0(cache, LAYER)
@@ -434,7 +470,9 @@ def test_zeroed_cache_gives_what_no_cache_gives():
 
 
 def test_neighbors_mode_sees_exactly_the_earlier_8_neighbours():
-    plan = make_plan(12, 12, 4, 4, 0, 1)  # 3 × 3 raster; tile 5 = (row 1, col 2)
+    plan = make_plan(
+        width_px=12, height_px=12, tile_width_px=4, tile_height_px=4, overlap_px=0, compression=1, fit="shift"
+    )  # 3 × 3 raster; tile 5 = (row 1, col 2)
     assert plan.tiles[5].neighbors == (1, 2, 4)
     attn, out = _mode_output(BCLAConfig(mode="neighbors"), plan, last=5)
     expected = _reference(attn, [tokens(16, seed=i) for i in (1, 2, 4)], tokens(16, seed=5))
@@ -543,7 +581,9 @@ def test_seed_statistics_act_as_extra_tokens_in_every_tile():
 @pytest.mark.parametrize("config", [BCLAConfig(strength=0.0), BCLAConfig(mode="off")])
 def test_strength_zero_or_mode_off_is_identical_to_stock(config):
     model = tiny_transformer()
-    plan = make_plan(16, 8, 8, 8, 0, 1)
+    plan = make_plan(
+        width_px=16, height_px=8, tile_width_px=8, tile_height_px=8, overlap_px=0, compression=1, fit="shift"
+    )
     xs = [torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     stock = run_sana(model, xs[1])
     outs = {}

@@ -6,11 +6,11 @@ import inspect
 import pytest
 import torch
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling import contracts
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.contracts import PositionSource, TileCache
 from temporal_tiling.plan import make_plan
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 
 def protocol_mismatches(protocol: type, implementation: object) -> list[str]:
@@ -50,7 +50,18 @@ def protocol_mismatches(protocol: type, implementation: object) -> list[str]:
 
 @pytest.fixture
 def cache() -> BCLACache:
-    return BCLACache(BCLAConfig(source="clean"), make_plan(16, 8, 8, 8, 0, 1))
+    return BCLACache(
+        BCLAConfig(source="clean"),
+        make_plan(
+            width_px=16,
+            height_px=8,
+            tile_width_px=8,
+            tile_height_px=8,
+            overlap_px=0,
+            compression=1,
+            fit="shift",
+        ),
+    )
 
 
 @pytest.mark.parametrize("protocol", [TileCache, PositionSource])

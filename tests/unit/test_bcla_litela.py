@@ -63,7 +63,9 @@ def test_empty_cache_is_bit_identical_to_stock_lite_la(qk_norm):
     model = tiny_sana_ms(qk_norm=qk_norm)
     x = latent(3, batch=2)
     stock = run(model, x)
-    plan = make_plan(16, 8, 8, 8, 0, 1)
+    plan = make_plan(
+        width_px=16, height_px=8, tile_width_px=8, tile_height_px=8, overlap_px=0, compression=1, fit="shift"
+    )
     cache = BCLACache(BCLAConfig(), plan)
     undo = install_bcla(model, cache)
     assert isinstance(model.blocks[1].attn.attn_matmul, BCLALiteLAMatmul)
@@ -79,7 +81,9 @@ def test_empty_cache_is_bit_identical_to_stock_lite_la(qk_norm):
 
 def test_zeroed_cache_is_bit_identical_to_stock_lite_la():
     model = tiny_sana_ms()
-    plan = make_plan(16, 8, 8, 8, 0, 1)
+    plan = make_plan(
+        width_px=16, height_px=8, tile_width_px=8, tile_height_px=8, overlap_px=0, compression=1, fit="shift"
+    )
     cache = BCLACache(BCLAConfig(), plan)
     stock = run(model, latent(5))
     install_bcla(model, cache)
@@ -96,7 +100,9 @@ def test_zeroed_cache_is_bit_identical_to_stock_lite_la():
 
 
 def _a_then_b(attn: LiteLA, a: torch.Tensor, b: torch.Tensor, config: BCLAConfig, mask=None):
-    plan = make_plan(8, 4, 4, 4, 0, 1)  # two 4 × 4-cell tiles
+    plan = make_plan(
+        width_px=8, height_px=4, tile_width_px=4, tile_height_px=4, overlap_px=0, compression=1, fit="shift"
+    )  # two 4 × 4-cell tiles
     cache = BCLACache(config, plan)
     patched(attn, cache)
     with torch.no_grad():
@@ -139,7 +145,9 @@ def test_one_cell_tiles_take_the_samplers_denoise_mask_as_token_mask():
     """A 1 × 1-cell tile's [1, 1, 1, 1] lock mask is its [h, w] token mask, not a scalar to refuse."""
     attn = lite_la()
     a, b = tokens(1, seed=1), tokens(1, seed=2)
-    plan = make_plan(2, 1, 1, 1, 0, 1)
+    plan = make_plan(
+        width_px=2, height_px=1, tile_width_px=1, tile_height_px=1, overlap_px=0, compression=1, fit="shift"
+    )
     cache = BCLACache(BCLAConfig(record_locked=False), plan)
     patched(attn, cache)
     with torch.no_grad():
@@ -168,7 +176,15 @@ def test_lite_la_records_what_diffusers_processor_records():
     x = tokens(16, batch=2, seed=3)
     recorded = []
     for module, setup in ((attn, patched), (twin, None)):
-        plan = make_plan(4, 4, 4, 4, 0, 1)
+        plan = make_plan(
+            width_px=4,
+            height_px=4,
+            tile_width_px=4,
+            tile_height_px=4,
+            overlap_px=0,
+            compression=1,
+            fit="shift",
+        )
         cache = BCLACache(BCLAConfig(), plan)
         cache.begin_tile(plan.tiles[0])
         cache.set_call(0.5, [0, 1])

@@ -7,11 +7,11 @@ from bench.quality.model import CFG, Model
 from bench.quality.pairs import Pairs, pair_noise
 from bench.quality.runner import run, settings_for
 from bench.quality.specs import BASELINES, GUIDED, PACK_DEFAULT, Spec, named, plan_for
+from lab.fixtures import tiny_transformer
 from temporal_tiling import pipeline
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.pipeline import FlowHost, FlowSampling, GuideFirst, RunSettings
 from temporal_tiling.sampling import LockRelease
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 CANVAS = "grid 4×4"
 STEPS = 2
@@ -38,7 +38,9 @@ def test_a_bench_run_is_the_pack_run_with_the_same_settings() -> None:
         prompt_mask=pairs.mask,
         negative_mask=pairs.negative_mask,
     )
-    settings = RunSettings(cache_config=BCLAConfig(mode="cumulative"), lock_release=LockRelease(0.0, 0))
+    settings = RunSettings(
+        method="causal", cache_config=BCLAConfig(mode="cumulative"), lock_release=LockRelease(0.0, 0)
+    )
     noise = pair_noise(pairs.seeds, (4, plan.canvas_height, plan.canvas_width))
     pack = pipeline.run(plan, host, settings, (2, 4), noise=noise)
     assert torch.equal(bench.result.canvas, pack.canvas)

@@ -57,9 +57,33 @@ def visible_delta_e(image, plan):
 
 
 PLANS = {
-    "overlap32_c8": lambda: make_plan(256, 192, 96, 96, 32, 8),
-    "overlap0_c8": lambda: make_plan(256, 192, 64, 64, 0, 8),
-    "shifted_edges_c32": lambda: make_plan(320, 192, 128, 128, 32, 32),
+    "overlap32_c8": lambda: make_plan(
+        width_px=256,
+        height_px=192,
+        tile_width_px=96,
+        tile_height_px=96,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    ),
+    "overlap0_c8": lambda: make_plan(
+        width_px=256,
+        height_px=192,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=0,
+        compression=8,
+        fit="shift",
+    ),
+    "shifted_edges_c32": lambda: make_plan(
+        width_px=320,
+        height_px=192,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=32,
+        fit="shift",
+    ),
 }
 
 
@@ -73,7 +97,16 @@ def test_split_then_none_stitch_is_exact(name):
 
 
 def test_split_is_tile_major_in_plan_order_and_handles_latents():
-    plan = make_plan(256, 192, 96, 96, 32, 8, order="serpentine")
+    plan = make_plan(
+        width_px=256,
+        height_px=192,
+        tile_width_px=96,
+        tile_height_px=96,
+        overlap_px=32,
+        compression=8,
+        order="serpentine",
+        fit="shift",
+    )
     image = photo_like(batch=2)
     tiles = split_tiles(image, plan)
     for t in plan.tiles:
@@ -148,9 +181,9 @@ def test_apt_and_reference_reduce_delta_e_on_colour_cast_tiles(name):
     tiles = drift(split_tiles(image, plan), plan, gain=0.0, offset=0.0, lab_cast=6.0)
     low_res = F.interpolate(image, scale_factor=0.25, mode="area")
     clean = visible_delta_e(image, plan)  # what the image itself scores across those lines
-    cast = visible_delta_e(stitch(tiles, plan), plan) - clean
-    apt = visible_delta_e(stitch(tiles, plan, color="apt"), plan) - clean
-    ref = visible_delta_e(stitch(tiles, plan, color="reference", reference=low_res), plan) - clean
+    cast = visible_delta_e(stitch(tiles, plan, "none"), plan) - clean
+    apt = visible_delta_e(stitch(tiles, plan, "none", color="apt"), plan) - clean
+    ref = visible_delta_e(stitch(tiles, plan, "none", color="reference", reference=low_res), plan) - clean
     assert cast > 1.5
     assert apt < 0.3 * cast and ref < 0.3 * cast
 

@@ -92,7 +92,15 @@ def _run(model, prompts, plan, **settings):
 
 @pytest.mark.parametrize("method", ["causal", "guided"])
 def test_run_path_resamples_tiles_with_known_cells_and_repeats_bit_for_bit(model, prompts, method) -> None:
-    plan = make_plan(112, 112, 64, 64, 16, compression=8)  # 2×2 tiles, overlap 2 cells
+    plan = make_plan(
+        width_px=112,
+        height_px=112,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=16,
+        compression=8,
+        fit="shift",
+    )  # 2×2 tiles, overlap 2 cells
     guided = method == "guided"
     settings = {"method": method, "guide_first": GuideFirst(bcla_seed=0) if guided else None}
     options = BorderResample(below_sigma=0.55, repeats=2, band=2)

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling import cli, pipeline
 from temporal_tiling.atomic import write_atomic
 from temporal_tiling.border_resample import BorderResample
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 COMPRESSION = 8
 # 64×32 px canvas, 32 px tiles with 8 px overlap: 3 × 2 tiles of 4×4 latent cells.
@@ -326,7 +326,7 @@ def test_missing_embedded_model_says_so(tmp_path: Path, capsys, monkeypatch) -> 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "argument --model: the embedded model is missing" in err
-    assert "temporal_tiling.training build" in err
+    assert "lab.training build" in err
 
 
 def test_not_a_model_folder(tmp_path: Path, capsys) -> None:

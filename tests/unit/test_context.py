@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import SanaTransformer2DModel
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.context import (
     ContextError,
@@ -25,10 +26,11 @@ from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
 from temporal_tiling.pipeline import FlowHost, FlowSampling, global_context
 from temporal_tiling.plan import make_plan
 from temporal_tiling.sampling import canvas_noise, sample_causal
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 # 20×12 cells in 8×8 tiles, overlap 2: 3 columns × 2 rows.
-PLAN = make_plan(20, 12, 8, 8, 2, 1)
+PLAN = make_plan(
+    width_px=20, height_px=12, tile_width_px=8, tile_height_px=8, overlap_px=2, compression=1, fit="shift"
+)
 
 
 def smooth_guide(seed: int, channels: int = 4, height: int = 3, width: int = 5) -> torch.Tensor:
@@ -320,7 +322,15 @@ def fake_encode(image: torch.Tensor) -> torch.Tensor:
 
 
 def test_guide_from_image_resizes_then_encodes() -> None:
-    plan = make_plan(640, 384, 256, 256, 64, 32)  # 20×12 cells of 32 px
+    plan = make_plan(
+        width_px=640,
+        height_px=384,
+        tile_width_px=256,
+        tile_height_px=256,
+        overlap_px=64,
+        compression=32,
+        fit="shift",
+    )  # 20×12 cells of 32 px
     size = guide_size(plan, 80)
     assert size == (64, 96) and size[0] % 32 == 0  # 80 px long side rounds to whole 32 px cells
     image = torch.rand(1, 3, 384, 640, generator=torch.Generator().manual_seed(0))

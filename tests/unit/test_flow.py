@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.flow import (
     CFGDenoiser,
@@ -19,7 +20,6 @@ from temporal_tiling.flow import (
     shift_sigma,
 )
 from temporal_tiling.plan import Tile
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 SAMPLERS = {"euler": euler, "dpmpp_2m": dpmpp_2m}
 

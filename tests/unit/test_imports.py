@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("temporal_tiling", "nodes")
+PACKAGES = ("temporal_tiling", "nodes", "lab")
 
 
 def module_name(path: Path) -> str:

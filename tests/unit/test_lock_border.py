@@ -23,14 +23,48 @@ STEPS = 4
 
 
 PLANS = {
-    "2×2, overlap 2": make_plan(112, 112, 64, 64, 16, compression=8),
-    "2×1, no overlap": make_plan(128, 64, 64, 64, 0, compression=8),
-    "quick start 4×2 (grow)": make_plan(512, 256, 128, 128, 32, compression=8, fit="grow"),
-    "3×3, serpentine": make_plan(160, 160, 64, 64, 16, compression=8, order="serpentine"),
+    "2×2, overlap 2": make_plan(
+        width_px=112,
+        height_px=112,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=16,
+        compression=8,
+        fit="shift",
+    ),
+    "2×1, no overlap": make_plan(
+        width_px=128,
+        height_px=64,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=0,
+        compression=8,
+        fit="shift",
+    ),
+    "quick start 4×2 (grow)": make_plan(
+        width_px=512,
+        height_px=256,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="grow",
+    ),
+    "3×3, serpentine": make_plan(
+        width_px=160,
+        height_px=160,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=16,
+        compression=8,
+        order="serpentine",
+        fit="shift",
+    ),
 }
 
 
 def run(model, prompts, plan, **settings):
+    settings = {"method": "causal", **settings}
     return generate(plan, model, prompts[0], prompts[1], steps=STEPS, cfg=3.0, seed=11, **settings)
 
 

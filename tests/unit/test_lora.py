@@ -4,12 +4,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from lab.training import temporal_lora as tl
+from lab.training import toy_models as tm
+from lab.training.toy_models import corpus
 from temporal_tiling import lora
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.plan import make_plan
-from temporal_tiling.training import temporal_lora as tl
-from temporal_tiling.training import toy_models as tm
-from temporal_tiling.training.toy_models import corpus
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,15 @@ def test_adapter_targets_self_attention_projections_only():
 
 
 def _sequence(t, text, x0, noise, mode="cumulative", grad=False):
-    plan = make_plan(64, 32, 32, 32, 0, 8)  # two tiles side by side, 4x4 cells each
+    plan = make_plan(
+        width_px=64,
+        height_px=32,
+        tile_width_px=32,
+        tile_height_px=32,
+        overlap_px=0,
+        compression=8,
+        fit="shift",
+    )  # two tiles side by side, 4x4 cells each
     cache = BCLACache(BCLAConfig(mode=mode), plan)
     undo = install_bcla(t, cache)
     try:

@@ -98,7 +98,15 @@ def test_ciede2000_matches_scikit_image():
 
 
 def test_seam_bands_cover_the_overlap_and_a_margin_and_floors_stay_off_them():
-    plan = make_plan(256, 128, 96, 64, 32, 8)
+    plan = make_plan(
+        width_px=256,
+        height_px=128,
+        tile_width_px=96,
+        tile_height_px=64,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     for band, seam in zip(seam_bands(plan), plan.seams(), strict=True):
         assert band.first == seam.overlap_start - MARGIN_PX and band.last == seam.overlap_stop + MARGIN_PX
     seam_lines = {(b.axis, p) for b in seam_bands(plan) for p in range(b.first - 7, b.last + 8)}
@@ -110,7 +118,15 @@ def test_seam_bands_cover_the_overlap_and_a_margin_and_floors_stay_off_them():
 @pytest.mark.parametrize("pair", [SHARMA[3], SHARMA[4]])
 @pytest.mark.parametrize("overlap", [0, 32])
 def test_hard_step_of_known_lab_jump_gives_that_delta_e(pair, overlap):
-    plan = make_plan(128 if overlap == 0 else 96, 64, 64, 64, overlap, 8)
+    plan = make_plan(
+        width_px=128 if overlap == 0 else 96,
+        height_px=64,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=overlap,
+        compression=8,
+        fit="shift",
+    )
     seam = plan.seams()[0]
     image = two_colour_image(pair[0], pair[1], width=plan.width_px, split=seam.position)
     report = seam_report(image, plan)
@@ -119,7 +135,15 @@ def test_hard_step_of_known_lab_jump_gives_that_delta_e(pair, overlap):
 
 
 def test_smooth_ramp_gives_gradient_ratio_one_and_passes():
-    plan = make_plan(256, 128, 96, 64, 32, 8)
+    plan = make_plan(
+        width_px=256,
+        height_px=128,
+        tile_width_px=96,
+        tile_height_px=64,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     report = seam_report(ramp_image(), plan)
     assert report.gradient_ratio_mean == pytest.approx(1.0, abs=0.05)
     assert report.gradient_ratio_worst == pytest.approx(1.0, abs=0.05)
@@ -129,7 +153,15 @@ def test_smooth_ramp_gives_gradient_ratio_one_and_passes():
 
 @pytest.mark.parametrize("where", ["near border", "far border", "centre", "inside", "margin"])
 def test_a_step_at_any_line_of_the_overlap_band_is_found(where):
-    plan = make_plan(256, 128, 128, 128, 32, 8)  # one vertical seam, overlap 96..128 px
+    plan = make_plan(
+        width_px=256,
+        height_px=128,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )  # one vertical seam, overlap 96..128 px
     seam = plan.seams()[0]
     at = {
         "near border": seam.overlap_start,
@@ -148,7 +180,15 @@ def test_a_step_at_any_line_of_the_overlap_band_is_found(where):
 
 
 def test_a_step_at_the_overlap_border_is_missed_by_the_centre_line_alone():
-    plan = make_plan(256, 128, 128, 128, 32, 8)
+    plan = make_plan(
+        width_px=256,
+        height_px=128,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     seam = plan.seams()[0]
     image = ramp_image()
     image[..., seam.overlap_start :] += 0.03
@@ -160,7 +200,15 @@ def test_a_step_at_the_overlap_border_is_missed_by_the_centre_line_alone():
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
 def test_an_untouched_photo_cut_and_restitched_passes(name):
     image = photo(name)
-    plan = make_plan(image.shape[-1], image.shape[-2], 128, 128, 32, 8)
+    plan = make_plan(
+        width_px=image.shape[-1],
+        height_px=image.shape[-2],
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     report = seam_report(stitch(split_tiles(image, plan), plan, "none"), plan)
     assert report.meets_targets(), report.verdict()
 
@@ -168,7 +216,15 @@ def test_an_untouched_photo_cut_and_restitched_passes(name):
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
 def test_a_hard_cut_stitch_of_degraded_tiles_fails(name):
     image = photo(name)
-    plan = make_plan(image.shape[-1], image.shape[-2], 128, 128, 32, 8)
+    plan = make_plan(
+        width_px=image.shape[-1],
+        height_px=image.shape[-2],
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     report = seam_report(stitch(degrade(split_tiles(image, plan)), plan, "none"), plan)
     assert not report.meets_targets()
     assert report.excess()["gradient_ratio"] >= 1.2
@@ -176,7 +232,15 @@ def test_a_hard_cut_stitch_of_degraded_tiles_fails(name):
 
 def test_a_feathered_stitch_without_colour_correction_is_flagged_by_the_drift_measure():
     image = sky_image()
-    plan = make_plan(512, 256, 128, 128, 32, 8, fit="grow")
+    plan = make_plan(
+        width_px=512,
+        height_px=256,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="grow",
+    )
     feathered = stitch(degrade(split_tiles(image, plan), seed=0), plan, "feather")
     report = seam_report(feathered, plan)
     excess = report.excess()
@@ -189,7 +253,15 @@ def test_a_feathered_stitch_without_colour_correction_is_flagged_by_the_drift_me
 def test_noise_level_sets_the_ratio_epsilon_so_flat_noise_reads_one():
     g = torch.Generator().manual_seed(0)
     flat = torch.full((1, 3, 128, 256), 0.5) + 0.01 * torch.randn(1, 1, 128, 256, generator=g)
-    plan = make_plan(256, 128, 96, 64, 32, 8)
+    plan = make_plan(
+        width_px=256,
+        height_px=128,
+        tile_width_px=96,
+        tile_height_px=64,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     report = seam_report(flat.clamp(0, 1), plan)
     assert report.noise_lstar > 0.5
     assert report.meets_targets(), report.verdict()
@@ -206,7 +278,15 @@ def test_line_jump_finds_a_line_across_the_canvas_without_a_plan():
 
 def test_guide_fidelity_reads_layout_and_tile_colour():
     image = sky_image()
-    plan = make_plan(512, 256, 128, 128, 32, 8)
+    plan = make_plan(
+        width_px=512,
+        height_px=256,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     guide = F.interpolate(image, scale_factor=1 / 8, mode="area")
     same = seam_report(image, plan, guide=guide)
     assert same.guide_psnr > 40 and same.guide_ssim > 0.98 and same.guide_delta_e_worst < 0.5
@@ -217,7 +297,15 @@ def test_guide_fidelity_reads_layout_and_tile_colour():
 
 
 def test_identical_tiles_give_capped_psnr():
-    plan = make_plan(256, 128, 96, 64, 32, 8)
+    plan = make_plan(
+        width_px=256,
+        height_px=128,
+        tile_width_px=96,
+        tile_height_px=64,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     image = ramp_image()
     tiles = split_tiles(image, plan)
     assert torch.all(overlap_psnr(tiles, plan) == PSNR_CAP_DB)
@@ -228,7 +316,15 @@ def test_identical_tiles_give_capped_psnr():
 
 
 def test_overlap_psnr_stays_out_of_the_verdict():
-    plan = make_plan(256, 128, 96, 64, 32, 8)
+    plan = make_plan(
+        width_px=256,
+        height_px=128,
+        tile_width_px=96,
+        tile_height_px=64,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     image = ramp_image()
     tiles = split_tiles(image, plan)
     tiles[1] += 0.1  # tiles disagree in the overlap (20 dB) but the stitched image has no seam
@@ -237,7 +333,15 @@ def test_overlap_psnr_stays_out_of_the_verdict():
 
 
 def test_overlap_and_seam_zone_psnr_known_values():
-    plan = make_plan(256, 128, 96, 64, 32, 8)
+    plan = make_plan(
+        width_px=256,
+        height_px=128,
+        tile_width_px=96,
+        tile_height_px=64,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     image = ramp_image()
     tiles = split_tiles(image, plan)
     tiles[1] += 0.01  # tile 1 differs by 0.01 everywhere: 40 dB against each neighbour's overlap
@@ -252,13 +356,29 @@ def test_overlap_and_seam_zone_psnr_known_values():
 
 
 def test_zero_overlap_seam_zone_is_the_bands_around_the_edge():
-    plan = make_plan(128, 64, 64, 64, 0, 8)
+    plan = make_plan(
+        width_px=128,
+        height_px=64,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=0,
+        compression=8,
+        fit="shift",
+    )
     zone = seam_zone_mask(plan)
     assert zone.sum() == 16 * 64 and zone[:, 56:72].all()
 
 
 def test_report_serialises_to_json_and_markdown():
-    plan = make_plan(256, 128, 96, 64, 32, 8)
+    plan = make_plan(
+        width_px=256,
+        height_px=128,
+        tile_width_px=96,
+        tile_height_px=64,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     image = ramp_image()
     report = seam_report(image, plan, tiles=split_tiles(image, plan), reference=image)
     data = json.loads(report.to_json())
@@ -272,13 +392,29 @@ def test_report_serialises_to_json_and_markdown():
 
 
 def test_single_tile_plan_reports_no_seam():
-    plan = make_plan(64, 64, 64, 64, 0, 8)
+    plan = make_plan(
+        width_px=64,
+        height_px=64,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=0,
+        compression=8,
+        fit="shift",
+    )
     report = seam_report(ramp_image(64, 64), plan)
     assert report.seams == [] and report.meets_targets()
 
 
 def test_heatmap_peaks_on_the_seam_and_marks_the_measured_lines():
-    plan = make_plan(256, 128, 128, 128, 32, 8)
+    plan = make_plan(
+        width_px=256,
+        height_px=128,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     image = ramp_image()
     image[..., 100:] += 0.02
     heat = seam_heatmap(image)
@@ -303,7 +439,15 @@ def test_solar_view_amplifies_a_faint_step():
 
 
 def test_bad_inputs_raise_clear_errors():
-    plan = make_plan(256, 128, 96, 64, 32, 8)
+    plan = make_plan(
+        width_px=256,
+        height_px=128,
+        tile_width_px=96,
+        tile_height_px=64,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     image = ramp_image()
     with pytest.raises(MetricsError, match="NaN"):
         seam_report(image.masked_fill(image > 0.7, float("nan")), plan)
@@ -323,7 +467,7 @@ def test_bad_inputs_raise_clear_errors():
 def test_on_a_real_model_the_headline_ranks_full_pass_then_causal_then_independent_tiles():
     """Six seam-lab prompts, the same noise for every method: the untiled render has no seam, independent
     tiles the most, causal tiles with BCLA in between; the worst-line headline and the verdict agree."""
-    from temporal_tiling import seamlab
+    from lab import seamlab
     from temporal_tiling.bcla import BCLAConfig
     from temporal_tiling.pipeline import generate
     from temporal_tiling.sana import load_text_encoder, load_transformer_folder, load_vae_folder
@@ -332,7 +476,15 @@ def test_on_a_real_model_the_headline_ranks_full_pass_then_causal_then_independe
     transformer, _ = load_transformer_folder(EMBEDDED_MODEL)
     vae = load_vae_folder(EMBEDDED_MODEL)
     prompts, _ = load_text_encoder(EMBEDDED_MODEL).encode(seamlab.sample_scenes(6, seed=3).prompts)
-    plan = make_plan(208, 112, 64, 64, 16, 8, fit="grow")
+    plan = make_plan(
+        width_px=208,
+        height_px=112,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=16,
+        compression=8,
+        fit="grow",
+    )
     headline, excess = {}, {}
     for method in ("full", "causal", "independent"):
         cache = BCLAConfig(mode="cumulative") if method == "causal" else None
@@ -362,7 +514,15 @@ def test_big_objects_straddling_a_few_seams_do_not_read_as_seams():
     """Two suns larger than a seam band on an untouched sky, their edges inside the bands of two of the
     ten seams: the content crosses those bands, the tiles did nothing. The axis medians leave the two
     bands out (the pooled means they replace called this "seams visible": ΔE +9.4, drift +20)."""
-    plan = make_plan(512, 256, 128, 128, 32, 8, fit="grow")
+    plan = make_plan(
+        width_px=512,
+        height_px=256,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="grow",
+    )
     image = with_discs(sky_image(), [(190, 60), (330, 190)], radius=60)
     report = seam_report(image, plan)
     assert report.meets_targets(), report.verdict()
@@ -386,7 +546,15 @@ def test_a_soft_step_at_every_tile_row_is_judged_on_its_axis_alone():
     """A 3 L* brightness step spread over each horizontal overlap of a smooth sky and nothing at the
     vertical seams: judged per axis, the horizontal seams' lines stand out (pooled with the six clean
     vertical seams, as before, the ratio was ×1.16 and the canvas passed)."""
-    plan = make_plan(512, 256, 128, 128, 32, 8, fit="grow")
+    plan = make_plan(
+        width_px=512,
+        height_px=256,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="grow",
+    )
     report = seam_report(soft_step_at_horizontal_seams(sky_image(), plan, channel=0, size=3.0), plan)
     assert report.axes["horizontal"]["gradient_ratio"].excess >= 1.2
     assert report.axes["vertical"]["gradient_ratio"].excess < 1.1
@@ -398,7 +566,15 @@ def test_drift_is_the_colour_step_the_trend_on_either_side_does_not_explain():
     step over each horizontal overlap: no L* change, no single line stands out, and the raw colour change
     across a band hides it in the sky's own (it passed before). Fitted with one trend on both sides of
     the band plus a jump, the jump is the step; the sky alone has none."""
-    plan = make_plan(512, 256, 128, 128, 32, 8, fit="grow")
+    plan = make_plan(
+        width_px=512,
+        height_px=256,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="grow",
+    )
     report = seam_report(soft_step_at_horizontal_seams(sky_image(), plan, channel=2, size=6.0), plan)
     assert report.excess()["gradient_ratio"] < 1.05 and report.excess()["delta_e"] < 2.0
     assert report.axes["horizontal"]["drift_delta_e"].excess >= 2.0, report.axes["horizontal"]
@@ -428,7 +604,15 @@ def canvas_png(name: str) -> torch.Tensor:
 
 def plan_of(image: torch.Tensor):
     """The plan these canvases were made with: 128 px tiles grown to fit, 32 px overlap, 8× latents."""
-    return make_plan(image.shape[-1], image.shape[-2], 128, 128, 32, 8, fit="grow")
+    return make_plan(
+        width_px=image.shape[-1],
+        height_px=image.shape[-2],
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="grow",
+    )
 
 
 @pytest.mark.parametrize("name", list(SEEN))

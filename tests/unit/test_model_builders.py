@@ -1,4 +1,4 @@
-"""Tests and benchmarks build their random models only through ``temporal_tiling.sana.fixtures``, so every
+"""Tests and benchmarks build their random models only through ``lab.fixtures``, so every
 caller with the same arguments gets the same weights and a toy config changes in one place.
 
 A model built under ``torch.device("meta")`` or accelerate's ``init_empty_weights()`` has no weights (it is
@@ -114,6 +114,6 @@ def test_tests_and_benchmarks_build_models_only_through_the_fixtures_module():
         for line, name in random_model_builds(path.read_text(encoding="utf-8"))
     ]
     assert not builds, (
-        "Build random models with temporal_tiling.sana.fixtures (tiny_transformer, tiny_video_transformer, "
+        "Build random models with lab.fixtures (tiny_transformer, tiny_video_transformer, "
         "tiny_vae, tiny_gemma2) instead of calling the model class: " + "; ".join(builds)
     )

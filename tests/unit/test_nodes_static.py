@@ -400,8 +400,14 @@ def _embedded_compression() -> int:
 
 def _plan_of(api: dict, node_id: str):
     w = api[node_id]["inputs"]
-    size = (w[k] for k in ("width", "height", "tile_width", "tile_height", "overlap"))
-    return make_plan(*size, _embedded_compression(), w["order"], w["shuffle_seed"], w["fit"])
+    sizes_px = {f"{k}_px": w[k] for k in ("width", "height", "tile_width", "tile_height", "overlap")}
+    return make_plan(
+        **sizes_px,
+        compression=_embedded_compression(),
+        order=w["order"],
+        seed=w["shuffle_seed"],
+        fit=w["fit"],
+    )
 
 
 def test_txt2img_is_guide_first_and_its_note_tells_the_plan():
@@ -502,7 +508,16 @@ def test_browser_plan_matches_make_plan():
     for config, js in zip(CONFIGS, _js_plans(CONFIGS), strict=True):
         width, height, tw, th, overlap, c, order, fit = config
         try:
-            plan = make_plan(width, height, tw, th, overlap, c, order, fit=fit)
+            plan = make_plan(
+                width_px=width,
+                height_px=height,
+                tile_width_px=tw,
+                tile_height_px=th,
+                overlap_px=overlap,
+                compression=c,
+                order=order,
+                fit=fit,
+            )
         except ValueError:
             assert "error" in js, f"{config}: the browser draws a plan the engine refuses"
             continue

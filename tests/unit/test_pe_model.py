@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from lab.training.cli import main as train
 from temporal_tiling import cli
 from temporal_tiling.position import has_sincos_pos_embed
 from temporal_tiling.sana import (
@@ -15,7 +16,6 @@ from temporal_tiling.sana import (
     load_transformer_folder,
     load_vae_folder,
 )
-from temporal_tiling.training.cli import main as train
 
 ROOT = Path(__file__).resolve().parents[2]
 PE_MODEL = ROOT / "bench" / "models" / "seamlab-sana-pe"

@@ -5,11 +5,11 @@ import torch
 from diffusers import SanaTransformer2DModel
 from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed
 
+from lab.fixtures import tiny_transformer, tiny_video_transformer
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.pipeline import GuideFirst, generate, guide_plan
 from temporal_tiling.plan import make_plan
 from temporal_tiling.position import canvas_sincos_pos_embed, has_sincos_pos_embed
-from temporal_tiling.sana.fixtures import tiny_transformer, tiny_video_transformer
 
 
 def tiny_sana_2k(**overrides) -> SanaTransformer2DModel:
@@ -35,7 +35,9 @@ def test_tile_gets_the_canvas_pe_crop_and_undo_restores_stock():
     model = tiny_sana_2k()
     embed = model.patch_embed
     assert has_sincos_pos_embed(model)
-    plan = make_plan(40, 24, 8, 8, 2, 1)  # non-square canvas: 24 × 40 cells
+    plan = make_plan(
+        width_px=40, height_px=24, tile_width_px=8, tile_height_px=8, overlap_px=2, compression=1, fit="shift"
+    )  # non-square canvas: 24 × 40 cells
     tile = next(t for t in plan.tiles if t.y > 0 and t.x > 0)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -60,7 +62,9 @@ def test_tile_gets_the_canvas_pe_crop_and_undo_restores_stock():
 
 def test_canvas_pe_reaches_the_transformer_output_and_mode_off_leaves_it_stock():
     model = tiny_sana_2k()
-    plan = make_plan(16, 16, 8, 8, 0, 1)
+    plan = make_plan(
+        width_px=16, height_px=16, tile_width_px=8, tile_height_px=8, overlap_px=0, compression=1, fit="shift"
+    )
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     text = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(3))
 
@@ -103,7 +107,15 @@ def test_a_tiled_run_gives_every_tile_its_canvas_positions(settings):
     own; the whole-scene passes keep the model's own (whole-image) grid."""
     model = tiny_sana_2k()
     embed = model.patch_embed
-    plan = make_plan(40, 24, 16, 16, 4, 1)  # 24 × 40 cells, 3 × 2 tiles of 16 × 16
+    plan = make_plan(
+        width_px=40,
+        height_px=24,
+        tile_width_px=16,
+        tile_height_px=16,
+        overlap_px=4,
+        compression=1,
+        fit="shift",
+    )  # 24 × 40 cells, 3 × 2 tiles of 16 × 16
     guide_shape = (guide_plan(plan).canvas_height, guide_plan(plan).canvas_width)
     added: list[torch.Tensor] = []
 
@@ -136,13 +148,29 @@ def test_a_tiled_run_gives_every_tile_its_canvas_positions(settings):
 def test_models_without_sincos_pe_get_no_position_patch():
     model = tiny_transformer(num_layers=1)
     assert not has_sincos_pos_embed(model)
-    install_bcla(model, BCLACache(BCLAConfig(), make_plan(16, 8, 8, 8, 0, 1)))
+    install_bcla(
+        model,
+        BCLACache(
+            BCLAConfig(),
+            make_plan(
+                width_px=16,
+                height_px=8,
+                tile_width_px=8,
+                tile_height_px=8,
+                overlap_px=0,
+                compression=1,
+                fit="shift",
+            ),
+        ),
+    )
     assert "forward" not in model.patch_embed.__dict__
 
 
 def test_rope_tables_follow_the_tile_on_the_canvas():
     model = tiny_video_transformer(num_layers=1, patch_size=(1, 2, 2), rope_max_seq_len=32)
-    plan = make_plan(24, 16, 8, 8, 0, 1)  # 16 × 24 cells = 8 × 12 patches
+    plan = make_plan(
+        width_px=24, height_px=16, tile_width_px=8, tile_height_px=8, overlap_px=0, compression=1, fit="shift"
+    )  # 16 × 24 cells = 8 × 12 patches
     tile = plan.tiles[-1]  # rows 8..16, cols 16..24 = patches 4..8, 8..12
     with torch.no_grad():
         canvas_cos, canvas_sin = model.rope(torch.zeros(1, 4, 1, 16, 24))

@@ -21,12 +21,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling import cli
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.pipeline import GuideFirst, generate
 from temporal_tiling.plan import make_plan
 from temporal_tiling.sampling import LockRelease
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 REFERENCE = Path(__file__).with_name("reference_runs.safetensors")
 RECORD = os.environ.get("RECORD_REFERENCE_RUNS") == "1"
@@ -41,7 +41,15 @@ def engine_runs() -> dict[str, Callable[[], torch.Tensor]]:
     model = tiny_transformer()
     gen = torch.Generator().manual_seed(7)
     positive, negative = torch.randn(1, 6, 16, generator=gen), torch.randn(1, 6, 16, generator=gen)
-    plan = make_plan(112, 112, 64, 64, 16, compression=8)  # 2×2 tiles of 8 cells, overlap 2
+    plan = make_plan(
+        width_px=112,
+        height_px=112,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=16,
+        compression=8,
+        fit="shift",
+    )  # 2×2 tiles of 8 cells, overlap 2
     start = torch.randn(1, 4, 14, 14, generator=gen)
 
     def run(**options) -> torch.Tensor:

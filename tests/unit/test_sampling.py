@@ -9,11 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lab.fixtures import tiny_transformer
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
 from temporal_tiling.pipeline import (
     GuideFirst,
+    RunSettings,
     generate,
     guide_levels,
     guide_plan,
@@ -31,23 +33,39 @@ from temporal_tiling.sampling import (
     sample_causal,
     sample_independent,
 )
-from temporal_tiling.sana.fixtures import tiny_transformer
 
 STEPS = 4
 
 
 def overlapping_plan(order: str = "raster") -> TilePlan:
     """14×14 cells in 2×2 tiles of 8×8 cells overlapping by 2."""
-    return make_plan(112, 112, 64, 64, 16, compression=8, order=order)
+    return make_plan(
+        width_px=112,
+        height_px=112,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=16,
+        compression=8,
+        order=order,
+        fit="shift",
+    )
 
 
 def side_by_side_plan() -> TilePlan:
     """8×16 cells in two 8×8 tiles that do not overlap."""
-    return make_plan(128, 64, 64, 64, 0, compression=8)
+    return make_plan(
+        width_px=128,
+        height_px=64,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=0,
+        compression=8,
+        fit="shift",
+    )
 
 
 def run(model, prompts, plan, **kwargs):
-    options = {"steps": STEPS, "cfg": 3.0, "seed": 11, **kwargs}
+    options = {"steps": STEPS, "cfg": 3.0, "seed": 11, "method": "causal", **kwargs}
     return generate(plan, model, prompts[0], prompts[1], **options)
 
 
@@ -61,7 +79,15 @@ def processor_names(model) -> list[str]:
 def test_lock_mask_ramps_linearly_from_known_to_new() -> None:
     plan = side_by_side_plan()
     assert torch.equal(lock_mask(plan, 0, 2), torch.ones(1, 1, 8, 8))
-    overlap = make_plan(96, 64, 64, 64, 32, compression=8)  # tiles overlap by 4 columns
+    overlap = make_plan(
+        width_px=96,
+        height_px=64,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )  # tiles overlap by 4 columns
     hard = lock_mask(overlap, 1, 0, 0)[0, 0, 0]
     assert hard.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     soft = lock_mask(overlap, 1, 2, 0)[0, 0, 0]
@@ -173,7 +199,15 @@ def test_feathered_lock_changes_only_the_ramp(model, prompts) -> None:
 
 
 def test_lock_release_loosens_known_cells_as_sigma_falls() -> None:
-    overlap = make_plan(96, 64, 64, 64, 32, compression=8)  # tile 1's first 4 columns are known
+    overlap = make_plan(
+        width_px=96,
+        height_px=64,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )  # tile 1's first 4 columns are known
     mask = lock_mask(overlap, 1, 0, 0).expand(2, 4, 8, 8)  # ComfyUI hands the mask over as [B, C, h, w]
     everywhere, near_edge = LockRelease(0.5), LockRelease(0.5, band=1)
     assert torch.equal(everywhere(torch.tensor([1.0, 1.0]), mask), mask)  # σ = 1: the full lock
@@ -188,7 +222,15 @@ def test_lock_release_loosens_known_cells_as_sigma_falls() -> None:
 
 def test_lock_release_averages_old_and_new_content_in_the_overlap() -> None:
     """Each tile predicts a constant (its index + 1): what the overlap ends as is the blend weight."""
-    plan = make_plan(96, 64, 64, 64, 32, compression=8)
+    plan = make_plan(
+        width_px=96,
+        height_px=64,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=32,
+        compression=8,
+        fit="shift",
+    )
     sigmas = flow_sigmas(STEPS)
 
     def denoise_tile(job: TileJob) -> torch.Tensor:
@@ -374,7 +416,15 @@ def test_multidiffusion_denoiser_averages_every_tile_prediction() -> None:
 
 
 def test_multidiffusion_with_one_tile_equals_the_full_pass(model, prompts) -> None:
-    plan = make_plan(64, 64, 64, 64, 0, compression=8)
+    plan = make_plan(
+        width_px=64,
+        height_px=64,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=0,
+        compression=8,
+        fit="shift",
+    )
     md = run(model, prompts, plan, method="multidiffusion", sampler="dpmpp_2m")
     full = run(model, prompts, plan, method="full", sampler="dpmpp_2m")
     assert torch.equal(md.canvas, full.canvas) and md.tiles.shape == (1, 4, 8, 8)
@@ -386,7 +436,7 @@ def test_multidiffusion_with_one_tile_equals_the_full_pass(model, prompts) -> No
 def test_batched_canvases_match_single_runs(model, prompts) -> None:
     plan = overlapping_plan()
     cond, uncond = prompts
-    options = {"steps": STEPS, "cfg": 3.0, "seed": 4, "cache_config": BCLAConfig()}
+    options = {"steps": STEPS, "cfg": 3.0, "seed": 4, "method": "causal", "cache_config": BCLAConfig()}
     pair = generate(plan, model, torch.cat([cond, uncond]), torch.cat([uncond, uncond]), **options)
     single = generate(plan, model, cond, uncond, **options)
     assert pair.canvas.shape == (2, 4, 14, 14) and pair.tiles.shape == (8, 4, 8, 8)
@@ -494,7 +544,15 @@ def test_guided_tiles_walk_the_last_levels_of_the_guides_own_schedule(model, pro
 
 
 def test_progressive_chain_levels_grow_by_at_most_max_upscale_up_to_the_canvas() -> None:
-    plan = make_plan(1024, 512, 128, 128, 32, compression=8, fit="grow")
+    plan = make_plan(
+        width_px=1024,
+        height_px=512,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="grow",
+    )
     assert guide_levels(plan, GuideFirst()) == []  # one step by default
     levels = guide_levels(plan, GuideFirst(max_upscale=2.0))
     sides = [max(guide_plan(plan).width_px, guide_plan(plan).height_px)]
@@ -510,7 +568,15 @@ def test_progressive_chain_levels_grow_by_at_most_max_upscale_up_to_the_canvas()
 
 
 def test_progressive_chain_refines_each_level_from_the_one_before(model, prompts) -> None:
-    plan = make_plan(224, 112, 64, 64, 16, compression=8)  # 28×14 cells, guide 8×4 cells
+    plan = make_plan(
+        width_px=224,
+        height_px=112,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=16,
+        compression=8,
+        fit="shift",
+    )  # 28×14 cells, guide 8×4 cells
     chain = GuideFirst(bcla_seed=0, max_upscale=2.0)
     levels = guide_levels(plan, chain)
     assert [level.canvas_width for level in levels] == [15]  # 8 → 15 → 28 cells: √3.5 each
@@ -527,7 +593,9 @@ def test_progressive_chain_refines_each_level_from_the_one_before(model, prompts
 def test_guided_seeds_the_cache_and_pulls_toward_the_guide(model, prompts) -> None:
     plan = overlapping_plan()
     with pytest.raises(SamplingError, match="give a BCLA cache"):
-        run(model, prompts, plan, method="guided")
+        run(model, prompts, plan, method="guided", guide_first=GuideFirst(bcla_seed=1))
+    assert RunSettings(method="guided").guide.bcla_seed == 0  # no cache: the default guide seeds none
+    assert RunSettings(method="guided", cache_config=BCLAConfig()).guide.bcla_seed > 0
     results = {
         name: run(model, prompts, plan, method="guided", cache_config=BCLAConfig(), guide_first=settings)
         for name, settings in (

@@ -12,13 +12,13 @@ import torch
 from diffusers import SanaPipeline, SanaTransformer2DModel
 from safetensors.torch import save_file
 
+from lab import fixtures
 from temporal_tiling.sana import (
     CheckpointError,
     SanaTextEncoder,
     build_transformer,
     convert_original,
     detect_variant,
-    fixtures,
     load_state_dict,
     load_text_encoder,
     load_transformer_file,

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from temporal_tiling import seamlab
+from lab import seamlab
 
 
 def test_same_seed_same_scenes_and_prompts():

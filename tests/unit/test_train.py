@@ -10,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from temporal_tiling import seamlab
+from lab import seamlab
+from lab.training import autoencoder as ae
+from lab.training import flow_matching as fm
+from lab.training import loop, plots
+from lab.training import losses as ls
+from lab.training import toy_models as tm
+from lab.training.embedded_recipe import model_card
+from lab.training.toy_models import corpus
 from temporal_tiling.sana import EMBEDDED_MODEL as SEAMLAB_SANA
 from temporal_tiling.sana.vae import compression
-from temporal_tiling.training import autoencoder as ae
-from temporal_tiling.training import flow_matching as fm
-from temporal_tiling.training import loop, plots
-from temporal_tiling.training import losses as ls
-from temporal_tiling.training import toy_models as tm
-from temporal_tiling.training.embedded_recipe import model_card
-from temporal_tiling.training.toy_models import corpus
 
 
 # ----------------------------------------------------------------------------- bug table
@@ -241,7 +241,7 @@ def test_embedded_model_loads_offline_and_fits_budget():
     images = seamlab.render(seamlab.sample_scenes(8, seed=424242), 64, 64)
     assert ae.reconstruction_psnr(vae.eval(), images) >= 30.0
     card = (SEAMLAB_SANA / "README.md").read_text()
-    assert "python -m temporal_tiling.training build" in card
+    assert "python -m lab.training build" in card
 
 
 @needs_model

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from diffusers import AutoencoderDC
 
+from lab.training.cli import main as train
 from temporal_tiling.sana import load_transformer_folder
 from temporal_tiling.sana.vae import compression
-from temporal_tiling.training.cli import main as train
 
 
 def test_build_trains_a_32x_autoencoder_and_its_card_replays_the_flags(tmp_path: Path):
@@ -37,7 +37,7 @@ def test_build_trains_a_32x_autoencoder_and_its_card_replays_the_flags(tmp_path:
 
 def test_default_flags_leave_the_card_command_as_before(tmp_path: Path):
     """The embedded model's widths, crop and batch are the defaults, so its command names none of them."""
-    from temporal_tiling.training.embedded_recipe import _autoencoder_flags
+    from lab.training.embedded_recipe import _autoencoder_flags
 
     args = {"latent_channels": 16, "ae_channels": [16, 32, 64, 64], "ae_crop": 32, "ae_batch": 16}
     assert _autoencoder_flags(args, None) == []
@@ -57,7 +57,19 @@ def test_a_crop_that_is_not_two_whole_latent_cells_is_refused_before_training(
     tmp_path: Path, capsys, widths: list[str], crop: str, message: str
 ):
     with pytest.raises(SystemExit):
-        train(["build", "--work", str(tmp_path), "--ae-channels", *widths, "--ae-crop", crop])
+        train(
+            [
+                "build",
+                "--out",
+                str(tmp_path / "out"),
+                "--work",
+                str(tmp_path),
+                "--ae-channels",
+                *widths,
+                "--ae-crop",
+                crop,
+            ]
+        )
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing was written"
 

@@ -8,7 +8,7 @@ Stages (each resumable from `--work`; rerun the same command after an interrupti
 5. export: diffusers/transformers folder layout, model card (`model_card.md` filled in), loss curves,
    reconstruction and sample grids.
 
-Run: `python -m temporal_tiling.training build --out temporal_tiling/embedded/seamlab-sana`
+Run: `python -m lab.training build --out temporal_tiling/embedded/seamlab-sana`
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from string import Template
 import torch
 from torch import Tensor
 
+from temporal_tiling.lora import load_temporal_lora
+from temporal_tiling.options import EMBEDDED_MODEL
+from temporal_tiling.sana.text import PROMPT_SETTINGS
+from temporal_tiling.sana.vae import compression
+
 from .. import seamlab
-from ..lora import load_temporal_lora
-from ..options import EMBEDDED_MODEL
-from ..sana.text import PROMPT_SETTINGS
-from ..sana.vae import compression
 from .autoencoder import AEConfig, ae_loss_fn, latent_scaling_factor, reconstruction_psnr
 from .flow_matching import FlowConfig, flow_loss_fn
 from .loop import Checkpoint, run_loop
@@ -483,7 +484,8 @@ def model_card(transformer, vae, text_encoder, tokenizer, info: dict) -> str:
     ae_steps = f"--reuse-components {reused}" if reused else f"--ae-steps {info['ae']['steps']}"
     command = " ".join(
         [
-            f"python -m temporal_tiling.training build --out {a['out']}",
+            f"python -m lab.training build --out {a['out']}",
+            *(["--overwrite-embedded"] if Path(a["out"]).name == EMBEDDED_MODEL.name else []),
             f"--work {a['work']} --seed {a['seed']} --threads {a['threads']}",
             f"{ae_steps} --steps {info['flow']['steps']}",
             f"--lora-steps {lora['steps'] if lora else 0}",

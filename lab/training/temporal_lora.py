@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
+from temporal_tiling.lora import ADAPTER, LORA_FILE, LoraError
+from temporal_tiling.plan import make_plan
+from temporal_tiling.sana.vae import compression
+
 from .. import seamlab
-from ..bcla import BCLACache, BCLAConfig, install_bcla
-from ..lora import ADAPTER, LORA_FILE, LoraError
-from ..plan import make_plan
-from ..sana.vae import compression
 from .data import scene_batch
 from .flow_matching import noised_batch
 from .loop import Checkpoint, TrainConfig, run_loop
@@ -140,7 +141,16 @@ def temporal_loss_fn(
     """run_loop loss: a batch of seam-lab canvases as tile sequences with the cumulative BCLA cache."""
     c = compression(vae)
     h, w = cfg.canvas
-    plan = make_plan(w, h, cfg.tile, cfg.tile, cfg.overlap, c, order=cfg.order)
+    plan = make_plan(
+        width_px=w,
+        height_px=h,
+        tile_width_px=cfg.tile,
+        tile_height_px=cfg.tile,
+        overlap_px=cfg.overlap,
+        compression=c,
+        order=cfg.order,
+        fit="shift",
+    )
     cache = BCLACache(BCLAConfig(mode="cumulative", strength=1.0), plan)
 
     def loss_fn(step: int, g: torch.Generator) -> Tensor:
@@ -165,7 +175,18 @@ def evaluate_tile_sequences(
     x0 = encode_latents(vae, seamlab.render(scenes, 112, 112))
     text, mask = encode_prompts(tokenizer, text_encoder, scenes.prompts)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    cache = BCLACache(BCLAConfig(mode=mode), make_plan(112, 112, 64, 64, 16, compression(vae)))
+    cache = BCLACache(
+        BCLAConfig(mode=mode),
+        make_plan(
+            width_px=112,
+            height_px=112,
+            tile_width_px=64,
+            tile_height_px=64,
+            overlap_px=16,
+            compression=compression(vae),
+            fit="shift",
+        ),
+    )
     undo = install_bcla(transformer, cache)
     try:
         losses = [

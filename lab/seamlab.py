@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UserInputError
+from temporal_tiling.errors import UserInputError
 
 KINDS = ("sky", "gradient", "metal", "texture")
 PATTERNS = ("stripes", "checks", "dots")

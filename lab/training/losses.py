@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserInputError
+from temporal_tiling.errors import UserInputError
 
 SHIFT = 3.0
 PRECISIONS = ("bf16", "fp32")

@@ -9,7 +9,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..sana.vae import compression
+from temporal_tiling.sana.vae import compression
+
 from .data import scene_batch
 from .loop import TrainConfig
 from .losses import (

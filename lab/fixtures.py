@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
 
-from .text import COMPLEX_HUMAN_INSTRUCTION
-from .vae import SANA_DCAE_F32C32_CONFIG
+from temporal_tiling.sana.text import COMPLEX_HUMAN_INSTRUCTION
+from temporal_tiling.sana.vae import SANA_DCAE_F32C32_CONFIG
 
 TIMESTEP_FREQUENCIES = 256  # diffusers' Timesteps(num_channels=256) feeding t_embedder.mlp.0
 # original_state_dict keywords of published checkpoints (SANA's configs: hidden, depth, latent grid, PE).

@@ -1,0 +1,358 @@
+"""The seam report of one stitched image: every measure, pooled over seams and batch, with the verdict."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import kornia
+import torch
+from torch import Tensor
+
+from ..plan import TilePlan
+from .bands import seam_bands
+from .colour import psnr, to_lab
+from .guide import guide_fidelity
+from .inputs import MetricsError, check_image
+from .line_jump import jump_in_lab
+from .measure import axis_views, measure_bands, noise_lstar
+from .verdict import (
+    TARGET_DELTA_E,
+    TARGET_RATIO,
+    WINDOW_MEASURES,
+    AxisJudgement,
+    FloorSampler,
+    floor_of,
+    judge,
+    seam_floor,
+)
+from .zones import overlap_psnr, seam_zone_mask
+
+
+@dataclass
+class SeamReport:
+    """All seam metrics of one stitched image (batch-pooled: mean over seams × batch, worst = max).
+
+    Headline: ``gradient_ratio_*`` and ``delta_e_*`` are each seam's worst line of its band; ``floor_*``
+    the same measure through the tiles' middles (no seam there); ``meets_targets`` judges the excess.
+    """
+
+    gradient_ratio_mean: float
+    gradient_ratio_worst: float
+    delta_e_mean: float
+    delta_e_worst: float
+    floor_gradient_ratio_mean: float
+    floor_gradient_ratio_worst: float
+    floor_delta_e_mean: float
+    floor_delta_e_worst: float
+    drift_delta_e_mean: float
+    drift_delta_e_worst: float
+    floor_drift_delta_e_mean: float
+    floor_drift_delta_e_worst: float
+    seam_count: int
+    centre_gradient_ratio_mean: float
+    centre_delta_e_mean: float
+    line_jump: float
+    line_jump_axis: str
+    line_jump_position: int
+    noise_lstar: float
+    border_gradient_ratio_mean: float | None = None
+    border_gradient_ratio_worst: float | None = None
+    border_delta_e_mean: float | None = None
+    overlap_psnr_mean: float | None = None
+    overlap_psnr_worst: float | None = None
+    seam_zone_psnr: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    guide_psnr: float | None = None
+    guide_ssim: float | None = None
+    guide_delta_e_mean: float | None = None
+    guide_delta_e_worst: float | None = None
+    axes: dict[str, dict[str, AxisJudgement]] = field(default_factory=dict)
+    """Per seam axis and judged measure: what the verdict compares (see :class:`AxisJudgement`)."""
+    seams: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["excess"] = self.excess()
+        data["meets_targets"] = self.meets_targets()
+        data["verdict"] = self.verdict()
+        return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def excess(self) -> dict[str, float]:
+        """How far the seams stand out from the image's floor, per measure on the worse of the two seam
+        axes (:class:`AxisJudgement`): the gradient ratio as a factor over the floor's, ΔE and drift ΔE in
+        ΔE2000 units above it beyond sampling noise. No seam: 1, 0, 0."""
+        neutral = {"gradient_ratio": 1.0, "delta_e": 0.0, "drift_delta_e": 0.0}
+        return {
+            name: max([axis[name].excess for axis in self.axes.values() if axis[name].judged] or [value])
+            for name, value in neutral.items()
+        }
+
+    def failures(self) -> list[str]:
+        """One sentence per axis and measure whose excess over the floor misses its target."""
+        out = []
+        for axis, measures in self.axes.items():
+            lines = "vertical seams" if axis == "vertical" else "horizontal seams"
+            for name, j in measures.items():
+                if not j.judged or j.excess < (TARGET_RATIO if name == "gradient_ratio" else TARGET_DELTA_E):
+                    continue
+                if name == "gradient_ratio":
+                    out.append(
+                        f"lines stand out at the {lines}: gradient ratio {j.seams:.2f} against the image's "
+                        f"own {j.floor:.2f} (×{j.excess:.2f}, target < {TARGET_RATIO})"
+                    )
+                else:
+                    what = "a colour step" if name == "delta_e" else "colour drift between tiles"
+                    out.append(
+                        f"{what} at the {lines}: ΔE {j.seams:.2f} against {j.floor:.2f} inside the tiles "
+                        f"({j.excess:+.2f}, target < {TARGET_DELTA_E})"
+                    )
+        return out
+
+    def meets_targets(self) -> bool:
+        """Seams no more visible than the image's own content: every excess over the floor below target
+        (gradient ratio < 1.2× the floor's, ΔE and drift ΔE < 2 above it). PSNRs are not judged."""
+        return not self.failures()
+
+    def verdict(self) -> str:
+        failures = self.failures()
+        if not failures:
+            return "seamless: no seam stands out from the image's own content"
+        return "seams visible: " + "; ".join(failures)
+
+    def to_markdown(self) -> str:
+        e = self.excess()
+        rows = [
+            (
+                "gradient ratio, worst line per seam (mean / worst)",
+                f"{self.gradient_ratio_mean:.3f} / {self.gradient_ratio_worst:.3f}",
+                f"{self.floor_gradient_ratio_mean:.3f} / {self.floor_gradient_ratio_worst:.3f}",
+                f"×{e['gradient_ratio']:.2f} (< {TARGET_RATIO})",
+            ),
+            (
+                "ΔE2000, worst line per seam (mean / worst)",
+                f"{self.delta_e_mean:.2f} / {self.delta_e_worst:.2f}",
+                f"{self.floor_delta_e_mean:.2f} / {self.floor_delta_e_worst:.2f}",
+                f"{e['delta_e']:+.2f} (< {TARGET_DELTA_E})",
+            ),
+            (
+                "drift ΔE2000 across the overlap (mean / worst)",
+                f"{self.drift_delta_e_mean:.2f} / {self.drift_delta_e_worst:.2f}",
+                f"{self.floor_drift_delta_e_mean:.2f} / {self.floor_drift_delta_e_worst:.2f}",
+                f"{e['drift_delta_e']:+.2f} (< {TARGET_DELTA_E})",
+            ),
+            (
+                "line jump, plan-free (worst row/column over median)",
+                f"{self.line_jump:.2f} ({self.line_jump_axis} line at {self.line_jump_position} px)",
+                "",
+                "",
+            ),
+            (
+                "centre lines: gradient ratio / ΔE (mean)",
+                f"{self.centre_gradient_ratio_mean:.3f} / {self.centre_delta_e_mean:.2f}",
+                "",
+                "",
+            ),
+        ]
+        if self.border_gradient_ratio_mean is not None:
+            rows.append(
+                (
+                    "overlap-border lines: gradient ratio (mean / worst) / ΔE",
+                    f"{self.border_gradient_ratio_mean:.3f} / {self.border_gradient_ratio_worst:.3f} / "
+                    f"{self.border_delta_e_mean:.2f}",
+                    "",
+                    "",
+                )
+            )
+        if self.overlap_psnr_mean is not None:
+            rows.append(
+                (
+                    "overlap PSNR between tiles (mean / worst)",
+                    f"{self.overlap_psnr_mean:.2f} / {self.overlap_psnr_worst:.2f} dB",
+                    "",
+                    "not judged",
+                )
+            )
+        if self.seam_zone_psnr is not None:
+            ssim = "not measured" if self.ssim is None else f"{self.ssim:.4f}"
+            rows.append(("seam-zone PSNR vs reference", f"{self.seam_zone_psnr:.2f} dB", "", "not judged"))
+            rows.append(("full-image PSNR / SSIM vs reference", f"{self.psnr:.2f} dB / {ssim}", "", ""))
+        if self.guide_psnr is not None:
+            rows.append(
+                (
+                    "guide: PSNR / SSIM at its size, tile colour ΔE (mean / worst)",
+                    f"{self.guide_psnr:.2f} dB / {self.guide_ssim:.3f}, {self.guide_delta_e_mean:.2f} / "
+                    f"{self.guide_delta_e_worst:.2f}",
+                    "",
+                    "",
+                )
+            )
+        lines = [
+            self.verdict(),
+            "",
+            "| metric | seams | floor (no seam) | excess (judged: the worse axis, below) |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+        if self.axes:
+            lines += [
+                "",
+                "Judged per axis: medians over that axis' seams and over its floor windows.",
+                "",
+                "| seams | measure | seams (median) | floor (median) | chance allowance | excess |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
+            for axis, measures in self.axes.items():
+                for name, j in measures.items():
+                    if not j.judged:
+                        lines.append(f"| {axis} | {name} | – | – | – | not judged (no floor as wide) |")
+                        continue
+                    excess = f"×{j.excess:.2f}" if name == "gradient_ratio" else f"{j.excess:+.2f}"
+                    lines.append(
+                        f"| {axis} | {name} | {j.seams:.2f} | {j.floor:.2f} | {j.allowance:.2f} | {excess} |"
+                    )
+        return "\n".join(lines)
+
+
+def _finite_or_none(values: Tensor, reduce: str) -> float | None:
+    values = values[torch.isfinite(values)]
+    if values.numel() == 0:
+        return None
+    return float(values.mean() if reduce == "mean" else values.min() if reduce == "min" else values.max())
+
+
+def seam_report(
+    image: Tensor,
+    plan: TilePlan,
+    *,
+    tiles: Tensor | None = None,
+    reference: Tensor | None = None,
+    guide: Tensor | None = None,
+    ssim: bool = True,
+) -> SeamReport:
+    """Measure a stitched image against its plan; ``tiles`` (the unblended tile batch) adds overlap
+    PSNR, ``reference`` (same size as the image) adds seam-zone and full-image PSNR and, unless
+    ``ssim=False`` (it is the slowest part on large images), SSIM; ``guide`` (a low-res image of the
+    scene, any size) adds layout and colour fidelity to it.
+
+    Only the plan's area (top-left ``plan.height_px`` × ``plan.width_px``) is measured.
+    """
+    if reference is not None and (
+        not isinstance(reference, Tensor)
+        or reference.shape[-2:] != image.shape[-2:]
+        or reference.shape[0] not in (1, image.shape[0])
+    ):
+        raise MetricsError(
+            f"reference is {tuple(getattr(reference, 'shape', ()))} but the image is {tuple(image.shape)}; "
+            "give a reference of the same size (batch 1 or the same batch)."
+        )
+    image = check_image(image, plan)
+    lab = to_lab(image)
+    eps = noise_lstar(lab[:, :1])
+    views = axis_views(lab, eps)
+    seams = plan.seams()
+    seam_scores = measure_bands(views, seam_bands(plan))
+    sample_floor = FloorSampler(views, plan)
+    if seam_scores:  # [seams, B]
+        ratio, delta, drift = (
+            torch.stack([getattr(s, k)[:, 0] for s in seam_scores]) for k in WINDOW_MEASURES
+        )
+        drift = drift.nan_to_num(0.0)
+        samples = [sample_floor(s.band) for s in seam_scores]
+        floors = {
+            key: seam_floor(
+                values,
+                [
+                    floor_of(scores if exact or key != "drift" else [], key, values[i], seamless)
+                    for i, (scores, exact) in enumerate(samples)
+                ],
+            )
+            for key, values, seamless in zip(
+                WINDOW_MEASURES, (ratio, delta, drift), (1.0, None, None), strict=True
+            )
+        }
+        axes = judge(seam_scores, samples)
+    else:  # a single tile: nothing to measure, report the invisible-seam values
+        ratio, delta, drift = torch.ones(1, 1), torch.zeros(1, 1), torch.zeros(1, 1)
+        floors = {key: (value, value) for key, value in zip(WINDOW_MEASURES, (1.0, 0.0, 0.0), strict=True)}
+        axes = {}
+    centre = [s.at(seam.position) for s, seam in zip(seam_scores, seams, strict=True)] or [
+        (ratio[0], delta[0])
+    ]
+    jump = jump_in_lab(lab, eps)
+    report = SeamReport(
+        gradient_ratio_mean=float(ratio.mean()),
+        gradient_ratio_worst=float(ratio.max()),
+        delta_e_mean=float(delta.mean()),
+        delta_e_worst=float(delta.max()),
+        floor_gradient_ratio_mean=floors["worst_ratio"][0],
+        floor_gradient_ratio_worst=floors["worst_ratio"][1],
+        floor_delta_e_mean=floors["worst_delta_e"][0],
+        floor_delta_e_worst=floors["worst_delta_e"][1],
+        drift_delta_e_mean=float(drift.mean()),
+        drift_delta_e_worst=float(drift.max()),
+        floor_drift_delta_e_mean=floors["drift"][0],
+        floor_drift_delta_e_worst=floors["drift"][1],
+        seam_count=len(seams) * image.shape[0],
+        centre_gradient_ratio_mean=float(torch.stack([r for r, _ in centre]).mean()),
+        centre_delta_e_mean=float(torch.stack([d for _, d in centre]).mean()),
+        line_jump=jump.value,
+        line_jump_axis=jump.axis,
+        line_jump_position=jump.position,
+        noise_lstar=float(eps.mean()),
+        axes=axes,
+    )
+    overlapping = [
+        (s, seam)
+        for s, seam in zip(seam_scores, seams, strict=True)
+        if seam.overlap_stop > seam.overlap_start
+    ]
+    if overlapping:
+        borders = [s.at(p) for s, seam in overlapping for p in (seam.overlap_start, seam.overlap_stop)]
+        border_ratio = torch.stack([r for r, _ in borders])
+        report.border_gradient_ratio_mean = float(border_ratio.mean())
+        report.border_gradient_ratio_worst = float(border_ratio.max())
+        report.border_delta_e_mean = float(torch.stack([d for _, d in borders]).mean())
+    seam_psnr = overlap_psnr(tiles, plan) if tiles is not None else None
+    if seam_psnr is not None:
+        report.overlap_psnr_mean = _finite_or_none(seam_psnr, "mean")
+        report.overlap_psnr_worst = _finite_or_none(seam_psnr, "min")
+    if reference is not None:
+        reference = check_image(reference, plan, name="reference").expand_as(image)
+        zone = seam_zone_mask(plan).to(image.device)
+        report.seam_zone_psnr = float(psnr(image, reference, zone).mean())
+        report.psnr = float(psnr(image, reference).mean())
+        if ssim:
+            report.ssim = float(
+                kornia.metrics.ssim(image.float(), reference.float(), 11).flatten(1).mean(1).mean()
+            )
+    if guide is not None:
+        guide = check_image(guide, name="guide")
+        if guide.shape[0] not in (1, image.shape[0]):
+            raise MetricsError(
+                f"guide has a batch of {guide.shape[0]} but the image {image.shape[0]}; "
+                "give one guide or one per image."
+            )
+        for key, value in guide_fidelity(image, guide.to(image.device), plan).items():
+            setattr(report, key, value)
+    for i, (scores, seam) in enumerate(zip(seam_scores, seams, strict=True)):
+        worst_line = int(scores.ratio.mean(0).argmax()) + scores.band.first
+        entry = {
+            "first": seam.first,
+            "second": seam.second,
+            "axis": seam.axis,
+            "position": seam.position,
+            "band": [scores.band.first, scores.band.last],
+            "worst_line": worst_line,
+            "gradient_ratio": float(ratio[i].mean()),
+            "delta_e": float(delta[i].mean()),
+            "drift_delta_e": float(drift[i].mean()),
+        }
+        if seam_psnr is not None and torch.isfinite(seam_psnr[i]).all():
+            entry["overlap_psnr"] = float(seam_psnr[i].mean())
+        report.seams.append(entry)
+    return report

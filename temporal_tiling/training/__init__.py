@@ -1,8 +1,0 @@
-"""Training of the embedded seam-lab model and the temporal LoRA (`python -m temporal_tiling.training`).
-
-Imports run one way, from the math up to the command line:
-`losses`, `toy_models`, `data`, `plots` → `loop` → `autoencoder`, `flow_matching` → `temporal_lora`
-→ `embedded_recipe` (with its `model_card.md` template) → `cli`. The engine and the nodes never import
-this package; it imports the engine (`bcla`, `plan`, `lora`, `sana`, `seamlab`, `options`, and the
-training command named by `cli.TRAIN_COMMAND`).
-"""
