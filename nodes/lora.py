@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from ..temporal_tiling.sana import EMBEDDED_MODEL
 from .bcla_cache import sana_transformer
-from .common import CATEGORY, check_inputs
+from .common import CATEGORY, cross_check
 
 EMBEDDED_LORA_ENTRY = "seamlab temporal LoRA (embedded)"
 EMBEDDED_LORA = EMBEDDED_MODEL / "temporal_lora" / "pytorch_lora_weights.safetensors"
@@ -71,8 +71,8 @@ class SanaLoraLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        return check_inputs(cls, widgets, input_types)
+    def validate_inputs(cls, lora_name: str | None = None, strength: float | None = None) -> bool:
+        return cross_check(cls, locals())
 
     @classmethod
     def execute(cls, model, lora_name: str, strength: float) -> io.NodeOutput:
