@@ -8,11 +8,10 @@ patches, so strength, offloading and unpatching behave as for any LoRA; the inpu
 from __future__ import annotations
 
 import comfy.lora
-import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..temporal_tiling.sana import EMBEDDED_MODEL
+from ..temporal_tiling.sana import EMBEDDED_MODEL, load_state_dict
 from .bcla_cache import sana_transformer
 from .common import CATEGORY, cross_check
 
@@ -83,9 +82,7 @@ class SanaLoraLoader(io.ComfyNode):
         )
         if path is None:
             raise ValueError(f"LoRA '{lora_name}' is not in models/loras; pick one from the list.")
-        patches = comfy.lora.load_lora(
-            comfy.utils.load_torch_file(str(path), safe_load=True), lora_key_map(model)
-        )
+        patches = comfy.lora.load_lora(load_state_dict(path), lora_key_map(model))
         if not patches:
             raise ValueError(
                 f"'{lora_name}' has no weights for this SANA model: expected diffusers LoRA keys such as "

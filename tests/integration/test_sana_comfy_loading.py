@@ -232,6 +232,32 @@ def test_loader_errors_name_the_file_and_the_fix(loaders, ckpt, vae, text, messa
         loaders.SanaCheckpointLoader.execute(ckpt, vae, text, "default", "auto")
 
 
+def test_a_diffusers_folder_with_a_broken_config_names_the_file(loaders, registered) -> None:
+    """A config value of the wrong type made diffusers raise a raw TypeError."""
+    import json
+    import shutil
+
+    checkpoints = registered / "models" / "checkpoints"
+    broken = checkpoints / "broken_config_sana"
+    shutil.copytree(checkpoints / "tiny_sana_diffusers", broken, symlinks=True)
+    config = broken / "transformer" / "config.json"
+    try:
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"num_layers": "lots"}))
+        with pytest.raises(
+            loaders.SanaLoadError, match=r"transformer/config\.json' holds a value of the wrong type"
+        ):
+            loaders.SanaCheckpointLoader.execute(
+                "broken_config_sana/", *("(from checkpoint folder)",) * 2, "default", "auto"
+            )
+        config.write_text("{not json")
+        with pytest.raises(loaders.SanaLoadError, match=r"transformer/config\.json' is not valid JSON"):
+            loaders.SanaCheckpointLoader.execute(
+                "broken_config_sana/", *("(from checkpoint folder)",) * 2, "default", "auto"
+            )
+    finally:
+        shutil.rmtree(broken)
+
+
 def test_embedded_model_loads_with_bare_prompt_conditioning(loaders) -> None:
     if not loaders.is_pipeline_folder(loaders.EMBEDDED_MODEL):
         pytest.skip("the embedded seamlab-sana model is not built yet")
