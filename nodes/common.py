@@ -102,7 +102,7 @@ def taken_value_problem(spec: io.Input, value: Any) -> str | None:
 def _unconverted(spec: io.Input, value: Any) -> bool:
     """A number ComfyUI could not convert (e.g. ``steps: "abc"``): it has already filed its own error."""
     numeric = isinstance(spec, (io.Int.Input, io.Float.Input))
-    return numeric and (isinstance(value, bool) or not isinstance(value, (int, float)))
+    return numeric and not isinstance(value, (int, float))
 
 
 def cross_check(node: type[io.ComfyNode], taken: dict[str, Any], rule: Rule | None = None) -> bool:
@@ -111,8 +111,8 @@ def cross_check(node: type[io.ComfyNode], taken: dict[str, Any], rule: Rule | No
     A node's ``validate_inputs`` takes by name only the inputs it must look at: its combos and floats
     (see ``taken_value_problem``) and those its ``rule`` cross-checks (tile against canvas, a mode
     against a link). ComfyUI keeps converting every value and checking every link's type and the range
-    of every other input. ``taken`` is the call's ``locals()``: widgets (None when linked, missing
-    when ComfyUI reports them missing), sockets (None when linked, ``UNLINKED`` when not).
+    of every other input. ``taken`` is the call's ``locals()``: widgets (None when linked, or missing:
+    ComfyUI reports that itself), sockets (None when linked, ``UNLINKED`` when not).
 
     A mistake is raised, not returned: ComfyUI files a returned message once per argument of
     ``validate_inputs`` (the same sentence under every input), an exception once on the node.
