@@ -76,6 +76,20 @@ def test_pack_imports_cleanly_and_registers_exactly_its_nodes(comfy_server, obje
         assert all(info["output_tooltips"]), name
 
 
+def test_template_browser_lists_the_ui_workflows_with_their_thumbnails(comfy_server):
+    """Templates → Custom Nodes: ComfyUI lists the pack's UI workflows (no API file, which opened as an
+    empty canvas) and serves the .jpg thumbnail the browser asks for beside each."""
+    import urllib.request
+
+    listed = comfy_server.get("/workflow_templates")["sana_temporal_tiling"]
+    shipped = {path.stem for path in (PACK_ROOT / "workflows").glob("*.json")}
+    assert set(listed) == shipped and not any(name.endswith("_api") for name in listed), listed
+    for name in listed:
+        url = f"{comfy_server.url}/api/workflow_templates/sana_temporal_tiling/{name}.jpg"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.headers["Content-Type"] == "image/jpeg" and response.read(3) == b"\xff\xd8\xff"
+
+
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_ui_workflow_uses_only_node_types_the_server_knows(object_info, name):
     types = {node["type"] for node in workflow(name, api=False)["nodes"]}
