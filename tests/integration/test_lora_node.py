@@ -85,3 +85,5 @@ def test_unreadable_lora_files_name_the_file_and_never_advise_unsafe_loading(nod
         with pytest.raises(ValueError) as refused:
             lora.SanaLoraLoader.execute(model, name, 1.0)
         assert message in str(refused.value) and "weights_only" not in str(refused.value), refused.value
+    (tmp_path / "short.sft").write_bytes(lora.EMBEDDED_LORA.read_bytes())  # ComfyUI lists .sft LoRAs too
+    assert lora.SanaLoraLoader.execute(model, "short.sft", 1.0).result[0] is not model
