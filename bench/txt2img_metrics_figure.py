@@ -4,7 +4,7 @@ with the lock margin off and on, then the graph as shipped (guided).
 Run from the repository root with ComfyUI's Python (not in CI):
 ``COMFYUI_PATH=~/comfyui ~/comfyui/.venv/bin/python -m bench.txt2img_metrics_figure``. Starts a ComfyUI
 server on a free local port with this pack in a temporary base directory, runs
-``workflows/txt2img_temporal_tiling_api.json`` three times: with ``mode = causal`` and ``lock_margin`` 0
+``workflows/api/txt2img_temporal_tiling_api.json`` three times: with ``mode = causal`` and ``lock_margin`` 0
 (the workflow before guide-first) and 1, then as shipped; prints each run's Quality Metrics text and writes
 ``docs/seam_metrics_txt2img.png``: each canvas beside the seam heatmap with the measured bands and each
 seam's worst line marked.
@@ -30,7 +30,7 @@ from sana_comfy import ComfyServer  # noqa: E402
 from temporal_tiling.metrics import heatmap_image, mark_measured_lines, seam_heatmap, seam_report  # noqa: E402
 from temporal_tiling.plan import make_plan  # noqa: E402
 
-WORKFLOW = ROOT / "workflows" / "txt2img_temporal_tiling_api.json"
+WORKFLOW = ROOT / "workflows" / "api" / "txt2img_temporal_tiling_api.json"
 FIGURE = ROOT / "docs" / "seam_metrics_txt2img.png"
 EMBEDDED_COMPRESSION = 8
 

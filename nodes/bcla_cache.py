@@ -10,7 +10,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..temporal_tiling.bcla import MODES, SOURCES, BCLAConfig, BCLAError, bcla_processors, is_lite_la
-from .common import CATEGORY, check_inputs
+from .common import CATEGORY, cross_check
 from .sana_model import LOADER_DISPLAY_NAME, SanaDiffusionModel, require_sana_linear_attention
 
 OPTION_KEY = "sana_bcla"
@@ -59,9 +59,9 @@ def bcla_config(model) -> BCLAConfig | None:
     return model.model_options.get("transformer_options", {}).get(OPTION_KEY)
 
 
-def _config_problem(widgets: dict, linked: dict[str, str]) -> str | None:
+def _config_problem(values: dict) -> str | None:
     """BCLAConfig's own checks on the settings known before the run (links are None here)."""
-    given = {k: widgets[k] for k in ("mode", "strength", "source", "decay") if widgets.get(k) is not None}
+    given = {k: v for k, v in values.items() if v is not None}
     try:
         BCLAConfig(**given)
     except BCLAError as error:
@@ -140,8 +140,14 @@ class SanaBCLACache(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        return check_inputs(cls, widgets, input_types, _config_problem)
+    def validate_inputs(
+        cls,
+        mode: str | None = None,
+        strength: float | None = None,
+        source: str | None = None,
+        decay: float | None = None,
+    ) -> bool:
+        return cross_check(cls, locals(), _config_problem)
 
     @classmethod
     def execute(

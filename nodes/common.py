@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 from comfy_api.latest import io
-from comfy_execution.validation import validate_node_input
 from torch import Tensor
 
 from ..temporal_tiling.errors import UserInputError
@@ -20,8 +19,8 @@ CATEGORY = "sana/temporal tiling"
 LISTED_CHOICES = 12
 """Choices a combo message lists before it cuts the list short (model lists can be long)."""
 
-Rules = Callable[[dict[str, Any], dict[str, str]], str | None]
-"""A node's own checks: (widget values, None where linked; linked input -> type) -> message or None."""
+Rule = Callable[[dict[str, Any]], str | None]
+"""A node's cross-checks: the inputs its ``validate_inputs`` takes (``cross_check``) -> message or None."""
 
 TilePlanSocket = io.Custom("TILE_PLAN")
 """A ``temporal_tiling.plan.TilePlan``: canvas, tiles and generation order."""
@@ -61,54 +60,71 @@ def vae_compression(vae) -> object:
         return getattr(vae, "latent_scale", None)
 
 
-def link_problem(inputs: list[io.Input], linked: dict[str, str]) -> str | None:
-    """A linked socket of the wrong type (ComfyUI leaves that check to nodes that take ``input_types``)."""
-    for spec in inputs:
-        received = linked.get(spec.id)
-        if received is None or isinstance(spec, io.WidgetInput):
-            continue
-        if not validate_node_input(received, spec.get_io_type()):
-            return f"{spec.id} expects {spec.get_io_type()}, but a {received} is connected."
-    return None
+class _Unlinked:
+    """The default of a socket that ``validate_inputs`` takes: ComfyUI passes None for a connected socket
+    (its value comes at run time) and leaves the argument out for one with nothing connected."""
+
+    def __repr__(self) -> str:
+        return "UNLINKED"
 
 
-def widget_problem(inputs: list[io.Input], widgets: dict[str, Any]) -> str | None:
-    """The first widget value outside its input's range or choices (None values come from links).
+UNLINKED: Any = _Unlinked()
 
-    ComfyUI checks min/max only for inputs a node's ``validate_inputs`` does not take, and does not check
-    schema-API combos at all, so a value sent through the API would otherwise reach ``execute``.
+
+def connected(value: Any) -> bool:
+    """Whether a socket taken by ``validate_inputs`` (default ``UNLINKED``) has a link."""
+    return value is not UNLINKED
+
+
+def taken_value_problem(spec: io.Input, value: Any) -> str | None:
+    """A value outside its input's choices, range or the finite numbers.
+
+    ComfyUI skips its own range check for every input that a node's ``validate_inputs`` takes by name,
+    ComfyUI 0.3.64 never checks the choices of a schema-API combo, and no ComfyUI refuses NaN (it compares
+    False with both limits), so these checks come back for exactly the inputs a pack node takes.
     """
-    for spec in inputs:
-        value = widgets.get(spec.id)
-        if value is None:
-            continue
-        if isinstance(spec, io.Combo.Input) and value not in spec.options:
-            listed = ", ".join(map(str, spec.options[:LISTED_CHOICES]))
-            more = ", …" if len(spec.options) > LISTED_CHOICES else ""
-            return (
-                f"{spec.id} = {value!r} is not one of its choices ({listed}{more}); pick one from the list."
-            )
-        if isinstance(spec, (io.Int.Input, io.Float.Input)):
-            if isinstance(value, float) and not math.isfinite(value):
-                return f"{spec.id} must be a finite number, got {value}."
-            if spec.min is not None and value < spec.min:
-                return f"{spec.id} = {value} is below its minimum {spec.min}; use {spec.min} or more."
-            if spec.max is not None and value > spec.max:
-                return f"{spec.id} = {value} is above its maximum {spec.max}; use {spec.max} or less."
+    if isinstance(spec, io.Combo.Input):
+        if value in spec.options:
+            return None
+        listed = ", ".join(map(str, spec.options[:LISTED_CHOICES]))
+        more = ", …" if len(spec.options) > LISTED_CHOICES else ""
+        return f"{spec.id} = {value!r} is not one of its choices ({listed}{more}); pick one from the list."
+    if isinstance(spec, (io.Int.Input, io.Float.Input)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{spec.id} must be a finite number, got {value}."
+        if spec.min is not None and value < spec.min:
+            return f"{spec.id} = {value} is below its minimum {spec.min}; use {spec.min} or more."
+        if spec.max is not None and value > spec.max:
+            return f"{spec.id} = {value} is above its maximum {spec.max}; use {spec.max} or less."
     return None
 
 
-def check_inputs(
-    node: type[io.ComfyNode], widgets: dict[str, Any], input_types: dict | None, rules: Rules | None = None
-) -> bool:
-    """The ``validate_inputs`` of every pack node: link types, widget ranges and choices, then the node's
-    own ``rules``. A mistake is raised, not returned: ComfyUI files a returned message once per argument
-    of ``validate_inputs`` (the same sentence under every input), an exception once on the node."""
-    linked = input_types or {}
-    inputs = node.define_schema().inputs  # the schema, not GET_SCHEMA: ComfyUI validates on a locked clone
-    problem = link_problem(inputs, linked) or widget_problem(inputs, widgets)
-    if problem is None and rules is not None:
-        problem = rules(widgets, linked)
+def _unconverted(spec: io.Input, value: Any) -> bool:
+    """A number ComfyUI could not convert (e.g. ``steps: "abc"``): it has already filed its own error."""
+    numeric = isinstance(spec, (io.Int.Input, io.Float.Input))
+    return numeric and not isinstance(value, (int, float))
+
+
+def cross_check(node: type[io.ComfyNode], taken: dict[str, Any], rule: Rule | None = None) -> bool:
+    """The body of every pack node's ``validate_inputs``.
+
+    A node's ``validate_inputs`` takes by name only the inputs it must look at: its combos and floats
+    (see ``taken_value_problem``) and those its ``rule`` cross-checks (tile against canvas, a mode
+    against a link). ComfyUI keeps converting every value and checking every link's type and the range
+    of every other input. ``taken`` is the call's ``locals()``: widgets (None when linked, or missing:
+    ComfyUI reports that itself), sockets (None when linked, ``UNLINKED`` when not).
+
+    A mistake is raised, not returned: ComfyUI files a returned message once per argument of
+    ``validate_inputs`` (the same sentence under every input), an exception once on the node.
+    """
+    values = {name: value for name, value in taken.items() if name != "cls"}
+    specs = {spec.id: spec for spec in node.define_schema().inputs}
+    known = {n: v for n, v in values.items() if v is not None and v is not UNLINKED}
+    if any(_unconverted(specs[name], value) for name, value in known.items()):
+        return True
+    problem = next(filter(None, (taken_value_problem(specs[n], v) for n, v in known.items())), None)
+    if problem is None and rule is not None:
+        problem = rule(values)
     if problem is not None:
         raise UserInputError(problem)
     return True

@@ -13,13 +13,14 @@ from comfy_api.latest import io
 
 from ..temporal_tiling.context import ContextError, ContextSettings, guide_from_image, scaled_size
 from ..temporal_tiling.options import DEFAULT_GUIDE_BCLA_SEED
-from .common import CATEGORY, GlobalContextSocket, check_inputs, vae_compression
+from .common import CATEGORY, UNLINKED, GlobalContextSocket, connected, cross_check, vae_compression
 
 
-def _guide_problem(widgets: dict, linked: dict[str, str]) -> str | None:
-    if ("image" in linked) == ("latent" in linked):
+def _guide_problem(values: dict) -> str | None:
+    image, latent, vae = (connected(values[k]) for k in ("image", "latent", "vae"))
+    if image == latent:
         return "Connect exactly one guide: an image (with a vae) or a latent."
-    if "image" in linked and "vae" not in linked:
+    if image and not vae:
         return "An image guide needs the vae input connected to encode it."
     return None
 
@@ -123,8 +124,18 @@ class SanaGlobalContext(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        return check_inputs(cls, widgets, input_types, _guide_problem)
+    def validate_inputs(
+        cls,
+        skip_residual: float | None = None,
+        stats: float | None = None,
+        bcla_seed: float | None = None,
+        skip_power: float | None = None,
+        seed_sigma: float | None = None,
+        image=UNLINKED,
+        vae=UNLINKED,
+        latent=UNLINKED,
+    ) -> bool:
+        return cross_check(cls, locals(), _guide_problem)
 
     @classmethod
     def execute(

@@ -8,7 +8,10 @@ loaded before the failure stays referenced.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import comfy.model_management
@@ -27,7 +30,7 @@ from ..temporal_tiling.sana import (
     load_vae_folder,
 )
 from ..temporal_tiling.sana.text import INSTRUCTION_MODES
-from .common import CATEGORY, check_inputs
+from .common import CATEGORY, cross_check
 from .sana_model import SanaVAE, make_clip, make_model_patcher
 
 EMBEDDED_ENTRY = "seamlab-sana (embedded)"
@@ -57,17 +60,75 @@ class SanaLoadError(UserInputError):
     """A model the user picked cannot be loaded; the message names it and says what to change."""
 
 
-def _folders(kind: str, markers: tuple[str, ...]) -> list[str]:
-    """Folders (one or two levels deep) of a model folder that hold one of `markers` (paths relative to
-    the folder), as 'name/'; folders nested in another listed folder are parts of it, not entries."""
+SCAN_DEPTH = 3
+"""Folder levels below a model folder that a listing reads: a diffusers folder one or two levels deep,
+and a part (vae/, text_encoder/) below it."""
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """Diffusers folders found in one model folder kind, and the folders their listing depends on."""
+
+    folders: list[str]
+    mtimes: dict[str, float]
+    """Every folder up to SCAN_DEPTH below the model folders -> its modification time (-1: missing).
+    An entry added or removed anywhere the listing looks changes one of these, as in ComfyUI's own
+    file-list cache (``folder_paths.cached_filename_list_``)."""
+
+    def is_current(self) -> bool:
+        return all(_mtime(folder) == mtime for folder, mtime in self.mtimes.items())
+
+
+_listings: dict[tuple[str, tuple[str, ...]], _Listing] = {}
+"""ComfyUI builds every node's schema on each queued prompt (validation) and on every node-list
+refresh; the loaders' choices come from here instead of re-reading the model folders each time."""
+
+
+def _mtime(folder: str) -> float:
+    try:
+        return os.stat(folder).st_mtime
+    except OSError:
+        return -1.0
+
+
+def _folder_mtimes(bases: list[str]) -> dict[str, float]:
+    mtimes = {}
+    level = []
+    for base in bases:
+        mtimes[base] = _mtime(base)
+        level += [base] if mtimes[base] >= 0 else []
+    for _ in range(SCAN_DEPTH):
+        below = []
+        for folder in level:
+            with contextlib.suppress(OSError), os.scandir(folder) as entries:
+                below += [entry.path for entry in entries if entry.is_dir()]
+        mtimes |= {folder: _mtime(folder) for folder in below}
+        level = below
+    return mtimes
+
+
+def _scan_folders(bases: list[str], markers: tuple[str, ...]) -> list[str]:
+    """Folders (one or two levels deep) of the model folders that hold one of `markers` (paths relative
+    to the folder), as 'name/'; folders nested in another listed folder are parts of it, not entries."""
     found = set()
-    for base in map(Path, folder_paths.get_folder_paths(kind)):
+    for base in map(Path, bases):
         for marker in markers:
             for pattern in (f"*/{marker}", f"*/*/{marker}"):
                 for path in base.glob(pattern):
                     folder = path.parents[marker.count("/")]
                     found.add(folder.relative_to(base).as_posix() + "/")
     return sorted(f for f in found if not any(f != other and f.startswith(other) for other in found))
+
+
+def _folders(kind: str, markers: tuple[str, ...]) -> list[str]:
+    """The diffusers folders of a model folder kind, read again only when a folder in it changed."""
+    key = (kind, markers)
+    listing = _listings.get(key)
+    bases = folder_paths.get_folder_paths(kind)
+    if listing is None or set(bases) - set(listing.mtimes) or not listing.is_current():
+        mtimes = _folder_mtimes(bases)  # before the scan: a change during it makes the next call rescan
+        listing = _listings[key] = _Listing(_scan_folders(bases, markers), mtimes)
+    return listing.folders
 
 
 def _files(kind: str, hide_under: list[str]) -> list[str]:
@@ -225,8 +286,15 @@ class SanaCheckpointLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        return check_inputs(cls, widgets, input_types)
+    def validate_inputs(
+        cls,
+        ckpt_name: str | None = None,
+        vae_name: str | None = None,
+        text_encoder_name: str | None = None,
+        weight_dtype: str | None = None,
+        prompt_template: str | None = None,
+    ) -> bool:
+        return cross_check(cls, locals())
 
     @classmethod
     def execute(cls, ckpt_name, vae_name, text_encoder_name, weight_dtype, prompt_template) -> io.NodeOutput:
@@ -252,8 +320,8 @@ class SanaVAELoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        return check_inputs(cls, widgets, input_types)
+    def validate_inputs(cls, vae_name: str | None = None) -> bool:
+        return cross_check(cls, locals())
 
     @classmethod
     def execute(cls, vae_name) -> io.NodeOutput:
@@ -280,8 +348,13 @@ class SanaTextEncoderLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        return check_inputs(cls, widgets, input_types)
+    def validate_inputs(
+        cls,
+        text_encoder_name: str | None = None,
+        weight_dtype: str | None = None,
+        prompt_template: str | None = None,
+    ) -> bool:
+        return cross_check(cls, locals())
 
     @classmethod
     def execute(cls, text_encoder_name, weight_dtype, prompt_template) -> io.NodeOutput:

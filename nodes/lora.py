@@ -8,13 +8,12 @@ patches, so strength, offloading and unpatching behave as for any LoRA; the inpu
 from __future__ import annotations
 
 import comfy.lora
-import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..temporal_tiling.sana import EMBEDDED_MODEL
+from ..temporal_tiling.sana import EMBEDDED_MODEL, load_state_dict
 from .bcla_cache import sana_transformer
-from .common import CATEGORY, check_inputs
+from .common import CATEGORY, cross_check
 
 EMBEDDED_LORA_ENTRY = "seamlab temporal LoRA (embedded)"
 EMBEDDED_LORA = EMBEDDED_MODEL / "temporal_lora" / "pytorch_lora_weights.safetensors"
@@ -71,8 +70,8 @@ class SanaLoraLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        return check_inputs(cls, widgets, input_types)
+    def validate_inputs(cls, lora_name: str | None = None, strength: float | None = None) -> bool:
+        return cross_check(cls, locals())
 
     @classmethod
     def execute(cls, model, lora_name: str, strength: float) -> io.NodeOutput:
@@ -83,9 +82,7 @@ class SanaLoraLoader(io.ComfyNode):
         )
         if path is None:
             raise ValueError(f"LoRA '{lora_name}' is not in models/loras; pick one from the list.")
-        patches = comfy.lora.load_lora(
-            comfy.utils.load_torch_file(str(path), safe_load=True), lora_key_map(model)
-        )
+        patches = comfy.lora.load_lora(load_state_dict(path), lora_key_map(model))
         if not patches:
             raise ValueError(
                 f"'{lora_name}' has no weights for this SANA model: expected diffusers LoRA keys such as "

@@ -21,7 +21,7 @@ from ..temporal_tiling.metrics import (
     seam_report,
 )
 from ..temporal_tiling.plan import TilePlan
-from .common import CATEGORY, TilePlanSocket, check_inputs, image_from_engine, image_to_engine
+from .common import CATEGORY, TilePlanSocket, cross_check, image_from_engine, image_to_engine
 from .tiles import as_tile_batch
 
 
@@ -43,8 +43,8 @@ def _or_nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
-def _prefix_problem(widgets: dict, linked: dict[str, str]) -> str | None:
-    prefix = widgets.get("filename_prefix")
+def _prefix_problem(values: dict) -> str | None:
+    prefix = values["filename_prefix"]
     if prefix is not None and not prefix.strip():
         return "filename_prefix is empty; give a name such as sana_metrics/report."
     return None
@@ -130,8 +130,8 @@ class SanaTileMetrics(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        return check_inputs(cls, widgets, input_types, _prefix_problem)
+    def validate_inputs(cls, filename_prefix: str | None = None) -> bool:
+        return cross_check(cls, locals(), _prefix_problem)
 
     @classmethod
     def execute(

@@ -13,7 +13,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..temporal_tiling.options import DEFAULT_FIT, MAX_SIDE, MAX_TILES, WARN_TILES
 from ..temporal_tiling.plan import FITS, ORDERS, PlanError, TilePlan, check_plan, make_plan
-from .common import CATEGORY, TilePlanSocket, check_inputs, compression_problem, vae_compression
+from .common import (
+    CATEGORY,
+    UNLINKED,
+    TilePlanSocket,
+    compression_problem,
+    connected,
+    cross_check,
+    vae_compression,
+)
 
 PREVIEW_LONG_SIDE = 512
 """Long side (px) of the plan preview image."""
@@ -56,18 +64,20 @@ def _compression(vae, widget: int) -> int:
     return factor
 
 
-def _plan_problem(widgets: dict, linked: dict[str, str]) -> str | None:
-    """What is wrong with the plan the widgets describe, as far as it is known before the run."""
-    tile_size, overlap, compression = (widgets.get(k) for k in ("tile_size", "overlap", "compression"))
-    if tile_size == "auto" and "model" not in linked:
+def _plan_problem(values: dict) -> str | None:
+    """What is wrong with the plan the widgets describe, as far as it is known before the run (values
+    from links are None: an image or latent for the size, a VAE for the compression, widgets turned into
+    inputs; they are checked at run)."""
+    tile_size, overlap, compression = values["tile_size"], values["overlap"], values["compression"]
+    if tile_size == "auto" and not connected(values["model"]):
         return "tile_size = auto needs the model input connected (its memory estimate sets the tile size)."
     if overlap is None:
         return None
-    c = 1 if "vae" in linked or compression is None else compression
+    c = 1 if connected(values["vae"]) or compression is None else compression
     width, height, tile_width, tile_height = (
-        widgets.get(k) for k in ("width", "height", "tile_width", "tile_height")
+        values[k] for k in ("width", "height", "tile_width", "tile_height")
     )
-    sized = "image" not in linked and "latent" not in linked and None not in (width, height)
+    sized = not connected(values["image"]) and not connected(values["latent"]) and None not in (width, height)
     canvas = (width, height) if sized else None
     tile = (
         (tile_width, tile_height) if tile_size == "manual" and None not in (tile_width, tile_height) else None
@@ -82,8 +92,8 @@ def _plan_problem(widgets: dict, linked: dict[str, str]) -> str | None:
                 tile_height_px=tile[1],
                 overlap_px=overlap,
                 compression=c,
-                fit=widgets.get("fit") or DEFAULT_FIT,
-                max_tiles=widgets.get("max_tiles") or MAX_TILES,
+                fit=values["fit"] or DEFAULT_FIT,
+                max_tiles=values["max_tiles"] or MAX_TILES,
             )
         elif overlap % c:
             check_plan(
@@ -267,10 +277,25 @@ class SanaTilePlanner(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        """Refuse impossible plans before the run. Values that come from links (None here: an image or
-        latent for the size, a VAE for the compression, widgets turned into inputs) are checked at run."""
-        return check_inputs(cls, widgets, input_types, _plan_problem)
+    def validate_inputs(
+        cls,
+        width: int | None = None,
+        height: int | None = None,
+        tile_width: int | None = None,
+        tile_height: int | None = None,
+        overlap: int | None = None,
+        fit: str | None = None,
+        order: str | None = None,
+        compression: int | None = None,
+        tile_size: str | None = None,
+        max_tiles: int | None = None,
+        image=UNLINKED,
+        latent=UNLINKED,
+        vae=UNLINKED,
+        model=UNLINKED,
+    ) -> bool:
+        """Refuse impossible plans before the run (shuffle_seed is left to ComfyUI's own checks)."""
+        return cross_check(cls, locals(), _plan_problem)
 
     @classmethod
     def execute(

@@ -12,6 +12,8 @@ call inside ComfyUI's inpainting rule) the border resampling.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import comfy.model_management
 import comfy.patcher_extension
 import comfy.sample
@@ -40,7 +42,15 @@ from ..temporal_tiling.position import has_canvas_positions
 from ..temporal_tiling.sampling import CLEAN_SIGMA, LockRelease, SamplingError
 from ..temporal_tiling.seam_refine import SeamRefine, refine_steps_total
 from .bcla_cache import bcla_config, bcla_transformer
-from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_inputs, compression_problem
+from .common import (
+    CATEGORY,
+    UNLINKED,
+    GlobalContextSocket,
+    TilePlanSocket,
+    compression_problem,
+    connected,
+    cross_check,
+)
 
 MODES = ("causal", "guided", "independent", "multidiffusion")
 WRAPPER_KEY = "sana_temporal_tiling"
@@ -51,15 +61,16 @@ def _interrupt_check(*_: object) -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def _settings_problem(widgets: dict, linked: dict[str, str]) -> str | None:
-    denoise, mode = widgets.get("denoise"), widgets.get("mode")
+def _settings_problem(values: dict) -> str | None:
+    denoise, mode = values["denoise"], values["mode"]
+    latent_image, global_context = connected(values["latent_image"]), connected(values["global_context"])
     if denoise is not None and denoise <= 0.0:
         return f"denoise must be above 0, got {denoise}; use 1.0 to generate from noise."
-    if denoise is not None and denoise < 1.0 and "latent_image" not in linked:
+    if denoise is not None and denoise < 1.0 and not latent_image:
         return f"denoise = {denoise} refines a canvas: connect latent_image or set denoise to 1."
-    if "global_context" in linked and mode not in (None, "causal"):
+    if global_context and mode not in (None, "causal"):
         return f"A global context is used by mode = causal only; disconnect it for mode = {mode}."
-    if "latent_image" in linked and mode == "guided":
+    if latent_image and mode == "guided":
         return (
             "mode = guided renders its own whole-scene pass and starts the tiles from it: disconnect "
             "latent_image, or refine it with mode = causal and denoise < 1."
@@ -256,9 +267,22 @@ class SanaCausalSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        """Refuse impossible settings before the run; values from links (None here) are checked at run."""
-        return check_inputs(cls, widgets, input_types, _settings_problem)
+    def validate_inputs(
+        cls,
+        cfg: float | None = None,
+        sampler_name: str | None = None,
+        scheduler: str | None = None,
+        denoise: float | None = None,
+        mode: str | None = None,
+        lock_release: float | None = None,
+        guide_denoise: float | None = None,
+        seam_refine: float | None = None,
+        latent_image=UNLINKED,
+        global_context=UNLINKED,
+    ) -> bool:
+        """Refuse impossible settings before the run; values from links (None here) are checked at run.
+        The integer widgets are left to ComfyUI's own checks."""
+        return cross_check(cls, locals(), _settings_problem)
 
     @classmethod
     def execute(
@@ -309,7 +333,17 @@ class SanaCausalSampler(io.ComfyNode):
             if mode == "multidiffusion"
             else tile_steps_total(plan, settings, steps)
         )
-        host = ComfyHost(model, plan, (positive, negative), (steps, cfg, sampler_name, scheduler, seed))
+        host = ComfyHost(
+            model,
+            plan,
+            positive=positive,
+            negative=negative,
+            steps=steps,
+            cfg=cfg,
+            sampler_name=sampler_name,
+            scheduler=scheduler,
+            seed=seed,
+        )
         host.start_preview(start, total)
         result = run(plan, host, settings, tuple(start.shape[:2]), device=start.device, latent=given)
         if not bool(torch.isfinite(result.canvas).all()):
@@ -362,27 +396,53 @@ def _start_latent(
     return latent, latent
 
 
+@dataclass
+class JobState:
+    """What the MODEL clone's hooks read while one tile job samples. ``ComfyHost.denoise`` sets a new one
+    for each job and an empty one after it, so a call outside a job (re-encode, BCLA seed) runs unhooked."""
+
+    tile: Tile | None = None
+    x0_hook: X0Hook | None = None
+    mask_schedule: MaskSchedule | None = None
+    model_wrap: DenoiserWrap | None = None
+    resample: Resample | None = None
+    known: torch.Tensor | None = None
+    """The job's known latent in the model's space (KSamplerX0Inpaint's ``latent_image``)."""
+    call_mask: torch.Tensor | None = None
+    """The denoise mask of the model call in progress, as ComfyUI's inpainting rule applies it."""
+
+
 class ComfyHost:
     """The run path's host inside ComfyUI (``contracts.Host``): every sampler run is
     ``comfy.sample.sample`` on a clone of the MODEL that carries this run's patches.
 
-    The clone's hooks read what the job being sampled needs (x0 hook, lock release, MultiDiffusion
-    wrap, BCLA cache) from this object, so one patched clone serves every tile.
+    The clone's hooks read the job being sampled (``JobState``) and the BCLA cache from this object, so
+    one patched clone serves every tile.
     """
 
-    def __init__(self, model, plan: TilePlan, conditioning: tuple, sampling: tuple) -> None:
+    def __init__(
+        self,
+        model,
+        plan: TilePlan,
+        *,
+        positive: list,
+        negative: list,
+        steps: int,
+        cfg: float,
+        sampler_name: str,
+        scheduler: str,
+        seed: int,
+    ) -> None:
         self.plan = plan
-        self.positive, self.negative = conditioning
-        self.steps, self.cfg, self.sampler_name, self.scheduler, self.seed = sampling
-        self.hook: X0Hook | None = None
-        self.mask_schedule: MaskSchedule | None = None
-        self.model_wrap: DenoiserWrap | None = None
-        self.resample: Resample | None = None
-        self.known: torch.Tensor | None = None
-        """The job's known latent in the model's space (KSamplerX0Inpaint's ``latent_image``)."""
-        self.call_mask: torch.Tensor | None = None
-        """The denoise mask of the model call in progress, as ComfyUI's inpainting rule applies it."""
-        self.tile: Tile | None = None
+        self.positive, self.negative = positive, negative
+        self.steps, self.cfg, self.sampler_name, self.scheduler, self.seed = (
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            seed,
+        )
+        self.job = JobState()
         self.cache: TileCache | None = None
         self.done_steps = 0
         self.preview: torch.Tensor | None = None
@@ -400,16 +460,17 @@ class ComfyHost:
             _interrupt_check()
             if self.cache is not None:
                 self.cache.set_call(float(t.flatten()[0]), transformer_options["cond_or_uncond"])
-            if self.model_wrap is None:
+            model_wrap = self.job.model_wrap
+            if model_wrap is None:
                 return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
             def denoiser(x_: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
                 return executor(x_, sigma, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
-            return self.model_wrap(denoiser)(x, t)
+            return model_wrap(denoiser)(x, t)
 
         def post_cfg(args: dict) -> torch.Tensor:
-            hook = self.hook
+            hook = self.job.x0_hook
             return args["denoised"] if hook is None else hook(args["denoised"], args["sigma"])
 
         # ComfyUI has one denoise-mask function per model, not a chain: call any earlier one (e.g.
@@ -421,19 +482,22 @@ class ComfyHost:
         ) -> torch.Tensor:
             if previous_mask is not None:
                 denoise_mask = previous_mask(sigma, denoise_mask, extra_options=extra_options)
-            schedule = self.mask_schedule
-            self.call_mask = denoise_mask if schedule is None else schedule(sigma, denoise_mask)
-            return self.call_mask
+            job = self.job
+            job.call_mask = (
+                denoise_mask if job.mask_schedule is None else job.mask_schedule(sigma, denoise_mask)
+            )
+            return job.call_mask
 
         def predict_noise(executor, x, timestep, model_options, seed):
-            resample, mask = self.resample, self.call_mask
+            job = self.job
+            resample, mask = job.resample, job.call_mask
             if resample is None or mask is None:  # no mask: nothing known, nothing to resample
                 return executor(x, timestep, model_options, seed)
 
             def denoiser(x_: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
                 return executor(x_, sigma, model_options, seed)
 
-            return resample(denoiser, x, timestep, mask, self.known.to(x))
+            return resample(denoiser, x, timestep, mask, job.known.to(x))
 
         wrappers = comfy.patcher_extension.WrappersMP
         work.add_wrapper_with_key(wrappers.APPLY_MODEL, WRAPPER_KEY, apply_model)
@@ -472,7 +536,7 @@ class ComfyHost:
             image = None
             if previewer is not None:
                 canvas = self.preview.clone()
-                rows, cols = self.tile.slices
+                rows, cols = self.job.tile.slices
                 if canvas[..., rows, cols].shape == x0.shape:
                     canvas[..., rows, cols] = x0.to(canvas)
                 else:  # the whole-scene pass of mode = guided: smaller than the canvas
@@ -484,24 +548,18 @@ class ComfyHost:
 
     # --- contracts.Host ----------------------------------------------------------------------------
     def denoise(self, job: TileJob) -> torch.Tensor:
-        self.hook, self.mask_schedule, self.model_wrap, self.resample, self.tile = (
-            job.x0_hook,
-            job.mask_schedule,
-            job.model_wrap,
-            job.resample,
-            job.tile,
-        )
+        known = None
         if job.resample is not None:  # ComfyUI shifts the known latent only when it is not all zeros
             nonzero = bool(torch.count_nonzero(job.latent))
-            self.known = self.work.model.process_latent_in(job.latent) if nonzero else job.latent
+            known = self.work.model.process_latent_in(job.latent) if nonzero else job.latent
+        self.job = JobState(job.tile, job.x0_hook, job.mask_schedule, job.model_wrap, job.resample, known)
         mask = None if bool((job.denoise_mask == 1).all()) else job.denoise_mask
         try:
             out = self._sample(
                 job.noise, job.latent, job.steps, denoise=job.denoise, noise_mask=mask, callback=self.callback
             )
         finally:
-            self.hook, self.mask_schedule, self.model_wrap, self.resample = None, None, None, None
-            self.known, self.call_mask = None, None
+            self.job = JobState()
         self.done_steps += job.steps or self.steps
         rows, cols = job.tile.slices
         if self.preview[..., rows, cols].shape == out.shape:

@@ -9,17 +9,25 @@ from comfy_api.latest import io
 from ..temporal_tiling.blend import COLORS, METHODS, RAMPS, BlendError, split_tiles, stitch
 from ..temporal_tiling.options import DEFAULT_RAMP, DEFAULT_STITCH
 from ..temporal_tiling.plan import TilePlan
-from .common import CATEGORY, TilePlanSocket, check_inputs, image_from_engine, image_to_engine
+from .common import (
+    CATEGORY,
+    UNLINKED,
+    TilePlanSocket,
+    connected,
+    cross_check,
+    image_from_engine,
+    image_to_engine,
+)
 
 
-def _source_problem(widgets: dict, linked: dict[str, str]) -> str | None:
-    if "image" not in linked and "latent" not in linked:
+def _source_problem(values: dict) -> str | None:
+    if not connected(values["image"]) and not connected(values["latent"]):
         return "Connect an image or a latent to cut into tiles."
     return None
 
 
-def _reference_problem(widgets: dict, linked: dict[str, str]) -> str | None:
-    if widgets.get("color_correction") == "reference" and "reference" not in linked:
+def _reference_problem(values: dict) -> str | None:
+    if values["color_correction"] == "reference" and not connected(values["reference"]):
         return "color_correction = reference needs the reference input connected (e.g. the low-res pass)."
     return None
 
@@ -59,8 +67,8 @@ class SanaTileSplit(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        return check_inputs(cls, widgets, input_types, _source_problem)
+    def validate_inputs(cls, image=UNLINKED, latent=UNLINKED) -> bool:
+        return cross_check(cls, locals(), _source_problem)
 
     @classmethod
     def execute(
@@ -160,8 +168,14 @@ class SanaSeamBlender(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_types: dict | None = None, **widgets) -> bool:
-        return check_inputs(cls, widgets, input_types, _reference_problem)
+    def validate_inputs(
+        cls,
+        method: str | None = None,
+        ramp: str | None = None,
+        color_correction: str | None = None,
+        reference=UNLINKED,
+    ) -> bool:
+        return cross_check(cls, locals(), _reference_problem)
 
     @classmethod
     def execute(

@@ -413,7 +413,7 @@ def reference_correct(
     s = _scale(plan, scale)
     batch = plan.check_tile_batch(tiles, s)
     height, width = plan.canvas_height * s, plan.canvas_width * s
-    _check_reference(reference, batch, height, width)
+    _check_reference(reference, batch, height, width, cell=s)
     upscale = height / reference.shape[-2]
     sigma = max(4.0, 2.0 * upscale) if sigma is None else sigma
     resized = F.interpolate(reference.to(tiles), size=(height, width), mode="bilinear", antialias=True)
@@ -459,7 +459,10 @@ def _check_image(image: Tensor, plan: TilePlan, scale: int) -> None:
         raise BlendError("The image contains NaN pixels; fix the upstream node before splitting.")
 
 
-def _check_reference(reference: Tensor, batch: int, height: int, width: int) -> None:
+def _check_reference(reference: Tensor, batch: int, height: int, width: int, cell: int) -> None:
+    """Refuse a reference that is not an RGB image of the canvas's aspect ratio. A reference rounded to
+    whole latent cells (the sampler's whole-scene ``guide``: 19×13 cells for a 48×32-cell canvas) is off
+    by up to one ``cell`` px on a side; that, or 1 %, is allowed."""
     if not isinstance(reference, Tensor) or reference.ndim != 4 or reference.shape[1] != 3:
         shape = getattr(reference, "shape", type(reference))
         raise BlendError(f"reference must be a [B, 3, H, W] RGB image, got {shape!r}.")
@@ -468,7 +471,8 @@ def _check_reference(reference: Tensor, batch: int, height: int, width: int) -> 
             f"reference batch is {reference.shape[0]} but the canvas batch is {batch}; give 1 or {batch}."
         )
     ref_h, ref_w = reference.shape[-2:]
-    if abs(ref_w / ref_h - width / height) > 0.01 * width / height + 1.0 / ref_h:  # 1 %, or 1 px of rounding
+    off_w, off_h = abs(ref_w - ref_h * width / height), abs(ref_h - ref_w * height / width)
+    if off_w > max(cell, 0.01 * ref_w) and off_h > max(cell, 0.01 * ref_h):
         raise BlendError(
             f"The reference is {ref_w}×{ref_h} (aspect {ref_w / ref_h:.3f}) but the canvas is "
             f"{width}×{height} (aspect {width / height:.3f}); give a reference of the same aspect ratio."

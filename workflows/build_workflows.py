@@ -1,16 +1,23 @@
 """Writes the shipped example workflows, each in UI format (drag into ComfyUI) and API format (scripts).
 
-One graph description per workflow produces both files, so they always agree. All use the pack's
+One graph description per workflow produces both files, so they always agree. The UI files sit in
+``workflows/``, where ComfyUI's template browser lists them (Templates → Custom Nodes: it lists the
+``*.json`` directly inside a custom node's ``workflows/`` or ``example_workflows/`` folder, with the
+``.jpg`` of the same name as thumbnail); the API files sit one level down in ``workflows/api/``, which
+the browser does not read (an API file opened there is an empty canvas). All use the pack's
 embedded seam-lab model, so they run as shipped on a fresh install. Run from the repository root:
 ``python workflows/build_workflows.py``.
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -158,7 +165,14 @@ def text(node_id: int, pos, prompt: str, title: str) -> Node:
 
 
 def planner(
-    node_id: int, pos, size=(384, 256), tile=(128, 128), overlap=32, title=None, compression=8, **links
+    node_id: int,
+    pos,
+    size=(384, 256),
+    tile=(128, 128),
+    overlap=32,
+    title=None,
+    compression=EMBEDDED_COMPRESSION,
+    **links,
 ) -> Node:
     widgets = [
         ("width", size[0]),
@@ -238,11 +252,12 @@ def note(node_id: int, pos, body: str) -> Node:
 
 # --- the three workflows ---------------------------------------------------------------------------
 def planned(node: Node) -> TilePlan:
-    """The plan a Tile Planner node makes from its widgets with the embedded model's VAE."""
+    """The plan a Tile Planner node makes from its widgets; its compression widget is the VAE's own
+    (the embedded model's 8, the DC-AE's 32), which the connected VAE gives it at run time."""
     w = dict(node.widgets)
     sizes_px = {f"{k}_px": w[k] for k in ("width", "height", "tile_width", "tile_height", "overlap")}
     return make_plan(
-        **sizes_px, compression=EMBEDDED_COMPRESSION, order=w["order"], seed=w["shuffle_seed"], fit=w["fit"]
+        **sizes_px, compression=w["compression"], order=w["order"], seed=w["shuffle_seed"], fit=w["fit"]
     )
 
 
@@ -303,7 +318,6 @@ def txt2img() -> list[Node]:
             tiles=(9, 0),
             guide=(18, 0),
         ),
-        Node(13, "PreviewImage", (400, 960), links={"images": (5, 1)}, title="tile plan", size=(340, 260)),
         note(
             14,
             (20, 640),
@@ -473,6 +487,7 @@ def compare() -> list[Node]:
 def extramodels_txt2img() -> list[Node]:
     """The tiling nodes on a SANA loaded by ComfyUI_ExtraModels: its loader, Gemma and VAE nodes."""
     gemma = {"GEMMA": (2, 0)}
+    canvas = planner(7, (440, 300), (2048, 1024), (1024, 1024), 256, compression=32, vae=(5, 0))
     return [
         Node(
             1,
@@ -510,7 +525,7 @@ def extramodels_txt2img() -> list[Node]:
             size=(380, 130),
         ),
         bcla_cache(6, (440, 40)),
-        planner(7, (440, 300), (2048, 1024), (1024, 1024), 256, compression=32, vae=(5, 0)),
+        canvas,
         sampler(
             8,
             (840, 40),
@@ -522,24 +537,23 @@ def extramodels_txt2img() -> list[Node]:
             negative=(4, 0),
             tile_plan=(7, 0),
         ),
-        Node(9, "VAEDecode", (1220, 40), links={"samples": (8, 0), "vae": (5, 0)}, size=(220, 60)),
+        Node(9, "VAEDecode", (1280, 40), links={"samples": (8, 0), "vae": (5, 0)}, size=(220, 60)),
         Node(
             10,
             "SaveImage",
-            (1480, 40),
+            (1540, 40),
             [("filename_prefix", "sana_tiling/extramodels_canvas")],
             {"images": (9, 0)},
             size=(520, 320),
         ),
-        Node(11, "PreviewImage", (840, 480), links={"images": (7, 1)}, title="tile plan", size=(340, 260)),
         note(
             12,
-            (1220, 420),
+            (1280, 440),
             "Temporal tiling on the SANA of ComfyUI_ExtraModels: its loader, Gemma and text-encode nodes "
-            "and its DC-AE VAE, with this pack's BCLA Cache, Tile Planner and Causal SANA Sampler. A 2048×"
-            "1024 canvas is generated as 3×1 tiles of 1024 px. The Efficient-Large-Model fork downloads "
-            "the listed models; with city96's original pick your files in the loaders (its VAE config is "
-            "dcae-f32c32-sana-1.0).",
+            f"and its DC-AE VAE, with this pack's BCLA Cache, Tile Planner and Causal SANA Sampler: "
+            f"{describe(planned(canvas))}. Written for the Efficient-Large-Model fork of ExtraModels, which "
+            "downloads the listed models. With city96's original pick your files in the three loaders and "
+            "set the VAE's vae_type to dcae-f32c32-sana-1.0 (that fork has no -diffusers configs).",
         ),
     ]
 
@@ -616,11 +630,130 @@ WORKFLOWS = {
 }
 
 
+# --- thumbnails ------------------------------------------------------------------------------------
+THUMBNAIL_SIZE = (512, 512)
+BACKGROUND, NODE_BODY, NODE_TITLE, PACK_TITLE = "#1e1e1e", "#353535", "#2a2a2a", "#3d6b4f"
+TEXT, WIDGET = "#e0e0e0", "#222222"
+SOCKET_COLOURS = {
+    "MODEL": "#b39ddb",
+    "CLIP": "#ffd500",
+    "VAE": "#ff6e6e",
+    "LATENT": "#ff9cf9",
+    "IMAGE": "#64b5f6",
+    "CONDITIONING": "#ffa931",
+    "TILE_PLAN": "#7ccf8a",
+    "GLOBAL_CONTEXT": "#4dd0e1",
+    "GEMMA": "#ffd500",
+}
+
+
+DISPLAY_NAMES = {
+    "SanaTemporalCheckpointLoader": "Load SANA",
+    "SanaTemporalBCLACache": "BCLA Cache",
+    "SanaTemporalTilePlanner": "Tile Planner",
+    "SanaTemporalCausalSampler": "Causal SANA Sampler",
+    "SanaTemporalGlobalContext": "Global Context Encoder",
+    "SanaTemporalTileSplit": "Split Into Tiles",
+    "SanaTemporalSeamBlender": "Seam Blender",
+    "SanaTemporalTileMetrics": "Quality Metrics",
+    "CLIPTextEncode": "CLIP Text Encode (Prompt)",
+    "VAEDecode": "VAE Decode",
+    "VAEEncode": "VAE Encode",
+    "SaveImage": "Save Image",
+    "LoadImage": "Load Image",
+    "ImageScale": "Upscale Image",
+}
+"""The titles the front end shows for nodes saved without one."""
+
+
+def _fitted(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
+    """``text`` cut to ``width`` px with an ellipsis, as the canvas cuts long titles."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _draw_plan(draw: ImageDraw.ImageDraw, plan: TilePlan, box: tuple[float, float, float, float]) -> None:
+    """The tile outlines in plan order, as the Tile Planner shows them on the node."""
+    x0, y0, x1, y1 = box
+    scale = min((x1 - x0) / plan.width_px, (y1 - y0) / plan.height_px)
+    left = x0 + ((x1 - x0) - plan.width_px * scale) / 2
+    top = y0 + ((y1 - y0) - plan.height_px * scale) / 2
+    cell = plan.compression * scale
+    for tile in plan.tiles:
+        hue = tile.index / max(1, len(plan))
+        colour = tuple(int(255 * v) for v in colorsys.hsv_to_rgb(hue, 0.75, 1.0))
+        corner = (left + tile.x * cell, top + tile.y * cell)
+        draw.rectangle(
+            (*corner, corner[0] + tile.width * cell - 1, corner[1] + tile.height * cell - 1), outline=colour
+        )
+
+
+def thumbnail(nodes: list[Node]) -> Image.Image:
+    """The graph as the canvas draws it, scaled to a template-browser card: nodes at their saved positions
+    and sizes with their titles (the pack's own nodes with a green title bar), links coloured by socket type.
+    Drawn from the same description as the workflow files, so it never goes stale."""
+    boxes = {
+        n.id: (n.pos[0], n.pos[1] - TITLE_HEIGHT, n.size[0], max(n.size[1], drawn_height(n))) for n in nodes
+    }
+    left = min(x for x, _, _, _ in boxes.values())
+    top = min(y for _, y, _, _ in boxes.values())
+    right = max(x + w for x, _, w, _ in boxes.values())
+    bottom = max(y + TITLE_HEIGHT + h for _, y, _, h in boxes.values())
+    margin, extent = 40, (right - left, bottom - top)
+    scale = min((side - 2 * margin) / size for side, size in zip(THUMBNAIL_SIZE, extent, strict=True))
+    offset = [(side - size * scale) / 2 for side, size in zip(THUMBNAIL_SIZE, extent, strict=True)]
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return offset[0] + (x - left) * scale, offset[1] + (y - top) * scale
+
+    picture = Image.new("RGB", THUMBNAIL_SIZE, BACKGROUND)
+    draw = ImageDraw.Draw(picture)
+    by_id = {n.id: n for n in nodes}
+    for node in nodes:
+        inputs = [name for name, _ in SOCKETS[node.type][0]]
+        for name, (src, slot) in node.links.items():
+            sx, sy, sw, _ = boxes[src]
+            tx, ty, _, _ = boxes[node.id]
+            socket = SOCKETS[by_id[src].type][1][slot][1]
+            start = at(sx + sw, sy + TITLE_HEIGHT + SLOT_HEIGHT * (slot + 0.5))
+            end = at(tx, ty + TITLE_HEIGHT + SLOT_HEIGHT * (inputs.index(name) + 0.5))
+            draw.line((start, end), fill=SOCKET_COLOURS.get(socket, TEXT), width=2)
+    font = ImageFont.load_default(size=max(8, round(18 * scale)))
+    for node in nodes:
+        x, y, w, h = boxes[node.id]
+        x0, y0 = at(x, y)
+        x1, y1 = at(x + w, y + TITLE_HEIGHT + h)
+        title_bottom = at(x, y + TITLE_HEIGHT)[1]
+        draw.rounded_rectangle((x0, y0, x1, y1), radius=4, fill=NODE_BODY, outline="#555555")
+        own = node.type.startswith("SanaTemporal")
+        draw.rounded_rectangle((x0, y0, x1, title_bottom), radius=4, fill=PACK_TITLE if own else NODE_TITLE)
+        title = _fitted(draw, node.title or DISPLAY_NAMES.get(node.type, node.type), font, x1 - x0 - 8)
+        draw.text((x0 + 4, (y0 + title_bottom) / 2), title, fill=TEXT, font=font, anchor="lm")
+        rows = max(len(SOCKETS[node.type][0]), len(SOCKETS[node.type][1]), 1)
+        per_widget = TEXT_BOX_HEIGHT if node.type in MULTILINE_NODES else WIDGET_HEIGHT
+        for index in range(len(node.widgets)):  # the widget rows, as empty fields
+            row = y + TITLE_HEIGHT + rows * SLOT_HEIGHT + index * per_widget
+            draw.rounded_rectangle((*at(x + 12, row + 2), *at(x + w - 12, row + per_widget - 4)), 3, WIDGET)
+        if node.type == "SanaTemporalTilePlanner":
+            preview_top = at(x, y + TITLE_HEIGHT + h - EXTRA_HEIGHT[node.type])[1]
+            _draw_plan(draw, planned(node), (x0 + 6, preview_top, x1 - 6, y1 - 6))
+    return picture
+
+
+API_FOLDER = HERE / "api"
+
+
 def main() -> None:
+    API_FOLDER.mkdir(exist_ok=True)
     for name, build in WORKFLOWS.items():
         nodes = build()
         (HERE / f"{name}.json").write_text(json.dumps(to_ui(nodes), indent=2, ensure_ascii=False) + "\n")
-        (HERE / f"{name}_api.json").write_text(json.dumps(to_api(nodes), indent=2, ensure_ascii=False) + "\n")
+        api = API_FOLDER / f"{name}_api.json"
+        api.write_text(json.dumps(to_api(nodes), indent=2, ensure_ascii=False) + "\n")
+        thumbnail(nodes).save(HERE / f"{name}.jpg", quality=90)
 
 
 if __name__ == "__main__":

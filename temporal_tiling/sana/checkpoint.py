@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from ..errors import UserInputError
 
-SAFETENSORS_SUFFIXES = (".safetensors",)
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")  # .sft: the short name ComfyUI also reads as safetensors
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 # Training checkpoints nest the weights; the first of these keys holding tensors wins.
 _NESTED_KEYS = ("state_dict", "model", "module", "ema")

@@ -390,13 +390,27 @@ def load_transformer_folder(
             f"'{folder}' is not a diffusers SANA folder: no transformer/config.json. "
             "Point at the folder that holds model_index.json."
         )
-    config = json.loads((root / "config.json").read_text())
+    try:
+        config = json.loads((root / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"'{root / 'config.json'}' is not valid JSON ({exc}); restore the model folder's config.json."
+        ) from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"'{root / 'config.json'}' is not a JSON object; restore the model's config.json."
+        )
     if config.get("_class_name", "SanaTransformer2DModel") != "SanaTransformer2DModel":
         raise CheckpointError(f"'{root}' holds a {config['_class_name']}, not a SanaTransformer2DModel.")
     try:
         model = SanaTransformer2DModel.from_pretrained(
             root, local_files_only=True, low_cpu_mem_usage=True, torch_dtype=dtype
         )
+    except TypeError as exc:  # diffusers builds the model from the config: a value of the wrong type
+        raise CheckpointError(
+            f"'{root / 'config.json'}' holds a value of the wrong type ({exc}); restore the model folder's "
+            "config.json."
+        ) from exc
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"Cannot load the SANA transformer in '{root}': {exc}") from exc
     return model.eval().requires_grad_(False), variant_from_config(dict(model.config), _folder_shift(folder))

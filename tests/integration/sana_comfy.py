@@ -29,6 +29,64 @@ def pack_module(name: str) -> types.ModuleType:
     return importlib.import_module(f"{PACK_PACKAGE}.{name}")
 
 
+def _source_node(io_type: str) -> str:
+    """A registered stand-in node with one output of `io_type`, for links in a validated prompt."""
+    import nodes
+
+    name = f"_TestSource_{io_type}"
+
+    class Source:
+        RETURN_TYPES = (io_type,)
+        FUNCTION = "run"
+
+        @classmethod
+        def INPUT_TYPES(cls) -> dict:
+            return {"required": {}}
+
+    nodes.NODE_CLASS_MAPPINGS.setdefault(name, Source)
+    return name
+
+
+def validation_errors(node, links: dict[str, str] | None = None, **widgets) -> str | None:
+    """What ComfyUI's own prompt validation (``execution.validate_inputs``: conversions, ranges, link types,
+    then the node's ``validate_inputs``) says about one node; None when it is accepted.
+
+    Widgets not given take their defaults; a widget given as None is turned into an input (linked); every
+    required socket and each of ``links`` (input -> type) is linked to a stand-in node of that type."""
+    import asyncio
+
+    import execution
+    from comfy_api.latest import io
+
+    import nodes
+
+    UserInputError = pack_module("temporal_tiling.errors").UserInputError
+    schema = node.define_schema()
+    nodes.NODE_CLASS_MAPPINGS[schema.node_id] = node
+    prompt, inputs = {}, {}
+
+    def link(name: str, io_type: str) -> list:
+        prompt[name] = {"class_type": _source_node(io_type), "inputs": {}}
+        return [name, 0]
+
+    for spec in schema.inputs:
+        if spec.id in widgets:
+            value = widgets[spec.id]
+            inputs[spec.id] = link(f"src_{spec.id}", spec.get_io_type()) if value is None else value
+        elif spec.id in (links or {}):
+            inputs[spec.id] = link(f"src_{spec.id}", links[spec.id])
+        elif not spec.optional and isinstance(spec, io.WidgetInput):
+            inputs[spec.id] = spec.options[0] if spec.default is None else spec.default
+        elif not spec.optional:
+            inputs[spec.id] = link(f"src_{spec.id}", spec.get_io_type())
+    prompt["1"] = {"class_type": schema.node_id, "inputs": inputs}
+    try:
+        valid, errors, _ = asyncio.run(execution.validate_inputs("test", prompt, "1", {}))
+    except UserInputError as error:
+        return str(error)
+    return None if valid else "\n".join(f"{e['message']}: {e['details']}" for e in errors)
+
+
 # file name -> original_state_dict options (tiny 64-wide, 2 layers, 8 latent channels, 32-wide captions)
 TINY_VARIANTS = {
     "tiny_sana_1k.safetensors": {},

@@ -114,7 +114,7 @@ def test_shipped_extramodels_workflow_fits_both_packs(side_by_side):
     object_info = side_by_side.get("/object_info")
     name = "extramodels_txt2img_temporal_tiling"
     ui = json.loads((PACK_ROOT / "workflows" / f"{name}.json").read_text())
-    api = json.loads((PACK_ROOT / "workflows" / f"{name}_api.json").read_text())
+    api = json.loads((PACK_ROOT / "workflows" / "api" / f"{name}_api.json").read_text())
     assert {n["type"] for n in ui["nodes"]} - {"Note"} <= set(object_info)
     ours = pack_node_ids()
     for node_id, node in api.items():

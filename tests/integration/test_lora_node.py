@@ -62,3 +62,28 @@ def test_missing_lora_is_a_clear_error(nodes):
     ).result[0]
     with pytest.raises(ValueError, match="models/loras"):
         lora.SanaLoraLoader.execute(model, "no_such_lora.safetensors", 1.0)
+
+
+class _Unpicklable:
+    """A class in a pickle: loading it would run code, so torch's weights-only loader refuses the file."""
+
+
+def test_unreadable_lora_files_name_the_file_and_never_advise_unsafe_loading(nodes, tmp_path, monkeypatch):
+    loaders, lora = nodes
+    model = loaders.SanaCheckpointLoader.execute(
+        "tiny_sana_diffusers/", loaders.FROM_CHECKPOINT, loaders.FROM_CHECKPOINT, "default", "auto"
+    ).result[0]
+    (tmp_path / "header.safetensors").write_bytes((2**40).to_bytes(8, "little") + b"{}")  # header too large
+    (tmp_path / "truncated.safetensors").write_bytes(lora.EMBEDDED_LORA.read_bytes()[:500])
+    torch.save({"weights": _Unpicklable()}, tmp_path / "code.pt")
+    monkeypatch.setattr(lora.folder_paths, "get_full_path", lambda kind, name: str(tmp_path / name))
+    for name, message in [
+        ("header.safetensors", "'header.safetensors' is not a readable safetensors file"),
+        ("truncated.safetensors", "'truncated.safetensors' is not a readable safetensors file"),
+        ("code.pt", "'code.pt' contains pickled Python code, which is never executed here"),
+    ]:
+        with pytest.raises(ValueError) as refused:
+            lora.SanaLoraLoader.execute(model, name, 1.0)
+        assert message in str(refused.value) and "weights_only" not in str(refused.value), refused.value
+    (tmp_path / "short.sft").write_bytes(lora.EMBEDDED_LORA.read_bytes())  # ComfyUI lists .sft LoRAs too
+    assert lora.SanaLoraLoader.execute(model, "short.sft", 1.0).result[0] is not model

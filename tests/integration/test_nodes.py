@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from sana_comfy import pack_module
+from sana_comfy import PACK_ROOT, pack_module
+from sana_comfy import validation_errors as refusal
 
 STEPS = 3
 
@@ -74,20 +75,81 @@ def _sample(nodes, model, conds, plan, **overrides):
     return canvas["samples"], tiles["samples"]
 
 
-def refusal(node, links: dict | None = None, **widgets) -> str | None:
-    """The message a node's validate_inputs refuses these inputs with (None: accepted). It raises, so
-    ComfyUI reports the mistake once instead of once per argument."""
-    UserInputError = pack_module("temporal_tiling.errors").UserInputError
-
-    try:
-        assert node.validate_inputs(input_types=links or {}, **widgets) is True
-    except UserInputError as error:
-        return str(error)
-    return None
+def _host(nodes, model, plan, conds, sampler_name: str = "euler"):
+    positive, negative = conds
+    return nodes.sampler.ComfyHost(
+        model,
+        plan,
+        positive=positive,
+        negative=negative,
+        steps=STEPS,
+        cfg=3.0,
+        sampler_name=sampler_name,
+        scheduler="simple",
+        seed=3,
+    )
 
 
 def _bcla(nodes, model, mode="cumulative", strength=1.0, source="synchronous"):
     return nodes.bcla_cache.SanaBCLACache.execute(model, mode, strength, source, 0.5, True).result[0]
+
+
+# --- Validation: ComfyUI's own checks stay on ---------------------------------------------------------
+def _every_node() -> list:
+    """The node classes of every module in nodes/ (a new module is covered without being listed here)."""
+    modules = [pack_module(f"nodes.{path.stem}") for path in sorted((PACK_ROOT / "nodes").glob("[!_]*.py"))]
+    return [node for module in modules for node in getattr(module, "NODES", [])]
+
+
+def test_every_node_takes_only_what_comfyui_does_not_check(registered):
+    """ComfyUI switches its range check off for every input a node's validate_inputs takes by name, and
+    every link-type check off when it takes ``input_types`` (or everything with ``**kwargs``). Each node
+    takes its combos (ComfyUI 0.3.64 never checks a schema combo) and floats (NaN passes ComfyUI's range
+    check), nothing it does not have, and defaults for all (ComfyUI leaves out what is missing or
+    unlinked)."""
+    import inspect
+
+    from comfy_api.latest import io
+
+    for node in _every_node():
+        specs = {spec.id: spec for spec in node.define_schema().inputs}
+        need = {n for n, s in specs.items() if isinstance(s, (io.Combo.Input, io.Float.Input))}
+        if not need and "validate_inputs" not in vars(node):
+            continue
+        spec = inspect.getfullargspec(node.validate_inputs)
+        taken = spec.args[1:]
+        assert spec.varkw is None and "input_types" not in taken, node
+        assert need <= set(taken) <= set(specs), (node, need - set(taken), set(taken) - set(specs))
+        assert len(spec.defaults or ()) == len(taken), node
+
+
+VALID_LINKS = {"SanaTemporalGlobalContext": {"latent": "LATENT"}, "SanaTemporalTileSplit": {"image": "IMAGE"}}
+"""Links that make a node with an optional guide or source valid."""
+
+
+def test_every_node_refuses_a_wrong_choice_nan_and_out_of_range_value(registered):
+    """Through ComfyUI's own validation: a value outside a combo's choices and NaN in a float are refused
+    by the node; an integer beyond its maximum by ComfyUI (or the node, where it cross-checks it)."""
+    from comfy_api.latest import io
+
+    checked = 0
+    for node in _every_node():
+        links = VALID_LINKS.get(node.define_schema().node_id, {})
+        assert refusal(node, links) is None, node  # the defaults are accepted
+        for spec in node.define_schema().inputs:
+            if isinstance(spec, io.Combo.Input):
+                message = refusal(node, links, **{spec.id: "nonsense"})
+                assert f"{spec.id} = 'nonsense' is not one of its choices" in message
+            elif isinstance(spec, io.Float.Input):
+                assert f"{spec.id} must be a finite number" in refusal(node, links, **{spec.id: float("nan")})
+            elif isinstance(spec, io.Int.Input) and spec.max is not None:
+                message = refusal(node, links, **{spec.id: spec.max + 1})
+                ours = f"{spec.id} = {spec.max + 1} is above its maximum {spec.max}"
+                assert f"bigger than max of {spec.max}: {spec.id}" in message or ours in message, message
+            else:
+                continue
+            checked += 1
+    assert checked > 40
 
 
 # --- Tile Planner --------------------------------------------------------------------------------
@@ -130,7 +192,11 @@ PLANNER_WIDGETS = ("width", "height", "tile_width", "tile_height", "overlap", "c
         ((500, 512, 256, 256, 64, 32, "manual"), {}, "not a multiple of the VAE's compression factor 32"),
         ((500, 512, 256, 256, 64, 32, "manual"), {"vae": "VAE"}, None),
         ((512, 512, 256, 256, 64, 32, "auto"), {}, "needs the model input connected"),
-        ((512, 512, 256, 256, 64, 32, "manual"), {"image": "LATENT"}, "image expects IMAGE"),
+        (
+            (512, 512, 256, 256, 64, 32, "manual"),
+            {"image": "LATENT"},
+            "image, received_type(LATENT) mismatch input_type(IMAGE)",
+        ),
         ((None, 512, 256, 256, 64, 32, "manual"), {}, None),  # width turned into an input: checked at run
         ((None, 512, 1024, 256, 256, 32, "manual"), {}, "must be smaller than the tile"),
         ((20000, 512, 256, 256, 64, 32, "manual"), {}, "width = 20000 is above its maximum 16384"),
@@ -255,7 +321,7 @@ def test_seam_refine_and_halo_run_through_comfys_sampler(nodes, parts, conds, pl
     shape = (1, model.get_model_object("latent_format").latent_channels)
 
     def canvas(**settings) -> torch.Tensor:
-        host = nodes.sampler.ComfyHost(model, plan, conds, (STEPS, 3.0, "euler", "simple", 3))
+        host = _host(nodes, model, plan, conds)
         host.start_preview(torch.zeros(*shape, plan.canvas_height, plan.canvas_width), 1)
         run_settings = pipeline.RunSettings(method="independent", seed=3, **settings)
         return pipeline.run(plan, host, run_settings, shape).canvas
@@ -320,7 +386,7 @@ def test_border_resample_runs_inside_comfys_inpainting_rule(nodes, parts, conds,
     shape = (1, model.get_model_object("latent_format").latent_channels)
 
     def host(sampler: str = "euler"):
-        made = nodes.sampler.ComfyHost(model, plan, conds, (STEPS, 3.0, sampler, "simple", 3))
+        made = _host(nodes, model, plan, conds, sampler)
         made.start_preview(torch.zeros(*shape, plan.canvas_height, plan.canvas_width), 1)
         return made
 
@@ -333,7 +399,9 @@ def test_border_resample_runs_inside_comfys_inpainting_rule(nodes, parts, conds,
         seen.append((x, sigma, denoise_mask, known))
         return denoiser(x, sigma)
 
-    spied = host().denoise(TileJob(tile, noise, latent, mask, resample=spy))
+    spying = host()
+    spied = spying.denoise(TileJob(tile, noise, latent, mask, resample=spy))
+    assert spying.job == nodes.sampler.JobState()  # the clone's hooks see no job between jobs
     assert torch.equal(spied, host().denoise(TileJob(tile, noise, latent, mask)))  # one call: the plain one
     assert len(seen) == STEPS
     x, sigma, denoise_mask, known = seen[-1]
@@ -476,7 +544,8 @@ def test_sampler_refuses_before_any_model_call(nodes, parts, conds, plan):
     assert "sampler_name = 'foo' is not one of its choices" in refusal(sampler, sampler_name="foo")
     assert "scheduler = 'bar' is not one of its choices" in refusal(sampler, scheduler="bar")
     assert "cfg must be a finite number" in refusal(sampler, cfg=float("nan"))
-    assert "steps = 0 is below its minimum 1" in refusal(sampler, steps=0)
+    assert "Value 0 smaller than min of 1: steps" in refusal(sampler, steps=0)  # ComfyUI's own check
+    assert "Failed to convert an input value to a INT value: steps, abc" in refusal(sampler, steps="abc")
 
 
 def test_sampler_refuses_a_non_finite_result(nodes, parts, conds, plan):

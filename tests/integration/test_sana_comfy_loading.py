@@ -38,6 +38,34 @@ def test_choices_list_folders_files_and_embedded(loaders) -> None:
     assert "tiny_dcae/" in loaders.vae_choices() and "tiny_gemma2/" in loaders.text_encoder_choices()
 
 
+def test_queued_prompts_do_not_rescan_the_model_folders(loaders, registered, monkeypatch) -> None:
+    """ComfyUI builds the loaders' schemas on every queued prompt (validation) and node-list refresh:
+    the folders are read again only after something in them changed."""
+    scans = []
+    scan = loaders._scan_folders
+    monkeypatch.setattr(loaders, "_scan_folders", lambda *args: scans.append(args) or scan(*args))
+    loaders._listings.clear()
+    for _ in range(3):
+        for node in loaders.NODES:
+            node.INPUT_TYPES()
+            assert node.validate_inputs() is True
+    assert len(scans) == 4  # checkpoints, diffusion_models, vae, text_encoders: each once
+    added = registered / "models" / "checkpoints" / "nested" / "added_sana"
+    (added / "transformer").mkdir(parents=True)
+    try:
+        assert "nested/added_sana/" not in loaders.model_choices()
+        assert len(scans) == 5  # checkpoints/ changed (nested/ added), diffusion_models/ did not
+        (added / "model_index.json").write_text("{}")  # two levels down: only that folder's time changes
+        assert "nested/added_sana/" in loaders.model_choices()
+        assert len(scans) == 6
+    finally:
+        (added / "model_index.json").unlink()
+        (added / "transformer").rmdir()
+        added.rmdir()
+        added.parent.rmdir()
+    assert "nested/added_sana/" not in loaders.model_choices()
+
+
 @pytest.mark.parametrize(
     ("name", "pe_scale", "qk_norm"),
     [
@@ -202,6 +230,32 @@ def test_bcla_check_refuses_foreign_attention(folder_parts, sana_model) -> None:
 def test_loader_errors_name_the_file_and_the_fix(loaders, ckpt, vae, text, message) -> None:
     with pytest.raises(loaders.SanaLoadError, match=message):
         loaders.SanaCheckpointLoader.execute(ckpt, vae, text, "default", "auto")
+
+
+def test_a_diffusers_folder_with_a_broken_config_names_the_file(loaders, registered) -> None:
+    """A config value of the wrong type made diffusers raise a raw TypeError."""
+    import json
+    import shutil
+
+    checkpoints = registered / "models" / "checkpoints"
+    broken = checkpoints / "broken_config_sana"
+    shutil.copytree(checkpoints / "tiny_sana_diffusers", broken, symlinks=True)
+    config = broken / "transformer" / "config.json"
+    try:
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"num_layers": "lots"}))
+        with pytest.raises(
+            loaders.SanaLoadError, match=r"transformer/config\.json' holds a value of the wrong type"
+        ):
+            loaders.SanaCheckpointLoader.execute(
+                "broken_config_sana/", *("(from checkpoint folder)",) * 2, "default", "auto"
+            )
+        config.write_text("{not json")
+        with pytest.raises(loaders.SanaLoadError, match=r"transformer/config\.json' is not valid JSON"):
+            loaders.SanaCheckpointLoader.execute(
+                "broken_config_sana/", *("(from checkpoint folder)",) * 2, "default", "auto"
+            )
+    finally:
+        shutil.rmtree(broken)
 
 
 def test_embedded_model_loads_with_bare_prompt_conditioning(loaders) -> None:

@@ -21,7 +21,8 @@ FRONTEND_ONLY = {"Note", "MarkdownNote"}
 
 
 def workflow(name: str, api: bool = True) -> dict:
-    return json.loads((PACK_ROOT / "workflows" / f"{name}{'_api' if api else ''}.json").read_text())
+    folder = PACK_ROOT / "workflows" / ("api" if api else "")
+    return json.loads((folder / f"{name}{'_api' if api else ''}.json").read_text())
 
 
 def pack_node_ids() -> set[str]:
@@ -75,6 +76,20 @@ def test_pack_imports_cleanly_and_registers_exactly_its_nodes(comfy_server, obje
         assert all(info["output_tooltips"]), name
 
 
+def test_template_browser_lists_the_ui_workflows_with_their_thumbnails(comfy_server):
+    """Templates → Custom Nodes: ComfyUI lists the pack's UI workflows (no API file, which opened as an
+    empty canvas) and serves the .jpg thumbnail the browser asks for beside each."""
+    import urllib.request
+
+    listed = comfy_server.get("/workflow_templates")["sana_temporal_tiling"]
+    shipped = {path.stem for path in (PACK_ROOT / "workflows").glob("*.json")}
+    assert set(listed) == shipped and not any(name.endswith("_api") for name in listed), listed
+    for name in listed:
+        url = f"{comfy_server.url}/api/workflow_templates/sana_temporal_tiling/{name}.jpg"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.headers["Content-Type"] == "image/jpeg" and response.read(3) == b"\xff\xd8\xff"
+
+
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_ui_workflow_uses_only_node_types_the_server_knows(object_info, name):
     types = {node["type"] for node in workflow(name, api=False)["nodes"]}
@@ -121,12 +136,13 @@ def test_api_workflow_graph_runs_with_a_tiny_model(comfy_server, models_dir, nam
 PLANNER, SAMPLER = "5", "6"
 
 
-def _errors(comfy_server, graph: dict) -> dict:
-    """Node errors of a refused graph. ComfyUI still queues the outputs that do not depend on a failing
-    node (HTTP 200 + node_errors); with none left it answers 400."""
+def _refused(comfy_server, graph: dict) -> dict:
+    """The answer to a graph with a validation error. ComfyUI still queues the outputs that do not depend
+    on a failing node (HTTP 200 + node_errors: the browser only outlines the node in red); with none left
+    it answers 400, which the browser shows as a message."""
     answer = comfy_server.post("/prompt", {"prompt": graph, "client_id": "sana-tests"})
     assert answer.get("node_errors"), answer
-    return answer["node_errors"]
+    return answer
 
 
 @pytest.mark.parametrize(
@@ -148,6 +164,9 @@ def _errors(comfy_server, graph: dict) -> dict:
         ),
         ("4", {"strength": 100.0}, "strength = 100.0 is above its maximum 8.0"),
         ("1", {"weight_dtype": "fp8"}, "weight_dtype = 'fp8' is not one of its choices"),
+        (SAMPLER, {"steps": "abc"}, "steps, abc, invalid literal for int()"),  # ComfyUI's own conversion
+        (SAMPLER, {"steps": 0}, "steps"),  # ComfyUI's own range check: "Value 0 smaller than min of 1"
+        (PLANNER, {"image": ["1", 2]}, "received_type(VAE) mismatch input_type(IMAGE)"),  # link types
     ],
 )
 def test_bad_input_is_a_validation_error_on_its_node(comfy_server, node, changes, message):
@@ -155,12 +174,15 @@ def test_bad_input_is_a_validation_error_on_its_node(comfy_server, node, changes
     if node == PLANNER:
         del graph[PLANNER]["inputs"]["vae"]  # compression from the widget: checked before the run
     graph[node]["inputs"].update(changes)
-    errors = _errors(comfy_server, graph)
+    answer = _refused(comfy_server, graph)
+    errors = answer["node_errors"]
     assert set(errors) == {node}, errors
     assert len(errors[node]["errors"]) == 1, errors  # one message, not one per input
     details = errors[node]["errors"][0]["details"]
     assert message in details, details
     assert errors[node]["class_type"] == graph[node]["class_type"]
+    if node != "10":  # every output depends on it: nothing runs, the browser shows the message
+        assert answer["http_error"] == 400 and "prompt_id" not in answer, answer
 
 
 def _saved(models_dir, prefix: str) -> list[Path]:

@@ -15,6 +15,7 @@ from temporal_tiling.blend import (
     stitch,
 )
 from temporal_tiling.metrics import seam_report
+from temporal_tiling.pipeline import guide_plan
 from temporal_tiling.plan import PlanError, make_plan
 
 BLENDERS = ("feather", "laplacian", "poisson")
@@ -228,6 +229,22 @@ def test_bad_inputs_raise_clear_errors():
         stitch(tiles, plan, "blur")
     with pytest.raises(BlendError, match="RGB"):
         stitch(torch.rand(len(plan), 4, 96, 96), plan, color="apt")
+
+
+def test_the_samplers_whole_scene_guide_is_a_colour_reference():
+    """The sampler's guide output is rounded to whole latent cells, so its aspect differs from the
+    canvas's by up to one cell (19×13 cells, 1.462, for a 48×32-cell canvas, 1.500); the Seam Blender
+    takes it as its reference. A reference off by more than a cell and 1 % is still refused."""
+    plan = make_plan(
+        width_px=384, height_px=256, tile_width_px=128, tile_height_px=128, overlap_px=32, compression=8
+    )
+    tiles = split_tiles(photo_like(1, 256, 384), plan)
+    for long_side in (None, 100, 512):
+        guide = guide_plan(plan, long_side)
+        reference = torch.rand(1, 3, guide.height_px, guide.width_px)
+        assert stitch(tiles, plan, "feather", color="reference", reference=reference).shape[-2:] == (256, 384)
+    with pytest.raises(BlendError, match="aspect"):
+        stitch(tiles, plan, "feather", color="reference", reference=torch.rand(1, 3, 104, 176))
 
 
 def test_direct_colour_functions_keep_shape():

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from temporal_tiling.plan import make_plan
 
@@ -101,6 +102,8 @@ EXTRAMODELS = {
 }
 KNOWN = CORE | EXTRAMODELS
 EXTRAMODELS_WORKFLOW = "extramodels_txt2img_temporal_tiling"
+SHIPPED = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
+"""Every UI workflow ComfyUI's template browser lists (the .json directly in workflows/)."""
 
 
 # --- static schema reading -------------------------------------------------------------------------
@@ -322,7 +325,7 @@ def test_package_registers_every_module_with_nodes():
 def _load(name: str) -> tuple[dict, dict]:
     return (
         json.loads((WORKFLOWS / f"{name}.json").read_text()),
-        json.loads((WORKFLOWS / f"{name}_api.json").read_text()),
+        json.loads((WORKFLOWS / "api" / f"{name}_api.json").read_text()),
     )
 
 
@@ -427,6 +430,18 @@ def test_txt2img_is_guide_first_and_its_note_tells_the_plan():
     assert len(canvas) > 1 and tiles in note and "mode = guided" in note, note
 
 
+def test_extramodels_note_tells_the_plan_and_the_fork():
+    ui, api = _load(EXTRAMODELS_WORKFLOW)
+    (planner,) = (n for n in api.values() if n["class_type"] == "SanaTemporalTilePlanner")
+    w = planner["inputs"]
+    sizes_px = {f"{k}_px": w[k] for k in ("width", "height", "tile_width", "tile_height", "overlap")}
+    # the DC-AE: 32 px per cell
+    canvas = make_plan(**sizes_px, compression=32, order=w["order"], seed=w["shuffle_seed"], fit=w["fit"])
+    (note,) = (n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note")
+    assert f"{canvas.cols}×{canvas.rows} tiles of {canvas.tile_width_px}×{canvas.tile_height_px} px" in note
+    assert "Efficient-Large-Model fork" in note and "dcae-f32c32-sana-1.0" in note
+
+
 def test_compare_methods_runs_every_mode_on_one_plan_against_one_whole_scene_pass():
     """The comparison graph shows guided beside the baselines on the same plan, and every row's Quality
     Metrics measures layout against the guided sampler's decoded whole-scene pass; its note tells the plan."""
@@ -452,11 +467,23 @@ def _least_drawn_height(node: dict) -> int:
     """LiteGraph's computeSize: 20 px per socket row, 24 px per widget and 8 below them."""
     sockets = [i for i in node["inputs"] if i["type"] not in WIDGETS]
     height = 20 * max(len(sockets), len(node["outputs"]), 1)
-    widgets = len(_widget_names(node["type"])) if node["type"] in SCHEMAS else 0
+    widgets = len(_widget_names(node["type"])) if node["type"] in SCHEMAS or node["type"] in KNOWN else 0
     return height + (24 * widgets + 8 if widgets else 0)
 
 
-@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_template_browser_lists_only_ui_workflows_each_with_a_thumbnail():
+    """ComfyUI lists every .json directly in a pack's workflows/ folder as a template (an API file opens as
+    an empty canvas there) and shows the .jpg of the same name as its thumbnail; API files live in api/."""
+    assert set(SHIPPED) >= {*WORKFLOW_NAMES, EXTRAMODELS_WORKFLOW}
+    for name in SHIPPED:
+        ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+        assert ui["nodes"] and ui["version"], name
+        assert (WORKFLOWS / "api" / f"{name}_api.json").is_file(), name
+        with Image.open(WORKFLOWS / f"{name}.jpg") as thumbnail:
+            assert thumbnail.format == "JPEG" and min(thumbnail.size) >= 200, name
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_saved_nodes_are_as_tall_as_drawn_and_do_not_overlap(name):
     ui, _ = _load(name)
     title = 30  # the title bar is drawn above pos
