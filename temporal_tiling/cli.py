@@ -489,8 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, 1),
         default=default_threads(),
         help="CPU threads for torch (default here: %(default)s = OMP_NUM_THREADS if set, else half the CPUs "
-        "this process may use; torch's own choice, every core, made the quick start 3× slower on a busy "
-        "2-core machine: docs/cli_threads.md)",
+        "this process may use; torch's own choice, every core, made the quick start 6× slower on a "
+        "busy 2-core machine: docs/cli_threads.md)",
     )
     g.add_argument("--out", type=_folder, required=True, help="output folder (created if missing)")
     g.set_defaults(command_parser=g, run=run_generate)
