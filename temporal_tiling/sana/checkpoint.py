@@ -154,4 +154,6 @@ def folder_load_error(what: str, root: Path, exc: Exception) -> CheckpointError:
         except (SafetensorError, OSError) as broken:
             return CheckpointError(f"'{path}' is truncated or corrupt ({broken}). Download it again.")
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return CheckpointError(f"Cannot load the {what} in '{root}': {reason}")
+    return CheckpointError(
+        f"Cannot load the {what} in '{root}': {reason} (check its config.json, or download it again)."
+    )

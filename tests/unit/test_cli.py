@@ -561,6 +561,18 @@ def test_a_broken_model_file_is_named_once_in_one_line(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_config_diffusers_cannot_build_is_one_line_naming_the_folder(
+    tmp_path: Path, capsys, tiny_folder: Path
+) -> None:
+    folder = shutil.copytree(tiny_folder, tmp_path / "model")
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    (folder / "transformer" / "config.json").write_text(json.dumps({**config, "num_layers": "lots"}))
+    argv = [*BASE, "--model", str(folder), "--out", str(tmp_path / "out")]
+    line = one_error_line(capsys, argv, cli.load_sana_folder)
+    assert f"argument --model: Cannot load the SANA transformer in '{folder / 'transformer'}': " in line
+    assert line.endswith("(check its config.json, or download it again).")
+
+
 def test_the_tiny_folder_loads_through_the_real_loader(tmp_path: Path, tiny_folder: Path) -> None:
     """The broken-file cases above fail because of the damage, not because the folder never loads."""
     argv = [*BASE, "--method", "independent", "--model", str(tiny_folder), "--out", str(tmp_path)]
