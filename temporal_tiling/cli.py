@@ -8,7 +8,9 @@ writes each as PNG plus a labelled strip (``compare.png``) and the seam metrics 
 (``metrics.md`` / ``metrics.json``). The model is the pack's embedded SANA-architecture model
 (``temporal_tiling/embedded/seamlab-sana``) unless ``--model`` names another diffusers SANA folder.
 Every file is written to a temporary name and renamed into place, so an error or Ctrl-C never
-leaves a half-written output. Bad settings end with an argparse-style message naming the flag.
+leaves a half-written output. Every mistake the user can fix (a flag, a path, a model file) ends the
+run with one line, ``python -m temporal_tiling <command>: error: ...`` naming what to change, and exit
+status 2, before the model loads wherever it can be known without it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -26,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from .atomic import write_atomic
 from .errors import UserInputError
@@ -69,6 +72,10 @@ if (
 COMPARE = ("independent", "multidiffusion", "causal", "guided")
 """What ``--method compare`` renders, in strip order."""
 
+SEED_MAX = 2**64 - 1
+"""The largest seed torch.Generator.manual_seed takes (and ComfyUI's seed widget)."""
+NOISE_SEEDS = 2**32
+"""Distinct noises of torch's CPU generator: it seeds its Mersenne Twister with a seed's low 32 bits."""
 TRAIN_COMMAND = (
     "python -m lab.training build --out temporal_tiling/embedded/seamlab-sana --overwrite-embedded"
 )
@@ -110,22 +117,16 @@ Loader = Callable[[Path, "torch.device"], LoadedModel]
 
 def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
     """A diffusers SANA pipeline folder: transformer/, vae/ (AutoencoderDC), text_encoder/ + tokenizer/."""
+    import diffusers
     import torch
+    import transformers
 
-    from .sana import is_pipeline_folder, load_text_encoder, load_transformer_folder, load_vae_folder
+    from .sana import load_text_encoder, load_transformer_folder, load_vae_folder
     from .sana.vae import compression, decode_tiled, scaling_factor
 
-    if not is_pipeline_folder(folder):
-        if folder.resolve() == EMBEDDED_MODEL:
-            raise CLIError(
-                f"the embedded model is missing (expected a diffusers SANA folder at {folder}); "
-                f"train it with `{TRAIN_COMMAND}` or pass --model DIR",
-                "--model",
-            )
-        raise CLIError(
-            f"'{folder}' is not a diffusers SANA folder (needs model_index.json and transformer/config.json)",
-            "--model",
-        )
+    check_model_folder(folder)
+    for library in (diffusers, transformers):  # the run's own bars follow; an error stays one line
+        library.utils.logging.disable_progress_bar()
     transformer, variant = load_transformer_folder(folder)
     vae = load_vae_folder(folder).to(device)
     text = load_text_encoder(folder).to(device)
@@ -162,6 +163,40 @@ def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
         prompt_notes=text.prompt_notes,
         encode=encode,
     )
+
+
+def check_model_folder(folder: Path) -> None:
+    """A CLIError naming --model unless ``folder`` looks like a diffusers SANA pipeline folder."""
+    from .sana import is_pipeline_folder
+
+    if is_pipeline_folder(folder):
+        return
+    if folder.resolve() == EMBEDDED_MODEL:
+        raise CLIError(
+            f"the embedded model is missing (expected a diffusers SANA folder at {folder}); "
+            f"train it with `{TRAIN_COMMAND}` or pass --model DIR",
+            "--model",
+        )
+    raise CLIError(
+        f"'{folder}' is not a diffusers SANA folder (needs model_index.json and transformer/config.json)",
+        "--model",
+    )
+
+
+def folder_compression(folder: Path) -> int | None:
+    """Pixels per latent cell of a SANA folder's DC-AE, read from ``vae/config.json`` so that the plan is
+    checked before any model loads (diffusers' AutoencoderDC halves the side once per encoder block after
+    the first); None without that file (the loader then says what is missing)."""
+    from .sana.checkpoint import CheckpointError, read_json
+
+    path = folder / "vae" / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        blocks = read_json(path).get("encoder_block_out_channels")
+    except CheckpointError as error:
+        raise CLIError(str(error), "--model") from None
+    return 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else None
 
 
 # --- output ---------------------------------------------------------------------------------------
@@ -204,6 +239,29 @@ def compare_strip(images: dict[str, Image.Image]) -> Image.Image:
 # --- arguments ------------------------------------------------------------------------------------
 
 
+def default_threads() -> int:
+    """CPU threads when --threads is not given: OMP_NUM_THREADS if set (as torch reads it), else half the
+    CPUs this process may use, at least 1. Torch's own default takes every core, and on a machine whose
+    cores other jobs also use its threads wait on each other (docs/cli_threads.md)."""
+    from_env = os.environ.get("OMP_NUM_THREADS", "")
+    if from_env.isdigit() and int(from_env) > 0:
+        return int(from_env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``prog: error: message`` and exit 2, without the usage block (the
+    message names the flag; ``--help`` has the rest). Subcommand parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
 def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
     """argparse type: a number in [low, high] (or (low, high] with ``low_open``)."""
 
@@ -218,23 +276,32 @@ def _number(kind: type, low: float | None = None, high: float | None = None, low
             bound = f"> {low:g}" if low_open else f">= {low:g}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
+            shown = high if kind is int else format(high, "g")
+            raise argparse.ArgumentTypeError(f"must be <= {shown}, got {text}")
         return value
 
     return parse
+
+
+def _folder(text: str) -> Path:
+    """argparse type: a folder path; an empty one is refused (it would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder name, got an empty path")
+    return Path(text)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Adds "(default: X)" only where the help does not already say what the default is."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, "", False) or "default" in (action.help or ""):
+        unset = action.default is None or action.default is False or action.default == ""
+        if unset or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m temporal_tiling",
         description="SANA temporal tiling: high-resolution canvases generated tile after tile.",
     )
@@ -246,12 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     g.add_argument("--prompt", required=True, help="text prompt")
-    g.add_argument("--negative", default="", help="negative prompt (CFG's unconditional branch)")
+    g.add_argument(
+        "--negative", default="", help="negative prompt (CFG's unconditional branch; default: empty)"
+    )
     g.add_argument("--width", type=_number(int, 1, MAX_SIDE), default=512, help="canvas width in px")
     g.add_argument("--height", type=_number(int, 1, MAX_SIDE), default=256, help="canvas height in px")
     g.add_argument("--tile", type=_number(int, 1), default=128, help="tile width in px (and height)")
     g.add_argument(
-        "--tile-height", type=_number(int, 1), default=None, help="tile height in px if not square"
+        "--tile-height",
+        type=_number(int, 1),
+        default=None,
+        help="tile height in px if not square (default: --tile)",
     )
     g.add_argument(
         "--overlap", type=_number(int, 0), default=32, help="least overlap of neighbouring tiles, px"
@@ -306,7 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--cfg", type=_number(float, 0, low_open=True), default=4.5, help="classifier-free guidance"
     )
-    g.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the one canvas noise")
+    g.add_argument(
+        "--seed",
+        type=_number(int, 0, SEED_MAX),
+        default=0,
+        help=f"seed of the one canvas noise, 0 to {SEED_MAX} like ComfyUI's (torch's CPU generator keeps "
+        f"the low 32 bits: seeds that differ by a multiple of {NOISE_SEEDS} draw the same noise)",
+    )
     g.add_argument("--sampler", choices=SAMPLER_NAMES, default="euler", help="flow sampler")
     g.add_argument(
         "--shift",
@@ -412,11 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--threads",
         type=_number(int, 1),
-        default=None,
-        help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)",
+        default=default_threads(),
+        help="CPU threads for torch (default here: %(default)s = OMP_NUM_THREADS if set, else half the CPUs "
+        "this process may use; torch's own choice, every core, made the quick start 6× slower on a "
+        "busy 2-core machine: docs/cli_threads.md)",
     )
-    g.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    g.set_defaults(command_parser=g)
+    g.add_argument("--out", type=_folder, required=True, help="output folder (created if missing)")
+    g.set_defaults(command_parser=g, run=run_generate)
     return parser
 
 
@@ -428,9 +508,11 @@ _PLAN_FLAGS = (
     (r"^overlap", "--overlap"),
     (r"^The plan has \d+ tiles", "--max-tiles"),
 )
+"""Which flag a PlanError is about, from how its message starts (make_plan names its parameter first)."""
 
 
 def _plan(args: argparse.Namespace, compression: int) -> TilePlan:
+    """The tile plan the flags ask for, or a CLIError naming the flag to change and only flag names."""
     from .plan import PlanError, make_plan
 
     tile_height = args.tile_height or args.tile
@@ -448,10 +530,15 @@ def _plan(args: argparse.Namespace, compression: int) -> TilePlan:
             max_tiles=args.max_tiles,
         )
     except PlanError as error:
+        tile_height_flag = "--tile" if args.tile_height is None else "--tile-height"
         message = str(error)
         flag = next((f for pattern, f in _PLAN_FLAGS if re.match(pattern, message)), "--tile")
-        if flag == "--tile-height" and args.tile_height is None:
-            flag = "--tile"
+        if flag == "--tile-height":
+            flag = tile_height_flag
+        # make_plan's messages use its parameter names; a CLI user knows the flags.
+        names = {"tile_width": "--tile", "tile_height": tile_height_flag, "max_tiles": "--max-tiles"}
+        for name, replacement in names.items():
+            message = re.sub(rf"\b{name}\b", replacement, message)
         raise CLIError(message, flag) from None
 
 
@@ -582,8 +669,9 @@ def _device(name: str | None) -> torch.device:
 def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
     """Render every requested method into ``args.out``; returns the files written.
 
-    Every setting is checked before the model runs, and the files reach ``args.out`` only when the whole
-    run succeeded, so a failure leaves the folder as it was.
+    Every setting, path and the plan are checked before the model loads (the plan with the compression
+    that ``vae/config.json`` states, again with the loaded model's), and the files reach ``args.out`` only
+    when the whole run succeeded, so a failure leaves the folder as it was.
     """
     import torch
 
@@ -591,26 +679,45 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise CLIError(f"'{out}' exists and is not a folder", "--out")
     device = _device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if args.method not in ("causal", "guided", "compare") and _uses_context(args):
         raise CLIError(
             f"global context is only used by the causal and guided methods, not {args.method!r}", "--method"
         )
-    model = loader(args.model or EMBEDDED_MODEL, device)
-    plan = _plan(args, model.compression)
     methods = list(COMPARE) if args.method == "compare" else [args.method]
-    if _uses_context(args) or "guided" in methods:
-        _check_context_size(args, plan)
-    guide_first = _guide_first(args, model) if "guided" in methods else None
-    if args.reference and "full" not in methods:
-        methods.append("full")
-    _warn(args, model, plan, methods)
-    with _staging(out) as stage:
+    folder = args.model or EMBEDDED_MODEL
+    check_model_folder(folder)
+    compression = folder_compression(folder)
+    if compression is not None:
+        _check_plan(args, methods, compression)
+    with _staging(out) as stage:  # made first: an unwritable --out is found before the model loads
+        try:
+            model = loader(folder, device)
+        except CLIError:
+            raise
+        except UserInputError as error:  # a broken model file: the CLI's answer is another --model
+            raise CLIError(str(error), "--model") from None
+        plan = _check_plan(args, methods, model.compression)
+        guide_first = _guide_first(args, model) if "guided" in methods else None
+        if args.reference and "full" not in methods:
+            methods.append("full")
+        _warn(args, model, plan, methods)
         written = _render(args, model, plan, methods, guide_first, stage)
     for path in written:
         print(out / path.name)
     return [out / path.name for path in written]
+
+
+def _check_plan(args: argparse.Namespace, methods: list[str], compression: int) -> TilePlan:
+    """The plan, and the low-res pass's plan where one runs: a CLIError naming the flag if either fails."""
+    plan = _plan(args, compression)
+    if _uses_context(args) or "guided" in methods:
+        _check_context_size(args, plan)
+    return plan
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _warn(args: argparse.Namespace, model: LoadedModel, plan: TilePlan, methods: list[str]) -> None:
@@ -619,11 +726,18 @@ def _warn(args: argparse.Namespace, model: LoadedModel, plan: TilePlan, methods:
         if prompt.strip() or flag == "--prompt":
             for note in model.prompt_notes(prompt):
                 print(f"warning: {flag}: {note}", file=sys.stderr)
+    if args.seed >= NOISE_SEEDS:
+        print(
+            f"warning: --seed: {args.seed} draws the same canvas noise as --seed {args.seed % NOISE_SEEDS} "
+            "(torch's CPU generator keeps a seed's low 32 bits)",
+            file=sys.stderr,
+        )
     if len(plan) > WARN_TILES:
         passes = len(plan) * args.steps * len(methods)
         print(
-            f"warning: {len(plan)} tiles × {args.steps} steps × {len(methods)} method(s) = {passes} tile "
-            "passes; this run will be long (larger --tile means fewer tiles)",
+            f"warning: {_plural(len(plan), 'tile')} × {_plural(args.steps, 'step')} × "
+            f"{_plural(len(methods), 'method')} = {passes} tile passes; this run will be long "
+            "(larger --tile means fewer tiles)",
             file=sys.stderr,
         )
 
@@ -631,17 +745,24 @@ def _warn(args: argparse.Namespace, model: LoadedModel, plan: TilePlan, methods:
 @contextlib.contextmanager
 def _staging(out: Path) -> Iterator[Path]:
     """A hidden folder in ``out`` that a run writes into; its files move into ``out`` only when the run
-    succeeded. On any failure it is removed, and so is ``out`` if the run created it."""
+    succeeded. On any failure it is removed, and so is ``out`` if the run created it. A folder that
+    cannot be written (read-only, full disk) is a CLIError naming ``out``, never the hidden folder."""
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+    stage = None
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
         yield stage
         for path in sorted(stage.iterdir()):
             path.replace(out / path.name)
+    except OSError as error:
+        if error.filename is not None and not Path(error.filename).resolve().is_relative_to(out.resolve()):
+            raise
+        raise CLIError(f"cannot write into '{out}': {error.strerror or error}", "--out") from None
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created and not any(out.iterdir()):
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
 
 
@@ -745,7 +866,13 @@ def _write_metrics(
 
 
 def main(argv: Sequence[str] | None = None, *, loader: Loader = load_sana_folder) -> int:
-    """``python -m temporal_tiling``; ``loader`` is injectable so tests can run a tiny model."""
+    """``python -m temporal_tiling``; ``loader`` is injectable so tests can run a tiny model.
+
+    The one place that turns a user's mistake into ``prog COMMAND: error: message`` and exit 2, for every
+    subcommand (each sets ``run`` and ``command_parser`` with ``set_defaults``): argparse's own errors,
+    any ``UserInputError`` the engine or the loaders raise (a ``CLIError`` also names its flag), and an
+    ``OSError`` (a file that cannot be read or written). No traceback, no usage block.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     command: argparse.ArgumentParser = args.command_parser
@@ -753,13 +880,12 @@ def main(argv: Sequence[str] | None = None, *, loader: Loader = load_sana_folder
         import torch
 
         with torch.no_grad():
-            run_generate(args, loader)
-    except CLIError as error:
-        command.error(f"argument {error.flag}: {error}" if error.flag else str(error))
+            args.run(args, loader)
     except UserInputError as error:
+        flag = getattr(error, "flag", None)
+        command.error(f"argument {flag}: {error}" if flag else str(error))
+    except OSError as error:
         command.error(str(error))
-    except OSError as error:  # unwritable --out, full disk: say so, no traceback
-        command.error(f"cannot write the output: {error}")
     except KeyboardInterrupt:
         print("\ninterrupted: no partial files were written", file=sys.stderr)
         return 130

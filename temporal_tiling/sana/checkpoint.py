@@ -122,3 +122,38 @@ def _tensors_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
             obj = nested
             break
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def read_json(path: Path) -> dict:
+    """A model folder's JSON file (config.json, scheduler_config.json, ...) as a dict; a file that is not a
+    JSON object is a CheckpointError naming it, not a decoder traceback."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"'{path}' is corrupt: not valid JSON ({exc}). Restore it from the model's download."
+        ) from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"'{path}' is corrupt: it holds a JSON {type(config).__name__}, not an object.")
+    return config
+
+
+def folder_load_error(what: str, root: Path, exc: Exception) -> CheckpointError:
+    """Why a diffusers/transformers folder ``root`` failed to load, as one message: the first of its files
+    that cannot be read (a JSON file that does not parse, a safetensors file whose header or length is
+    wrong: a truncated download) named once, else the library's own first line."""
+    for path in sorted(root.glob("*.json")):
+        try:
+            read_json(path)
+        except CheckpointError as broken:
+            return broken
+    for path in sorted(root.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt", device="cpu"):
+                pass
+        except (SafetensorError, OSError) as broken:
+            return CheckpointError(f"'{path}' is truncated or corrupt ({broken}). Download it again.")
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CheckpointError(
+        f"Cannot load the {what} in '{root}': {reason} (check its config.json, or download it again)."
+    )

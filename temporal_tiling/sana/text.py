@@ -10,14 +10,13 @@ diffusers' SanaPipeline defaults, so they stay in step with diffusers.
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import torch
 from diffusers import SanaPipeline
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, folder_load_error, read_json
 
 _PIPELINE_DEFAULTS = inspect.signature(SanaPipeline.__call__).parameters
 COMPLEX_HUMAN_INSTRUCTION: tuple[str, ...] = tuple(_PIPELINE_DEFAULTS["complex_human_instruction"].default)
@@ -98,7 +97,9 @@ class SanaTextEncoder(torch.nn.Module):
         full, length = self._text_and_length(prompt)
         count = len(self.tokenizer(full, add_special_tokens=True).input_ids)
         if count > length:
-            notes.append(f"the prompt is cut short: its last {count - length} tokens are dropped")
+            dropped = count - length
+            tokens = "token is" if dropped == 1 else "tokens are"
+            notes.append(f"the prompt is cut short: its last {dropped} {tokens} dropped")
         return notes
 
     @torch.no_grad()
@@ -142,15 +143,19 @@ def load_text_encoder(
         raise CheckpointError(
             f"No tokenizer in '{folder}': expected tokenizer/tokenizer_config.json next to the text encoder."
         )
+    # Whatever transformers or tokenizers raise on a broken file, named by folder_load_error.
     try:
         model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    except Exception as exc:
+        raise folder_load_error("text encoder", model_dir, exc) from exc
+    try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"Cannot load the text encoder in '{folder}': {exc}") from exc
+    except Exception as exc:
+        raise folder_load_error("tokenizer", tokenizer_dir, exc) from exc
     if dtype is not None:
         model = model.to(dtype)
     settings_file = folder / PROMPT_SETTINGS
-    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    settings = read_json(settings_file) if settings_file.is_file() else {}
     return SanaTextEncoder(
         model.eval().requires_grad_(False),
         tokenizer,

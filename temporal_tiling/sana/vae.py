@@ -8,7 +8,6 @@ their own config and may be any AutoencoderDC.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderDC
 from diffusers.loaders.single_file_utils import convert_autoencoder_dc_checkpoint_to_diffusers
 
-from .checkpoint import CheckpointError, load_state_dict
+from .checkpoint import CheckpointError, folder_load_error, load_state_dict, read_json
 
 # mit-han-lab/dc-ae-f32c32-sana-1.x-diffusers: the autoencoder every SANA 0.6B/1.6B checkpoint uses.
 SANA_DCAE_F32C32_CONFIG = {
@@ -87,15 +86,15 @@ def load_vae_folder(folder: str | Path, dtype: torch.dtype | None = None) -> Aut
     config_path = root / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"'{folder}' has no vae/config.json: not a diffusers DC-AE folder.")
-    class_name = json.loads(config_path.read_text()).get("_class_name")
+    class_name = read_json(config_path).get("_class_name")
     if class_name != "AutoencoderDC":
         raise CheckpointError(f"'{root}' holds a {class_name}; SANA needs an AutoencoderDC (DC-AE).")
     try:
         vae = AutoencoderDC.from_pretrained(
             root, local_files_only=True, low_cpu_mem_usage=True, torch_dtype=dtype
         )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"Cannot load the DC-AE in '{root}': {exc}") from exc
+    except Exception as exc:  # whatever diffusers raises on a broken file, named by folder_load_error
+        raise folder_load_error("DC-AE", root, exc) from exc
     return _ready(vae, None)
 
 

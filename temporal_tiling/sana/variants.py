@@ -11,7 +11,6 @@ table; the native resolution and the sin-cos position embedding come from the or
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -24,7 +23,7 @@ from diffusers import SanaTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_sana_transformer_to_diffusers
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, folder_load_error, load_checkpoint, read_json
 
 ORIGINAL_MARKER = "blocks.0.cross_attn.q_linear.weight"
 DIFFUSERS_MARKER = "transformer_blocks.0.attn2.to_q.weight"
@@ -390,16 +389,7 @@ def load_transformer_folder(
             f"'{folder}' is not a diffusers SANA folder: no transformer/config.json. "
             "Point at the folder that holds model_index.json."
         )
-    try:
-        config = json.loads((root / "config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"'{root / 'config.json'}' is not valid JSON ({exc}); restore the model folder's config.json."
-        ) from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(
-            f"'{root / 'config.json'}' is not a JSON object; restore the model's config.json."
-        )
+    config = read_json(root / "config.json")
     if config.get("_class_name", "SanaTransformer2DModel") != "SanaTransformer2DModel":
         raise CheckpointError(f"'{root}' holds a {config['_class_name']}, not a SanaTransformer2DModel.")
     try:
@@ -411,8 +401,8 @@ def load_transformer_folder(
             f"'{root / 'config.json'}' holds a value of the wrong type ({exc}); restore the model folder's "
             "config.json."
         ) from exc
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"Cannot load the SANA transformer in '{root}': {exc}") from exc
+    except Exception as exc:  # whatever diffusers raises on a broken file, named by folder_load_error
+        raise folder_load_error("SANA transformer", root, exc) from exc
     return model.eval().requires_grad_(False), variant_from_config(dict(model.config), _folder_shift(folder))
 
 
@@ -421,5 +411,5 @@ def _folder_shift(folder: Path) -> float | None:
     path = folder / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         return None
-    config = json.loads(path.read_text())
+    config = read_json(path)
     return config.get("flow_shift") or config.get("shift")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import runpy
+import shutil
 import subprocess
 import sys
 import zlib
@@ -277,7 +281,7 @@ def test_prompt_notes_and_long_runs_are_warned_about(tmp_path: Path, capsys) -> 
     err = capsys.readouterr().err
     assert "warning: --prompt: words the model does not know: one" in err
     assert "warning: --negative: words the model does not know: blurry" in err
-    assert "warning: 260 tiles × 1 steps × 1 method(s) = 260 tile passes" in err
+    assert "warning: 260 tiles × 1 step × 1 method = 260 tile passes" in err
 
 
 def test_help_and_argument_errors_load_no_torch_and_print_each_default_once() -> None:
@@ -380,3 +384,280 @@ def test_embedded_model_renders_through_the_real_loader(tmp_path: Path) -> None:
         assert image.size == (128, 64)
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).float()
     assert pixels.std() > 5  # a picture, not a flat or black canvas
+
+
+# --- every wrong input: one line, exit 2, before the model loads ------------------------------------
+
+
+def one_error_line(capsys, argv: list[str], loader=tiny_loader) -> str:
+    """Run the CLI expecting a user error: exit 2 and exactly one stderr line, no usage, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(argv, loader)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert re.match(r"python -m temporal_tiling( generate)?: error: \S", lines[0]), lines
+    return lines[0]
+
+
+def refusing_loader(folder: Path, device: torch.device) -> cli.LoadedModel:
+    raise AssertionError("the model was loaded before the settings were checked")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--seed", str(2**64)], "argument --seed: must be <= 18446744073709551615"),
+        (["--seed", "-1"], "argument --seed: must be >= 0"),
+        (["--seed", "2^63"], "argument --seed: expected a whole number, got '2^63'"),
+        (["--out", ""], "argument --out: expected a folder name, got an empty path"),
+        (["--steps", "0"], "argument --steps: must be >= 1, got 0"),
+        (["--method", "magic"], "argument --method: invalid choice: 'magic'"),
+        (["--tile"], "argument --tile: expected one argument"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_argument_errors_are_one_line_without_the_usage_block(
+    tmp_path: Path, capsys, flags: list[str], expected: str
+) -> None:
+    line = one_error_line(capsys, [*BASE, "--out", str(tmp_path / "out"), *flags], refusing_loader)
+    assert expected in line
+
+
+def test_a_missing_required_flag_is_one_line(capsys) -> None:
+    line = one_error_line(capsys, ["generate", "--out", "x"], refusing_loader)
+    assert line.endswith("the following arguments are required: --prompt")
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag"),
+    [
+        (["--tile", "30"], "--tile"),
+        (["--tile", "128"], "--tile"),
+        (["--overlap", "32"], "--overlap"),
+        (["--width", "60"], "--width"),
+        (["--max-tiles", "5"], "--max-tiles"),
+        (["--method", "guided", "--context-size", "1"], "--context-size"),
+    ],
+)
+def test_plan_errors_come_before_the_model_loads(tmp_path: Path, capsys, flags: list[str], flag: str) -> None:
+    line = one_error_line(capsys, [*BASE, *flags, "--out", str(tmp_path / "out")], refusing_loader)
+    assert f"error: argument {flag}: " in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_errors_name_flags_not_engine_parameters(tmp_path: Path, capsys) -> None:
+    line = one_error_line(capsys, [*BASE, "--max-tiles", "5", "--out", str(tmp_path)], refusing_loader)
+    assert "argument --max-tiles: The plan has 6 tiles" in line and "raise --max-tiles" in line
+    assert "max_tiles" not in line
+    line = one_error_line(capsys, [*BASE, "--tile", "30", "--out", str(tmp_path)], refusing_loader)
+    assert "argument --tile: --tile = 30 px is not a multiple" in line and "tile_width" not in line
+    flags = ["--tile-height", "20", "--out", str(tmp_path)]
+    line = one_error_line(capsys, [*BASE, *flags], refusing_loader)
+    assert "argument --tile-height: --tile-height = 20 px" in line
+
+
+def test_an_unwritable_out_is_found_before_the_model_loads_and_named(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "out"
+
+    def read_only(prefix: str, dir: Path) -> str:
+        raise PermissionError(13, "Permission denied", str(Path(dir) / f"{prefix}abc123"))
+
+    monkeypatch.setattr(cli.tempfile, "mkdtemp", read_only)
+    line = one_error_line(capsys, [*BASE, "--out", str(out)], refusing_loader)
+    assert line.endswith(f"argument --out: cannot write into '{out}': Permission denied")
+    assert ".partial" not in line and not out.exists()
+
+
+def test_a_full_disk_names_the_output_folder_not_the_staging_folder(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    def full_disk(path: Path, data: bytes) -> None:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(cli, "write_atomic", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        run([*BASE, "--method", "independent", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]  # after the run's progress lines
+    assert line.endswith(f"argument --out: cannot write into '{tmp_path / 'out'}': No space left on device")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_seed_past_32_bits_runs_and_says_which_noise_it_draws(tmp_path: Path, capsys) -> None:
+    """torch's CPU generator keeps a seed's low 32 bits: 2^63 draws seed 0's noise, and is told so."""
+    images = {}
+    for seed in (0, 2**63, 2**64 - 1, 2**32 - 1):
+        assert (
+            run([*BASE, "--method", "independent", "--seed", str(seed), "--out", str(tmp_path / str(seed))])
+            == 0
+        )
+        with Image.open(tmp_path / str(seed) / "independent.png") as image:
+            images[seed] = np.asarray(image)
+        err = capsys.readouterr().err
+        said = f"warning: --seed: {seed} draws the same canvas noise as --seed {seed % 2**32}"
+        assert (said in err) == (seed >= 2**32), err
+    assert np.array_equal(images[0], images[2**63])  # what the warning says
+    assert np.array_equal(images[2**32 - 1], images[2**64 - 1])
+    assert not np.array_equal(images[0], images[2**32 - 1])
+
+
+def test_any_user_input_error_of_any_command_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    """main() is the one place: any command's UserInputError (even multi-line) or OSError is one line."""
+    from temporal_tiling.errors import UserInputError
+
+    def failing(error: Exception):
+        def run_command(args, loader) -> None:
+            raise error
+
+        return run_command
+
+    for error, expected in (
+        (
+            UserInputError("the first line\n  and its continuation"),
+            "error: the first line and its continuation",
+        ),
+        (cli.CLIError("too big", "--width"), "error: argument --width: too big"),
+        (FileNotFoundError(2, "No such file or directory", "x.json"), "No such file or directory: 'x.json'"),
+    ):
+        monkeypatch.setattr(cli, "run_generate", failing(error))  # build_parser binds run at main()
+        assert one_error_line(capsys, [*BASE, "--out", str(tmp_path)]).endswith(expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    from lab.fixtures import write_pipeline_folder
+
+    return write_pipeline_folder(tmp_path_factory.mktemp("models") / "tiny-sana")
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "says"),
+    [
+        ("transformer/config.json", lambda p: p.write_text('{"num_layers": '), "is corrupt: not valid JSON"),
+        ("vae/config.json", lambda p: p.write_text("nope"), "is corrupt: not valid JSON"),
+        ("scheduler/scheduler_config.json", lambda p: p.write_text("{"), "is corrupt: not valid JSON"),
+        ("tokenizer/tokenizer.json", lambda p: p.write_text('{"model": '), "is corrupt: not valid JSON"),
+        ("text_encoder/model.safetensors", _truncate, "is truncated or corrupt"),
+        ("transformer/diffusion_pytorch_model.safetensors", _truncate, "is truncated or corrupt"),
+        ("vae/diffusion_pytorch_model.safetensors", _truncate, "is truncated or corrupt"),
+    ],
+)
+def test_a_broken_model_file_is_named_once_in_one_line(
+    tmp_path: Path, capsys, tiny_folder: Path, file: str, damage, says: str
+) -> None:
+    folder = shutil.copytree(tiny_folder, tmp_path / "model")
+    damage(folder / file)
+    argv = [*BASE, "--method", "independent", "--model", str(folder), "--out", str(tmp_path / "out")]
+    line = one_error_line(capsys, argv, cli.load_sana_folder)
+    assert f"argument --model: '{folder / file}' {says}" in line
+    assert line.count(str(folder)) == 1 and "Traceback" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_diffusers_cannot_build_is_one_line_naming_the_file(
+    tmp_path: Path, capsys, tiny_folder: Path
+) -> None:
+    folder = shutil.copytree(tiny_folder, tmp_path / "model")
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    (folder / "transformer" / "config.json").write_text(json.dumps({**config, "num_layers": "lots"}))
+    argv = [*BASE, "--model", str(folder), "--out", str(tmp_path / "out")]
+    line = one_error_line(capsys, argv, cli.load_sana_folder)
+    config_path = folder / "transformer" / "config.json"
+    assert f"argument --model: '{config_path}' holds a value of the wrong type" in line
+    assert line.endswith("restore the model folder's config.json.")
+
+
+def test_the_tiny_folder_loads_through_the_real_loader(tmp_path: Path, tiny_folder: Path) -> None:
+    """The broken-file cases above fail because of the damage, not because the folder never loads."""
+    argv = [*BASE, "--method", "independent", "--model", str(tiny_folder), "--out", str(tmp_path)]
+    assert cli.main(argv) == 0 and (tmp_path / "independent.png").is_file()
+
+
+def test_one_dropped_token_is_said_in_the_singular(tiny_folder: Path) -> None:
+    from temporal_tiling.sana import load_text_encoder
+
+    text = load_text_encoder(tiny_folder, instruction="never")
+    prompt = "a sky " * 5
+    count = len(text.tokenizer(prompt).input_ids)
+    text.max_sequence_length = count - 1
+    assert text.prompt_notes(prompt)[-1] == "the prompt is cut short: its last 1 token is dropped"
+    text.max_sequence_length = count - 2
+    assert text.prompt_notes(prompt)[-1] == "the prompt is cut short: its last 2 tokens are dropped"
+
+
+def test_help_shows_every_default() -> None:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    help_text = buffer.getvalue()
+    entries = help_text.split("\n  --")[1:]
+    without = [
+        e.split()[0]
+        for e in entries
+        if "default" not in e and e.split()[0] not in ("prompt", "out", "reference")
+    ]
+    assert without == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "cpus", "threads"),
+    [
+        ({}, 2, 1),
+        ({}, 16, 8),
+        ({}, 1, 1),
+        ({"OMP_NUM_THREADS": "3"}, 16, 3),
+        ({"OMP_NUM_THREADS": "x"}, 4, 2),
+    ],
+)
+def test_default_threads_leave_half_the_machine_to_others(
+    monkeypatch, environ, cpus: int, threads: int
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    assert cli.default_threads() == threads
+    assert cli.build_parser().parse_args(["generate", "--prompt", "x", "--out", "o"]).threads == threads
+
+
+def test_the_thread_count_reaches_torch(tmp_path: Path, monkeypatch) -> None:
+    counts = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
+    argv = BASE[: BASE.index("--threads")]
+    monkeypatch.setattr(cli, "default_threads", lambda: 3)
+    assert run([*argv, "--method", "independent", "--out", str(tmp_path)]) == 0
+    assert counts == [3]
+
+
+def test_the_module_entry_point_gives_one_line_and_exit_2() -> None:
+    """The real `python -m temporal_tiling`, as a user runs it: no usage block, no traceback."""
+    root = Path(cli.__file__).resolve().parents[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "temporal_tiling",
+            "generate",
+            "--prompt",
+            "x",
+            "--seed",
+            str(2**64),
+            "--out",
+            "o",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "python -m temporal_tiling generate: error: argument --seed: must be <= 18446744073709551615, "
+        f"got {2**64}"
+    ]
