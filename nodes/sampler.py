@@ -233,16 +233,16 @@ class SanaCausalSampler(io.ComfyNode):
                     "canvas's size, or smaller with its aspect (enlarged first). Other modes: the canvas "
                     "latent to refine with denoise < 1 (e.g. a VAE-encoded upscale), the plan's size.",
                 ),
+                GlobalContextSocket.Input(
+                    "global_context",
+                    optional=True,
+                    tooltip="Low-res view of the whole scene from the Global Context Encoder (causal mode).",
+                ),
                 io.Vae.Input(
                     "vae",
                     optional=True,
                     tooltip="mode = guided: enlarge a guide smaller than the canvas in pixels (decode, "
                     "bicubic, encode) instead of in latent space; keeps shapes at SANA's 32× compression.",
-                ),
-                GlobalContextSocket.Input(
-                    "global_context",
-                    optional=True,
-                    tooltip="Low-res view of the whole scene from the Global Context Encoder (causal mode).",
                 ),
             ],
             outputs=[
