@@ -47,11 +47,12 @@ class Autoencoder:
     decode: Callable[[Tensor], Tensor]
     """latent -> [1, 3, H, W] in [0, 1]."""
     compression: int
-    tile: int = 64
-    """Latent cells per autoencoder tile side (its activations are the working memory)."""
-    overlap: int = 8
-    """Latent cells neighbouring autoencoder tiles share and cross-fade over, so no seam comes from
-    the autoencoder's own tiling."""
+    tile_px: int = 512
+    """Pixels per autoencoder tile side (its activations are the working memory): 512 px is 64 cells
+    of an 8× autoencoder and 16 of SANA's 32× DC-AE."""
+    overlap_px: int = 64
+    """Pixels neighbouring autoencoder tiles share and cross-fade over, so no seam comes from the
+    autoencoder's own tiling."""
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -123,8 +124,9 @@ def _tiling(plan: TilePlan, autoencoder: Autoencoder) -> TilePlan:
     """The autoencoder's own tiles over ``plan``'s canvas, in latent cells (raster order)."""
     c = autoencoder.compression
     height, width = plan.canvas_height, plan.canvas_width
-    tile_h, tile_w = min(autoencoder.tile, height), min(autoencoder.tile, width)
-    overlap = max(0, min(autoencoder.overlap, tile_h - 1, tile_w - 1))
+    tile = max(1, autoencoder.tile_px // c)
+    tile_h, tile_w = min(tile, height), min(tile, width)
+    overlap = max(0, min(autoencoder.overlap_px // c, tile_h - 1, tile_w - 1))
     return make_plan(width * c, height * c, tile_w * c, tile_h * c, overlap * c, c, max_tiles=10**9)
 
 

@@ -159,7 +159,7 @@ def test_tiled_encode_and_decode_see_one_tile_at_a_time_and_leave_no_seam() -> N
         smooth = F.avg_pool2d(latent[:, :3], 3, 1, 1, count_include_pad=False)
         return torch.sigmoid(F.interpolate(smooth, scale_factor=COMPRESSION, mode="bilinear"))
 
-    autoencoder = Autoencoder(encode, decode, COMPRESSION, tile=8, overlap=2)
+    autoencoder = Autoencoder(encode, decode, COMPRESSION, tile_px=64, overlap_px=16)
     pixels = enlarged((image * 65535).astype(np.uint16), height, width)
     latent = encode_tiled(autoencoder, pixels, plan)
     whole = encode(pixels(0, plan.height_px, 0, plan.width_px))
