@@ -449,9 +449,17 @@ def _add_refine(commands: argparse._SubParsersAction) -> None:
         help="guided: causal tiles with BCLA, refined from the image as their guide; the others are "
         "baselines for comparison",
     )
-    r.add_argument("--tile", type=_number(int, 1), default=128, help="tile side in px (rounded to the model)")
     r.add_argument(
-        "--overlap", type=_number(int, 0), default=32, help="overlap of neighbouring tiles in px (rounded)"
+        "--tile",
+        type=_number(int, 1),
+        default=None,
+        help="tile side in px, rounded to the model (default: the model's native size, at least 128)",
+    )
+    r.add_argument(
+        "--overlap",
+        type=_number(int, 0),
+        default=None,
+        help="overlap of neighbouring tiles in px, rounded (default: a quarter of the tile)",
     )
     r.add_argument(
         "--color-correct",
@@ -478,7 +486,8 @@ def _add_refine(commands: argparse._SubParsersAction) -> None:
         "--no-metrics",
         dest="metrics",
         action="store_false",
-        help="skip metrics.md / metrics.json (they hold the whole image in memory several times)",
+        help="skip metrics.md / metrics.json (written by default; they hold the whole image in memory "
+        "several times, which matters at 8K and above)",
     )
     r.add_argument(
         "--model", type=Path, default=None, help="diffusers SANA folder (default: the embedded model)"

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from .plan import TilePlan
 
 REFINE_METHODS = ("guided", "causal", "independent", "multidiffusion")
+MIN_TILE = 128
+"""Smallest default tile in px: the model's native size (1024 px for SANA 1024px) unless smaller."""
 """``--method``: the default (tiles refined from the enlarged image as their guide) and baselines."""
 
 
@@ -53,14 +55,17 @@ def run_refine(args: argparse.Namespace, loader: Loader) -> list[Path]:
     model = loader(args.model or EMBEDDED_MODEL, device)
     if model.encode is None:
         raise CLIError(f"{model.name} has no image encoder to read the image with", "--model")
+    patch = patch_size(model.transformer)
+    native = getattr(model.transformer.config, "sample_size", 0) * patch * model.compression
+    tile = args.tile or max(MIN_TILE, native)
     try:
         plan = refine_plan(
             height,
             width,
-            args.tile,
-            args.overlap,
+            tile,
+            tile // 4 if args.overlap is None else args.overlap,
             model.compression,
-            patch_size(model.transformer),
+            patch,
             seed=args.seed,
             max_tiles=args.max_tiles,
         )
