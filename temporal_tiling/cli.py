@@ -834,7 +834,12 @@ def main(argv: Sequence[str] | None = None, *, loader: Loader = load_sana_folder
             if args.command == "refine":
                 from .refine_command import run_refine
 
-                run_refine(args, loader)
+                run_refine(
+                    args,
+                    lambda: loader(args.model or EMBEDDED_MODEL, _device(args.device)),
+                    _Progress,
+                    _staging,
+                )
             else:
                 run_generate(args, loader)
     except CLIError as error:

@@ -14,16 +14,16 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .atomic import write_atomic
-from .options import EMBEDDED_MODEL
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .cli import Loader
     from .plan import TilePlan
 
 REFINE_METHODS = ("guided", "causal", "independent", "multidiffusion")
@@ -32,29 +32,36 @@ MIN_TILE = 128
 """``--method``: the default (tiles refined from the enlarged image as their guide) and baselines."""
 
 
-def run_refine(args: argparse.Namespace, loader: Loader) -> list[Path]:
-    """Refine ``args.image`` into ``args.out``; returns the files written."""
+def run_refine(
+    args: argparse.Namespace,
+    load_model: Callable[[], Any],
+    progress: Callable[[str], Any],
+    staging: Callable[[Path], AbstractContextManager[Path]],
+) -> list[Path]:
+    """Refine ``args.image`` into ``args.out``; returns the files written.
+
+    The command line supplies the model (``load_model()``: a ``cli.LoadedModel`` on the chosen
+    device), its progress bar (``progress(label)``: ``bar(done, total)``, ``bar.close()``) and its
+    all-or-nothing output folder (``staging(out)``), as for ``generate``."""
     import torch
 
     from .bcla import BCLAConfig
-    from .cli import CLIError, _device, _Progress, _staging
     from .image_io import Picture, read_image, write_png
     from .pipeline import CAUSAL_METHODS, GuideFirst, generate
     from .plan import PlanError
     from .position import patch_size
-    from .refine import Autoencoder, output_size, refine_image, refine_plan
+    from .refine import Autoencoder, RefineError, output_size, refine_image, refine_plan
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
-        raise CLIError(f"'{out}' exists and is not a folder", "--out")
+        raise RefineError(f"argument --out: '{out}' exists and is not a folder")
     picture = read_image(args.image)
     height, width = output_size(*picture.pixels.shape[:2], args.scale)
-    device = _device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    model = loader(args.model or EMBEDDED_MODEL, device)
+    model = load_model()
     if model.encode is None:
-        raise CLIError(f"{model.name} has no image encoder to read the image with", "--model")
+        raise RefineError(f"argument --model: {model.name} has no image encoder to read the image with")
     patch = patch_size(model.transformer)
     native = getattr(model.transformer.config, "sample_size", 0) * patch * model.compression
     tile = args.tile or max(MIN_TILE, native)
@@ -70,7 +77,8 @@ def run_refine(args: argparse.Namespace, loader: Loader) -> list[Path]:
             max_tiles=args.max_tiles,
         )
     except PlanError as error:
-        raise CLIError(str(error), "--max-tiles" if "max_tiles" in str(error) else "--tile") from None
+        flag = "--max-tiles" if "max_tiles" in str(error) else "--tile"
+        raise RefineError(f"argument {flag}: {error}") from None
     guided = args.method == "guided"
     method_settings = {
         "method": args.method,
@@ -90,7 +98,7 @@ def run_refine(args: argparse.Namespace, loader: Loader) -> list[Path]:
         f"px, {args.method}, denoise {args.denoise}",
         file=sys.stderr,
     )
-    bar = _Progress(args.method)
+    bar = progress(args.method)
 
     def sample(latent: torch.Tensor) -> torch.Tensor:
         return generate(
@@ -102,7 +110,7 @@ def run_refine(args: argparse.Namespace, loader: Loader) -> list[Path]:
             cfg=args.cfg,
             sampler=args.sampler,
             shift=shift,
-            latent=latent.to(device),
+            latent=latent.to(next(model.transformer.parameters()).device),
             progress=bar,
             seed=args.seed,
             **method_settings,
@@ -122,7 +130,7 @@ def run_refine(args: argparse.Namespace, loader: Loader) -> list[Path]:
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    with _staging(out) as stage:
+    with staging(out) as stage:
         write_png(stage / "refined.png", Picture(pixels, picture.icc_profile, picture.exif))
         written = ["refined.png"]
         if args.metrics:
