@@ -32,6 +32,9 @@ PixelSource = Callable[[int, int, int, int], Tensor]
 """``(top, bottom, left, right)`` px of the canvas -> that region [1, 3, h, w] in [0, 1]."""
 RowWriter = Callable[[int, Tensor], None]
 """``(top, rows [3, h, W] in [0, 1])``: finished pixel rows of the canvas, top to bottom."""
+ROWS_PER_WRITE = 64
+"""Finished rows are normalised and handed over this many at a time: the temporaries of the output's
+conversion stay a few MiB even 16K wide."""
 
 
 class RefineError(UserInputError):
@@ -183,11 +186,17 @@ def decode_tiled(
             above_top, above = pending
             shared = above_top + above.shape[1] - top * c
             band[:, :shared] += above[:, above.shape[1] - shared :]
-            finished = above[:, : above.shape[1] - shared]
-            write(above_top, finished[:3] / finished[3:])
+            _emit(write, above_top, above[:, : above.shape[1] - shared])
         pending = (top * c, band)
     if pending is not None:
-        write(pending[0], pending[1][:3] / pending[1][3:])
+        _emit(write, *pending)
+
+
+def _emit(write: RowWriter, top: int, rows: Tensor) -> None:
+    """Weighted RGB + weight rows [4, h, W] normalised and written, :data:`ROWS_PER_WRITE` at a time."""
+    for start in range(0, rows.shape[1], ROWS_PER_WRITE):
+        chunk = rows[:, start : start + ROWS_PER_WRITE]
+        write(top + start, chunk[:3] / chunk[3:])
 
 
 def refine_image(
