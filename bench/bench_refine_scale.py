@@ -135,7 +135,7 @@ def sana_memory_model() -> dict:
         terms = {
             "sampler (20 steps)": row["sampler_above_weights_mib_20"],
             "encode accumulators (latent + weight)": row["cells"] ** 2 * 33 * 4 / MIB,
-            "decode band (one row of 512 px tiles, float32 RGB + weight)": 4 * 4 * 512 * side / MIB,
+            "decode bands (two rows of 512 px tiles, float32 RGB + weight)": 2 * 4 * 4 * 512 * side / MIB,
             "DC-AE tile (512 px)": dcae_tile,
             "input (half size, uint8)": 3 * (side // 2) ** 2 / MIB,
             "output (uint8)": 3 * side**2 / MIB,
@@ -185,6 +185,30 @@ def write_results(runs: dict, model: dict, args: argparse.Namespace) -> None:
             f"{run['cpu_seconds']:.0f} | {run['sampler_cpu_seconds_per_tile']:.2f} | "
             f"{run['autoencoder_cpu_seconds_per_megapixel']:.2f} |"
         )
+    measured = [run for run in runs.values() if "error" not in run]
+    if len(measured) > 1:
+        first, last = measured[0], measured[-1]
+        same_tile = next((run for run in measured if run["output"][1] >= TILE), first)
+        lines += [
+            "",
+            f"Peak RSS above start, {last['output'][0]} px over {first['output'][0]} px: "
+            f"×{last['peak_mib'] / first['peak_mib']:.2f}; over {same_tile['output'][0]} px (the first size "
+            f"with full 512 px tiles): ×{last['peak_mib'] / same_tile['peak_mib']:.2f}, for "
+            f"×{last['output_mib'] / same_tile['output_mib']:.0f} the pixels. Sampler CPU seconds per tile "
+            "and autoencoder CPU seconds per megapixel stay flat: time is linear in the tile count.",
+        ]
+        grown = last["peak_mib"] - same_tile["peak_mib"]
+        bands = 2 * 4 * 4 * 512 * (last["output"][0] - same_tile["output"][0]) / MIB
+        pixels = last["output_mib"] - same_tile["output_mib"]
+        latents = (grown - bands - pixels) / (last["canvas_latent_mib"] - same_tile["canvas_latent_mib"])
+        lines += [
+            "",
+            f"Of the {grown:.0f} MiB it grows by from {same_tile['output'][0]} to {last['output'][0]} px, "
+            f"{pixels:.0f} are the output array and {bands:.0f} the two rows of decode tiles (both wider); "
+            f"the rest is {latents:.1f}× the canvas latent's growth: the run's canvas-sized latents (noise, "
+            "guide, canvas, the guide enlarged to the canvas for each tile's statistics pull) and heap slack "
+            "(this bench does not set glibc's MALLOC_MMAP_THRESHOLD_, `bench_scale` does).",
+        ]
     rows = model["rows"]
     names = list(rows[0]["terms"])
     lines += [
@@ -215,7 +239,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="schedule steps (× denoise 0.3 = 1 per tile)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="output long sides")
     parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the tables from refine_scale.json's runs"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((RESULTS / "refine_scale.json").read_text())
+        args.steps = saved["config"]["steps"]
+        write_results(saved["runs"], sana_memory_model(), args)
+        return
     torch.set_num_threads(1)
     model = load_sana_folder(EMBEDDED_MODEL, torch.device("cpu"))
     embeds = (model.encode_prompt(PROMPT), model.encode_prompt(""))
