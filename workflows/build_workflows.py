@@ -556,7 +556,7 @@ def refine() -> list[Node]:
         (20, 1060),
         [("upscale_method", "lanczos"), ("scale_by", 0.5)],
         {"image": (7, 0)},
-        title="enlarge (scale_by 2 = a 2× upscale; 0.5 keeps the CPU example quick)",
+        title="enlarge",
         size=(320, 110),
     )
     encode = Node(
@@ -615,7 +615,8 @@ def refine() -> list[Node]:
         note(
             14,
             (20, 1220),
-            "Refine or upscale a picture with temporal tiling: enlarge it, encode it in tiles, and let the "
+            "Refine or upscale a picture with temporal tiling: enlarge it (scale_by 2 = a 2× upscale; the "
+            "example's 0.5 keeps it quick on a CPU), encode it in tiles, and let the "
             "Causal SANA Sampler (mode = guided) repaint it tile after tile from itself: the picture is the "
             "guide (its attention statistics seed the BCLA cache, each tile's colours are pulled toward it, "
             "earlier tiles are locked). guide_denoise sets how much is repainted. Decode in tiles, take the "
