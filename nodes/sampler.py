@@ -36,9 +36,16 @@ from ..temporal_tiling.options import (
     DEFAULT_METHOD,
     DEFAULT_RELEASE_BAND,
 )
-from ..temporal_tiling.pipeline import CAUSAL_METHODS, GuideFirst, RunSettings, run, tile_steps_total
+from ..temporal_tiling.pipeline import (
+    CAUSAL_METHODS,
+    GuideFirst,
+    RunSettings,
+    pixel_upscale,
+    run,
+    tile_steps_total,
+)
 from ..temporal_tiling.plan import Tile, TilePlan
-from ..temporal_tiling.position import has_canvas_positions
+from ..temporal_tiling.position import has_canvas_positions, patch_size
 from ..temporal_tiling.sampling import CLEAN_SIGMA, LockRelease, SamplingError
 from ..temporal_tiling.seam_refine import SeamRefine, refine_steps_total
 from .bcla_cache import bcla_config, bcla_transformer
@@ -70,11 +77,6 @@ def _settings_problem(values: dict) -> str | None:
         return f"denoise = {denoise} refines a canvas: connect latent_image or set denoise to 1."
     if global_context and mode not in (None, "causal"):
         return f"A global context is used by mode = causal only; disconnect it for mode = {mode}."
-    if latent_image and mode == "guided":
-        return (
-            "mode = guided renders its own whole-scene pass and starts the tiles from it: disconnect "
-            "latent_image, or refine it with mode = causal and denoise < 1."
-        )
     return None
 
 
@@ -239,13 +241,20 @@ class SanaCausalSampler(io.ComfyNode):
                 io.Latent.Input(
                     "latent_image",
                     optional=True,
-                    tooltip="Canvas latent to refine with denoise < 1 (e.g. VAE-encoded upscale); "
-                    "its size must match the plan.",
+                    tooltip="mode = guided: the image to refine, as its guide (img2img is a refine): the "
+                    "canvas's size, or smaller with its aspect (enlarged first). Other modes: the canvas "
+                    "latent to refine with denoise < 1 (e.g. a VAE-encoded upscale), the plan's size.",
                 ),
                 GlobalContextSocket.Input(
                     "global_context",
                     optional=True,
                     tooltip="Low-res view of the whole scene from the Global Context Encoder (causal mode).",
+                ),
+                io.Vae.Input(
+                    "vae",
+                    optional=True,
+                    tooltip="mode = guided: enlarge a guide smaller than the canvas in pixels (decode, "
+                    "bicubic, encode) instead of in latent space; keeps shapes at SANA's 32× compression.",
                 ),
             ],
             outputs=[
@@ -309,11 +318,13 @@ class SanaCausalSampler(io.ComfyNode):
         halo: int = 0,
         latent_image: dict | None = None,
         global_context: ContextSettings | None = None,
+        vae=None,
     ) -> io.NodeOutput:
         plan = tile_plan
         if (mismatch := compression_problem(model, plan.compression)) is not None:
             raise SamplingError(mismatch)
-        start, given = _start_latent(model, plan, latent_image, batch_size, denoise)
+        guided = mode == "guided"
+        start, given = _start_latent(model, plan, latent_image, batch_size, denoise, guided)
         settings = RunSettings(
             method=mode,
             seed=seed,
@@ -323,15 +334,9 @@ class SanaCausalSampler(io.ComfyNode):
             lock_release=LockRelease(lock_release, release_band),
             cache_config=bcla_config(model) if mode in CAUSAL_METHODS else None,
             context=global_context,
-            guide_first=_guide_first(model, guide_denoise, tile_steps) if mode == "guided" else None,
+            guide_first=_guide_first(model, guide_denoise, tile_steps, vae, plan) if guided else None,
             seam_refine=SeamRefine(seam_refine) if seam_refine > 0 else None,
             halo=halo,
-        )
-        # ComfyUI's progress counts MultiDiffusion's steps over the canvas, not its tile calls
-        total = (
-            steps + refine_steps_total(plan, settings.seam_refine, steps)
-            if mode == "multidiffusion"
-            else tile_steps_total(plan, settings, steps)
         )
         host = ComfyHost(
             model,
@@ -343,6 +348,13 @@ class SanaCausalSampler(io.ComfyNode):
             sampler_name=sampler_name,
             scheduler=scheduler,
             seed=seed,
+        )
+        guide = tuple(given.shape[-2:]) if guided and given is not None else None
+        # ComfyUI's progress counts MultiDiffusion's steps over the canvas, not its tile calls
+        total = (
+            steps + refine_steps_total(plan, settings.seam_refine, steps)
+            if mode == "multidiffusion"
+            else tile_steps_total(plan, settings, steps, guide, host.patch_size)
         )
         host.start_preview(start, total)
         result = run(plan, host, settings, tuple(start.shape[:2]), device=start.device, latent=given)
@@ -361,28 +373,41 @@ class SanaCausalSampler(io.ComfyNode):
         return io.NodeOutput({"samples": result.canvas}, {"samples": result.tiles}, guide)
 
 
-def _guide_first(model, denoise: float, tile_steps: int) -> GuideFirst:
-    """mode = guided with the engine's defaults; the guide seeds BCLA when the model has a BCLA cache."""
+def _guide_first(model, denoise: float, tile_steps: int, vae, plan: TilePlan) -> GuideFirst:
+    """mode = guided with the engine's defaults; the guide seeds BCLA when the model has a BCLA cache,
+    and is enlarged in pixels through ``vae`` when one is connected."""
+    upscale = None
+    if vae is not None:
+        upscale = pixel_upscale(
+            lambda latent: vae.decode(latent).movedim(-1, 1),
+            lambda image: vae.encode(image.movedim(1, -1)),
+            plan.compression,
+        )
     return GuideFirst(
         denoise=denoise,
         bcla_seed=DEFAULT_GUIDE_BCLA_SEED if bcla_config(model) else 0.0,
         tile_steps=tile_steps or None,
+        upscale=upscale,
     )
 
 
 def _start_latent(
-    model, plan: TilePlan, latent_image: dict | None, batch_size: int, denoise: float
+    model, plan: TilePlan, latent_image: dict | None, batch_size: int, denoise: float, guided: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(canvas to start from, the input latent or None); refuses a latent that does not fit the plan."""
+    """(canvas to start from, the input latent or None); refuses a latent that does not fit the plan.
+    For mode = guided the input latent is the guide: the canvas's size or smaller (enlarged by the run)."""
     channels = model.get_model_object("latent_format").latent_channels
     expected = (plan.canvas_height, plan.canvas_width)
     if latent_image is None:
-        if denoise < 1.0:
+        if denoise < 1.0 and not guided:
             raise SamplingError(f"denoise = {denoise} needs latent_image; connect one or set denoise to 1.0.")
         shape = (batch_size, channels, *expected)
         return torch.zeros(shape, device=comfy.model_management.intermediate_device()), None
     latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-    if latent.ndim != 4 or tuple(latent.shape[-2:]) != expected or latent.shape[1] != channels:
+    fits = tuple(latent.shape[-2:]) == expected or (
+        guided and latent.shape[-2] <= expected[0] and latent.shape[-1] <= expected[1]
+    )
+    if latent.ndim != 4 or not fits or latent.shape[1] != channels:
         raise SamplingError(
             f"latent_image is {tuple(latent.shape)} but this model and plan need [B, {channels}, "
             f"{expected[0]}, {expected[1]}] ({plan.width_px}×{plan.height_px} px); plan from the latent "
@@ -393,6 +418,8 @@ def _start_latent(
             "latent_image holds NaN or infinite values; fix the node that made it (e.g. a VAE Encode in "
             "fp16) before sampling."
         )
+    if guided:
+        return torch.zeros((latent.shape[0], channels, *expected), device=latent.device), latent
     return latent, latent
 
 
@@ -581,6 +608,13 @@ class ComfyHost:
 
     def model_space(self, latent: torch.Tensor) -> torch.Tensor:
         return self.work.model.process_latent_in(latent)
+
+    @property
+    def patch_size(self) -> int:
+        try:
+            return patch_size(bcla_transformer(self.work))
+        except ValueError:  # not a SANA this pack patches: ComfyUI pads to its patch size itself
+            return 1
 
     @property
     def canvas_positions(self) -> bool:

@@ -72,7 +72,7 @@ def _ramp(length: int, kind: str, device: torch.device) -> Tensor:
     return u if kind == "linear" else 0.5 - 0.5 * torch.cos(math.pi * u)
 
 
-def _axis_profiles(starts: list[int], size: int, kind: str, device: torch.device) -> dict[int, Tensor]:
+def axis_profiles(starts: list[int], size: int, kind: str, device: torch.device) -> dict[int, Tensor]:
     """1-D feather profile of a tile at each start along one axis: ramps over the overlaps with the
     previous and next tile on that axis (edge tiles shifted inward overlap more, so lengths differ)."""
     starts = sorted(set(starts))
@@ -100,8 +100,8 @@ def feather_weights(
     s = _scale(plan, scale)
     rects = _rects(plan, s)
     h, w = rects[0][2], rects[0][3]
-    rows = _axis_profiles([r[0] for r in rects], h, ramp, device)
-    cols = _axis_profiles([r[1] for r in rects], w, ramp, device)
+    rows = axis_profiles([r[0] for r in rects], h, ramp, device)
+    cols = axis_profiles([r[1] for r in rects], w, ramp, device)
     weights = torch.stack([rows[y][:, None] * cols[x][None, :] for y, x, _, _ in rects])[:, None]
     total = torch.zeros(plan.canvas_height * s, plan.canvas_width * s, device=device)
     for (y, x, _, _), weight in zip(rects, weights, strict=True):

@@ -497,7 +497,103 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--out", type=_folder, required=True, help="output folder (created if missing)")
     g.set_defaults(command_parser=g, run=run_generate)
+    _add_refine(commands)
     return parser
+
+
+def _add_refine(commands: argparse._SubParsersAction) -> None:
+    """``refine``: the flags of :func:`refine_command.run_refine` (sampling flags as ``generate``'s)."""
+    from .refine_command import REFINE_METHODS
+
+    r = commands.add_parser(
+        "refine",
+        help="refine and enlarge an image (PNG, JPEG, TIFF) tile by tile",
+        description="Refine an image at any size: enlarged by --scale, repainted tile after tile from "
+        "itself as the guide. Writes refined.png (exactly round(scale × side) px; 16-bit for 16-bit "
+        "input; ICC profile and EXIF kept) and metrics.md / metrics.json judged against the input.",
+        formatter_class=_HelpFormatter,
+    )
+    r.add_argument("--image", type=Path, required=True, help="input image: PNG, JPEG or TIFF, 8 or 16 bit")
+    r.add_argument(
+        "--scale", type=_number(float, 1), default=1.0, help="output size over input size (1 = refine only)"
+    )
+    r.add_argument("--prompt", required=True, help="text prompt: what the image shows")
+    r.add_argument("--negative", default="", help="negative prompt (CFG's unconditional branch)")
+    r.add_argument(
+        "--denoise",
+        type=_number(float, 0, 1, low_open=True),
+        default=DEFAULT_GUIDE_DENOISE,
+        help="share of the schedule the tiles repaint (low keeps the image, high invents more)",
+    )
+    r.add_argument(
+        "--method",
+        choices=REFINE_METHODS,
+        default=DEFAULT_METHOD,
+        help="guided: causal tiles with BCLA, refined from the image as their guide; the others are "
+        "baselines for comparison",
+    )
+    r.add_argument(
+        "--tile",
+        type=_number(int, 1),
+        default=None,
+        help="tile side in px, rounded to the model (default: the model's native size, at least 128)",
+    )
+    r.add_argument(
+        "--overlap",
+        type=_number(int, 0),
+        default=None,
+        help="overlap of neighbouring tiles in px, rounded (default: a quarter of the tile)",
+    )
+    r.add_argument(
+        "--color-correct",
+        choices=("input", "none"),
+        default="input",
+        help="replace the refined image's low frequencies (colour, light) by the input's",
+    )
+    r.add_argument("--steps", type=_number(int, 1), default=20, help="sampling steps of the whole schedule")
+    r.add_argument(
+        "--cfg", type=_number(float, 0, low_open=True), default=4.5, help="classifier-free guidance"
+    )
+    r.add_argument(
+        "--seed", type=_number(int, 0, SEED_MAX), default=0, help=f"seed of the canvas noise, 0 to {SEED_MAX}"
+    )
+    r.add_argument("--sampler", choices=SAMPLER_NAMES, default="euler", help="flow sampler")
+    r.add_argument(
+        "--shift",
+        type=_number(float, 0, low_open=True),
+        default=None,
+        help="flow shift (default: the model's)",
+    )
+    r.add_argument(
+        "--max-tiles", type=_number(int, 1), default=MAX_TILES, help="refuse plans with more tiles"
+    )
+    r.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        help="skip metrics.md / metrics.json (written by default; they hold the whole image in memory "
+        "several times, which matters at 8K and above)",
+    )
+    r.add_argument(
+        "--model", type=Path, default=None, help="diffusers SANA folder (default: the embedded model)"
+    )
+    r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    r.add_argument(
+        "--threads",
+        type=_number(int, 1),
+        default=default_threads(),
+        help="CPU threads for torch (default here: %(default)s, as for generate)",
+    )
+    r.add_argument("--out", type=_folder, required=True, help="output folder (created if missing)")
+    r.set_defaults(command_parser=r, run=run_refine)
+
+
+def run_refine(args: argparse.Namespace, loader: Loader) -> None:
+    """``refine``: the command's own module does the work, with this CLI's loader, progress bar and
+    all-or-nothing output folder."""
+    from .refine_command import run_refine as refine
+
+    refine(args, lambda: loader(args.model or EMBEDDED_MODEL, _device(args.device)), _Progress, _staging)
 
 
 _PLAN_FLAGS = (

@@ -126,13 +126,16 @@ def scaled_size(height: int, width: int, long_side: int, multiple: int) -> tuple
     return rows * multiple, cols * multiple
 
 
-def guide_size(plan: TilePlan, long_side: int) -> tuple[int, int]:
+def guide_size(plan: TilePlan, long_side: int, patch: int = 1) -> tuple[int, int]:
     """(height, width) px of a low-res pass with the canvas's aspect ratio and ``long_side`` px on its
-    longer side, rounded to whole latent cells (the size to render or resize the guide image to)."""
-    c = plan.compression
-    if long_side < c:
-        raise ContextError(f"The low-res pass needs at least {c} px on its long side, got {long_side}.")
-    return scaled_size(plan.height_px, plan.width_px, long_side, c)
+    longer side, rounded to whole latent cells, and to whole ``patch``-cell tokens (a transformer with
+    patch size 2 cannot run an odd number of cells): the size to render or resize the guide image to."""
+    multiple = plan.compression * patch
+    if long_side < multiple:
+        raise ContextError(
+            f"The low-res pass needs at least {multiple} px on its long side, got {long_side}."
+        )
+    return scaled_size(plan.height_px, plan.width_px, long_side, multiple)
 
 
 def guide_from_image(

@@ -141,6 +141,9 @@ class Host(Protocol):
     canvas_positions: bool
     """Whether the model's position encoding must follow each tile's place on the canvas (sin-cos PE,
     RoPE): then causal tiles get a cache even when no BCLA is asked for, as their position source."""
+    patch_size: int
+    """Latent cells per token side: the sizes a run picks itself (the whole-scene pass, the progressive
+    chain's levels) are rounded to whole tokens."""
 
     def denoise(self, job: TileJob) -> Tensor:
         """Run the sampler over ``job`` and return its clean latent [B,C,h,w]."""

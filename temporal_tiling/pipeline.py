@@ -6,7 +6,10 @@ sampler, through :func:`generate`) all call it. Methods:
 
 * ``causal``: tiles one after another, earlier content locked, a BCLA cache if configured, an
   optional global context (a whole-scene guide and how strongly the tiles follow it);
-* ``guided``: the whole scene at the model's own size first, then causal tiles refined from it;
+* ``guided``: causal tiles refined from a guide, the whole scene at any size with the canvas's aspect:
+  the run's own whole-scene pass at the model's size (text to image), or the input latent (a photo,
+  an img2img canvas: refine). The guide is enlarged to the canvas as the tiles' start, seeds every
+  tile's BCLA cache and pulls each tile's statistics toward it;
 * ``independent``: every tile on its own, overlaps averaged (baseline);
 * ``multidiffusion``: one sampler over the canvas, every model call averaged over the tiles;
 * ``full``: one pass over the whole canvas (the no-tiling reference).
@@ -24,7 +27,7 @@ from torch import Tensor
 
 from .bcla import BCLACache, BCLAConfig, install_bcla
 from .border_resample import BorderResample
-from .context import ContextError, ContextSettings, GlobalContext, guide_size
+from .context import ContextError, ContextSettings, GlobalContext, guide_size, resize_latent
 from .contracts import Host, TileCache, TileJob
 from .flow import CFGDenoiser, flow_sigmas, sample_tile
 from .options import (
@@ -37,7 +40,7 @@ from .options import (
     METHODS,
 )
 from .plan import TilePlan, make_plan
-from .position import has_canvas_positions
+from .position import has_canvas_positions, patch_size
 from .sampling import (
     CLEAN_SIGMA,
     CanvasResult,
@@ -124,10 +127,11 @@ class GuideFirst:
         return self.tile_steps or max(1, round(steps * self.denoise))
 
 
-def guide_plan(plan: TilePlan, long_side: int | None = None) -> TilePlan:
-    """One tile of the whole scene with the canvas's aspect, ``long_side`` px (default: the tile's)."""
+def guide_plan(plan: TilePlan, long_side: int | None = None, patch: int = 1) -> TilePlan:
+    """One tile of the whole scene with the canvas's aspect, ``long_side`` px (default: the tile's),
+    in whole ``patch``-cell tokens."""
     long_side = long_side or max(plan.tile_width_px, plan.tile_height_px)
-    height, width = guide_size(plan, long_side)
+    height, width = guide_size(plan, long_side, patch)
     return make_plan(
         width_px=width,
         height_px=height,
@@ -138,19 +142,26 @@ def guide_plan(plan: TilePlan, long_side: int | None = None) -> TilePlan:
     )
 
 
-def guide_levels(plan: TilePlan, options: GuideFirst) -> list[TilePlan]:
-    """The intermediate canvases of the progressive chain from :func:`guide_plan` to ``plan``, smallest
-    first, their long sides spaced evenly in log scale (empty: the guide is enlarged in one step).
-    They keep the plan's tile size (smaller where a level is), overlap and order."""
-    small = guide_plan(plan, options.long_side)
-    ratio = max(plan.width_px, plan.height_px) / max(small.width_px, small.height_px)
+def guide_levels(
+    plan: TilePlan, options: GuideFirst, patch: int = 1, start: tuple[int, int] | None = None
+) -> list[TilePlan]:
+    """The intermediate canvases of the progressive chain from the guide (``start`` = its (height, width)
+    in cells; None = :func:`guide_plan`'s) to ``plan``, smallest first, their long sides spaced evenly in
+    log scale (empty: the guide is enlarged in one step). They keep the plan's tile size (smaller where
+    a level is), overlap and order, in whole ``patch``-cell tokens."""
+    if start is None:
+        small = guide_plan(plan, options.long_side, patch)
+        start = (small.canvas_height, small.canvas_width)
+    c = plan.compression
+    start_side = max(start) * c
+    ratio = max(plan.width_px, plan.height_px) / start_side
     if options.max_upscale is None or ratio <= options.max_upscale:
         return []
     count = math.ceil(math.log(ratio) / math.log(options.max_upscale)) - 1
-    c, levels = plan.compression, []
+    levels = []
     for level in range(1, count + 1):
-        long_side = round(max(small.width_px, small.height_px) * ratio ** (level / (count + 1)))
-        height, width = guide_size(plan, long_side)
+        long_side = round(start_side * ratio ** (level / (count + 1)))
+        height, width = guide_size(plan, long_side, patch)
         tile_height, tile_width = min(plan.tile_height_px, height), min(plan.tile_width_px, width)
         overlap = min(plan.overlap, tile_height // c - 1, tile_width // c - 1) * c
         levels.append(
@@ -177,7 +188,8 @@ class RunSettings:
     seed: int = 0
     """Seed of the one canvas noise (and of the guide pass's noise for ``guided``)."""
     denoise: float = 1.0
-    """Share of the schedule to run from ``latent`` (below 1 needs an input latent)."""
+    """Share of the schedule to run from ``latent`` (below 1 needs an input latent); ``guided`` runs
+    :attr:`GuideFirst.denoise` from its guide instead."""
     lock_feather: int = DEFAULT_LOCK_FEATHER
     lock_margin: int = DEFAULT_LOCK_MARGIN
     lock_release: LockRelease | None = None
@@ -235,33 +247,41 @@ def run(
 ) -> CanvasResult:
     """Generate a latent canvas: ``shape`` = (batch, latent channels); ``latent`` for img2img.
 
-    The canvas noise is drawn on CPU from ``settings.seed`` (as ComfyUI's ``prepare_noise`` does) and
-    moved to ``device``, unless ``noise`` [B,C,H,W] is given (e.g. one seed per batch item). A BCLA
-    cache is attached to the host for the whole run and detached after.
+    For ``guided``, ``latent`` is the guide to refine (any size with the canvas's aspect: a photo or
+    an earlier canvas, enlarged to the canvas if smaller); without one the run renders the whole scene
+    at the model's size first. The canvas noise is drawn on CPU from ``settings.seed`` (as ComfyUI's
+    ``prepare_noise`` does) and moved to ``device``, unless ``noise`` [B,C,H,W] is given (e.g. one seed
+    per batch item). A BCLA cache is attached to the host for the whole run and detached after.
     """
-    if settings.denoise < 1 and latent is None:
+    if settings.denoise < 1 and latent is None and settings.method != "guided":
         raise SamplingError(
             f"denoise = {settings.denoise} needs an input latent; give one or use denoise = 1."
         )
-    if settings.method == "guided" and latent is not None:
-        raise SamplingError("method='guided' renders its own guide and start latent; give no input latent.")
     batch, channels = shape
     if noise is None:
         noise = canvas_noise(settings.seed, (batch, channels, plan.canvas_height, plan.canvas_width))
     noise = noise.to(device)
     latent = None if latent is None else latent.to(device, noise.dtype)
     with torch.no_grad():
-        guide = _guide(plan, host, settings, noise) if settings.method == "guided" else None
+        guide = None
+        if settings.method == "guided":
+            guide, latent = _guide(plan, host, settings, noise, latent), None
         result = _with_cache(plan, host, settings, noise, latent, guide)
         if settings.seam_refine is not None:
             result.canvas = refine_seams(plan, host, result.canvas, noise, settings.seam_refine)
         return result
 
 
-def _guide(plan: TilePlan, host: Host, settings: RunSettings, noise: Tensor) -> Tensor:
-    """The whole-scene pass, then each level of the progressive chain refined from the one before."""
-    guide = render_guide(plan, host, settings.guide.long_side, settings.seed, noise)
-    for level in guide_levels(plan, settings.guide):
+def _guide(plan: TilePlan, host: Host, settings: RunSettings, noise: Tensor, given: Tensor | None) -> Tensor:
+    """The given guide or the whole-scene pass, then each level of the progressive chain refined from
+    the one before."""
+    if given is None:
+        guide = render_guide(plan, host, settings.guide.long_side, settings.seed, noise)
+    else:
+        guide = given
+        _check_guide_shape(plan, guide, tuple(noise.shape[:2]))
+    start = (guide.shape[-2], guide.shape[-1])
+    for level in guide_levels(plan, settings.guide, host.patch_size, start):
         shape = (*noise.shape[:2], level.canvas_height, level.canvas_width)
         level_noise = canvas_noise(settings.seed, shape).to(noise)
         guide = _with_cache(level, host, settings, level_noise, None, guide).canvas
@@ -311,10 +331,15 @@ def _run(
     steps = None  # the host's
     if method == "guided":
         options = settings.guide
-        latent = (options.upscale or latent_upscale)(guide, plan.canvas_height, plan.canvas_width)
+        size = (plan.canvas_height, plan.canvas_width)
+        latent = guide if guide.shape[-2:] == size else (options.upscale or latent_upscale)(guide, *size)
         denoise, steps = options.denoise, options.steps_per_tile(host.steps)
         context = ContextSettings(
-            guide, options.skip_residual, options.stats, options.bcla_seed, seed=settings.seed
+            _whole_scene(plan, guide, options.long_side, host.patch_size),
+            options.skip_residual,
+            options.stats,
+            options.bcla_seed,
+            seed=settings.seed,
         )
 
     def denoise_tile(job: TileJob) -> Tensor:
@@ -355,10 +380,37 @@ def _run(
     return CanvasResult(canvas, plan.crops(canvas))
 
 
+def _whole_scene(plan: TilePlan, guide: Tensor, long_side: int | None, patch: int) -> Tensor:
+    """The guide as the tiles' global context sees it: at most :func:`guide_plan`'s size, so the BCLA
+    seed pass (the model on the whole guide) costs one tile whatever the canvas (a photo's guide is the
+    canvas itself)."""
+    small = guide_plan(plan, long_side, patch)
+    if guide.shape[-2] * guide.shape[-1] <= small.canvas_height * small.canvas_width:
+        return guide
+    return resize_latent(guide, small.canvas_height, small.canvas_width)
+
+
+def _check_guide_shape(plan: TilePlan, guide: Tensor, shape: tuple[int, int]) -> None:
+    """A SamplingError unless ``guide`` is a latent of the canvas's batch and channels, no larger."""
+    batch, channels = shape
+    if (
+        guide.ndim != 4
+        or guide.shape[1] != channels
+        or guide.shape[0] not in (1, batch)
+        or guide.shape[-2] > plan.canvas_height
+        or guide.shape[-1] > plan.canvas_width
+    ):
+        raise SamplingError(
+            f"The guide latent is {tuple(guide.shape)}; method='guided' needs [B, {channels}, h, w] with "
+            f"h ≤ {plan.canvas_height}, w ≤ {plan.canvas_width} cells (the canvas's aspect): encode the "
+            "image at the canvas size or smaller."
+        )
+
+
 def render_guide(plan: TilePlan, host: Host, long_side: int | None, seed: int, like: Tensor) -> Tensor:
-    """The whole scene in one pass at :func:`guide_plan`'s size, from ``seed``'s noise (batch, channels,
-    device and dtype of ``like``)."""
-    small = guide_plan(plan, long_side)
+    """The whole scene in one pass at :func:`guide_plan`'s size (whole tokens of ``host``'s patch size),
+    from ``seed``'s noise (batch, channels, device and dtype of ``like``)."""
+    small = guide_plan(plan, long_side, host.patch_size)
     noise = canvas_noise(seed, (*like.shape[:2], small.canvas_height, small.canvas_width)).to(like)
     mask = noise.new_ones(1, 1, small.canvas_height, small.canvas_width)
     return host.denoise(TileJob(small.whole_canvas, noise, torch.zeros_like(noise), mask))
@@ -412,14 +464,17 @@ def global_context(
     return replace(context, bcla_seed=settings.bcla_seed, seed_stats=handle.stats)
 
 
-def tile_steps_total(plan: TilePlan, settings: RunSettings, steps: int) -> int:
+def tile_steps_total(
+    plan: TilePlan, settings: RunSettings, steps: int, guide: tuple[int, int] | None = None, patch: int = 1
+) -> int:
     """A run's progress total in tile-steps (one tile, or the whole canvas, through one step; the seed
-    pass is not counted): what a progress bar over the run counts to."""
+    pass is not counted): what a progress bar over the run counts to. ``guide``: (height, width) cells of
+    a given guide (``guided`` then renders no whole-scene pass)."""
     refine = refine_steps_total(plan, settings.seam_refine, steps)
     if settings.method == "guided":
         options = settings.guide
-        tiles = len(plan) + sum(len(level) for level in guide_levels(plan, options))
-        return steps + tiles * options.steps_per_tile(steps) + refine
+        tiles = len(plan) + sum(len(level) for level in guide_levels(plan, options, patch, guide))
+        return (steps if guide is None else 0) + tiles * options.steps_per_tile(steps) + refine
     return steps * (1 if settings.method == "full" else len(plan)) + refine
 
 
@@ -460,6 +515,7 @@ class FlowHost:
         self.sampling = sampling
         self.steps = sampling.steps
         self.canvas_positions = has_canvas_positions(transformer)
+        self.patch_size = patch_size(transformer)
         negative = None if negative_embeds is None else negative_embeds.to(self.device)
         self.conditioning = (prompt_embeds.to(self.device), negative)
         self.masks = (prompt_mask, negative_mask)
@@ -541,7 +597,8 @@ def generate(
     ``progress(done, total)`` counts tile-steps (see :class:`FlowHost`).
     """
     options = RunSettings(**settings)
-    total = tile_steps_total(plan, options, steps)
+    guide = tuple(latent.shape[-2:]) if latent is not None and options.method == "guided" else None
+    total = tile_steps_total(plan, options, steps, guide, patch_size(transformer))
     sampling = FlowSampling(steps, cfg, sampler, shift)
     host = FlowHost(transformer, prompt_embeds, negative_embeds, sampling, progress=progress, total=total)
     batch = prompt_embeds.shape[0] if latent is None else latent.shape[0]

@@ -132,6 +132,15 @@ def has_canvas_positions(transformer: torch.nn.Module) -> bool:
     return has_sincos_pos_embed(transformer) or _has_rope(transformer)
 
 
+def patch_size(transformer: torch.nn.Module) -> int:
+    """Latent cells per token side: a diffusers config's ``patch_size`` (SANA-Video's spatial part), else
+    a ``patch_size`` attribute (ExtraModels' SANA), else 1. Every latent the model runs on must be a
+    whole number of tokens on each side; the run rounds the sizes it picks itself to it."""
+    config = getattr(transformer, "config", None)
+    size = getattr(config, "patch_size", None) or getattr(transformer, "patch_size", None) or 1
+    return int(size[-1] if isinstance(size, tuple | list) else size)
+
+
 def _has_rope(transformer: torch.nn.Module) -> bool:
     return isinstance(getattr(transformer, "rope", None), WanRotaryPosEmbed)
 

@@ -50,6 +50,7 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             ("tile_plan", "TILE_PLAN"),
             ("latent_image", "LATENT"),
             ("global_context", "GLOBAL_CONTEXT"),
+            ("vae", "VAE"),
         ],
         [("canvas", "LATENT"), ("tiles", "LATENT"), ("guide", "LATENT")],
     ),
@@ -85,6 +86,8 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     ),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [("LATENT", "LATENT")]),
+    "VAEDecodeTiled": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+    "VAEEncodeTiled": ([("pixels", "IMAGE"), ("vae", "VAE")], [("LATENT", "LATENT")]),
     "KSampler": (
         [
             ("model", "MODEL"),
@@ -96,6 +99,7 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     ),
     "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
     "ImageScale": ([("image", "IMAGE")], [("IMAGE", "IMAGE")]),
+    "ImageScaleBy": ([("image", "IMAGE")], [("IMAGE", "IMAGE")]),
     "SaveImage": ([("images", "IMAGE")], []),
     "PreviewImage": ([("images", "IMAGE")], []),
     "Note": ([], []),
@@ -437,7 +441,7 @@ def compare() -> list[Node]:
     rows = (("independent", (1, 0)), ("multidiffusion", (1, 0)), ("causal", (4, 0)), ("guided", (4, 0)))
     guided = 10 + 10 * (len(rows) - 1)
     whole_scene = guided + 5
-    row_height = 790  # the sampler with its live preview, and a gap
+    row_height = 800  # the sampler with its live preview, and a gap
     for row, (mode, model) in enumerate(rows):
         base, y = 10 + 10 * row, 40 + row_height * row
         nodes += [
@@ -559,6 +563,86 @@ def extramodels_txt2img() -> list[Node]:
 
 
 # --- serialisation ---------------------------------------------------------------------------------
+def refine() -> list[Node]:
+    """The way to refine or upscale a picture: the sampler's guided mode from the picture itself."""
+    autoencoder_tiles = [("tile_size", 256), ("overlap", 64), ("temporal_size", 64), ("temporal_overlap", 8)]
+    scale = Node(
+        8,
+        "ImageScaleBy",
+        (20, 1060),
+        [("upscale_method", "lanczos"), ("scale_by", 0.5)],
+        {"image": (7, 0)},
+        title="enlarge",
+        size=(320, 110),
+    )
+    encode = Node(
+        9,
+        "VAEEncodeTiled",
+        (400, 1060),
+        autoencoder_tiles,
+        {"pixels": (8, 0), "vae": (1, 2)},
+        size=(320, 180),
+    )
+    return [
+        loader(1, (20, 40)),
+        text(2, (20, 300), UPSCALE_PROMPT, "positive"),
+        text(3, (20, 470), "", "negative"),
+        bcla_cache(4, (400, 680)),
+        planner(5, (400, 40), latent=(9, 0), vae=(1, 2)),
+        sampler(
+            6, (800, 40), (4, 0), "guided", "refine from the picture (guided + BCLA)", latent_image=(9, 0)
+        ),
+        Node(7, "LoadImage", (20, 650), [("image", "example.png"), (UI_ONLY, "image")], size=(320, 340)),
+        scale,
+        encode,
+        Node(
+            10,
+            "VAEDecodeTiled",
+            (1240, 40),
+            autoencoder_tiles,
+            {"samples": (6, 0), "vae": (1, 2)},
+            size=(320, 180),
+        ),
+        Node(
+            11,
+            "SanaTemporalSeamBlender",
+            (1240, 260),
+            [("method", "feather"), ("ramp", "cosine"), ("color_correction", "reference"), ("batch_size", 1)],
+            {"images": (10, 0), "tile_plan": (5, 0), "reference": (8, 0)},
+            title="colour correction against the input",
+            size=(320, 160),
+        ),
+        Node(
+            12,
+            "SaveImage",
+            (1640, 40),
+            [("filename_prefix", "sana_tiling/upscale_temporal_tiling")],
+            {"images": (11, 0)},
+            size=(420, 360),
+        ),
+        metrics(
+            13,
+            (1240, 480),
+            "sana_tiling/upscale_temporal_tiling_metrics",
+            image=(11, 0),
+            tile_plan=(5, 0),
+            guide=(8, 0),
+        ),
+        note(
+            14,
+            (20, 1220),
+            "Refine or upscale a picture with temporal tiling: enlarge it (scale_by 2 = a 2× upscale; the "
+            "example's 0.5 keeps it quick on a CPU), encode it in tiles, and let the "
+            "Causal SANA Sampler (mode = guided) repaint it tile after tile from itself: the picture is the "
+            "guide (its attention statistics seed the BCLA cache, each tile's colours are pulled toward it, "
+            "earlier tiles are locked). guide_denoise sets how much is repainted. Decode in tiles, take the "
+            "low frequencies from the input (Seam Blender, reference) and measure the seams and the "
+            "fidelity to the input (Quality Metrics). Replaces upscale_split_img2img_blend (independent "
+            "tiles through the stock KSampler), kept as a baseline to compare with.",
+        ),
+    ]
+
+
 def to_api(nodes: list[Node]) -> dict:
     prompt = {}
     for node in nodes:
@@ -624,6 +708,7 @@ def to_ui(nodes: list[Node]) -> dict:
 
 WORKFLOWS = {
     "txt2img_temporal_tiling": txt2img,
+    "upscale_temporal_tiling": refine,
     "upscale_split_img2img_blend": upscale,
     "compare_methods": compare,
     "extramodels_txt2img_temporal_tiling": extramodels_txt2img,

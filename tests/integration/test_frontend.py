@@ -234,7 +234,12 @@ def test_tile_planner_draws_the_plan_live_and_metrics_show_on_the_node(server):
     assert any(line.startswith("gradient ratio") for line in shots["report"]), shots["report"]
 
 
-WORKFLOWS = ("txt2img_temporal_tiling", "upscale_split_img2img_blend", "compare_methods")
+WORKFLOWS = (
+    "txt2img_temporal_tiling",
+    "upscale_temporal_tiling",
+    "upscale_split_img2img_blend",
+    "compare_methods",
+)
 
 
 async def _node_boxes(url: str, port_file: Path) -> dict:

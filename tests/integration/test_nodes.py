@@ -592,9 +592,47 @@ def test_guided_mode_renders_the_whole_scene_first_and_starts_the_tiles_from_it(
     assert isinstance(
         run(model, positive, negative, plan, **settings, mode="causal", **locks).result[2], ExecutionBlocker
     )
-    assert "disconnect latent_image" in refusal(
-        nodes.sampler.SanaCausalSampler, {"latent_image": "LATENT"}, denoise=1.0, mode="guided"
+
+
+def test_guided_mode_refines_latent_image_as_its_guide(nodes, parts, conds, plan, monkeypatch):
+    """img2img in mode = guided is a refine: latent_image is the guide (no whole-scene pass), the tiles
+    start from it; a smaller one is enlarged, in pixels through the VAE when one is connected."""
+    import comfy.utils
+
+    model, _, vae = parts
+    model = _bcla(nodes, model)
+    seen = []
+    monkeypatch.setattr(
+        comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: seen.append(total)
     )
+    assert refusal(nodes.sampler.SanaCausalSampler, {"latent_image": "LATENT"}, mode="guided") is None
+    source = torch.randn(
+        1, 8, plan.canvas_height, plan.canvas_width, generator=torch.Generator().manual_seed(4)
+    )
+    settings = dict(mode="guided", guide_denoise=0.34, lock_margin=1)
+    canvas, _, guide = nodes.sampler.SanaCausalSampler.execute(
+        model, *conds, plan, 3, STEPS, 3.0, "euler", "simple", 1.0, "guided", 1, 1, 0.0, 0, 1,
+        guide_denoise=0.34, latent_image={"samples": source},
+    ).result  # fmt: skip
+    assert set(seen) == {len(plan) * 1}  # tiles only: 1 step each (3 × 0.34), no whole-scene pass
+    assert torch.equal(guide["samples"], source)
+    fresh = _sample(nodes, model, conds, plan, mode="causal")[0]
+    refined = canvas["samples"]
+    assert (refined - source).abs().mean() < 0.7 * (fresh - source).abs().mean()
+    calls = []
+
+    class CountingVAE:
+        def decode(self, latent):
+            calls.append("decode")
+            return vae.decode(latent)
+
+        def encode(self, image):
+            calls.append("encode")
+            return vae.encode(image)
+
+    small = {"samples": source[..., ::2, ::2]}
+    enlarged = _sample(nodes, model, conds, plan, **settings, latent_image=small, vae=CountingVAE())[0]
+    assert enlarged.shape == source.shape and calls == ["decode", "encode"]
 
 
 # --- Global context ----------------------------------------------------------------------------------

@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 from sana_comfy import PACK_ROOT
 
-WORKFLOWS = ("txt2img_temporal_tiling", "upscale_split_img2img_blend", "compare_methods")
+WORKFLOWS = (
+    "txt2img_temporal_tiling",
+    "upscale_temporal_tiling",
+    "upscale_split_img2img_blend",
+    "compare_methods",
+)
 EMBEDDED_ENTRY = "seamlab-sana (embedded)"
 TINY = "tiny_sana_diffusers/"
 FRONTEND_ONLY = {"Note", "MarkdownNote"}

@@ -30,7 +30,12 @@ DISPLAY_NAMES = {
     "SanaTemporalSeamBlender": "Seam Blender",
     "SanaTemporalTileMetrics": "Quality Metrics",
 }
-WORKFLOW_NAMES = ("txt2img_temporal_tiling", "upscale_split_img2img_blend", "compare_methods")
+WORKFLOW_NAMES = (
+    "txt2img_temporal_tiling",
+    "upscale_temporal_tiling",
+    "upscale_split_img2img_blend",
+    "compare_methods",
+)
 
 SOCKETS = {
     "Int": "INT",
@@ -66,6 +71,17 @@ CORE = {
         ["IMAGE"],
     ),
     "VAEEncode": ({"pixels": "IMAGE", "vae": "VAE"}, ["LATENT"]),
+    "VAEEncodeTiled": (
+        {
+            "pixels": "IMAGE",
+            "vae": "VAE",
+            "tile_size": "INT",
+            "overlap": "INT",
+            "temporal_size": "INT",
+            "temporal_overlap": "INT",
+        },
+        ["LATENT"],
+    ),
     "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, []),
     "PreviewImage": ({"images": "IMAGE"}, []),
     "LoadImage": ({"image": "COMBO"}, ["IMAGE", "MASK"]),
@@ -73,6 +89,7 @@ CORE = {
         {"image": "IMAGE", "upscale_method": "COMBO", "width": "INT", "height": "INT", "crop": "COMBO"},
         ["IMAGE"],
     ),
+    "ImageScaleBy": ({"image": "IMAGE", "upscale_method": "COMBO", "scale_by": "FLOAT"}, ["IMAGE"]),
     "KSampler": (
         {
             "model": "MODEL",

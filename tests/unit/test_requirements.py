@@ -37,6 +37,10 @@ FIRST_RELEASE = {  # distribution: (floor, what the pack uses that first ships t
     "pillow": ("10.1", "ImageFont.load_default(size=...) (the tile-plan preview); 10.0.1 takes no size"),
     "tqdm": ("4.1", "tqdm(dynamic_ncols=...), .total, .n; 4.1.0 is the oldest 4.x the index holds"),
     "accelerate": ("0.8", "accelerate.init_empty_weights (models built without random init); not in 0.7.0"),
+    "tifffile": (
+        "2018.11.6",
+        "TiffFile (with, pages[0].dtype) and imread: 16-bit TIFF input of refine; read from its wheel",
+    ),
     "sentencepiece": (
         "0.2",
         "not imported: transformers' Gemma tokenizer needs it for a bare tokenizer.model",
@@ -112,6 +116,7 @@ FEATURES = {  # what FIRST_RELEASE names, tried on the installed versions
     "numpy": lambda: importlib.import_module("numpy").random.default_rng(0),
     "pillow": lambda: importlib.import_module("PIL.ImageFont").load_default(size=10),
     "accelerate": lambda: importlib.import_module("accelerate").init_empty_weights,
+    "tifffile": lambda: importlib.import_module("tifffile").TiffFile.__enter__,
 }
 
 

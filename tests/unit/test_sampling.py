@@ -590,6 +590,57 @@ def test_progressive_chain_refines_each_level_from_the_one_before(model, prompts
     assert (result.canvas - one_step.canvas).abs().max() > 1e-3
 
 
+def test_guided_runs_on_a_patch_size_2_transformer(prompts) -> None:
+    """104×56 cells in 32-cell tiles: the whole-scene pass at the tile's long side would be 32×17 cells,
+    which a patch-2 model cannot tokenise; it is rounded to whole tokens (32×18)."""
+    model = tiny_transformer(patch_size=2)
+    plan = make_plan(
+        width_px=104, height_px=56, tile_width_px=32, tile_height_px=32, overlap_px=8, compression=1
+    )
+    result = run(model, prompts, plan, method="guided", steps=2, cache_config=BCLAConfig())
+    assert result.canvas.shape[-2:] == (56, 104)
+    assert result.guide.shape[-2:] == (18, 32)
+    assert bool(torch.isfinite(result.canvas).all())
+
+
+def test_guided_refines_a_given_guide_without_a_whole_scene_pass(model, prompts) -> None:
+    """The refine path: the input latent is the guide (canvas-size as a photo's, or smaller and
+    enlarged); no whole-scene pass runs, the tiles start from it at guide denoise, and the seed pass
+    sees it shrunk to the model's size."""
+    plan = overlapping_plan()
+    photo = torch.randn(1, 4, 14, 14, generator=torch.Generator().manual_seed(3))
+    seen: list[tuple[int, ...]] = []
+
+    def record(module, args, kwargs) -> None:
+        seen.append(tuple(args[0].shape[-2:]))
+
+    ticks: list[tuple[int, int]] = []
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        refined = run(
+            model,
+            prompts,
+            plan,
+            method="guided",
+            latent=photo,
+            cache_config=BCLAConfig(),
+            guide_first=GuideFirst(denoise=0.25),
+            progress=lambda *tick: ticks.append(tick),
+        )
+    finally:
+        handle.remove()
+    assert ticks[-1] == (4, 4)  # 4 tiles × 1 step (STEPS × 0.25), no whole-scene pass
+    assert (14, 14) not in seen and (8, 8) in seen  # the seed pass on the guide at the tile's size
+    assert refined.guide is photo
+    fresh = run(
+        model, prompts, plan, method="guided", latent=photo, guide_first=GuideFirst(denoise=1.0, bcla_seed=0)
+    )
+    assert (refined.canvas - photo).abs().mean() < 0.6 * (fresh.canvas - photo).abs().mean()
+    small = photo[..., ::2, ::2]  # 7×7 cells: enlarged to the canvas as the tiles' start
+    enlarged = run(model, prompts, plan, method="guided", latent=small, guide_first=GuideFirst(bcla_seed=0))
+    assert enlarged.canvas.shape == photo.shape and enlarged.guide is small
+
+
 def test_guided_seeds_the_cache_and_pulls_toward_the_guide(model, prompts) -> None:
     plan = overlapping_plan()
     with pytest.raises(SamplingError, match="give a BCLA cache"):
@@ -647,14 +698,14 @@ def test_bad_input_is_refused_with_a_clear_message(model, prompts) -> None:
         run(model, prompts, plan, denoise=0.5)
     with pytest.raises(SamplingError, match="only used by method='causal'"):
         run(model, prompts, plan, method="independent", context=_FakeContext())
-    with pytest.raises(SamplingError, match="renders its own guide"):
+    with pytest.raises(SamplingError, match="encode the image at the canvas size or smaller"):
         run(
             model,
             prompts,
             plan,
             method="guided",
             guide_first=GuideFirst(bcla_seed=0),
-            latent=torch.zeros(1, 4, 14, 14),
+            latent=torch.zeros(1, 4, 16, 16),
         )
     with pytest.raises(SamplingError, match="only used by method='guided'"):
         run(model, prompts, plan, guide_first=GuideFirst())

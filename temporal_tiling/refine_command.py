@@ -1,0 +1,182 @@
+"""``python -m temporal_tiling refine``: an image file refined (and enlarged) by the run path.
+
+    python -m temporal_tiling refine --image photo.jpg --scale 2 --prompt "a harbour at dusk" --out out/
+
+writes ``out/refined.png`` at exactly round(scale × width) × round(scale × height) px (16-bit for a
+16-bit input, with the input's ICC profile and EXIF), and ``metrics.md`` / ``metrics.json``: the
+Quality Metrics of the refined image, judged against the input enlarged bicubically to the same size.
+The files reach ``out`` only when the whole run succeeded (Ctrl-C leaves nothing half-written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .atomic import write_atomic
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .plan import TilePlan
+
+REFINE_METHODS = ("guided", "causal", "independent", "multidiffusion")
+MIN_TILE = 128
+"""Smallest default tile in px: the model's native size (1024 px for SANA 1024px) unless smaller."""
+"""``--method``: the default (tiles refined from the enlarged image as their guide) and baselines."""
+
+
+def run_refine(
+    args: argparse.Namespace,
+    load_model: Callable[[], Any],
+    progress: Callable[[str], Any],
+    staging: Callable[[Path], AbstractContextManager[Path]],
+) -> list[Path]:
+    """Refine ``args.image`` into ``args.out``; returns the files written.
+
+    The command line supplies the model (``load_model()``: a ``cli.LoadedModel`` on the chosen
+    device), its progress bar (``progress(label)``: ``bar(done, total)``, ``bar.close()``) and its
+    all-or-nothing output folder (``staging(out)``), as for ``generate``."""
+    import torch
+
+    from .bcla import BCLAConfig
+    from .image_io import Picture, read_image, write_png
+    from .pipeline import CAUSAL_METHODS, GuideFirst, generate
+    from .plan import PlanError
+    from .position import patch_size
+    from .refine import Autoencoder, RefineError, output_size, refine_image, refine_plan
+
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise RefineError(f"argument --out: '{out}' exists and is not a folder")
+    picture = read_image(args.image)
+    height, width = output_size(*picture.pixels.shape[:2], args.scale)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    model = load_model()
+    if model.encode is None:
+        raise RefineError(f"argument --model: {model.name} has no image encoder to read the image with")
+    patch = patch_size(model.transformer)
+    native = getattr(model.transformer.config, "sample_size", 0) * patch * model.compression
+    tile = args.tile or max(MIN_TILE, native)
+    try:
+        plan = refine_plan(
+            height,
+            width,
+            tile,
+            tile // 4 if args.overlap is None else args.overlap,
+            model.compression,
+            patch,
+            seed=args.seed,
+            max_tiles=args.max_tiles,
+        )
+    except PlanError as error:
+        flag = "--max-tiles" if "max_tiles" in str(error) else "--tile"
+        raise RefineError(f"argument {flag}: {error}") from None
+    guided = args.method == "guided"
+    method_settings = {
+        "method": args.method,
+        "cache_config": BCLAConfig() if args.method in CAUSAL_METHODS else None,
+        "guide_first": GuideFirst(denoise=args.denoise) if guided else None,
+        "denoise": 1.0 if guided else args.denoise,
+    }
+    # guided tiles run steps × denoise steps of the schedule (GuideFirst); the img2img baselines get
+    # the same number of model calls per tile
+    steps = args.steps if guided else max(1, round(args.steps * args.denoise))
+    prompt_embeds = model.encode_prompt(args.prompt)
+    negative_embeds = model.encode_prompt(args.negative) if args.cfg != 1.0 else None
+    shift = args.shift if args.shift is not None else model.flow_shift
+    print(
+        f"{model.name}: {args.image.name} {picture.pixels.shape[1]}×{picture.pixels.shape[0]} px → "
+        f"{width}×{height} px, {plan.cols}×{plan.rows} tiles of {plan.tile_width_px}×{plan.tile_height_px} "
+        f"px, {args.method}, denoise {args.denoise}",
+        file=sys.stderr,
+    )
+    bar = progress(args.method)
+
+    def sample(latent: torch.Tensor) -> torch.Tensor:
+        return generate(
+            plan,
+            model.transformer,
+            prompt_embeds,
+            negative_embeds,
+            steps=steps,
+            cfg=args.cfg,
+            sampler=args.sampler,
+            shift=shift,
+            latent=latent.to(next(model.transformer.parameters()).device),
+            progress=bar,
+            seed=args.seed,
+            **method_settings,
+        ).canvas
+
+    start = time.perf_counter()
+    try:
+        autoencoder = Autoencoder(model.encode, model.decode, model.compression)
+        pixels = refine_image(
+            picture.pixels,
+            (height, width),
+            plan,
+            autoencoder,
+            sample,
+            color_correct=args.color_correct == "input",
+        )
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    with staging(out) as stage:
+        write_png(stage / "refined.png", Picture(pixels, picture.icc_profile, picture.exif))
+        written = ["refined.png"]
+        if args.metrics:
+            _write_metrics(picture.pixels, pixels, plan, args, seconds, stage)
+            written += ["metrics.md", "metrics.json"]
+    paths = [out / name for name in written]
+    for path in paths:
+        print(path)
+    return paths
+
+
+def _write_metrics(
+    source: np.ndarray,
+    refined: np.ndarray,
+    plan: TilePlan,
+    args: argparse.Namespace,
+    seconds: float,
+    out: Path,
+) -> None:
+    """Quality Metrics of ``refined`` against ``source`` enlarged bicubically to its size (the plan's
+    padding is the image mirrored, as the run saw it)."""
+    import numpy as np
+    import torch
+
+    from .metrics import seam_report
+    from .refine import enlarged
+
+    height, width = refined.shape[:2]
+    pad = ((0, plan.height_px - height), (0, plan.width_px - width), (0, 0))
+    peak = float(np.iinfo(refined.dtype).max)
+    image = torch.from_numpy(np.pad(refined, pad, mode="symmetric").astype(np.float32) / peak)
+    reference = enlarged(source, height, width)(0, plan.height_px, 0, plan.width_px)
+    report = seam_report(image.permute(2, 0, 1)[None], plan, reference=reference)
+    about = (
+        f"{args.image.name} ({source.shape[1]}×{source.shape[0]} px) refined at ×{args.scale:g} to "
+        f"{width}×{height} px with {args.method}, denoise {args.denoise}, {args.steps} steps, seed "
+        f"{args.seed}, in {seconds:.1f} s. The reference is the input enlarged bicubically to the same size."
+    )
+    write_atomic(out / "metrics.md", f"# Refine metrics\n\n{about}\n\n{report.to_markdown()}\n".encode())
+    payload = {
+        "image": str(args.image),
+        "input_size": [source.shape[1], source.shape[0]],
+        "output_size": [width, height],
+        "method": args.method,
+        "denoise": args.denoise,
+        "seconds": seconds,
+        **report.to_dict(),
+    }
+    write_atomic(out / "metrics.json", json.dumps(payload, indent=2).encode())

@@ -1,0 +1,198 @@
+"""``python -m temporal_tiling refine`` and the engine's tiled autoencoder passes, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageCms
+from test_cli import COMPRESSION, tiny_loader
+
+from temporal_tiling import cli
+from temporal_tiling.plan import make_plan
+from temporal_tiling.refine import Autoencoder, decode_tiled, encode_tiled, enlarged, refine_plan
+
+SETTINGS = ["--prompt", "a harbour at dusk", "--tile", "128", "--overlap", "32", "--steps", "2",
+            "--threads", "1"]  # fmt: skip
+
+
+def encode(image: torch.Tensor) -> torch.Tensor:
+    """A tiny 'autoencoder' that is close to the identity: pooled logits + one zero channel."""
+    rgb = torch.logit(F.avg_pool2d(image, COMPRESSION).clamp(0.01, 0.99))
+    return torch.cat([rgb, torch.zeros_like(rgb[:, :1])], 1)
+
+
+def loader(folder: Path, device: torch.device) -> cli.LoadedModel:
+    model = tiny_loader(folder, device)
+    model.encode = encode
+    return model
+
+
+def refine(image: Path, out: Path, *extra: str, model=loader) -> int:
+    return cli.main(["refine", "--image", str(image), *SETTINGS, *extra, "--out", str(out)], loader=model)
+
+
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth colour field with some texture, [h, w, 3] float in [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 4, 4, generator=generator)
+    smooth = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    texture = 0.05 * torch.rand(1, 3, height, width, generator=generator)
+    return (smooth + texture).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+
+
+def png_header(path: Path) -> tuple[int, int, int]:
+    """(width, height, bit depth) from a PNG's IHDR."""
+    data = path.read_bytes()
+    width, height, depth = struct.unpack(">IIB", data[16:25])
+    return width, height, depth
+
+
+def test_refine_writes_exactly_the_scaled_size_for_odd_inputs(tmp_path: Path, capsys) -> None:
+    source = tmp_path / "odd.png"
+    Image.fromarray((photo(217, 333) * 255).round().astype(np.uint8)).save(source)
+    assert refine(source, tmp_path / "out", "--scale", "1.5") == 0
+    with Image.open(tmp_path / "out" / "refined.png") as image:
+        assert image.size == (round(1.5 * 333), round(1.5 * 217)) == (500, 326)
+        refined = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    reference = enlarged(np.asarray(Image.open(source)), 326, 500)(0, 326, 0, 500)[0].permute(1, 2, 0).numpy()
+    assert np.abs(refined - reference).mean() < 0.1  # a refine of the input, not a new picture
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["output_size"] == [500, 326] and metrics["psnr"] > 15 and "verdict" in metrics
+    assert "refined at ×1.5" in (tmp_path / "out" / "metrics.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "metrics.json",
+        "metrics.md",
+        "refined.png",
+    ]
+    assert "guided" in capsys.readouterr().err
+
+
+def test_refine_keeps_icc_and_exif_and_honours_the_orientation(tmp_path: Path) -> None:
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    pixels = (photo(24, 40, seed=1) * 255).round().astype(np.uint8)
+    pixels[:4, :4] = (255, 0, 0)  # a red corner at the stored image's top left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: display it rotated 90° clockwise
+    exif[0x010F] = "h23 camera"  # Make
+    source = tmp_path / "turned.jpg"
+    Image.fromarray(pixels).save(source, quality=95, icc_profile=icc, exif=exif.tobytes())
+    assert refine(source, tmp_path / "out", "--no-metrics", "--tile", "64", "--overlap", "16") == 0
+    with Image.open(tmp_path / "out" / "refined.png") as image:
+        assert image.size == (24, 40)  # upright: the stored 40×24 turned
+        assert image.info.get("icc_profile") == icc
+        kept = image.getexif()
+        assert kept.get(0x010F) == "h23 camera" and kept.get(0x0112, 1) == 1
+        upright = np.asarray(image.convert("RGB")).astype(int)
+    assert upright[1, -2, 0] > upright[1, -2, 1] + 60  # the red corner is now at the top right
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["refined.png"]
+
+
+def test_16_bit_tiff_gives_a_16_bit_png(tmp_path: Path) -> None:
+    pixels = (photo(40, 56, seed=2) * 65535).round().astype(np.uint16)
+    source = tmp_path / "deep.tif"
+    tifffile.imwrite(source, pixels, photometric="rgb")
+    assert refine(source, tmp_path / "out", "--no-metrics", "--scale", "2") == 0
+    out = tmp_path / "out" / "refined.png"
+    assert png_header(out) == (112, 80, 16)
+    data = out.read_bytes()
+    idat, at = b"", 8
+    while at < len(data):
+        (length,), kind = struct.unpack(">I", data[at : at + 4]), data[at + 4 : at + 8]
+        idat += data[at + 8 : at + 8 + length] if kind == b"IDAT" else b""
+        at += 12 + length
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(80, 1 + 112 * 6)[:, 1:]
+    values = rows.copy().view(">u2").reshape(80, 112, 3).astype(np.int64)
+    assert (values % 257 != 0).mean() > 0.9  # real 16-bit values, not 8-bit ones scaled up
+    assert abs(values.mean() / 65535 - pixels.mean() / 65535) < 0.1
+
+
+def test_ctrl_c_leaves_nothing_half_written(tmp_path: Path) -> None:
+    def interrupted(folder: Path, device: torch.device) -> cli.LoadedModel:
+        model = loader(folder, device)
+        decode = model.decode
+
+        def stop_at_second_tile(latent: torch.Tensor, calls: list[int] = []) -> torch.Tensor:  # noqa: B006
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return decode(latent)
+
+        model.decode = stop_at_second_tile
+        return model
+
+    source = tmp_path / "in.png"
+    Image.fromarray((photo(300, 700) * 255).astype(np.uint8)).save(source)
+    assert refine(source, tmp_path / "out", "--no-metrics", model=interrupted) == 130
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_ends_with_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(SystemExit) as stop:
+        refine(tmp_path / "notes.png", tmp_path / "out")
+    assert stop.value.code == 2 and "not an image Pillow can read" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        refine(tmp_path / "in.png", tmp_path / "out", "--scale", "0.5")
+    assert "--scale" in capsys.readouterr().err
+
+
+# --- the engine's tiled autoencoder passes -----------------------------------------------------------
+
+
+def test_tiled_encode_and_decode_see_one_tile_at_a_time_and_leave_no_seam() -> None:
+    height, width = 200, 328  # 25×41 cells: tiles of 8 cells, the last ones shifted inward
+    image = photo(height, width, seed=3)
+    plan = refine_plan(height, width, 64, 16, COMPRESSION)
+    sizes: list[tuple[int, int]] = []
+
+    def decode(latent: torch.Tensor) -> torch.Tensor:
+        sizes.append(tuple(latent.shape[-2:]))
+        # a decoder whose output depends on its neighbourhood, as a real one does
+        smooth = F.avg_pool2d(latent[:, :3], 3, 1, 1, count_include_pad=False)
+        return torch.sigmoid(F.interpolate(smooth, scale_factor=COMPRESSION, mode="bilinear"))
+
+    autoencoder = Autoencoder(encode, decode, COMPRESSION, tile_px=64, overlap_px=16)
+    pixels = enlarged((image * 65535).astype(np.uint16), height, width)
+    latent = encode_tiled(autoencoder, pixels, plan)
+    whole = encode(pixels(0, plan.height_px, 0, plan.width_px))
+    assert torch.allclose(latent, whole, atol=1e-5)  # a local encoder: tiling changes nothing
+    out = torch.zeros(3, plan.height_px, plan.width_px)
+
+    def write(top: int, rows: torch.Tensor) -> None:
+        out[:, top : top + rows.shape[1]] = rows
+
+    decode_tiled(autoencoder, latent, write)
+    assert max(sizes) == (8, 8) and len(sizes) == 4 * 7  # never the whole canvas
+    full = decode(latent)[0]
+    gap = (out - full).abs()
+    assert gap.mean() < 0.01  # cross-faded: tile borders blend into the whole decode
+    hard = torch.zeros_like(out)  # the same tiles pasted without the cross-fade
+    tiling = make_plan(
+        width_px=plan.width_px,
+        height_px=plan.height_px,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=16,
+        compression=COMPRESSION,
+        fit="shift",
+    )
+    for tile in tiling.tiles:
+        rows, cols = tile.pixel_slices(COMPRESSION)
+        hard[:, rows, cols] = decode(latent[..., tile.slices[0], tile.slices[1]])[0]
+    assert gap.mean() < 0.5 * (hard - full).abs().mean()
+
+
+def test_refine_plan_rounds_every_size_to_whole_tokens() -> None:
+    plan = refine_plan(217, 333, 100, 30, 8, patch=2)
+    assert (plan.height_px, plan.width_px) == (224, 336)  # up to 16 px tokens
+    assert plan.tile_width_px % 16 == 0 and plan.overlap * 8 % 16 == 0
+    small = refine_plan(20, 30, 512, 64, 32)  # a tile larger than the image: one tile of the canvas
+    assert (len(small), small.width_px, small.height_px) == (1, 32, 32)
