@@ -143,3 +143,12 @@ def run_with_previews(server: ComfyServer, graph: dict, timeout: float = 300) ->
     import asyncio
 
     return asyncio.run(_previews(server.url, graph, timeout))
+
+
+def stock_node_outputs(node_class: type, **inputs) -> tuple:
+    """A stock node's outputs, called as ComfyUI's executor calls it on the installed version: a V3 node's
+    `execute` classmethod, or a V1 node's method named by FUNCTION (newer cores keep those V1 names on
+    ported nodes only as aliases marked for removal)."""
+    if hasattr(node_class, "define_schema"):
+        return tuple(node_class.execute(**inputs).result)
+    return tuple(getattr(node_class(), node_class.FUNCTION)(**inputs))

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from sana_comfy import pack_module
+from sana_comfy import pack_module, stock_node_outputs
 
 from temporal_tiling.sana import decode_tiled
 
@@ -195,7 +195,7 @@ def test_latent_format_states_its_compression_for_empty_latent_rescale(parts) ->
     model, _, vae = parts
     latent_format = model.get_model_object("latent_format")
     assert latent_format.spacial_downscale_ratio == vae.spacial_compression_decode() == 4
-    empty = EmptySD3LatentImage.execute(256, 128, 1).result[0]["samples"]
+    empty = stock_node_outputs(EmptySD3LatentImage, width=256, height=128, batch_size=1)[0]["samples"]
     fixed = newer_fix_empty_latent(latent_format, empty, 8)
     assert tuple(fixed.shape) == (1, 8, 32, 64)
     assert tuple(vae.decode(fixed).shape[1:3]) == (128, 256)
