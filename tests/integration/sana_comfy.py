@@ -47,7 +47,7 @@ def _free_port() -> int:
 class ComfyServer:
     """A ComfyUI server subprocess; `run(graph)` posts an API workflow and waits for its history entry."""
 
-    def __init__(self, comfyui: Path, base: Path, log: Path) -> None:
+    def __init__(self, comfyui: Path, base: Path, log: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -60,6 +60,7 @@ class ComfyServer:
             "--base-directory", str(base),
             "--preview-method", "latent2rgb",
             "--disable-auto-launch",
+            *extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(cmd, cwd=comfyui, stdout=log.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
