@@ -1,14 +1,17 @@
 // Front-end extension of the SANA temporal tiling pack.
 // - Tile Planner: draws the tile plan (grid, overlaps, generation order) on the node, recomputed in the
-//   browser from the widgets on every redraw, so it follows the widgets live. The geometry mirrors
+//   browser from the widgets whenever they change, so it follows the widgets live. The geometry mirrors
 //   temporal_tiling/plan.py (make_plan); what only the server knows (canvas size from a connected
 //   image/latent, the VAE's compression, an auto tile size, a random order) comes from the last run.
-// - Quality Metrics: shows the numbers of the last run on the node.
+// - Quality Metrics: shows the verdict and the whole report of the last run on the node.
+// Both live in DOM widgets (addDOMWidget), which the front end shows in both node renderers: on the
+// LiteGraph canvas and in Nodes 2.0 (Comfy.VueNodes.Enabled), where onDrawForeground is never called.
 import { app } from "../../scripts/app.js";
 
 const PREVIEW_HEIGHT = 200;
-const REPORT_HEIGHT = 120;
+const REPORT_HEIGHT = 260;
 const MARGIN = 8;
+const PANEL_CSS = "width: 100%; height: 100%; box-sizing: border-box;";
 
 function widgetValue(node, name) {
   const widget = node.widgets?.find((w) => w.name === name);
@@ -133,19 +136,25 @@ function summaryLine(plan) {
   return `${cols}×${rows} tiles · ${plan.width}×${plan.height} px`;
 }
 
-function drawPlan(ctx, node, plan) {
-  const top = node.size[1] - PREVIEW_HEIGHT - MARGIN;
-  const areaW = node.size[0] - 2 * MARGIN, areaH = PREVIEW_HEIGHT - 22;
-  ctx.save();
+// The plan drawn into the panel's <canvas>, sized to the panel (the front end lays the panel out).
+function drawPlan(canvas, plan) {
+  const ratio = window.devicePixelRatio || 1;
+  const cssW = canvas.clientWidth, cssH = canvas.clientHeight;
+  if (!cssW || !cssH) return;
+  canvas.width = Math.round(cssW * ratio);
+  canvas.height = Math.round(cssH * ratio);
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, cssW, cssH);
   ctx.font = "12px sans-serif";
+  const areaW = cssW - 2 * MARGIN, areaH = cssH - 22;
   if (plan.error) {
     ctx.fillStyle = "#f4a09a";
-    ctx.fillText(`⚠ ${plan.error}`, MARGIN, top + 14, areaW);
-    ctx.restore();
+    ctx.fillText(`⚠ ${plan.error}`, MARGIN, 14, areaW);
     return;
   }
   const scale = Math.min(areaW / plan.width, areaH / plan.height);
-  const ox = MARGIN + (areaW - plan.width * scale) / 2, oy = top;
+  const ox = MARGIN + (areaW - plan.width * scale) / 2, oy = 0;
   ctx.fillStyle = "#1b1b1b";
   ctx.fillRect(ox, oy, plan.width * scale, plan.height * scale);
   // Overlaps: every tile adds a translucent layer, so cells covered twice or more come out brighter.
@@ -165,65 +174,152 @@ function drawPlan(ctx, node, plan) {
   ctx.textAlign = "left";
   ctx.textBaseline = "alphabetic";
   ctx.fillStyle = "#bbb";
-  ctx.fillText(plan.note ?? summaryLine(plan), MARGIN, top + PREVIEW_HEIGHT - 4, areaW);
-  ctx.restore();
+  ctx.fillText(plan.note ?? summaryLine(plan), MARGIN, cssH - 4, areaW);
 }
 
-function drawReport(ctx, node) {
-  const lines = node.sanaReport;
-  if (!lines?.length) return;
-  const top = node.size[1] - REPORT_HEIGHT - MARGIN;
-  ctx.save();
-  ctx.font = "12px monospace";
-  ctx.fillStyle = "#ddd";
-  lines.slice(0, 8).forEach((text, i) => ctx.fillText(text, MARGIN, top + 14 * (i + 1), node.size[0] - 2 * MARGIN));
-  ctx.restore();
+function cells(row) {
+  return row.split("|").slice(1, -1).map((cell) => cell.trim());
 }
 
-// Markdown table rows → "metric: value" lines; the closing sentence as is.
-function reportLines(text) {
-  return text.split("\n").filter((l) => l.trim() && !l.startsWith("| ---") && !l.startsWith("| metric"))
-    .map((l) => {
-      if (!l.startsWith("|")) return l;
-      const cells = l.split("|").map((s) => s.trim()).filter(Boolean);
-      return `${cells[0]}: ${cells[1]}${cells[3] ? `  (${cells[3]})` : ""}`;
+function tableElement(rows) {
+  const table = document.createElement("table");
+  table.style.cssText = "border-collapse: collapse; margin: 2px 0 6px; width: 100%;";
+  rows.forEach((row, i) => {
+    const tr = table.insertRow();
+    for (const text of cells(row)) {
+      const cell = document.createElement(i === 0 ? "th" : "td");
+      cell.textContent = text;
+      cell.style.cssText = "border-bottom: 1px solid #444; padding: 1px 6px 1px 0; vertical-align: top; " +
+        `text-align: left; ${i === 0 ? "color: #999; font-weight: normal;" : ""}`;
+      tr.appendChild(cell);
+    }
+  });
+  return table;
+}
+
+// The report (markdown from the node: verdict, tables, notes, the saved path) as HTML: the verdict first,
+// coloured, then every table and line, wrapped to the panel's width and scrollable.
+function showReport(panel, text) {
+  panel.replaceChildren();
+  if (!text) {
+    panel.textContent = "Run the workflow to see the verdict and the seam measures here.";
+    return;
+  }
+  const lines = text.split("\n");
+  let table = [];
+  const flush = () => {
+    if (table.length) panel.appendChild(tableElement(table.filter((row) => !row.startsWith("| ---"))));
+    table = [];
+  };
+  lines.forEach((line, i) => {
+    if (line.startsWith("|")) return table.push(line);
+    flush();
+    if (!line.trim()) return;
+    const block = document.createElement("div");
+    block.textContent = line;
+    block.style.margin = "2px 0";
+    if (i === 0) {
+      block.dataset.verdict = line.startsWith("seamless") ? "seamless" : "seams";
+      block.style.cssText += "font-weight: bold; font-size: 13px; " +
+        `color: ${line.startsWith("seamless") ? "#8fdc8f" : "#f5b971"};`;
+    }
+    panel.appendChild(block);
+  });
+  flush();
+}
+
+// A panel below the widgets that the front end lays out and shows in both node renderers; it is not a
+// value (not saved in the workflow, not sent with the prompt).
+function addPanel(node, name, element, height) {
+  element.style.cssText += PANEL_CSS;
+  const widget = node.addDOMWidget(name, "sana_panel", element, {
+    serialize: false,
+    hideOnZoom: false,
+    getMinHeight: () => height,
+    getHeight: () => height,
+  });
+  widget.serialize = false;
+  widget.serializeValue = () => undefined;
+  return widget;
+}
+
+// Redraws the Tile Planner's panel when the plan (or the panel's size) changed since the last drawing.
+function refreshPlan(node) {
+  const canvas = node.sanaPlanCanvas;
+  if (!canvas) return;
+  const plan = plannerPlan(node);
+  const key = JSON.stringify([plan, canvas.clientWidth, canvas.clientHeight]);
+  if (key === node.sanaPlanKey) return;
+  node.sanaPlanKey = key;
+  drawPlan(canvas, plan);
+}
+
+function chain(prototype, name, after) {
+  const before = prototype[name];
+  prototype[name] = function () {
+    const result = before?.apply(this, arguments);
+    after.apply(this, arguments);
+    return result;
+  };
+}
+
+function setUpPlanner(nodeType) {
+  chain(nodeType.prototype, "onNodeCreated", function () {
+    const canvas = document.createElement("canvas");
+    canvas.dataset.sanaPanel = "tile-plan";
+    // Nodes 2.0 sizes the panel by its content: the canvas asks for the height the plan needs.
+    canvas.style.cssText = `display: block; min-height: ${PREVIEW_HEIGHT - 2 * MARGIN}px;`;
+    this.sanaPlanCanvas = canvas;
+    addPanel(this, "sana_tile_plan", canvas, PREVIEW_HEIGHT);
+    this.sanaPlanObserver = new ResizeObserver(() => refreshPlan(this));
+    this.sanaPlanObserver.observe(canvas);
+    for (const widget of this.widgets ?? []) {
+      const callback = widget.callback;
+      widget.callback = (...args) => {
+        const result = callback?.apply(widget, args);
+        refreshPlan(this);
+        return result;
+      };
+    }
+  });
+  chain(nodeType.prototype, "onRemoved", function () {
+    this.sanaPlanObserver?.disconnect();
+  });
+  // Every path by which the plan's inputs change: widgets (canvas or Nodes 2.0), a loaded workflow, links,
+  // a run; on the LiteGraph canvas also every redraw (widget values set by code).
+  for (const hook of ["onWidgetChanged", "onConfigure", "onConnectionsChange", "onDrawForeground"]) {
+    chain(nodeType.prototype, hook, function () {
+      refreshPlan(this);
     });
+  }
+  chain(nodeType.prototype, "onExecuted", function (message) {
+    this.sanaExecutedPlan = message?.sana_tile_plan?.[0];
+    refreshPlan(this);
+  });
 }
 
-function reserveSpace(nodeType, extra, draw) {
-  const computeSize = nodeType.prototype.computeSize;
-  nodeType.prototype.computeSize = function (out) {
-    const size = computeSize.apply(this, arguments);
-    size[1] += extra + MARGIN;
-    return size;
-  };
-  const onDrawForeground = nodeType.prototype.onDrawForeground;
-  nodeType.prototype.onDrawForeground = function (ctx) {
-    onDrawForeground?.apply(this, arguments);
-    if (!this.flags?.collapsed) draw(ctx, this);
-  };
+function setUpMetrics(nodeType) {
+  chain(nodeType.prototype, "onNodeCreated", function () {
+    const panel = document.createElement("div");
+    panel.dataset.sanaPanel = "quality-report";
+    // at most the panel's height in both renderers (Nodes 2.0 sizes it by its content); the rest scrolls
+    panel.style.cssText = "overflow: auto; font: 11px/1.35 sans-serif; color: #ddd; padding: 2px 6px; " +
+      `user-select: text; max-height: ${REPORT_HEIGHT}px;`;
+    this.sanaReportPanel = panel;
+    addPanel(this, "sana_quality_report", panel, REPORT_HEIGHT);
+    showReport(panel, null);
+  });
+  chain(nodeType.prototype, "onExecuted", function (message) {
+    const text = message?.text?.[0] ?? null;
+    this.sanaReport = text ? text.split("\n") : null;
+    showReport(this.sanaReportPanel, text);
+  });
 }
 
 app.registerExtension({
   name: "sana.temporal_tiling.tile_plan_preview",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name === "SanaTemporalTilePlanner") {
-      reserveSpace(nodeType, PREVIEW_HEIGHT, (ctx, node) => drawPlan(ctx, node, plannerPlan(node)));
-      const onExecuted = nodeType.prototype.onExecuted;
-      nodeType.prototype.onExecuted = function (message) {
-        onExecuted?.apply(this, arguments);
-        this.sanaExecutedPlan = message?.sana_tile_plan?.[0];
-        this.setDirtyCanvas(true, true);
-      };
-    }
-    if (nodeData.name === "SanaTemporalTileMetrics") {
-      reserveSpace(nodeType, REPORT_HEIGHT, drawReport);
-      const onExecuted = nodeType.prototype.onExecuted;
-      nodeType.prototype.onExecuted = function (message) {
-        onExecuted?.apply(this, arguments);
-        this.sanaReport = message?.text?.[0] ? reportLines(message.text[0]) : null;
-        this.setDirtyCanvas(true, true);
-      };
-    }
+    if (nodeData.name === "SanaTemporalTilePlanner") setUpPlanner(nodeType);
+    if (nodeData.name === "SanaTemporalTileMetrics") setUpMetrics(nodeType);
   },
 });

@@ -9,6 +9,7 @@ The engine loads the diffusers models (``temporal_tiling.sana``); this module on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from typing import Any, ClassVar
@@ -46,6 +47,9 @@ class SanaLatentFormat(comfy.latent_formats.LatentFormat):
         self.scale_factor = float(vae.config.scaling_factor)
         self.downscale_ratio = compression(vae)
         """Pixels per latent cell; the sampler checks a tile plan's compression against it."""
+        self.spacial_downscale_ratio = self.downscale_ratio
+        """The same, under the name newer ComfyUI cores read (default 8) when they resize an empty latent
+        made for another compression (`downscale_ratio_spacial` / this)."""
         self._vae = vae
         self._rgb: tuple[list, list] | None = None
 
@@ -188,13 +192,46 @@ class _DCAE(torch.nn.Module):
         return self.vae.decode(latents).sample
 
 
+def _to_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """DC-AE output [-1, 1] to IMAGE [0, 1], in place and returned.
+
+    ComfyUI 0.3.x uses the return value; newer cores decode into a preallocated buffer and call
+    `process_output(buffer_slice)` ignoring the return, so the change must also land in the tensor given.
+    """
+    return image.add_(1.0).div_(2.0).clamp_(0.0, 1.0)
+
+
+def _to_signed_range(image: torch.Tensor) -> torch.Tensor:
+    """IMAGE [0, 1] to the DC-AE's [-1, 1], as a new tensor: every core uses the return value, and the
+    caller's IMAGE (shared with other nodes) must stay untouched."""
+    return image * 2.0 - 1.0
+
+
+@contextlib.contextmanager
+def _without_core_vae_warning():
+    """`VAE.__init__` with no weights logs "No VAE weights detected"; for the adapter that is expected."""
+    logger = logging.getLogger()
+    quiet = logging.Filter()
+    quiet.filter = lambda record: "No VAE weights detected" not in record.getMessage()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 class SanaVAE(comfy.sd.VAE):
     """ComfyUI VAE around SANA's DC-AE; `spacial_compression_decode()` gives its 32x for the Tile Planner.
 
-    Tiled decoding (VAEDecodeTiled and ComfyUI's out-of-memory fallback) runs the engine's DC-AE tiler.
+    Every attribute a stock VAE has comes from the installed ComfyUI: `VAE.__init__` runs with an empty state
+    dict, which sets all defaults (whatever that version adds, e.g. `handles_tiling`, `format_encoded`,
+    `pad_channel_value`, `size`) and returns before building a model; only the DC-AE's own values are set
+    here. Tiled decoding (VAEDecodeTiled and ComfyUI's out-of-memory fallback) runs the engine's DC-AE tiler.
     """
 
     def __init__(self, vae: AutoencoderDC, dtype: torch.dtype | None = None) -> None:
+        with _without_core_vae_warning():
+            super().__init__(sd={})
         ratio = compression(vae)
         self.autoencoder = vae
         self.first_stage_model = _DCAE(vae).eval()
@@ -208,18 +245,17 @@ class SanaVAE(comfy.sd.VAE):
         self.latent_channels = int(vae.config.latent_channels)
         self.latent_dim = 2
         self.output_channels = 3
-        self.process_input = lambda image: image * 2.0 - 1.0
-        self.process_output = lambda image: torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
+        self.process_input = _to_signed_range
+        self.process_output = _to_unit_range
         self.working_dtypes = [torch.bfloat16, torch.float32]
-        self.disable_offload = False
-        self.not_video = False
-        self.downscale_index_formula = self.upscale_index_formula = None
-        self.extra_1d_channel = None
-        self.crop_input = True
         self.device = comfy.model_management.vae_device()
         self.vae_dtype = dtype or comfy.model_management.vae_dtype(self.device, self.working_dtypes)
         self.first_stage_model.to(self.vae_dtype)
         self.output_device = comfy.model_management.intermediate_device()
+        # diffusers' layers have none of ComfyUI's cast hooks, so they can only be loaded whole: say so
+        # (core then loads with force_full_load) and use the plain ModelPatcher core picks for such VAEs,
+        # not the dynamic-VRAM one that streams ComfyUI's own layers.
+        self.disable_offload = True
         self.patcher = comfy.model_patcher.ModelPatcher(
             self.first_stage_model,
             load_device=self.device,
@@ -242,6 +278,11 @@ class SanaVAE(comfy.sd.VAE):
 
 class SanaClipModel(torch.nn.Module):
     """ComfyUI's cond_stage_model interface over the engine's SANA text encoder."""
+
+    disable_offload = True
+    """Newer cores (Dynamic VRAM) build text encoders on a dynamic patcher unless this is set; that patcher
+    streams weights of ComfyUI's own cast layers, while this Gemma-2 is transformers' model, already loaded
+    whole. Set, core uses the plain ModelPatcher that 0.3.x always used."""
 
     def __init__(self, encoder: SanaTextEncoder, dtype=None, device=None, model_options=None) -> None:
         super().__init__()

@@ -105,7 +105,7 @@ def _free_port() -> int:
 class ComfyServer:
     """A ComfyUI server subprocess; `run(graph)` posts an API workflow and waits for its history entry."""
 
-    def __init__(self, comfyui: Path, base: Path, log: Path) -> None:
+    def __init__(self, comfyui: Path, base: Path, log: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -118,6 +118,7 @@ class ComfyServer:
             "--base-directory", str(base),
             "--preview-method", "latent2rgb",
             "--disable-auto-launch",
+            *extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(cmd, cwd=comfyui, stdout=log.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -201,3 +202,12 @@ def run_with_previews(server: ComfyServer, graph: dict, timeout: float = 300) ->
     import asyncio
 
     return asyncio.run(_previews(server.url, graph, timeout))
+
+
+def stock_node_outputs(node_class: type, **inputs) -> tuple:
+    """A stock node's outputs, called as ComfyUI's executor calls it on the installed version: a V3 node's
+    `execute` classmethod, or a V1 node's method named by FUNCTION (newer cores keep those V1 names on
+    ported nodes only as aliases marked for removal)."""
+    if hasattr(node_class, "define_schema"):
+        return tuple(node_class.execute(**inputs).result)
+    return tuple(getattr(node_class(), node_class.FUNCTION)(**inputs))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from sana_comfy import PACK_ROOT, pack_module
+from sana_comfy import PACK_ROOT, pack_module, stock_node_outputs
 from sana_comfy import validation_errors as refusal
 
 STEPS = 3
@@ -759,7 +759,7 @@ def test_readme_empty_latent_advice_gives_the_requested_size(nodes):
     sana = types.SimpleNamespace(
         get_model_object=lambda name: types.SimpleNamespace(latent_channels=32, latent_dimensions=2)
     )
-    empty = EmptyHunyuanImageLatent().generate(1024, 512)[0]["samples"]
+    empty = stock_node_outputs(EmptyHunyuanImageLatent, width=1024, height=512)[0]["samples"]
     assert tuple(comfy.sample.fix_empty_latent_channels(sana, empty).shape) == (1, 32, 16, 32)
 
 

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from sana_comfy import TINY_VARIANTS, pack_module
+from sana_comfy import TINY_VARIANTS, pack_module, stock_node_outputs
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_stock_32x_empty_latent_fits_the_model(folder_parts) -> None:
     from comfy_extras.nodes_hunyuan import EmptyHunyuanImageLatent
 
     model, _, _ = folder_parts
-    (latent,) = EmptyHunyuanImageLatent().generate(1024, 512)
+    (latent,) = stock_node_outputs(EmptyHunyuanImageLatent, width=1024, height=512)
     fixed = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     assert fixed.shape == (1, 8, 16, 32)
 
