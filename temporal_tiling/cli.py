@@ -64,6 +64,7 @@ if (
     from .context import ContextSettings
     from .pipeline import GuideFirst
     from .plan import TilePlan
+    from .tile_prompts import TilePrompts
 
 COMPARE = ("independent", "multidiffusion", "causal", "guided")
 """What ``--method compare`` renders, in strip order."""
@@ -405,6 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="diffusers SANA folder (default: the embedded seam-lab model)",
     )
+    g.add_argument(
+        "--tile-prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help='JSON words per tile or canvas rectangle, combined with --prompt: {"tiles": {"0": "a sun"}, '
+        '"regions": [{"x": 0, "y": 0, "w": 256, "h": 128, "prompt": "a sun"}], "combine": "append"} '
+        "(causal, guided, independent)",
+    )
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     g.add_argument(
         "--threads",
@@ -666,8 +676,10 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
         raise CLIError(
             f"global context is only used by the causal and guided methods, not {args.method!r}", "--method"
         )
+    prompts = _read_tile_prompts(args.tile_prompts, args.method)
     model = loader(args.model or EMBEDDED_MODEL, device)
     plan = _plan(args, model.compression)
+    tile_texts = _tile_texts(prompts, plan, args.prompt)
     methods = list(COMPARE) if args.method == "compare" else [args.method]
     if _uses_context(args) or "guided" in methods:
         _check_context_size(args, plan)
@@ -676,10 +688,44 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
         methods.append("full")
     _warn(args, model, plan, methods)
     with _staging(out) as stage:
-        written = _render(args, model, plan, methods, guide_first, stage)
+        written = _render(args, model, plan, methods, guide_first, stage, tile_texts)
     for path in written:
         print(out / path.name)
     return [out / path.name for path in written]
+
+
+def _read_tile_prompts(path: Path | None, method: str) -> TilePrompts | None:
+    """The --tile-prompts file, read and checked before the model loads."""
+    from .pipeline import TILE_PROMPT_METHODS
+    from .tile_prompts import TilePromptError, parse_json
+
+    if path is None:
+        return None
+    if method not in TILE_PROMPT_METHODS:
+        raise CLIError(
+            f"tile prompts need --method {', '.join(TILE_PROMPT_METHODS)} (tile by tile), not {method}",
+            "--tile-prompts",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CLIError(f"cannot read '{path}': {error}", "--tile-prompts") from None
+    try:
+        return parse_json(text, f"'{path}'")
+    except TilePromptError as error:
+        raise CLIError(str(error), "--tile-prompts") from None
+
+
+def _tile_texts(prompts: TilePrompts | None, plan: TilePlan, prompt: str) -> dict[int, str]:
+    """Each tile's prompt text (tiles absent: --prompt), checked against the plan."""
+    from .tile_prompts import TilePromptError, tile_texts
+
+    if prompts is None:
+        return {}
+    try:
+        return tile_texts(plan, prompts, prompt)
+    except TilePromptError as error:
+        raise CLIError(str(error), "--tile-prompts") from None
 
 
 def _warn(args: argparse.Namespace, model: LoadedModel, plan: TilePlan, methods: list[str]) -> None:
@@ -721,18 +767,22 @@ def _render(
     methods: list[str],
     guide_first: GuideFirst | None,
     out: Path,
+    tile_texts: dict[int, str] | None = None,
 ) -> list[Path]:
-    """Run every method and write its files into ``out``; returns them (``guide_first``: for guided)."""
+    """Run every method and write its files into ``out``; returns them (``guide_first``: for guided;
+    ``tile_texts``: the prompt of each tile with words of its own)."""
     from .bcla import BCLAConfig
     from .border_resample import BorderResample
     from .pipeline import CAUSAL_METHODS, generate
     from .sampling import LockRelease
     from .seam_refine import SeamRefine
+    from .tile_prompts import encode_tile_prompts
 
     shift = args.shift if args.shift is not None else model.flow_shift
     prompt_embeds = model.encode_prompt(args.prompt)
     negative_embeds = model.encode_prompt(args.negative) if args.cfg != 1.0 else None
     conditioning = {"prompt_embeds": prompt_embeds, "negative_embeds": negative_embeds}
+    tile_prompts = encode_tile_prompts(tile_texts or {}, model.encode_prompt) or None
     cache_config = BCLAConfig(mode=args.bcla_mode, strength=args.bcla_strength, source=args.bcla_source)
     border_resample = BorderResample(repeats=args.border_resample) if args.border_resample > 0 else None
     print(
@@ -764,6 +814,7 @@ def _render(
                 seam_refine=SeamRefine(args.seam_refine) if args.seam_refine > 0 else None,
                 halo=args.halo,
                 border_resample=border_resample if method in CAUSAL_METHODS else None,
+                tile_prompts=tile_prompts if method != "full" else None,
                 progress=bar,
                 **conditioning,
                 **_sampling(args, shift),
