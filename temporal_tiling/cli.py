@@ -411,9 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="FILE",
-        help='JSON words per tile or canvas rectangle, combined with --prompt: {"tiles": {"0": "a sun"}, '
+        help='JSON words per tile or canvas rectangle, combined with --prompt: {"tiles": {"1": "a sun"}, '
         '"regions": [{"x": 0, "y": 0, "w": 256, "h": 128, "prompt": "a sun"}], "combine": "append"} '
-        "(causal, guided, independent)",
+        "(tiles numbered as generated, 1 = first; causal, guided, independent)",
     )
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     g.add_argument(

@@ -2,7 +2,8 @@
 
 A prompt that names one object ("one sun") paints that object in every tile that hears it: each tile
 is sampled as an image of its own. Tile prompts give the words to the tiles they belong to. A user
-names tiles by their index (the Tile Planner's preview labels them) or rectangles of the canvas in
+names tiles by their number, the one the Tile Planner's preview shows on each tile (its place in the
+generation order, 1 = the first; the engine's ``Tile.index`` + 1), or rectangles of the canvas in
 pixels; a rectangle's words go to every tile whose cells it touches, whatever the compression.
 
 How a tile's words meet the run's prompt (``combine``):
@@ -53,7 +54,8 @@ class Region:
 
 @dataclass(frozen=True)
 class TilePrompts:
-    """Words per tile index and per canvas rectangle, and how they meet the run's prompt."""
+    """Words per tile number (1 = the first tile generated) and per canvas rectangle, and how they meet
+    the run's prompt."""
 
     tiles: Mapping[int, str] = field(default_factory=dict)
     regions: tuple[tuple[Region, str], ...] = ()
@@ -95,17 +97,18 @@ def tiles_covering(plan: TilePlan, region: Region) -> list[int]:
 
 
 def tile_texts(plan: TilePlan, prompts: TilePrompts, prompt: str) -> dict[int, str]:
-    """The prompt each tile with words of its own hears (tiles absent here hear ``prompt``): its index's
-    words, then every rectangle's that touches it, combined with ``prompt`` by ``prompts.combine``."""
+    """The prompt each tile with words of its own hears, by ``Tile.index`` (tiles absent here hear
+    ``prompt``): its number's words, then every rectangle's that touches it, combined with ``prompt`` by
+    ``prompts.combine``."""
     words: dict[int, list[str]] = {}
-    for index, text in prompts.tiles.items():
-        if not 0 <= index < len(plan):
+    for number, text in prompts.tiles.items():
+        if not 1 <= number <= len(plan):
             raise TilePromptError(
-                f"tile prompt for tile {index}: the plan has tiles 0 to {len(plan) - 1}; "
-                "use an index the Tile Planner's preview shows."
+                f"tile prompt for tile {number}: the plan has tiles 1 to {len(plan)}; "
+                "use a number the Tile Planner's preview shows."
             )
         if text.strip():
-            words.setdefault(index, []).append(text.strip())
+            words.setdefault(number - 1, []).append(text.strip())
     for region, text in prompts.regions:
         for index in tiles_covering(plan, region):
             if text.strip():
@@ -124,7 +127,7 @@ def encode_tile_prompts(texts: Mapping[int, str], encode: Callable[[str], Encode
 
 
 def parse_json(text: str, source: str = "tile prompts") -> TilePrompts:
-    """A JSON object: ``{"tiles": {"0": "a sun"}, "regions": [{"x": 0, "y": 0, "w": 256, "h": 128,
+    """A JSON object: ``{"tiles": {"1": "a sun"}, "regions": [{"x": 0, "y": 0, "w": 256, "h": 128,
     "prompt": "a sun"}], "combine": "append"}``; each key optional."""
     try:
         data = json.loads(text)
@@ -139,7 +142,7 @@ def parse_json(text: str, source: str = "tile prompts") -> TilePrompts:
     if not isinstance(tiles, dict) or not all(
         re.fullmatch(r"\d+", str(k)) and isinstance(v, str) for k, v in tiles.items()
     ):
-        raise TilePromptError(f'{source}: "tiles" must map tile indices ("0", "1", ...) to prompt strings.')
+        raise TilePromptError(f'{source}: "tiles" must map tile numbers ("1", "2", ...) to prompt strings.')
     regions = data.get("regions", [])
     if not isinstance(regions, list):
         raise TilePromptError(f'{source}: "regions" must be a list of {{"x","y","w","h","prompt"}} objects.')
@@ -167,7 +170,7 @@ _TILE_LINE = re.compile(r"\s*(\d+)\s*:(.*)")
 
 def parse_lines(text: str, combine: str = "append") -> TilePrompts:
     """One prompt per line: ``x,y,w,h: words`` for a rectangle in pixels, ``N: words`` for tile N, and
-    any other line for the tile of its line number (the first line is tile 0; an empty line skips one)."""
+    any other line for the tile of its line number (the first line is tile 1; an empty line skips one)."""
     tiles: dict[int, str] = {}
     regions = []
     for number, line in enumerate(text.splitlines()):
@@ -177,5 +180,5 @@ def parse_lines(text: str, combine: str = "append") -> TilePrompts:
         elif match := _TILE_LINE.fullmatch(line):
             tiles[int(match.group(1))] = match.group(2)
         elif line.strip():
-            tiles[number] = line
+            tiles[number + 1] = line
     return TilePrompts(tiles, tuple(regions), combine)

@@ -136,12 +136,13 @@ def test_rectangles_outside_the_canvas_are_refused() -> None:
 
 def test_tile_texts_append_or_replace_the_runs_prompt() -> None:
     plan = make_plan(256, 128, 128, 128, 0, 8)  # 2 tiles
-    prompts = TilePrompts({0: "a sun"}, ((Region(0, 0, 256, 10), "clouds"),))
+    prompts = TilePrompts({1: "a sun"}, ((Region(0, 0, 256, 10), "clouds"),))
     assert tile_texts(plan, prompts, "a sky") == {0: "a sky, a sun, clouds", 1: "a sky, clouds"}
-    replaced = TilePrompts({1: "a moon"}, combine="replace")
+    replaced = TilePrompts({2: "a moon"}, combine="replace")
     assert tile_texts(plan, replaced, "a sky") == {1: "a moon"}
-    with pytest.raises(TilePromptError, match="tiles 0 to 1"):
-        tile_texts(plan, TilePrompts({2: "x"}), "a sky")
+    for number in (0, 3):  # numbers as the preview shows them: 1 and 2
+        with pytest.raises(TilePromptError, match="tiles 1 to 2"):
+            tile_texts(plan, TilePrompts({number: "x"}), "a sky")
     with pytest.raises(TilePromptError, match="combine"):
         TilePrompts(combine="average")
 
@@ -163,8 +164,8 @@ def test_parse_json_reads_tiles_and_regions() -> None:
         ("{", "not valid JSON"),
         ("[]", "JSON object"),
         ('{"tile": {}}', "JSON object"),
-        ('{"tiles": {"a": "sun"}}', "tile indices"),
-        ('{"tiles": {"0": 1}}', "tile indices"),
+        ('{"tiles": {"a": "sun"}}', "tile numbers"),
+        ('{"tiles": {"0": 1}}', "tile numbers"),
         ('{"regions": {}}', "list"),
         ('{"regions": [{"x": 0, "y": 0, "w": 1, "prompt": "s"}]}', "region 0"),
         ('{"regions": [{"x": 0.5, "y": 0, "w": 1, "h": 1, "prompt": "s"}]}', "region 0"),
@@ -179,7 +180,7 @@ def test_parse_json_errors_say_what_to_fix(text: str, message: str) -> None:
 def test_parse_lines_reads_positions_indices_and_rectangles() -> None:
     text = "a sun\n\nclouds\n5: a moon\n0, 0, 64, 32: a bird\n"
     assert parse_lines(text) == TilePrompts(
-        {0: "a sun", 2: "clouds", 5: " a moon"}, ((Region(0, 0, 64, 32), " a bird"),)
+        {1: "a sun", 3: "clouds", 5: " a moon"}, ((Region(0, 0, 64, 32), " a bird"),)
     )
 
 
@@ -200,7 +201,7 @@ def test_cli_tile_prompts_encode_each_tiles_text(tmp_path: Path) -> None:
     spec = tmp_path / "tiles.json"
     spec.write_text(
         json.dumps(
-            {"tiles": {"1": "a sun"}, "regions": [{"x": 0, "y": 32, "w": 8, "h": 8, "prompt": "a rock"}]}
+            {"tiles": {"2": "a sun"}, "regions": [{"x": 0, "y": 32, "w": 8, "h": 8, "prompt": "a rock"}]}
         )
     )
     texts: list[str] = []
@@ -215,7 +216,7 @@ def test_cli_tile_prompts_encode_each_tiles_text(tmp_path: Path) -> None:
     [
         (None, [], "cannot read"),
         ("{oops", [], "not valid JSON"),
-        ('{"tiles": {"99": "a sun"}}', [], "tiles 0 to 5"),
+        ('{"tiles": {"99": "a sun"}}', [], "tiles 1 to 6"),
         ('{"regions": [{"x": 60, "y": 0, "w": 10, "h": 1, "prompt": "s"}]}', [], "past the 64×40"),
         ("{}", ["--method", "multidiffusion"], "tile by tile"),
     ],
