@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import BASE, tiny_loader
 
 from temporal_tiling import cli
 from temporal_tiling.contracts import TileJob
@@ -26,8 +27,6 @@ from temporal_tiling.tile_prompts import (
     tile_texts,
     tiles_covering,
 )
-
-from test_cli import BASE, tiny_loader
 
 
 @dataclass
