@@ -47,6 +47,7 @@ from ..temporal_tiling.sampling import CLEAN_SIGMA, LockRelease, SamplingError
 from ..temporal_tiling.seam_refine import SeamRefine, refine_steps_total
 from .bcla_cache import bcla_config, bcla_transformer
 from .common import CATEGORY, GlobalContextSocket, TilePlanSocket, check_inputs, compression_problem
+from .tile_prompts import TileConditioning, TileConditioningSocket
 
 MODES = ("causal", "guided", "independent", "multidiffusion")
 WRAPPER_KEY = "sana_temporal_tiling"
@@ -244,6 +245,12 @@ class SanaCausalSampler(io.ComfyNode):
                     tooltip="mode = guided: enlarge a guide smaller than the canvas in pixels (decode, "
                     "bicubic, encode) instead of in latent space; keeps shapes at SANA's 32× compression.",
                 ),
+                TileConditioningSocket.Input(
+                    "tile_conditioning",
+                    optional=True,
+                    tooltip="Tile prompts from the Tile Prompts node (made for this tile plan): those "
+                    "tiles hear their own prompt instead of positive. Modes causal, guided, independent.",
+                ),
             ],
             outputs=[
                 io.Latent.Output(
@@ -294,10 +301,16 @@ class SanaCausalSampler(io.ComfyNode):
         latent_image: dict | None = None,
         global_context: ContextSettings | None = None,
         vae=None,
+        tile_conditioning: TileConditioning | None = None,
     ) -> io.NodeOutput:
         plan = tile_plan
         if (mismatch := compression_problem(model, plan.compression)) is not None:
             raise SamplingError(mismatch)
+        if tile_conditioning is not None and tile_conditioning.plan != plan:
+            raise SamplingError(
+                "tile_conditioning was made for another tile plan; connect the sampler's tile_plan to the "
+                "Tile Prompts node too."
+            )
         guided = mode == "guided"
         start, given = _start_latent(model, plan, latent_image, batch_size, denoise, guided)
         settings = RunSettings(
@@ -312,6 +325,7 @@ class SanaCausalSampler(io.ComfyNode):
             guide_first=_guide_first(model, guide_denoise, tile_steps, vae, plan) if guided else None,
             seam_refine=SeamRefine(seam_refine) if seam_refine > 0 else None,
             halo=halo,
+            tile_prompts=tile_conditioning.by_tile if tile_conditioning is not None else None,
         )
         host = ComfyHost(model, plan, (positive, negative), (steps, cfg, sampler_name, scheduler, seed))
         guide = tuple(given.shape[-2:]) if guided and given is not None else None
@@ -469,7 +483,7 @@ class ComfyHost:
         return work
 
     def _sample(
-        self, noise: torch.Tensor, latent: torch.Tensor, steps: int | None = None, **kwargs
+        self, noise: torch.Tensor, latent: torch.Tensor, steps: int | None = None, positive=None, **kwargs
     ) -> torch.Tensor:
         return comfy.sample.sample(
             self.work,
@@ -478,7 +492,7 @@ class ComfyHost:
             self.cfg,
             self.sampler_name,
             self.scheduler,
-            self.positive,
+            self.positive if positive is None else positive,
             self.negative,
             latent,
             disable_pbar=True,
@@ -523,7 +537,13 @@ class ComfyHost:
         mask = None if bool((job.denoise_mask == 1).all()) else job.denoise_mask
         try:
             out = self._sample(
-                job.noise, job.latent, job.steps, denoise=job.denoise, noise_mask=mask, callback=self.callback
+                job.noise,
+                job.latent,
+                job.steps,
+                job.prompt,  # the tile's own prompt (tile prompts) or None: the run's
+                denoise=job.denoise,
+                noise_mask=mask,
+                callback=self.callback,
             )
         finally:
             self.hook, self.mask_schedule, self.model_wrap, self.resample = None, None, None, None

@@ -25,6 +25,7 @@ DISPLAY_NAMES = {
     "SanaTemporalBCLACache": "BCLA Cache",
     "SanaTemporalGlobalContext": "Global Context Encoder",
     "SanaTemporalCausalSampler": "Causal SANA Sampler",
+    "SanaTemporalTilePrompts": "Tile Prompts",
     "SanaTemporalTileSplit": "Split Into Tiles",
     "SanaTemporalSeamBlender": "Seam Blender",
     "SanaTemporalTileMetrics": "Quality Metrics",
@@ -51,6 +52,7 @@ SOCKETS = {
     "Mask": "MASK",
     "TilePlanSocket": "TILE_PLAN",
     "GlobalContextSocket": "GLOBAL_CONTEXT",
+    "TileConditioningSocket": "TILE_CONDITIONING",
 }
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
