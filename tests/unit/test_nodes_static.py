@@ -32,6 +32,7 @@ DISPLAY_NAMES = {
 }
 WORKFLOW_NAMES = (
     "txt2img_temporal_tiling",
+    "txt2img_tile_prompts",
     "upscale_temporal_tiling",
     "upscale_split_img2img_blend",
     "compare_methods",
