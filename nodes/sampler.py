@@ -326,6 +326,7 @@ class SanaCausalSampler(io.ComfyNode):
             seam_refine=SeamRefine(seam_refine) if seam_refine > 0 else None,
             halo=halo,
             tile_prompts=tile_conditioning.by_tile if tile_conditioning is not None else None,
+            guide_prompt=tile_conditioning.scene if tile_conditioning is not None and guided else None,
         )
         host = ComfyHost(model, plan, (positive, negative), (steps, cfg, sampler_name, scheduler, seed))
         guide = tuple(given.shape[-2:]) if guided and given is not None else None

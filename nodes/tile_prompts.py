@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from comfy_api.latest import io
 
 from ..temporal_tiling.plan import TilePlan
-from ..temporal_tiling.tile_prompts import COMBINE_MODES, encode_tile_prompts, parse_lines, tile_texts
+from ..temporal_tiling.tile_prompts import (
+    COMBINE_MODES,
+    encode_tile_prompts,
+    parse_lines,
+    tile_texts,
+    whole_scene_text,
+)
 from .common import CATEGORY, TilePlanSocket, check_inputs
 
 TileConditioningSocket = io.Custom("TILE_CONDITIONING")
@@ -27,6 +33,8 @@ class TileConditioning:
     by_tile: dict[int, list]
     texts: dict[int, str]
     """What each of those tiles hears, for the node's display."""
+    scene: list
+    """What mode = guided's whole-scene pass hears: the scene prompt and every tile's words."""
 
 
 def encode(clip, text: str) -> list:
@@ -44,8 +52,9 @@ class SanaTilePrompts(io.ComfyNode):
             description=(
                 "Gives tiles their own words, so an object named once is painted once: each tile (numbered "
                 "as the Tile Planner's preview shows) or each rectangle of the canvas gets a prompt, "
-                "combined with the scene prompt. Connect positive and tile_conditioning to the Causal "
-                "SANA Sampler (modes causal, guided, independent)."
+                "combined with the scene prompt; mode = guided's whole-scene pass hears the scene prompt "
+                "and every tile's words. Connect positive and tile_conditioning to the Causal SANA Sampler "
+                "(modes causal, guided, independent)."
             ),
             inputs=[
                 io.Clip.Input("clip", tooltip="The text encoder, as for CLIPTextEncode."),
@@ -93,12 +102,14 @@ class SanaTilePrompts(io.ComfyNode):
     def execute(
         cls, clip, tile_plan: TilePlan, prompt: str, tile_prompts: str, combine: str
     ) -> io.NodeOutput:
-        texts = tile_texts(tile_plan, parse_lines(tile_prompts, combine), prompt)
+        spec = parse_lines(tile_prompts, combine)
+        texts = tile_texts(tile_plan, spec, prompt)
         by_tile = encode_tile_prompts(texts, lambda text: encode(clip, text))
+        scene = encode(clip, whole_scene_text(spec, prompt))
         shown = [f"tile {index + 1}: {text}" for index, text in texts.items()] or ["no tile prompts"]
         return io.NodeOutput(
             encode(clip, prompt),
-            TileConditioning(tile_plan, by_tile, texts),
+            TileConditioning(tile_plan, by_tile, texts, scene),
             ui={"text": ["\n".join(shown)]},
         )
 

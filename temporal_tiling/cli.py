@@ -676,10 +676,13 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
         raise CLIError(
             f"global context is only used by the causal and guided methods, not {args.method!r}", "--method"
         )
+    from .tile_prompts import whole_scene_text
+
     prompts = _read_tile_prompts(args.tile_prompts, args.method)
     model = loader(args.model or EMBEDDED_MODEL, device)
     plan = _plan(args, model.compression)
     tile_texts = _tile_texts(prompts, plan, args.prompt)
+    guide_text = None if prompts is None else whole_scene_text(prompts, args.prompt)
     methods = list(COMPARE) if args.method == "compare" else [args.method]
     if _uses_context(args) or "guided" in methods:
         _check_context_size(args, plan)
@@ -688,7 +691,7 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
         methods.append("full")
     _warn(args, model, plan, methods)
     with _staging(out) as stage:
-        written = _render(args, model, plan, methods, guide_first, stage, tile_texts)
+        written = _render(args, model, plan, methods, guide_first, stage, tile_texts, guide_text)
     for path in written:
         print(out / path.name)
     return [out / path.name for path in written]
@@ -768,9 +771,11 @@ def _render(
     guide_first: GuideFirst | None,
     out: Path,
     tile_texts: dict[int, str] | None = None,
+    guide_text: str | None = None,
 ) -> list[Path]:
     """Run every method and write its files into ``out``; returns them (``guide_first``: for guided;
-    ``tile_texts``: the prompt of each tile with words of its own)."""
+    ``tile_texts``: the prompt of each tile with words of its own, ``guide_text``: then the whole-scene
+    pass's)."""
     from .bcla import BCLAConfig
     from .border_resample import BorderResample
     from .pipeline import CAUSAL_METHODS, generate
@@ -783,6 +788,7 @@ def _render(
     negative_embeds = model.encode_prompt(args.negative) if args.cfg != 1.0 else None
     conditioning = {"prompt_embeds": prompt_embeds, "negative_embeds": negative_embeds}
     tile_prompts = encode_tile_prompts(tile_texts or {}, model.encode_prompt) or None
+    guide_prompt = None if guide_text is None else model.encode_prompt(guide_text)
     cache_config = BCLAConfig(mode=args.bcla_mode, strength=args.bcla_strength, source=args.bcla_source)
     border_resample = BorderResample(repeats=args.border_resample) if args.border_resample > 0 else None
     print(
@@ -815,6 +821,7 @@ def _render(
                 halo=args.halo,
                 border_resample=border_resample if method in CAUSAL_METHODS else None,
                 tile_prompts=tile_prompts if method != "full" else None,
+                guide_prompt=guide_prompt if method == "guided" else None,
                 progress=bar,
                 **conditioning,
                 **_sampling(args, shift),

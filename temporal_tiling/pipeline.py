@@ -192,6 +192,10 @@ class RunSettings:
     """Tile prompts: the positive conditioning of tiles by plan index, in the host's form
     (:attr:`TileJob.prompt`); other tiles, the whole-scene pass, the progressive chain's levels and the
     seam refine use the run's prompt. Tiled methods that sample tile by tile only."""
+    guide_prompt: object | None = None
+    """The positive conditioning of ``guided``'s whole-scene pass, in the host's form; None = the run's
+    prompt. With tile prompts the whole scene should hear every tile's words
+    (:func:`tile_prompts.whole_scene_text`), so its layout holds the objects the tiles then refine."""
 
     def __post_init__(self) -> None:
         method = self.method
@@ -272,7 +276,9 @@ def _guide(plan: TilePlan, host: Host, settings: RunSettings, noise: Tensor, giv
     """The given guide or the whole-scene pass, then each level of the progressive chain refined from
     the one before."""
     if given is None:
-        guide = render_guide(plan, host, settings.guide.long_side, settings.seed, noise)
+        guide = render_guide(
+            plan, host, settings.guide.long_side, settings.seed, noise, settings.guide_prompt
+        )
     else:
         guide = given
         _check_guide_shape(plan, guide, tuple(noise.shape[:2]))
@@ -406,13 +412,16 @@ def _check_guide_shape(plan: TilePlan, guide: Tensor, shape: tuple[int, int]) ->
         )
 
 
-def render_guide(plan: TilePlan, host: Host, long_side: int | None, seed: int, like: Tensor) -> Tensor:
+def render_guide(
+    plan: TilePlan, host: Host, long_side: int | None, seed: int, like: Tensor, prompt: object | None = None
+) -> Tensor:
     """The whole scene in one pass at :func:`guide_plan`'s size (whole tokens of ``host``'s patch size),
-    from ``seed``'s noise (batch, channels, device and dtype of ``like``)."""
+    from ``seed``'s noise (batch, channels, device and dtype of ``like``); ``prompt``: its conditioning
+    in the host's form (None: the run's)."""
     small = guide_plan(plan, long_side, host.patch_size)
     noise = canvas_noise(seed, (*like.shape[:2], small.canvas_height, small.canvas_width)).to(like)
     mask = noise.new_ones(1, 1, small.canvas_height, small.canvas_width)
-    return host.denoise(TileJob(small.whole_canvas, noise, torch.zeros_like(noise), mask))
+    return host.denoise(TileJob(small.whole_canvas, noise, torch.zeros_like(noise), mask, prompt=prompt))
 
 
 def global_context(

@@ -117,6 +117,13 @@ def tile_texts(plan: TilePlan, prompts: TilePrompts, prompt: str) -> dict[int, s
     return {index: ", ".join(base + parts) for index, parts in sorted(words.items())}
 
 
+def whole_scene_text(prompts: TilePrompts, prompt: str) -> str:
+    """What a whole-scene pass (``guided``'s guide) hears: ``prompt`` and every tile's and rectangle's
+    words once, so the guide's layout holds the objects the tiles then refine."""
+    words = [text.strip() for text in (*prompts.tiles.values(), *(t for _, t in prompts.regions))]
+    return ", ".join(dict.fromkeys(w for w in (prompt.strip(), *words) if w))
+
+
 def encode_tile_prompts(texts: Mapping[int, str], encode: Callable[[str], Encoded]) -> dict[int, Encoded]:
     """Each tile's text encoded once per distinct text (tiles under one rectangle share it)."""
     encoded: dict[str, Encoded] = {}

@@ -23,6 +23,8 @@ def test_tile_prompts_node_encodes_each_tiles_text(tile_prompts, parts, plan):
     positive, tiles = tile_prompts.execute(clip, plan, SCENE, "\na sun\n6, 0, 1, 1: a bird", "append").result
     assert tiles.texts == {1: f"{SCENE}, a sun", 0: f"{SCENE}, a bird"}
     assert set(tiles.by_tile) == {0, 1} and tiles.plan == plan
+    scene = clip.encode_from_tokens_scheduled(clip.tokenize(f"{SCENE}, a sun, a bird"))
+    assert torch.equal(tiles.scene[0][0], scene[0][0])
     expected = clip.encode_from_tokens_scheduled(clip.tokenize(SCENE))
     assert torch.equal(positive[0][0], expected[0][0])
 

@@ -26,6 +26,7 @@ from temporal_tiling.tile_prompts import (
     region_cells,
     tile_texts,
     tiles_covering,
+    whole_scene_text,
 )
 
 
@@ -65,12 +66,13 @@ def test_each_tile_run_hears_its_own_prompt_and_the_others_the_runs(method: str)
     host = RecordingHost()
     prompts = {1: "sun", 4: "moon"}
     guide = GuideFirst(bcla_seed=0.0) if method == "guided" else None
-    run(plan, host, RunSettings(method=method, tile_prompts=prompts, guide_first=guide), (1, 4))
+    settings = RunSettings(method=method, tile_prompts=prompts, guide_first=guide, guide_prompt="scene")
+    run(plan, host, settings, (1, 4))
     tiles = [(tile.index, prompt) for tile, prompt in host.heard if tile in plan.tiles]
     assert tiles == [(i, prompts.get(i)) for i in range(len(plan))]
-    # guided's whole-scene pass (not a tile of the plan) hears the run's prompt
+    # guided's whole-scene pass (not a tile of the plan) hears the guide prompt
     others = [prompt for tile, prompt in host.heard if tile not in plan.tiles]
-    assert others == ([None] if method == "guided" else [])
+    assert others == (["scene"] if method == "guided" else [])
 
 
 def test_tile_prompts_refuse_methods_that_do_not_sample_tile_by_tile() -> None:
@@ -146,6 +148,11 @@ def test_tile_texts_append_or_replace_the_runs_prompt() -> None:
         TilePrompts(combine="average")
 
 
+def test_the_whole_scene_hears_every_tiles_words_once() -> None:
+    prompts = TilePrompts({1: "a sun", 3: "a tree"}, ((Region(0, 0, 8, 8), "a sun"),), combine="replace")
+    assert whole_scene_text(prompts, "a sky") == "a sky, a sun, a tree"
+
+
 def test_identical_texts_are_encoded_once() -> None:
     calls = []
     encoded = encode_tile_prompts({0: "a", 1: "b", 2: "a"}, lambda text: calls.append(text) or text.upper())
@@ -208,6 +215,10 @@ def test_cli_tile_prompts_encode_each_tiles_text(tmp_path: Path) -> None:
     assert cli.main(argv, loader=recording_loader(texts)) == 0
     assert "one sun over a red sky, a sun" in texts and "one sun over a red sky, a rock" in texts
     assert (tmp_path / "out" / "causal.png").is_file()
+    texts.clear()
+    argv = [*BASE, "--method", "guided", "--tile-prompts", str(spec), "--out", str(tmp_path / "guided")]
+    assert cli.main(argv, loader=recording_loader(texts)) == 0
+    assert "one sun over a red sky, a sun, a rock" in texts  # the whole-scene pass
 
 
 @pytest.mark.parametrize(
