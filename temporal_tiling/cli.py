@@ -493,6 +493,13 @@ def _add_refine(commands: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--model", type=Path, default=None, help="diffusers SANA folder (default: the embedded model)"
     )
+    r.add_argument(
+        "--tile-prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON words per tile or rectangle of the output (px), combined with --prompt; as generate's",
+    )
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     r.add_argument("--threads", type=_number(int, 1), default=None, help="CPU threads for torch")
     r.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")

@@ -35,16 +35,18 @@ def run_refine(args: argparse.Namespace, loader: Loader) -> list[Path]:
     import torch
 
     from .bcla import BCLAConfig
-    from .cli import CLIError, _device, _Progress, _staging
+    from .cli import CLIError, _device, _Progress, _read_tile_prompts, _staging, _tile_texts
     from .image_io import Picture, read_image, write_png
     from .pipeline import CAUSAL_METHODS, GuideFirst, generate
     from .plan import PlanError
     from .position import patch_size
     from .refine import Autoencoder, output_size, refine_image, refine_plan
+    from .tile_prompts import encode_tile_prompts
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise CLIError(f"'{out}' exists and is not a folder", "--out")
+    prompts = _read_tile_prompts(args.tile_prompts, args.method)
     picture = read_image(args.image)
     height, width = output_size(*picture.pixels.shape[:2], args.scale)
     device = _device(args.device)
@@ -67,7 +69,9 @@ def run_refine(args: argparse.Namespace, loader: Loader) -> list[Path]:
     except PlanError as error:
         raise CLIError(str(error), "--max-tiles" if "max_tiles" in str(error) else "--tile") from None
     guided = args.method == "guided"
+    tile_texts = _tile_texts(prompts, plan, args.prompt)
     method_settings = {
+        "tile_prompts": encode_tile_prompts(tile_texts, model.encode_prompt) or None,
         "method": args.method,
         "cache_config": BCLAConfig() if args.method in CAUSAL_METHODS else None,
         "guide_first": GuideFirst(denoise=args.denoise) if guided else None,

@@ -7,8 +7,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_cli import BASE, tiny_loader
 
 from temporal_tiling import cli
@@ -193,14 +195,15 @@ def test_parse_lines_reads_positions_indices_and_rectangles() -> None:
 # --- the CLI ----------------------------------------------------------------------------------------
 
 
-def recording_loader(texts: list[str]):
-    def load(folder: Path, device: torch.device) -> cli.LoadedModel:
-        model = tiny_loader(folder, device)
-        encode = model.encode_prompt
-        model.encode_prompt = lambda prompt: texts.append(prompt) or encode(prompt)
-        return model
+def _recorded(model: cli.LoadedModel, texts: list[str]) -> cli.LoadedModel:
+    """``model`` whose prompt encoder logs every text it encodes into ``texts``."""
+    encode = model.encode_prompt
+    model.encode_prompt = lambda prompt: texts.append(prompt) or encode(prompt)
+    return model
 
-    return load
+
+def recording_loader(texts: list[str]):
+    return lambda folder, device: _recorded(tiny_loader(folder, device), texts)
 
 
 def test_cli_tile_prompts_encode_each_tiles_text(tmp_path: Path) -> None:
@@ -242,3 +245,24 @@ def test_cli_tile_prompt_errors_exit_2_with_one_line(tmp_path: Path, capsys, con
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--tile-prompts" in err and message in err
     assert not (tmp_path / "o").exists()
+
+
+def test_refine_takes_tile_prompts_too(tmp_path: Path) -> None:
+    from test_refine import loader, photo, refine
+
+    source = tmp_path / "photo.png"
+    Image.fromarray((photo(96, 160) * 255).round().astype(np.uint8)).save(source)
+    spec = tmp_path / "tiles.json"
+    spec.write_text(json.dumps({"tiles": {"2": "a boat"}}))
+    texts: list[str] = []
+
+    def recording(folder: Path, device: torch.device) -> cli.LoadedModel:
+        return _recorded(loader(folder, device), texts)
+
+    assert refine(source, tmp_path / "plain") == 0
+    assert refine(source, tmp_path / "tiled", "--tile-prompts", str(spec), model=recording) == 0
+    assert "a harbour at dusk, a boat" in texts
+    plain, tiled = (np.asarray(Image.open(tmp_path / name / "refined.png")) for name in ("plain", "tiled"))
+    assert plain.shape == tiled.shape and not np.array_equal(plain, tiled)
+    with pytest.raises(SystemExit):
+        refine(source, tmp_path / "bad", "--tile-prompts", str(spec), "--method", "multidiffusion")
