@@ -9,7 +9,10 @@ top left, tile 4 top right), 20 steps, cfg 4.5, two prompts that ask for one obj
 seed = prompt index. "without": every tile hears the whole prompt (today's behaviour). "tile prompts":
 the run's prompt is the scene alone (the sky) and only the tile where the prompt puts the object hears
 its words (``combine = append``: "<scene>, <object words>"; ``replace``: the words alone); guided's
-whole-scene pass hears "<scene>, <object words>". Objects: the suns / moons the prompt names, counted
+whole-scene pass hears "<scene>, <object words>". "automatic t" (AccDiffusion): the whole prompt, and
+each tile drops the words whose cross-attention on the guide (one model call at σ = 0.5,
+``word_attention``) stays below t × the word's peak in all of its cells; the tiles' texts go to the
+log. Objects: the suns / moons the prompt names, counted
 by ``seamlab.count_objects`` on the canvas and on the run's guide (causal: the whole-scene pass of the
 whole prompt that seeds its BCLA cache; guided: its own whole-scene pass). Seams: the Quality Metrics
 verdict; layout: the canvas downscaled to the guide vs the guide (PSNR); time: seconds per canvas
@@ -32,6 +35,7 @@ from temporal_tiling.context import ContextSettings
 from temporal_tiling.options import EMBEDDED_MODEL
 from temporal_tiling.pipeline import GuideFirst, generate
 from temporal_tiling.tile_prompts import TilePrompts, encode_tile_prompts, tile_texts, whole_scene_text
+from temporal_tiling.word_attention import attention_of_words, tile_words
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENES = (
@@ -40,13 +44,23 @@ SCENES = (
     ("a navy blue night sky with one moon at top right", "a navy blue night sky", 4, "one moon at top right"),
 )
 GUIDE_DENOISES = (0.3, 0.5, 0.7)
+THRESHOLDS = (0.5, 0.7, 0.9)
+"""Automatic tile prompts: a tile keeps a word whose guide attention reaches this share of its peak."""
 VARIANTS = (
     "causal",
     "causal + tile prompts",
     "causal + tile prompts (replace)",
     *(f"guided {d}{extra}" for d in GUIDE_DENOISES for extra in ("", " + tile prompts")),
+    *(f"guided 0.7 + automatic {t}" for t in THRESHOLDS),
 )
-SHOWN = ("guide", "causal", "causal + tile prompts", "guided 0.7", "guided 0.7 + tile prompts")
+SHOWN = (
+    "guide",
+    "causal",
+    "causal + tile prompts",
+    "guided 0.7",
+    "guided 0.7 + tile prompts",
+    "guided 0.7 + automatic 0.9",
+)
 
 
 def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Tensor):
@@ -61,7 +75,13 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
         options["tile_prompts"] = encode_tile_prompts(
             tile_texts(plan, prompts, scene_prompt), model.encode_prompt
         )
-    if name.startswith("causal"):
+    if "automatic" in name:  # the whole prompt; each tile drops the words the guide puts elsewhere
+        positive = model.encode_prompt(whole)
+        texts = automatic_texts(model, plan, whole, guide, float(name.split()[-1]), seed)
+        options["tile_prompts"] = encode_tile_prompts(texts, model.encode_prompt)
+        denoise = float(name.split()[1])
+        options |= dict(method="guided", guide_first=GuideFirst(denoise=denoise), latent=guide)
+    elif name.startswith("causal"):
         options |= dict(method="causal", context=ContextSettings(guide, bcla_seed=1.0, seed=seed))
     else:
         denoise = float(name.split()[1])
@@ -70,6 +90,22 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
             options["guide_prompt"] = model.encode_prompt(whole_scene_text(prompts, scene_prompt))
     result = generate(plan, model.transformer, positive, model.encode_prompt(""), **options)
     return result, guide if result.guide is None else result.guide
+
+
+def automatic_texts(
+    model, plan, prompt: str, guide: torch.Tensor, threshold: float, seed: int
+) -> dict[int, str]:
+    """Each tile's words of ``prompt`` whose cross-attention on ``guide`` reaches it (tiles that keep
+    every word are absent). The embedded model's tokenizer is word-level: text token 0 is the start
+    token, token i the prompt's word i - 1."""
+    words = prompt.lower().split()
+    embeds = model.encode_prompt(prompt)
+    assert embeds.shape[1] == len(words) + 1, "a word-level tokenizer (the embedded model) is assumed"
+    maps = attention_of_words(model.transformer, guide, embeds, [-1, *range(len(words))], seed=seed)
+    kept = tile_words(plan, maps, threshold)
+    texts = {i: " ".join(words[w] for w in ws) for i, ws in kept.items() if len(ws) < len(words)}
+    print(json.dumps({"threshold": threshold, "tile_texts": texts}), flush=True)
+    return texts
 
 
 def run_all(model, plan, images: dict) -> list[dict]:
