@@ -14,9 +14,9 @@ async def comfy_entrypoint() -> Any:
     """Called by ComfyUI when it loads the pack; returns the ComfyExtension listing every node."""
     from comfy_api.latest import ComfyExtension, io
 
-    from . import bcla_cache, context, loaders, lora, metrics, planner, sampler, tiles
+    from . import bcla_cache, context, loaders, lora, metrics, planner, sampler, tile_prompts, tiles
 
-    modules = (loaders, lora, planner, bcla_cache, context, sampler, tiles, metrics)
+    modules = (loaders, lora, planner, bcla_cache, context, tile_prompts, sampler, tiles, metrics)
 
     class SanaTemporalTilingExtension(ComfyExtension):
         async def get_node_list(self) -> list[type[io.ComfyNode]]:

@@ -58,6 +58,7 @@ from .common import (
     connected,
     cross_check,
 )
+from .tile_prompts import TileConditioning, TileConditioningSocket
 
 MODES = ("causal", "guided", "independent", "multidiffusion")
 WRAPPER_KEY = "sana_temporal_tiling"
@@ -256,6 +257,12 @@ class SanaCausalSampler(io.ComfyNode):
                     tooltip="mode = guided: enlarge a guide smaller than the canvas in pixels (decode, "
                     "bicubic, encode) instead of in latent space; keeps shapes at SANA's 32× compression.",
                 ),
+                TileConditioningSocket.Input(
+                    "tile_conditioning",
+                    optional=True,
+                    tooltip="Tile prompts from the Tile Prompts node (made for this tile plan): those "
+                    "tiles hear their own prompt instead of positive. Modes causal, guided, independent.",
+                ),
             ],
             outputs=[
                 io.Latent.Output(
@@ -319,10 +326,16 @@ class SanaCausalSampler(io.ComfyNode):
         latent_image: dict | None = None,
         global_context: ContextSettings | None = None,
         vae=None,
+        tile_conditioning: TileConditioning | None = None,
     ) -> io.NodeOutput:
         plan = tile_plan
         if (mismatch := compression_problem(model, plan.compression)) is not None:
             raise SamplingError(mismatch)
+        if tile_conditioning is not None and tile_conditioning.plan != plan:
+            raise SamplingError(
+                "tile_conditioning was made for another tile plan; connect the sampler's tile_plan to the "
+                "Tile Prompts node too."
+            )
         guided = mode == "guided"
         start, given = _start_latent(model, plan, latent_image, batch_size, denoise, guided)
         settings = RunSettings(
@@ -337,6 +350,8 @@ class SanaCausalSampler(io.ComfyNode):
             guide_first=_guide_first(model, guide_denoise, tile_steps, vae, plan) if guided else None,
             seam_refine=SeamRefine(seam_refine) if seam_refine > 0 else None,
             halo=halo,
+            tile_prompts=tile_conditioning.by_tile if tile_conditioning is not None else None,
+            guide_prompt=tile_conditioning.scene if tile_conditioning is not None and guided else None,
         )
         host = ComfyHost(
             model,
@@ -534,7 +549,7 @@ class ComfyHost:
         return work
 
     def _sample(
-        self, noise: torch.Tensor, latent: torch.Tensor, steps: int | None = None, **kwargs
+        self, noise: torch.Tensor, latent: torch.Tensor, steps: int | None = None, positive=None, **kwargs
     ) -> torch.Tensor:
         return comfy.sample.sample(
             self.work,
@@ -543,7 +558,7 @@ class ComfyHost:
             self.cfg,
             self.sampler_name,
             self.scheduler,
-            self.positive,
+            self.positive if positive is None else positive,
             self.negative,
             latent,
             disable_pbar=True,
@@ -583,7 +598,13 @@ class ComfyHost:
         mask = None if bool((job.denoise_mask == 1).all()) else job.denoise_mask
         try:
             out = self._sample(
-                job.noise, job.latent, job.steps, denoise=job.denoise, noise_mask=mask, callback=self.callback
+                job.noise,
+                job.latent,
+                job.steps,
+                job.prompt,  # the tile's own prompt (tile prompts) or None: the run's
+                denoise=job.denoise,
+                noise_mask=mask,
+                callback=self.callback,
             )
         finally:
             self.job = JobState()

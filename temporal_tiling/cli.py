@@ -486,6 +486,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="diffusers SANA folder (default: the embedded seam-lab model)",
     )
+    g.add_argument(
+        "--tile-prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help='JSON words per tile or canvas rectangle, combined with --prompt: {"tiles": {"1": "a sun"}, '
+        '"regions": [{"x": 0, "y": 0, "w": 256, "h": 128, "prompt": "a sun"}], "combine": "append"} '
+        "(tiles numbered as generated, 1 = first; causal, guided, independent; default: none, every tile "
+        "hears --prompt)",
+    )
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     g.add_argument(
         "--threads",
@@ -576,6 +586,13 @@ def _add_refine(commands: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "--model", type=Path, default=None, help="diffusers SANA folder (default: the embedded model)"
+    )
+    r.add_argument(
+        "--tile-prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON words per tile or rectangle of the output (px), combined with --prompt; as generate's",
     )
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     r.add_argument(
@@ -780,7 +797,10 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
         raise CLIError(
             f"global context is only used by the causal and guided methods, not {args.method!r}", "--method"
         )
+    from .tile_prompts import read_tile_prompts, tile_texts, whole_scene_text
+
     methods = list(COMPARE) if args.method == "compare" else [args.method]
+    prompts = read_tile_prompts(args.tile_prompts, args.method) if args.tile_prompts else None
     folder = args.model or EMBEDDED_MODEL
     check_model_folder(folder)
     compression = folder_compression(folder)
@@ -794,11 +814,13 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
         except UserInputError as error:  # a broken model file: the CLI's answer is another --model
             raise CLIError(str(error), "--model") from None
         plan = _check_plan(args, methods, model.compression)
+        texts = tile_texts(plan, prompts, args.prompt) if prompts else {}
+        guide_text = whole_scene_text(prompts, args.prompt) if prompts else None
         guide_first = _guide_first(args, model) if "guided" in methods else None
         if args.reference and "full" not in methods:
             methods.append("full")
         _warn(args, model, plan, methods)
-        written = _render(args, model, plan, methods, guide_first, stage)
+        written = _render(args, model, plan, methods, guide_first, stage, texts, guide_text)
     for path in written:
         print(out / path.name)
     return [out / path.name for path in written]
@@ -869,18 +891,25 @@ def _render(
     methods: list[str],
     guide_first: GuideFirst | None,
     out: Path,
+    tile_texts: dict[int, str] | None = None,
+    guide_text: str | None = None,
 ) -> list[Path]:
-    """Run every method and write its files into ``out``; returns them (``guide_first``: for guided)."""
+    """Run every method and write its files into ``out``; returns them (``guide_first``: for guided;
+    ``tile_texts``: the prompt of each tile with words of its own, ``guide_text``: then the whole-scene
+    pass's)."""
     from .bcla import BCLAConfig
     from .border_resample import BorderResample
     from .pipeline import CAUSAL_METHODS, generate
     from .sampling import LockRelease
     from .seam_refine import SeamRefine
+    from .tile_prompts import encode_tile_prompts
 
     shift = args.shift if args.shift is not None else model.flow_shift
     prompt_embeds = model.encode_prompt(args.prompt)
     negative_embeds = model.encode_prompt(args.negative) if args.cfg != 1.0 else None
     conditioning = {"prompt_embeds": prompt_embeds, "negative_embeds": negative_embeds}
+    tile_prompts = encode_tile_prompts(tile_texts or {}, model.encode_prompt) or None
+    guide_prompt = None if guide_text is None else model.encode_prompt(guide_text)
     cache_config = BCLAConfig(mode=args.bcla_mode, strength=args.bcla_strength, source=args.bcla_source)
     border_resample = BorderResample(repeats=args.border_resample) if args.border_resample > 0 else None
     print(
@@ -912,6 +941,8 @@ def _render(
                 seam_refine=SeamRefine(args.seam_refine) if args.seam_refine > 0 else None,
                 halo=args.halo,
                 border_resample=border_resample if method in CAUSAL_METHODS else None,
+                tile_prompts=tile_prompts if method != "full" else None,
+                guide_prompt=guide_prompt if method == "guided" else None,
                 progress=bar,
                 **conditioning,
                 **_sampling(args, shift),

@@ -127,6 +127,9 @@ class TileJob:
     """Sampler steps of this job; None = the host's steps (guided tiles run fewer from the guide)."""
     resample: Resample | None = None
     """Replaces each post-CFG model call inside the inpainting rule (border resampling); None = one call."""
+    prompt: object | None = None
+    """This tile's own positive conditioning, in the host's form (tile prompts: FlowHost's prompt
+    embeddings [1, L, D], ComfyHost's CONDITIONING); None = the run's prompt."""
 
 
 class Host(Protocol):

@@ -18,7 +18,7 @@ sampler, through :func:`generate`) all call it. Methods:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -56,6 +56,9 @@ from .seam_refine import SeamRefine, refine_seams, refine_steps_total
 
 CAUSAL_METHODS = ("causal", "guided")
 """Methods that run the causal tile loop (and so can use a BCLA cache)."""
+
+TILE_PROMPT_METHODS = (*CAUSAL_METHODS, "independent")
+"""Methods whose model calls each belong to one tile, so a tile can hear its own prompt."""
 
 Upscale = Callable[[Tensor, int, int], Tensor]
 """``(guide latent [B,C,h,w], canvas height, canvas width in cells) -> canvas latent [B,C,H,W]``."""
@@ -205,6 +208,14 @@ class RunSettings:
     """A low-denoise pass over bands across every tile border once the canvas is done; None = off."""
     border_resample: BorderResample | None = None
     """RePaint-style resampling near the lock edge in the late steps (causal methods); None = off."""
+    tile_prompts: Mapping[int, object] | None = None
+    """Tile prompts: the positive conditioning of tiles by plan index, in the host's form
+    (:attr:`TileJob.prompt`); other tiles, the whole-scene pass, the progressive chain's levels and the
+    seam refine use the run's prompt. Tiled methods that sample tile by tile only."""
+    guide_prompt: object | None = None
+    """The positive conditioning of ``guided``'s whole-scene pass, in the host's form; None = the run's
+    prompt. With tile prompts the whole scene should hear every tile's words
+    (:func:`tile_prompts.whole_scene_text`), so its layout holds the objects the tiles then refine."""
 
     def __post_init__(self) -> None:
         method = self.method
@@ -223,6 +234,11 @@ class RunSettings:
             raise SamplingError(
                 f"border_resample acts on the lock edge of the causal methods ({', '.join(CAUSAL_METHODS)}); "
                 f"method={method!r} has none: leave it off (None)."
+            )
+        if self.tile_prompts and method not in TILE_PROMPT_METHODS:
+            raise SamplingError(
+                f"Tile prompts need a method that samples tile by tile ({', '.join(TILE_PROMPT_METHODS)}), "
+                f"not {method!r}: pick one of those or leave the tile prompts out."
             )
         if method == "guided" and self.guide.bcla_seed > 0 and self.cache_config is None:
             raise SamplingError(
@@ -257,6 +273,11 @@ def run(
         raise SamplingError(
             f"denoise = {settings.denoise} needs an input latent; give one or use denoise = 1."
         )
+    if settings.tile_prompts and not all(0 <= i < len(plan) for i in settings.tile_prompts):
+        raise SamplingError(
+            f"Tile prompts name tiles {sorted(settings.tile_prompts)}; the plan has tiles 0 to "
+            f"{len(plan) - 1}."
+        )
     batch, channels = shape
     if noise is None:
         noise = canvas_noise(settings.seed, (batch, channels, plan.canvas_height, plan.canvas_width))
@@ -276,11 +297,14 @@ def _guide(plan: TilePlan, host: Host, settings: RunSettings, noise: Tensor, giv
     """The given guide or the whole-scene pass, then each level of the progressive chain refined from
     the one before."""
     if given is None:
-        guide = render_guide(plan, host, settings.guide.long_side, settings.seed, noise)
+        guide = render_guide(
+            plan, host, settings.guide.long_side, settings.seed, noise, settings.guide_prompt
+        )
     else:
         guide = given
         _check_guide_shape(plan, guide, tuple(noise.shape[:2]))
     start = (guide.shape[-2], guide.shape[-1])
+    settings = replace(settings, tile_prompts=None)  # tile indices name the final plan's tiles
     for level in guide_levels(plan, settings.guide, host.patch_size, start):
         shape = (*noise.shape[:2], level.canvas_height, level.canvas_width)
         level_noise = canvas_noise(settings.seed, shape).to(noise)
@@ -342,8 +366,10 @@ def _run(
             seed=settings.seed,
         )
 
+    prompts = settings.tile_prompts or {}
+
     def denoise_tile(job: TileJob) -> Tensor:
-        return host.denoise(replace(job, denoise=denoise, steps=steps))
+        return host.denoise(replace(job, denoise=denoise, steps=steps, prompt=prompts.get(job.tile.index)))
 
     if method in CAUSAL_METHODS:
         border = settings.border_resample
@@ -407,13 +433,16 @@ def _check_guide_shape(plan: TilePlan, guide: Tensor, shape: tuple[int, int]) ->
         )
 
 
-def render_guide(plan: TilePlan, host: Host, long_side: int | None, seed: int, like: Tensor) -> Tensor:
+def render_guide(
+    plan: TilePlan, host: Host, long_side: int | None, seed: int, like: Tensor, prompt: object | None = None
+) -> Tensor:
     """The whole scene in one pass at :func:`guide_plan`'s size (whole tokens of ``host``'s patch size),
-    from ``seed``'s noise (batch, channels, device and dtype of ``like``)."""
+    from ``seed``'s noise (batch, channels, device and dtype of ``like``); ``prompt``: its conditioning
+    in the host's form (None: the run's)."""
     small = guide_plan(plan, long_side, host.patch_size)
     noise = canvas_noise(seed, (*like.shape[:2], small.canvas_height, small.canvas_width)).to(like)
     mask = noise.new_ones(1, 1, small.canvas_height, small.canvas_width)
-    return host.denoise(TileJob(small.whole_canvas, noise, torch.zeros_like(noise), mask))
+    return host.denoise(TileJob(small.whole_canvas, noise, torch.zeros_like(noise), mask, prompt=prompt))
 
 
 def global_context(
@@ -532,6 +561,14 @@ class FlowHost:
             self.transformer, positive, negative, self.sampling.cfg, self.cache, prompt_mask, negative_mask
         )
 
+    def _tile_denoiser(self, prompt_embeds: Tensor) -> CFGDenoiser:
+        """The denoiser of a tile with its own prompt (tile prompts: embeddings of its valid tokens);
+        the negative prompt, CFG and cache stay the run's."""
+        negative, negative_mask = self.conditioning[1], self.masks[1]
+        cfg = self.sampling.cfg
+        embeds = prompt_embeds.to(self.device)
+        return CFGDenoiser(self.transformer, embeds, negative, cfg, self.cache, None, negative_mask)
+
     def tick(self, *_: object) -> None:
         self.done += 1
         if self.progress is not None:
@@ -543,7 +580,8 @@ class FlowHost:
     def denoise(self, job: TileJob) -> Tensor:
         sigmas = self.schedule(job.denoise, job.steps)
         if job.model_wrap is None:
-            return sample_tile(self.denoiser, job, sigmas, self.sampling.sampler, self.tick)
+            denoiser = self.denoiser if job.prompt is None else self._tile_denoiser(job.prompt)
+            return sample_tile(denoiser, job, sigmas, self.sampling.sampler, self.tick)
         self._counting_tile_calls = True
         try:
             return sample_tile(job.model_wrap(self.denoiser), job, sigmas, self.sampling.sampler)

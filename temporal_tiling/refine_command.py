@@ -51,10 +51,12 @@ def run_refine(
     from .plan import PlanError
     from .position import patch_size
     from .refine import Autoencoder, RefineError, output_size, refine_image, refine_plan
+    from .tile_prompts import encode_tile_prompts, read_tile_prompts, tile_texts
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise RefineError(f"argument --out: '{out}' exists and is not a folder")
+    prompts = read_tile_prompts(args.tile_prompts, args.method) if args.tile_prompts else None
     picture = read_image(args.image)
     height, width = output_size(*picture.pixels.shape[:2], args.scale)
     if args.threads is not None:
@@ -80,7 +82,9 @@ def run_refine(
         flag = "--max-tiles" if "max_tiles" in str(error) else "--tile"
         raise RefineError(f"argument {flag}: {error}") from None
     guided = args.method == "guided"
+    texts = tile_texts(plan, prompts, args.prompt) if prompts else {}
     method_settings = {
+        "tile_prompts": encode_tile_prompts(texts, model.encode_prompt) or None,
         "method": args.method,
         "cache_config": BCLAConfig() if args.method in CAUSAL_METHODS else None,
         "guide_first": GuideFirst(denoise=args.denoise) if guided else None,

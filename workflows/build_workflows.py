@@ -30,6 +30,9 @@ PROMPT = "a blue to pink sky with one sun at top left"
 UPSCALE_PROMPT = "a blue sky"
 """The upscale workflow refines ComfyUI's example drawing (a figure on a green hill under a blue sky);
 the embedded model knows only seam-lab words, and a prompt naming a sun turns the hill into suns."""
+TILE_PROMPTS_SCENE = "a blue to pink sky"
+TILE_PROMPTS_TEXT = "one sun at top left"
+"""Tile 1 (top left) hears "a blue to pink sky, one sun at top left"; the other tiles the sky alone."""
 EMBEDDED_COMPRESSION = 8
 """Pixels per latent cell of the embedded model's autoencoder (the Tile Planner reads it from the VAE)."""
 
@@ -51,8 +54,13 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             ("latent_image", "LATENT"),
             ("global_context", "GLOBAL_CONTEXT"),
             ("vae", "VAE"),
+            ("tile_conditioning", "TILE_CONDITIONING"),
         ],
         [("canvas", "LATENT"), ("tiles", "LATENT"), ("guide", "LATENT")],
+    ),
+    "SanaTemporalTilePrompts": (
+        [("clip", "CLIP"), ("tile_plan", "TILE_PLAN")],
+        [("positive", "CONDITIONING"), ("tile_conditioning", "TILE_CONDITIONING")],
     ),
     "SanaTemporalGlobalContext": (
         [("image", "IMAGE"), ("vae", "VAE"), ("latent", "LATENT")],
@@ -120,7 +128,7 @@ UI_ONLY = object()
 SLOT_HEIGHT, WIDGET_HEIGHT, WIDGETS_PAD, TEXT_BOX_HEIGHT = 20, 24, 8, 54
 IMAGE_PREVIEW_HEIGHT = 212
 TITLE_HEIGHT = 30
-MULTILINE_NODES = {"CLIPTextEncode", "Note"}
+MULTILINE_NODES = {"CLIPTextEncode", "Note", "SanaTemporalTilePrompts"}
 EXTRA_HEIGHT = {
     "SanaTemporalTilePlanner": 208,  # js/tile_plan_preview.js: PREVIEW_HEIGHT + MARGIN
     "SanaTemporalTileMetrics": 128,  # js/tile_plan_preview.js: REPORT_HEIGHT + MARGIN
@@ -346,6 +354,62 @@ def txt2img() -> list[Node]:
     ]
 
 
+def tile_prompts() -> list[Node]:
+    """Text to image where only the tiles that should show the sun are told about it."""
+    canvas = planner(5, (400, 40), vae=(1, 2))
+    plan = planned(canvas)
+    prompts = Node(
+        2,
+        "SanaTemporalTilePrompts",
+        (20, 300),
+        [("prompt", TILE_PROMPTS_SCENE), ("tile_prompts", TILE_PROMPTS_TEXT), ("combine", "append")],
+        {"clip": (1, 1), "tile_plan": (5, 0)},
+        size=(340, 220),
+    )
+    sample = sampler(
+        6, (800, 40), (4, 0), "causal", "Causal SANA Sampler (tile prompts)", tile_conditioning=(2, 1)
+    )
+    sample.links["positive"] = (2, 0)
+    return [
+        loader(1, (20, 40)),
+        prompts,
+        text(3, (20, 560), "", "negative"),
+        bcla_cache(4, (400, 680)),
+        canvas,
+        sample,
+        Node(7, "VAEDecode", (1240, 40), links={"samples": (6, 0), "vae": (1, 2)}, size=(220, 60)),
+        Node(
+            8,
+            "SaveImage",
+            (1700, 40),
+            [("filename_prefix", "sana_tiling/tile_prompts_canvas")],
+            {"images": (7, 0)},
+            size=(420, 360),
+        ),
+        Node(
+            9,
+            "VAEDecode",
+            (1240, 150),
+            links={"samples": (6, 1), "vae": (1, 2)},
+            title="decode tiles",
+            size=(220, 60),
+        ),
+        metrics(
+            12, (1240, 260), "sana_tiling/tile_prompts_metrics", image=(7, 0), tile_plan=(5, 0), tiles=(9, 0)
+        ),
+        Node(13, "PreviewImage", (400, 960), links={"images": (5, 1)}, title="tile plan", size=(340, 260)),
+        note(
+            14,
+            (20, 730),
+            f"Tile prompts: {describe(plan)}, causal tiles from noise. Every tile hears the scene prompt; "
+            "only the tiles the Tile Prompts node names also hear their words, so an object named once "
+            "is painted once instead of in every tile. Tiles are numbered as the Tile Planner's preview "
+            "shows them (1 = generated first); a line 'x,y,w,h: words' gives the words to every tile a "
+            "rectangle of the canvas (pixels) touches. Works with mode causal, guided and independent.",
+        ),
+    ]
+
+
 def upscale() -> list[Node]:
     return [
         loader(1, (20, 40)),
@@ -441,7 +505,7 @@ def compare() -> list[Node]:
     rows = (("independent", (1, 0)), ("multidiffusion", (1, 0)), ("causal", (4, 0)), ("guided", (4, 0)))
     guided = 10 + 10 * (len(rows) - 1)
     whole_scene = guided + 5
-    row_height = 800  # the sampler with its live preview, and a gap
+    row_height = 820  # the sampler with its live preview, and a gap
     for row, (mode, model) in enumerate(rows):
         base, y = 10 + 10 * row, 40 + row_height * row
         nodes += [
@@ -708,6 +772,7 @@ def to_ui(nodes: list[Node]) -> dict:
 
 WORKFLOWS = {
     "txt2img_temporal_tiling": txt2img,
+    "txt2img_tile_prompts": tile_prompts,
     "upscale_temporal_tiling": refine,
     "upscale_split_img2img_blend": upscale,
     "compare_methods": compare,

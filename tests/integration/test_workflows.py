@@ -16,6 +16,7 @@ from sana_comfy import PACK_ROOT
 
 WORKFLOWS = (
     "txt2img_temporal_tiling",
+    "txt2img_tile_prompts",
     "upscale_temporal_tiling",
     "upscale_split_img2img_blend",
     "compare_methods",

@@ -26,12 +26,14 @@ DISPLAY_NAMES = {
     "SanaTemporalBCLACache": "BCLA Cache",
     "SanaTemporalGlobalContext": "Global Context Encoder",
     "SanaTemporalCausalSampler": "Causal SANA Sampler",
+    "SanaTemporalTilePrompts": "Tile Prompts",
     "SanaTemporalTileSplit": "Split Into Tiles",
     "SanaTemporalSeamBlender": "Seam Blender",
     "SanaTemporalTileMetrics": "Quality Metrics",
 }
 WORKFLOW_NAMES = (
     "txt2img_temporal_tiling",
+    "txt2img_tile_prompts",
     "upscale_temporal_tiling",
     "upscale_split_img2img_blend",
     "compare_methods",
@@ -52,6 +54,7 @@ SOCKETS = {
     "Mask": "MASK",
     "TilePlanSocket": "TILE_PLAN",
     "GlobalContextSocket": "GLOBAL_CONTEXT",
+    "TileConditioningSocket": "TILE_CONDITIONING",
 }
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 

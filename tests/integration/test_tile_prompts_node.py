@@ -1,0 +1,64 @@
+"""The Tile Prompts node in-process: its tile conditioning reaches the right tile of the Causal SANA
+Sampler's run, and mismatched plans and methods are refused."""
+
+# ruff: noqa: F811 (test_nodes' fixtures are imported, then named as test arguments)
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sana_comfy import pack_module
+from test_nodes import _sample, conds, nodes, parts, plan  # noqa: F401
+
+SCENE = "a blue to pink sky"
+
+
+@pytest.fixture(scope="module")
+def tile_prompts(nodes):
+    return pack_module("nodes.tile_prompts").SanaTilePrompts
+
+
+def test_tile_prompts_node_encodes_each_tiles_text(tile_prompts, parts, plan):
+    _, clip, _ = parts
+    positive, tiles = tile_prompts.execute(clip, plan, SCENE, "\na sun\n6, 0, 1, 1: a bird", "append").result
+    assert tiles.texts == {1: f"{SCENE}, a sun", 0: f"{SCENE}, a bird"}
+    assert set(tiles.by_tile) == {0, 1} and tiles.plan == plan
+    scene = clip.encode_from_tokens_scheduled(clip.tokenize(f"{SCENE}, a sun, a bird"))
+    assert torch.equal(tiles.scene[0][0], scene[0][0])
+    expected = clip.encode_from_tokens_scheduled(clip.tokenize(SCENE))
+    assert torch.equal(positive[0][0], expected[0][0])
+
+
+def test_sampler_runs_each_tile_with_its_own_conditioning(tile_prompts, nodes, parts, conds, plan):
+    """Independent tiles: the tile with words of its own equals the run with that prompt everywhere; the
+    others equal the run without tile prompts."""
+    model, clip, _ = parts
+    positive, tiles = tile_prompts.execute(clip, plan, SCENE, "\na sun", "append").result
+    plain = _sample(nodes, model, conds, plan, mode="independent")[1]
+    sun = clip.encode_from_tokens_scheduled(clip.tokenize(f"{SCENE}, a sun"))
+    everywhere = _sample(nodes, model, (sun, conds[1]), plan, mode="independent")[1]
+    mixed = _sample(nodes, model, (positive, conds[1]), plan, mode="independent", tile_conditioning=tiles)[1]
+    assert torch.equal(mixed[0], plain[0]) and torch.equal(mixed[2:], plain[2:])
+    assert torch.equal(mixed[1], everywhere[1]) and not torch.equal(mixed[1], plain[1])
+    causal = _sample(nodes, model, (positive, conds[1]), plan, tile_conditioning=tiles)[1]
+    assert torch.equal(causal[0], _sample(nodes, model, conds, plan)[1][0])
+
+
+def test_sampler_refuses_tile_conditioning_of_another_plan_or_a_canvas_method(
+    tile_prompts,
+    nodes,
+    parts,
+    conds,
+    plan,
+):
+    model, clip, _ = parts
+    SamplingError = pack_module("temporal_tiling.sampling").SamplingError
+    other = pack_module("temporal_tiling.plan").make_plan(
+        plan.width_px, plan.height_px, plan.width_px, plan.height_px, 0, plan.compression
+    )
+    tiles = tile_prompts.execute(clip, other, SCENE, "a sun", "append").result[1]
+    with pytest.raises(SamplingError, match="another tile plan"):
+        _sample(nodes, model, conds, plan, tile_conditioning=tiles)
+    tiles = tile_prompts.execute(clip, plan, SCENE, "a sun", "append").result[1]
+    with pytest.raises(SamplingError, match="tile by tile"):
+        _sample(nodes, model, conds, plan, mode="multidiffusion", tile_conditioning=tiles)
