@@ -21,7 +21,7 @@ def test_comfyui_reads_the_registry_fields():
     assert project.license.text == "Apache-2.0"
     assert project.supported_os == ["OS Independent"]
     assert project.supported_accelerators == ["GPU :: NVIDIA CUDA"]
-    assert project.supported_comfyui_version == ">=0.3.60"
+    assert project.supported_comfyui_version == ">=0.3.64"
     assert project.dependencies and all(">=" in d for d in project.dependencies)
     assert comfy.publisher_id and comfy.display_name == "SANA Temporal Tiling"
     assert comfy.icon.endswith("/docs/icon.png") and comfy.includes == ["temporal_tiling/embedded"]
