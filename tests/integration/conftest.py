@@ -1,8 +1,10 @@
 """Integration tier: the pack inside a real ComfyUI.
 
 Runs when COMFYUI_PATH points at a ComfyUI checkout and pytest runs with that ComfyUI's Python
-(e.g. `COMFYUI_PATH=~/comfyui ~/comfyui/.venv/bin/python -m pytest tests/integration`); every test here is
-skipped with the reason otherwise. Tiny models with the real key layouts are written into a temporary model
+(`bash tools/integration.sh` sets both up); every test here is skipped with the reason otherwise, and so
+are the tests marked `extramodels` without EXTRAMODELS_PATH. With CI=true every skip here is a failure:
+CI has the host, both ExtraModels forks and Chromium, so a skip there means a test silently did not run.
+Tiny models with the real key layouts are written into a temporary model
 folder that ComfyUI is told about (folder_paths in-process, --base-directory for the server).
 """
 
@@ -18,10 +20,16 @@ import pytest
 from sana_comfy import PACK_ROOT, TINY_VARIANTS, ComfyServer
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+EXTRAMODELS_PATH = os.environ.get("EXTRAMODELS_PATH")
+IN_CI = os.environ.get("CI") == "true"
 HERE = Path(__file__).resolve().parent
 SKIP_REASON = (
     "COMFYUI_PATH is not set: point it at a ComfyUI checkout and run pytest with that ComfyUI's Python "
     "to run the integration tests"
+)
+EXTRAMODELS_SKIP_REASON = (
+    "EXTRAMODELS_PATH is not set: point it at a ComfyUI_ExtraModels checkout (with its requirements "
+    "installed in ComfyUI's Python) to test the pack beside it"
 )
 
 if COMFYUI_PATH:
@@ -30,23 +38,40 @@ if COMFYUI_PATH:
 
 
 def pytest_collection_modifyitems(config, items):
-    if COMFYUI_PATH:
-        return
-    skip = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(skip)
+        if HERE not in Path(str(item.fspath)).resolve().parents:
+            continue
+        if not COMFYUI_PATH:
+            item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
+        elif not EXTRAMODELS_PATH and item.get_closest_marker("extramodels"):
+            item.add_marker(pytest.mark.skip(reason=EXTRAMODELS_SKIP_REASON))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With CI=true a skip of this tier (a missing host, fork, browser or embedded model) is a failure."""
+    report = yield
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every integration test must run: {reason}"
+    return report
 
 
 @pytest.fixture(scope="session")
-def comfy():
-    """ComfyUI imported as a library on the CPU (args set before model_management picks a device)."""
+def comfy(models_dir):
+    """ComfyUI imported as a library on the CPU (args set before model_management picks a device), with its
+    folders (models, input, output, temp, user) in the temporary base directory, like the server: the host
+    tree is only read (CI gives it no write bits; ExtraModels creates models/t5 when it loads)."""
     from comfy.cli_args import args
 
     args.cpu = True
+    args.base_directory = str(models_dir)  # read when folder_paths is first imported
     import comfy.model_management  # noqa: F401
     import folder_paths
 
+    if Path(folder_paths.base_path) != models_dir:
+        raise RuntimeError("folder_paths was imported before the `comfy` fixture set its base directory")
     return types.SimpleNamespace(args=args, folder_paths=folder_paths)
 
 

@@ -115,7 +115,8 @@ class ComfyServer:
             "--cpu",
             "--listen", "127.0.0.1",
             "--port", str(self.port),
-            "--base-directory", str(base),
+            "--base-directory", str(base),  # models, custom_nodes, input, output, temp, user
+            "--database-url", f"sqlite:///{base / 'comfyui.db'}",  # its default lies in the ComfyUI tree
             "--preview-method", "latent2rgb",
             "--disable-auto-launch",
             *extra_args,

@@ -1,7 +1,7 @@
 """The pack beside ComfyUI_ExtraModels (city96's or the Efficient-Large-Model fork) in a real ComfyUI.
 
 EXTRAMODELS_PATH points at an ExtraModels checkout (its requirements, e.g. timm, installed in ComfyUI's
-Python); the tests needing it are skipped with the reason otherwise. Both packs load side by side with
+Python); the tests marked `extramodels` are skipped otherwise. Both packs load side by side with
 every node of each; ExtraModels' SANA, loaded by its own loader from a tiny original-layout checkpoint,
 runs through BCLA Cache, Tile Planner, Global Context Encoder and the Causal SANA Sampler, and is decoded
 by ExtraModels' VAE. ExtraModels has no config for a toy model, so the tests add one to its config tables.
@@ -52,11 +52,7 @@ TINY_SANA_CONF = {
     "sampling_settings": {"shift": 3.0},
 }
 
-needs_extramodels = pytest.mark.skipif(
-    not EXTRAMODELS_PATH,
-    reason="EXTRAMODELS_PATH is not set: point it at a ComfyUI_ExtraModels checkout (with its "
-    "requirements installed in ComfyUI's Python) to test the pack beside it",
-)
+needs_extramodels = pytest.mark.extramodels
 
 
 def extramodels_node_ids(path: Path) -> set[str]:
