@@ -250,7 +250,8 @@ def test_a_diffusers_folder_with_a_broken_config_names_the_file(loaders, registe
                 "broken_config_sana/", *("(from checkpoint folder)",) * 2, "default", "auto"
             )
         config.write_text("{not json")
-        with pytest.raises(loaders.SanaLoadError, match=r"transformer/config\.json' is corrupt: not valid JSON"):
+        corrupt = r"transformer/config\.json' is corrupt: not valid JSON"
+        with pytest.raises(loaders.SanaLoadError, match=corrupt):
             loaders.SanaCheckpointLoader.execute(
                 "broken_config_sana/", *("(from checkpoint folder)",) * 2, "default", "auto"
             )
