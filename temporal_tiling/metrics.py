@@ -15,8 +15,9 @@ band (same axis, same width) are slid through the part of every tile no other ti
 *floor*, what this image scores where there is no seam. The verdict (``SeamReport.meets_targets``) is
 the seams' excess over that floor, on each axis apart (``AxisJudgement``): the median over that axis'
 seams of the worst-line gradient ratio below ``TARGET_RATIO`` times the floor's median, of the
-worst-line ΔE and the drift ΔE less than ``TARGET_DELTA_E`` above the floor's (beyond the sampling
-noise of both medians, ``SAMPLING_Z``). A tiling artefact is at every seam of its axis; a sun crossing a
+worst-line ΔE and the drift ΔE less than ``delta_e_target`` above the floor's (beyond the sampling
+noise of both medians, ``SAMPLING_Z``): ``TARGET_DELTA_E`` on busy content, the floor itself (at least
+``QUIET_DELTA_E``) where the content is quieter than that, since a step shows against what surrounds it. A tiling artefact is at every seam of its axis; a sun crossing a
 band is at a few, and a line at every horizontal seam is not averaged away by clean vertical ones.
 Worst seams are reported (and drawn by ``mark_measured_lines``) but not judged: one band crossing a
 strong edge of the content decides a worst value.
@@ -76,6 +77,8 @@ NOISE_FLOOR_LSTAR = 0.1
 """Least noise level (L*) added to the gradient ratio, for synthetic noise-free images."""
 TARGET_RATIO = 1.2
 TARGET_DELTA_E = 2.0
+QUIET_DELTA_E = 0.5
+"""Least ΔE excess judged visible: on a smooth sky a whole-width step this large above the floor shows."""
 SAMPLING_Z = 2.0
 """ΔE excesses are counted beyond two standard errors of the difference of the seams' and the floor's
 medians: on busy photos bands of content differ by several ΔE, and a handful of seams can land on busier
@@ -605,13 +608,22 @@ class SeamReport:
             for name, value in neutral.items()
         }
 
+    def target(self, name: str) -> float:
+        """The target of one measure of :meth:`excess`, on the axis that gives that excess (ΔE targets
+        follow the axis' floor, :func:`delta_e_target`)."""
+        if name == "gradient_ratio":
+            return TARGET_RATIO
+        judged = [axis[name] for axis in self.axes.values() if axis[name].judged]
+        return delta_e_target(max(judged, key=lambda j: j.excess).floor) if judged else TARGET_DELTA_E
+
     def failures(self) -> list[str]:
         """One sentence per axis and measure whose excess over the floor misses its target."""
         out = []
         for axis, measures in self.axes.items():
             lines = "vertical seams" if axis == "vertical" else "horizontal seams"
             for name, j in measures.items():
-                if not j.judged or j.excess < (TARGET_RATIO if name == "gradient_ratio" else TARGET_DELTA_E):
+                target = TARGET_RATIO if name == "gradient_ratio" else delta_e_target(j.floor)
+                if not j.judged or j.excess < target:
                     continue
                 if name == "gradient_ratio":
                     out.append(
@@ -622,7 +634,7 @@ class SeamReport:
                     what = "a colour step" if name == "delta_e" else "colour drift between tiles"
                     out.append(
                         f"{what} at the {lines}: ΔE {j.seams:.2f} against {j.floor:.2f} inside the tiles "
-                        f"({j.excess:+.2f}, target < {TARGET_DELTA_E})"
+                        f"({j.excess:+.2f}, target < {target:.2f})"
                     )
         return out
 
@@ -650,13 +662,13 @@ class SeamReport:
                 "ΔE2000, worst line per seam (mean / worst)",
                 f"{self.delta_e_mean:.2f} / {self.delta_e_worst:.2f}",
                 f"{self.floor_delta_e_mean:.2f} / {self.floor_delta_e_worst:.2f}",
-                f"{e['delta_e']:+.2f} (< {TARGET_DELTA_E})",
+                f"{e['delta_e']:+.2f} (< {self.target('delta_e'):.2f})",
             ),
             (
                 "drift ΔE2000 across the overlap (mean / worst)",
                 f"{self.drift_delta_e_mean:.2f} / {self.drift_delta_e_worst:.2f}",
                 f"{self.floor_drift_delta_e_mean:.2f} / {self.floor_drift_delta_e_worst:.2f}",
-                f"{e['drift_delta_e']:+.2f} (< {TARGET_DELTA_E})",
+                f"{e['drift_delta_e']:+.2f} (< {self.target('drift_delta_e'):.2f})",
             ),
             (
                 "line jump, plan-free (worst row/column over median)",
@@ -739,6 +751,14 @@ def _finite_or_none(values: Tensor, reduce: str) -> float | None:
 
 
 WINDOW_MEASURES = ("worst_ratio", "worst_delta_e", "drift")
+
+
+def delta_e_target(floor: float | None) -> float:
+    """Largest ΔE excess over the floor a seam may have: ``TARGET_DELTA_E`` where the image's own bands
+    differ by that much (content masks a step), the floor's own level where it is quieter (at least
+    ``QUIET_DELTA_E``). A night sky whose rows step by 1.3 ΔE on a 0.4 floor shows a staircase a person
+    sees at once; big suns that lift the seams to 2.9 on a 1.4 floor do not read as a line."""
+    return min(TARGET_DELTA_E, max(QUIET_DELTA_E, floor or 0.0))
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,10 @@ class GuideFirst:
     denoise: float = DEFAULT_GUIDE_DENOISE
     """Share of the schedule the tiles run from the upscaled guide (1 = from noise, guide unused)."""
     skip_residual: float = 0.0
-    """DemoFusion skip residual toward the guide in the early steps (GlobalContext.skip_residual)."""
+    """Pull of each tile's low band toward the guide's (GlobalContext.skip_residual)."""
+    skip_power: float = 3.0
+    """Decay of that pull with σ (GlobalContext.skip_power): 3 = DemoFusion's, early steps only; 0 = held
+    to the last step."""
     stats: float = DEFAULT_GUIDE_STATS
     """Per-tile mean/std alignment to the guide (GlobalContext.stats)."""
     bcla_seed: float = DEFAULT_GUIDE_BCLA_SEED
@@ -293,7 +296,12 @@ def _run(
         latent = (options.upscale or latent_upscale)(guide, plan.canvas_height, plan.canvas_width)
         denoise, steps = options.denoise, options.steps_per_tile(host.steps)
         context = ContextSettings(
-            guide, options.skip_residual, options.stats, options.bcla_seed, seed=settings.seed
+            guide,
+            options.skip_residual,
+            options.stats,
+            options.bcla_seed,
+            skip_power=options.skip_power,
+            seed=settings.seed,
         )
 
     def denoise_tile(job: TileJob) -> Tensor:

@@ -14,6 +14,7 @@ from temporal_tiling.metrics import (
     MARGIN_PX,
     PSNR_CAP_DB,
     MetricsError,
+    TARGET_DELTA_E,
     ciede2000,
     floor_bands,
     heatmap_image,
@@ -441,10 +442,11 @@ def test_the_verdict_says_what_a_person_sees(name):
     assert report.meets_targets() == seamless, f"{seen}: {report.verdict()}"
 
 
-@pytest.mark.xfail(strict=True, reason="known miss: soft steps, ΔE 1.3 on a 0.4 floor, under the targets")
-def test_a_night_sky_stepping_at_every_tile_row_is_called_seamless_though_a_person_sees_the_steps():
+def test_a_quiet_sky_stepping_at_every_tile_row_is_seen_though_each_step_is_under_2_delta_e():
     """1024×512 guided night sky: the brightness steps up by ~4 L* across every tile row's overlap (a
     staircase a person sees). The horizontal seams score 3× the floor on ΔE (1.28 against 0.41) and
-    ×1.13 on the ratio, under the targets (+2 ΔE, ×1.2); a context halo of 4 cells removes the steps."""
+    ×1.13 on the ratio: under a fixed +2 ΔE it passed; against the sky's own quiet floor it stands out."""
     image = canvas_png("guided_1024_night_staircase.png")
-    assert not seam_report(image, plan_of(image)).meets_targets()
+    report = seam_report(image, plan_of(image))
+    assert "a colour step at the horizontal seams" in report.verdict()
+    assert report.axes["horizontal"]["delta_e"].excess < TARGET_DELTA_E  # the fixed target's miss
