@@ -13,8 +13,8 @@ from temporal_tiling.blend import split_tiles, stitch
 from temporal_tiling.metrics import (
     MARGIN_PX,
     PSNR_CAP_DB,
-    MetricsError,
     TARGET_DELTA_E,
+    MetricsError,
     ciede2000,
     floor_bands,
     heatmap_image,
