@@ -18,7 +18,8 @@ seams of the worst-line gradient ratio below ``TARGET_RATIO`` times the floor's 
 worst-line ΔE and the drift ΔE less than ``delta_e_target`` above the floor's (beyond the sampling
 noise of both medians, ``SAMPLING_Z``): ``TARGET_DELTA_E`` on busy content, the floor itself (at least
 ``QUIET_DELTA_E``) where the content is quieter than that, since a step shows against what surrounds
-it. A tiling artefact is at every seam of its axis; a sun crossing a band is at a few, and a line at every horizontal seam is not averaged away by clean vertical ones.
+it. A tiling artefact is at every seam of its axis; a sun crossing a band is at a few, and a line at
+every horizontal seam is not averaged away by clean vertical ones.
 Worst seams are reported (and drawn by ``mark_measured_lines``) but not judged: one band crossing a
 strong edge of the content decides a worst value.
 
