@@ -7,6 +7,7 @@ import torch
 
 from temporal_tiling.bcla import BCLACache, BCLAConfig
 from temporal_tiling.contracts import TileJob
+from temporal_tiling.options import DEFAULT_GUIDE_HALO
 from temporal_tiling.pipeline import RunSettings, generate
 from temporal_tiling.plan import PlanError, TilePlan, make_plan
 from temporal_tiling.sampling import (
@@ -217,3 +218,15 @@ def test_halo_reaches_every_tiled_method_and_the_cache_follows_the_window(model,
 def test_bad_values_are_refused_with_a_clear_message(make, match: str) -> None:
     with pytest.raises(SamplingError, match=match):
         make()
+
+
+def test_guided_tiles_run_with_a_halo_and_a_held_low_band_pull_by_default() -> None:
+    """The guided default against the tile-row staircase (bench/results/enlargement.md): every tile's
+    window border outside what is kept, its low band held to the guide's to the last step; the other
+    methods keep no halo unless asked, and an explicit 0 turns it off."""
+    guided = RunSettings(method="guided", cache_config=BCLAConfig())
+    assert guided.tile_halo == DEFAULT_GUIDE_HALO > 0
+    assert guided.guide.skip_residual > 0 and guided.guide.skip_power == 0
+    assert RunSettings(method="guided", cache_config=BCLAConfig(), halo=0).tile_halo == 0
+    others = ("causal", "independent", "multidiffusion", "full")
+    assert all(RunSettings(method=m).tile_halo == 0 for m in others)
