@@ -210,8 +210,8 @@ def table(results: Path) -> str:
 
 def figure(images: Path, seeds: list[int], names: list[str], path: Path) -> None:
     """Each variant of ``names`` on each prompt: the canvas and its L* contours (``metrics.solar_view``,
-    which turns a soft brightness step into a straight contour line), side by side at half size, and a 2×
-    zoom where the first two tile rows meet (rows 96-224 px, the left 512 px)."""
+    which turns a soft brightness step into a straight contour line), side by side at half size, and the
+    canvas zoomed 2× where the first two tile rows meet (rows 96-224 px, the left 512 px)."""
     panels = []
     for seed in seeds:
         for name in names:
@@ -222,16 +222,16 @@ def figure(images: Path, seeds: list[int], names: list[str], path: Path) -> None
             contours = solar_view(image, 6.0)[0].permute(1, 2, 0).mul(255).round().byte().numpy()
             contour = Image.fromarray(contours)
             half = (rgb.width // 2, rgb.height // 2)
-            zoom = [p.crop((0, 96, 512, 224)).resize((1024, 256), Image.NEAREST) for p in (rgb, contour)]
+            zoom = [rgb.crop((0, 96, 512, 224)).resize((1024, 256), Image.NEAREST)]
             panels.append((f"prompt {seed}: {name}", [rgb.resize(half), contour.resize(half)], zoom))
     label = 16
     width = max(sum(p.width for p in top) + 6 for _, top, _ in panels)
-    height = sum(label + top[0].height + zoom[0].height * 2 + 6 for _, top, zoom in panels)
+    height = sum(label + top[0].height + zoom[0].height + 6 for _, top, zoom in panels)
     out = Image.new("RGB", (max(width, 1024), height), "white")
     draw, y = ImageDraw.Draw(out), 0
     for title, top, zoom in panels:
         draw.text(
-            (2, y + 2), f"{title} (left: canvas, right: L* contours; below: 2× zoom, y 96-224)", fill="black"
+            (2, y + 2), f"{title} (left: canvas, right: L* contours; below: zoomed 2x, y 96-224)", fill="black"
         )
         y += label
         out.paste(top[0], (0, y))

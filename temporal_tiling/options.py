@@ -60,7 +60,9 @@ outside what is kept. Measured with the held pull on the embedded model at 1024�
 whole-scene pass, bench/results/enlargement.md, 3 sky prompts): the horizontal seams' ΔE over the
 tiles' own floor goes from +0.74/+0.68/+1.40 (no halo, no pull: two canvases "seams visible", rows
 stepping by eye) to -0.15/-0.47/-0.23 (halo 2: +0.08/-0.42/+0.10; halo 4 alone: +0.15/0.00/+0.44; the
-pull alone: +0.38/+0.21/+1.17), layout 29.9 → 32.3 dB, model work 0.15 → 0.25× MultiDiffusion 50 %."""
+pull alone: +0.38/+0.21/+1.17), layout 29.9 → 31.8 dB, model work 0.15 → 0.25× MultiDiffusion 50 %. On
+held-out prompts at 2.5×, 4× and 8× and on the position-embedding model every canvas is seamless (the
+old default: 1/2 at 4× and 8×), layout ≥ 31.7 dB (docs/enlargement_staircase.md)."""
 DEFAULT_GUIDE_BCLA_SEED = 1.0
 """``guided``: strength of the whole-scene pass's attention statistics in every tile's BCLA cache."""
 
