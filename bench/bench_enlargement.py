@@ -231,7 +231,7 @@ def figure(images: Path, seeds: list[int], names: list[str], path: Path) -> None
     draw, y = ImageDraw.Draw(out), 0
     for title, top, zoom in panels:
         draw.text(
-            (2, y + 2), f"{title} (left: canvas, right: L* contours; below: zoomed 2x, y 96-224)", fill="black"
+            (2, y + 2), f"{title} (left: canvas, right: L* contours; below: 2x, y 96-224)", fill="black"
         )
         y += label
         out.paste(top[0], (0, y))
