@@ -38,7 +38,7 @@ from bench.bench_guide_first import ROOT, bench_model, count_named_objects, make
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.metrics import BAND_PX, noise_lstar, seam_report, solar_view, to_lab
 from temporal_tiling.options import EMBEDDED_MODEL
-from temporal_tiling.pipeline import GuideFirst, generate, guide_plan
+from temporal_tiling.pipeline import GuideFirst, generate, guide_levels, guide_plan
 
 PROMPTS = (
     ("a navy blue night sky with one moon at top right", "diagnosed on"),
@@ -46,9 +46,10 @@ PROMPTS = (
     ("a purple to pink sky", "held out"),
     ("pink brushed metal with diagonal highlights", "held out"),
 )
-OLD = GuideFirst(skip_residual=0.0, stats=0.5)
-"""The default before this bench: no low-band pull, no halo."""
-PULL = {"skip_residual": 1.0, "skip_power": 0.0}
+OLD = GuideFirst(skip_residual=0.0, stats=0.5, max_upscale=None)
+"""The default before this bench: no low-band pull, no halo, one enlargement step."""
+PULL = {"skip_residual": 1.0, "skip_power": 0.0, "max_upscale": None}
+"""The held low-band pull, in one enlargement step."""
 VARIANTS: dict[str, tuple[str, dict]] = {
     "native": ("full", {}),
     "guided, no halo, no pull (old default)": ("guided", {"guide_first": OLD, "halo": 0}),
@@ -56,6 +57,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "low-band pull": ("guided", {"guide_first": GuideFirst(**PULL), "halo": 0}),
     "halo 2 + low-band pull": ("guided", {"guide_first": GuideFirst(**PULL), "halo": 2}),
     "halo 4 + low-band pull": ("guided", {"guide_first": GuideFirst(**PULL), "halo": 4}),
+    "halo 4 + low-band pull + chain (max 4× a step)": (
+        "guided",
+        {"guide_first": GuideFirst(**{**PULL, "max_upscale": 4.0}), "halo": 4},
+    ),
 }
 OUT = ROOT / "bench" / "results" / "enlargement"
 
@@ -156,9 +161,11 @@ def model_work(method: str, settings: dict, plans: dict) -> int:
     halo = settings.get("halo", 0)
     small = guide_plan(plan)
     tile_steps = options.steps_per_tile(steps)
-    tiles = sum(w.height * w.width for w in (plan.window(t, halo) for t in plan.tiles)) * tile_steps
+    levels = [*guide_levels(plan, options), plan]  # the progressive chain's canvases, then the canvas
+    tiles = sum(w.height * w.width for p in levels for w in (p.window(t, halo) for t in p.tiles)) * tile_steps
+    seeds = sum(p.canvas_height * p.canvas_width for p in [small, *levels[:-1]]) * tile_steps
     guide = small.canvas_height * small.canvas_width
-    return guide * steps + guide * tile_steps + tiles  # whole-scene pass, BCLA seed pass, tiles
+    return guide * steps + seeds + tiles  # whole-scene pass, BCLA seed pass of each level's guide, tiles
 
 
 def table(results: Path) -> str:

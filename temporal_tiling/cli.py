@@ -36,6 +36,7 @@ from .options import (
     DEFAULT_GUIDE_BCLA_SEED,
     DEFAULT_GUIDE_DENOISE,
     DEFAULT_GUIDE_HALO,
+    DEFAULT_GUIDE_MAX_UPSCALE,
     DEFAULT_GUIDE_SKIP_RESIDUAL,
     DEFAULT_GUIDE_STATS,
     DEFAULT_LOCK_FEATHER,
@@ -297,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--guide-max-upscale",
         type=_number(float, 1, low_open=True),
-        default=None,
+        default=DEFAULT_GUIDE_MAX_UPSCALE,
         help="guided: progressive chain (DemoFusion): refine intermediate canvases so that no step enlarges "
-        "the long side more than this (2: 1× → 2× → 4×; default: one step)",
+        "the long side more than this (2: 1× → 2× → 4×; at least the enlargement: one step)",
     )
     g.add_argument("--steps", type=_number(int, 1), default=20, help="sampling steps")
     g.add_argument(

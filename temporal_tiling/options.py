@@ -63,6 +63,14 @@ stepping by eye) to -0.15/-0.47/-0.23 (halo 2: +0.08/-0.42/+0.10; halo 4 alone: 
 pull alone: +0.38/+0.21/+1.17), layout 29.9 → 31.8 dB, model work 0.15 → 0.25× MultiDiffusion 50 %. On
 held-out prompts at 2.5×, 4× and 8× and on the position-embedding model every canvas is seamless (the
 old default: 1/2 at 4× and 8×), layout ≥ 31.7 dB (docs/enlargement_staircase.md)."""
+DEFAULT_GUIDE_MAX_UPSCALE = 4.0
+"""``guided``: the largest enlargement (long side) from one canvas of the progressive chain to the next;
+canvases up to 4× the whole-scene pass are refined in one step. With the halo and the held pull, on the
+embedded model (bench/results/enlargement.md): at 12.8× (2048×1024 px) one step leaves a soft darker
+band in every tile row, the chain's one intermediate canvas does not (tests/unit/verdict_cases:
+guided_2048_sky_soft_bands.png, guided_2048_sky_chain.png); at 6.4× and 8× it keeps every canvas
+seamless, layout 32.4 and 32.5 dB, line jump 1.02× and 0.98× native (one step: 1.04×, 0.99×), for 0.30×
+MultiDiffusion 50 %'s model work instead of 0.25×."""
 DEFAULT_GUIDE_BCLA_SEED = 1.0
 """``guided``: strength of the whole-scene pass's attention statistics in every tile's BCLA cache."""
 

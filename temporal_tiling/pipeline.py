@@ -31,6 +31,7 @@ from .options import (
     DEFAULT_GUIDE_BCLA_SEED,
     DEFAULT_GUIDE_DENOISE,
     DEFAULT_GUIDE_HALO,
+    DEFAULT_GUIDE_MAX_UPSCALE,
     DEFAULT_GUIDE_SKIP_POWER,
     DEFAULT_GUIDE_SKIP_RESIDUAL,
     DEFAULT_GUIDE_STATS,
@@ -105,7 +106,7 @@ class GuideFirst:
     """How the guide is enlarged to the canvas; None = :func:`latent_upscale`."""
     tile_steps: int | None = None
     """Sampler steps of each tile; None = :meth:`steps_per_tile` of the run's steps."""
-    max_upscale: float | None = None
+    max_upscale: float | None = DEFAULT_GUIDE_MAX_UPSCALE
     """DemoFusion's progressive chain: the largest enlargement (long side) from one level to the next;
     intermediate canvases, each refined from the one before like the final canvas, are inserted until
     every step is at most this (2 gives 1× → 2× → 4× ...). None = one step from the guide to the canvas."""

@@ -495,7 +495,8 @@ def test_guided_tiles_walk_the_last_levels_of_the_guides_own_schedule(model, pro
 
 def test_progressive_chain_levels_grow_by_at_most_max_upscale_up_to_the_canvas() -> None:
     plan = make_plan(1024, 512, 128, 128, 32, compression=8, fit="grow")
-    assert guide_levels(plan, GuideFirst()) == []  # one step by default
+    assert guide_levels(plan, GuideFirst(max_upscale=None)) == []  # one step
+    assert len(guide_levels(plan, GuideFirst())) == 1  # by default at most 4× a step: 6.7× takes two
     levels = guide_levels(plan, GuideFirst(max_upscale=2.0))
     sides = [max(guide_plan(plan).width_px, guide_plan(plan).height_px)]
     sides += [level.width_px for level in levels] + [plan.width_px]
