@@ -30,11 +30,13 @@ from ..temporal_tiling.contracts import DenoiserWrap, MaskSchedule, Resample, Ti
 from ..temporal_tiling.options import (
     DEFAULT_GUIDE_BCLA_SEED,
     DEFAULT_GUIDE_DENOISE,
+    DEFAULT_GUIDE_HALO,
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
     DEFAULT_LOCK_RELEASE,
     DEFAULT_METHOD,
     DEFAULT_RELEASE_BAND,
+    HALO_AUTO,
 )
 from ..temporal_tiling.pipeline import (
     CAUSAL_METHODS,
@@ -231,13 +233,14 @@ class SanaCausalSampler(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "halo",
-                    default=0,
-                    min=0,
+                    default=HALO_AUTO,
+                    min=HALO_AUTO,
                     max=64,
                     tooltip="Latent cells of neighbouring canvas each tile is sampled with and then "
                     "discards, so a tile's border is not the model's image border (tiled modes). "
-                    "0 = off; 4 removes the soft brightness step guided leaves at every tile row when "
-                    "the canvas is many times the tile (about 1.25× the time).",
+                    f"{HALO_AUTO} = the mode's default: {DEFAULT_GUIDE_HALO} for guided (it removes the "
+                    "soft brightness step at every tile row on canvases many times the whole-scene pass), "
+                    "0 for the others; 0 = off.",
                 ),
                 io.Latent.Input(
                     "latent_image",
@@ -322,7 +325,7 @@ class SanaCausalSampler(io.ComfyNode):
         guide_denoise: float = DEFAULT_GUIDE_DENOISE,
         tile_steps: int = 0,
         seam_refine: float = 0.0,
-        halo: int = 0,
+        halo: int = HALO_AUTO,
         latent_image: dict | None = None,
         global_context: ContextSettings | None = None,
         vae=None,
@@ -349,7 +352,7 @@ class SanaCausalSampler(io.ComfyNode):
             context=global_context,
             guide_first=_guide_first(model, guide_denoise, tile_steps, vae, plan) if guided else None,
             seam_refine=SeamRefine(seam_refine) if seam_refine > 0 else None,
-            halo=halo,
+            halo=None if halo == HALO_AUTO else halo,
             tile_prompts=tile_conditioning.by_tile if tile_conditioning is not None else None,
             guide_prompt=tile_conditioning.scene if tile_conditioning is not None and guided else None,
         )

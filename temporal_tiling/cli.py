@@ -39,6 +39,9 @@ from .options import (
     DEFAULT_FIT,
     DEFAULT_GUIDE_BCLA_SEED,
     DEFAULT_GUIDE_DENOISE,
+    DEFAULT_GUIDE_HALO,
+    DEFAULT_GUIDE_MAX_UPSCALE,
+    DEFAULT_GUIDE_SKIP_RESIDUAL,
     DEFAULT_GUIDE_STATS,
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
@@ -370,9 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--guide-max-upscale",
         type=_number(float, 1, low_open=True),
-        default=None,
+        default=DEFAULT_GUIDE_MAX_UPSCALE,
         help="guided: progressive chain (DemoFusion): refine intermediate canvases so that no step enlarges "
-        "the long side more than this (2: 1× → 2× → 4×; default: one step)",
+        "the long side more than this (2: 1× → 2× → 4×; at least the enlargement: one step)",
     )
     g.add_argument("--steps", type=_number(int, 1), default=20, help="sampling steps")
     g.add_argument(
@@ -428,11 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--halo",
         type=_number(int, 0),
-        default=0,
+        default=None,
         metavar="CELLS",
         help="sample every tile with a ring of this many neighbouring latent cells that is then discarded, "
-        "so the tile's border is not the model's image border (tiled methods; 4 removes the row-to-row "
-        "bands guided leaves at large enlargements, at about 1.5× the time)",
+        f"so the tile's border is not the model's image border (tiled methods; default: {DEFAULT_GUIDE_HALO} "
+        "for guided, which removes the row-to-row steps at large enlargements, 0 for the others)",
     )
     g.add_argument(
         "--border-resample",
@@ -453,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--context-skip",
         type=_number(float, 0, 1),
         default=None,
-        help="global context: DemoFusion skip-residual strength (causal, guided; default 0)",
+        help="global context: DemoFusion skip-residual strength (causal, guided; default 0 for causal, "
+        f"{DEFAULT_GUIDE_SKIP_RESIDUAL:g} held to the last step for guided)",
     )
     g.add_argument(
         "--context-stats",

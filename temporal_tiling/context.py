@@ -101,7 +101,8 @@ def lowpass(x: Tensor, scale: float) -> Tensor:
 
 
 def skip_weight(sigma: Tensor, strength: float, power: float) -> Tensor:
-    """DemoFusion's cosine decay in σ: ``strength·((1 - cos πσ)/2)^power`` (1 at σ=1, 0 at σ=0)."""
+    """DemoFusion's cosine decay in σ: ``strength·((1 - cos πσ)/2)^power`` (1 at σ=1, 0 at σ=0); power 0 is
+    a constant ``strength`` down to the last call (the guide's band is held to the end)."""
     s = sigma.float().clamp(0.0, 1.0)
     return strength * ((1.0 - torch.cos(math.pi * s)) / 2.0) ** power
 
@@ -186,8 +187,11 @@ class GlobalContext:
         object.__setattr__(self, "stats", _check_strength("stats", self.stats, 1.0))
         object.__setattr__(self, "bcla_seed", _check_strength("bcla_seed", self.bcla_seed, None))
         power = float(self.skip_power)
-        if not math.isfinite(power) or power <= 0:
-            raise ContextError(f"skip_power must be positive (DemoFusion uses 3), got {self.skip_power!r}.")
+        if not math.isfinite(power) or power < 0:
+            raise ContextError(
+                f"skip_power must be zero or positive (DemoFusion uses 3; 0 = a constant pull), "
+                f"got {self.skip_power!r}."
+            )
         object.__setattr__(self, "skip_power", power)
         if self.bcla_seed > 0 and self.seed_stats is None:
             raise ContextError(

@@ -46,6 +46,37 @@ DEFAULT_GUIDE_DENOISE = 0.3
 DEFAULT_GUIDE_STATS = 0.5
 """``guided``: per-tile mean/std alignment to the whole-scene pass (GlobalContext.stats); it removes
 the colour band a tile paints at its window's bottom edge (line jump 1.85 → 1.71 on the sky prompt)."""
+DEFAULT_GUIDE_SKIP_RESIDUAL = 1.0
+"""``guided``: pull of each tile's low band (what the upscaled guide carries) toward the guide's, held at
+this strength to the last step (``DEFAULT_GUIDE_SKIP_POWER`` 0). Why: per row, a guided canvas's mean L*
+less the upscaled guide's is a sawtooth with the tile-row period (each tile paints its window lighter at
+the top and darker at the bottom, ≈2.5 L* on the night sky), a step at every row; the per-tile statistics
+pull matches one mean and std per tile, not a slope inside it. Measured with ``DEFAULT_GUIDE_HALO`` in
+bench/results/enlargement.md."""
+DEFAULT_GUIDE_SKIP_POWER = 0.0
+"""``guided``: decay of that pull with σ; 0 = none (DemoFusion's 3 lets go in the last steps, just when
+a tile paints its window's own top-to-bottom gradient)."""
+DEFAULT_GUIDE_HALO = 4
+"""``guided``: latent cells of neighbouring canvas every tile is sampled with and then discards, so a
+tile's window border (painted as an image border, the last 2-3 cells, finer than the pull's band) falls
+outside what is kept. Measured with the held pull on the embedded model at 1024×512 px (6.4× the
+whole-scene pass, bench/results/enlargement.md, 3 sky prompts): the horizontal seams' ΔE over the
+tiles' own floor goes from +0.74/+0.68/+1.40 (no halo, no pull: two canvases "seams visible", rows
+stepping by eye) to -0.15/-0.47/-0.23 (halo 2: +0.08/-0.42/+0.10; halo 4 alone: +0.15/0.00/+0.44; the
+pull alone: +0.38/+0.21/+1.17), layout 29.9 → 31.8 dB, model work 0.15 → 0.25× MultiDiffusion 50 %. On
+held-out prompts at 2.5×, 4× and 8× and on the position-embedding model every canvas is seamless (the
+old default: 1/2 at 4× and 8×), layout ≥ 31.7 dB (docs/enlargement_staircase.md)."""
+HALO_AUTO = -1
+"""The Causal SANA Sampler's halo widget value for "the mode's own default" (``DEFAULT_GUIDE_HALO`` for
+guided, 0 for the others): the engine's ``RunSettings.halo = None``."""
+DEFAULT_GUIDE_MAX_UPSCALE = 4.0
+"""``guided``: the largest enlargement (long side) from one canvas of the progressive chain to the next;
+canvases up to 4× the whole-scene pass are refined in one step. With the halo and the held pull, on the
+embedded model (bench/results/enlargement.md): at 12.8× (2048×1024 px) one step leaves a soft darker
+band in every tile row, the chain's one intermediate canvas does not (tests/unit/verdict_cases:
+guided_2048_sky_soft_bands.png, guided_2048_sky_chain.png); at 6.4× and 8× it keeps every canvas
+seamless, layout 32.4 and 32.5 dB, line jump 1.02× and 0.98× native (one step: 1.04×, 0.99×), for 0.30×
+MultiDiffusion 50 %'s model work instead of 0.25×."""
 DEFAULT_GUIDE_BCLA_SEED = 1.0
 """``guided``: strength of the whole-scene pass's attention statistics in every tile's BCLA cache."""
 

@@ -33,6 +33,10 @@ from .flow import CFGDenoiser, flow_sigmas, sample_tile
 from .options import (
     DEFAULT_GUIDE_BCLA_SEED,
     DEFAULT_GUIDE_DENOISE,
+    DEFAULT_GUIDE_HALO,
+    DEFAULT_GUIDE_MAX_UPSCALE,
+    DEFAULT_GUIDE_SKIP_POWER,
+    DEFAULT_GUIDE_SKIP_RESIDUAL,
     DEFAULT_GUIDE_STATS,
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
@@ -96,8 +100,11 @@ class GuideFirst:
     """Long side of the whole-scene pass in px; None = the plan's tile long side (the model's size)."""
     denoise: float = DEFAULT_GUIDE_DENOISE
     """Share of the schedule the tiles run from the upscaled guide (1 = from noise, guide unused)."""
-    skip_residual: float = 0.0
-    """DemoFusion skip residual toward the guide in the early steps (GlobalContext.skip_residual)."""
+    skip_residual: float = DEFAULT_GUIDE_SKIP_RESIDUAL
+    """Pull of each tile's low band toward the guide's (GlobalContext.skip_residual)."""
+    skip_power: float = DEFAULT_GUIDE_SKIP_POWER
+    """Decay of that pull with σ (GlobalContext.skip_power): 3 = DemoFusion's, early steps only; 0 = held
+    to the last step."""
     stats: float = DEFAULT_GUIDE_STATS
     """Per-tile mean/std alignment to the guide (GlobalContext.stats)."""
     bcla_seed: float = DEFAULT_GUIDE_BCLA_SEED
@@ -106,7 +113,7 @@ class GuideFirst:
     """How the guide is enlarged to the canvas; None = :func:`latent_upscale`."""
     tile_steps: int | None = None
     """Sampler steps of each tile; None = :meth:`steps_per_tile` of the run's steps."""
-    max_upscale: float | None = None
+    max_upscale: float | None = DEFAULT_GUIDE_MAX_UPSCALE
     """DemoFusion's progressive chain: the largest enlargement (long side) from one level to the next;
     intermediate canvases, each refined from the one before like the final canvas, are inserted until
     every step is at most this (2 gives 1× → 2× → 4× ...). None = one step from the guide to the canvas."""
@@ -202,8 +209,9 @@ class RunSettings:
     """A global context for ``causal``."""
     guide_first: GuideFirst | None = None
     """Options of ``guided``; None = the defaults."""
-    halo: int = 0
-    """Cells of neighbouring canvas each tile is sampled with and then discards (not ``full``)."""
+    halo: int | None = None
+    """Cells of neighbouring canvas each tile is sampled with and then discards (not ``full``); None = the
+    method's default, :attr:`tile_halo`."""
     seam_refine: SeamRefine | None = None
     """A low-denoise pass over bands across every tile border once the canvas is done; None = off."""
     border_resample: BorderResample | None = None
@@ -226,7 +234,7 @@ class RunSettings:
             raise SamplingError(f"A global context is only used by method='causal', not {method!r}{hint}.")
         if self.guide_first is not None and method != "guided":
             raise SamplingError(f"guide_first is only used by method='guided', not {method!r}.")
-        if self.halo < 0 or (self.halo > 0 and method == "full"):
+        if self.tile_halo < 0 or (self.tile_halo > 0 and method == "full"):
             raise SamplingError(
                 f"halo must be ≥ 0 cells, and 0 for method='full' (no tiles); got {self.halo}."
             )
@@ -249,6 +257,14 @@ class RunSettings:
     def guide(self) -> GuideFirst:
         """The ``guided`` options; by default the guide seeds the BCLA cache when the run has one."""
         return self.guide_first or GuideFirst(bcla_seed=DEFAULT_GUIDE_BCLA_SEED if self.cache_config else 0.0)
+
+    @property
+    def tile_halo(self) -> int:
+        """The halo the tiles run with: ``halo``, or by default ``DEFAULT_GUIDE_HALO`` for ``guided`` (its
+        tiles' window borders would otherwise step at every tile row) and 0 for the other methods."""
+        if self.halo is not None:
+            return self.halo
+        return DEFAULT_GUIDE_HALO if self.method == "guided" else 0
 
 
 def run(
@@ -363,6 +379,7 @@ def _run(
             options.skip_residual,
             options.stats,
             options.bcla_seed,
+            skip_power=options.skip_power,
             seed=settings.seed,
         )
 
@@ -385,13 +402,13 @@ def _run(
             context=global_context(context, plan, host, cache, noise, denoise, steps),
             on_tile=host.on_tile,
             reencode=host.reencode,
-            halo=settings.halo,
+            halo=settings.tile_halo,
             resample=None if border is None else border.bind(settings.seed),
         )
         return CanvasResult(result.canvas, result.tiles, guide)
     if method == "independent":
         return sample_independent(
-            plan, noise, denoise_tile, latent=latent, on_tile=host.on_tile, halo=settings.halo
+            plan, noise, denoise_tile, latent=latent, on_tile=host.on_tile, halo=settings.tile_halo
         )
     job = TileJob(
         plan.whole_canvas,
@@ -401,7 +418,8 @@ def _run(
         denoise=denoise,
     )
     if method == "multidiffusion":
-        job.model_wrap = lambda denoiser: multidiffusion_denoiser(plan, denoiser, host.on_tile, settings.halo)
+        halo = settings.tile_halo
+        job.model_wrap = lambda denoiser: multidiffusion_denoiser(plan, denoiser, host.on_tile, halo)
     canvas = host.denoise(job)
     return CanvasResult(canvas, plan.crops(canvas))
 

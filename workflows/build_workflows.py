@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from temporal_tiling.options import DEFAULT_GUIDE_DENOISE  # noqa: E402  (the pack root is not installed)
+from temporal_tiling.options import DEFAULT_GUIDE_DENOISE, HALO_AUTO  # noqa: E402  (the pack root is not installed)
 from temporal_tiling.plan import TilePlan, make_plan  # noqa: E402
 
 EMBEDDED = "seamlab-sana (embedded)"
@@ -222,7 +222,7 @@ def sampler(
         ("guide_denoise", DEFAULT_GUIDE_DENOISE),
         ("tile_steps", 0),
         ("seam_refine", 0.0),
-        ("halo", 0),
+        ("halo", HALO_AUTO),
     ]
     wires = {"model": model, "positive": (2, 0), "negative": (3, 0), "tile_plan": (5, 0), **links}
     return Node(node_id, "SanaTemporalCausalSampler", pos, widgets, wires, title, (400, 380))

@@ -87,6 +87,8 @@ class BenchHost(FlowHost):
         self, transformer: torch.nn.Module, pairs: Pairs, spec: Spec, plan: TilePlan, steps: int, shift: float
     ):
         self.spec, self.plan = spec, plan
+        self.windows: list[Tile] = []
+        """The plan's tiles grown by the run's halo (``RunSettings.tile_halo``), once it is known."""
         self.norms: list[float] = []
         """Cache norm as each tile starts."""
         self.run_cache: BCLACache | None = None
@@ -109,8 +111,10 @@ class BenchHost(FlowHost):
         if not self.spec.lock:
             job = replace(job, denoise_mask=torch.ones_like(job.denoise_mask))
         self.tap.last_sigma = float(self.schedule(job.denoise, job.steps)[-2])  # guided tiles: their own
-        # a guided run's whole-scene pass is no tile of the plan (it may have a tile's size: identity)
-        if job.tile != self.plan.whole_canvas and not any(job.tile is tile for tile in self.plan.tiles):
+        # a guided run's whole-scene pass is no tile of the plan (it may have a tile's size: identity); a
+        # tile sampled on its halo window is (its features are the window's)
+        tile = any(job.tile is tile for tile in self.plan.tiles) or job.tile in self.windows
+        if job.tile != self.plan.whole_canvas and not tile:
             with self.tap.paused():
                 return super().denoise(job)
         return super().denoise(job)
@@ -211,6 +215,8 @@ def run(model: Model, pairs: Pairs, canvas: str, spec: Spec, steps: int) -> Run:
     try:
         guide = host.render_guide(noise) if spec.has_context else None
         settings = settings_for(spec, guide, pairs.seeds[0] + SEED_PASS_OFFSET)
+        if settings.tile_halo > 0:
+            host.windows = [plan.window(tile, settings.tile_halo) for tile in plan.tiles]
         result = pipeline.run(plan, host, settings, (len(pairs), channels), device=host.device, noise=noise)
     finally:
         features = host.tap.features(plan)

@@ -20,7 +20,8 @@ band (same axis, same width) are slid through the part of every tile no other ti
 *floor*, what this image scores where there is no seam. The verdict (``SeamReport.meets_targets``) is
 the seams' excess over that floor, on each axis apart (``AxisJudgement``): the median over that axis'
 seams of the worst-line gradient ratio below ``TARGET_RATIO`` times the floor's median, of the
-worst-line ΔE and the drift ΔE less than ``TARGET_DELTA_E`` above the floor's (beyond the sampling
+worst-line ΔE and the drift ΔE less than ``delta_e_target`` above the floor's (``TARGET_DELTA_E`` on busy
+content, the floor itself, at least ``QUIET_DELTA_E``, where the content is quieter; beyond the sampling
 noise of both medians, ``SAMPLING_Z``). A tiling artefact is at every seam of its axis; a sun crossing a
 band is at a few, and a line at every horizontal seam is not averaged away by clean vertical ones.
 Worst seams are reported (and drawn by ``mark_measured_lines``) but not judged: one band crossing a
@@ -66,7 +67,16 @@ from .measure import (
     noise_lstar,
 )
 from .report import SeamReport, seam_report
-from .verdict import JUDGED, SAMPLING_Z, TARGET_DELTA_E, TARGET_RATIO, WINDOW_MEASURES, AxisJudgement
+from .verdict import (
+    JUDGED,
+    QUIET_DELTA_E,
+    SAMPLING_Z,
+    TARGET_DELTA_E,
+    TARGET_RATIO,
+    WINDOW_MEASURES,
+    AxisJudgement,
+    delta_e_target,
+)
 from .views import (
     FLOOR_BAND_COLOUR,
     SEAM_BAND_COLOUR,
@@ -89,6 +99,7 @@ __all__ = [
     "MARGIN_PX",
     "NOISE_FLOOR_LSTAR",
     "PSNR_CAP_DB",
+    "QUIET_DELTA_E",
     "SAMPLING_Z",
     "SEAM_BAND_COLOUR",
     "SEGMENT_PX",
@@ -104,6 +115,7 @@ __all__ = [
     "MetricsError",
     "SeamReport",
     "ciede2000",
+    "delta_e_target",
     "floor_bands",
     "guide_fidelity",
     "heatmap_image",

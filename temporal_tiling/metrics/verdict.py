@@ -14,10 +14,20 @@ from .measure import AxisView, BandScores, measure_bands
 
 TARGET_RATIO = 1.2
 TARGET_DELTA_E = 2.0
+QUIET_DELTA_E = 0.5
+"""Least ΔE excess judged visible: on a smooth sky a whole-width step this large above the floor shows."""
 SAMPLING_Z = 2.0
 """ΔE excesses are counted beyond two standard errors of the difference of the seams' and the floor's
 medians: on busy photos bands of content differ by several ΔE, and a handful of seams can land on busier
 content than the tiles' middles by chance; on flat content that allowance is near zero."""
+
+
+def delta_e_target(floor: float | None) -> float:
+    """Largest ΔE excess over the floor a seam may have: ``TARGET_DELTA_E`` where the image's own bands
+    differ by that much (content masks a step), the floor's own level where it is quieter (at least
+    ``QUIET_DELTA_E``). A night sky whose rows step by 1.3 ΔE on a 0.4 floor shows a staircase a person
+    sees at once; big suns that lift the seams to 2.9 on a 1.4 floor do not read as a line."""
+    return min(TARGET_DELTA_E, max(QUIET_DELTA_E, floor or 0.0))
 
 
 @dataclass(frozen=True)

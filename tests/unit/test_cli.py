@@ -169,7 +169,7 @@ def test_seam_refine_and_halo_flags_reach_every_method(tmp_path: Path, monkeypat
     assert run([*BASE, "--method", "independent", "--out", str(tmp_path / "off")]) == 0
     on = ["--method", "compare", "--seam-refine", "0.3", "--halo", "1", "--out", str(tmp_path / "on")]
     assert run([*BASE, *on]) == 0
-    assert refines[0] == ("independent", None, 0)
+    assert refines[0] == ("independent", None, None)  # no --halo: the method's own (RunSettings.tile_halo)
     assert {method for method, _, _ in refines[1:]} == set(cli.COMPARE)
     assert all(refine.denoise == 0.3 and halo == 1 for _, refine, halo in refines[1:])
 

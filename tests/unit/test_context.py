@@ -121,6 +121,24 @@ def test_skip_residual_pulls_toward_guide_low_frequencies() -> None:
     assert torch.equal(mixed[1], x0[1]) and torch.allclose(mixed[0], out[0])
 
 
+def test_skip_power_zero_holds_the_low_band_pull_to_the_last_call() -> None:
+    """skip_power 0: the guide's band is pulled at full strength at every σ > 0 (a tile's low band then
+    cannot drift into its own top-to-bottom gradient late in the schedule, the tile-row staircase)."""
+    assert torch.equal(skip_weight(torch.tensor([0.9, 0.1, 0.01]), 1.0, 0.0), torch.ones(3))
+    guide = smooth_guide(1)
+    tile = PLAN.tiles[4]
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    held = GlobalContext(guide, skip_residual=1.0, skip_power=0.0).x0_hook(tile, PLAN)
+    decayed = GlobalContext(guide, skip_residual=1.0).x0_hook(tile, PLAN)
+    crop, scale = GlobalContext(guide).guide_crop(tile, PLAN), GlobalContext(guide).upsampling(PLAN)
+
+    def low_distance(x: torch.Tensor) -> float:
+        return float((lowpass(x, scale) - lowpass(crop, scale)).pow(2).mean().sqrt())
+
+    late = torch.tensor(0.05)
+    assert low_distance(held(x0, late)) < 0.35 * low_distance(decayed(x0, late))
+
+
 def test_skip_residual_pulls_the_sampled_canvas_toward_the_guide(model) -> None:
     guide = smooth_guide(6) * 0.5
     target = GlobalContext(guide).guide_crop(PLAN.whole_canvas, PLAN)  # the guide at canvas size
@@ -304,7 +322,7 @@ def test_guide_batch_must_be_one_or_canvas_batch() -> None:
         (smooth_guide(0), {"skip_residual": -0.1}, "skip_residual strength"),
         (smooth_guide(0), {"bcla_seed": math.nan}, "bcla_seed strength"),
         (smooth_guide(0), {"bcla_seed": 1.0}, "needs seed statistics"),
-        (smooth_guide(0), {"skip_power": 0.0}, "skip_power"),
+        (smooth_guide(0), {"skip_power": -1.0}, "skip_power"),
     ],
 )
 def test_bad_context_is_refused(guide, kwargs, message: str) -> None:

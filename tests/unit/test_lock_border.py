@@ -7,7 +7,8 @@ import torch
 
 from temporal_tiling.bcla import BCLACache, BCLAConfig
 from temporal_tiling.contracts import TileJob
-from temporal_tiling.pipeline import RunSettings, generate
+from temporal_tiling.options import DEFAULT_GUIDE_HALO
+from temporal_tiling.pipeline import RunSettings, generate, guide_levels
 from temporal_tiling.plan import PlanError, TilePlan, make_plan
 from temporal_tiling.sampling import (
     SamplingError,
@@ -251,3 +252,41 @@ def test_halo_reaches_every_tiled_method_and_the_cache_follows_the_window(model,
 def test_bad_values_are_refused_with_a_clear_message(make, match: str) -> None:
     with pytest.raises(SamplingError, match=match):
         make()
+
+
+def test_guided_tiles_run_with_a_halo_and_a_held_low_band_pull_by_default() -> None:
+    """The guided default against the tile-row staircase (bench/results/enlargement.md): every tile's
+    window border outside what is kept, its low band held to the guide's to the last step, and beyond 4×
+    the whole-scene pass an intermediate canvas; the other methods keep no halo unless asked, and an
+    explicit 0 turns it off."""
+    guided = RunSettings(method="guided", cache_config=BCLAConfig())
+    assert guided.tile_halo == DEFAULT_GUIDE_HALO > 0
+    assert guided.guide.skip_residual > 0 and guided.guide.skip_power == 0
+    assert RunSettings(method="guided", cache_config=BCLAConfig(), halo=0).tile_halo == 0
+    twelve = make_plan(
+        width_px=2048,
+        height_px=1024,
+        tile_width_px=128,
+        tile_height_px=128,
+        overlap_px=32,
+        compression=8,
+        fit="grow",
+    )  # 12.8× the 160 px whole-scene pass
+    assert len(guide_levels(twelve, guided.guide)) == 1
+    assert (
+        guide_levels(
+            make_plan(
+                width_px=640,
+                height_px=320,
+                tile_width_px=128,
+                tile_height_px=128,
+                overlap_px=32,
+                compression=8,
+                fit="grow",
+            ),
+            guided.guide,
+        )
+        == []
+    )  # 4×
+    others = ("causal", "independent", "multidiffusion", "full")
+    assert all(RunSettings(method=m).tile_halo == 0 for m in others)

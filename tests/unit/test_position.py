@@ -94,8 +94,8 @@ def test_canvas_pe_reaches_the_transformer_output_and_mode_off_leaves_it_stock()
 @pytest.mark.parametrize(
     "settings",
     [
-        {"method": "guided", "cache_config": BCLAConfig()},
-        {"method": "guided", "guide_first": GuideFirst(bcla_seed=0.0)},  # no BCLA asked for
+        {"method": "guided", "cache_config": BCLAConfig(), "halo": 0},  # tile-sized calls, no halo window
+        {"method": "guided", "guide_first": GuideFirst(bcla_seed=0.0), "halo": 0},  # no BCLA asked for
         {"method": "causal"},
     ],
     ids=["guided with BCLA", "guided without BCLA", "causal without BCLA"],

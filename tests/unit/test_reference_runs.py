@@ -32,6 +32,10 @@ REFERENCE = Path(__file__).with_name("reference_runs.safetensors")
 RECORD = os.environ.get("RECORD_REFERENCE_RUNS") == "1"
 
 
+BEFORE_PULL = {"skip_residual": 0.0, "skip_power": 3.0}
+"""The guided defaults these runs were recorded with (before the held low-band pull and the halo)."""
+
+
 def environment() -> dict[str, str]:
     return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
 
@@ -70,17 +74,30 @@ def engine_runs() -> dict[str, Callable[[], torch.Tensor]]:
         ),
         "causal_img2img": lambda: run(method="causal", cache_config=sync, latent=start, denoise=0.6),
         "guided": lambda: run(  # tile_steps = steps: every tile ran all steps before tile_steps existed
-            method="guided", cache_config=sync, guide_first=GuideFirst(denoise=0.5, stats=0.0, tile_steps=3)
+            method="guided",
+            cache_config=sync,
+            guide_first=GuideFirst(**BEFORE_PULL, denoise=0.5, stats=0.0, tile_steps=3),
+            halo=0,
         ),
         "guided_skip_stats": lambda: run(
             method="guided",
             cache_config=sync,
             guide_first=GuideFirst(
-                long_side=48, denoise=0.7, skip_residual=0.5, stats=0.5, bcla_seed=0.5, tile_steps=3
+                long_side=48,
+                denoise=0.7,
+                skip_residual=0.5,
+                skip_power=3.0,
+                stats=0.5,
+                bcla_seed=0.5,
+                tile_steps=3,
             ),
+            halo=0,
         ),
         "guided_default_tile_steps": lambda: run(
-            method="guided", cache_config=sync, guide_first=GuideFirst(denoise=0.5, stats=0.0)
+            method="guided",
+            cache_config=sync,
+            guide_first=GuideFirst(**BEFORE_PULL, denoise=0.5, stats=0.0),
+            halo=0,
         ),
     }
 

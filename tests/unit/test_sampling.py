@@ -553,7 +553,8 @@ def test_progressive_chain_levels_grow_by_at_most_max_upscale_up_to_the_canvas()
         compression=8,
         fit="grow",
     )
-    assert guide_levels(plan, GuideFirst()) == []  # one step by default
+    assert guide_levels(plan, GuideFirst(max_upscale=None)) == []  # one step
+    assert len(guide_levels(plan, GuideFirst())) == 1  # by default at most 4× a step: 6.7× takes two
     levels = guide_levels(plan, GuideFirst(max_upscale=2.0))
     sides = [max(guide_plan(plan).width_px, guide_plan(plan).height_px)]
     sides += [level.width_px for level in levels] + [plan.width_px]

@@ -70,7 +70,10 @@ def test_each_tile_run_hears_its_own_prompt_and_the_others_the_runs(method: str)
     host = RecordingHost()
     prompts = {1: "sun", 4: "moon"}
     guide = GuideFirst(bcla_seed=0.0) if method == "guided" else None
-    settings = RunSettings(method=method, tile_prompts=prompts, guide_first=guide, guide_prompt="scene")
+    # halo 0: the jobs' windows are the plan's tiles (guided's default halo widens them)
+    settings = RunSettings(
+        method=method, tile_prompts=prompts, guide_first=guide, guide_prompt="scene", halo=0
+    )
     run(plan, host, settings, (1, 4))
     tiles = [(tile.index, prompt) for tile, prompt in host.heard if tile in plan.tiles]
     assert tiles == [(i, prompts.get(i)) for i in range(len(plan))]
