@@ -82,6 +82,7 @@ NODE_WIDGETS = {  # (file, widget): the options constant its default must name
     ("sampler.py", "lock_release"): "DEFAULT_LOCK_RELEASE",
     ("sampler.py", "release_band"): "DEFAULT_RELEASE_BAND",
     ("sampler.py", "guide_denoise"): "DEFAULT_GUIDE_DENOISE",
+    ("sampler.py", "halo"): "HALO_AUTO",
     ("planner.py", "fit"): "DEFAULT_FIT",
     ("planner.py", "max_tiles"): "MAX_TILES",
     ("tiles.py", "method"): "DEFAULT_STITCH",
@@ -110,6 +111,17 @@ def test_the_node_widgets_read_their_default_from_options(file, widget):
     default = widget_keywords(NODES / file)[widget]["default"]
     assert isinstance(default, ast.Name) and default.id == NODE_WIDGETS[file, widget], ast.unparse(default)
     assert hasattr(options, default.id)
+
+
+def test_the_halo_defaults_to_the_methods_own_in_every_layer():
+    """CLI and engine leave the halo to the method (guided: a halo, the others: none); the node's widget
+    says so with HALO_AUTO, which its execute turns into the engine's None."""
+    generate = cli.build_parser().parse_args(["generate", "--prompt", "x", "--out", "o"])
+    assert generate.halo is None and RunSettings().halo is None
+    assert RunSettings(method="guided").tile_halo == options.DEFAULT_GUIDE_HALO > 0
+    assert RunSettings(method="causal").tile_halo == 0
+    source = (NODES / "sampler.py").read_text(encoding="utf-8")
+    assert "halo=None if halo == HALO_AUTO else halo" in source
 
 
 def test_the_planner_bounds_sizes_by_max_side():
