@@ -5,8 +5,11 @@
 #   COMFYUI_PATH       a ComfyUI checkout (default ../shared/comfyui beside the clone)
 #   EXTRAMODELS_FORKS  ComfyUI_ExtraModels checkouts, space-separated (default both forks in
 #                      ../shared/extramodels); empty skips the ExtraModels tests (fails them with CI=true)
-# Without arguments the whole tier runs beside the first fork and the ExtraModels tests (marker
-# `extramodels`) again beside each other fork; with arguments, one run beside the first fork.
+# Without arguments the whole tier runs beside the first fork (with ComfyUI's pinned front end, whose
+# experimental Nodes 2.0 draws no node panels, so that renderer's case is left to the next run), the
+# browser tests again with the newest front end from PyPI ($NEWEST_FRONTEND, both node renderers), and
+# the ExtraModels tests (marker `extramodels`) again beside each other fork; with arguments, one run
+# beside the first fork.
 # ComfyUI's Python comes from tools/comfy_env.sh (built on first use). The host trees are only read:
 # ComfyUI writes into a temporary --base-directory and bytecode goes to PYTHONPYCACHEPREFIX. With
 # CI=true a skipped test fails (tests/integration/conftest.py), and so does a run that writes into a
@@ -46,13 +49,26 @@ run() {
     fi
 }
 
+# The newest front end, kept beside the environment and served with --front-end-root.
+NEWEST_FRONTEND=${NEWEST_FRONTEND:-1.58.1}
+frontend=$cache/frontend-$NEWEST_FRONTEND
+if [ ! -d "$frontend/comfyui_frontend_package/static" ]; then
+    "$env_dir/bin/python" -m pip install --quiet --no-deps --target "$frontend.partial-$$" \
+        "comfyui-frontend-package==$NEWEST_FRONTEND"
+    mv -T "$frontend.partial-$$" "$frontend"
+fi
+
 start=$SECONDS
 if [ $# -gt 0 ]; then
     run selected "${forks[0]:-}" "$@"
 elif [ ${#forks[@]} -eq 0 ]; then
-    run all "" tests/integration
+    run all "" tests/integration -k "not nodes2"
+    COMFYUI_FRONTEND_ROOT=$frontend/comfyui_frontend_package/static \
+        run "frontend-$NEWEST_FRONTEND" "" tests/integration/test_frontend.py
 else
-    run "all-$(basename "${forks[0]}")" "${forks[0]}" tests/integration
+    run "all-$(basename "${forks[0]}")" "${forks[0]}" tests/integration -k "not nodes2"
+    COMFYUI_FRONTEND_ROOT=$frontend/comfyui_frontend_package/static \
+        run "frontend-$NEWEST_FRONTEND" "${forks[0]}" tests/integration/test_frontend.py
     for fork in "${forks[@]:1}"; do
         run "extramodels-$(basename "$fork")" "$fork" tests/integration -m extramodels
     done

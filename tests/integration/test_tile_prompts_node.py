@@ -54,7 +54,12 @@ def test_sampler_refuses_tile_conditioning_of_another_plan_or_a_canvas_method(
     model, clip, _ = parts
     SamplingError = pack_module("temporal_tiling.sampling").SamplingError
     other = pack_module("temporal_tiling.plan").make_plan(
-        plan.width_px, plan.height_px, plan.width_px, plan.height_px, 0, plan.compression
+        width_px=plan.width_px,
+        height_px=plan.height_px,
+        tile_width_px=plan.width_px,
+        tile_height_px=plan.height_px,
+        overlap_px=0,
+        compression=plan.compression,
     )
     tiles = tile_prompts.execute(clip, other, SCENE, "a sun", "append").result[1]
     with pytest.raises(SamplingError, match="another tile plan"):
