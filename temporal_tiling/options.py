@@ -65,7 +65,7 @@ tiles' own floor goes from +0.74/+0.68/+1.40 (no halo, no pull: two canvases "se
 stepping by eye) to -0.15/-0.47/-0.23 (halo 2: +0.08/-0.42/+0.10; halo 4 alone: +0.15/0.00/+0.44; the
 pull alone: +0.38/+0.21/+1.17), layout 29.9 → 31.8 dB, model work 0.15 → 0.25× MultiDiffusion 50 %. On
 held-out prompts at 2.5×, 4× and 8× and on the position-embedding model every canvas is seamless (the
-old default: 1/2 at 4× and 8×), layout ≥ 31.7 dB (docs/enlargement_staircase.md)."""
+old default: 1/2 at 4× and 8×), layout ≥ 31.7 dB (docs/results/enlargement.md)."""
 HALO_AUTO = -1
 """The Causal SANA Sampler's halo widget value for "the mode's own default" (``DEFAULT_GUIDE_HALO`` for
 guided, 0 for the others): the engine's ``RunSettings.halo = None``."""

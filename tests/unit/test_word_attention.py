@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from temporal_tiling.plan import make_plan
-from temporal_tiling.word_attention import (
+from lab.word_attention import (
     attention_of_words,
     recording_cross_attention,
     tile_words,
     word_maps,
 )
+from temporal_tiling.plan import make_plan
 
 
 def test_a_word_whose_attention_lies_outside_a_tile_is_dropped_from_it() -> None:

@@ -4,6 +4,9 @@ AccDiffusion's automatic tile prompts: in one model call on the whole scene (the
 cross-attention (a softmax over the text tokens for every image token) shows which image tokens each
 word steers. A tile keeps the words whose map reaches it and drops the others, so a word that names an
 object the guide put elsewhere does not make the tile paint that object again.
+
+It lives in the lab, beside the engine: measured by bench/bench_tile_prompts.py, not yet offered by the
+CLI or the nodes (on the embedded model its maps are too weakly localised to be a default).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .plan import TilePlan
+from temporal_tiling.plan import TilePlan
 
 
 class _Recorder:
@@ -95,8 +98,8 @@ def attention_of_words(
 ) -> Tensor:
     """Each word's cross-attention map [W, h, w] over ``guide`` [1, C, h·p, w·p] (p: the model's patch
     size), from one call of the model on the guide noised to ``sigma`` with ``seed``'s noise."""
-    from .flow import CFGDenoiser, noise_scaling
-    from .position import patch_size
+    from temporal_tiling.flow import CFGDenoiser, noise_scaling
+    from temporal_tiling.position import patch_size
 
     noise = torch.randn(guide.shape, generator=torch.Generator().manual_seed(seed)).to(guide)
     sigmas = torch.full((guide.shape[0],), sigma)
