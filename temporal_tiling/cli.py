@@ -377,24 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="guided: progressive chain (DemoFusion): refine intermediate canvases so that no step enlarges "
         "the long side more than this (2: 1× → 2× → 4×; at least the enlargement: one step)",
     )
-    g.add_argument("--steps", type=_number(int, 1), default=20, help="sampling steps")
-    g.add_argument(
-        "--cfg", type=_number(float, 0, low_open=True), default=4.5, help="classifier-free guidance"
-    )
-    g.add_argument(
-        "--seed",
-        type=_number(int, 0, SEED_MAX),
-        default=0,
-        help=f"seed of the one canvas noise, 0 to {SEED_MAX} like ComfyUI's (torch's CPU generator keeps "
-        f"the low 32 bits: seeds that differ by a multiple of {NOISE_SEEDS} draw the same noise)",
-    )
-    g.add_argument("--sampler", choices=SAMPLER_NAMES, default="euler", help="flow sampler")
-    g.add_argument(
-        "--shift",
-        type=_number(float, 0, low_open=True),
-        default=None,
-        help="flow shift (default: the model's)",
-    )
+    _add_sampling_flags(g)
     g.add_argument(
         "--lock-feather",
         type=_number(int, 0),
@@ -515,6 +498,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """The sampler's flags, the same for ``generate`` and ``refine``."""
+    parser.add_argument(
+        "--steps", type=_number(int, 1), default=20, help="sampling steps of the whole schedule"
+    )
+    parser.add_argument(
+        "--cfg", type=_number(float, 0, low_open=True), default=4.5, help="classifier-free guidance"
+    )
+    parser.add_argument(
+        "--seed",
+        type=_number(int, 0, SEED_MAX),
+        default=0,
+        help=f"seed of the one canvas noise, 0 to {SEED_MAX} like ComfyUI's (torch's CPU generator keeps "
+        f"the low 32 bits: seeds that differ by a multiple of {NOISE_SEEDS} draw the same noise)",
+    )
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="euler", help="flow sampler")
+    parser.add_argument(
+        "--shift",
+        type=_number(float, 0, low_open=True),
+        default=None,
+        help="flow shift (default: the model's)",
+    )
+
+
 def _add_refine(commands: argparse._SubParsersAction) -> None:
     """``refine``: the flags of :func:`refine_command.run_refine` (sampling flags as ``generate``'s)."""
     from .refine_command import REFINE_METHODS
@@ -564,20 +571,7 @@ def _add_refine(commands: argparse._SubParsersAction) -> None:
         default="input",
         help="replace the refined image's low frequencies (colour, light) by the input's",
     )
-    r.add_argument("--steps", type=_number(int, 1), default=20, help="sampling steps of the whole schedule")
-    r.add_argument(
-        "--cfg", type=_number(float, 0, low_open=True), default=4.5, help="classifier-free guidance"
-    )
-    r.add_argument(
-        "--seed", type=_number(int, 0, SEED_MAX), default=0, help=f"seed of the canvas noise, 0 to {SEED_MAX}"
-    )
-    r.add_argument("--sampler", choices=SAMPLER_NAMES, default="euler", help="flow sampler")
-    r.add_argument(
-        "--shift",
-        type=_number(float, 0, low_open=True),
-        default=None,
-        help="flow shift (default: the model's)",
-    )
+    _add_sampling_flags(r)
     r.add_argument(
         "--max-tiles", type=_number(int, 1), default=MAX_TILES, help="refuse plans with more tiles"
     )
