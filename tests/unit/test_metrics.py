@@ -40,6 +40,39 @@ SHARMA = [
 ]
 
 
+GRID_4X3 = make_plan(
+    width_px=256,
+    height_px=128,
+    tile_width_px=96,
+    tile_height_px=64,
+    overlap_px=32,
+    compression=8,
+    fit="shift",
+)
+"""4×3 tiles of 96×64 px on 256×128 px, 32 px overlap (edge tiles shift inward): 17 seams."""
+SKY_GRID = make_plan(
+    width_px=512,
+    height_px=256,
+    tile_width_px=128,
+    tile_height_px=128,
+    overlap_px=32,
+    compression=8,
+    fit="grow",
+)
+"""4×2 tiles of 128 px grown to 152×144 px for the 32 px overlap, on 512×256 px."""
+ROW_3X1 = make_plan(
+    width_px=256,
+    height_px=128,
+    tile_width_px=128,
+    tile_height_px=128,
+    overlap_px=32,
+    compression=8,
+    fit="shift",
+)
+"""3×1 tiles of 128 px on 256×128 px (the last shifted inward): two vertical seams, the first's overlap
+96..128 px."""
+
+
 def ramp_image(height=128, width=256, lo=0.2, hi=0.8):
     """A smooth diagonal grey ramp: no edge anywhere."""
     yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
@@ -99,15 +132,7 @@ def test_ciede2000_matches_scikit_image():
 
 
 def test_seam_bands_cover_the_overlap_and_a_margin_and_floors_stay_off_them():
-    plan = make_plan(
-        width_px=256,
-        height_px=128,
-        tile_width_px=96,
-        tile_height_px=64,
-        overlap_px=32,
-        compression=8,
-        fit="shift",
-    )
+    plan = GRID_4X3
     for band, seam in zip(seam_bands(plan), plan.seams(), strict=True):
         assert band.first == seam.overlap_start - MARGIN_PX and band.last == seam.overlap_stop + MARGIN_PX
     seam_lines = {(b.axis, p) for b in seam_bands(plan) for p in range(b.first - 7, b.last + 8)}
@@ -136,15 +161,7 @@ def test_hard_step_of_known_lab_jump_gives_that_delta_e(pair, overlap):
 
 
 def test_smooth_ramp_gives_gradient_ratio_one_and_passes():
-    plan = make_plan(
-        width_px=256,
-        height_px=128,
-        tile_width_px=96,
-        tile_height_px=64,
-        overlap_px=32,
-        compression=8,
-        fit="shift",
-    )
+    plan = GRID_4X3
     report = seam_report(ramp_image(), plan)
     assert report.gradient_ratio_mean == pytest.approx(1.0, abs=0.05)
     assert report.gradient_ratio_worst == pytest.approx(1.0, abs=0.05)
@@ -154,15 +171,7 @@ def test_smooth_ramp_gives_gradient_ratio_one_and_passes():
 
 @pytest.mark.parametrize("where", ["near border", "far border", "centre", "inside", "margin"])
 def test_a_step_at_any_line_of_the_overlap_band_is_found(where):
-    plan = make_plan(
-        width_px=256,
-        height_px=128,
-        tile_width_px=128,
-        tile_height_px=128,
-        overlap_px=32,
-        compression=8,
-        fit="shift",
-    )  # one vertical seam, overlap 96..128 px
+    plan = ROW_3X1  # its first seam's overlap: 96..128 px
     seam = plan.seams()[0]
     at = {
         "near border": seam.overlap_start,
@@ -181,15 +190,7 @@ def test_a_step_at_any_line_of_the_overlap_band_is_found(where):
 
 
 def test_a_step_at_the_overlap_border_is_missed_by_the_centre_line_alone():
-    plan = make_plan(
-        width_px=256,
-        height_px=128,
-        tile_width_px=128,
-        tile_height_px=128,
-        overlap_px=32,
-        compression=8,
-        fit="shift",
-    )
+    plan = ROW_3X1
     seam = plan.seams()[0]
     image = ramp_image()
     image[..., seam.overlap_start :] += 0.03
@@ -233,15 +234,7 @@ def test_a_hard_cut_stitch_of_degraded_tiles_fails(name):
 
 def test_a_feathered_stitch_without_colour_correction_is_flagged_by_the_drift_measure():
     image = sky_image()
-    plan = make_plan(
-        width_px=512,
-        height_px=256,
-        tile_width_px=128,
-        tile_height_px=128,
-        overlap_px=32,
-        compression=8,
-        fit="grow",
-    )
+    plan = SKY_GRID
     feathered = stitch(degrade(split_tiles(image, plan), seed=0), plan, "feather")
     report = seam_report(feathered, plan)
     excess = report.excess()
@@ -254,15 +247,7 @@ def test_a_feathered_stitch_without_colour_correction_is_flagged_by_the_drift_me
 def test_noise_level_sets_the_ratio_epsilon_so_flat_noise_reads_one():
     g = torch.Generator().manual_seed(0)
     flat = torch.full((1, 3, 128, 256), 0.5) + 0.01 * torch.randn(1, 1, 128, 256, generator=g)
-    plan = make_plan(
-        width_px=256,
-        height_px=128,
-        tile_width_px=96,
-        tile_height_px=64,
-        overlap_px=32,
-        compression=8,
-        fit="shift",
-    )
+    plan = GRID_4X3
     report = seam_report(flat.clamp(0, 1), plan)
     assert report.noise_lstar > 0.5
     assert report.meets_targets(), report.verdict()
@@ -298,15 +283,7 @@ def test_guide_fidelity_reads_layout_and_tile_colour():
 
 
 def test_identical_tiles_give_capped_psnr():
-    plan = make_plan(
-        width_px=256,
-        height_px=128,
-        tile_width_px=96,
-        tile_height_px=64,
-        overlap_px=32,
-        compression=8,
-        fit="shift",
-    )
+    plan = GRID_4X3
     image = ramp_image()
     tiles = split_tiles(image, plan)
     assert torch.all(overlap_psnr(tiles, plan) == PSNR_CAP_DB)
@@ -317,15 +294,7 @@ def test_identical_tiles_give_capped_psnr():
 
 
 def test_overlap_psnr_stays_out_of_the_verdict():
-    plan = make_plan(
-        width_px=256,
-        height_px=128,
-        tile_width_px=96,
-        tile_height_px=64,
-        overlap_px=32,
-        compression=8,
-        fit="shift",
-    )
+    plan = GRID_4X3
     image = ramp_image()
     tiles = split_tiles(image, plan)
     tiles[1] += 0.1  # tiles disagree in the overlap (20 dB) but the stitched image has no seam
@@ -334,15 +303,7 @@ def test_overlap_psnr_stays_out_of_the_verdict():
 
 
 def test_overlap_and_seam_zone_psnr_known_values():
-    plan = make_plan(
-        width_px=256,
-        height_px=128,
-        tile_width_px=96,
-        tile_height_px=64,
-        overlap_px=32,
-        compression=8,
-        fit="shift",
-    )
+    plan = GRID_4X3
     image = ramp_image()
     tiles = split_tiles(image, plan)
     tiles[1] += 0.01  # tile 1 differs by 0.01 everywhere: 40 dB against each neighbour's overlap
@@ -371,15 +332,7 @@ def test_zero_overlap_seam_zone_is_the_bands_around_the_edge():
 
 
 def test_report_serialises_to_json_and_markdown():
-    plan = make_plan(
-        width_px=256,
-        height_px=128,
-        tile_width_px=96,
-        tile_height_px=64,
-        overlap_px=32,
-        compression=8,
-        fit="shift",
-    )
+    plan = GRID_4X3
     image = ramp_image()
     report = seam_report(image, plan, tiles=split_tiles(image, plan), reference=image)
     data = json.loads(report.to_json())
@@ -407,15 +360,7 @@ def test_single_tile_plan_reports_no_seam():
 
 
 def test_heatmap_peaks_on_the_seam_and_marks_the_measured_lines():
-    plan = make_plan(
-        width_px=256,
-        height_px=128,
-        tile_width_px=128,
-        tile_height_px=128,
-        overlap_px=32,
-        compression=8,
-        fit="shift",
-    )
+    plan = ROW_3X1
     image = ramp_image()
     image[..., 100:] += 0.02
     heat = seam_heatmap(image)
@@ -440,15 +385,7 @@ def test_solar_view_amplifies_a_faint_step():
 
 
 def test_bad_inputs_raise_clear_errors():
-    plan = make_plan(
-        width_px=256,
-        height_px=128,
-        tile_width_px=96,
-        tile_height_px=64,
-        overlap_px=32,
-        compression=8,
-        fit="shift",
-    )
+    plan = GRID_4X3
     image = ramp_image()
     with pytest.raises(MetricsError, match="NaN"):
         seam_report(image.masked_fill(image > 0.7, float("nan")), plan)
@@ -515,15 +452,7 @@ def test_big_objects_straddling_a_few_seams_do_not_read_as_seams():
     """Two suns larger than a seam band on an untouched sky, their edges inside the bands of two of the
     ten seams: the content crosses those bands, the tiles did nothing. The axis medians leave the two
     bands out (the pooled means they replace called this "seams visible": ΔE +9.4, drift +20)."""
-    plan = make_plan(
-        width_px=512,
-        height_px=256,
-        tile_width_px=128,
-        tile_height_px=128,
-        overlap_px=32,
-        compression=8,
-        fit="grow",
-    )
+    plan = SKY_GRID
     image = with_discs(sky_image(), [(190, 60), (330, 190)], radius=60)
     report = seam_report(image, plan)
     assert report.meets_targets(), report.verdict()
@@ -547,15 +476,7 @@ def test_a_soft_step_at_every_tile_row_is_judged_on_its_axis_alone():
     """A 3 L* brightness step spread over each horizontal overlap of a smooth sky and nothing at the
     vertical seams: judged per axis, the horizontal seams' lines stand out (pooled with the six clean
     vertical seams, as before, the ratio was ×1.16 and the canvas passed)."""
-    plan = make_plan(
-        width_px=512,
-        height_px=256,
-        tile_width_px=128,
-        tile_height_px=128,
-        overlap_px=32,
-        compression=8,
-        fit="grow",
-    )
+    plan = SKY_GRID
     report = seam_report(soft_step_at_horizontal_seams(sky_image(), plan, channel=0, size=3.0), plan)
     assert report.axes["horizontal"]["gradient_ratio"].excess >= 1.2
     assert report.axes["vertical"]["gradient_ratio"].excess < 1.1
@@ -567,15 +488,7 @@ def test_drift_is_the_colour_step_the_trend_on_either_side_does_not_explain():
     step over each horizontal overlap: no L* change, no single line stands out, and the raw colour change
     across a band hides it in the sky's own (it passed before). Fitted with one trend on both sides of
     the band plus a jump, the jump is the step; the sky alone has none."""
-    plan = make_plan(
-        width_px=512,
-        height_px=256,
-        tile_width_px=128,
-        tile_height_px=128,
-        overlap_px=32,
-        compression=8,
-        fit="grow",
-    )
+    plan = SKY_GRID
     report = seam_report(soft_step_at_horizontal_seams(sky_image(), plan, channel=2, size=6.0), plan)
     assert report.excess()["gradient_ratio"] < 1.05 and report.excess()["delta_e"] < 2.0
     assert report.axes["horizontal"]["drift_delta_e"].excess >= 2.0, report.axes["horizontal"]
