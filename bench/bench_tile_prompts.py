@@ -30,12 +30,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench.bench_guide_first import bench_model, count_named_objects, make_plans, scores, whole_scene
-from lab.word_attention import attention_of_words, tile_words
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.context import ContextSettings
 from temporal_tiling.options import EMBEDDED_MODEL
 from temporal_tiling.pipeline import GuideFirst, generate
 from temporal_tiling.tile_prompts import TilePrompts, encode_tile_prompts, tile_texts, whole_scene_text
+from temporal_tiling.word_maps import attention_of_words, tile_words
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENES = (

@@ -50,6 +50,7 @@ from .options import (
     DEFAULT_RELEASE_BAND,
     DEFAULT_RESAMPLE_BAND,
     DEFAULT_RESAMPLE_SIGMA,
+    DEFAULT_WORD_THRESHOLD,
     EMBEDDED_MODEL,
     FITS,
     GUIDE_UPSCALES,
@@ -71,6 +72,7 @@ if (
     from .context import ContextSettings
     from .pipeline import GuideFirst
     from .plan import TilePlan
+    from .word_maps import AutoTilePrompts, PromptTokens
 
 COMPARE = ("independent", "multidiffusion", "causal", "guided")
 """What ``--method compare`` renders, in strip order."""
@@ -110,6 +112,8 @@ class LoadedModel:
     """prompt -> what the model will not see of it (unknown words, tokens cut off)."""
     encode: Callable[[Tensor], Tensor] | None = None
     """image [B, 3, H, W] in [0, 1] -> latent (the model's scaled space); for --guide-upscale pixel."""
+    prompt_tokens: Callable[[str], PromptTokens] | None = None
+    """prompt -> its text and each token's characters, for ``--tile-prompts auto``; None: not offered."""
 
 
 Loader = Callable[[Path, "torch.device"], LoadedModel]
@@ -126,6 +130,7 @@ def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
 
     from .sana import load_text_encoder, load_transformer_folder, load_vae_folder
     from .sana.vae import compression, decode_tiled, scaling_factor
+    from .word_maps import PromptTokens
 
     check_model_folder(folder)
     for library in (diffusers, transformers):  # the run's own bars follow; an error stays one line
@@ -156,6 +161,10 @@ def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
         pixels = image.to(device, next(vae.parameters()).dtype) * 2 - 1
         return vae.encode(pixels).latent.float() * scale
 
+    def prompt_tokens(prompt: str) -> PromptTokens:
+        read, spans = text.token_spans(prompt)
+        return PromptTokens(read, tuple(spans))
+
     return LoadedModel(
         transformer.to(device),
         encode_prompt,
@@ -165,6 +174,7 @@ def load_sana_folder(folder: Path, device: torch.device) -> LoadedModel:
         folder.name,
         prompt_notes=text.prompt_notes,
         encode=encode,
+        prompt_tokens=prompt_tokens,
     )
 
 
@@ -473,12 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="diffusers SANA folder (default: the embedded seam-lab model)",
     )
-    g.add_argument(
-        "--tile-prompts",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help='JSON words per tile or canvas rectangle, combined with --prompt: {"tiles": {"1": "a sun"}, '
+    _add_tile_prompt_flags(
+        g,
+        'JSON words per tile or canvas rectangle, combined with --prompt: {"tiles": {"1": "a sun"}, '
         '"regions": [{"x": 0, "y": 0, "w": 256, "h": 128, "prompt": "a sun"}], "combine": "append"} '
         "(tiles numbered as generated, 1 = first; causal, guided, independent; default: none, every tile "
         "hears --prompt)",
@@ -520,6 +527,64 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="flow shift (default: the model's)",
     )
+
+
+def _tile_prompts_source(text: str) -> Path | str:
+    """``--tile-prompts``: a file, or ``auto`` (a file named auto: ``./auto``)."""
+    from .tile_prompts import AUTOMATIC
+
+    return AUTOMATIC if text == AUTOMATIC else Path(text)
+
+
+def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> None:
+    """``--tile-prompts`` and ``--word-threshold``, the same for ``generate`` and ``refine``."""
+    parser.add_argument(
+        "--tile-prompts",
+        type=_tile_prompts_source,
+        default=None,
+        metavar="FILE|auto",
+        help=f"{file_help}. auto: automatic tile prompts, each tile drops the words of --prompt whose "
+        "cross-attention on the whole scene (the guide) lies outside it (a diffusers SANA model)",
+    )
+    parser.add_argument(
+        "--word-threshold",
+        type=_number(float, 0, 1, low_open=True),
+        default=None,
+        help="--tile-prompts auto: a tile keeps a word whose attention reaches this share of the word's "
+        f"peak in its cells (default {DEFAULT_WORD_THRESHOLD}, the one setting measured seamless: "
+        "docs/tile_prompts.md)",
+    )
+
+
+def check_tile_prompt_flags(args: argparse.Namespace) -> None:
+    """A CLIError for --word-threshold without --tile-prompts auto (before the model loads)."""
+    from .tile_prompts import AUTOMATIC, check_method
+
+    if args.word_threshold is not None and args.tile_prompts != AUTOMATIC:
+        raise CLIError("is read by --tile-prompts auto only; add that or drop it", "--word-threshold")
+    if args.tile_prompts == AUTOMATIC:
+        check_method(args.method)
+
+
+def auto_tile_prompts(args: argparse.Namespace, model: LoadedModel) -> AutoTilePrompts | None:
+    """``--tile-prompts auto``'s settings for ``model``, printing each tile's words when they are known;
+    None without it."""
+    from .tile_prompts import AUTOMATIC
+    from .word_maps import AutoTilePrompts
+
+    if args.tile_prompts != AUTOMATIC:
+        return None
+    if model.prompt_tokens is None:
+        raise CLIError(f"auto needs a model with a tokenizer; {model.name} has none", "--tile-prompts")
+
+    def report(texts: dict[int, str]) -> None:
+        for index, text in texts.items():
+            print(f"tile {index + 1} hears: {text}", file=sys.stderr)
+        if not texts:
+            print("every tile hears the whole prompt", file=sys.stderr)
+
+    threshold = DEFAULT_WORD_THRESHOLD if args.word_threshold is None else args.word_threshold
+    return AutoTilePrompts(model.prompt_tokens(args.prompt), model.encode_prompt, threshold, report)
 
 
 def _add_refine(commands: argparse._SubParsersAction) -> None:
@@ -585,12 +650,8 @@ def _add_refine(commands: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--model", type=Path, default=None, help="diffusers SANA folder (default: the embedded model)"
     )
-    r.add_argument(
-        "--tile-prompts",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="JSON words per tile or rectangle of the output (px), combined with --prompt; as generate's",
+    _add_tile_prompt_flags(
+        r, "JSON words per tile or rectangle of the output (px), combined with --prompt; as generate's"
     )
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     r.add_argument(
@@ -608,7 +669,12 @@ def run_refine(args: argparse.Namespace, loader: Loader) -> None:
     all-or-nothing output folder."""
     from .refine_command import run_refine as refine
 
-    refine(args, lambda: loader(args.model or EMBEDDED_MODEL, _device(args.device)), _Progress, _staging)
+    check_tile_prompt_flags(args)
+
+    def load() -> LoadedModel:
+        return loader(args.model or EMBEDDED_MODEL, _device(args.device))
+
+    refine(args, load, _Progress, _staging, lambda model: auto_tile_prompts(args, model))
 
 
 _PLAN_FLAGS = (
@@ -795,10 +861,12 @@ def run_generate(args: argparse.Namespace, loader: Loader) -> list[Path]:
         raise CLIError(
             f"global context is only used by the causal and guided methods, not {args.method!r}", "--method"
         )
-    from .tile_prompts import read_tile_prompts, tile_texts, whole_scene_text
+    from .tile_prompts import AUTOMATIC, read_tile_prompts, tile_texts, whole_scene_text
 
     methods = list(COMPARE) if args.method == "compare" else [args.method]
-    prompts = read_tile_prompts(args.tile_prompts, args.method) if args.tile_prompts else None
+    check_tile_prompt_flags(args)
+    manual = args.tile_prompts not in (None, AUTOMATIC)
+    prompts = read_tile_prompts(args.tile_prompts, args.method) if manual else None
     folder = args.model or EMBEDDED_MODEL
     check_model_folder(folder)
     compression = folder_compression(folder)
@@ -907,6 +975,7 @@ def _render(
     negative_embeds = model.encode_prompt(args.negative) if args.cfg != 1.0 else None
     conditioning = {"prompt_embeds": prompt_embeds, "negative_embeds": negative_embeds}
     tile_prompts = encode_tile_prompts(tile_texts or {}, model.encode_prompt) or None
+    automatic = auto_tile_prompts(args, model)
     guide_prompt = None if guide_text is None else model.encode_prompt(guide_text)
     cache_config = BCLAConfig(mode=args.bcla_mode, strength=args.bcla_strength, source=args.bcla_source)
     border_resample = BorderResample(repeats=args.border_resample) if args.border_resample > 0 else None
@@ -940,6 +1009,7 @@ def _render(
                 halo=args.halo,
                 border_resample=border_resample if method in CAUSAL_METHODS else None,
                 tile_prompts=tile_prompts if method != "full" else None,
+                auto_tile_prompts=automatic if method != "full" else None,
                 guide_prompt=guide_prompt if method == "guided" else None,
                 progress=bar,
                 **conditioning,

@@ -57,12 +57,11 @@ from .sampling import (
     start_canvas,
 )
 from .seam_refine import SeamRefine, refine_seams, refine_steps_total
+from .tile_prompts import TILE_PROMPT_METHODS
+from .word_maps import WORD_MAP_SIGMA, AutoTilePrompts, automatic_tile_prompts, cross_attention
 
 CAUSAL_METHODS = ("causal", "guided")
 """Methods that run the causal tile loop (and so can use a BCLA cache)."""
-
-TILE_PROMPT_METHODS = (*CAUSAL_METHODS, "independent")
-"""Methods whose model calls each belong to one tile, so a tile can hear its own prompt."""
 
 Upscale = Callable[[Tensor, int, int], Tensor]
 """``(guide latent [B,C,h,w], canvas height, canvas width in cells) -> canvas latent [B,C,H,W]``."""
@@ -224,6 +223,12 @@ class RunSettings:
     """The positive conditioning of ``guided``'s whole-scene pass, in the host's form; None = the run's
     prompt. With tile prompts the whole scene should hear every tile's words
     (:func:`tile_prompts.whole_scene_text`), so its layout holds the objects the tiles then refine."""
+    auto_tile_prompts: AutoTilePrompts | None = None
+    """Automatic tile prompts (:mod:`word_maps`): each tile drops the words of the run's prompt whose
+    cross-attention on the whole scene lies outside it. The whole scene is ``guided``'s guide (its
+    whole-scene pass or the given latent), else the global context's guide, else the input latent, else
+    a whole-scene pass of its own; one model call on it, at the whole-scene pass's size. Instead of
+    ``tile_prompts``."""
 
     def __post_init__(self) -> None:
         method = self.method
@@ -243,10 +248,14 @@ class RunSettings:
                 f"border_resample acts on the lock edge of the causal methods ({', '.join(CAUSAL_METHODS)}); "
                 f"method={method!r} has none: leave it off (None)."
             )
-        if self.tile_prompts and method not in TILE_PROMPT_METHODS:
+        if (self.tile_prompts or self.auto_tile_prompts) and method not in TILE_PROMPT_METHODS:
             raise SamplingError(
                 f"Tile prompts need a method that samples tile by tile ({', '.join(TILE_PROMPT_METHODS)}), "
                 f"not {method!r}: pick one of those or leave the tile prompts out."
+            )
+        if self.tile_prompts and self.auto_tile_prompts:
+            raise SamplingError(
+                "Give tile prompts or automatic tile prompts, not both: automatic ones replace the others."
             )
         if method == "guided" and self.guide.bcla_seed > 0 and self.cache_config is None:
             raise SamplingError(
@@ -302,23 +311,50 @@ def run(
     with torch.no_grad():
         guide = None
         if settings.method == "guided":
-            guide, latent = _guide(plan, host, settings, noise, latent), None
+            guide = latent
+            if guide is None:
+                guide = render_guide(
+                    plan, host, settings.guide.long_side, settings.seed, noise, settings.guide_prompt
+                )
+            else:
+                _check_guide_shape(plan, guide, tuple(noise.shape[:2]))
+            latent = None
+        if settings.auto_tile_prompts is not None:
+            scene = guide if guide is not None else _scene(plan, host, settings, noise, latent)
+            tile_prompts = _automatic(plan, host, settings, scene)
+            settings = replace(settings, tile_prompts=tile_prompts, auto_tile_prompts=None)
+        if guide is not None:
+            guide = _progressive_chain(plan, host, settings, noise, guide)
         result = _with_cache(plan, host, settings, noise, latent, guide)
         if settings.seam_refine is not None:
             result.canvas = refine_seams(plan, host, result.canvas, noise, settings.seam_refine)
         return result
 
 
-def _guide(plan: TilePlan, host: Host, settings: RunSettings, noise: Tensor, given: Tensor | None) -> Tensor:
-    """The given guide or the whole-scene pass, then each level of the progressive chain refined from
-    the one before."""
-    if given is None:
-        guide = render_guide(
-            plan, host, settings.guide.long_side, settings.seed, noise, settings.guide_prompt
-        )
-    else:
-        guide = given
-        _check_guide_shape(plan, guide, tuple(noise.shape[:2]))
+def _scene(plan: TilePlan, host: Host, settings: RunSettings, noise: Tensor, latent: Tensor | None) -> Tensor:
+    """The whole scene automatic tile prompts read outside ``guided``: the global context's guide, else
+    the input latent, else a whole-scene pass of the run's prompt."""
+    if settings.context is not None:
+        return settings.context.guide.to(noise)
+    if latent is not None:
+        return latent
+    return render_guide(plan, host, settings.guide.long_side, settings.seed, noise)
+
+
+def _automatic(plan: TilePlan, host: Host, settings: RunSettings, scene: Tensor) -> Mapping[int, object]:
+    """Automatic tile prompts from one model call on ``scene`` at the whole-scene pass's size."""
+    small = guide_plan(plan, settings.guide.long_side, host.patch_size)
+    scene = resize_latent(scene[:1], small.canvas_height, small.canvas_width)  # batch item 0's
+    noise = canvas_noise(settings.seed, tuple(scene.shape)).to(scene)
+    attention = host.cross_attention(scene, noise, WORD_MAP_SIGMA)
+    grid = (small.canvas_height // host.patch_size, small.canvas_width // host.patch_size)
+    return automatic_tile_prompts(plan, attention, grid, settings.auto_tile_prompts)
+
+
+def _progressive_chain(
+    plan: TilePlan, host: Host, settings: RunSettings, noise: Tensor, guide: Tensor
+) -> Tensor:
+    """Each level of the progressive chain refined from the one before, from ``guide``."""
     start = (guide.shape[-2], guide.shape[-1])
     settings = replace(settings, tile_prompts=None)  # tile indices name the final plan's tiles
     for level in guide_levels(plan, settings.guide, host.patch_size, start):
@@ -616,6 +652,9 @@ class FlowHost:
     def seed_call(self, guide: Tensor, noise: Tensor, sigma: float) -> None:
         sigmas = torch.full((guide.shape[0],), sigma, dtype=torch.float32, device=guide.device)
         self.denoiser((1.0 - sigma) * guide + sigma * noise, sigmas)
+
+    def cross_attention(self, latent: Tensor, noise: Tensor, sigma: float) -> Tensor:
+        return cross_attention(self.transformer, latent, noise, sigma, self.conditioning[0], self.masks[0])
 
     def model_space(self, latent: Tensor) -> Tensor:
         return latent

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .plan import TilePlan
+    from .word_maps import AutoTilePrompts
 
 REFINE_METHODS = ("guided", "causal", "independent", "multidiffusion")
 MIN_TILE = 128
@@ -37,12 +38,14 @@ def run_refine(
     load_model: Callable[[], Any],
     progress: Callable[[str], Any],
     staging: Callable[[Path], AbstractContextManager[Path]],
+    automatic: Callable[[Any], AutoTilePrompts | None] = lambda model: None,
 ) -> list[Path]:
     """Refine ``args.image`` into ``args.out``; returns the files written.
 
     The command line supplies the model (``load_model()``: a ``cli.LoadedModel`` on the chosen
     device), its progress bar (``progress(label)``: ``bar(done, total)``, ``bar.close()``) and its
-    all-or-nothing output folder (``staging(out)``), as for ``generate``."""
+    all-or-nothing output folder (``staging(out)``), as for ``generate``, and ``--tile-prompts auto``'s
+    settings for the loaded model (``automatic(model)``: None without it)."""
     import torch
 
     from .bcla import BCLAConfig
@@ -51,12 +54,13 @@ def run_refine(
     from .plan import PlanError
     from .position import patch_size
     from .refine import Autoencoder, RefineError, output_size, refine_image, refine_plan
-    from .tile_prompts import encode_tile_prompts, read_tile_prompts, tile_texts
+    from .tile_prompts import AUTOMATIC, encode_tile_prompts, read_tile_prompts, tile_texts
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise RefineError(f"argument --out: '{out}' exists and is not a folder")
-    prompts = read_tile_prompts(args.tile_prompts, args.method) if args.tile_prompts else None
+    manual = args.tile_prompts not in (None, AUTOMATIC)
+    prompts = read_tile_prompts(args.tile_prompts, args.method) if manual else None
     picture = read_image(args.image)
     height, width = output_size(*picture.pixels.shape[:2], args.scale)
     if args.threads is not None:
@@ -85,6 +89,7 @@ def run_refine(
     texts = tile_texts(plan, prompts, args.prompt) if prompts else {}
     method_settings = {
         "tile_prompts": encode_tile_prompts(texts, model.encode_prompt) or None,
+        "auto_tile_prompts": automatic(model),
         "method": args.method,
         "cache_config": BCLAConfig() if args.method in CAUSAL_METHODS else None,
         "guide_first": GuideFirst(denoise=args.denoise) if guided else None,

@@ -32,6 +32,10 @@ from .plan import TilePlan
 
 COMBINE_MODES = ("append", "replace")
 """How a tile's words meet the run's prompt (see the module docstring)."""
+TILE_PROMPT_METHODS = ("causal", "guided", "independent")
+"""The run path's methods whose model calls each belong to one tile, so a tile can hear its own prompt."""
+AUTOMATIC = "auto"
+"""``--tile-prompts auto``: automatic tile prompts (:mod:`word_maps`) instead of a file."""
 
 Encoded = TypeVar("Encoded")
 
@@ -137,15 +141,18 @@ def encode_tile_prompts(texts: Mapping[int, str], encode: Callable[[str], Encode
     return {index: encoded[text] for index, text in texts.items()}
 
 
-def read_tile_prompts(path: Path, method: str) -> TilePrompts:
-    """A tile-prompts JSON file (``--tile-prompts``) for a run of ``method``, read and checked before
-    any model loads."""
-    from .pipeline import TILE_PROMPT_METHODS
-
+def check_method(method: str) -> None:
+    """A TilePromptError unless ``method`` samples tile by tile, so a tile can hear its own prompt."""
     if method not in TILE_PROMPT_METHODS:
         raise TilePromptError(
             f"tile prompts need --method {', '.join(TILE_PROMPT_METHODS)} (tile by tile), not {method}"
         )
+
+
+def read_tile_prompts(path: Path, method: str) -> TilePrompts:
+    """A tile-prompts JSON file (``--tile-prompts``) for a run of ``method``, read and checked before
+    any model loads."""
+    check_method(method)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:

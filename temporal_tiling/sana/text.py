@@ -102,6 +102,32 @@ class SanaTextEncoder(torch.nn.Module):
             notes.append(f"the prompt is cut short: its last {dropped} {tokens} dropped")
         return notes
 
+    def token_spans(self, prompt: str) -> tuple[str, list[tuple[int, int] | None]]:
+        """The prompt as the tokenizer reads it (lower-cased, stripped) and, for each token of its
+        conditioning (:meth:`encode_tokens`' selection, padding included), the characters of that text the
+        token reads; None for the start token, the template and padding (automatic tile prompts)."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise CheckpointError(
+                f"automatic tile prompts need a fast tokenizer (tokenizer.json) to place each token in "
+                f"the prompt; {type(self.tokenizer).__name__} is not one: use manual tile prompts."
+            )
+        text, length = self._text_and_length(prompt)
+        start = len(text) - len(prompt.lower().strip())  # the template before the prompt
+        tokens = self.tokenizer(
+            [text],
+            padding="max_length",
+            max_length=length,
+            truncation=True,
+            add_special_tokens=True,
+            return_offsets_mapping=True,
+        )
+        pairs = list(zip(tokens["offset_mapping"][0], tokens["attention_mask"][0], strict=True))
+        spans: list[tuple[int, int] | None] = []
+        for (first, end), valid in (pairs[i] for i in [0, *range(-self.max_sequence_length + 1, 0)]):
+            inside = valid and end > start and end > first
+            spans.append((max(first - start, 0), end - start) if inside else None)
+        return text[start:], spans
+
     @torch.no_grad()
     def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states [1, 300, D] and mask [1, 300] of the tokens after the template (plus BOS)."""

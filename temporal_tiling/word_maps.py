@@ -1,0 +1,264 @@
+"""Automatic tile prompts: where each word of the prompt acts, from SANA's cross-attention on the whole
+scene, and the words each tile keeps.
+
+AccDiffusion's idea: in one model call on the whole scene (the guide noised to :data:`WORD_MAP_SIGMA`),
+SANA's cross-attention (a softmax over the text tokens for every image token) shows which image tokens
+each word steers. A tile keeps the words whose map reaches ``threshold`` × the word's own peak somewhere
+in its cells and drops the others, so a word that names an object the guide put elsewhere ("one sun")
+does not make the tile paint that object again.
+
+Words, not tokens: a tokenizer cuts "sunset," into pieces, and a tile's prompt is rebuilt from the
+prompt's own text, so a word is kept or dropped whole. A word is a run of non-space characters; its map
+is the sum of the maps of the tokens that start inside it. A tile's prompt is its kept words joined by
+single spaces, in the prompt's order. A tile that keeps every word (or none: nothing places any word
+there) hears the run's prompt unchanged.
+
+The maps are recorded on diffusers' ``SanaTransformer2DModel`` (its blocks' ``attn2`` cross-attention
+modules): :class:`AttentionRecorder` runs the module's own processor for the output and recomputes the
+softmax weights from ``to_q`` / ``to_k``, so any processor a model carries gives the same maps.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import UserInputError
+from .flow import CFGDenoiser, noise_scaling
+from .options import DEFAULT_WORD_THRESHOLD
+from .plan import TilePlan
+from .position import patch_size
+from .sampling import canvas_noise
+
+WORD_MAP_SIGMA = 0.5
+"""Noise level of the one model call that records the maps: the layout is set, the words still steer."""
+
+Span = tuple[int, int] | None
+"""Characters ``[start, end)`` of the prompt's text a text token reads; None: no character of the prompt
+(start token, instruction template, padding)."""
+
+
+class WordMapError(UserInputError):
+    """Automatic tile prompts cannot work with these settings or this model; the message says why."""
+
+    flag = "--tile-prompts"
+    """The command-line flag these errors are about (the CLI names it before the message)."""
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A prompt as its text encoder reads it, and which characters each conditioning token reads."""
+
+    text: str
+    spans: tuple[Span, ...]
+    """One per token of the prompt's conditioning, in order."""
+
+
+@dataclass(frozen=True)
+class AutoTilePrompts:
+    """Settings of automatic tile prompts: the run's prompt, how a tile's text is encoded, the threshold."""
+
+    tokens: PromptTokens
+    """The run's prompt and its tokens' spans (what the recorded maps are indexed by)."""
+    encode: Callable[[str], object]
+    """A tile's text -> its positive conditioning in the host's form (as ``RunSettings.tile_prompts``)."""
+    threshold: float = DEFAULT_WORD_THRESHOLD
+    """A tile keeps a word whose map reaches this share of the word's peak somewhere in its cells."""
+    report: Callable[[dict[int, str]], None] | None = None
+    """Told each tile's text (by ``Tile.index``, tiles with the whole prompt absent) once computed."""
+
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+
+
+def check_threshold(threshold: float) -> None:
+    """A WordMapError unless ``threshold`` is in (0, 1]."""
+    if not 0.0 < threshold <= 1.0:
+        raise WordMapError(
+            f"the automatic tile prompts' threshold must be in (0, 1] (a share of each word's peak "
+            f"attention; {DEFAULT_WORD_THRESHOLD} by default), got {threshold}."
+        )
+
+
+def prompt_words(tokens: PromptTokens) -> tuple[list[str], list[int]]:
+    """The prompt's words, and the word of each token: the one its first non-space character lies in
+    (-1: a token that reads no character of a word)."""
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", tokens.text)]
+    starts = [start for start, _ in words]
+    owners = []
+    for span in tokens.spans:
+        read = "" if span is None else tokens.text[span[0] : span[1]]
+        first = -1 if not read.strip() else span[0] + len(read) - len(read.lstrip())
+        owners.append(-1 if first < 0 else bisect.bisect_right(starts, first) - 1)
+    return [tokens.text[a:b] for a, b in words], owners
+
+
+class AttentionRecorder:
+    """A cross-attention processor that runs ``original`` and adds its softmax weights for batch item 0,
+    averaged over heads, [image tokens, text tokens], to ``into`` (a running sum over blocks)."""
+
+    def __init__(self, original: Callable, into: RecordedAttention) -> None:
+        self.original, self.into = original, into
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        query, key = attn.to_q(hidden_states[:1]), attn.to_k(encoder_hidden_states[:1])
+        if getattr(attn, "norm_q", None) is not None:
+            query, key = attn.norm_q(query), attn.norm_k(key)
+        length, head_dim = key.shape[1], key.shape[-1] // attn.heads
+        query = query.view(1, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(1, -1, attn.heads, head_dim).transpose(1, 2)
+        scores = (query @ key.transpose(-1, -2)).float() * head_dim**-0.5
+        if attention_mask is not None:
+            batch = hidden_states.shape[0]
+            mask = attn.prepare_attention_mask(attention_mask, length, batch)
+            scores = scores + mask.view(batch, attn.heads, -1, length)[:1].float()
+        self.into.add(scores.softmax(-1).mean(1)[0])
+        return out
+
+
+class RecordedAttention:
+    """The sum and count of the cross-attention weights :class:`AttentionRecorder` s add."""
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None
+        self.count = 0
+
+    def add(self, weights: Tensor) -> None:
+        self.total = weights if self.total is None else self.total + weights
+        self.count += 1
+
+    def mean(self) -> Tensor:
+        """[image tokens, text tokens], averaged over the recorded blocks."""
+        if self.total is None:
+            raise WordMapError(
+                "the model call recorded no cross-attention: this model's blocks do not run their attn2 "
+                "modules; use manual tile prompts instead."
+            )
+        return self.total / self.count
+
+
+def cross_attention_modules(transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Every block's cross-attention module by its path (``transformer_blocks.{i}.attn2``) in diffusers'
+    SanaTransformer2DModel, or a WordMapError for a model without them."""
+    blocks = getattr(transformer, "transformer_blocks", None)
+    modules = {
+        f"transformer_blocks.{i}.attn2": getattr(block, "attn2", None) for i, block in enumerate(blocks or [])
+    }
+    if not modules or not all(
+        all(hasattr(m, name) for name in ("to_q", "to_k", "heads", "processor")) for m in modules.values()
+    ):
+        raise WordMapError(
+            f"automatic tile prompts read SANA's cross-attention (diffusers' SanaTransformer2DModel, blocks' "
+            f"attn2); this model ({type(transformer).__name__}) has none: use manual tile prompts."
+        )
+    return modules
+
+
+@contextmanager
+def recording_cross_attention(transformer: torch.nn.Module) -> Iterator[RecordedAttention]:
+    """Model calls inside add every block's cross-attention weights to the yielded record (a diffusers
+    SanaTransformer2DModel; its own processors come back on exit)."""
+    record = RecordedAttention()
+    modules = list(cross_attention_modules(transformer).values())
+    originals = [module.processor for module in modules]
+    for module, original in zip(modules, originals, strict=True):
+        module.processor = AttentionRecorder(original, record)
+    try:
+        yield record
+    finally:
+        for module, original in zip(modules, originals, strict=True):
+            module.processor = original
+
+
+def cross_attention(
+    transformer: torch.nn.Module,
+    latent: Tensor,
+    noise: Tensor,
+    sigma: float,
+    prompt_embeds: Tensor,
+    prompt_mask: Tensor | None = None,
+) -> Tensor:
+    """The cross-attention weights [image tokens, text tokens] of ``prompt_embeds`` (averaged over heads
+    and blocks, batch item 0) in one call of a diffusers SanaTransformer2DModel on ``latent`` noised to
+    ``sigma`` with ``noise`` (the cond branch only)."""
+    denoiser = CFGDenoiser(transformer, prompt_embeds, None, 1.0, prompt_mask=prompt_mask)
+    sigmas = torch.full((latent.shape[0],), sigma, dtype=torch.float32, device=latent.device)
+    with recording_cross_attention(transformer) as record:
+        denoiser(noise_scaling(sigmas, noise, latent), sigmas)
+    return record.mean()
+
+
+def attention_of_words(
+    transformer: torch.nn.Module,
+    guide: Tensor,
+    prompt_embeds: Tensor,
+    token_words: Sequence[int],
+    sigma: float = WORD_MAP_SIGMA,
+    seed: int = 0,
+) -> Tensor:
+    """Each word's cross-attention map [W, h, w] over ``guide`` [1, C, h·p, w·p] (p: the model's patch
+    size), from one call of the model on the guide noised to ``sigma`` with ``seed``'s noise;
+    ``token_words`` as :func:`word_maps`' (W = its largest word + 1)."""
+    noise = canvas_noise(seed, tuple(guide.shape)).to(guide)
+    attention = cross_attention(transformer, guide, noise, sigma, prompt_embeds)
+    p = patch_size(transformer)
+    grid = (guide.shape[-2] // p, guide.shape[-1] // p)
+    return word_maps(attention, grid, token_words, max(token_words) + 1)
+
+
+def word_maps(attention: Tensor, grid: tuple[int, int], token_words: Sequence[int], count: int) -> Tensor:
+    """Each of ``count`` words' attention [W, h, w] on the token grid ``grid`` (rows, cols), from the
+    weights ``attention`` [h·w, L]; ``token_words[l]`` is the word of text token ``l`` (-1: none; tokens
+    past the list read none), a word's map the sum of its tokens'."""
+    words = torch.full((attention.shape[1],), -1)
+    given = torch.as_tensor(list(token_words)[: attention.shape[1]], dtype=torch.long)
+    words[: len(given)] = given
+    owner = F.one_hot(words.clamp(min=0), max(count, 1))[:, :count].float() * (words >= 0)[:, None]
+    return (attention.float() @ owner.to(attention.device)).T.reshape(count, *grid)
+
+
+def tile_words(plan: TilePlan, maps: Tensor, threshold: float) -> dict[int, list[int]]:
+    """The words (indices into ``maps`` [W, h, w], any grid with the canvas's aspect) each tile keeps:
+    those whose map reaches ``threshold`` × its own maximum somewhere in the tile's cells, and those
+    whose map is zero everywhere (no token reads them: nothing places them)."""
+    size = (plan.canvas_height, plan.canvas_width)
+    canvas = F.interpolate(maps[None].float(), size=size, mode="bilinear")[0]
+    peaks = canvas.flatten(1).amax(1)
+    where = (canvas >= threshold * peaks[:, None, None]) | (peaks <= 0)[:, None, None]  # [W, H, W]
+    return {
+        tile.index: torch.nonzero(where[:, tile.slices[0], tile.slices[1]].flatten(1).any(1))[:, 0].tolist()
+        for tile in plan.tiles
+    }
+
+
+def tile_word_texts(plan: TilePlan, maps: Tensor, words: Sequence[str], threshold: float) -> dict[int, str]:
+    """The prompt of each tile that drops a word: its kept ``words`` (one per map of ``maps``) joined by
+    spaces. Tiles that keep every word or none are absent (they hear the run's prompt)."""
+    return {
+        index: " ".join(words[w] for w in kept)
+        for index, kept in tile_words(plan, maps, threshold).items()
+        if 0 < len(kept) < len(words)
+    }
+
+
+def automatic_tile_prompts(
+    plan: TilePlan, attention: Tensor, grid: tuple[int, int], settings: AutoTilePrompts
+) -> Mapping[int, object]:
+    """Each tile's conditioning (``RunSettings.tile_prompts``) from the run's prompt's cross-attention
+    ``attention`` [h·w, L] on the whole scene's token grid ``grid``."""
+    from .tile_prompts import encode_tile_prompts
+
+    words, owners = prompt_words(settings.tokens)
+    maps = word_maps(attention, grid, owners, len(words))
+    texts = tile_word_texts(plan, maps, words, settings.threshold)
+    if settings.report is not None:
+        settings.report(texts)
+    return encode_tile_prompts(texts, settings.encode)

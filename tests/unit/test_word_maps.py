@@ -1,0 +1,295 @@
+"""Automatic tile prompts: SANA's cross-attention recorded per block, tokens grouped into the prompt's
+words, a word whose attention lies outside a tile dropped from it, and the option through the run path,
+the CLI (generate and refine) and the embedded model."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_cli import BASE, one_error_line, refusing_loader, tiny_loader
+
+from temporal_tiling import cli
+from temporal_tiling.contracts import TileJob
+from temporal_tiling.pipeline import GuideFirst, RunSettings, run
+from temporal_tiling.plan import Tile, make_plan
+from temporal_tiling.sampling import SamplingError
+from temporal_tiling.word_maps import (
+    AutoTilePrompts,
+    PromptTokens,
+    WordMapError,
+    attention_of_words,
+    cross_attention_modules,
+    prompt_words,
+    recording_cross_attention,
+    tile_word_texts,
+    tile_words,
+    word_maps,
+)
+
+GRID_4X2 = make_plan(
+    width_px=512, height_px=256, tile_width_px=128, tile_height_px=128, overlap_px=0, compression=8
+)  # 4 × 2 tiles of 16 × 16 cells
+
+
+def synthetic_maps() -> torch.Tensor:
+    """Three words on a grid at a quarter of GRID_4X2's 32 × 64 cells: "sky" everywhere, "sun" inside
+    tile 1 only, "moon" (uneven) inside tile 4 only."""
+    maps = torch.zeros(3, 8, 16)
+    maps[0] = 1.0
+    maps[1, 1:3, 1:3] = 1.0
+    maps[2, 0:3, 12:16] = 0.6 + 0.4 * torch.rand(3, 4, generator=torch.Generator().manual_seed(0))
+    return maps
+
+
+def test_a_word_whose_attention_lies_outside_a_tile_is_dropped_from_it() -> None:
+    kept = tile_words(GRID_4X2, synthetic_maps(), threshold=0.5)
+    assert kept[0] == [0, 1]
+    assert kept[3] == [0, 2]
+    assert all(kept[i] == [0] for i in (1, 2, 4, 5, 6, 7))
+    texts = tile_word_texts(GRID_4X2, synthetic_maps(), ["sky", "sun", "moon"], threshold=0.5)
+    assert texts == {0: "sky sun", 1: "sky", 2: "sky", 3: "sky moon", 4: "sky", 5: "sky", 6: "sky", 7: "sky"}
+
+
+def test_a_word_no_token_reads_stays_in_every_tile() -> None:
+    maps = synthetic_maps()
+    maps[1] = 0.0  # "sun" cut off by the tokenizer: nothing places it
+    assert all(1 in words for words in tile_words(GRID_4X2, maps, threshold=0.5).values())
+
+
+def test_tokens_are_grouped_into_the_prompts_words() -> None:
+    # "sky," is two tokens ("sky", ","); a leading-space token ("▁one") belongs to the word after it
+    tokens = PromptTokens("blue sky, one sun", (None, (0, 4), (5, 8), (8, 9), (9, 13), (14, 17), None))
+    words, owners = prompt_words(tokens)
+    assert words == ["blue", "sky,", "one", "sun"]
+    assert owners == [-1, 0, 1, 1, 2, 3, -1]
+
+
+def test_sana_text_encoder_places_each_conditioning_token_in_the_prompt() -> None:
+    """Behind SANA's instruction template, the conditioning's tokens (first + last 299 positions) that read
+    the prompt give back its words in order; the start token, template and padding read none."""
+    from lab import fixtures
+    from temporal_tiling.sana import SanaTextEncoder
+
+    tokenizer = fixtures.tiny_tokenizer()
+    encoder = SanaTextEncoder(fixtures.tiny_gemma2(len(tokenizer)), tokenizer, instruction="always")
+    text, spans = encoder.token_spans("  A small fluffy white Cat ")
+    assert text == "a small fluffy white cat"
+    embeds, mask = encoder.encode("  A small fluffy white Cat ")
+    assert len(spans) == embeds.shape[1]
+    assert [text[a:b] for a, b in filter(None, spans)] == text.split()
+    assert all(span is None for span, valid in zip(spans, mask[0], strict=True) if not valid)
+
+
+def test_word_maps_sum_each_words_tokens_and_skip_tokens_without_a_word() -> None:
+    attention = torch.tensor([[0.5, 0.2, 0.3, 0.0], [0.1, 0.1, 0.8, 0.0]])  # 2 image × 4 text tokens
+    maps = word_maps(attention, (1, 2), [-1, 0, 0], 2)  # the 4th token (padding) reads no word
+    assert torch.allclose(maps, torch.tensor([[[0.5, 0.9]], [[0.0, 0.0]]]))
+
+
+def test_recorder_keeps_softmax_weights_of_every_block_and_restores_the_processors(model, prompts) -> None:
+    processors = [block.attn2.processor for block in model.transformer_blocks]
+    x, cond = torch.randn(2, model.config.in_channels, 4, 6), prompts[0]
+    with torch.no_grad():
+        plain = model(x, encoder_hidden_states=cond.repeat(2, 1, 1), timestep=torch.tensor([500.0] * 2))[0]
+        with recording_cross_attention(model) as record:
+            recorded = model(
+                x, encoder_hidden_states=cond.repeat(2, 1, 1), timestep=torch.tensor([500.0] * 2)
+            )[0]
+    assert torch.equal(plain, recorded)  # the output is the original processor's
+    assert record.count == len(model.transformer_blocks)
+    weights = record.mean()
+    assert weights.shape == (4 * 6 // model.config.patch_size**2, cond.shape[1])
+    assert torch.allclose(weights.sum(-1), torch.ones(weights.shape[0]))
+    assert [block.attn2.processor for block in model.transformer_blocks] == processors
+    guide = torch.randn(1, model.config.in_channels, 4, 6)
+    with torch.no_grad():
+        words = attention_of_words(model, guide, cond, [-1, 0, 0, 1, 1, 1])
+    assert words.shape == (2, 4 // model.config.patch_size, 6 // model.config.patch_size)
+
+
+def test_a_model_without_sana_cross_attention_is_refused_in_one_line() -> None:
+    with pytest.raises(WordMapError, match="has none: use manual tile prompts"):
+        cross_attention_modules(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("threshold", [0.0, -0.5, 1.5])
+def test_a_threshold_outside_0_1_is_refused(threshold: float) -> None:
+    with pytest.raises(WordMapError, match=r"threshold must be in \(0, 1\]"):
+        AutoTilePrompts(PromptTokens("sun", ((0, 3),)), str, threshold)
+
+
+# --- the run path -----------------------------------------------------------------------------------
+
+
+@dataclass
+class AttentionHost:
+    """A host whose sampler returns the known latent, logs each tile's prompt, and whose cross-attention
+    puts ``synthetic_maps`` on any whole-scene latent (text tokens: a start token, then one per word)."""
+
+    steps: int = 2
+    canvas_positions: bool = False
+    patch_size: int = 1
+    heard: list[tuple[Tile, object]] = field(default_factory=list)
+    scenes: list[torch.Tensor] = field(default_factory=list)
+
+    def denoise(self, job: TileJob) -> torch.Tensor:
+        self.heard.append((job.tile, job.prompt))
+        return job.latent + 1.0
+
+    def cross_attention(self, latent: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+        self.scenes.append(latent)
+        size = latent.shape[-2:]
+        maps = torch.nn.functional.interpolate(synthetic_maps()[None], size=size, mode="nearest")[0]
+        return torch.cat([torch.zeros(1, *size), maps]).flatten(1).T  # [h·w, 1 + 3 words]
+
+    def schedule(self, denoise: float, steps: int | None = None) -> torch.Tensor:
+        return torch.linspace(denoise, 0.0, (steps or self.steps) + 1)
+
+    def reencode(self, x0: torch.Tensor) -> None: ...
+    def seed_call(self, guide: torch.Tensor, noise: torch.Tensor, sigma: float) -> None: ...
+    def model_space(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent
+
+    def attach_cache(self, cache) -> None: ...
+    def detach_cache(self) -> None: ...
+    def on_tile(self, index: int, count: int) -> None: ...
+
+
+SKY_SUN_MOON = PromptTokens("sky sun moon", (None, (0, 3), (4, 7), (8, 12)))
+
+
+@pytest.mark.parametrize("method", ["causal", "guided", "independent"])
+def test_automatic_prompts_reach_the_tiles_whose_words_they_keep(method: str) -> None:
+    host = AttentionHost()
+    reported: list[dict[int, str]] = []
+    auto = AutoTilePrompts(SKY_SUN_MOON, lambda text: f"encoded {text}", report=reported.append)
+    guide = GuideFirst(bcla_seed=0.0) if method == "guided" else None
+    settings = RunSettings(method=method, auto_tile_prompts=auto, guide_first=guide, halo=0)
+    run(GRID_4X2, host, settings, (1, 4))
+    tiles = {tile.index: prompt for tile, prompt in host.heard if tile in GRID_4X2.tiles}
+    assert tiles == {0: "encoded sky sun", 3: "encoded sky moon"} | {
+        i: "encoded sky" for i in (1, 2, 4, 5, 6, 7)
+    }
+    assert reported == [{i: text.removeprefix("encoded ") for i, text in tiles.items()}]
+    # one model call on the whole scene at the whole-scene pass's size (the tile's long side)
+    assert [tuple(scene.shape[-2:]) for scene in host.scenes] == [(8, 16)]
+
+
+def test_refine_reads_the_words_on_the_given_image() -> None:
+    host = AttentionHost()
+    auto = AutoTilePrompts(SKY_SUN_MOON, str)
+    photo = torch.full((1, 4, 32, 64), 0.25)
+    settings = RunSettings(
+        method="guided", auto_tile_prompts=auto, guide_first=GuideFirst(bcla_seed=0.0), halo=0
+    )
+    run(GRID_4X2, host, settings, (1, 4), latent=photo)
+    assert len(host.scenes) == 1 and torch.allclose(host.scenes[0], torch.full((1, 4, 8, 16), 0.25))
+    assert all(tile in GRID_4X2.tiles for tile, _ in host.heard)  # no whole-scene pass of its own
+
+
+def test_automatic_prompts_refuse_methods_that_do_not_sample_tile_by_tile_and_manual_ones() -> None:
+    auto = AutoTilePrompts(SKY_SUN_MOON, str)
+    with pytest.raises(SamplingError, match="tile by tile"):
+        RunSettings(method="multidiffusion", auto_tile_prompts=auto)
+    with pytest.raises(SamplingError, match="not both"):
+        RunSettings(method="causal", auto_tile_prompts=auto, tile_prompts={0: "sun"})
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def word_loader(texts: list[str]):
+    """The tests' tiny model with a word-level tokenizer (a start token, then one token per word, as
+    its encode_prompt's length says) that logs every text it encodes."""
+
+    def load(folder: Path, device: torch.device) -> cli.LoadedModel:
+        model = tiny_loader(folder, device)
+
+        def encode_prompt(prompt: str) -> torch.Tensor:
+            texts.append(prompt)
+            generator = torch.Generator().manual_seed(zlib.crc32(prompt.encode()))
+            return torch.randn(1, 1 + len(prompt.split()), 16, generator=generator)
+
+        def prompt_tokens(prompt: str) -> PromptTokens:
+            spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", prompt)]
+            return PromptTokens(prompt, (None, *spans))
+
+        model.encode_prompt, model.prompt_tokens = encode_prompt, prompt_tokens
+        return model
+
+    return load
+
+
+@pytest.mark.parametrize("method", ["guided", "causal"])
+def test_cli_tile_prompts_auto_gives_tiles_the_words_the_guide_puts_there(
+    tmp_path: Path, capsys, method: str
+) -> None:
+    texts: list[str] = []
+    argv = [*BASE, "--method", method, "--tile-prompts", "auto", "--word-threshold", "1.0"]
+    assert cli.main([*argv, "--out", str(tmp_path)], loader=word_loader(texts)) == 0
+    words = set(BASE[BASE.index("--prompt") + 1].split())
+    tile_texts = [t for t in texts if t.split() and set(t.split()) < words]
+    assert tile_texts  # at threshold 1 a word stays only where its peak is: tiles drop words
+    err = capsys.readouterr().err
+    assert all(f"hears: {text}" in err for text in tile_texts)
+    assert (tmp_path / f"{method}.png").is_file()
+
+
+def test_refine_takes_tile_prompts_auto(tmp_path: Path, capsys) -> None:
+    from test_refine import encode, photo, refine
+
+    source = tmp_path / "photo.png"
+    Image.fromarray((photo(96, 160) * 255).round().astype(np.uint8)).save(source)
+    texts: list[str] = []
+
+    def loader(folder: Path, device: torch.device) -> cli.LoadedModel:
+        model = word_loader(texts)(folder, device)
+        model.encode = encode
+        return model
+
+    auto = ("--tile-prompts", "auto", "--word-threshold", "1.0")
+    assert refine(source, tmp_path / "out", *auto, model=loader) == 0
+    assert "hears: " in capsys.readouterr().err
+    assert (tmp_path / "out" / "refined.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--tile-prompts", "auto", "--word-threshold", "1.5"], "argument --word-threshold: must be <= 1"),
+        (["--tile-prompts", "auto", "--word-threshold", "0"], "argument --word-threshold: must be > 0"),
+        (["--word-threshold", "0.5"], "argument --word-threshold: is read by --tile-prompts auto only"),
+        (["--tile-prompts", "auto", "--method", "multidiffusion"], "argument --tile-prompts: tile prompts"),
+    ],
+)
+def test_cli_automatic_prompt_errors_are_one_line_before_the_model_loads(capsys, flags, expected) -> None:
+    line = one_error_line(capsys, [*BASE, *flags, "--out", "unused"], refusing_loader)
+    assert expected in line
+
+
+def test_cli_tile_prompts_auto_needs_a_model_with_a_tokenizer(tmp_path: Path, capsys) -> None:
+    line = one_error_line(capsys, [*BASE, "--tile-prompts", "auto", "--out", str(tmp_path / "o")])
+    assert "argument --tile-prompts: auto needs a model with a tokenizer; tiny has none" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(
+    not (cli.EMBEDDED_MODEL / "model_index.json").is_file(), reason="the embedded model has not been built"
+)
+def test_embedded_model_runs_tile_prompts_auto_end_to_end(tmp_path: Path, capsys) -> None:
+    prompt = "a blue to pink sky with one sun at top left"
+    size = ["--width", "128", "--height", "64", "--tile", "64", "--overlap", "16", "--steps", "3"]
+    argv = ["generate", "--prompt", prompt, *size, "--threads", "1", "--tile-prompts", "auto"]
+    assert cli.main([*argv, "--word-threshold", "0.9", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    heard = [line.split("hears: ")[1] for line in err.splitlines() if "hears: " in line]
+    assert heard and all(set(text.split()) < set(prompt.split()) for text in heard)
+    with Image.open(tmp_path / "guided.png") as image:
+        assert image.size == (128, 64)
