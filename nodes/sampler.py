@@ -50,6 +50,7 @@ from ..temporal_tiling.plan import Tile, TilePlan
 from ..temporal_tiling.position import has_canvas_positions, patch_size
 from ..temporal_tiling.sampling import CLEAN_SIGMA, LockRelease, SamplingError
 from ..temporal_tiling.seam_refine import SeamRefine, refine_steps_total
+from ..temporal_tiling.word_maps import AttentionRecorder, RecordedAttention, cross_attention_modules
 from .bcla_cache import bcla_config, bcla_transformer
 from .common import (
     CATEGORY,
@@ -60,6 +61,7 @@ from .common import (
     connected,
     cross_check,
 )
+from .sana_model import LOADER_DISPLAY_NAME, SanaDiffusionModel
 from .tile_prompts import TileConditioning, TileConditioningSocket
 
 MODES = ("causal", "guided", "independent", "multidiffusion")
@@ -353,7 +355,8 @@ class SanaCausalSampler(io.ComfyNode):
             guide_first=_guide_first(model, guide_denoise, tile_steps, vae, plan) if guided else None,
             seam_refine=SeamRefine(seam_refine) if seam_refine > 0 else None,
             halo=None if halo == HALO_AUTO else halo,
-            tile_prompts=tile_conditioning.by_tile if tile_conditioning is not None else None,
+            tile_prompts=tile_conditioning.by_tile or None if tile_conditioning is not None else None,
+            auto_tile_prompts=tile_conditioning.automatic if tile_conditioning is not None else None,
             guide_prompt=tile_conditioning.scene if tile_conditioning is not None and guided else None,
         )
         host = ComfyHost(
@@ -552,13 +555,20 @@ class ComfyHost:
         return work
 
     def _sample(
-        self, noise: torch.Tensor, latent: torch.Tensor, steps: int | None = None, positive=None, **kwargs
+        self,
+        noise: torch.Tensor,
+        latent: torch.Tensor,
+        steps: int | None = None,
+        positive=None,
+        model=None,
+        cfg: float | None = None,
+        **kwargs,
     ) -> torch.Tensor:
         return comfy.sample.sample(
-            self.work,
+            model or self.work,
             noise,
             steps or self.steps,
-            self.cfg,
+            self.cfg if cfg is None else cfg,
             self.sampler_name,
             self.scheduler,
             self.positive if positive is None else positive,
@@ -629,6 +639,24 @@ class ComfyHost:
 
     def seed_call(self, guide: torch.Tensor, noise: torch.Tensor, sigma: float) -> None:
         self._sample(noise, guide, sigmas=torch.tensor([sigma, 0.0]))
+
+    def cross_attention(
+        self, latent: torch.Tensor, noise: torch.Tensor, sigma: float, prompt=None
+    ) -> torch.Tensor:
+        """One cond-only call (cfg 1) of a clone whose cross-attention processors record their weights."""
+        inner = getattr(self.work.model, "diffusion_model", None)
+        if not isinstance(inner, SanaDiffusionModel):
+            raise SamplingError(
+                f"Automatic tile prompts read the cross-attention of diffusers' SANA; this MODEL "
+                f"({type(inner).__name__}, e.g. ExtraModels' SANA) has none the pack can record. Load SANA "
+                f"with '{LOADER_DISPLAY_NAME}' or use manual tile prompts."
+            )
+        record, work = RecordedAttention(), self.work.clone()
+        for path in cross_attention_modules(inner.transformer):
+            key = f"diffusion_model.{path}.processor"
+            work.add_object_patch(key, AttentionRecorder(work.get_model_object(key), record))
+        self._sample(noise, latent, positive=prompt, model=work, cfg=1.0, sigmas=torch.tensor([sigma, 0.0]))
+        return record.mean()
 
     def model_space(self, latent: torch.Tensor) -> torch.Tensor:
         return self.work.model.process_latent_in(latent)

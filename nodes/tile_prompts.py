@@ -3,23 +3,33 @@
 The text is combined with the scene prompt before encoding (``temporal_tiling.tile_prompts``), so the
 text encoder sees one ordinary prompt per tile; the node gives the scene prompt's conditioning (the
 sampler's positive) and each tile's own (its tile_conditioning), both from the same CLIP.
+
+``automatic`` leaves the choice to the sampler (``temporal_tiling.word_maps``): it reads where each word of
+the prompt acts on the whole scene (the guide) and each tile drops the words that act elsewhere. The node
+gives it the prompt, where each of its tokens sits in the text (from this pack's SANA text encoder) and
+how to encode a tile's text.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from comfy_api.latest import io
 
+from ..temporal_tiling.options import DEFAULT_WORD_THRESHOLD
 from ..temporal_tiling.plan import TilePlan
 from ..temporal_tiling.tile_prompts import (
     COMBINE_MODES,
+    TilePromptError,
     encode_tile_prompts,
     parse_lines,
     tile_texts,
     whole_scene_text,
 )
+from ..temporal_tiling.word_maps import AutoTilePrompts, PromptTokens
 from .common import CATEGORY, TilePlanSocket, cross_check
+from .sana_model import LOADER_DISPLAY_NAME, SanaTokenizer
 
 TileConditioningSocket = io.Custom("TILE_CONDITIONING")
 """A :class:`TileConditioning`: the CONDITIONING of each tile with words of its own."""
@@ -35,11 +45,34 @@ class TileConditioning:
     """What each of those tiles hears, for the node's display."""
     scene: list
     """What mode = guided's whole-scene pass hears: the scene prompt and every tile's words."""
+    automatic: AutoTilePrompts | None = None
+    """Automatic tile prompts for the sampler to compute from the whole scene (then ``by_tile`` is empty)."""
 
 
 def encode(clip, text: str) -> list:
     """CLIPTextEncode's conditioning of ``text``."""
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def automatic(clip, prompt: str, threshold: float) -> AutoTilePrompts:
+    """The sampler's automatic tile prompts for ``prompt``; the pack's SANA text encoder places its tokens."""
+    tokenizer = getattr(clip, "tokenizer", None)
+    if not isinstance(tokenizer, SanaTokenizer):
+        raise TilePromptError(
+            f"automatic tile prompts place each word with this pack's SANA text encoder; this CLIP "
+            f"({type(tokenizer).__name__}) is another. Load it with '{LOADER_DISPLAY_NAME}' or turn "
+            "automatic off."
+        )
+    text, spans = tokenizer.encoder.token_spans(prompt)
+
+    def report(texts: dict[int, str]) -> None:
+        for index, words in texts.items():
+            logging.info("SANA automatic tile prompts: tile %d hears '%s'", index + 1, words)
+
+    conditioning = encode(clip, prompt)
+    return AutoTilePrompts(
+        PromptTokens(text, tuple(spans)), lambda words: encode(clip, words), threshold, report, conditioning
+    )
 
 
 class SanaTilePrompts(io.ComfyNode):
@@ -82,6 +115,22 @@ class SanaTilePrompts(io.ComfyNode):
                     default=COMBINE_MODES[0],
                     tooltip="append: a tile hears 'prompt, its words'; replace: its words alone.",
                 ),
+                io.Boolean.Input(
+                    "automatic",
+                    default=False,
+                    tooltip="Leave tile_prompts empty and let the sampler choose each tile's words: it reads "
+                    "where each word of prompt acts on the whole scene (the guide) and each tile drops the "
+                    "words that act elsewhere (AccDiffusion). Needs this pack's SANA loader.",
+                ),
+                io.Float.Input(
+                    "word_threshold",
+                    default=DEFAULT_WORD_THRESHOLD,
+                    min=0.05,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="automatic: a tile keeps a word whose attention reaches this share of the "
+                    "word's peak in it (higher drops more words).",
+                ),
             ],
             outputs=[
                 io.Conditioning.Output(
@@ -102,8 +151,17 @@ class SanaTilePrompts(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, clip, tile_plan: TilePlan, prompt: str, tile_prompts: str, combine: str
+        cls,
+        clip,
+        tile_plan: TilePlan,
+        prompt: str,
+        tile_prompts: str,
+        combine: str,
+        automatic: bool = False,
+        word_threshold: float = DEFAULT_WORD_THRESHOLD,
     ) -> io.NodeOutput:
+        if automatic:
+            return cls.automatic(clip, tile_plan, prompt, tile_prompts, word_threshold)
         spec = parse_lines(tile_prompts, combine)
         texts = tile_texts(tile_plan, spec, prompt)
         by_tile = encode_tile_prompts(texts, lambda text: encode(clip, text))
@@ -113,6 +171,22 @@ class SanaTilePrompts(io.ComfyNode):
             encode(clip, prompt),
             TileConditioning(tile_plan, by_tile, texts, scene),
             ui={"text": ["\n".join(shown)]},
+        )
+
+    @classmethod
+    def automatic(
+        cls, clip, tile_plan: TilePlan, prompt: str, tile_prompts: str, threshold: float
+    ) -> io.NodeOutput:
+        if tile_prompts.strip():
+            raise TilePromptError(
+                "automatic chooses each tile's words itself: clear tile_prompts or turn automatic off."
+            )
+        settings = automatic(clip, prompt, threshold)
+        shown = f"automatic: the sampler picks each tile's words of the prompt (threshold {threshold})"
+        return io.NodeOutput(
+            settings.prompt,
+            TileConditioning(tile_plan, {}, {}, settings.prompt, settings),
+            ui={"text": [shown]},
         )
 
 

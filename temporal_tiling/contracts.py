@@ -161,10 +161,11 @@ class Host(Protocol):
     def seed_call(self, guide: Tensor, noise: Tensor, sigma: float) -> None:
         """One model call on ``guide`` noised to ``sigma`` with ``noise``, output unused."""
 
-    def cross_attention(self, latent: Tensor, noise: Tensor, sigma: float) -> Tensor:
-        """The run's prompt's cross-attention weights [image tokens, text tokens] (softmax over the text
-        tokens, averaged over heads and blocks) in one model call on ``latent`` [1,C,h,w] (whole tokens)
-        noised to ``sigma`` with ``noise``: automatic tile prompts (:mod:`word_maps`)."""
+    def cross_attention(self, latent: Tensor, noise: Tensor, sigma: float, prompt: object = None) -> Tensor:
+        """The cross-attention weights [image tokens, text tokens] of ``prompt`` (host form; None: the
+        run's prompt), softmax over the text tokens averaged over heads and blocks, in one model call on
+        ``latent`` [1,C,h,w] (whole tokens) noised to ``sigma`` with ``noise``: automatic tile prompts
+        (:mod:`word_maps`)."""
 
     def model_space(self, latent: Tensor) -> Tensor:
         """``latent`` as the model predicts it (ComfyUI's ``process_latent_in``; identity elsewhere)."""

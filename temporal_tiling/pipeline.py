@@ -346,7 +346,7 @@ def _automatic(plan: TilePlan, host: Host, settings: RunSettings, scene: Tensor)
     small = guide_plan(plan, settings.guide.long_side, host.patch_size)
     scene = resize_latent(scene[:1], small.canvas_height, small.canvas_width)  # batch item 0's
     noise = canvas_noise(settings.seed, tuple(scene.shape)).to(scene)
-    attention = host.cross_attention(scene, noise, WORD_MAP_SIGMA)
+    attention = host.cross_attention(scene, noise, WORD_MAP_SIGMA, settings.auto_tile_prompts.prompt)
     grid = (small.canvas_height // host.patch_size, small.canvas_width // host.patch_size)
     return automatic_tile_prompts(plan, attention, grid, settings.auto_tile_prompts)
 
@@ -653,7 +653,9 @@ class FlowHost:
         sigmas = torch.full((guide.shape[0],), sigma, dtype=torch.float32, device=guide.device)
         self.denoiser((1.0 - sigma) * guide + sigma * noise, sigmas)
 
-    def cross_attention(self, latent: Tensor, noise: Tensor, sigma: float) -> Tensor:
+    def cross_attention(self, latent: Tensor, noise: Tensor, sigma: float, prompt: object = None) -> Tensor:
+        if prompt is not None:
+            return cross_attention(self.transformer, latent, noise, sigma, prompt.to(self.device))
         return cross_attention(self.transformer, latent, noise, sigma, self.conditioning[0], self.masks[0])
 
     def model_space(self, latent: Tensor) -> Tensor:

@@ -73,6 +73,9 @@ class AutoTilePrompts:
     """A tile keeps a word whose map reaches this share of the word's peak somewhere in its cells."""
     report: Callable[[dict[int, str]], None] | None = None
     """Told each tile's text (by ``Tile.index``, tiles with the whole prompt absent) once computed."""
+    prompt: object | None = None
+    """The conditioning of ``tokens``' prompt in the host's form, for the model call; None: the run's
+    prompt (which must then be that prompt)."""
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from temporal_tiling.options import DEFAULT_GUIDE_DENOISE, HALO_AUTO  # noqa: E402  (the pack root is not installed)
+from temporal_tiling.options import DEFAULT_GUIDE_DENOISE, DEFAULT_WORD_THRESHOLD, HALO_AUTO  # noqa: E402  (the pack root is not installed)
 from temporal_tiling.plan import TilePlan, make_plan  # noqa: E402
 
 EMBEDDED = "seamlab-sana (embedded)"
@@ -362,7 +362,13 @@ def tile_prompts() -> list[Node]:
         2,
         "SanaTemporalTilePrompts",
         (20, 300),
-        [("prompt", TILE_PROMPTS_SCENE), ("tile_prompts", TILE_PROMPTS_TEXT), ("combine", "append")],
+        [
+            ("prompt", TILE_PROMPTS_SCENE),
+            ("tile_prompts", TILE_PROMPTS_TEXT),
+            ("combine", "append"),
+            ("automatic", False),
+            ("word_threshold", DEFAULT_WORD_THRESHOLD),
+        ],
         {"clip": (1, 1), "tile_plan": (5, 0)},
         size=(340, 220),
     )
@@ -373,7 +379,7 @@ def tile_prompts() -> list[Node]:
     return [
         loader(1, (20, 40)),
         prompts,
-        text(3, (20, 560), "", "negative"),
+        text(3, (20, 660), "", "negative"),
         bcla_cache(4, (400, 680)),
         canvas,
         sample,
@@ -400,12 +406,14 @@ def tile_prompts() -> list[Node]:
         Node(13, "PreviewImage", (400, 960), links={"images": (5, 1)}, title="tile plan", size=(340, 260)),
         note(
             14,
-            (20, 730),
+            (20, 830),
             f"Tile prompts: {describe(plan)}, causal tiles from noise. Every tile hears the scene prompt; "
             "only the tiles the Tile Prompts node names also hear their words, so an object named once "
             "is painted once instead of in every tile. Tiles are numbered as the Tile Planner's preview "
             "shows them (1 = generated first); a line 'x,y,w,h: words' gives the words to every tile a "
-            "rectangle of the canvas (pixels) touches. Works with mode causal, guided and independent.",
+            "rectangle of the canvas (pixels) touches. Works with mode causal, guided and independent. "
+            "automatic = true (tile_prompts empty, the whole prompt in prompt) lets the sampler drop from "
+            "each tile the words whose attention on the whole scene lies elsewhere.",
         ),
     ]
 

@@ -288,3 +288,19 @@ def test_bcla_cache_refuses_replaced_lite_la_and_models_without_linear_attention
     other = comfy.model_patcher.ModelPatcher(holder, "cpu", "cpu")
     with pytest.raises(ValueError, match="ExtraModels' Sana Checkpoint Loader"):
         pack.bcla_cache.SanaBCLACache.execute(other, "cumulative", 1.0, "synchronous", 0.5, True)
+
+
+@needs_extramodels
+def test_automatic_tile_prompts_are_refused_on_extramodels_sana(pack, parts):
+    """The pack records cross-attention on diffusers' SANA only: ExtraModels' gets a one-line refusal."""
+    SamplingError = pack_module("temporal_tiling.sampling").SamplingError
+    c = COMPRESSION
+    plan = pack.planner.SanaTilePlanner.execute(
+        6 * c, 4 * c, 4 * c, 4 * c, c, "shift", "raster", 0, c, "manual"
+    ).result[0]
+    word_maps = pack_module("temporal_tiling.word_maps")
+    tokens = word_maps.PromptTokens("a blue to pink sky", (None, (0, 1), (2, 6), (7, 9), (10, 14), (15, 18)))
+    automatic = word_maps.AutoTilePrompts(tokens, lambda text: parts.positive, prompt=parts.positive)
+    tiles = pack_module("nodes.tile_prompts").TileConditioning(plan, {}, {}, parts.positive, automatic)
+    with pytest.raises(SamplingError, match="ExtraModels' SANA"):
+        _sample(pack, parts, parts.model, plan, tile_conditioning=tiles)

@@ -5,6 +5,8 @@ Sampler's run, and mismatched plans and methods are refused."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from sana_comfy import pack_module
@@ -67,3 +69,31 @@ def test_sampler_refuses_tile_conditioning_of_another_plan_or_a_canvas_method(
     tiles = tile_prompts.execute(clip, plan, SCENE, "a sun", "append").result[1]
     with pytest.raises(SamplingError, match="tile by tile"):
         _sample(nodes, model, conds, plan, mode="multidiffusion", tile_conditioning=tiles)
+
+
+def test_automatic_tile_prompts_run_from_the_whole_scene(tile_prompts, nodes, parts, conds, plan, caplog):
+    """automatic: the sampler reads the prompt's cross-attention on the whole scene (guided: its guide;
+    causal: a whole-scene pass of its own) and the tiles whose words it drops hear fewer words."""
+    model, clip, _ = parts
+    prompt = "a blue to pink sky with one sun at top left"
+    positive, tiles = tile_prompts.execute(clip, plan, prompt, "", "append", True, 1.0).result
+    assert tiles.by_tile == {} and tiles.automatic.threshold == 1.0
+    assert torch.equal(positive[0][0], clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][0])
+    for mode in ("guided", "causal"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            canvas, _ = _sample(nodes, model, (positive, conds[1]), plan, mode=mode, tile_conditioning=tiles)
+        assert torch.isfinite(canvas).all()
+        heard = [r.getMessage().split("hears ")[1].strip("'") for r in caplog.records if "hears" in r.msg]
+        assert heard and all(set(text.split()) < set(prompt.split()) for text in heard), mode
+
+
+def test_automatic_tile_prompts_refuse_lines_and_other_text_encoders(tile_prompts, parts, plan):
+    _, clip, _ = parts
+    TilePromptError = pack_module("temporal_tiling.tile_prompts").TilePromptError
+    with pytest.raises(TilePromptError, match="clear tile_prompts or turn automatic off"):
+        tile_prompts.execute(clip, plan, SCENE, "a sun", "append", True, 0.5)
+    other = clip.clone()
+    other.tokenizer = object()
+    with pytest.raises(TilePromptError, match="this pack's SANA text encoder"):
+        tile_prompts.execute(other, plan, SCENE, "", "append", True, 0.5)

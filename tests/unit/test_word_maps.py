@@ -143,7 +143,9 @@ class AttentionHost:
         self.heard.append((job.tile, job.prompt))
         return job.latent + 1.0
 
-    def cross_attention(self, latent: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    def cross_attention(
+        self, latent: torch.Tensor, noise: torch.Tensor, sigma: float, prompt=None
+    ) -> torch.Tensor:
         self.scenes.append(latent)
         size = latent.shape[-2:]
         maps = torch.nn.functional.interpolate(synthetic_maps()[None], size=size, mode="nearest")[0]
