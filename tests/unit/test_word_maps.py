@@ -241,7 +241,10 @@ def test_cli_tile_prompts_auto_gives_tiles_the_words_the_guide_puts_there(
     assert tile_texts  # at threshold 1 a word stays only where its peak is: tiles drop words
     err = capsys.readouterr().err
     assert all(f"hears: {text}" in err for text in tile_texts)
-    assert (tmp_path / f"{method}.png").is_file()
+    plain_run = [*BASE, "--method", method, "--out", str(tmp_path / "plain")]
+    assert cli.main(plain_run, loader=word_loader([])) == 0
+    auto, plain = (np.asarray(Image.open(path / f"{method}.png")) for path in (tmp_path, tmp_path / "plain"))
+    assert auto.shape == plain.shape and not np.array_equal(auto, plain)  # the tiles heard their words
 
 
 def test_refine_takes_tile_prompts_auto(tmp_path: Path, capsys) -> None:
