@@ -550,9 +550,10 @@ def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> N
         "--word-threshold",
         type=_number(float, 0, 1, low_open=True),
         default=None,
-        help="--tile-prompts auto: a tile keeps a word whose attention reaches this share of the word's "
-        f"peak in its cells (default {DEFAULT_WORD_THRESHOLD}, the one setting measured seamless: "
-        "docs/tile_prompts.md)",
+        metavar="T",
+        help="--tile-prompts auto: a tile keeps a word whose attention reaches T × the word's peak in its "
+        f"cells; higher drops more words (default {DEFAULT_WORD_THRESHOLD}: of 0.5, 0.7 and 0.9 the one "
+        "that kept the bench's seam verdicts, docs/tile_prompts.md)",
     )
 
 
