@@ -226,8 +226,8 @@ class RunSettings:
     auto_tile_prompts: AutoTilePrompts | None = None
     """Automatic tile prompts (:mod:`word_maps`): each tile drops the words of the run's prompt whose
     cross-attention on the whole scene lies outside it. The whole scene is ``guided``'s guide (its
-    whole-scene pass or the given latent), else the global context's guide, else the input latent, else
-    a whole-scene pass of its own; one model call on it, at the whole-scene pass's size. Instead of
+    whole-scene pass or the given latent), else the global context's guide, else the input latent that
+    ``denoise`` < 1 refines, else a whole-scene pass of its own; one model call on it, at the whole-scene pass's size. Instead of
     ``tile_prompts``."""
 
     def __post_init__(self) -> None:
@@ -333,12 +333,20 @@ def run(
 
 def _scene(plan: TilePlan, host: Host, settings: RunSettings, noise: Tensor, latent: Tensor | None) -> Tensor:
     """The whole scene automatic tile prompts read outside ``guided``: the global context's guide, else
-    the input latent, else a whole-scene pass of the run's prompt."""
-    if settings.context is not None:
-        return settings.context.guide.to(noise)
-    if latent is not None:
-        return latent
-    return render_guide(plan, host, settings.guide.long_side, settings.seed, noise)
+    the input latent that denoise < 1 refines, else a whole-scene pass of the run's prompt."""
+    if _renders_scene(settings):
+        return render_guide(plan, host, settings.guide.long_side, settings.seed, noise)
+    return latent if settings.context is None else settings.context.guide.to(noise)
+
+
+def _renders_scene(settings: RunSettings) -> bool:
+    """Whether a method other than ``guided`` renders a whole-scene pass for automatic tile prompts."""
+    return (
+        settings.auto_tile_prompts is not None
+        and settings.method != "guided"
+        and settings.context is None
+        and settings.denoise >= 1
+    )
 
 
 def _automatic(plan: TilePlan, host: Host, settings: RunSettings, scene: Tensor) -> Mapping[int, object]:
@@ -558,7 +566,8 @@ def tile_steps_total(
         options = settings.guide
         tiles = len(plan) + sum(len(level) for level in guide_levels(plan, options, patch, guide))
         return (steps if guide is None else 0) + tiles * options.steps_per_tile(steps) + refine
-    return steps * (1 if settings.method == "full" else len(plan)) + refine
+    scene = steps if _renders_scene(settings) else 0
+    return scene + steps * (1 if settings.method == "full" else len(plan)) + refine
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from test_cli import BASE, one_error_line, refusing_loader, tiny_loader
 
 from temporal_tiling import cli
 from temporal_tiling.contracts import TileJob
-from temporal_tiling.pipeline import GuideFirst, RunSettings, run
+from temporal_tiling.pipeline import GuideFirst, RunSettings, run, tile_steps_total
 from temporal_tiling.plan import Tile, make_plan
 from temporal_tiling.sampling import SamplingError
 from temporal_tiling.word_maps import (
@@ -196,6 +196,16 @@ def test_refine_reads_the_words_on_the_given_image() -> None:
     assert all(tile in GRID_4X2.tiles for tile, _ in host.heard)  # no whole-scene pass of its own
 
 
+def test_the_progress_total_counts_the_whole_scene_pass_a_method_renders_for_them() -> None:
+    auto = AutoTilePrompts(SKY_SUN_MOON, str)
+    plain = tile_steps_total(GRID_4X2, RunSettings(method="causal"), 10)
+    assert tile_steps_total(GRID_4X2, RunSettings(method="causal", auto_tile_prompts=auto), 10) == plain + 10
+    refine = RunSettings(method="independent", auto_tile_prompts=auto, denoise=0.5)  # reads its input latent
+    assert tile_steps_total(GRID_4X2, refine, 10) == tile_steps_total(
+        GRID_4X2, replace(refine, auto_tile_prompts=None), 10
+    )
+
+
 def test_automatic_prompts_refuse_methods_that_do_not_sample_tile_by_tile_and_manual_ones() -> None:
     auto = AutoTilePrompts(SKY_SUN_MOON, str)
     with pytest.raises(SamplingError, match="tile by tile"):
@@ -241,6 +251,8 @@ def test_cli_tile_prompts_auto_gives_tiles_the_words_the_guide_puts_there(
     assert tile_texts  # at threshold 1 a word stays only where its peak is: tiles drop words
     err = capsys.readouterr().err
     assert all(f"hears: {text}" in err for text in tile_texts)
+    if method == "causal":  # the progress bar counts causal's own whole-scene pass: (1 + 6 tiles) × 2 steps
+        assert "14/14" in err
     plain_run = [*BASE, "--method", method, "--out", str(tmp_path / "plain")]
     assert cli.main(plain_run, loader=word_loader([])) == 0
     auto, plain = (np.asarray(Image.open(path / f"{method}.png")) for path in (tmp_path, tmp_path / "plain"))
