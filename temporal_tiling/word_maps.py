@@ -235,7 +235,7 @@ def tile_words(plan: TilePlan, maps: Tensor, threshold: float) -> dict[int, list
     size = (plan.canvas_height, plan.canvas_width)
     canvas = F.interpolate(maps[None].float(), size=size, mode="bilinear")[0]
     peaks = canvas.flatten(1).amax(1)
-    where = (canvas >= threshold * peaks[:, None, None]) | (peaks <= 0)[:, None, None]  # [W, H, W]
+    where = canvas >= threshold * peaks[:, None, None]  # [words, H, W]; a zero map is kept everywhere
     return {
         tile.index: torch.nonzero(where[:, tile.slices[0], tile.slices[1]].flatten(1).any(1))[:, 0].tolist()
         for tile in plan.tiles
