@@ -146,13 +146,16 @@ def judge_soft_bands(views: dict[str, AxisView], plan: TilePlan) -> dict[Axis, A
             contrasts.append(contrast.masked_fill(~valid, float("nan")))
             centres.append(centre)
         seam_raw, seam_value = _coherent(torch.cat(contrasts), torch.cat(centres))
+        if len(positions) < MIN_POSITIONS:
+            out[axis] = AxisJudgement(seam_raw, None, seam_raw - seam_value, 0.0, judged=False)
+            continue
         middles = [
             m
             for b in _whole_lines([b for b in floors if b.axis == axis])
             if (m := _windows(view, b, scale, width))
         ]
         level = _content_level(view, [b for b in floors if b.axis == axis], scale, width)
-        if len(positions) < MIN_POSITIONS or not middles or level is None:
+        if not middles or level is None:  # no tile has a seam-free middle this wide
             out[axis] = AxisJudgement(seam_raw, None, seam_raw - seam_value, 0.0, judged=False)
             continue
         floor = statistics.median(
