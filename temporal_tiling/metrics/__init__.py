@@ -1,7 +1,8 @@
 """Seam quality metrics for stitched tile images, judged against the image's own floor.
 
 One module per concept: ``colour`` (Lab, CIEDE2000, PSNR), ``bands`` (where a seam and the floor are
-measured), ``measure`` (line and drift scores of a band), ``verdict`` (seams against the floor, per axis),
+measured), ``measure`` (line, drift and band-contrast scores of a band), ``verdict`` (seams against the
+floor, per axis), ``soft_band`` (a band repeated at every seam of an axis),
 ``line_jump`` (plan-free), ``guide`` (fidelity to a low-res guide), ``zones`` (overlap and seam-zone
 PSNR), ``views`` (pictures for a person), ``report`` (``seam_report`` and ``SeamReport``), ``inputs``.
 
@@ -39,6 +40,14 @@ The numbers:
   ``DRIFT_SEGMENT_PX`` segment, the median jump; CIEDE2000 of it): a tile-sized colour change spread
   over the whole overlap (a feather between tiles of different colour casts, a soft step at every tile
   row) that no single line sees, while a sky's own gradient passes through.
+- soft band of an axis (``soft_band``): per line, the centre-surround Lab contrast at the overlap's scale
+  (a box half the overlap wide against the two boxes that far before and after it), signed, per segment
+  along and the median over segments; then per line the median over the axis' seam rows (or columns),
+  shrunk by ``SAMPLING_Z`` standard errors, and CIEDE2000 of it, the worst line. A darker or tinted
+  stripe, or a soft step, as wide as the overlap and the same at every row is what a person sees at
+  large enlargements and what no single line shows; content differs from row to row and cancels. Judged
+  against the same statistic in the tiles' middles, below ``delta_e_target`` of the content's own band
+  contrast there; not judged with fewer than ``MIN_POSITIONS`` rows (or columns) of seams.
 - line jump (plan-free): for every row and column boundary the mean |ΔL*| along it; the worst over the
   median of its axis. A seam across the canvas is a peak; it needs no plan, so it also judges images
   from other tools.
@@ -67,6 +76,7 @@ from .measure import (
     noise_lstar,
 )
 from .report import SeamReport, seam_report
+from .soft_band import FLOOR_OFFSETS, MIN_POSITIONS, band_scale, judge_soft_bands
 from .verdict import (
     JUDGED,
     QUIET_DELTA_E,
@@ -94,9 +104,11 @@ __all__ = [
     "DRIFT_SEGMENT_PX",
     "DRIFT_STRIP_PX",
     "FLOOR_BAND_COLOUR",
+    "FLOOR_OFFSETS",
     "JUDGED",
     "LINE_JUMP_BORDER_PX",
     "MARGIN_PX",
+    "MIN_POSITIONS",
     "NOISE_FLOOR_LSTAR",
     "PSNR_CAP_DB",
     "QUIET_DELTA_E",
@@ -114,11 +126,13 @@ __all__ = [
     "LineJump",
     "MetricsError",
     "SeamReport",
+    "band_scale",
     "ciede2000",
     "delta_e_target",
     "floor_bands",
     "guide_fidelity",
     "heatmap_image",
+    "judge_soft_bands",
     "line_jump",
     "mark_measured_lines",
     "measure_bands",

@@ -79,6 +79,32 @@ class AxisView:
         delta_e = ciede2000(left, right)  # [B, S, lines]
         return _along(ratio).float(), _along(delta_e).float()
 
+    def band_contrast(self, band: Band, scale: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Centre-surround Lab contrast of every line of ``band`` at ``scale``: the mean colour of the
+        ``scale`` px box centred on the line less the mean of the two boxes ``scale`` px before and after
+        it, per ``DRIFT_SEGMENT_PX`` segment along, the median over the segments (signed, so content
+        that varies along the line cancels and a band that runs the whole line stays). Returns the
+        contrast and the centre colour [B, 3, lines] and which lines [lines] have both flanks inside
+        ``band.reach`` (the image without one).
+
+        A linear gradient reads 0 (its two flanks average to the centre); a band of depth d as wide as
+        the box reads d; a soft step of height s reads about ±s/3 at its foot and its top."""
+        half = max(scale // 2, 1)
+        low, high = band.reach or (0, self.width)
+        low, high = max(low, 0), min(high, self.width)
+        means = self._segment_means(self.lab_rows, band.start, band.stop, DRIFT_SEGMENT_PX)  # [B, 3, S, W]
+        sums = _running(means)
+        p = band.positions
+
+        def box(centres: Tensor) -> Tensor:
+            lo, hi = (centres - half).clamp(0, self.width), (centres + half).clamp(0, self.width)
+            return (sums[..., hi] - sums[..., lo]) / (hi - lo).clamp_min(1).to(sums)
+
+        centre = box(p)
+        contrast = centre - (box(p - scale) + box(p + scale)) / 2
+        valid = (p - scale - half >= low) & (p + scale + half <= high)
+        return _along(contrast).float(), _along(centre).float(), valid
+
     def drift(self, band: Band, firsts: Tensor, lasts: Tensor) -> Tensor:
         """Drift ΔE [B, windows] of the windows ``firsts``..``lasts`` of ``band``: the colour step across
         each window that the colour trend on either side does not explain. NaN where a strip falls off

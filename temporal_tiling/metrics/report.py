@@ -16,13 +16,13 @@ from .guide import guide_fidelity
 from .inputs import MetricsError, check_image
 from .line_jump import jump_in_lab
 from .measure import axis_views, measure_bands, noise_lstar
+from .soft_band import judge_soft_bands
 from .verdict import (
     TARGET_DELTA_E,
     TARGET_RATIO,
     WINDOW_MEASURES,
     AxisJudgement,
     FloorSampler,
-    delta_e_target,
     floor_of,
     judge,
     seam_floor,
@@ -86,20 +86,23 @@ class SeamReport:
     def excess(self) -> dict[str, float]:
         """How far the seams stand out from the image's floor, per measure on the worse of the two seam
         axes (:class:`AxisJudgement`): the gradient ratio as a factor over the floor's, ΔE and drift ΔE in
-        ΔE2000 units above it beyond sampling noise. No seam: 1, 0, 0."""
-        neutral = {"gradient_ratio": 1.0, "delta_e": 0.0, "drift_delta_e": 0.0}
+        ΔE2000 units above it beyond sampling noise, the soft band likewise. No seam: 1, 0, 0, 0."""
+        neutral = {"gradient_ratio": 1.0, "delta_e": 0.0, "drift_delta_e": 0.0, "soft_band": 0.0}
         return {
-            name: max([axis[name].excess for axis in self.axes.values() if axis[name].judged] or [value])
+            name: max(
+                [axis[name].excess for axis in self.axes.values() if name in axis and axis[name].judged]
+                or [value]
+            )
             for name, value in neutral.items()
         }
 
     def target(self, name: str) -> float:
         """The target of one measure of :meth:`excess`, on the axis that gives that excess (ΔE targets
-        follow the axis' floor, :func:`delta_e_target`)."""
+        follow the axis' content level, :attr:`AxisJudgement.target`)."""
         if name == "gradient_ratio":
             return TARGET_RATIO
-        judged = [axis[name] for axis in self.axes.values() if axis[name].judged]
-        return delta_e_target(max(judged, key=lambda j: j.excess).floor) if judged else TARGET_DELTA_E
+        judged = [axis[name] for axis in self.axes.values() if name in axis and axis[name].judged]
+        return max(judged, key=lambda j: j.excess).target if judged else TARGET_DELTA_E
 
     def failures(self) -> list[str]:
         """One sentence per axis and measure whose excess over the floor misses its target."""
@@ -107,13 +110,18 @@ class SeamReport:
         for axis, measures in self.axes.items():
             lines = "vertical seams" if axis == "vertical" else "horizontal seams"
             for name, j in measures.items():
-                target = TARGET_RATIO if name == "gradient_ratio" else delta_e_target(j.floor)
+                target = TARGET_RATIO if name == "gradient_ratio" else j.target
                 if not j.judged or j.excess < target:
                     continue
                 if name == "gradient_ratio":
                     out.append(
                         f"lines stand out at the {lines}: gradient ratio {j.seams:.2f} against the image's "
                         f"own {j.floor:.2f} (×{j.excess:.2f}, target < {TARGET_RATIO})"
+                    )
+                elif name == "soft_band":
+                    out.append(
+                        f"soft band at the {lines}: the same band at every seam, ΔE {j.seams:.2f} against "
+                        f"{j.floor:.2f} in the tiles' middles ({j.excess:+.2f}, target < {target:.2f})"
                     )
                 else:
                     what = "a colour step" if name == "delta_e" else "colour drift between tiles"
@@ -125,7 +133,8 @@ class SeamReport:
 
     def meets_targets(self) -> bool:
         """Seams no more visible than the image's own content: every excess over the floor below target
-        (gradient ratio < 1.2× the floor's, ΔE and drift ΔE below :func:`delta_e_target` above it).
+        (gradient ratio < 1.2× the floor's, ΔE, drift ΔE and soft band below their
+        :attr:`AxisJudgement.target` above it).
         PSNRs are not judged."""
         return not self.failures()
 
@@ -134,6 +143,14 @@ class SeamReport:
         if not failures:
             return "seamless: no seam stands out from the image's own content"
         return "seams visible: " + "; ".join(failures)
+
+    def _soft_band_cells(self) -> tuple[str, str]:
+        """Seams and floor of the soft band on the axis with the larger excess, as table cells."""
+        judged = [axis["soft_band"] for axis in self.axes.values() if "soft_band" in axis]
+        if not judged:
+            return "–", "–"
+        j = max(judged, key=lambda j: j.excess if j.judged else -float("inf"))
+        return f"{j.seams:.2f}", "not judged" if j.floor is None else f"{j.floor:.2f}"
 
     def to_markdown(self) -> str:
         e = self.excess()
@@ -155,6 +172,11 @@ class SeamReport:
                 f"{self.drift_delta_e_mean:.2f} / {self.drift_delta_e_worst:.2f}",
                 f"{self.floor_drift_delta_e_mean:.2f} / {self.floor_drift_delta_e_worst:.2f}",
                 f"{e['drift_delta_e']:+.2f} (< {self.target('drift_delta_e'):.2f})",
+            ),
+            (
+                "soft band ΔE2000, the same at every seam of an axis (worse axis)",
+                *self._soft_band_cells(),
+                f"{e['soft_band']:+.2f} (< {self.target('soft_band'):.2f})",
             ),
             (
                 "line jump, plan-free (worst row/column over median)",
@@ -287,6 +309,8 @@ def seam_report(
             )
         }
         axes = judge(seam_scores, samples)
+        for axis, soft_band in judge_soft_bands(views, plan).items():
+            axes[axis]["soft_band"] = soft_band
     else:  # a single tile: nothing to measure, report the invisible-seam values
         ratio, delta, drift = torch.ones(1, 1), torch.zeros(1, 1), torch.zeros(1, 1)
         floors = {key: (value, value) for key, value in zip(WINDOW_MEASURES, (1.0, 0.0, 0.0), strict=True)}

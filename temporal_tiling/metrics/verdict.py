@@ -41,7 +41,9 @@ class AxisJudgement:
     what chance gives: ``SAMPLING_Z`` standard errors of the difference of the two medians, from the
     robust spreads of the seams and of the floor (each tile's windows counted as one). ``excess``:
     ``seams / floor`` for the gradient ratio, ``seams - floor - allowance`` for ΔE. ``judged`` is False
-    where the plan leaves no floor to compare with.
+    where the plan leaves no floor to compare with. ``content`` is the content's own level that sets a ΔE
+    target where that is not the floor (the soft band: its floor is a median over tiles, which cancels
+    content; how busy the content is at that scale is its unsigned value in the tiles); None: the floor.
     """
 
     seams: float | None
@@ -49,6 +51,13 @@ class AxisJudgement:
     allowance: float
     excess: float
     judged: bool
+    content: float | None = None
+
+    @property
+    def target(self) -> float:
+        """The excess this measure must stay under: ``TARGET_RATIO`` for the gradient ratio (set by the
+        caller's name), else :func:`delta_e_target` of the content's level."""
+        return delta_e_target(self.floor if self.content is None else self.content)
 
 
 WINDOW_MEASURES = ("worst_ratio", "worst_delta_e", "drift")
@@ -129,13 +138,13 @@ def _judge_measure(mine: list[tuple[BandScores, tuple[list[BandScores], bool]]],
         return AxisJudgement(None, None, 0.0, 0.0, judged=False)
     seam_median = float(seams.quantile(0.5))
     if name == "gradient_ratio":  # no floor: a flat image's ratio, 1
-        floor_median = _weighted_median(floor, weights) if floor.numel() else 1.0
+        floor_median = weighted_median(floor, weights) if floor.numel() else 1.0
         return AxisJudgement(seam_median, floor_median, 0.0, seam_median / floor_median, judged=True)
-    floor_median = _weighted_median(floor, weights)
+    floor_median = weighted_median(floor, weights)
     # the difference of two medians: each one's standard error from its robust spread (1.4826 MAD) and
     # its count (seams; floor bands, one per tile), √(π/2) σ / √n for a median
     seam_spread = 1.4826 * float((seams - seam_median).abs().quantile(0.5))
-    floor_spread = 1.4826 * _weighted_median((floor - floor_median).abs(), weights)
+    floor_spread = 1.4826 * weighted_median((floor - floor_median).abs(), weights)
     bands = float(weights.sum())
     error = math.sqrt(math.pi / 2 * (seam_spread**2 / seams.numel() + floor_spread**2 / bands))
     allowance = SAMPLING_Z * error
@@ -158,7 +167,7 @@ def _tile_weighted(bands: list[BandScores], key: str) -> tuple[Tensor, Tensor]:
     return torch.cat(values), torch.cat(weights)
 
 
-def _weighted_median(values: Tensor, weights: Tensor) -> float:
+def weighted_median(values: Tensor, weights: Tensor) -> float:
     """The value where the sorted weights reach half their total."""
     order = values.argsort()
     cumulative = weights[order].cumsum(0)

@@ -338,11 +338,11 @@ def test_report_serialises_to_json_and_markdown():
     data = json.loads(report.to_json())
     assert data["gradient_ratio_mean"] == pytest.approx(report.gradient_ratio_mean)
     assert data["meets_targets"] is True and data["verdict"].startswith("seamless")
-    assert set(data["excess"]) == {"gradient_ratio", "delta_e", "drift_delta_e"}
+    assert set(data["excess"]) == {"gradient_ratio", "delta_e", "drift_delta_e", "soft_band"}
     assert len(data["seams"]) == len(plan.seams())
     table = report.to_markdown()
     assert table.startswith(report.verdict() + "\n\n| metric | seams | floor (no seam) |")
-    assert "line jump" in table and "seam-zone PSNR" in table
+    assert "line jump" in table and "seam-zone PSNR" in table and "soft band" in table
 
 
 def test_single_tile_plan_reports_no_seam():
@@ -558,12 +558,60 @@ def test_a_quiet_sky_stepping_at_every_tile_row_is_seen_though_each_step_is_unde
     assert report.axes["horizontal"]["delta_e"].excess < TARGET_DELTA_E  # the fixed target's miss
 
 
-@pytest.mark.xfail(strict=True, reason="known miss: soft row-periodic bands, ΔE 1.55 on a 0.86 floor")
 def test_soft_bands_at_every_tile_row_of_a_2048_canvas_are_seen():
     """2048×1024 purple-to-pink sky, guided with the halo and the held pull but in one enlargement step
     (12.8× the whole-scene pass; the default's chain removes it, ``guided_2048_sky_chain.png``): no
-    straight step any more, but a soft darker band in every tile row that a person still sees at 100 %.
-    The horizontal seams score ΔE 1.55 against the floor's 0.86 (+0.59 beyond sampling noise), under the
-    floor-level target; at 1024 px the big suns (+0.75 on 1.40) read the same way and are no seam."""
+    straight step any more, but a soft darker band in every tile row that a person still sees at 100 %
+    (row means: ~1 L* darker at each overlap, then a 2.5 L* riser over ~25 px). The line measures miss it
+    (ΔE 1.55 against the floor's 0.86, under the floor-level target); the soft band, the same at every
+    row, stands out from the tiles' middles (ΔE ~1.0 against ~0.05)."""
     image = canvas_png("guided_2048_sky_soft_bands.png")
-    assert not seam_report(image, plan_of(image)).meets_targets()
+    report = seam_report(image, plan_of(image))
+    assert "soft band at the horizontal seams" in report.verdict()
+    assert report.axes["horizontal"]["delta_e"].excess < report.axes["horizontal"]["delta_e"].target
+    assert report.axes["vertical"]["soft_band"].excess < report.axes["vertical"]["soft_band"].target
+
+
+def soft_band_at_horizontal_seams(image, plan, depth: float):
+    """``image`` with L* lowered by ``depth`` in a soft band (Gaussian, σ a quarter of the overlap) centred
+    on every horizontal overlap: no step, no line, a darker stripe at every tile row."""
+    lab = kornia.color.rgb_to_lab(image)
+    rows = torch.arange(image.shape[-2], dtype=torch.float32)[:, None]
+    band = torch.zeros_like(rows)
+    for top, bottom in {(s.overlap_start, s.overlap_stop) for s in plan.seams() if s.axis == "horizontal"}:
+        band += depth * torch.exp(-0.5 * ((rows - (top + bottom) / 2) / ((bottom - top) / 4)) ** 2)
+    lab[:, 0] -= band
+    return kornia.color.lab_to_rgb(lab).clamp(0, 1)
+
+
+def test_a_soft_band_at_every_tile_row_is_seen_where_no_line_or_step_is():
+    """A 1 L* darker stripe as wide as the overlap at each of the five tile rows of a 1024×768 sky: the
+    lines stand out ×1.15 (under 1.2), the colour either side of a line by 0.73 ΔE against the sky's own
+    0.41 (under the 0.5 target) and there is no step for the drift to find, but the same band at every
+    row is a staircase to the eye: only the soft band sees it. The sky alone passes."""
+    sky = sky_image(768, 1024)
+    plan = plan_of(sky)
+    report = seam_report(soft_band_at_horizontal_seams(sky, plan, depth=1.0), plan)
+    assert [f.split(":")[0] for f in report.failures()] == ["soft band at the horizontal seams"]
+    assert seam_report(sky, plan).meets_targets()
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "rocket", "immunohistochemistry"])
+@pytest.mark.parametrize("fit", ["shift", "grow"])
+def test_an_untouched_photo_has_no_soft_band(name, fit):
+    """Skies, faces, tables, cats cut on the planner's plans with nothing done to the tiles (96 px tiles,
+    so that four or more rows or columns of seams are judged): whatever content the seams land on, no
+    band repeats at every row."""
+    image = photo(name)
+    plan = make_plan(
+        width_px=image.shape[-1],
+        height_px=image.shape[-2],
+        tile_width_px=96,
+        tile_height_px=96,
+        overlap_px=16,
+        compression=8,
+        fit=fit,
+    )
+    report = seam_report(stitch(split_tiles(image, plan), plan, "none"), plan)
+    assert any(axis["soft_band"].judged for axis in report.axes.values())  # four or more rows or columns
+    assert report.excess()["soft_band"] < report.target("soft_band"), report.verdict()
