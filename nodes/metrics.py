@@ -85,8 +85,10 @@ class SanaTileMetrics(io.ComfyNode):
                 io.Image.Input(
                     "reference",
                     optional=True,
-                    tooltip="A seamless reference of the same size (e.g. a full-canvas pass): adds "
-                    "seam-zone PSNR and full-image PSNR/SSIM.",
+                    tooltip="A seamless reference of the same size (a full-canvas pass, or the input "
+                    "photo enlarged as the refine saw it): adds seam-zone PSNR and full-image PSNR/SSIM, "
+                    "and seams count only beyond what the reference itself shows on the same lines (a "
+                    "horizon on a seam line is content, not a seam).",
                 ),
                 io.Image.Input(
                     "guide",

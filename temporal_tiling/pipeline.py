@@ -227,8 +227,8 @@ class RunSettings:
     """Automatic tile prompts (:mod:`word_maps`): each tile drops the words of the run's prompt whose
     cross-attention on the whole scene lies outside it. The whole scene is ``guided``'s guide (its
     whole-scene pass or the given latent), else the global context's guide, else the input latent that
-    ``denoise`` < 1 refines, else a whole-scene pass of its own; one model call on it, at the whole-scene pass's size. Instead of
-    ``tile_prompts``."""
+    ``denoise`` < 1 refines, else a whole-scene pass of its own; one model call on it, at the whole-scene
+    pass's size. Instead of ``tile_prompts``."""
 
     def __post_init__(self) -> None:
         method = self.method

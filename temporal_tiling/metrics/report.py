@@ -23,6 +23,7 @@ from .verdict import (
     WINDOW_MEASURES,
     AxisJudgement,
     FloorSampler,
+    beyond_reference,
     floor_of,
     judge,
     seam_floor,
@@ -114,21 +115,22 @@ class SeamReport:
                 if not j.judged or j.excess < target:
                     continue
                 if name == "gradient_ratio":
-                    out.append(
+                    sentence = (
                         f"lines stand out at the {lines}: gradient ratio {j.seams:.2f} against the image's "
-                        f"own {j.floor:.2f} (×{j.excess:.2f}, target < {TARGET_RATIO})"
+                        f"own {j.floor:.2f} (×{j.excess:.2f}, target < {TARGET_RATIO}"
                     )
                 elif name == "soft_band":
-                    out.append(
+                    sentence = (
                         f"soft band at the {lines}: the same band at every seam, ΔE {j.seams:.2f} against "
-                        f"{j.floor:.2f} in the tiles' middles ({j.excess:+.2f}, target < {target:.2f})"
+                        f"{j.floor:.2f} in the tiles' middles ({j.excess:+.2f}, target < {target:.2f}"
                     )
                 else:
                     what = "a colour step" if name == "delta_e" else "colour drift between tiles"
-                    out.append(
+                    sentence = (
                         f"{what} at the {lines}: ΔE {j.seams:.2f} against {j.floor:.2f} inside the tiles "
-                        f"({j.excess:+.2f}, target < {target:.2f})"
+                        f"({j.excess:+.2f}, target < {target:.2f}"
                     )
+                out.append(sentence + _beyond_reference_note(name, j) + ")")
         return out
 
     def meets_targets(self) -> bool:
@@ -251,6 +253,14 @@ class SeamReport:
         return "\n".join(lines)
 
 
+def _beyond_reference_note(name: str, judgement: AxisJudgement) -> str:
+    """What the reference itself scored on those seams, where it was taken out of the excess."""
+    own = judgement.reference_excess
+    if own is None or own <= (1.0 if name == "gradient_ratio" else 0.0):
+        return ""
+    return f", beyond the reference's own {f'×{own:.2f}' if name == 'gradient_ratio' else f'{own:+.2f}'}"
+
+
 def _finite_or_none(values: Tensor, reduce: str) -> float | None:
     values = values[torch.isfinite(values)]
     if values.numel() == 0:
@@ -268,8 +278,10 @@ def seam_report(
     ssim: bool = True,
 ) -> SeamReport:
     """Measure a stitched image against its plan; ``tiles`` (the unblended tile batch) adds overlap
-    PSNR, ``reference`` (same size as the image) adds seam-zone and full-image PSNR and, unless
-    ``ssim=False`` (it is the slowest part on large images), SSIM; ``guide`` (a low-res image of the
+    PSNR, ``reference`` (same size as the image: the photo a refine starts from, or a seamless pass)
+    adds seam-zone and full-image PSNR and, unless ``ssim=False`` (it is the slowest part on large
+    images), SSIM, and the verdict then counts each seam measure only beyond what the reference itself
+    scores on the same seams (:func:`verdict.beyond_reference`); ``guide`` (a low-res image of the
     scene, any size) adds layout and colour fidelity to it.
 
     Only the plan's area (top-left ``plan.height_px`` × ``plan.width_px``) is measured.
@@ -358,6 +370,13 @@ def seam_report(
         report.overlap_psnr_worst = _finite_or_none(seam_psnr, "min")
     if reference is not None:
         reference = check_image(reference, plan, name="reference").expand_as(image)
+        own = seam_report(reference, plan, ssim=False).axes
+        report.axes = {
+            axis: {
+                name: beyond_reference(j, own.get(axis, {}).get(name), name) for name, j in measures.items()
+            }
+            for axis, measures in axes.items()
+        }
         zone = seam_zone_mask(plan).to(image.device)
         report.seam_zone_psnr = float(psnr(image, reference, zone).mean())
         report.psnr = float(psnr(image, reference).mean())

@@ -52,12 +52,30 @@ class AxisJudgement:
     excess: float
     judged: bool
     content: float | None = None
+    reference_excess: float | None = None
+    """The same measure's excess on the reference at the same seams (:func:`beyond_reference`), already
+    taken out of ``excess``; None: judged without a reference."""
 
     @property
     def target(self) -> float:
         """The excess this measure must stay under: ``TARGET_RATIO`` for the gradient ratio (set by the
         caller's name), else :func:`delta_e_target` of the content's level."""
         return delta_e_target(self.floor if self.content is None else self.content)
+
+
+def beyond_reference(judgement: AxisJudgement, reference: AxisJudgement | None, name: str) -> AxisJudgement:
+    """``judgement`` counted only beyond what the reference (the seamless image this one should look like:
+    the photo a refine starts from, a whole-canvas pass) shows on the same lines of the same plan. A cat's
+    whisker or a horizon that lies on a seam line is content in the input too, and a person comparing the
+    two sees no seam there; a step the input does not have keeps its whole excess. The ratio is divided by
+    the reference's excess factor, ΔE measures lose the reference's positive excess."""
+    if reference is None or not (judgement.judged and reference.judged):
+        return judgement
+    if name == "gradient_ratio":
+        excess = judgement.excess / max(1.0, reference.excess)
+    else:
+        excess = judgement.excess - max(0.0, reference.excess)
+    return replace(judgement, excess=excess, reference_excess=reference.excess)
 
 
 WINDOW_MEASURES = ("worst_ratio", "worst_delta_e", "drift")

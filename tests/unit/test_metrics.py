@@ -28,6 +28,7 @@ from temporal_tiling.metrics import (
     solar_view,
 )
 from temporal_tiling.plan import PlanError, make_plan
+from temporal_tiling.refine import refine_plan
 from temporal_tiling.sana import EMBEDDED_MODEL
 
 # Sharma, Wu & Dalal (2005) test pairs: Lab 1, Lab 2, ΔE00.
@@ -615,3 +616,39 @@ def test_an_untouched_photo_has_no_soft_band(name, fit):
     report = seam_report(stitch(split_tiles(image, plan), plan, "none"), plan)
     assert any(axis["soft_band"].judged for axis in report.axes.values())  # four or more rows or columns
     assert report.excess()["soft_band"] < report.target("soft_band"), report.verdict()
+
+
+def chelsea_on_a_refine_plan():
+    """scikit-image's cat at its own size (451×300 px) on the plan ``refine`` makes for it at 1× (128 px
+    tiles, 32 px overlap), its padding mirrored as the refine does: its fur changes colour across the
+    horizontal seam rows by several ΔE, more than inside the tiles, so judged alone the untouched photo
+    reads as colour drift."""
+    data = pytest.importorskip("skimage.data")
+    pixels = torch.from_numpy(data.chelsea().copy()).float().div(255).permute(2, 0, 1)[None]
+    plan = refine_plan(pixels.shape[-2], pixels.shape[-1], tile=128, overlap=32, compression=8)
+    pad = (0, plan.width_px - pixels.shape[-1], 0, plan.height_px - pixels.shape[-2])
+    return F.pad(pixels, pad, mode="reflect"), plan
+
+
+def test_a_seam_the_reference_shows_on_the_same_lines_is_content_not_a_seam():
+    """Refine judges its output against the input: the input itself (or an output that keeps it) must be
+    seamless against itself, though the same image judged alone is flagged for what its content does on
+    the seam lines."""
+    image, plan = chelsea_on_a_refine_plan()
+    assert not seam_report(image, plan).meets_targets()  # the content alone reads as drift
+    against_itself = seam_report(image, plan, reference=image)
+    assert against_itself.meets_targets(), against_itself.verdict()
+    assert against_itself.axes["horizontal"]["drift_delta_e"].reference_excess > 2.0
+
+
+def test_a_step_the_reference_does_not_have_keeps_its_excess():
+    """A 10 % brightness step at every vertical seam is a seam the input does not have: judged against the
+    untouched photo it is still flagged, with the reference's own level named."""
+    image, plan = chelsea_on_a_refine_plan()
+    stepped = image.clone()
+    for position in sorted({seam.position for seam in plan.seams() if seam.axis == "vertical"}):
+        stepped[..., position:] *= 0.9
+    report = seam_report(stepped, plan, reference=image)
+    assert not report.meets_targets()
+    assert "lines stand out at the vertical seams" in report.verdict()
+    assert "beyond the reference's own" in report.verdict()
