@@ -11,14 +11,15 @@ at one place, seed = prompt index. "without": every tile hears the whole prompt 
 the object hears its words (``combine = append``: "<scene>, <object words>"; ``replace``: the words
 alone); guided's whole-scene pass hears "<scene>, <object words>". "scene prompt": the control, every
 tile hears the scene alone and no tile has words of its own: a seam that it shares with "tile prompts"
-comes from the scene prompt, not from tiles hearing different words. "automatic t" (AccDiffusion): the
-whole prompt, and each tile drops the words whose cross-attention on the guide (one model call at σ = 0.5,
-``word_attention``) stays below t × the word's peak in all of its cells; the tiles' texts go to the
-log. Objects: the suns / moons the prompt names, counted
-by ``seamlab.count_objects`` on the canvas and on the run's guide (causal: the whole-scene pass of the
-whole prompt that seeds its BCLA cache; guided: its own whole-scene pass). Seams: the Quality Metrics
-verdict; layout: the canvas downscaled to the guide vs the guide (PSNR); time: seconds per canvas
-(a shared machine: compare within a row pair, not across runs).
+comes from the scene prompt, not from tiles hearing different words. "pull": causal with guided's
+pull of each tile toward the guide (the global context's held low-band skip residual and per-tile
+statistics, at guided's default strengths) on top of its BCLA seed. "automatic t" (AccDiffusion): the
+whole prompt, and each tile drops the words whose cross-attention on the guide (one model call at
+σ = 0.5, ``word_attention``) stays below t × the word's peak in all of its cells; the tiles' texts go
+to the log. Objects: the suns / moons / trees the prompt names, counted by ``seamlab.count_objects``
+on the canvas and on the run's guide (causal: the whole-scene pass of the whole prompt that seeds its
+BCLA cache; guided: its own whole-scene pass). Seams: the Quality Metrics verdict; layout: the canvas
+downscaled to the guide vs the guide (PSNR); time: CPU seconds per canvas.
 
 Time overhead (:func:`overhead`): in the same process, each method runs without and with tile prompts
 in turn (the order alternating), ``--repeats`` times per prompt; the overhead is the median of the
@@ -42,7 +43,13 @@ from bench.bench_guide_first import bench_model, count_named_objects, make_plans
 from lab.word_attention import attention_of_words, tile_words
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.context import ContextSettings
-from temporal_tiling.options import EMBEDDED_MODEL
+from temporal_tiling.metrics import ciede2000, to_lab
+from temporal_tiling.options import (
+    DEFAULT_GUIDE_SKIP_POWER,
+    DEFAULT_GUIDE_SKIP_RESIDUAL,
+    DEFAULT_GUIDE_STATS,
+    EMBEDDED_MODEL,
+)
 from temporal_tiling.pipeline import GuideFirst, generate
 from temporal_tiling.tile_prompts import TilePrompts, encode_tile_prompts, tile_texts, whole_scene_text
 
@@ -62,6 +69,8 @@ VARIANTS = (
     "causal + tile prompts",
     "causal + tile prompts (replace)",
     "causal (scene prompt)",
+    "causal + pull",
+    "causal + pull + tile prompts",
     *(f"guided {d}{extra}" for d in GUIDE_DENOISES for extra in ("", " + tile prompts")),
     *(f"guided 0.7 + automatic {t}" for t in THRESHOLDS),
 )
@@ -70,10 +79,16 @@ SHOWN = (
     "causal",
     "causal + tile prompts",
     "causal (scene prompt)",
+    "causal + pull + tile prompts",
     "guided 0.7",
     "guided 0.7 + tile prompts",
     "guided 0.7 + automatic 0.9",
 )
+GUIDE_PULL = dict(
+    skip_residual=DEFAULT_GUIDE_SKIP_RESIDUAL, skip_power=DEFAULT_GUIDE_SKIP_POWER, stats=DEFAULT_GUIDE_STATS
+)
+"""The "pull" rows' global context: guided's own pull of every tile toward the guide (held low band,
+per-tile statistics)."""
 TIMED = ("causal", "guided 0.3", "guided 0.7")
 """The methods whose tile-prompt overhead :func:`overhead` measures (without and with, in turn)."""
 
@@ -97,7 +112,8 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
         denoise = float(name.split()[1])
         options |= dict(method="guided", guide_first=GuideFirst(denoise=denoise), latent=guide)
     elif name.startswith("causal"):
-        options |= dict(method="causal", context=ContextSettings(guide, bcla_seed=1.0, seed=seed))
+        pull = GUIDE_PULL if "pull" in name else {}
+        options |= dict(method="causal", context=ContextSettings(guide, bcla_seed=1.0, seed=seed, **pull))
     else:
         denoise = float(name.split()[1])
         options |= dict(method="guided", guide_first=GuideFirst(denoise=denoise))
@@ -204,7 +220,49 @@ def encode_seconds(model, plan, repeats: int = 20) -> dict[str, float]:
     return seconds
 
 
-def markdown(rows: list[dict], timing: list[dict], encodes: dict[str, float], model_name: str) -> str:
+def where_words_act(images: dict, plan) -> list[dict]:
+    """Per prompt, the mean CIEDE2000 between "causal + tile prompts" and its control "causal (scene
+    prompt)" (the same run but for the told tile's words) inside each tile, by tile number: where the
+    words changed the canvas."""
+    c = plan.compression
+    found = []
+    for seed, (_, _, number, _) in enumerate(SCENES):
+        lab = [to_lab(images[seed, name]) for name in ("causal + tile prompts", "causal (scene prompt)")]
+        difference = ciede2000(*lab).reshape(lab[0].shape[-2:])
+        per_tile = {}
+        for tile in plan.tiles:
+            rows, cols = tile.slices
+            pixels = difference[rows.start * c : rows.stop * c, cols.start * c : cols.stop * c]
+            per_tile[tile.index + 1] = float(pixels.mean())
+        found.append({"seed": seed, "told_tile": number, "delta_e_per_tile": per_tile})
+        print(json.dumps({"where_words_act": found[-1]}), flush=True)
+    return found
+
+
+def where_table(where: list[dict]) -> list[str]:
+    """:func:`where_words_act` as a table: the told tile against the others."""
+    lines = [
+        "",
+        'Where the tile\'s words act (causal): mean ΔE between "causal + tile prompts" and the control '
+        '"causal (scene prompt)" inside each tile:',
+        "",
+        "| prompt | told tile | ΔE in the told tile | ΔE in the other tiles, mean (largest) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in where:
+        per_tile = row["delta_e_per_tile"]
+        told = per_tile[row["told_tile"]]
+        others = [v for k, v in per_tile.items() if k != row["told_tile"]]
+        lines.append(
+            f"| {row['seed']} | {row['told_tile']} | {told:.2f} | {sum(others) / len(others):.2f} "
+            f"({max(others):.2f}) |"
+        )
+    return lines
+
+
+def markdown(
+    rows: list[dict], timing: list[dict], encodes: dict[str, float], where: list[dict], model_name: str
+) -> str:
     lines = [
         "# Tile prompts (`python -m bench.bench_tile_prompts`)",
         "",
@@ -231,6 +289,7 @@ def markdown(rows: list[dict], timing: list[dict], encodes: dict[str, float], mo
             f"| {sum(r['line_jump'] for r in mine) / count:.2f} "
             f"| {sum(r['cpu_seconds'] for r in mine) / count:.1f} |"
         )
+    lines += where_table(where)
     lines += overhead_table(timing, encodes)
     lines += ["", "Verdicts:", "", "| prompt | variant | verdict |", "| --- | --- | --- |"]
     lines += [f"| {r['seed']} | {r['variant']} | {r['verdict']} |" for r in rows]
@@ -294,12 +353,13 @@ def main() -> None:
     images: dict = {}
     with torch.no_grad():
         rows = run_all(model, plan, images)
+        where = where_words_act(images, plan)
         timing = overhead(model, plan, args.repeats)
         encodes = encode_seconds(model, plan)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"rows": rows, "overhead": timing, "encode_seconds": encodes}
+    result = {"rows": rows, "where_words_act": where, "overhead": timing, "encode_seconds": encodes}
     (args.out / f"tile_prompts{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"tile_prompts{suffix}.md").write_text(markdown(rows, timing, encodes, model_name))
+    (args.out / f"tile_prompts{suffix}.md").write_text(markdown(rows, timing, encodes, where, model_name))
     figure(images, ROOT / "docs" / f"tile_prompts{suffix}.png")
 
 
