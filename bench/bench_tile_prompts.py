@@ -350,6 +350,12 @@ def main() -> None:
     args = parser.parse_args()
     model, suffix, model_name = bench_model(args.model)
     plan = make_plans(model.compression)["tiles"]
+    told = max(number for *_, number, _ in SCENES)
+    if len(plan) < told:
+        parser.error(
+            f"the prompts tell tiles up to {told}; {args.model} gives a {len(plan)}-tile plan on the "
+            f"512×256 px canvas ({model.compression}× compression): use an 8× model"
+        )
     images: dict = {}
     with torch.no_grad():
         rows = run_all(model, plan, images)
