@@ -1,28 +1,38 @@
 """Tile prompts against the whole prompt in every tile, on the embedded model, through the run path.
 
-Run from the repository root: ``python -m bench.bench_tile_prompts`` (about 10 min on 2 free CPU cores,
-one torch thread). Writes ``bench/results/tile_prompts.json``, ``bench/results/tile_prompts.md`` and
-``docs/tile_prompts.png``.
+Run from the repository root: ``python -m bench.bench_tile_prompts`` (about 10 min on 2 CPU cores,
+one torch thread; ``--model DIR`` for another SANA folder). Writes ``bench/results/tile_prompts[_<model>]``
+``.json`` and ``.md`` and ``docs/tile_prompts[_<model>].png``; its stdout is ``tile_prompts.log``.
 
 Protocol. The quick start's canvas (512×256 px, 4×2 tiles, 32 px overlap, raster order: tile 1 is
-top left, tile 4 top right), 20 steps, cfg 4.5, two prompts that ask for one object at one place,
-seed = prompt index. "without": every tile hears the whole prompt (today's behaviour). "tile prompts":
-the run's prompt is the scene alone (the sky) and only the tile where the prompt puts the object hears
-its words (``combine = append``: "<scene>, <object words>"; ``replace``: the words alone); guided's
-whole-scene pass hears "<scene>, <object words>". "automatic t" (AccDiffusion): the whole prompt, and
-each tile drops the words whose cross-attention on the guide (one model call at σ = 0.5,
-``word_attention``) stays below t × the word's peak in all of its cells; the tiles' texts go to the
-log. Objects: the suns / moons the prompt names, counted
-by ``seamlab.count_objects`` on the canvas and on the run's guide (causal: the whole-scene pass of the
-whole prompt that seeds its BCLA cache; guided: its own whole-scene pass). Seams: the Quality Metrics
-verdict; layout: the canvas downscaled to the guide vs the guide (PSNR); time: seconds per canvas
-(a shared machine: compare within a row pair, not across runs).
+top left, tile 4 top right, tile 5 bottom left), 20 steps, cfg 4.5, four prompts that ask for one object
+at one place, seed = prompt index. "without": every tile hears the whole prompt (today's behaviour).
+"tile prompts": the run's prompt is the scene alone (the sky) and only the tile where the prompt puts
+the object hears its words (``combine = append``: "<scene>, <object words>"; ``replace``: the words
+alone); guided's whole-scene pass hears "<scene>, <object words>". "scene prompt": the control, every
+tile hears the scene alone and no tile has words of its own: a seam that it shares with "tile prompts"
+comes from the scene prompt, not from tiles hearing different words. "pull": causal with guided's
+pull of each tile toward the guide (the global context's held low-band skip residual and per-tile
+statistics, at guided's default strengths) on top of its BCLA seed. "automatic t" (AccDiffusion): the
+whole prompt, and each tile drops the words whose cross-attention on the guide (one model call at
+σ = 0.5, ``word_maps``) stays below t × the word's peak in all of its cells; the tiles' texts go
+to the log. Objects: the suns / moons / trees the prompt names, counted by ``seamlab.count_objects``
+on the canvas and on the run's guide (causal: the whole-scene pass of the whole prompt that seeds its
+BCLA cache; guided: its own whole-scene pass). Seams: the Quality Metrics verdict; layout: the canvas
+downscaled to the guide vs the guide (PSNR); time: CPU seconds per canvas.
+
+Time overhead (:func:`overhead`): in the same process, each method runs without and with tile prompts
+in turn (the order alternating), ``--repeats`` times per prompt; the overhead is the median of the
+pairs' ratios of CPU time (``time.process_time``, which another user's load on a shared machine barely
+moves) and of wall time, each run timed from its text encodings to its finished latent. The model calls
+of each run are counted, and the text encodings timed on their own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -32,7 +42,13 @@ from PIL import Image, ImageDraw
 from bench.bench_guide_first import bench_model, count_named_objects, make_plans, scores, whole_scene
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.context import ContextSettings
-from temporal_tiling.options import EMBEDDED_MODEL
+from temporal_tiling.metrics import ciede2000, to_lab
+from temporal_tiling.options import (
+    DEFAULT_GUIDE_SKIP_POWER,
+    DEFAULT_GUIDE_SKIP_RESIDUAL,
+    DEFAULT_GUIDE_STATS,
+    EMBEDDED_MODEL,
+)
 from temporal_tiling.pipeline import GuideFirst, generate
 from temporal_tiling.tile_prompts import TilePrompts, encode_tile_prompts, tile_texts, whole_scene_text
 from temporal_tiling.word_maps import attention_of_words, tile_words
@@ -42,6 +58,8 @@ SCENES = (
     # (whole prompt, scene prompt, tile number, the object's words)
     ("a blue to pink sky with one sun at top left", "a blue to pink sky", 1, "one sun at top left"),
     ("a navy blue night sky with one moon at top right", "a navy blue night sky", 4, "one moon at top right"),
+    ("a purple to red sky with one sun at top right", "a purple to red sky", 4, "one sun at top right"),
+    ("a blue to cyan sky with one tree at bottom left", "a blue to cyan sky", 5, "one tree at bottom left"),
 )
 GUIDE_DENOISES = (0.3, 0.5, 0.7)
 THRESHOLDS = (0.5, 0.7, 0.9)
@@ -50,6 +68,9 @@ VARIANTS = (
     "causal",
     "causal + tile prompts",
     "causal + tile prompts (replace)",
+    "causal (scene prompt)",
+    "causal + pull",
+    "causal + pull + tile prompts",
     *(f"guided {d}{extra}" for d in GUIDE_DENOISES for extra in ("", " + tile prompts")),
     *(f"guided 0.7 + automatic {t}" for t in THRESHOLDS),
 )
@@ -57,10 +78,19 @@ SHOWN = (
     "guide",
     "causal",
     "causal + tile prompts",
+    "causal (scene prompt)",
+    "causal + pull + tile prompts",
     "guided 0.7",
     "guided 0.7 + tile prompts",
     "guided 0.7 + automatic 0.9",
 )
+GUIDE_PULL = dict(
+    skip_residual=DEFAULT_GUIDE_SKIP_RESIDUAL, skip_power=DEFAULT_GUIDE_SKIP_POWER, stats=DEFAULT_GUIDE_STATS
+)
+"""The "pull" rows' global context: guided's own pull of every tile toward the guide (held low band,
+per-tile statistics)."""
+TIMED = ("causal", "guided 0.3", "guided 0.7")
+"""The methods whose tile-prompt overhead :func:`overhead` measures (without and with, in turn)."""
 
 
 def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Tensor):
@@ -69,7 +99,7 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
     tiled = "tile prompts" in name
     combine = "replace" if "replace" in name else "append"
     prompts = TilePrompts({number: words}, combine=combine)
-    positive = model.encode_prompt(scene_prompt if tiled else whole)
+    positive = model.encode_prompt(scene_prompt if tiled or "scene prompt" in name else whole)
     options: dict = dict(steps=20, cfg=4.5, shift=model.flow_shift, seed=seed, cache_config=BCLAConfig())
     if tiled:
         options["tile_prompts"] = encode_tile_prompts(
@@ -82,7 +112,8 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
         denoise = float(name.split()[1])
         options |= dict(method="guided", guide_first=GuideFirst(denoise=denoise), latent=guide)
     elif name.startswith("causal"):
-        options |= dict(method="causal", context=ContextSettings(guide, bcla_seed=1.0, seed=seed))
+        pull = GUIDE_PULL if "pull" in name else {}
+        options |= dict(method="causal", context=ContextSettings(guide, bcla_seed=1.0, seed=seed, **pull))
     else:
         denoise = float(name.split()[1])
         options |= dict(method="guided", guide_first=GuideFirst(denoise=denoise))
@@ -116,9 +147,9 @@ def run_all(model, plan, images: dict) -> list[dict]:
         guide = whole_scene(model, {"tiles": plan}, model.encode_prompt(whole), empty, seed)
         images[seed, "guide"] = model.decode(guide)
         for name in VARIANTS:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             result, run_guide = run_variant(name, model, plan, scene, seed, guide)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
             image, tiles = model.decode(result.canvas), model.decode(result.tiles)
             guide_image = model.decode(run_guide)
             images[seed, name] = image
@@ -127,6 +158,7 @@ def run_all(model, plan, images: dict) -> list[dict]:
                 "seed": seed,
                 "variant": name,
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
                 **scores(image, tiles, plan, guide_image),
                 "objects": count_named_objects(image, whole),
                 "guide_objects": count_named_objects(guide_image, whole),
@@ -136,24 +168,117 @@ def run_all(model, plan, images: dict) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+def overhead(model, plan, repeats: int) -> list[dict]:
+    """Each :data:`TIMED` method without and with tile prompts, in turn (the order alternating), on every
+    prompt, ``repeats`` times: one row per pair with both runs' CPU and wall seconds and model calls."""
+    calls = [0]
+    counter = model.transformer.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    rows = []
+    try:
+        for seed, scene in enumerate(SCENES):
+            guide = whole_scene(
+                model, {"tiles": plan}, model.encode_prompt(scene[0]), model.encode_prompt(""), seed
+            )
+            for repeat in range(repeats):
+                for method in TIMED:
+                    pair = (method, f"{method} + tile prompts")
+                    timed = {}
+                    for name in pair if repeat % 2 == 0 else pair[::-1]:
+                        calls[0] = 0
+                        start, cpu = time.perf_counter(), time.process_time()
+                        run_variant(name, model, plan, scene, seed, guide)
+                        timed[name] = (time.process_time() - cpu, time.perf_counter() - start, calls[0])
+                    (cpu_without, wall_without, calls_without), (cpu_with, wall_with, calls_with) = (
+                        timed[name] for name in pair
+                    )
+                    row = {
+                        "seed": seed, "method": method, "repeat": repeat,
+                        "cpu_without": cpu_without, "cpu_with": cpu_with,
+                        "wall_without": wall_without, "wall_with": wall_with,
+                        "calls_without": calls_without, "calls_with": calls_with,
+                    }  # fmt: skip
+                    rows.append(row)
+                    print(json.dumps({"overhead": row}), flush=True)
+    finally:
+        counter.remove()
+    return rows
+
+
+def encode_seconds(model, plan, repeats: int = 20) -> dict[str, float]:
+    """CPU seconds of one text encoding of a scene prompt and of the told tile's text (the median of
+    ``repeats``)."""
+    _, scene, number, words = SCENES[0]
+    texts = {"scene": scene, "tile": tile_texts(plan, TilePrompts({number: words}), scene)[number - 1]}
+    seconds = {}
+    for key, text in texts.items():
+        times = []
+        for _ in range(repeats):
+            cpu = time.process_time()
+            model.encode_prompt(text)
+            times.append(time.process_time() - cpu)
+        seconds[key] = statistics.median(times)
+    return seconds
+
+
+def where_words_act(images: dict, plan) -> list[dict]:
+    """Per prompt, the mean CIEDE2000 between "causal + tile prompts" and its control "causal (scene
+    prompt)" (the same run but for the told tile's words) inside each tile, by tile number: where the
+    words changed the canvas."""
+    c = plan.compression
+    found = []
+    for seed, (_, _, number, _) in enumerate(SCENES):
+        lab = [to_lab(images[seed, name]) for name in ("causal + tile prompts", "causal (scene prompt)")]
+        difference = ciede2000(*lab).reshape(lab[0].shape[-2:])
+        per_tile = {}
+        for tile in plan.tiles:
+            rows, cols = tile.slices
+            pixels = difference[rows.start * c : rows.stop * c, cols.start * c : cols.stop * c]
+            per_tile[tile.index + 1] = float(pixels.mean())
+        found.append({"seed": seed, "told_tile": number, "delta_e_per_tile": per_tile})
+        print(json.dumps({"where_words_act": found[-1]}), flush=True)
+    return found
+
+
+def where_table(where: list[dict]) -> list[str]:
+    """:func:`where_words_act` as a table: the told tile against the others."""
+    lines = [
+        "",
+        'Where the tile\'s words act (causal): mean ΔE between "causal + tile prompts" and the control '
+        '"causal (scene prompt)" inside each tile:',
+        "",
+        "| prompt | told tile | ΔE in the told tile | ΔE in the other tiles, mean (largest) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in where:
+        per_tile = row["delta_e_per_tile"]
+        told = per_tile[row["told_tile"]]
+        others = [v for k, v in per_tile.items() if k != row["told_tile"]]
+        lines.append(
+            f"| {row['seed']} | {row['told_tile']} | {told:.2f} | {sum(others) / len(others):.2f} "
+            f"({max(others):.2f}) |"
+        )
+    return lines
+
+
+def markdown(
+    rows: list[dict], timing: list[dict], encodes: dict[str, float], where: list[dict], model_name: str
+) -> str:
     lines = [
         "# Tile prompts (`python -m bench.bench_tile_prompts`)",
         "",
-        "Embedded model, 512×256 px, 4×2 tiles, 20 steps, cfg 4.5, BCLA, 2 prompts (seed = prompt index), "
-        "one torch thread on a shared 2-core machine. Objects: the suns / moons the prompt names (it asks "
-        "for one) on the canvas, the run's guide in brackets. Layout: the canvas downscaled to the guide "
-        "vs the guide. Time overhead: against the row without tile prompts of the same method.",
+        f"{model_name}, 512×256 px, 4×2 tiles, 20 steps, cfg 4.5, BCLA, today's defaults (guided: halo 4, "
+        f"held low-band pull), {len(SCENES)} prompts (seed = prompt index), one torch thread on a shared "
+        "2-core machine. Objects: the suns / moons / trees the prompt names (it asks for one) on the canvas, "
+        "the run's guide in brackets. Layout: the canvas downscaled to the guide vs the guide. "
+        '"scene prompt": the control, no tile prompts, every tile hears the scene prompt that the '
+        "tile-prompt rows give the tiles without words.",
         "",
         "| variant | objects (guide) per prompt | more than the guide | seamless verdicts | layout PSNR dB "
-        "| line jump | s per canvas | time vs without |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| line jump | CPU s per canvas |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    seconds = {name: sum(r["seconds"] for r in rows if r["variant"] == name) for name in VARIANTS}
     for name in VARIANTS:
         mine = [r for r in rows if r["variant"] == name]
-        base = name.split(" + ")[0]
-        overhead = f"{seconds[name] / seconds[base] - 1:+.0%}" if base != name else "—"
         count = len(mine)
         objects = ", ".join(f"{r['objects']} ({r['guide_objects']})" for r in mine)
         lines.append(
@@ -162,11 +287,45 @@ def markdown(rows: list[dict]) -> str:
             f"| {sum(r['seamless'] for r in mine)}/{count} "
             f"| {sum(r['guide_psnr'] for r in mine) / count:.1f} "
             f"| {sum(r['line_jump'] for r in mine) / count:.2f} "
-            f"| {seconds[name] / count:.1f} | {overhead} |"
+            f"| {sum(r['cpu_seconds'] for r in mine) / count:.1f} |"
         )
+    lines += where_table(where)
+    lines += overhead_table(timing, encodes)
     lines += ["", "Verdicts:", "", "| prompt | variant | verdict |", "| --- | --- | --- |"]
     lines += [f"| {r['seed']} | {r['variant']} | {r['verdict']} |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def overhead_table(timing: list[dict], encodes: dict[str, float]) -> list[str]:
+    """The time overhead of tile prompts per method: medians of the pairs' ratios (:func:`overhead`)."""
+    repeats = max(r["repeat"] for r in timing) + 1
+    lines = [
+        "",
+        f"Time overhead of tile prompts (same process, without and with in turn, order alternating, "
+        f"{repeats} pairs per prompt, {len(SCENES)} prompts; median and range of the pairs' ratios):",
+        "",
+        "| method | CPU s without | CPU s with | CPU overhead, median (range) | wall overhead, median "
+        "| model calls without / with |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for method in TIMED:
+        mine = [r for r in timing if r["method"] == method]
+        cpu = [r["cpu_with"] / r["cpu_without"] - 1 for r in mine]
+        wall = [r["wall_with"] / r["wall_without"] - 1 for r in mine]
+        calls = sorted({(r["calls_without"], r["calls_with"]) for r in mine})
+        lines.append(
+            f"| {method} | {statistics.median(r['cpu_without'] for r in mine):.2f} "
+            f"| {statistics.median(r['cpu_with'] for r in mine):.2f} "
+            f"| {statistics.median(cpu):+.1%} ({min(cpu):+.1%} to {max(cpu):+.1%}) "
+            f"| {statistics.median(wall):+.1%} | {', '.join(f'{a} / {b}' for a, b in calls)} |"
+        )
+    lines += [
+        "",
+        f"One text encoding: {encodes['scene'] * 1000:.1f} ms CPU (scene prompt), "
+        f"{encodes['tile'] * 1000:.1f} ms (a tile's text); a tile-prompt run encodes one more text per "
+        "distinct tile text (guided: and the whole-scene text).",
+    ]
+    return lines
 
 
 def figure(images: dict, path: Path, width: int = 256) -> None:
@@ -186,16 +345,28 @@ def figure(images: dict, path: Path, width: int = 256) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
+    parser.add_argument("--repeats", type=int, default=2, help="timed without/with pairs per prompt")
     args = parser.parse_args()
-    model, _, _ = bench_model(EMBEDDED_MODEL)
+    model, suffix, model_name = bench_model(args.model)
     plan = make_plans(model.compression)["tiles"]
+    told = max(number for *_, number, _ in SCENES)
+    if len(plan) < told:
+        parser.error(
+            f"the prompts tell tiles up to {told}; {args.model} gives a {len(plan)}-tile plan on the "
+            f"512×256 px canvas ({model.compression}× compression): use an 8× model"
+        )
     images: dict = {}
     with torch.no_grad():
         rows = run_all(model, plan, images)
+        where = where_words_act(images, plan)
+        timing = overhead(model, plan, args.repeats)
+        encodes = encode_seconds(model, plan)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tile_prompts.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "tile_prompts.md").write_text(markdown(rows))
-    figure(images, ROOT / "docs" / "tile_prompts.png")
+    result = {"rows": rows, "where_words_act": where, "overhead": timing, "encode_seconds": encodes}
+    (args.out / f"tile_prompts{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"tile_prompts{suffix}.md").write_text(markdown(rows, timing, encodes, where, model_name))
+    figure(images, ROOT / "docs" / f"tile_prompts{suffix}.png")
 
 
 if __name__ == "__main__":
