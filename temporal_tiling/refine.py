@@ -16,6 +16,7 @@ still adds to, and the canvas latent.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .blend import axis_profiles, reference_correct
+from .blend import axis_profiles, fade_starts, reference_correct
 from .errors import UserInputError
 from .plan import TilePlan, make_plan
 
@@ -201,8 +202,13 @@ def decode_tiled(
     tile_h, tile_w = tiling.tile_height * c, tiling.tile_width * c
     tops = sorted({t.y * c for t in tiling.tiles})
     lefts = sorted({t.x * c for t in tiling.tiles})
-    rows = axis_profiles(tops, tile_h, "linear", None)
-    cols = axis_profiles(lefts, tile_w, "linear", None)
+    # a tile shifted inward (the last of a row or column) fades in over the overlap only: no row of
+    # it waits on the next tile row for more than the overlap
+    overlap = tiling.overlap * c
+    rows = axis_profiles(tops, tile_h, "linear", None, overlap)
+    cols = axis_profiles(lefts, tile_w, "linear", None, overlap)
+    row_fades = [*fade_starts(tops, tile_h, overlap), height]
+    col_fades = [*fade_starts(lefts, tile_w, overlap), width]
     one_tile = make_plan(
         width_px=tile_w,
         height_px=tile_h,
@@ -213,10 +219,10 @@ def decode_tiled(
     )
     # [B, 4, rows, W]: weighted RGB and weight of the rows the next tile row still adds to
     below: Tensor | None = None
-    for top, next_top in zip(tops, [*tops[1:], height], strict=True):
+    for top, (fade, next_fade) in zip(tops, itertools.pairwise(row_fades), strict=True):
         above, below = below, None
         right: Tensor | None = None  # [B, 4, tile_h, cols]: the columns the next tile still adds to
-        for left, next_left in zip(lefts, [*lefts[1:], width], strict=True):
+        for left, (col_fade, next_col_fade) in zip(lefts, itertools.pairwise(col_fades), strict=True):
             cells = latent[..., top // c : (top + tile_h) // c, left // c : (left + tile_w) // c]
             image = autoencoder.decode(cells).float()
             if reference is not None:
@@ -225,18 +231,19 @@ def decode_tiled(
             weight = (rows[top][:, None] * cols[left][None, :]).to(image)
             block = torch.cat([image * weight, weight.expand(batch, 1, -1, -1)], dim=1)
             if right is not None:
-                block[..., : right.shape[-1]] += right
-            done, right = block[..., : next_left - left], block[..., next_left - left :]
+                block[..., col_fade - left : col_fade - left + right.shape[-1]] += right
+            done = block[..., col_fade - left : next_col_fade - left]
+            right = block[..., next_col_fade - left :]
             if above is not None:
-                done[:, :, : above.shape[-2]] += above[..., left:next_left]
-            if next_top < height:
+                done[:, :, fade - top : fade - top + above.shape[-2]] += above[..., col_fade:next_col_fade]
+            if next_fade < height:
                 if below is None:  # the rows above are read column by column before they are overwritten
-                    carried = top + tile_h - next_top
+                    carried = top + tile_h - next_fade
                     reuse = above is not None and above.shape[-2] == carried
                     below = above if reuse else done.new_empty(batch, 4, carried, width)
-                below[..., left:next_left] = done[:, :, next_top - top :]
-            finished = done[:, :, : next_top - top]
-            write(top, left, finished[:, :3] / finished[:, 3:])
+                below[..., col_fade:next_col_fade] = done[:, :, next_fade - top :]
+            finished = done[:, :, fade - top : next_fade - top]
+            write(fade, col_fade, finished[:, :3] / finished[:, 3:])
 
 
 def refine_image(
