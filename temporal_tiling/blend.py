@@ -25,6 +25,7 @@ Colour correction runs on the tiles before blending:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -72,17 +73,34 @@ def _ramp(length: int, kind: str, device: torch.device) -> Tensor:
     return u if kind == "linear" else 0.5 - 0.5 * torch.cos(math.pi * u)
 
 
-def axis_profiles(starts: list[int], size: int, kind: str, device: torch.device) -> dict[int, Tensor]:
-    """1-D feather profile of a tile at each start along one axis: ramps over the overlaps with the
-    previous and next tile on that axis (edge tiles shifted inward overlap more, so lengths differ)."""
+def fade_starts(starts: list[int], size: int, overlap: int | None = None) -> list[int]:
+    """Where each tile's weight begins along one axis (sorted starts): its start, or with ``overlap``,
+    for a tile shifted inward past it (the last one of ``fit="shift"``), ``overlap`` px before the
+    previous tile's end."""
     starts = sorted(set(starts))
+    if overlap is None:
+        return starts
+    return [starts[0], *(max(s, before + size - overlap) for before, s in itertools.pairwise(starts))]
+
+
+def axis_profiles(
+    starts: list[int], size: int, kind: str, device: torch.device, overlap: int | None = None
+) -> dict[int, Tensor]:
+    """1-D feather profile of a tile at each start along one axis: ramps over the overlaps with the
+    previous and next tile on that axis (edge tiles shifted inward overlap more, so lengths differ).
+    With ``overlap``, a tile fades in only from its :func:`fade_starts` entry (zero weight before):
+    every cross-fade spans at most ``overlap`` px, so a streaming consumer waits on no more rows."""
+    starts = sorted(set(starts))
+    fades = fade_starts(starts, size, overlap)
     profiles = {}
     for i, s in enumerate(starts):
         profile = torch.ones(size, device=device)
-        before = starts[i - 1] + size - s if i > 0 else 0
-        after = s + size - starts[i + 1] if i + 1 < len(starts) else 0
+        silent = fades[i] - s
+        before = starts[i - 1] + size - fades[i] if i > 0 else 0
+        after = s + size - fades[i + 1] if i + 1 < len(starts) else 0
+        profile[:silent] = 0
         if before > 0:
-            profile[:before] *= _ramp(before, kind, device)
+            profile[silent : silent + before] *= _ramp(before, kind, device)
         if after > 0:
             profile[size - after :] *= _ramp(after, kind, device).flip(0)
         profiles[s] = profile

@@ -91,6 +91,24 @@ def resize_latent(latent: Tensor, height: int, width: int) -> Tensor:
     return resized.to(latent.dtype)
 
 
+def resize_crop(latent: Tensor, height: int, width: int, rows: slice, cols: slice) -> Tensor:
+    """``resize_latent(latent, height, width)[..., rows, cols]`` without the whole resized latent: the
+    resize is separable, one [out, in] matrix per axis, so a crop is two small matrix products (a tile's
+    guide costs its own size, not the canvas's)."""
+    if latent.shape[-2:] == (height, width):
+        return latent[..., rows, cols]
+    along_y = _resize_matrix(latent.shape[-2], height, latent.device)[rows]
+    along_x = _resize_matrix(latent.shape[-1], width, latent.device)[cols]
+    return torch.einsum("yh,bchw,xw->bcyx", along_y, latent.float(), along_x).to(latent.dtype)
+
+
+def _resize_matrix(size: int, out: int, device: torch.device) -> Tensor:
+    """[out, size]: :func:`resize_latent` along one axis, read off by resizing the identity (4 columns
+    wide: torch's antialiased bicubic takes another path on a 1-wide image and gives other values)."""
+    identity = torch.eye(size, device=device)[:, None, :, None].expand(size, 1, size, 4)
+    return F.interpolate(identity, size=(out, 4), mode="bicubic", antialias=True)[:, 0, :, 0].T
+
+
 def lowpass(x: Tensor, scale: float) -> Tensor:
     """Keep the band a guide upsampled by ``scale`` carries: Gaussian blur with σ = scale/2 cells."""
     if scale <= 1.0:
@@ -239,8 +257,7 @@ class GlobalContext:
 
     def guide_crop(self, tile: Tile, plan: TilePlan) -> Tensor:
         """The guide resized to the canvas latent and cut to ``tile``: [B_guide, C, h, w]."""
-        canvas = resize_latent(self.guide, plan.canvas_height, plan.canvas_width)
-        return canvas[(..., *tile.slices)]
+        return resize_crop(self.guide, plan.canvas_height, plan.canvas_width, *tile.slices)
 
     def upsampling(self, plan: TilePlan) -> float:
         """How many canvas cells one guide cell spans (≤ 1: the guide has full detail)."""

@@ -9,12 +9,14 @@ toward it), or the img2img start of the other methods.
 Memory holds at 16K: the image never goes through the autoencoder at once. Encoding reads the
 enlarged image one autoencoder tile at a time straight from the input (bicubic per tile, so the
 enlarged image never exists whole either) and blends the tiles' latents over their overlap; decoding
-runs one row of tiles at a time, blends it with the row above over the overlap and hands every
-finished pixel row to the output, so the working set is one row of tiles plus the canvas latent.
+runs one tile at a time, cross-fades it with its neighbours over the overlap and hands every finished
+block of pixels to the output, so the working set is one tile, the overlap rows the next tile row
+still adds to, and the canvas latent.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,17 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .blend import axis_profiles, reference_correct
+from .blend import axis_profiles, fade_starts, reference_correct
 from .errors import UserInputError
 from .plan import TilePlan, make_plan
 
 PixelSource = Callable[[int, int, int, int], Tensor]
 """``(top, bottom, left, right)`` px of the canvas -> that region [1, 3, h, w] in [0, 1]."""
-RowWriter = Callable[[int, Tensor], None]
-"""``(top, rows [3, h, W] in [0, 1])``: finished pixel rows of the canvas, top to bottom."""
-ROWS_PER_WRITE = 64
-"""Finished rows are normalised and handed over this many at a time: the temporaries of the output's
-conversion stay a few MiB even 16K wide."""
+BlockWriter = Callable[[int, int, Tensor], None]
+"""``(top, left, pixels [B, 3, h, w])``: a finished block of the canvas, px; the blocks cover the canvas
+once, tile row by tile row, left to right."""
 
 
 class RefineError(UserInputError):
@@ -48,7 +48,8 @@ class Autoencoder:
     encode: Callable[[Tensor], Tensor]
     """[1, 3, H, W] in [0, 1] -> latent [1, C, H / compression, W / compression] (the model's space)."""
     decode: Callable[[Tensor], Tensor]
-    """latent -> [1, 3, H, W] in [0, 1]."""
+    """latent [B, C, h, w] -> [B, 3, h × compression, w × compression] in [0, 1] (tiled decoding itself
+    takes any range, e.g. DC-AE's own [-1, 1]; colour correction against a reference needs [0, 1])."""
     compression: int
     tile_px: int = 512
     """Pixels per autoencoder tile side (its activations are the working memory): 512 px is 64 cells
@@ -168,34 +169,46 @@ def encode_tiled(autoencoder: Autoencoder, pixels: PixelSource, plan: TilePlan) 
         weight = rows[tile.y][:, None] * cols[tile.x][None, :]
         canvas[..., y0:y1, x0:x1] += latent * weight
         total[..., y0:y1, x0:x1] += weight
-    return canvas / total
+    return canvas.div_(total)  # in place: no second canvas-sized latent
 
 
 def decode_tiled(
     autoencoder: Autoencoder,
     latent: Tensor,
-    write: RowWriter,
+    write: BlockWriter,
     reference: PixelSource | None = None,
     sigma: float = 4.0,
 ) -> None:
-    """Decode the canvas ``latent`` [1, C, H, W] one row of autoencoder tiles at a time, cross-faded
-    over the overlaps, and ``write`` each band of finished pixel rows. With a ``reference``, every
-    decoded tile's low frequencies (Gaussian, ``sigma`` px) are replaced by the reference's
-    (:func:`blend.reference_correct`): colour correction against the input."""
+    """Decode the canvas ``latent`` [B, C, H, W] one autoencoder tile at a time, cross-faded over the
+    overlaps, and ``write`` every block of pixels as soon as no later tile reaches it. With a
+    ``reference``, every decoded tile's low frequencies (Gaussian, ``sigma`` px) are replaced by the
+    reference's (:func:`blend.reference_correct`): colour correction against the input.
+
+    The working set is one tile, the unfinished columns of the tile to its left, and the overlap rows
+    that the tile row below still adds to (overlap × canvas width): nothing holds a whole row of tiles.
+    """
     c = autoencoder.compression
-    height, width = latent.shape[-2:]
+    batch = latent.shape[0]
+    height, width = latent.shape[-2] * c, latent.shape[-1] * c
     whole = make_plan(
-        width_px=width,
-        height_px=height,
-        tile_width_px=width,
-        tile_height_px=height,
+        width_px=latent.shape[-1],
+        height_px=latent.shape[-2],
+        tile_width_px=latent.shape[-1],
+        tile_height_px=latent.shape[-2],
         overlap_px=0,
         compression=1,
     )
     tiling = _tiling(whole, autoencoder)
     tile_h, tile_w = tiling.tile_height * c, tiling.tile_width * c
-    rows = axis_profiles([t.y * c for t in tiling.tiles], tile_h, "linear", None)
-    cols = axis_profiles([t.x * c for t in tiling.tiles], tile_w, "linear", None)
+    tops = sorted({t.y * c for t in tiling.tiles})
+    lefts = sorted({t.x * c for t in tiling.tiles})
+    # a tile shifted inward (the last of a row or column) fades in over the overlap only: no row of
+    # it waits on the next tile row for more than the overlap
+    overlap = tiling.overlap * c
+    rows = axis_profiles(tops, tile_h, "linear", None, overlap)
+    cols = axis_profiles(lefts, tile_w, "linear", None, overlap)
+    row_fades = [*fade_starts(tops, tile_h, overlap), height]
+    col_fades = [*fade_starts(lefts, tile_w, overlap), width]
     one_tile = make_plan(
         width_px=tile_w,
         height_px=tile_h,
@@ -204,33 +217,33 @@ def decode_tiled(
         overlap_px=0,
         compression=c,
     )
-    pending: tuple[int, Tensor] | None = None  # (top px, [4, rows, W]: weighted RGB and weight)
-    for top in sorted({t.y for t in tiling.tiles}):
-        band = torch.zeros(4, tile_h, width * c)
-        for tile in (t for t in tiling.tiles if t.y == top):
-            (y0, y1), (x0, x1) = ((s.start, s.stop) for s in tile.slices)
-            image = autoencoder.decode(latent[..., y0:y1, x0:x1]).float().cpu()
+    # [B, 4, rows, W]: weighted RGB and weight of the rows the next tile row still adds to
+    below: Tensor | None = None
+    for top, (fade, next_fade) in zip(tops, itertools.pairwise(row_fades), strict=True):
+        above, below = below, None
+        right: Tensor | None = None  # [B, 4, tile_h, cols]: the columns the next tile still adds to
+        for left, (col_fade, next_col_fade) in zip(lefts, itertools.pairwise(col_fades), strict=True):
+            cells = latent[..., top // c : (top + tile_h) // c, left // c : (left + tile_w) // c]
+            image = autoencoder.decode(cells).float()
             if reference is not None:
-                region = reference(y0 * c, y1 * c, x0 * c, x1 * c)
+                region = reference(top, top + tile_h, left, left + tile_w).to(image)
                 image = reference_correct(image, one_tile, region, sigma=sigma).clamp(0, 1)
-            weight = rows[y0 * c][:, None] * cols[x0 * c][None, :]
-            band[:3, :, x0 * c : x1 * c] += image[0] * weight
-            band[3, :, x0 * c : x1 * c] += weight
-        if pending is not None:
-            above_top, above = pending
-            shared = above_top + above.shape[1] - top * c
-            band[:, :shared] += above[:, above.shape[1] - shared :]
-            _emit(write, above_top, above[:, : above.shape[1] - shared])
-        pending = (top * c, band)
-    if pending is not None:
-        _emit(write, *pending)
-
-
-def _emit(write: RowWriter, top: int, rows: Tensor) -> None:
-    """Weighted RGB + weight rows [4, h, W] normalised and written, :data:`ROWS_PER_WRITE` at a time."""
-    for start in range(0, rows.shape[1], ROWS_PER_WRITE):
-        chunk = rows[:, start : start + ROWS_PER_WRITE]
-        write(top + start, chunk[:3] / chunk[3:])
+            weight = (rows[top][:, None] * cols[left][None, :]).to(image)
+            block = torch.cat([image * weight, weight.expand(batch, 1, -1, -1)], dim=1)
+            if right is not None:
+                block[..., col_fade - left : col_fade - left + right.shape[-1]] += right
+            done = block[..., col_fade - left : next_col_fade - left]
+            right = block[..., next_col_fade - left :]
+            if above is not None:
+                done[:, :, fade - top : fade - top + above.shape[-2]] += above[..., col_fade:next_col_fade]
+            if next_fade < height:
+                if below is None:  # the rows above are read column by column before they are overwritten
+                    carried = top + tile_h - next_fade
+                    reuse = above is not None and above.shape[-2] == carried
+                    below = above if reuse else done.new_empty(batch, 4, carried, width)
+                below[..., col_fade:next_col_fade] = done[:, :, next_fade - top :]
+            finished = done[:, :, fade - top : next_fade - top]
+            write(fade, col_fade, finished[:, :3] / finished[:, 3:])
 
 
 def refine_image(
@@ -257,10 +270,10 @@ def refine_image(
     peak = float(np.iinfo(image.dtype).max)
     out = np.empty((height, width, 3), image.dtype)
 
-    def write(top: int, rows: Tensor) -> None:
-        kept = rows[:, : max(0, height - top), :width]
-        values = (kept.permute(1, 2, 0).clamp(0, 1) * peak).round().numpy()
-        out[top : top + kept.shape[1]] = values.astype(image.dtype)
+    def write(top: int, left: int, block: Tensor) -> None:
+        kept = block[0, :, : max(0, height - top), : max(0, width - left)]
+        values = (kept.permute(1, 2, 0).clamp(0, 1) * peak).round().cpu().numpy()
+        out[top : top + kept.shape[1], left : left + kept.shape[2]] = values.astype(image.dtype)
 
     # the enlarged input carries no detail finer than about the enlargement: only that band is corrected
     sigma = max(4.0, 2.0 * height / image.shape[0])

@@ -175,8 +175,8 @@ def sample_causal(
             raise SamplingError("The global context has a BCLA seed (bcla_seed > 0); pass a cache too.")
         cache.seed(context.seed_stats, context.bcla_seed)
     release = lock_release if lock_release is not None and lock_release.amount > 0 else None
-    finished = []
-    for tile in plan.tiles:
+    finished, batch = _tile_batch(plan, canvas), canvas.shape[0]
+    for number, tile in enumerate(plan.tiles):
         if on_tile is not None:
             on_tile(tile.index, len(plan))
         window = plan.window(tile, halo)
@@ -198,8 +198,8 @@ def sample_causal(
             cache.end_tile()
         out = sampled[..., own_rows, own_cols]
         canvas[..., tile.slices[0], tile.slices[1]] = out
-        finished.append(out)
-    return CanvasResult(canvas, torch.cat(finished))
+        finished[number * batch : (number + 1) * batch] = out
+    return CanvasResult(canvas, finished)
 
 
 def sample_independent(
@@ -217,8 +217,8 @@ def sample_independent(
     """
     start = start_canvas(plan, noise, latent)
     total = torch.zeros_like(start)
-    finished = []
-    for tile in plan.tiles:
+    finished, batch = _tile_batch(plan, start), start.shape[0]
+    for number, tile in enumerate(plan.tiles):
         if on_tile is not None:
             on_tile(tile.index, len(plan))
         window = plan.window(tile, halo)
@@ -228,8 +228,15 @@ def sample_independent(
         sampled = denoise_tile(TileJob(window, noise[..., rows, cols], start[..., rows, cols], generate_all))
         out = sampled[..., own_rows, own_cols]
         total[..., tile.slices[0], tile.slices[1]] += out
-        finished.append(out)
-    return CanvasResult(total / plan.coverage().to(total), torch.cat(finished))
+        finished[number * batch : (number + 1) * batch] = out
+    return CanvasResult(total / plan.coverage().to(total), finished)
+
+
+def _tile_batch(plan: TilePlan, canvas: Tensor) -> Tensor:
+    """The empty [T*B, C, h, w] batch the loops write each finished tile into as it comes (filled in
+    place: a list concatenated at the end would hold every tile twice)."""
+    batch, channels = canvas.shape[:2]
+    return canvas.new_empty(len(plan) * batch, channels, plan.tile_height, plan.tile_width)
 
 
 def multidiffusion_denoiser(

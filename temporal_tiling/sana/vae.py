@@ -1,4 +1,5 @@
-"""SANA's DC-AE (diffusers AutoencoderDC): loading, tiled decoding, and a linear latent->RGB fit for previews.
+"""SANA's DC-AE (diffusers AutoencoderDC): loading, tiled decoding (the engine's streaming one, in
+``refine``), and a linear latent->RGB fit for previews.
 
 Single files are read in either the original DC-AE layout (`encoder.project_in.conv.*`, converted with
 diffusers' own converter) or the diffusers layout; a single file carries no config, so it must be the
@@ -8,7 +9,6 @@ their own config and may be any AutoencoderDC.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,6 +17,8 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderDC
 from diffusers.loaders.single_file_utils import convert_autoencoder_dc_checkpoint_to_diffusers
 
+from ..refine import Autoencoder
+from ..refine import decode_tiled as tiled_decode
 from .checkpoint import CheckpointError, folder_load_error, load_state_dict, read_json
 
 # mit-han-lab/dc-ae-f32c32-sana-1.x-diffusers: the autoencoder every SANA 0.6B/1.6B checkpoint uses.
@@ -113,43 +115,32 @@ def scaling_factor(vae: AutoencoderDC) -> float:
     return float(vae.config.scaling_factor)
 
 
-@contextmanager
-def _tiling(vae: AutoencoderDC, tile_px: int, overlap_px: int):
-    """Temporarily switch on diffusers' own tiled decode with this tile size and overlap."""
-    saved = (
-        vae.use_tiling,
-        vae.tile_sample_min_height,
-        vae.tile_sample_min_width,
-        vae.tile_sample_stride_height,
-        vae.tile_sample_stride_width,
-    )
-    vae.enable_tiling(tile_px, tile_px, tile_px - overlap_px, tile_px - overlap_px)
-    try:
-        yield
-    finally:
-        (
-            vae.use_tiling,
-            vae.tile_sample_min_height,
-            vae.tile_sample_min_width,
-            vae.tile_sample_stride_height,
-            vae.tile_sample_stride_width,
-        ) = saved
-        vae.tile_latent_min_height = vae.tile_sample_min_height // compression(vae)
-        vae.tile_latent_min_width = vae.tile_sample_min_width // compression(vae)
-
-
 @torch.no_grad()
 def decode_tiled(vae: AutoencoderDC, latents: torch.Tensor, tile: int = 16, overlap: int = 2) -> torch.Tensor:
     """Decode raw DC-AE latents [B,C,H,W] tile by tile (sizes in latent cells) -> pixels in [-1, 1].
 
-    Memory of the decoder activations is bounded by one tile; neighbouring tiles are blended over
-    `overlap` cells by diffusers' AutoencoderDC tiling (linear cross-fade).
+    The engine's streaming tiled decode (:func:`temporal_tiling.refine.decode_tiled`): the decoder's
+    activations are bounded by one tile; neighbouring tiles are cross-faded linearly over ``overlap``
+    cells. The result has the latents' device and dtype.
     """
     if tile < 1 or not 0 <= overlap < tile:
         raise ValueError(f"Tiled decode needs tile >= 1 and 0 <= overlap < tile; got {tile=}, {overlap=}.")
     ratio = compression(vae)
-    with _tiling(vae, tile * ratio, overlap * ratio):
-        return vae.decode(latents).sample
+    batch, _, height, width = latents.shape
+    pixels = latents.new_empty(batch, 3, height * ratio, width * ratio)
+
+    def write(top: int, left: int, block: torch.Tensor) -> None:
+        pixels[..., top : top + block.shape[-2], left : left + block.shape[-1]] = block
+
+    tiles = Autoencoder(
+        encode=lambda image: vae.encode(image).latent,
+        decode=lambda latent: vae.decode(latent).sample,
+        compression=ratio,
+        tile_px=tile * ratio,
+        overlap_px=overlap * ratio,
+    )
+    tiled_decode(tiles, latents, write)
+    return pixels
 
 
 def _probe_images(size: int, count: int, generator: torch.Generator) -> torch.Tensor:

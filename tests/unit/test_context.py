@@ -20,6 +20,7 @@ from temporal_tiling.context import (
     guide_from_image,
     guide_size,
     lowpass,
+    resize_latent,
     skip_weight,
 )
 from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
@@ -361,3 +362,32 @@ def test_guide_from_image_resizes_then_encodes() -> None:
         guide_from_image(image * 255, fake_encode)
     with pytest.raises(ContextError, match="RGB"):
         guide_from_image(image[:, :2], fake_encode)
+
+
+def test_guide_crop_resizes_only_the_tile_not_the_canvas(monkeypatch) -> None:
+    """A tile's guide is the guide enlarged to the canvas and cut to the tile, made at the tile's size:
+    on a 16K-wide canvas (256 × 2048 cells) no tensor near the canvas's size is made per tile."""
+    guide = smooth_guide(3, channels=16, height=8, width=64)
+    plan = make_plan(
+        width_px=2048 * 8,
+        height_px=256 * 8,
+        tile_width_px=512,
+        tile_height_px=512,
+        overlap_px=64,
+        compression=8,
+        max_tiles=10**6,
+    )
+    tile = plan.tiles[45]
+    expected = resize_latent(guide, 256, 2048)[(..., *tile.slices)]
+    made: list[int] = []
+    interpolate = F.interpolate
+
+    def counted(*args, **kwargs) -> torch.Tensor:
+        out = interpolate(*args, **kwargs)
+        made.append(out.numel())
+        return out
+
+    monkeypatch.setattr(F, "interpolate", counted)
+    crop = GlobalContext(guide).guide_crop(tile, plan)
+    torch.testing.assert_close(crop, expected, atol=1e-5, rtol=1e-5)
+    assert made and max(made) < 16 * 256 * 2048 / 8

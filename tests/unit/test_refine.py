@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import struct
 import zlib
@@ -166,10 +167,12 @@ def test_tiled_encode_and_decode_see_one_tile_at_a_time_and_leave_no_seam() -> N
     assert torch.allclose(latent, whole, atol=1e-5)  # a local encoder: tiling changes nothing
     out = torch.zeros(3, plan.height_px, plan.width_px)
 
-    def write(top: int, rows: torch.Tensor) -> None:
-        out[:, top : top + rows.shape[1]] = rows
+    def write(top: int, left: int, block: torch.Tensor) -> None:
+        assert not out[:, top : top + block.shape[2], left : left + block.shape[3]].any()  # written once
+        out[:, top : top + block.shape[2], left : left + block.shape[3]] = block[0]
 
     decode_tiled(autoencoder, latent, write)
+    assert out.gt(0).all()  # every pixel written
     assert max(sizes) == (8, 8) and len(sizes) == 4 * 7  # never the whole canvas
     full = decode(latent)[0]
     gap = (out - full).abs()
@@ -188,6 +191,30 @@ def test_tiled_encode_and_decode_see_one_tile_at_a_time_and_leave_no_seam() -> N
         rows, cols = tile.pixel_slices(COMPRESSION)
         hard[:, rows, cols] = decode(latent[..., tile.slices[0], tile.slices[1]])[0]
     assert gap.mean() < 0.5 * (hard - full).abs().mean()
+
+
+def test_tiled_decode_holds_one_tile_and_the_overlap_rows_not_a_row_of_tiles() -> None:
+    """The decode's working set at every tile: the tensors it made stay under half a row of tiles
+    (4 × 64 px × the canvas width, float32) on a canvas 40 tiles wide: only the 16 overlap rows the
+    next tile row adds to span the width, also above the last row, shifted 5 cells up to end on the
+    canvas's edge (it fades in over the overlap only)."""
+    latent = torch.randn(1, 4, 3 * 6 + 3, 40 * 6 + 2)  # 8-cell tiles, 2 cells overlap: 4 rows of 40 tiles
+
+    def storages() -> dict[int, int]:
+        tensors = (t for t in gc.get_objects() if type(t) is torch.Tensor)
+        return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+
+    before = storages()
+    held: list[int] = []
+
+    def decode(tile: torch.Tensor) -> torch.Tensor:
+        held.append(sum(size for pointer, size in storages().items() if pointer not in before))
+        return torch.sigmoid(F.interpolate(tile[:, :3], scale_factor=COMPRESSION, mode="nearest"))
+
+    autoencoder = Autoencoder(encode, decode, COMPRESSION, tile_px=64, overlap_px=16)
+    decode_tiled(autoencoder, latent, lambda top, left, block: None)
+    row_of_tiles = 4 * 64 * latent.shape[-1] * COMPRESSION * 4
+    assert len(held) == 4 * 40 and max(held) < row_of_tiles / 2, (max(held), row_of_tiles)
 
 
 def test_refine_plan_rounds_every_size_to_whole_tokens() -> None:
