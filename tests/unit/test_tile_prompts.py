@@ -110,6 +110,44 @@ def test_flow_host_runs_a_tile_with_its_own_embeddings(model, prompts) -> None:
     assert not torch.allclose(mixed[1], plain[1], atol=1e-3)
 
 
+@pytest.mark.parametrize(("prompt_sigma", "told_steps"), [(0.6, 2), (0.5, 3)])
+def test_flow_host_gives_the_tile_prompt_from_sigma_s_up_and_the_runs_below(
+    model, prompts, prompt_sigma: float, told_steps: int
+) -> None:
+    """shift 1, 4 steps: σ = 1, 0.75, 0.5, 0.25. The told tile's calls at σ ≥ s hear its prompt (σ = s
+    included), the rest the run's; the other tile hears the run's at every step."""
+    plan = make_plan(
+        width_px=64, height_px=32, tile_width_px=32, tile_height_px=32, overlap_px=0, compression=8
+    )  # 2 independent tiles, sampled in order
+    cond, uncond = prompts
+    other = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(3))
+    heard: list[tuple[float, str]] = []
+
+    def record(module, args, kwargs) -> None:
+        text = kwargs["encoder_hidden_states"][0]  # the cond branch, first chunk
+        name = "tile" if torch.equal(text[: other.shape[1]], other[0]) else "run"
+        assert name == "tile" or torch.equal(text[: cond.shape[1]], cond[0])
+        heard.append((round(float(kwargs["timestep"][0]) / 1000, 4), name))
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        options = dict(method="independent", steps=4, cfg=2.0, shift=1.0, seed=5)
+        generate(
+            plan, model, cond, uncond, tile_prompts={1: other}, tile_prompt_sigma=prompt_sigma, **options
+        )
+    finally:
+        hook.remove()
+    sigmas = [1.0, 0.75, 0.5, 0.25]
+    told = ["tile"] * told_steps + ["run"] * (4 - told_steps)
+    assert heard == [(s, "run") for s in sigmas] + list(zip(sigmas, told, strict=True))
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_tile_prompt_sigma_outside_0_1_is_refused(value: float) -> None:
+    with pytest.raises(SamplingError, match=r"tile_prompt_sigma is a noise level in \[0, 1\]"):
+        RunSettings(method="causal", tile_prompts={0: "sun"}, tile_prompt_sigma=value)
+
+
 # --- rectangles -------------------------------------------------------------------------------------
 
 
