@@ -320,6 +320,57 @@ def test_cli_tile_prompt_errors_exit_2_with_one_line(tmp_path: Path, capsys, con
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_tile_prompt_sigma_reaches_the_run_in_generate_and_refine(tmp_path: Path, monkeypatch) -> None:
+    from test_refine import photo, refine
+
+    from temporal_tiling import pipeline
+
+    heard: list[float] = []
+
+    def recording_generate(*args, **kwargs):
+        heard.append(kwargs["tile_prompt_sigma"])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate", recording_generate)
+    spec = tmp_path / "tiles.json"
+    spec.write_text(json.dumps({"tiles": {"2": "a sun"}}))
+    argv = [*BASE, "--method", "causal", "--tile-prompts", str(spec), "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, "--tile-prompt-sigma", "0.6"], loader=tiny_loader) == 0
+    source = tmp_path / "photo.png"
+    Image.fromarray((photo(96, 160) * 255).round().astype(np.uint8)).save(source)
+    assert (
+        refine(source, tmp_path / "refined", "--tile-prompts", str(spec), "--tile-prompt-sigma", "0.3") == 0
+    )
+    assert heard == [0.6, 0.3]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--tile-prompt-sigma", "1.5"], "must be <= 1"), (["--tile-prompt-sigma", "-0.1"], "must be >= 0")],
+)
+def test_cli_tile_prompt_sigma_outside_0_1_exits_2_with_one_line(
+    tmp_path: Path, capsys, extra, message
+) -> None:
+    spec = tmp_path / "tiles.json"
+    spec.write_text(json.dumps({"tiles": {"2": "a sun"}}))
+    argv = [*BASE, "--tile-prompts", str(spec), *extra, "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv, loader=tiny_loader)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--tile-prompt-sigma" in err and message in err
+
+
+def test_cli_tile_prompt_sigma_needs_tile_prompts(tmp_path: Path, capsys) -> None:
+    argv = [*BASE, "--tile-prompt-sigma", "0.5", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv, loader=tiny_loader)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--tile-prompt-sigma" in err and "--tile-prompts only" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_refine_takes_tile_prompts_too(tmp_path: Path) -> None:
     from test_refine import loader, photo, refine
 
