@@ -348,7 +348,8 @@ def figure(images: dict, path: Path, width: int = 256) -> None:
             pixels = (images[seed, name][0].permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()
             x, y = i * (width + 6), seed * (height + label)
             out.paste(Image.fromarray(pixels).resize((width, height), Image.BICUBIC), (x, y + label))
-            draw.text((x + 2, y + 2), f"prompt {seed}: {name}", fill="black")
+            label = name.replace("σ ≥", "sigma >=")  # PIL's default font has no σ nor ≥
+            draw.text((x + 2, y + 2), f"prompt {seed}: {label}", fill="black")
     out.save(path)
 
 
