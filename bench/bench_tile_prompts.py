@@ -113,8 +113,8 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
         options["tile_prompts"] = encode_tile_prompts(
             tile_texts(plan, prompts, scene_prompt), model.encode_prompt
         )
-    if "σ ≥" in name:
-        options["tile_prompt_sigma"] = float(name.split()[-1])
+    # the other rows: tile prompts at every step (0), as measured before the σ ≥ s rows
+    options["tile_prompt_sigma"] = float(name.split()[-1]) if "σ ≥" in name else 0.0
     if "automatic" in name:  # the whole prompt; each tile drops the words the guide puts elsewhere
         positive = model.encode_prompt(whole)
         texts = automatic_texts(model, plan, whole, guide, float(name.split()[-1]), seed)

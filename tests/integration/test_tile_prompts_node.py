@@ -32,10 +32,10 @@ def test_tile_prompts_node_encodes_each_tiles_text(tile_prompts, parts, plan):
 
 
 def test_sampler_runs_each_tile_with_its_own_conditioning(tile_prompts, nodes, parts, conds, plan):
-    """Independent tiles: the tile with words of its own equals the run with that prompt everywhere; the
-    others equal the run without tile prompts."""
+    """Independent tiles, tile prompts at every step (tile_prompt_sigma 0): the tile with words of its own
+    equals the run with that prompt everywhere; the others equal the run without tile prompts."""
     model, clip, _ = parts
-    positive, tiles = tile_prompts.execute(clip, plan, SCENE, "\na sun", "append").result
+    positive, tiles = tile_prompts.execute(clip, plan, SCENE, "\na sun", "append", False, 0.5, 0.0).result
     plain = _sample(nodes, model, conds, plan, mode="independent")[1]
     sun = clip.encode_from_tokens_scheduled(clip.tokenize(f"{SCENE}, a sun"))
     everywhere = _sample(nodes, model, (sun, conds[1]), plan, mode="independent")[1]

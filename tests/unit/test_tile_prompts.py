@@ -94,14 +94,14 @@ def test_tile_prompts_refuse_methods_that_do_not_sample_tile_by_tile() -> None:
 
 
 def test_flow_host_runs_a_tile_with_its_own_embeddings(model, prompts) -> None:
-    """Independent tiles: the tile with its own prompt is exactly the run with that prompt everywhere,
-    and the other tiles are exactly the run without tile prompts."""
+    """Independent tiles, tile prompts at every step (σ ≥ 0): the tile with its own prompt is exactly the
+    run with that prompt everywhere, and the other tiles are exactly the run without tile prompts."""
     plan = make_plan(
         width_px=64, height_px=32, tile_width_px=32, tile_height_px=32, overlap_px=0, compression=8
     )  # 2 tiles
     cond, uncond = prompts
     other = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(3))  # another length too
-    options = {"method": "independent", "steps": 2, "cfg": 2.0, "seed": 5}
+    options = {"method": "independent", "steps": 2, "cfg": 2.0, "seed": 5, "tile_prompt_sigma": 0.0}
     plain = generate(plan, model, cond, uncond, **options).tiles
     everywhere = generate(plan, model, other, uncond, **options).tiles
     mixed = generate(plan, model, cond, uncond, tile_prompts={1: other}, **options).tiles
