@@ -114,4 +114,5 @@ DEFAULT_TILE_PROMPT_SIGMA = 0.5
 0 = at every step. Of 0 (every step), 0.5 and 0.7 (bench/results/tile_prompts*.md, two models), 0.5 kept
 or improved every seam verdict (the position-embedding model's one seam of a tile's words is gone),
 drew no more objects than every-step tile prompts and raised the layout PSNR in every row (guided 0.7:
-+1.0 and +2.1 dB); 0.7 lost more of the told objects (docs/tile_prompts.md)."""
++1.0 and +2.1 dB); it lost one told object (embedded model, causal, 1 of 8 canvases; guided none), 0.7
+lost two (docs/tile_prompts.md)."""
