@@ -9,11 +9,13 @@ top left, tile 4 top right, tile 5 bottom left), 20 steps, cfg 4.5, four prompts
 at one place, seed = prompt index. "without": every tile hears the whole prompt (today's behaviour).
 "tile prompts": the run's prompt is the scene alone (the sky) and only the tile where the prompt puts
 the object hears its words (``combine = append``: "<scene>, <object words>"; ``replace``: the words
-alone); guided's whole-scene pass hears "<scene>, <object words>". "scene prompt": the control, every
-tile hears the scene alone and no tile has words of its own: a seam that it shares with "tile prompts"
-comes from the scene prompt, not from tiles hearing different words. "pull": causal with guided's
-pull of each tile toward the guide (the global context's held low-band skip residual and per-tile
-statistics, at guided's default strengths) on top of its BCLA seed. "automatic t" (AccDiffusion): the
+alone); guided's whole-scene pass hears "<scene>, <object words>". "σ ≥ s": the told tile hears its
+words only at noise levels σ ≥ s (where the layout is placed) and the scene prompt below (the detail
+steps), so it paints the sky it shares with its neighbours from the same words. "scene prompt": the
+control, every tile hears the scene alone and no tile has words of its own: a seam that it shares
+with "tile prompts" comes from the scene prompt, not from tiles hearing different words. "pull": causal
+with guided's pull of each tile toward the guide (the global context's held low-band skip residual and
+per-tile statistics, at guided's default strengths) on top of its BCLA seed. "automatic t" (AccDiffusion): the
 whole prompt, and each tile drops the words whose cross-attention on the guide (one model call at
 σ = 0.5, ``word_maps``) stays below t × the word's peak in all of its cells; the tiles' texts go
 to the log. Objects: the suns / moons / trees the prompt names, counted by ``seamlab.count_objects``
@@ -63,6 +65,8 @@ SCENES = (
 )
 GUIDE_DENOISES = (0.3, 0.5, 0.7)
 THRESHOLDS = (0.5, 0.7, 0.9)
+PROMPT_SIGMAS = (0.5, 0.7)
+"""``σ ≥ s`` rows: the told tile hears its words at noise levels σ ≥ s and the scene prompt below."""
 """Automatic tile prompts: a tile keeps a word whose guide attention reaches this share of its peak."""
 VARIANTS = (
     "causal",
@@ -70,14 +74,18 @@ VARIANTS = (
     "causal + tile prompts (replace)",
     "causal (scene prompt)",
     "causal + pull",
+    *(f"causal + tile prompts, σ ≥ {s}" for s in PROMPT_SIGMAS),
     "causal + pull + tile prompts",
+    f"causal + pull + tile prompts, σ ≥ {PROMPT_SIGMAS[0]}",
     *(f"guided {d}{extra}" for d in GUIDE_DENOISES for extra in ("", " + tile prompts")),
+    f"guided 0.7 + tile prompts, σ ≥ {PROMPT_SIGMAS[0]}",
     *(f"guided 0.7 + automatic {t}" for t in THRESHOLDS),
 )
 SHOWN = (
     "guide",
     "causal",
     "causal + tile prompts",
+    f"causal + tile prompts, σ ≥ {PROMPT_SIGMAS[0]}",
     "causal (scene prompt)",
     "causal + pull + tile prompts",
     "guided 0.7",
@@ -105,6 +113,8 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
         options["tile_prompts"] = encode_tile_prompts(
             tile_texts(plan, prompts, scene_prompt), model.encode_prompt
         )
+    # the other rows: tile prompts at every step (0), as measured before the σ ≥ s rows
+    options["tile_prompt_sigma"] = float(name.split()[-1]) if "σ ≥" in name else 0.0
     if "automatic" in name:  # the whole prompt; each tile drops the words the guide puts elsewhere
         positive = model.encode_prompt(whole)
         texts = automatic_texts(model, plan, whole, guide, float(name.split()[-1]), seed)
@@ -338,7 +348,8 @@ def figure(images: dict, path: Path, width: int = 256) -> None:
             pixels = (images[seed, name][0].permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()
             x, y = i * (width + 6), seed * (height + label)
             out.paste(Image.fromarray(pixels).resize((width, height), Image.BICUBIC), (x, y + label))
-            draw.text((x + 2, y + 2), f"prompt {seed}: {name}", fill="black")
+            label = name.replace("σ ≥", "sigma >=")  # PIL's default font has no σ nor ≥
+            draw.text((x + 2, y + 2), f"prompt {seed}: {label}", fill="black")
     out.save(path)
 
 

@@ -20,6 +20,7 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
+import node_helpers
 import torch
 from comfy_api.latest import io
 from comfy_execution.graph_utils import ExecutionBlocker
@@ -358,6 +359,7 @@ class SanaCausalSampler(io.ComfyNode):
             tile_prompts=tile_conditioning.by_tile or None if tile_conditioning is not None else None,
             auto_tile_prompts=tile_conditioning.automatic if tile_conditioning is not None else None,
             guide_prompt=tile_conditioning.scene if tile_conditioning is not None and guided else None,
+            tile_prompt_sigma=tile_conditioning.prompt_sigma if tile_conditioning is not None else 0.0,
         )
         host = ComfyHost(
             model,
@@ -458,6 +460,17 @@ class JobState:
     """The job's known latent in the model's space (KSamplerX0Inpaint's ``latent_image``)."""
     call_mask: torch.Tensor | None = None
     """The denoise mask of the model call in progress, as ComfyUI's inpainting rule applies it."""
+
+
+def percent_of_sigma(model_sampling, sigma: float) -> float:
+    """The share of the schedule (ComfyUI's timestep-range percent) whose noise level is ``sigma``:
+    ComfyUI maps percent to σ only (``percent_to_sigma``, falling from the top σ at 0 to 0 at 1), so the
+    percent is found by bisection, to 1e-12."""
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if model_sampling.percent_to_sigma(middle) >= sigma else (low, middle)
+    return low
 
 
 class ComfyHost:
@@ -614,7 +627,7 @@ class ComfyHost:
                 job.noise,
                 job.latent,
                 job.steps,
-                job.prompt,  # the tile's own prompt (tile prompts) or None: the run's
+                self._positive(job),
                 denoise=job.denoise,
                 noise_mask=mask,
                 callback=self.callback,
@@ -626,6 +639,17 @@ class ComfyHost:
         if self.preview[..., rows, cols].shape == out.shape:
             self.preview[..., rows, cols] = self.work.model.process_latent_in(out.to(self.preview))
         return out.to(job.latent)
+
+    def _positive(self, job: TileJob) -> list | None:
+        """The job's positive CONDITIONING: None (the run's), the tile's own, or with ``prompt_sigma`` s > 0
+        the tile's own ending and the run's starting at s, as ComfyUI's timestep ranges
+        (ConditioningSetTimestepRange) express it. ComfyUI's ranges include both ends: a step exactly at
+        σ = s hears both, averaged."""
+        if job.prompt is None or job.prompt_sigma <= 0:
+            return job.prompt
+        percent = percent_of_sigma(self.work.get_model_object("model_sampling"), job.prompt_sigma)
+        tile = node_helpers.conditioning_set_values(job.prompt, {"end_percent": percent})
+        return tile + node_helpers.conditioning_set_values(self.positive, {"start_percent": percent})
 
     def schedule(self, denoise: float, steps: int | None = None) -> torch.Tensor:
         """This run's noise levels, as ComfyUI's KSampler computes them."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from ..temporal_tiling.options import DEFAULT_WORD_THRESHOLD
+from ..temporal_tiling.options import DEFAULT_TILE_PROMPT_SIGMA, DEFAULT_WORD_THRESHOLD
 from ..temporal_tiling.plan import TilePlan
 from ..temporal_tiling.tile_prompts import (
     COMBINE_MODES,
@@ -47,6 +47,8 @@ class TileConditioning:
     """What mode = guided's whole-scene pass hears: the scene prompt and every tile's words."""
     automatic: AutoTilePrompts | None = None
     """Automatic tile prompts for the sampler to compute from the whole scene (then ``by_tile`` is empty)."""
+    prompt_sigma: float = DEFAULT_TILE_PROMPT_SIGMA
+    """The tiles hear their own words at noise levels σ ≥ this, the sampler's positive below (0: always)."""
 
 
 def encode(clip, text: str) -> list:
@@ -131,6 +133,17 @@ class SanaTilePrompts(io.ComfyNode):
                     tooltip="automatic: a tile keeps a word whose attention reaches this share of the "
                     "word's peak in it (higher drops more words).",
                 ),
+                io.Float.Input(
+                    "tile_prompt_sigma",
+                    default=DEFAULT_TILE_PROMPT_SIGMA,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="A tile hears its own words while the noise level σ is at least this (the early "
+                    "steps, which place objects) and the scene prompt below it (the detail steps), so "
+                    "neighbouring tiles paint what they share from the same words. 0: its words at every "
+                    "step.",
+                ),
             ],
             outputs=[
                 io.Conditioning.Output(
@@ -159,9 +172,10 @@ class SanaTilePrompts(io.ComfyNode):
         combine: str,
         automatic: bool = False,
         word_threshold: float = DEFAULT_WORD_THRESHOLD,
+        tile_prompt_sigma: float = DEFAULT_TILE_PROMPT_SIGMA,
     ) -> io.NodeOutput:
         if automatic:
-            return cls.automatic(clip, tile_plan, prompt, tile_prompts, word_threshold)
+            return cls.automatic(clip, tile_plan, prompt, tile_prompts, word_threshold, tile_prompt_sigma)
         spec = parse_lines(tile_prompts, combine)
         texts = tile_texts(tile_plan, spec, prompt)
         by_tile = encode_tile_prompts(texts, lambda text: encode(clip, text))
@@ -169,13 +183,13 @@ class SanaTilePrompts(io.ComfyNode):
         shown = [f"tile {index + 1}: {text}" for index, text in texts.items()] or ["no tile prompts"]
         return io.NodeOutput(
             encode(clip, prompt),
-            TileConditioning(tile_plan, by_tile, texts, scene),
+            TileConditioning(tile_plan, by_tile, texts, scene, prompt_sigma=tile_prompt_sigma),
             ui={"text": ["\n".join(shown)]},
         )
 
     @classmethod
     def automatic(
-        cls, clip, tile_plan: TilePlan, prompt: str, tile_prompts: str, threshold: float
+        cls, clip, tile_plan: TilePlan, prompt: str, tile_prompts: str, threshold: float, prompt_sigma: float
     ) -> io.NodeOutput:
         if tile_prompts.strip():
             raise TilePromptError(
@@ -185,7 +199,7 @@ class SanaTilePrompts(io.ComfyNode):
         shown = f"automatic: the sampler picks each tile's words of the prompt (threshold {threshold})"
         return io.NodeOutput(
             settings.prompt,
-            TileConditioning(tile_plan, {}, {}, settings.prompt, settings),
+            TileConditioning(tile_plan, {}, {}, settings.prompt, settings, prompt_sigma),
             ui={"text": [shown]},
         )
 

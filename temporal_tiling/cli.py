@@ -50,6 +50,7 @@ from .options import (
     DEFAULT_RELEASE_BAND,
     DEFAULT_RESAMPLE_BAND,
     DEFAULT_RESAMPLE_SIGMA,
+    DEFAULT_TILE_PROMPT_SIGMA,
     DEFAULT_WORD_THRESHOLD,
     EMBEDDED_MODEL,
     FITS,
@@ -555,12 +556,27 @@ def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> N
         f"cells; higher drops more words (default {DEFAULT_WORD_THRESHOLD}: of 0.5, 0.7 and 0.9 the one "
         "that kept the bench's seam verdicts, docs/tile_prompts.md)",
     )
+    parser.add_argument(
+        "--tile-prompt-sigma",
+        type=_number(float, 0, 1),
+        default=None,
+        metavar="S",
+        help="--tile-prompts: a tile hears its own words at noise levels σ >= S (the early steps, which "
+        "place objects) and --prompt below (the detail steps, so neighbouring tiles paint what they share "
+        f"from the same words); 0: its words at every step (default {DEFAULT_TILE_PROMPT_SIGMA:g}, "
+        "docs/tile_prompts.md)",
+    )
 
 
 def check_tile_prompt_flags(args: argparse.Namespace) -> None:
-    """A CLIError for --word-threshold without --tile-prompts auto (before the model loads)."""
+    """A CLIError for --word-threshold without --tile-prompts auto, or --tile-prompt-sigma without
+    --tile-prompts (before the model loads); then --tile-prompt-sigma's default fills in."""
     from .tile_prompts import AUTOMATIC, check_method
 
+    if args.tile_prompt_sigma is not None and args.tile_prompts is None:
+        raise CLIError("is read with --tile-prompts only; add that or drop it", "--tile-prompt-sigma")
+    if args.tile_prompt_sigma is None:
+        args.tile_prompt_sigma = DEFAULT_TILE_PROMPT_SIGMA
     if args.word_threshold is not None and args.tile_prompts != AUTOMATIC:
         raise CLIError("is read by --tile-prompts auto only; add that or drop it", "--word-threshold")
     if args.tile_prompts == AUTOMATIC:
@@ -1011,6 +1027,7 @@ def _render(
                 border_resample=border_resample if method in CAUSAL_METHODS else None,
                 tile_prompts=tile_prompts if method != "full" else None,
                 auto_tile_prompts=automatic if method != "full" else None,
+                tile_prompt_sigma=args.tile_prompt_sigma,
                 guide_prompt=guide_prompt if method == "guided" else None,
                 progress=bar,
                 **conditioning,

@@ -130,6 +130,10 @@ class TileJob:
     prompt: object | None = None
     """This tile's own positive conditioning, in the host's form (tile prompts: FlowHost's prompt
     embeddings [1, L, D], ComfyHost's CONDITIONING); None = the run's prompt."""
+    prompt_sigma: float = 0.0
+    """With ``prompt``: the tile hears it at noise levels σ ≥ this and the run's prompt below (0: at
+    every step). The high-σ steps place objects, the low ones paint detail, so a tile above σ = s takes
+    its words' layout and below it paints its shared background with the same words as its neighbours."""
 
 
 class Host(Protocol):

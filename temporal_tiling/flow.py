@@ -217,6 +217,16 @@ def _repeat_to(t: Tensor, n: int) -> Tensor:
 # --- one tile -------------------------------------------------------------------------------------
 
 
+def sigma_switch(above: Denoiser, below: Denoiser, sigma: float) -> Denoiser:
+    """``above`` at model calls whose noise level is ≥ ``sigma``, ``below`` under it (every row of a
+    call shares one σ)."""
+
+    def denoiser(x: Tensor, sigmas: Tensor) -> Tensor:
+        return (above if float(sigmas.flatten()[0]) >= sigma else below)(x, sigmas)
+
+    return denoiser
+
+
 def masked_denoiser(denoiser: Denoiser, job: TileJob) -> Denoiser:
     """``denoiser`` with the job's x0 hook and ComfyUI's KSamplerX0Inpaint rule at every call.
 

@@ -108,3 +108,11 @@ the word's peak in its cells. Of the measured 0.5, 0.7 and 0.9 (bench/results/ti
 guide denoise 0.7, embedded model) only 0.5 kept every seam verdict (2/2 seamless, 0/2 at 0.7 and 0.9) and
 the layout (21.8 dB against the guide, 20.8 without tile prompts); it also drew fewer suns and moons
 than without (10 and 6 against 10 and 15), though still more than the guide's one."""
+
+DEFAULT_TILE_PROMPT_SIGMA = 0.5
+"""Tile prompts: a tile hears its own words at noise levels σ ≥ this and the run's prompt below it;
+0 = at every step. Of 0 (every step), 0.5 and 0.7 (bench/results/tile_prompts*.md, two models), 0.5 kept
+or improved every seam verdict (the position-embedding model's one seam of a tile's words is gone),
+drew no more objects than every-step tile prompts and raised the layout PSNR in every row (guided 0.7:
++1.0 and +2.1 dB); it lost one told object (embedded model, causal, 1 of 8 canvases; guided none), 0.7
+lost two (docs/tile_prompts.md)."""

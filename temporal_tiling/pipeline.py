@@ -29,7 +29,7 @@ from .bcla import BCLACache, BCLAConfig, install_bcla
 from .border_resample import BorderResample
 from .context import ContextError, ContextSettings, GlobalContext, guide_size, resize_latent
 from .contracts import Host, TileCache, TileJob
-from .flow import CFGDenoiser, flow_sigmas, sample_tile
+from .flow import CFGDenoiser, flow_sigmas, sample_tile, sigma_switch
 from .options import (
     DEFAULT_GUIDE_BCLA_SEED,
     DEFAULT_GUIDE_DENOISE,
@@ -41,6 +41,7 @@ from .options import (
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
     DEFAULT_METHOD,
+    DEFAULT_TILE_PROMPT_SIGMA,
     METHODS,
 )
 from .plan import TilePlan, make_plan
@@ -219,6 +220,9 @@ class RunSettings:
     """Tile prompts: the positive conditioning of tiles by plan index, in the host's form
     (:attr:`TileJob.prompt`); other tiles, the whole-scene pass, the progressive chain's levels and the
     seam refine use the run's prompt. Tiled methods that sample tile by tile only."""
+    tile_prompt_sigma: float = DEFAULT_TILE_PROMPT_SIGMA
+    """Tile prompts are heard at noise levels σ ≥ this, the run's prompt below it (0: at every step);
+    in [0, 1]. See :attr:`TileJob.prompt_sigma`."""
     guide_prompt: object | None = None
     """The positive conditioning of ``guided``'s whole-scene pass, in the host's form; None = the run's
     prompt. With tile prompts the whole scene should hear every tile's words
@@ -252,6 +256,11 @@ class RunSettings:
             raise SamplingError(
                 f"Tile prompts need a method that samples tile by tile ({', '.join(TILE_PROMPT_METHODS)}), "
                 f"not {method!r}: pick one of those or leave the tile prompts out."
+            )
+        if not 0.0 <= self.tile_prompt_sigma <= 1.0:
+            raise SamplingError(
+                f"tile_prompt_sigma is a noise level in [0, 1] (0: tile prompts at every step); got "
+                f"{self.tile_prompt_sigma}."
             )
         if self.tile_prompts and self.auto_tile_prompts:
             raise SamplingError(
@@ -427,10 +436,11 @@ def _run(
             seed=settings.seed,
         )
 
-    prompts = settings.tile_prompts or {}
+    prompts, prompt_sigma = settings.tile_prompts or {}, settings.tile_prompt_sigma
 
     def denoise_tile(job: TileJob) -> Tensor:
-        return host.denoise(replace(job, denoise=denoise, steps=steps, prompt=prompts.get(job.tile.index)))
+        job = replace(job, denoise=denoise, steps=steps, prompt=prompts.get(job.tile.index))
+        return host.denoise(replace(job, prompt_sigma=prompt_sigma))
 
     if method in CAUSAL_METHODS:
         border = settings.border_resample
@@ -643,7 +653,10 @@ class FlowHost:
     def denoise(self, job: TileJob) -> Tensor:
         sigmas = self.schedule(job.denoise, job.steps)
         if job.model_wrap is None:
-            denoiser = self.denoiser if job.prompt is None else self._tile_denoiser(job.prompt)
+            denoiser = self.denoiser
+            if job.prompt is not None:
+                tile = self._tile_denoiser(job.prompt)
+                denoiser = sigma_switch(tile, self.denoiser, job.prompt_sigma) if job.prompt_sigma else tile
             return sample_tile(denoiser, job, sigmas, self.sampling.sampler, self.tick)
         self._counting_tile_calls = True
         try:

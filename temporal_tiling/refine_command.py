@@ -90,6 +90,7 @@ def run_refine(
     method_settings = {
         "tile_prompts": encode_tile_prompts(texts, model.encode_prompt) or None,
         "auto_tile_prompts": automatic(model),
+        "tile_prompt_sigma": args.tile_prompt_sigma,
         "method": args.method,
         "cache_config": BCLAConfig() if args.method in CAUSAL_METHODS else None,
         "guide_first": GuideFirst(denoise=args.denoise) if guided else None,

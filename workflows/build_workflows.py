@@ -21,7 +21,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from temporal_tiling.options import DEFAULT_GUIDE_DENOISE, DEFAULT_WORD_THRESHOLD, HALO_AUTO  # noqa: E402  (the pack root is not installed)
+from temporal_tiling.options import (  # noqa: E402  (the pack root is not installed)
+    DEFAULT_GUIDE_DENOISE,
+    DEFAULT_TILE_PROMPT_SIGMA,
+    DEFAULT_WORD_THRESHOLD,
+    HALO_AUTO,
+)
 from temporal_tiling.plan import TilePlan, make_plan  # noqa: E402
 
 EMBEDDED = "seamlab-sana (embedded)"
@@ -368,6 +373,7 @@ def tile_prompts() -> list[Node]:
             ("combine", "append"),
             ("automatic", False),
             ("word_threshold", DEFAULT_WORD_THRESHOLD),
+            ("tile_prompt_sigma", DEFAULT_TILE_PROMPT_SIGMA),
         ],
         {"clip": (1, 1), "tile_plan": (5, 0)},
         size=(340, 220),
@@ -379,7 +385,7 @@ def tile_prompts() -> list[Node]:
     return [
         loader(1, (20, 40)),
         prompts,
-        text(3, (20, 660), "", "negative"),
+        text(3, (20, 710), "", "negative"),
         bcla_cache(4, (400, 680)),
         canvas,
         sample,
@@ -406,7 +412,7 @@ def tile_prompts() -> list[Node]:
         Node(13, "PreviewImage", (400, 960), links={"images": (5, 1)}, title="tile plan", size=(340, 260)),
         note(
             14,
-            (20, 830),
+            (20, 880),
             f"Tile prompts: {describe(plan)}, causal tiles from noise. Every tile hears the scene prompt; "
             "only the tiles the Tile Prompts node names also hear their words, so an object named once "
             "is painted once instead of in every tile. Tiles are numbered as the Tile Planner's preview "

@@ -32,10 +32,10 @@ def test_tile_prompts_node_encodes_each_tiles_text(tile_prompts, parts, plan):
 
 
 def test_sampler_runs_each_tile_with_its_own_conditioning(tile_prompts, nodes, parts, conds, plan):
-    """Independent tiles: the tile with words of its own equals the run with that prompt everywhere; the
-    others equal the run without tile prompts."""
+    """Independent tiles, tile prompts at every step (tile_prompt_sigma 0): the tile with words of its own
+    equals the run with that prompt everywhere; the others equal the run without tile prompts."""
     model, clip, _ = parts
-    positive, tiles = tile_prompts.execute(clip, plan, SCENE, "\na sun", "append").result
+    positive, tiles = tile_prompts.execute(clip, plan, SCENE, "\na sun", "append", False, 0.5, 0.0).result
     plain = _sample(nodes, model, conds, plan, mode="independent")[1]
     sun = clip.encode_from_tokens_scheduled(clip.tokenize(f"{SCENE}, a sun"))
     everywhere = _sample(nodes, model, (sun, conds[1]), plan, mode="independent")[1]
@@ -44,6 +44,30 @@ def test_sampler_runs_each_tile_with_its_own_conditioning(tile_prompts, nodes, p
     assert torch.equal(mixed[1], everywhere[1]) and not torch.equal(mixed[1], plain[1])
     causal = _sample(nodes, model, (positive, conds[1]), plan, tile_conditioning=tiles)[1]
     assert torch.equal(causal[0], _sample(nodes, model, conds, plan)[1][0])
+
+
+def test_tile_prompt_sigma_runs_the_tile_as_stock_timestep_ranges_do(tile_prompts, nodes, parts, conds, plan):
+    """tile_prompt_sigma s: the told tile equals a run whose positive is ComfyUI's own
+    ConditioningSetTimestepRange of its words over [0, p] combined with the scene's over [p, 1], where
+    p is the percent of σ = s; the other tiles equal the run without tile prompts."""
+    import nodes as comfy_nodes
+
+    model, clip, _ = parts
+    sigma = model.get_model_object("model_sampling").percent_to_sigma(0.5)
+    positive, tiles = tile_prompts.execute(clip, plan, SCENE, "\na sun", "append", False, 0.5, sigma).result
+    assert tiles.prompt_sigma == sigma
+    sun = clip.encode_from_tokens_scheduled(clip.tokenize(f"{SCENE}, a sun"))
+    ranged = comfy_nodes.ConditioningSetTimestepRange()
+    (stock,) = comfy_nodes.ConditioningCombine().combine(
+        ranged.set_range(sun, 0.0, 0.5)[0], ranged.set_range(positive, 0.5, 1.0)[0]
+    )
+    plain = _sample(nodes, model, conds, plan, mode="independent")[1]
+    reference = _sample(nodes, model, (stock, conds[1]), plan, mode="independent")[1]
+    everywhere = _sample(nodes, model, (sun, conds[1]), plan, mode="independent")[1]
+    gated = _sample(nodes, model, (positive, conds[1]), plan, mode="independent", tile_conditioning=tiles)[1]
+    assert torch.equal(gated[0], plain[0]) and torch.equal(gated[2:], plain[2:])
+    assert torch.equal(gated[1], reference[1])
+    assert not torch.equal(gated[1], everywhere[1]) and not torch.equal(gated[1], plain[1])
 
 
 def test_sampler_refuses_tile_conditioning_of_another_plan_or_a_canvas_method(

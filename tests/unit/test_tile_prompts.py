@@ -94,20 +94,58 @@ def test_tile_prompts_refuse_methods_that_do_not_sample_tile_by_tile() -> None:
 
 
 def test_flow_host_runs_a_tile_with_its_own_embeddings(model, prompts) -> None:
-    """Independent tiles: the tile with its own prompt is exactly the run with that prompt everywhere,
-    and the other tiles are exactly the run without tile prompts."""
+    """Independent tiles, tile prompts at every step (σ ≥ 0): the tile with its own prompt is exactly the
+    run with that prompt everywhere, and the other tiles are exactly the run without tile prompts."""
     plan = make_plan(
         width_px=64, height_px=32, tile_width_px=32, tile_height_px=32, overlap_px=0, compression=8
     )  # 2 tiles
     cond, uncond = prompts
     other = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(3))  # another length too
-    options = {"method": "independent", "steps": 2, "cfg": 2.0, "seed": 5}
+    options = {"method": "independent", "steps": 2, "cfg": 2.0, "seed": 5, "tile_prompt_sigma": 0.0}
     plain = generate(plan, model, cond, uncond, **options).tiles
     everywhere = generate(plan, model, other, uncond, **options).tiles
     mixed = generate(plan, model, cond, uncond, tile_prompts={1: other}, **options).tiles
     assert torch.equal(mixed[0], plain[0])
     assert torch.allclose(mixed[1], everywhere[1], atol=1e-6)
     assert not torch.allclose(mixed[1], plain[1], atol=1e-3)
+
+
+@pytest.mark.parametrize(("prompt_sigma", "told_steps"), [(0.6, 2), (0.5, 3)])
+def test_flow_host_gives_the_tile_prompt_from_sigma_s_up_and_the_runs_below(
+    model, prompts, prompt_sigma: float, told_steps: int
+) -> None:
+    """shift 1, 4 steps: σ = 1, 0.75, 0.5, 0.25. The told tile's calls at σ ≥ s hear its prompt (σ = s
+    included), the rest the run's; the other tile hears the run's at every step."""
+    plan = make_plan(
+        width_px=64, height_px=32, tile_width_px=32, tile_height_px=32, overlap_px=0, compression=8
+    )  # 2 independent tiles, sampled in order
+    cond, uncond = prompts
+    other = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(3))
+    heard: list[tuple[float, str]] = []
+
+    def record(module, args, kwargs) -> None:
+        text = kwargs["encoder_hidden_states"][0]  # the cond branch, first chunk
+        name = "tile" if torch.equal(text[: other.shape[1]], other[0]) else "run"
+        assert name == "tile" or torch.equal(text[: cond.shape[1]], cond[0])
+        heard.append((round(float(kwargs["timestep"][0]) / 1000, 4), name))
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        options = dict(method="independent", steps=4, cfg=2.0, shift=1.0, seed=5)
+        generate(
+            plan, model, cond, uncond, tile_prompts={1: other}, tile_prompt_sigma=prompt_sigma, **options
+        )
+    finally:
+        hook.remove()
+    sigmas = [1.0, 0.75, 0.5, 0.25]
+    told = ["tile"] * told_steps + ["run"] * (4 - told_steps)
+    assert heard == [(s, "run") for s in sigmas] + list(zip(sigmas, told, strict=True))
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_tile_prompt_sigma_outside_0_1_is_refused(value: float) -> None:
+    with pytest.raises(SamplingError, match=r"tile_prompt_sigma is a noise level in \[0, 1\]"):
+        RunSettings(method="causal", tile_prompts={0: "sun"}, tile_prompt_sigma=value)
 
 
 # --- rectangles -------------------------------------------------------------------------------------
@@ -279,6 +317,57 @@ def test_cli_tile_prompt_errors_exit_2_with_one_line(tmp_path: Path, capsys, con
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--tile-prompts" in err and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_tile_prompt_sigma_reaches_the_run_in_generate_and_refine(tmp_path: Path, monkeypatch) -> None:
+    from test_refine import photo, refine
+
+    from temporal_tiling import pipeline
+
+    heard: list[float] = []
+
+    def recording_generate(*args, **kwargs):
+        heard.append(kwargs["tile_prompt_sigma"])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate", recording_generate)
+    spec = tmp_path / "tiles.json"
+    spec.write_text(json.dumps({"tiles": {"2": "a sun"}}))
+    argv = [*BASE, "--method", "causal", "--tile-prompts", str(spec), "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, "--tile-prompt-sigma", "0.6"], loader=tiny_loader) == 0
+    source = tmp_path / "photo.png"
+    Image.fromarray((photo(96, 160) * 255).round().astype(np.uint8)).save(source)
+    assert (
+        refine(source, tmp_path / "refined", "--tile-prompts", str(spec), "--tile-prompt-sigma", "0.3") == 0
+    )
+    assert heard == [0.6, 0.3]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--tile-prompt-sigma", "1.5"], "must be <= 1"), (["--tile-prompt-sigma", "-0.1"], "must be >= 0")],
+)
+def test_cli_tile_prompt_sigma_outside_0_1_exits_2_with_one_line(
+    tmp_path: Path, capsys, extra, message
+) -> None:
+    spec = tmp_path / "tiles.json"
+    spec.write_text(json.dumps({"tiles": {"2": "a sun"}}))
+    argv = [*BASE, "--tile-prompts", str(spec), *extra, "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv, loader=tiny_loader)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--tile-prompt-sigma" in err and message in err
+
+
+def test_cli_tile_prompt_sigma_needs_tile_prompts(tmp_path: Path, capsys) -> None:
+    argv = [*BASE, "--tile-prompt-sigma", "0.5", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv, loader=tiny_loader)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--tile-prompt-sigma" in err and "--tile-prompts only" in err
     assert not (tmp_path / "o").exists()
 
 
