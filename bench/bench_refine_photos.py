@@ -246,7 +246,13 @@ def run_key(name: str, scale: float) -> str:
 
 
 def run_photo(
-    model, name: str, scale: float, timeout: float, work: Path, methods: tuple[Method, ...] = METHODS
+    model,
+    name: str,
+    scale: float,
+    timeout: float,
+    work: Path,
+    methods: tuple[Method, ...] = METHODS,
+    keep: Path | None = None,
 ) -> dict:
     """Every method of ``methods`` on one photo at one scale, scored; the figure when they are METHODS."""
     source = np.ascontiguousarray(PHOTOS[name]())
@@ -273,6 +279,9 @@ def run_photo(
         "methods": {},
     }
     panels = {f"input, bicubic to {width}x{height}": bicubic_pixels}
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(bicubic_pixels).save(keep / f"{name}_{scale:g}x_bicubic.png")
     for method in methods:
         out = work / f"{name}_{scale:g}_{method.engine}_{len(entry['methods'])}.npy"
         measured = measure_in_child(
@@ -284,6 +293,8 @@ def run_photo(
             continue
         pixels = np.load(out)
         out.unlink()
+        if keep is not None:
+            Image.fromarray(pixels).save(keep / f"{name}_{scale:g}x_{method.name.replace(' ', '_')}.png")
         row = {**measured, **score(source, pixels, plan, bicubic_jump)}
         entry["methods"][method.name] = row
         panels[method.name] = pixels
@@ -475,6 +486,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per method run")
     parser.add_argument("--report-only", action="store_true", help="rewrite the md from the json")
     parser.add_argument(
+        "--keep", type=Path, default=None, help="also save every output as PNG in this folder"
+    )
+    parser.add_argument(
         "--halo",
         type=int,
         nargs="+",
@@ -502,7 +516,7 @@ def main() -> None:
         methods = tuple(Method(f"guided, halo {n}", "guided", extra={"halo": n}) for n in args.halo)
     with tempfile.TemporaryDirectory() as work:
         for name, scale in runs:
-            entry = run_photo(model, name, scale, args.timeout, Path(work), methods)
+            entry = run_photo(model, name, scale, args.timeout, Path(work), methods, args.keep)
             before = payload["runs"].get(run_key(name, scale), {}).get("methods", {})
             entry["methods"] = {**before, **entry["methods"]}
             payload["runs"][run_key(name, scale)] = entry
