@@ -103,6 +103,8 @@ tables keeps it."""
 
 @dataclass(frozen=True)
 class Method:
+    """One row of the comparison: an engine method, run through the refine path, and how its canvas ends."""
+
     name: str
     engine: str
     """``RunSettings.method`` (and ``refine --method``)."""
