@@ -24,13 +24,41 @@ from .atomic import write_atomic
 if TYPE_CHECKING:
     import numpy as np
 
+    from .metrics import SeamReport
     from .plan import TilePlan
     from .word_maps import AutoTilePrompts
 
 REFINE_METHODS = ("guided", "causal", "independent", "multidiffusion")
+"""``--method``: the default (tiles refined from the enlarged image as their guide) and baselines."""
 MIN_TILE = 128
 """Smallest default tile in px: the model's native size (1024 px for SANA 1024px) unless smaller."""
-"""``--method``: the default (tiles refined from the enlarged image as their guide) and baselines."""
+
+
+def default_tile(transformer: Any, compression: int) -> int:
+    """The refine's tile side in px when none is given: the model's native size, at least MIN_TILE."""
+    from .position import patch_size
+
+    native = getattr(transformer.config, "sample_size", 0) * patch_size(transformer) * compression
+    return max(MIN_TILE, native)
+
+
+def refine_settings(method: str, denoise: float, steps: int) -> tuple[dict[str, Any], int]:
+    """The ``RunSettings`` fields and the sampler steps of a refine with ``method``.
+
+    ``guided`` tiles run the last ``denoise`` share of a ``steps``-step schedule (GuideFirst) from the
+    image as their guide; the img2img baselines run ``denoise`` from the image with steps × denoise
+    steps, so every method makes the same number of model calls per tile."""
+    from .bcla import BCLAConfig
+    from .pipeline import CAUSAL_METHODS, GuideFirst
+
+    guided = method == "guided"
+    settings = {
+        "method": method,
+        "cache_config": BCLAConfig() if method in CAUSAL_METHODS else None,
+        "guide_first": GuideFirst(denoise=denoise) if guided else None,
+        "denoise": 1.0 if guided else denoise,
+    }
+    return settings, steps if guided else max(1, round(steps * denoise))
 
 
 def run_refine(
@@ -48,9 +76,8 @@ def run_refine(
     settings for the loaded model (``automatic(model)``: None without it)."""
     import torch
 
-    from .bcla import BCLAConfig
     from .image_io import Picture, read_image, write_png
-    from .pipeline import CAUSAL_METHODS, GuideFirst, generate
+    from .pipeline import generate
     from .plan import PlanError
     from .position import patch_size
     from .refine import Autoencoder, RefineError, output_size, refine_image, refine_plan
@@ -69,8 +96,7 @@ def run_refine(
     if model.encode is None:
         raise RefineError(f"argument --model: {model.name} has no image encoder to read the image with")
     patch = patch_size(model.transformer)
-    native = getattr(model.transformer.config, "sample_size", 0) * patch * model.compression
-    tile = args.tile or max(MIN_TILE, native)
+    tile = args.tile or default_tile(model.transformer, model.compression)
     try:
         plan = refine_plan(
             height,
@@ -85,20 +111,11 @@ def run_refine(
     except PlanError as error:
         flag = "--max-tiles" if "max_tiles" in str(error) else "--tile"
         raise RefineError(f"argument {flag}: {error}") from None
-    guided = args.method == "guided"
     texts = tile_texts(plan, prompts, args.prompt) if prompts else {}
-    method_settings = {
-        "tile_prompts": encode_tile_prompts(texts, model.encode_prompt) or None,
-        "auto_tile_prompts": automatic(model),
-        "tile_prompt_sigma": args.tile_prompt_sigma,
-        "method": args.method,
-        "cache_config": BCLAConfig() if args.method in CAUSAL_METHODS else None,
-        "guide_first": GuideFirst(denoise=args.denoise) if guided else None,
-        "denoise": 1.0 if guided else args.denoise,
-    }
-    # guided tiles run steps × denoise steps of the schedule (GuideFirst); the img2img baselines get
-    # the same number of model calls per tile
-    steps = args.steps if guided else max(1, round(args.steps * args.denoise))
+    method_settings, steps = refine_settings(args.method, args.denoise, args.steps)
+    method_settings["tile_prompts"] = encode_tile_prompts(texts, model.encode_prompt) or None
+    method_settings["auto_tile_prompts"] = automatic(model)
+    method_settings["tile_prompt_sigma"] = args.tile_prompt_sigma
     prompt_embeds = model.encode_prompt(args.prompt)
     negative_embeds = model.encode_prompt(args.negative) if args.cfg != 1.0 else None
     shift = args.shift if args.shift is not None else model.flow_shift
@@ -160,20 +177,9 @@ def _write_metrics(
     seconds: float,
     out: Path,
 ) -> None:
-    """Quality Metrics of ``refined`` against ``source`` enlarged bicubically to its size (the plan's
-    padding is the image mirrored, as the run saw it)."""
-    import numpy as np
-    import torch
-
-    from .metrics import seam_report
-    from .refine import enlarged
-
+    """The Quality Metrics (:func:`refine_report`) written as metrics.md and metrics.json."""
     height, width = refined.shape[:2]
-    pad = ((0, plan.height_px - height), (0, plan.width_px - width), (0, 0))
-    peak = float(np.iinfo(refined.dtype).max)
-    image = torch.from_numpy(np.pad(refined, pad, mode="symmetric").astype(np.float32) / peak)
-    reference = enlarged(source, height, width)(0, plan.height_px, 0, plan.width_px)
-    report = seam_report(image.permute(2, 0, 1)[None], plan, reference=reference)
+    report = refine_report(source, refined, plan)
     about = (
         f"{args.image.name} ({source.shape[1]}×{source.shape[0]} px) refined at ×{args.scale:g} to "
         f"{width}×{height} px with {args.method}, denoise {args.denoise}, {args.steps} steps, seed "
@@ -190,3 +196,22 @@ def _write_metrics(
         **report.to_dict(),
     }
     write_atomic(out / "metrics.json", json.dumps(payload, indent=2).encode())
+
+
+def refine_report(
+    source: np.ndarray, refined: np.ndarray, plan: TilePlan, *, ssim: bool = True
+) -> SeamReport:
+    """Quality Metrics of ``refined`` [H, W, 3] against ``source`` enlarged bicubically to its size (the
+    plan's padding is the image mirrored, as the run saw it); ``ssim=False`` skips the slowest part."""
+    import numpy as np
+    import torch
+
+    from .metrics import seam_report
+    from .refine import enlarged
+
+    height, width = refined.shape[:2]
+    pad = ((0, plan.height_px - height), (0, plan.width_px - width), (0, 0))
+    peak = float(np.iinfo(refined.dtype).max)
+    image = torch.from_numpy(np.pad(refined, pad, mode="symmetric").astype(np.float32) / peak)
+    reference = enlarged(source, height, width)(0, plan.height_px, 0, plan.width_px)
+    return seam_report(image.permute(2, 0, 1)[None], plan, reference=reference, ssim=ssim)
