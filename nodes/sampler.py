@@ -242,8 +242,8 @@ class SanaCausalSampler(io.ComfyNode):
                     tooltip="Latent cells of neighbouring canvas each tile is sampled with and then "
                     "discards, so a tile's border is not the model's image border (tiled modes). "
                     f"{HALO_AUTO} = the mode's default: {DEFAULT_GUIDE_HALO} for guided (it removes the "
-                    "soft brightness step at every tile row on canvases many times the whole-scene pass), "
-                    "0 for the others; 0 = off.",
+                    "soft brightness step at every tile row on canvases many times the whole-scene pass; 0 "
+                    "when latent_image already has the canvas's size, a refine), 0 for the others; 0 = off.",
                 ),
                 io.Latent.Input(
                     "latent_image",

@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CELLS",
         help="sample every tile with a ring of this many neighbouring latent cells that is then discarded, "
         f"so the tile's border is not the model's image border (tiled methods; default: {DEFAULT_GUIDE_HALO} "
-        "for guided, which removes the row-to-row steps at large enlargements, 0 for the others)",
+        "for guided, which removes the row-to-row steps at large enlargements; 0 in refine, whose guide is "
+        "the picture at the output size; 0 for the other methods)",
     )
     g.add_argument(
         "--border-resample",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from temporal_tiling import pipeline
 from temporal_tiling.bcla import BCLACache, BCLAConfig
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.options import DEFAULT_GUIDE_HALO
-from temporal_tiling.pipeline import RunSettings, generate, guide_levels
+from temporal_tiling.pipeline import GuideFirst, RunSettings, generate, guide_levels
 from temporal_tiling.plan import PlanError, TilePlan, make_plan
 from temporal_tiling.sampling import (
     SamplingError,
@@ -290,3 +291,22 @@ def test_guided_tiles_run_with_a_halo_and_a_held_low_band_pull_by_default() -> N
     )  # 4×
     others = ("causal", "independent", "multidiffusion", "full")
     assert all(RunSettings(method=m).tile_halo == 0 for m in others)
+
+
+@pytest.mark.parametrize(("guide_cells", "halo"), [((16, 24), 0), ((8, 12), DEFAULT_GUIDE_HALO)])
+def test_guided_keeps_its_default_halo_for_an_enlarged_guide_only(guide_cells, halo: int) -> None:
+    """A refine hands guided a guide at the canvas's size (the picture encoded at the output size):
+    nothing is enlarged, so no tile-row staircase to hide, and its tiles run on their own windows; a guide
+    that is enlarged to the canvas (text to image's whole-scene pass) keeps the default halo."""
+    from test_tile_prompts import RecordingHost
+
+    plan = make_plan(
+        width_px=192, height_px=128, tile_width_px=64, tile_height_px=64, overlap_px=0, compression=8
+    )  # 3 × 2 tiles of 8 × 8 cells
+    host = RecordingHost()
+    settings = RunSettings(method="guided", guide_first=GuideFirst(bcla_seed=0.0))
+    pipeline.run(plan, host, settings, (1, 4), latent=torch.zeros(1, 4, *guide_cells))
+    windows = [tile for tile, _ in host.heard if tile.width < plan.canvas_width]
+    assert len(windows) == len(plan)
+    middle = windows[1]  # the top row's middle tile: a halo grows it left, right and down
+    assert (middle.width, middle.height) == (8 + 2 * halo, 8 + halo)
