@@ -157,9 +157,14 @@ class SanaTilePrompts(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, combine: str | None = None) -> bool:
-        """Only the combo: ComfyUI 0.3.64 does not check a schema node's choices; the lines are read
-        (and refused with their line number) at run."""
+    def validate_inputs(
+        cls,
+        combine: str | None = None,
+        word_threshold: float | None = None,
+        tile_prompt_sigma: float | None = None,
+    ) -> bool:
+        """The combo and the floats: ComfyUI 0.3.64 does not check a schema node's choices and lets NaN
+        through a float's range; the lines are read (and refused with their line number) at run."""
         return cross_check(cls, locals())
 
     @classmethod
