@@ -555,7 +555,7 @@ def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> N
         metavar="T",
         help="--tile-prompts auto: a tile keeps a word whose attention reaches T × the word's peak in its "
         f"cells; higher drops more words (default {DEFAULT_WORD_THRESHOLD}: of 0.5, 0.7 and 0.9 the one "
-        "that kept the bench's seam verdicts, docs/tile_prompts.md)",
+        "that removed the most repeated objects on the bench, docs/tile_prompts.md)",
     )
     parser.add_argument(
         "--tile-prompt-sigma",

@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 from test_cli import BASE, one_error_line, refusing_loader, tiny_loader
+from test_tile_prompts import RecordingHost
 
 from temporal_tiling import cli
-from temporal_tiling.contracts import TileJob
 from temporal_tiling.pipeline import GuideFirst, RunSettings, run, tile_steps_total
-from temporal_tiling.plan import Tile, make_plan
+from temporal_tiling.plan import make_plan
 from temporal_tiling.sampling import SamplingError
 from temporal_tiling.word_maps import (
     AutoTilePrompts,
@@ -129,19 +129,11 @@ def test_a_threshold_outside_0_1_is_refused(threshold: float) -> None:
 
 
 @dataclass
-class AttentionHost:
+class AttentionHost(RecordingHost):
     """A host whose sampler returns the known latent, logs each tile's prompt, and whose cross-attention
     puts ``synthetic_maps`` on any whole-scene latent (text tokens: a start token, then one per word)."""
 
-    steps: int = 2
-    canvas_positions: bool = False
-    patch_size: int = 1
-    heard: list[tuple[Tile, object]] = field(default_factory=list)
     scenes: list[torch.Tensor] = field(default_factory=list)
-
-    def denoise(self, job: TileJob) -> torch.Tensor:
-        self.heard.append((job.tile, job.prompt))
-        return job.latent + 1.0
 
     def cross_attention(
         self, latent: torch.Tensor, noise: torch.Tensor, sigma: float, prompt=None
@@ -150,18 +142,6 @@ class AttentionHost:
         size = latent.shape[-2:]
         maps = torch.nn.functional.interpolate(synthetic_maps()[None], size=size, mode="nearest")[0]
         return torch.cat([torch.zeros(1, *size), maps]).flatten(1).T  # [h·w, 1 + 3 words]
-
-    def schedule(self, denoise: float, steps: int | None = None) -> torch.Tensor:
-        return torch.linspace(denoise, 0.0, (steps or self.steps) + 1)
-
-    def reencode(self, x0: torch.Tensor) -> None: ...
-    def seed_call(self, guide: torch.Tensor, noise: torch.Tensor, sigma: float) -> None: ...
-    def model_space(self, latent: torch.Tensor) -> torch.Tensor:
-        return latent
-
-    def attach_cache(self, cache) -> None: ...
-    def detach_cache(self) -> None: ...
-    def on_tile(self, index: int, count: int) -> None: ...
 
 
 SKY_SUN_MOON = PromptTokens("sky sun moon", (None, (0, 3), (4, 7), (8, 12)))
