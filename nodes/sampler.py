@@ -51,7 +51,7 @@ from ..temporal_tiling.plan import Tile, TilePlan
 from ..temporal_tiling.position import has_canvas_positions, patch_size
 from ..temporal_tiling.sampling import CLEAN_SIGMA, LockRelease, SamplingError
 from ..temporal_tiling.seam_refine import SeamRefine, refine_steps_total
-from ..temporal_tiling.word_maps import RecordedAttention, cross_attention_patches
+from ..temporal_tiling.word_maps import RecordedAttention, cross_attention_patches, needs_prompt_twice
 from .bcla_cache import bcla_config, bcla_transformer
 from .common import (
     CATEGORY,
@@ -62,7 +62,6 @@ from .common import (
     connected,
     cross_check,
 )
-from .sana_model import SanaDiffusionModel
 from .tile_prompts import TileConditioning, TileConditioningSocket
 
 MODES = ("causal", "guided", "independent", "multidiffusion")
@@ -671,9 +670,8 @@ class ComfyHost:
         """One call (cfg 1) of the prompt on a clone whose cross-attention modules record their weights: the
         pack's SANA (diffusers' processors) or ExtraModels' (their forwards), as object patches.
 
-        ExtraModels' SANA takes every batch item's text length from the batch's second item (city96's
-        original fails on a batch of one), so there the prompt is both halves of a cfg batch (cfg 1
-        without ComfyUI's skipping of the uncond half): batch item 0 is the prompt either way."""
+        Where ExtraModels' SANA needs the prompt twice (``needs_prompt_twice``) it is both halves of a cfg
+        batch (cfg 1 without ComfyUI's skipping of the uncond half): batch item 0 is the prompt either way."""
         inner = self.work.model.diffusion_model
         record, work = RecordedAttention(), self.work.clone()
 
@@ -684,7 +682,7 @@ class ComfyHost:
             work.add_object_patch(f"diffusion_model.{path}", recorder)
         positive = self.positive if prompt is None else prompt
         negative = None
-        if not isinstance(inner, SanaDiffusionModel):
+        if needs_prompt_twice(inner):
             work.model_options["disable_cfg1_optimization"] = True
             negative = positive
         self._sample(

@@ -209,6 +209,17 @@ def is_packed_cross_attention(module: torch.nn.Module) -> bool:
     return all(hasattr(module, name) for name in ("q_linear", "kv_linear", "num_heads", "forward"))
 
 
+def needs_prompt_twice(model: torch.nn.Module) -> bool:
+    """Whether a recording call on ``model`` must hold the prompt twice in its batch: ExtraModels' SANA
+    takes every batch item's text length from the second item (city96's original fails on a batch of
+    one). Not with its vanilla cross-attention (SANA-Sprint, Efficient-Large-Model fork only): that one
+    fails on a batch of two, and that fork reads a batch of one."""
+    blocks = getattr(model, "blocks", None)
+    return bool(blocks) and all(
+        type(getattr(block, "cross_attn", None)).__name__ == "MultiHeadCrossAttention" for block in blocks
+    )
+
+
 def cross_attention_patches(
     model: torch.nn.Module, record: RecordedAttention, current: Callable[[str], object]
 ) -> dict[str, object]:

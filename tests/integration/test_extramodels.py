@@ -348,3 +348,35 @@ def test_automatic_tile_prompts_run_on_extramodels_sana(pack, parts):
         type(vars(block.cross_attn).get("forward")).__name__ != "PackedCrossAttentionRecorder"
         for block in inner.blocks
     ), "the recorders are undone after the run"
+
+
+@needs_extramodels
+def test_recorded_weights_are_those_extramodels_cross_attention_applies(parts):
+    """Through ExtraModels' own forward (the flash kind on a packed batch of two, the vanilla kind on
+    one, as ExtraModels runs them; norms built): values that are each text token's one-hot make the
+    module's output its attention weights, which the recorder must equal."""
+    import torch
+
+    word_maps = pack_module("temporal_tiling.word_maps")
+    flash = type(parts.model.model.diffusion_model.blocks[0].cross_attn)
+    kinds = [(flash, 2), (getattr(sys.modules[flash.__module__], "MultiHeadCrossVallinaAttention", None), 1)]
+    channels, heads, tokens, length = 8, 2, 5, 3
+    generator = torch.Generator().manual_seed(0)
+    for kind, batch in (k for k in kinds if k[0] is not None):
+        module = kind(channels, heads, qk_norm=True)
+        with torch.no_grad():
+            module.kv_linear.weight[channels:] = torch.eye(channels // heads, channels).repeat(heads, 1)
+            module.kv_linear.bias.zero_()
+            module.proj.weight.copy_(torch.eye(channels))
+            module.proj.bias.zero_()
+            module.q_norm.weight.uniform_(0.5, 2.0, generator=generator)
+            module.k_norm.weight.uniform_(0.5, 2.0, generator=generator)
+        x = torch.randn(batch, tokens, channels, generator=generator)
+        cond = torch.randn(1, batch * length, channels, generator=generator)
+        cond[0, :, :length] = torch.eye(length).repeat(batch, 1)  # each token's value: its one-hot
+        record = word_maps.RecordedAttention()
+        recorder = word_maps.PackedCrossAttentionRecorder(module, module.forward, record)
+        with torch.no_grad():
+            out = recorder(x, cond, [length] * batch)
+        applied = out[0].view(tokens, heads, channels // heads)[..., :length].mean(1)
+        assert torch.allclose(record.mean(), applied, atol=1e-5), kind.__name__
