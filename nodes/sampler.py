@@ -51,7 +51,7 @@ from ..temporal_tiling.plan import Tile, TilePlan
 from ..temporal_tiling.position import has_canvas_positions, patch_size
 from ..temporal_tiling.sampling import CLEAN_SIGMA, LockRelease, SamplingError
 from ..temporal_tiling.seam_refine import SeamRefine, refine_steps_total
-from ..temporal_tiling.word_maps import AttentionRecorder, RecordedAttention, cross_attention_modules
+from ..temporal_tiling.word_maps import RecordedAttention, cross_attention_patches, needs_prompt_twice
 from .bcla_cache import bcla_config, bcla_transformer
 from .common import (
     CATEGORY,
@@ -62,7 +62,6 @@ from .common import (
     connected,
     cross_check,
 )
-from .sana_model import LOADER_DISPLAY_NAME, SanaDiffusionModel
 from .tile_prompts import TileConditioning, TileConditioningSocket
 
 MODES = ("causal", "guided", "independent", "multidiffusion")
@@ -575,6 +574,7 @@ class ComfyHost:
         positive=None,
         model=None,
         cfg: float | None = None,
+        negative=None,
         **kwargs,
     ) -> torch.Tensor:
         return comfy.sample.sample(
@@ -585,7 +585,7 @@ class ComfyHost:
             self.sampler_name,
             self.scheduler,
             self.positive if positive is None else positive,
-            self.negative,
+            self.negative if negative is None else negative,
             latent,
             disable_pbar=True,
             seed=self.seed,
@@ -667,19 +667,33 @@ class ComfyHost:
     def cross_attention(
         self, latent: torch.Tensor, noise: torch.Tensor, sigma: float, prompt=None
     ) -> torch.Tensor:
-        """One cond-only call (cfg 1) of a clone whose cross-attention processors record their weights."""
-        inner = getattr(self.work.model, "diffusion_model", None)
-        if not isinstance(inner, SanaDiffusionModel):
-            raise SamplingError(
-                f"Automatic tile prompts read the cross-attention of diffusers' SANA; this MODEL "
-                f"({type(inner).__name__}, e.g. ExtraModels' SANA) has none the pack can record. Load SANA "
-                f"with '{LOADER_DISPLAY_NAME}' or use manual tile prompts."
-            )
+        """One call (cfg 1) of the prompt on a clone whose cross-attention modules record their weights: the
+        pack's SANA (diffusers' processors) or ExtraModels' (their forwards), as object patches.
+
+        Where ExtraModels' SANA needs the prompt twice (``needs_prompt_twice``) it is both halves of a cfg
+        batch (cfg 1 without ComfyUI's skipping of the uncond half): batch item 0 is the prompt either way."""
+        inner = self.work.model.diffusion_model
         record, work = RecordedAttention(), self.work.clone()
-        for path in cross_attention_modules(inner.transformer):
-            key = f"diffusion_model.{path}.processor"
-            work.add_object_patch(key, AttentionRecorder(work.get_model_object(key), record))
-        self._sample(noise, latent, positive=prompt, model=work, cfg=1.0, sigmas=torch.tensor([sigma, 0.0]))
+
+        def current(path: str):
+            return work.get_model_object(f"diffusion_model.{path}")
+
+        for path, recorder in cross_attention_patches(inner, record, current).items():
+            work.add_object_patch(f"diffusion_model.{path}", recorder)
+        positive = self.positive if prompt is None else prompt
+        negative = None
+        if needs_prompt_twice(inner):
+            work.model_options["disable_cfg1_optimization"] = True
+            negative = positive
+        self._sample(
+            noise,
+            latent,
+            positive=positive,
+            negative=negative,
+            model=work,
+            cfg=1.0,
+            sigmas=torch.tensor([sigma, 0.0]),
+        )
         return record.mean()
 
     def model_space(self, latent: torch.Tensor) -> torch.Tensor:

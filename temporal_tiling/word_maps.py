@@ -15,7 +15,9 @@ there) hears the run's prompt unchanged.
 
 The maps are recorded on diffusers' ``SanaTransformer2DModel`` (its blocks' ``attn2`` cross-attention
 modules): :class:`AttentionRecorder` runs the module's own processor for the output and recomputes the
-softmax weights from ``to_q`` / ``to_k``, so any processor a model carries gives the same maps.
+softmax weights from ``to_q`` / ``to_k``, so any processor a model carries gives the same maps. On
+ComfyUI_ExtraModels' SANA (its blocks' ``cross_attn``, recognised by interface: the pack does not import
+ExtraModels) :class:`PackedCrossAttentionRecorder` does the same around the module's ``forward``.
 """
 
 from __future__ import annotations
@@ -103,6 +105,18 @@ def prompt_words(tokens: PromptTokens) -> tuple[list[str], list[int]]:
     return [tokens.text[a:b] for a, b in words], owners
 
 
+def head_mean_softmax(query: Tensor, key: Tensor, heads: int, bias: Tensor | None = None) -> Tensor:
+    """Softmax attention weights [image tokens, text tokens], averaged over ``heads``, of one batch item's
+    projected ``query`` [1, N, h·d] and ``key`` [1, L, h·d] (``bias`` [1, h, N, L] added to the scores)."""
+    head_dim = key.shape[-1] // heads
+    query = query.view(1, -1, heads, head_dim).transpose(1, 2)
+    key = key.view(1, -1, heads, head_dim).transpose(1, 2)
+    scores = (query @ key.transpose(-1, -2)).float() * head_dim**-0.5
+    if bias is not None:
+        scores = scores + bias.float()
+    return scores.softmax(-1).mean(1)[0]
+
+
 class AttentionRecorder:
     """A cross-attention processor that runs ``original`` and adds its softmax weights for batch item 0,
     averaged over heads, [image tokens, text tokens], to ``into`` (a running sum over blocks)."""
@@ -115,15 +129,39 @@ class AttentionRecorder:
         query, key = attn.to_q(hidden_states[:1]), attn.to_k(encoder_hidden_states[:1])
         if getattr(attn, "norm_q", None) is not None:
             query, key = attn.norm_q(query), attn.norm_k(key)
-        length, head_dim = key.shape[1], key.shape[-1] // attn.heads
-        query = query.view(1, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(1, -1, attn.heads, head_dim).transpose(1, 2)
-        scores = (query @ key.transpose(-1, -2)).float() * head_dim**-0.5
+        bias = None
         if attention_mask is not None:
-            batch = hidden_states.shape[0]
+            batch, length = hidden_states.shape[0], key.shape[1]
             mask = attn.prepare_attention_mask(attention_mask, length, batch)
-            scores = scores + mask.view(batch, attn.heads, -1, length)[:1].float()
-        self.into.add(scores.softmax(-1).mean(1)[0])
+            bias = mask.view(batch, attn.heads, -1, length)[:1]
+        self.into.add(head_mean_softmax(query, key, attn.heads, bias))
+        return out
+
+
+class PackedCrossAttentionRecorder:
+    """ComfyUI_ExtraModels' SANA cross-attention (``MultiHeadCrossAttention``: ``q_linear``, ``kv_linear``,
+    ``num_heads``), set as the instance attribute ``forward`` of one such module: runs ``original`` for
+    the output and adds batch item 0's softmax weights, averaged over heads, to ``into``.
+
+    That module packs the batch into one sequence: ``x`` [B, N, C] image tokens, ``cond`` [1, ΣL, C] every
+    item's text tokens one after another, ``mask`` each item's text length L (a list). Its flash variant
+    builds ``q_norm`` / ``k_norm`` (SANA 1.5's cross_norm) but its forward does not run them; the vanilla
+    variant does: the norms are applied where the module's own forward reads them.
+    """
+
+    def __init__(self, module: torch.nn.Module, original: Callable, into: RecordedAttention) -> None:
+        self.module, self.original, self.into = module, original, into
+        self.norms = "q_norm" in type(module).forward.__code__.co_names
+
+    def __call__(self, x: Tensor, cond: Tensor, mask=None) -> Tensor:
+        out = self.original(x, cond, mask)
+        module, channels = self.module, x.shape[-1]
+        length = int(mask[0]) if mask is not None else cond.shape[1] // x.shape[0]
+        query = module.q_linear(x[:1])
+        key = module.kv_linear(cond[:, :length])[..., :channels]  # kv_linear's output is [k, v] along C
+        if self.norms:
+            query, key = module.q_norm(query), module.k_norm(key)
+        self.into.add(head_mean_softmax(query, key, module.num_heads))
         return out
 
 
@@ -142,8 +180,8 @@ class RecordedAttention:
         """[image tokens, text tokens], averaged over the recorded blocks."""
         if self.total is None:
             raise WordMapError(
-                "the model call recorded no cross-attention: this model's blocks do not run their attn2 "
-                "modules; use manual tile prompts instead."
+                "the model call recorded no cross-attention: this model's blocks do not run their "
+                "cross-attention modules; use manual tile prompts instead."
             )
         return self.total / self.count
 
@@ -160,9 +198,48 @@ def cross_attention_modules(transformer: torch.nn.Module) -> dict[str, torch.nn.
     ):
         raise WordMapError(
             f"automatic tile prompts read SANA's cross-attention (diffusers' SanaTransformer2DModel, blocks' "
-            f"attn2); this model ({type(transformer).__name__}) has none: use manual tile prompts."
+            f"attn2, or ExtraModels' SANA, blocks' cross_attn); this model ({type(transformer).__name__}) "
+            "has none: use manual tile prompts."
         )
     return modules
+
+
+def is_packed_cross_attention(module: torch.nn.Module) -> bool:
+    """ExtraModels' SANA cross-attention, recognised by interface (:class:`PackedCrossAttentionRecorder`)."""
+    return all(hasattr(module, name) for name in ("q_linear", "kv_linear", "num_heads", "forward"))
+
+
+def needs_prompt_twice(model: torch.nn.Module) -> bool:
+    """Whether a recording call on ``model`` must hold the prompt twice in its batch: ExtraModels' SANA
+    takes every batch item's text length from the second item (city96's original fails on a batch of
+    one). Not with its vanilla cross-attention (SANA-Sprint, Efficient-Large-Model fork only): that one
+    fails on a batch of two, and that fork reads a batch of one."""
+    blocks = getattr(model, "blocks", None)
+    return bool(blocks) and all(
+        type(getattr(block, "cross_attn", None)).__name__ == "MultiHeadCrossAttention" for block in blocks
+    )
+
+
+def cross_attention_patches(
+    model: torch.nn.Module, record: RecordedAttention, current: Callable[[str], object]
+) -> dict[str, object]:
+    """Attribute path -> recorder for every block's cross-attention of ``model``: diffusers' SANA
+    (``transformer_blocks.{i}.attn2.processor``) or ExtraModels' (``blocks.{i}.cross_attn.forward``), for
+    object patches on a model clone. ``current(path)`` is what the model runs at ``path`` now (the
+    recorder calls it for the output); a WordMapError for a model with neither."""
+    blocks = getattr(model, "blocks", None)
+    modules = {
+        f"blocks.{i}.cross_attn": getattr(block, "cross_attn", None) for i, block in enumerate(blocks or [])
+    }
+    if modules and all(m is not None and is_packed_cross_attention(m) for m in modules.values()):
+        return {
+            f"{path}.forward": PackedCrossAttentionRecorder(module, current(f"{path}.forward"), record)
+            for path, module in modules.items()
+        }
+    return {
+        f"{path}.processor": AttentionRecorder(current(f"{path}.processor"), record)
+        for path in cross_attention_modules(model)
+    }
 
 
 @contextmanager

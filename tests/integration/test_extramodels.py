@@ -291,16 +291,92 @@ def test_bcla_cache_refuses_replaced_lite_la_and_models_without_linear_attention
 
 
 @needs_extramodels
-def test_automatic_tile_prompts_are_refused_on_extramodels_sana(pack, parts):
-    """The pack records cross-attention on diffusers' SANA only: ExtraModels' gets a one-line refusal."""
-    SamplingError = pack_module("temporal_tiling.sampling").SamplingError
+def test_automatic_tile_prompts_run_on_extramodels_sana(pack, parts):
+    """The cross-attention of ExtraModels' SANA is recorded (its blocks' cross_attn forwards, object
+    patches on a clone, undone after) and a tile drops a word whose attention lies elsewhere."""
+    import torch
+
     c = COMPRESSION
     plan = pack.planner.SanaTilePlanner.execute(
         6 * c, 4 * c, 4 * c, 4 * c, c, "shift", "raster", 0, c, "manual"
     ).result[0]
     word_maps = pack_module("temporal_tiling.word_maps")
-    tokens = word_maps.PromptTokens("a blue to pink sky", (None, (0, 1), (2, 6), (7, 9), (10, 14), (15, 18)))
-    automatic = word_maps.AutoTilePrompts(tokens, lambda text: parts.positive, prompt=parts.positive)
+    inner = parts.model.model.diffusion_model
+    # ExtraModels' conditioning: <bos>, the template's last token, one token per word, zero padding
+    embeds = parts.positive[0][0]
+    length = int((embeds != 0).any(-1).sum())
+    assert length == 7
+    host = pack.sampler.ComfyHost(
+        parts.model,
+        plan,
+        positive=parts.positive,
+        negative=parts.negative,
+        steps=3,
+        cfg=3.0,
+        sampler_name="euler",
+        scheduler="simple",
+        seed=3,
+    )
+    generator = torch.Generator().manual_seed(0)
+    latent, noise = (torch.randn(1, 32, 4, 6, generator=generator) for _ in range(2))
+    weights = host.cross_attention(latent, noise, 0.5)
+    assert weights.shape == (4 * 6, length), "[image tokens, the prompt's text tokens]"
+    assert torch.allclose(weights.sum(-1), torch.ones(4 * 6)), "a softmax over the text tokens"
+    other = host.cross_attention(latent.flip(-1), noise, 0.5)
+    assert not torch.equal(weights, other), "the weights follow the image"
+    empty = parts.negative[0][0]
+    assert host.cross_attention(latent, noise, 0.5, parts.negative).shape[1] == int(
+        (empty != 0).any(-1).sum()
+    )
+
+    spans = (None, None, (0, 1), (2, 6), (7, 9), (10, 14), (15, 18))
+    heard: dict[int, str] = {}
+    automatic = word_maps.AutoTilePrompts(
+        word_maps.PromptTokens("a blue to pink sky", spans),
+        lambda text: parts.positive,
+        1.0,
+        heard.update,
+        parts.positive,
+    )
     tiles = pack_module("nodes.tile_prompts").TileConditioning(plan, {}, {}, parts.positive, automatic)
-    with pytest.raises(SamplingError, match="ExtraModels' SANA"):
-        _sample(pack, parts, parts.model, plan, tile_conditioning=tiles)
+    canvas, _ = _sample(pack, parts, parts.model, plan, tile_conditioning=tiles)
+    assert torch.isfinite(canvas).all()
+    words = {"a", "blue", "to", "pink", "sky"}
+    assert heard and all(set(text.split()) < words for text in heard.values()), heard
+    # ComfyUI undoes a clone's object patches when it loads the next clone (here the tiles' sampling)
+    assert all(
+        type(vars(block.cross_attn).get("forward")).__name__ != "PackedCrossAttentionRecorder"
+        for block in inner.blocks
+    ), "the recorders are undone after the run"
+
+
+@needs_extramodels
+def test_recorded_weights_are_those_extramodels_cross_attention_applies(parts):
+    """Through ExtraModels' own forward (the flash kind on a packed batch of two, the vanilla kind on
+    one, as ExtraModels runs them; norms built): values that are each text token's one-hot make the
+    module's output its attention weights, which the recorder must equal."""
+    import torch
+
+    word_maps = pack_module("temporal_tiling.word_maps")
+    flash = type(parts.model.model.diffusion_model.blocks[0].cross_attn)
+    kinds = [(flash, 2), (getattr(sys.modules[flash.__module__], "MultiHeadCrossVallinaAttention", None), 1)]
+    channels, heads, tokens, length = 8, 2, 5, 3
+    generator = torch.Generator().manual_seed(0)
+    for kind, batch in (k for k in kinds if k[0] is not None):
+        module = kind(channels, heads, qk_norm=True)
+        with torch.no_grad():
+            module.kv_linear.weight[channels:] = torch.eye(channels // heads, channels).repeat(heads, 1)
+            module.kv_linear.bias.zero_()
+            module.proj.weight.copy_(torch.eye(channels))
+            module.proj.bias.zero_()
+            module.q_norm.weight.uniform_(0.5, 2.0, generator=generator)
+            module.k_norm.weight.uniform_(0.5, 2.0, generator=generator)
+        x = torch.randn(batch, tokens, channels, generator=generator)
+        cond = torch.randn(1, batch * length, channels, generator=generator)
+        cond[0, :, :length] = torch.eye(length).repeat(batch, 1)  # each token's value: its one-hot
+        record = word_maps.RecordedAttention()
+        recorder = word_maps.PackedCrossAttentionRecorder(module, module.forward, record)
+        with torch.no_grad():
+            out = recorder(x, cond, [length] * batch)
+        applied = out[0].view(tokens, heads, channels // heads)[..., :length].mean(1)
+        assert torch.allclose(record.mean(), applied, atol=1e-5), kind.__name__
