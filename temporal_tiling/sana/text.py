@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from diffusers import SanaPipeline
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 from .checkpoint import CheckpointError, folder_load_error, read_json
 
@@ -67,8 +67,9 @@ class SanaTextEncoder(torch.nn.Module):
             return self._template + text, self._template_tokens + self.max_sequence_length - 2
         return text, self.max_sequence_length
 
-    def tokenize(self, prompt: str) -> dict[str, torch.Tensor]:
-        """Token ids [1, L] and attention mask [1, L] of one prompt, template included when it applies."""
+    def _padded(self, prompt: str, **options) -> tuple[str, BatchEncoding]:
+        """The text the tokenizer reads for ``prompt`` and its tokens, padded or cut to the conditioning's
+        length (``options``: the tokenizer's other arguments)."""
         text, length = self._text_and_length(prompt)
         tokens = self.tokenizer(
             [text],
@@ -76,8 +77,13 @@ class SanaTextEncoder(torch.nn.Module):
             max_length=length,
             truncation=True,
             add_special_tokens=True,
-            return_tensors="pt",
+            **options,
         )
+        return text, tokens
+
+    def tokenize(self, prompt: str) -> dict[str, torch.Tensor]:
+        """Token ids [1, L] and attention mask [1, L] of one prompt, template included when it applies."""
+        _, tokens = self._padded(prompt, return_tensors="pt")
         return {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
 
     def prompt_notes(self, prompt: str) -> list[str]:
@@ -111,16 +117,8 @@ class SanaTextEncoder(torch.nn.Module):
                 f"automatic tile prompts need a fast tokenizer (tokenizer.json) to place each token in "
                 f"the prompt; {type(self.tokenizer).__name__} is not one: use manual tile prompts."
             )
-        text, length = self._text_and_length(prompt)
+        text, tokens = self._padded(prompt, return_offsets_mapping=True)
         start = len(text) - len(prompt.lower().strip())  # the template before the prompt
-        tokens = self.tokenizer(
-            [text],
-            padding="max_length",
-            max_length=length,
-            truncation=True,
-            add_special_tokens=True,
-            return_offsets_mapping=True,
-        )
         pairs = list(zip(tokens["offset_mapping"][0], tokens["attention_mask"][0], strict=True))
         spans: list[tuple[int, int] | None] = []
         for (first, end), valid in (pairs[i] for i in [0, *range(-self.max_sequence_length + 1, 0)]):
