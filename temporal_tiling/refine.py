@@ -134,10 +134,9 @@ def enlarged(image: np.ndarray, height: int, width: int) -> PixelSource:
     return region
 
 
-def _tiling(plan: TilePlan, autoencoder: Autoencoder) -> TilePlan:
-    """The autoencoder's own tiles over ``plan``'s canvas, in latent cells (raster order)."""
+def _tiling(height: int, width: int, autoencoder: Autoencoder) -> TilePlan:
+    """The autoencoder's own tiles over a canvas of ``height`` × ``width`` latent cells (raster order)."""
     c = autoencoder.compression
-    height, width = plan.canvas_height, plan.canvas_width
     tile = max(1, autoencoder.tile_px // c)
     tile_h, tile_w = min(tile, height), min(tile, width)
     overlap = max(0, min(autoencoder.overlap_px // c, tile_h - 1, tile_w - 1))
@@ -156,7 +155,7 @@ def _tiling(plan: TilePlan, autoencoder: Autoencoder) -> TilePlan:
 def encode_tiled(autoencoder: Autoencoder, pixels: PixelSource, plan: TilePlan) -> Tensor:
     """The canvas latent [1, C, H, W] of ``plan``, encoded one autoencoder tile at a time, the tiles'
     latents cross-faded over their overlap."""
-    tiling, c = _tiling(plan, autoencoder), autoencoder.compression
+    tiling, c = _tiling(plan.canvas_height, plan.canvas_width, autoencoder), autoencoder.compression
     rows = axis_profiles([t.y for t in tiling.tiles], tiling.tile_height, "linear", None)
     cols = axis_profiles([t.x for t in tiling.tiles], tiling.tile_width, "linear", None)
     canvas: Tensor | None = None
@@ -190,15 +189,7 @@ def decode_tiled(
     c = autoencoder.compression
     batch = latent.shape[0]
     height, width = latent.shape[-2] * c, latent.shape[-1] * c
-    whole = make_plan(
-        width_px=latent.shape[-1],
-        height_px=latent.shape[-2],
-        tile_width_px=latent.shape[-1],
-        tile_height_px=latent.shape[-2],
-        overlap_px=0,
-        compression=1,
-    )
-    tiling = _tiling(whole, autoencoder)
+    tiling = _tiling(*latent.shape[-2:], autoencoder)
     tile_h, tile_w = tiling.tile_height * c, tiling.tile_width * c
     tops = sorted({t.y * c for t in tiling.tiles})
     lefts = sorted({t.x * c for t in tiling.tiles})
