@@ -300,8 +300,12 @@ class SanaClipModel(torch.nn.Module):
         """SANA's encoder has no layer/pooling options."""
 
     def encode_token_weights(self, tokens: dict[str, dict[str, torch.Tensor]]):
+        """Hidden states with the padding rows zeroed, and the mask. This pack's SANA masks the padding
+        either way; ExtraModels' SANA ignores the mask and attends all 300 rows, and its own Gemma node
+        zeroes the padding, so the same conditioning reaches its model from either text node."""
         embeds, mask = self.encoder.encode_tokens(tokens["sana"])
         out = comfy.model_management.intermediate_device()
+        embeds = embeds * mask[..., None].to(embeds.dtype)
         return embeds.float().to(out), None, {"attention_mask": mask.to(out)}
 
     def load_sd(self, sd: dict[str, torch.Tensor]):

@@ -199,7 +199,7 @@ def parts(extramodels):
     encode = extramodels["SanaTextEncode"]
     positive = _run_node(encode, text="a blue to pink sky", GEMMA=gemma)[0]
     negative = _run_node(encode, text="", GEMMA=gemma)[0]
-    return types.SimpleNamespace(model=model, vae=vae, positive=positive, negative=negative)
+    return types.SimpleNamespace(model=model, vae=vae, positive=positive, negative=negative, gemma=gemma)
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +214,26 @@ def _sample(pack, parts, model, plan, **overrides):
     from test_nodes import _sample as sample_nodes
 
     return sample_nodes(pack, model, (parts.positive, parts.negative), plan, **overrides)
+
+
+@needs_extramodels
+def test_pack_text_encode_gives_extramodels_sana_the_conditioning_of_its_own_node(parts):
+    """ExtraModels' SANA gets no attention mask and attends all 300 caption rows, and its Gemma node
+    zeroes the padding rows: the pack's CLIP on the same Gemma must zero the same rows (before, they held
+    Gemma's hidden states of the pad token, which ExtraModels' SANA then attended). The attended rows
+    differ slightly: ExtraModels' template quotes "Enhanced prompt" with double quotes, SANA's with single."""
+    import torch
+
+    encoder = pack_module("temporal_tiling.sana.text").SanaTextEncoder(
+        parts.gemma["text_encoder"], parts.gemma["tokenizer"]
+    )
+    clip = pack_module("nodes.sana_model").make_clip(encoder, torch.float32)
+    embeds, extra = clip.encode_from_tokens_scheduled(clip.tokenize("a blue to pink sky"))[0]
+    theirs = parts.positive[0][0].squeeze(1)  # [1, 1, 300, D]: ExtraModels keeps a head axis
+    assert embeds.shape == theirs.shape
+    rows = (embeds != 0).any(-1)
+    assert torch.equal(rows, (theirs != 0).any(-1)) and int(rows.sum()) == 7
+    assert torch.equal(rows, extra["attention_mask"].bool()), "the mask the pack's own SANA applies"
 
 
 @needs_extramodels
