@@ -1,8 +1,9 @@
 """Causal mode with tile prompts: which pull of the global context meets the tile-prompt goals.
 
-Run from the repository root: ``python -m bench.bench_causal_prompts`` (about 12 min per model on a shared
+Run from the repository root: ``python -m bench.bench_causal_prompts`` (about 20 min per model on a shared
 2-core machine, one torch thread; ``--model DIR`` for another SANA folder). Writes
-``bench/results/causal_prompts[_<model>].json`` and ``.md`` and ``docs/causal_prompts[_<model>].png``.
+``bench/results/causal_prompts[_<model>].json`` and ``.md`` and ``docs/causal_prompts[_<model>].png`` (and its
+tile-row zoom ``..._zoom.png``); its stdout is ``causal_prompts[_<model>].log``.
 
 Protocol: ``bench_tile_prompts``'s (512×256 px, 4×2 tiles, 20 steps, cfg 4.5, BCLA, its four prompts,
 seed = prompt index) plus four held-out prompts (:data:`HELD_OUT`, seeds 4-7) that were not looked at
