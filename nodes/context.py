@@ -12,7 +12,12 @@ import torch
 from comfy_api.latest import io
 
 from ..temporal_tiling.context import ContextError, ContextSettings, guide_from_image, scaled_size
-from ..temporal_tiling.options import DEFAULT_GUIDE_BCLA_SEED
+from ..temporal_tiling.options import (
+    DEFAULT_GUIDE_BCLA_SEED,
+    DEFAULT_GUIDE_SKIP_POWER,
+    DEFAULT_GUIDE_SKIP_RESIDUAL,
+    DEFAULT_GUIDE_STATS,
+)
 from .common import CATEGORY, UNLINKED, GlobalContextSocket, connected, cross_check, vae_compression
 
 
@@ -34,23 +39,27 @@ class SanaGlobalContext(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Gives every tile a view of the whole scene from a low-res pass (same aspect ratio as the "
-                "canvas): skip_residual pulls each tile's prediction toward the guide early on (DemoFusion), "
-                "stats matches each tile's colour statistics to the guide (AdaIN), bcla_seed seeds the BCLA "
-                "cache with the guide's own attention statistics. Strengths combine; 0 turns one off."
+                "canvas): skip_residual pulls each tile's prediction toward the guide (DemoFusion; by "
+                "default held to the last step, as mode = guided does), stats matches each tile's colour "
+                "statistics to the guide (AdaIN), bcla_seed seeds the BCLA cache with the guide's own "
+                "attention statistics. Strengths combine; 0 turns one off. With tile prompts, give a guide "
+                "that shows the told objects where the tiles' words put them: the pull keeps its layout."
             ),
             inputs=[
                 io.Float.Input(
                     "skip_residual",
-                    default=0.0,
+                    default=DEFAULT_GUIDE_SKIP_RESIDUAL,
                     min=0.0,
                     max=1.0,
                     step=0.05,
-                    tooltip="DemoFusion skip residual: pull toward the guide, strongest at high "
-                    "noise, fading to 0 at the end so tiles keep their detail.",
+                    tooltip="DemoFusion skip residual: pull of each tile's low band (what the guide "
+                    "carries) toward the guide's; finer detail stays the tile's. With skip_power 0 it is "
+                    "held to the last step, so tiles keep the guide's layout and no tile paints its own "
+                    "gradient or, with tile prompts, its own copy of an object. 0 = off.",
                 ),
                 io.Float.Input(
                     "stats",
-                    default=0.0,
+                    default=DEFAULT_GUIDE_STATS,
                     min=0.0,
                     max=1.0,
                     step=0.05,
@@ -68,12 +77,13 @@ class SanaGlobalContext(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "skip_power",
-                    default=3.0,
-                    min=0.1,
+                    default=DEFAULT_GUIDE_SKIP_POWER,
+                    min=0.0,
                     max=10.0,
                     step=0.1,
-                    tooltip="Exponent of the skip-residual cosine decay (DemoFusion uses 3); "
-                    "higher lets go of the guide sooner.",
+                    tooltip="Exponent of the skip-residual cosine decay with noise: 0 holds the pull "
+                    "to the last step (the default, as mode = guided); DemoFusion uses 3, which lets go "
+                    "in the late steps, where causal tiles then paint their own bands and objects.",
                 ),
                 io.Float.Input(
                     "seed_sigma",

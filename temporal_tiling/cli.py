@@ -451,22 +451,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--context-skip",
         type=_number(float, 0, 1),
         default=None,
-        help="global context: DemoFusion skip-residual strength (causal, guided; default 0 for causal, "
-        f"{DEFAULT_GUIDE_SKIP_RESIDUAL:g} held to the last step for guided)",
+        help="global context: DemoFusion skip-residual strength, the pull of each tile's low band toward "
+        f"the low-res pass (causal, guided; default {DEFAULT_GUIDE_SKIP_RESIDUAL:g}, held to the last step, "
+        "which keeps causal tiles, and their tile prompts' objects, on the pass's layout; 0 = off)",
     )
     g.add_argument(
         "--context-stats",
         type=_number(float, 0, 1),
         default=None,
-        help="global context: CMod/AdaIN statistics strength (causal, guided; default 0 for causal, "
-        f"{DEFAULT_GUIDE_STATS} for guided)",
+        help="global context: CMod/AdaIN statistics strength (causal, guided; default "
+        f"{DEFAULT_GUIDE_STATS:g})",
     )
     g.add_argument(
         "--context-seed",
         type=_number(float, 0),
         default=None,
-        help="global context: BCLA seed strength from the low-res pass (causal, guided; default 0 for "
-        f"causal, {DEFAULT_GUIDE_BCLA_SEED} for guided)",
+        help="global context: BCLA seed strength from the low-res pass (causal, guided; default "
+        f"{DEFAULT_GUIDE_BCLA_SEED:g}). causal uses a global context when any --context-* flag is "
+        "above 0, the flags not given at their values here (e.g. --context-seed 1 alone)",
     )
     g.add_argument(
         "--context-size",
@@ -760,8 +762,9 @@ class _Progress:
 def _global_context(
     args: argparse.Namespace, model: LoadedModel, plan: TilePlan, conditioning: dict, shift: float, out: Path
 ) -> ContextSettings | None:
-    """The low-res pass (the whole scene in one model pass, saved as guide.png) and the context the
-    flags ask for; the causal run records the guide's BCLA statistics itself."""
+    """The low-res pass (the whole scene in one model pass of ``conditioning``, saved as guide.png) and the
+    context the flags ask for, the others at their defaults; the causal run records the guide's BCLA
+    statistics itself."""
     from .context import ContextSettings
     from .pipeline import generate, guide_plan
 
@@ -776,13 +779,13 @@ def _global_context(
     finally:
         bar.close()
     save_png(to_pil(model.decode(guide)), out / "guide.png")
-    return ContextSettings(
-        guide,
-        skip_residual=args.context_skip or 0.0,
-        stats=args.context_stats or 0.0,
-        bcla_seed=args.context_seed or 0.0,
-        seed=args.seed,
-    )
+    return ContextSettings(guide, seed=args.seed, **_context_strengths(args))
+
+
+def _context_strengths(args: argparse.Namespace) -> dict[str, float]:
+    """The --context-* strengths the user gave (the others keep the engine's defaults)."""
+    given = {"skip_residual": args.context_skip, "stats": args.context_stats, "bcla_seed": args.context_seed}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _uses_context(args: argparse.Namespace) -> bool:
@@ -810,15 +813,13 @@ def _guide_first(args: argparse.Namespace, model: LoadedModel) -> GuideFirst:
                 f"{model.name} has no image encoder; use --guide-upscale latent", "--guide-upscale"
             )
         upscale = pixel_upscale(model.decode, model.encode, model.compression)
-    given = {"skip_residual": args.context_skip, "stats": args.context_stats, "bcla_seed": args.context_seed}
-    strengths = {name: value for name, value in given.items() if value is not None}
     return GuideFirst(
         long_side=args.context_size,
         denoise=args.guide_denoise,
         upscale=upscale,
         tile_steps=args.guide_tile_steps,
         max_upscale=args.guide_max_upscale,
-        **strengths,
+        **_context_strengths(args),
     )
 
 
@@ -934,6 +935,13 @@ def _warn(args: argparse.Namespace, model: LoadedModel, plan: TilePlan, methods:
             "(torch's CPU generator keeps a seed's low 32 bits)",
             file=sys.stderr,
         )
+    if args.tile_prompts is not None and "causal" in methods and not _uses_context(args):
+        print(
+            "warning: --tile-prompts: causal without a global context has nothing that keeps its tiles on "
+            "one layout (bands at the tile rows); add --context-seed 1 (a low-res pass that hears every "
+            "tile's words, with the held pull) or use --method guided",
+            file=sys.stderr,
+        )
     if len(plan) > WARN_TILES:
         passes = len(plan) * args.steps * len(methods)
         print(
@@ -1003,8 +1011,9 @@ def _render(
         file=sys.stderr,
     )
     context = None
-    if "causal" in methods:
-        context = _global_context(args, model, plan, conditioning, shift, out)
+    if "causal" in methods:  # its low-res pass, like guided's, hears every tile's words
+        scene = conditioning if guide_prompt is None else conditioning | {"prompt_embeds": guide_prompt}
+        context = _global_context(args, model, plan, scene, shift, out)
     written = [out / "guide.png"] if context is not None else []
     images: dict[str, Tensor] = {}
     tiles: dict[str, Tensor] = {}

@@ -13,7 +13,9 @@ ratio) supplies that, three ways, combinable, each with its own strength:
   is the same thing for a flow sampler (it keeps the noise estimate) and works for every ComfyUI
   sampler through one post-CFG hook. Only the band the guide really carries is pulled: the
   difference is low-passed with a Gaussian of σ = half the guide's upsampling factor, so a 4×
-  smaller guide shapes structure and colour and leaves finer texture alone.
+  smaller guide shapes structure and colour and leaves finer texture alone. ``power`` 0 (the
+  default, as in ``guided``) holds the pull to the last call: a tile that lets go late paints its
+  window's own gradient, and with tile prompts its own copy of the object.
 * ``stats`` (CMod/AdaIN, training-free): per batch element and channel, the tile's predicted
   clean latent gets its mean and standard deviation moved toward the guide crop's by ``strength``.
   Statistics are taken over the whole tile (a tile is the natural unit of drift; the guide crop
@@ -47,7 +49,12 @@ from torch import Tensor
 
 from .contracts import X0Hook
 from .errors import UserInputError
-from .options import DEFAULT_GUIDE_BCLA_SEED
+from .options import (
+    DEFAULT_GUIDE_BCLA_SEED,
+    DEFAULT_GUIDE_SKIP_POWER,
+    DEFAULT_GUIDE_SKIP_RESIDUAL,
+    DEFAULT_GUIDE_STATS,
+)
 from .plan import Tile, TilePlan
 
 ASPECT_TOLERANCE = 0.1
@@ -310,11 +317,15 @@ class ContextSettings:
 
     guide: Tensor
     """[B, C, h, w] latent of the whole scene, in the host's latent space."""
-    skip_residual: float = 0.0
-    stats: float = 0.0
+    skip_residual: float = DEFAULT_GUIDE_SKIP_RESIDUAL
+    """Pull of each tile's low band toward the guide's (:attr:`GlobalContext.skip_residual`); by default
+    guided's, held to the last step (``options.DEFAULT_GUIDE_SKIP_POWER`` says why)."""
+    stats: float = DEFAULT_GUIDE_STATS
+    """Per-tile mean/std alignment to the guide (:attr:`GlobalContext.stats`)."""
     bcla_seed: float = DEFAULT_GUIDE_BCLA_SEED
     """Strength of the guide's attention statistics in every tile's BCLA cache (needs a cache)."""
-    skip_power: float = 3.0
+    skip_power: float = DEFAULT_GUIDE_SKIP_POWER
+    """Decay of the pull with σ: 0 holds it to the last step, DemoFusion's 3 lets go in the late steps."""
     seed_sigma: float = 0.0
     """Noise level of the seed pass; 0 = every level of the run's schedule, one model call each, so
     each step's tiles read the guide's statistics at their own level."""

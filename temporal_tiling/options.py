@@ -45,7 +45,8 @@ DEFAULT_GUIDE_DENOISE = 0.3
 (0.5 let each tile paint its window's own gradient again: a pink band at the first row's bottom)."""
 DEFAULT_GUIDE_STATS = 0.5
 """``guided``: per-tile mean/std alignment to the whole-scene pass (GlobalContext.stats); it removes
-the colour band a tile paints at its window's bottom edge (line jump 1.85 → 1.71 on the sky prompt)."""
+the colour band a tile paints at its window's bottom edge (line jump 1.85 → 1.71 on the sky prompt).
+Also the default of causal's global context (see ``DEFAULT_GUIDE_SKIP_POWER``)."""
 DEFAULT_GUIDE_SKIP_RESIDUAL = 1.0
 """``guided``: pull of each tile's low band (what the upscaled guide carries) toward the guide's, held at
 this strength to the last step (``DEFAULT_GUIDE_SKIP_POWER`` 0). Why: per row, a guided canvas's mean L*
@@ -55,7 +56,18 @@ pull matches one mean and std per tile, not a slope inside it. Measured with ``D
 bench/results/enlargement.md."""
 DEFAULT_GUIDE_SKIP_POWER = 0.0
 """``guided``: decay of that pull with σ; 0 = none (DemoFusion's 3 lets go in the last steps, just when
-a tile paints its window's own top-to-bottom gradient)."""
+a tile paints its window's own top-to-bottom gradient).
+
+These three pull defaults are also causal's global context's (``ContextSettings``, the Global Context
+Encoder's widgets, the CLI's ``--context-*`` flags): a causal tile starts from noise and, unless pulled
+to the last step, paints its window's own gradient (bands at the tile rows) and, with tile prompts, its
+object where its words say in its own window rather than where the guide has it. Measured with tile
+prompts (bench/results/causal_prompts*.md, 512×256 px, 4×2 tiles, 4 bench + 4 held-out prompts, two
+models): the former causal default (no pull, BCLA seed only) was seamless on 2 of 8 embedded-model
+canvases and drew more objects than the guide or lost the told ones; the held pull was seamless on 16/16,
+layout 28-37 dB, objects above the guide's on 1 of 16 (a guide whose moon is not in the told tile);
+DemoFusion's decaying pull (power 3) let bands and copies back. Without tile prompts the held pull makes
+causal seamless (embedded 3/8 → 8/8) at +4 % CPU, but its repeated objects become smaller, not fewer."""
 DEFAULT_GUIDE_HALO = 4
 """``guided``: latent cells of neighbouring canvas every tile is sampled with and then discards, so a
 tile's window border (painted as an image border, the last 2-3 cells, finer than the pull's band) falls

@@ -184,8 +184,8 @@ def settings_for(spec: Spec, guide: Tensor | None, seed_pass_seed: int) -> RunSe
         )
     context = None
     if guide is not None:
-        context = ContextSettings(
-            guide, spec.skip, spec.stats, spec.seed, seed_sigma=spec.seed_sigma, seed=seed_pass_seed
+        context = ContextSettings(  # DemoFusion's decaying pull (power 3), the one these specs measured
+            guide, spec.skip, spec.stats, spec.seed, 3.0, seed_sigma=spec.seed_sigma, seed=seed_pass_seed
         )
     guide_first = None
     if spec.kind == "guided":

@@ -140,6 +140,22 @@ def test_skip_power_zero_holds_the_low_band_pull_to_the_last_call() -> None:
     assert low_distance(held(x0, late)) < 0.35 * low_distance(decayed(x0, late))
 
 
+def test_a_default_context_holds_guideds_pull_to_the_last_step(model) -> None:
+    """Causal's global context pulls as guided does unless told otherwise: a causal tile that lets go of
+    the guide late paints its window's own gradient and, with tile prompts, its own copy of an object."""
+    transformer, cond, uncond = model
+    host = FlowHost(transformer, cond, uncond, FlowSampling(steps=3, cfg=3.0))
+    guide, tile = smooth_guide(1), PLAN.tiles[4]
+    canvas = torch.zeros(1, 4, PLAN.canvas_height, PLAN.canvas_width)
+    context = global_context(ContextSettings(guide, bcla_seed=0.0), PLAN, host, None, canvas, denoise=1.0)
+    hook = context.x0_hook(tile, PLAN)
+    assert hook is not None
+    guided = GlobalContext(guide, skip_residual=1.0, stats=0.5, skip_power=0.0).x0_hook(tile, PLAN)
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    for sigma in (0.9, 0.05):
+        assert torch.allclose(hook(x0, torch.tensor(sigma)), guided(x0, torch.tensor(sigma)))
+
+
 def test_skip_residual_pulls_the_sampled_canvas_toward_the_guide(model) -> None:
     guide = smooth_guide(6) * 0.5
     target = GlobalContext(guide).guide_crop(PLAN.whole_canvas, PLAN)  # the guide at canvas size

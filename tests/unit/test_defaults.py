@@ -49,6 +49,15 @@ ENGINE = {
         lambda: _field(ContextSettings, "bcla_seed"),
         options.DEFAULT_GUIDE_BCLA_SEED,
     ),
+    "ContextSettings skip_residual": (
+        lambda: _field(ContextSettings, "skip_residual"),
+        options.DEFAULT_GUIDE_SKIP_RESIDUAL,
+    ),
+    "ContextSettings stats": (lambda: _field(ContextSettings, "stats"), options.DEFAULT_GUIDE_STATS),
+    "ContextSettings skip_power": (
+        lambda: _field(ContextSettings, "skip_power"),
+        options.DEFAULT_GUIDE_SKIP_POWER,
+    ),
 }
 
 
@@ -88,6 +97,9 @@ NODE_WIDGETS = {  # (file, widget): the options constant its default must name
     ("tiles.py", "method"): "DEFAULT_STITCH",
     ("tiles.py", "ramp"): "DEFAULT_RAMP",
     ("context.py", "bcla_seed"): "DEFAULT_GUIDE_BCLA_SEED",
+    ("context.py", "skip_residual"): "DEFAULT_GUIDE_SKIP_RESIDUAL",
+    ("context.py", "stats"): "DEFAULT_GUIDE_STATS",
+    ("context.py", "skip_power"): "DEFAULT_GUIDE_SKIP_POWER",
 }
 
 

@@ -297,6 +297,37 @@ def test_cli_tile_prompts_encode_each_tiles_text(tmp_path: Path) -> None:
     assert "one sun over a red sky, a sun, a rock" in texts  # the whole-scene pass
 
 
+def test_cli_causal_context_hears_every_tiles_words_and_holds_the_pull(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """causal + tile prompts + a global context: the low-res pass hears the whole-scene text (as guided's
+    does), so the held pull keeps the told object instead of pulling it away; the strengths not given
+    keep the engine's defaults (guided's held pull). Without a context the CLI warns."""
+    from temporal_tiling import pipeline
+
+    calls: list[dict] = []
+
+    def recording_generate(*args, **kwargs):
+        calls.append(kwargs)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate", recording_generate)
+    spec = tmp_path / "tiles.json"
+    spec.write_text(json.dumps({"tiles": {"2": "a sun"}}))
+    argv = [*BASE, "--method", "causal", "--tile-prompts", str(spec), "--context-seed", "1"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")], loader=tiny_loader) == 0
+    (low_res,) = [c for c in calls if c["method"] == "full"]
+    (causal,) = [c for c in calls if c["method"] == "causal"]
+    model = tiny_loader(Path("unused"), torch.device("cpu"))
+    assert torch.equal(low_res["prompt_embeds"], model.encode_prompt("one sun over a red sky, a sun"))
+    assert "causal without a global context" not in capsys.readouterr().err
+    assert cli.main([*argv[:-2], "--out", str(tmp_path / "bare")], loader=tiny_loader) == 0
+    assert "warning: --tile-prompts: causal without a global context" in capsys.readouterr().err
+    context = causal["context"]
+    strengths = (context.skip_residual, context.stats, context.skip_power, context.bcla_seed)
+    assert strengths == (1.0, 0.5, 0.0, 1.0)
+
+
 @pytest.mark.parametrize(
     ("content", "extra", "message"),
     [
