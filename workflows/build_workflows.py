@@ -244,20 +244,6 @@ def bcla_cache(node_id: int, pos) -> Node:
     return Node(node_id, "SanaTemporalBCLACache", pos, widgets, {"model": (1, 0)}, size=(320, 220))
 
 
-def global_context(node_id: int, pos, **links) -> Node:
-    widgets = [
-        ("skip_residual", 0.0),
-        ("stats", 0.0),
-        ("bcla_seed", 1.0),
-        ("skip_power", 3.0),
-        ("seed_sigma", 0.0),
-        ("seed", 0),
-        (UI_ONLY, "fixed"),
-        ("guide_long_side", 512),
-    ]
-    return Node(node_id, "SanaTemporalGlobalContext", pos, widgets, links, size=(340, 300))
-
-
 def metrics(node_id: int, pos, prefix: str, **links) -> Node:
     widgets = [("filename_prefix", prefix)]
     return Node(node_id, "SanaTemporalTileMetrics", pos, widgets, links, size=(420, 300))
