@@ -12,11 +12,12 @@ Which tile keeps a word (:func:`tile_words`):
   peak. Not a share of the peak alone: every image token gives every word some attention (a word's map
   never falls far below its mean), so a share of the peak is reached by noise all over the scene.
 * Each canvas cell is painted anew by one tile, the first in the plan's order that covers it; later
-  tiles hold it from the earlier one. A tile keeps a word when it paints the word's peak (an object
-  goes to the one tile that paints its centre: a tile that only borders it would paint an object of its
-  own), or when the word's region covers at least half of the cells it paints (a word of the whole
-  scene, "sky", stays in every tile it fills), and it keeps the word whose region covers most of its
-  cells whatever that share, so no tile is left without words.
+  tiles hold it from the earlier one.
+* A word is placed when its region is no larger than what the tile that paints its peak paints (it
+  could lie inside that one tile: an object, and the words that describe it). A placed word goes to that
+  tile only: a tile that merely borders the object, or holds a noise peak of its map, would paint an
+  object of its own. Every other word (the scene's "sky", its colours) stays in every tile, as a
+  manual tile prompt's scene prompt does.
 
 Words, not tokens: a tokenizer cuts "sunset," into pieces, and a tile's prompt is rebuilt from the
 prompt's own text, so a word is kept or dropped whole. A word is a run of non-space characters; its map
@@ -330,7 +331,7 @@ def painting_tiles(plan: TilePlan) -> Tensor:
 def tile_words(plan: TilePlan, maps: Tensor, threshold: float) -> dict[int, list[int]]:
     """The words (indices into ``maps`` [W, h, w], any grid with the canvas's aspect) each tile keeps
     (the module docstring has the rule). A word whose map is flat (zero: no token reads it) has the whole
-    canvas as its region and stays in every tile."""
+    canvas as its region: not placed, it stays in every tile."""
     if not len(maps):
         return {tile.index: [] for tile in plan.tiles}
     size = (plan.canvas_height, plan.canvas_width)
@@ -338,11 +339,10 @@ def tile_words(plan: TilePlan, maps: Tensor, threshold: float) -> dict[int, list
     low, peak = canvas.flatten(1).aminmax(dim=1)
     region = canvas >= (low + threshold * (peak - low))[:, None, None]  # [words, H, W]
     painters = painting_tiles(plan)
-    painter = F.one_hot(painters, len(plan)).float()  # [H, W, tiles]
-    painted = torch.einsum("whx,hxt->wt", region.float(), painter)  # region cells each tile paints
-    cover = painted / painter.sum((0, 1)).clamp(min=1)  # share of a tile's painted cells in the region
-    peak_painter = F.one_hot(painters.flatten()[canvas.flatten(1).argmax(1)], len(plan)).bool()
-    keep = peak_painter | (cover >= 0.5) | (cover == cover.amax(0, keepdim=True))  # [words, tiles]
+    painted = torch.bincount(painters.flatten(), minlength=len(plan))  # cells each tile paints
+    peak_tile = painters.flatten()[canvas.flatten(1).argmax(1)]  # [words]
+    placed = region.flatten(1).sum(1) <= painted[peak_tile]
+    keep = ~placed[:, None] | (peak_tile[:, None] == torch.arange(len(plan)))  # [words, tiles]
     return {tile.index: torch.nonzero(keep[:, tile.index])[:, 0].tolist() for tile in plan.tiles}
 
 

@@ -84,6 +84,16 @@ def test_a_tile_keeps_no_word_of_cells_an_earlier_tile_paints() -> None:
     assert kept == {0: [0, 1], 1: [0]}
 
 
+def test_a_word_spread_wider_than_one_tile_stays_in_every_tile() -> None:
+    """ "blue" fills the top half (4 tiles' worth): a word of the scene, not an object, so the bottom tiles
+    keep it too, as every tile keeps a manual tile prompt's scene prompt."""
+    maps = torch.full((2, 32, 64), 0.3)
+    maps[0, :16] = 1.0
+    maps[1, 6:10, 12:16] = 1.0
+    kept = tile_words(GRID_4X2, maps, threshold=0.5)
+    assert kept == {0: [0, 1]} | {i: [0] for i in range(1, 8)}
+
+
 def test_a_word_no_token_reads_stays_in_every_tile() -> None:
     maps = synthetic_maps()
     maps[1] = 0.0  # "sun" cut off by the tokenizer: nothing places it
