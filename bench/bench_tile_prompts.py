@@ -144,10 +144,7 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
         options["auto_tile_prompts"] = AutoTilePrompts(
             model.prompt_tokens(whole), model.encode_prompt, float(name.split()[-1]), report_texts
         )
-    if "automatic" in name and name.startswith("guided"):
-        denoise = float(name.split()[1])
-        options |= dict(method="guided", guide_first=GuideFirst(denoise=denoise), latent=guide)
-    elif name.startswith("causal"):
+    if name.startswith("causal"):
         pull = GUIDE_PULL if "pull" in name else {}
         options |= dict(method="causal", context=ContextSettings(guide, bcla_seed=1.0, seed=seed, **pull))
     else:
@@ -386,7 +383,10 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=2, help="timed without/with pairs per prompt (0: none)"
     )
-    parser.add_argument("--variants", help="a subset of the variants, separated by semicolons (default: all)")
+    parser.add_argument(
+        "--variants",
+        help='a subset of the variants, separated by semicolons (default: all; "": none, the overhead only)',
+    )
     parser.add_argument(
         "--prompts", choices=("measured", "all"), default="measured", help="all: and HELD_OUT"
     )
@@ -396,7 +396,9 @@ def main() -> None:
     parser.add_argument("--timed", default=",".join(TIMED), help="comma-separated methods the overhead times")
     parser.add_argument("--tag", default="", help="result files tile_prompts_<tag>[_<model>]")
     args = parser.parse_args()
-    variants = VARIANTS if args.variants is None else tuple(v.strip() for v in args.variants.split(";"))
+    variants = (
+        VARIANTS if args.variants is None else tuple(v.strip() for v in args.variants.split(";") if v.strip())
+    )
     if unknown := [v for v in variants if v not in VARIANTS]:
         parser.error(f"unknown variants {unknown}; choose from: {', '.join(VARIANTS)}")
     scenes = SCENES + HELD_OUT if args.prompts == "all" else SCENES
