@@ -131,8 +131,8 @@ class SanaTilePrompts(io.ComfyNode):
                     max=1.0,
                     step=0.05,
                     tooltip="automatic: a word's region is where its attention rises this share of the way "
-                    "from its lowest to its peak; a tile keeps the word if it paints the peak or the region "
-                    "fills half of it (higher drops more words).",
+                    "from its lowest to its peak; a word whose region fits in one tile goes to the tile that "
+                    "paints its peak only, the others stay in every tile (higher drops more words).",
                 ),
                 io.Float.Input(
                     "tile_prompt_sigma",

@@ -554,8 +554,9 @@ def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> N
         default=None,
         metavar="T",
         help="--tile-prompts auto: a word's region is where its attention rises T of the way from its "
-        "lowest to its peak; a tile keeps the word if it paints the peak or the region fills half of it; "
-        f"higher drops more words (default {DEFAULT_WORD_THRESHOLD}, docs/tile_prompts.md)",
+        "lowest to its peak; a word whose region fits in one tile goes to the tile that paints its peak "
+        f"only, the others stay in every tile; higher drops more words (default {DEFAULT_WORD_THRESHOLD}, "
+        "docs/tile_prompts.md)",
     )
     parser.add_argument(
         "--tile-prompt-sigma",
