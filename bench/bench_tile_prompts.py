@@ -3,6 +3,9 @@
 Run from the repository root: ``python -m bench.bench_tile_prompts`` (about 10 min on 2 CPU cores,
 one torch thread; ``--model DIR`` for another SANA folder). Writes ``bench/results/tile_prompts[_<model>]``
 ``.json`` and ``.md`` and ``docs/tile_prompts[_<model>].png``; its stdout is ``tile_prompts.log``.
+``--variants`` runs a subset of :data:`VARIANTS`, ``--prompts`` adds the held-out prompts
+(:data:`HELD_OUT`), ``--timed-with`` the variant whose overhead is timed, ``--tag`` names the result files
+(``tile_prompts_<tag>[_<model>]``).
 
 Protocol. The quick start's canvas (512×256 px, 4×2 tiles, 32 px overlap, raster order: tile 1 is
 top left, tile 4 top right, tile 5 bottom left), 20 steps, cfg 4.5, four prompts that ask for one object
@@ -15,12 +18,13 @@ steps), so it paints the sky it shares with its neighbours from the same words. 
 control, every tile hears the scene alone and no tile has words of its own: a seam that it shares
 with "tile prompts" comes from the scene prompt, not from tiles hearing different words. "pull": causal
 with guided's pull of each tile toward the guide (the global context's held low-band skip residual and
-per-tile statistics, at guided's default strengths) on top of its BCLA seed. "automatic t" (AccDiffusion): the
-whole prompt, and each tile drops the words whose cross-attention on the guide (one model call at
-σ = 0.5, ``word_maps``) stays below t × the word's peak in all of its cells; the tiles' texts go
-to the log. Objects: the suns / moons / trees the prompt names, counted by ``seamlab.count_objects``
-on the canvas and on the run's guide (causal: the whole-scene pass of the whole prompt that seeds its
-BCLA cache; guided: its own whole-scene pass). Seams: the Quality Metrics verdict; layout: the canvas
+per-tile statistics, at guided's default strengths) on top of its BCLA seed. "automatic t"
+(AccDiffusion): the whole prompt, and each tile keeps the words ``word_maps.tile_words`` gives it at
+threshold t from the cross-attention on the run's guide (one model call at σ = 0.5), through the run
+path's ``auto_tile_prompts`` as the CLI and the nodes use it; the tiles' texts go to the log. Objects:
+the suns / moons / trees the prompt names, counted by ``seamlab.count_objects`` on the canvas and on
+the run's guide (causal: the whole-scene pass of the whole prompt that seeds its BCLA cache; guided: its
+own whole-scene pass). Seams: the Quality Metrics verdict; layout: the canvas
 downscaled to the guide vs the guide (PSNR); time: CPU seconds per canvas.
 
 Time overhead (:func:`overhead`): in the same process, each method runs without and with tile prompts
@@ -53,7 +57,7 @@ from temporal_tiling.options import (
 )
 from temporal_tiling.pipeline import GuideFirst, generate
 from temporal_tiling.tile_prompts import TilePrompts, encode_tile_prompts, tile_texts, whole_scene_text
-from temporal_tiling.word_maps import attention_of_words, tile_words
+from temporal_tiling.word_maps import AutoTilePrompts
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENES = (
@@ -63,11 +67,28 @@ SCENES = (
     ("a purple to red sky with one sun at top right", "a purple to red sky", 4, "one sun at top right"),
     ("a blue to cyan sky with one tree at bottom left", "a blue to cyan sky", 5, "one tree at bottom left"),
 )
+HELD_OUT = (
+    (
+        "a black to navy night sky with one moon at bottom left",
+        "a black to navy night sky",
+        5,
+        "one moon at bottom left",
+    ),
+    (
+        "a magenta to purple sky with one sun at top right",
+        "a magenta to purple sky",
+        4,
+        "one sun at top right",
+    ),
+    ("a grey to blue sky with one sun at bottom right", "a grey to blue sky", 8, "one sun at bottom right"),
+)
+"""``--prompts all``: prompts the automatic tile prompts' rule was not looked at on (seed = index)."""
 GUIDE_DENOISES = (0.3, 0.5, 0.7)
-THRESHOLDS = (0.5, 0.7, 0.9)
+THRESHOLDS = (0.5, 0.7)
+"""Automatic tile prompts' thresholds (a word's region: its map above this share of the way from its
+lowest value to its peak)."""
 PROMPT_SIGMAS = (0.5, 0.7)
 """``σ ≥ s`` rows: the told tile hears its words at noise levels σ ≥ s and the scene prompt below."""
-"""Automatic tile prompts: a tile keeps a word whose guide attention reaches this share of its peak."""
 VARIANTS = (
     "causal",
     "causal + tile prompts",
@@ -77,6 +98,7 @@ VARIANTS = (
     *(f"causal + tile prompts, σ ≥ {s}" for s in PROMPT_SIGMAS),
     "causal + pull + tile prompts",
     f"causal + pull + tile prompts, σ ≥ {PROMPT_SIGMAS[0]}",
+    *(f"causal + automatic {t}" for t in THRESHOLDS),
     *(f"guided {d}{extra}" for d in GUIDE_DENOISES for extra in ("", " + tile prompts")),
     f"guided 0.7 + tile prompts, σ ≥ {PROMPT_SIGMAS[0]}",
     *(f"guided 0.7 + automatic {t}" for t in THRESHOLDS),
@@ -90,7 +112,7 @@ SHOWN = (
     "causal + pull + tile prompts",
     "guided 0.7",
     "guided 0.7 + tile prompts",
-    "guided 0.7 + automatic 0.9",
+    "guided 0.7 + automatic {THRESHOLDS[0]}",
 )
 GUIDE_PULL = dict(
     skip_residual=DEFAULT_GUIDE_SKIP_RESIDUAL, skip_power=DEFAULT_GUIDE_SKIP_POWER, stats=DEFAULT_GUIDE_STATS
@@ -99,6 +121,8 @@ GUIDE_PULL = dict(
 per-tile statistics)."""
 TIMED = ("causal", "guided 0.3", "guided 0.7")
 """The methods whose tile-prompt overhead :func:`overhead` measures (without and with, in turn)."""
+TIMED_WITH = "tile prompts"
+"""What :func:`overhead` adds to each timed method by default ("<method> + <this>" is a variant)."""
 
 
 def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Tensor):
@@ -117,11 +141,10 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
     options["tile_prompt_sigma"] = float(name.split()[-1]) if "σ ≥" in name else 0.0
     if "automatic" in name:  # the whole prompt; each tile drops the words the guide puts elsewhere
         positive = model.encode_prompt(whole)
-        texts = automatic_texts(model, plan, whole, guide, float(name.split()[-1]), seed)
-        options["tile_prompts"] = encode_tile_prompts(texts, model.encode_prompt)
-        denoise = float(name.split()[1])
-        options |= dict(method="guided", guide_first=GuideFirst(denoise=denoise), latent=guide)
-    elif name.startswith("causal"):
+        options["auto_tile_prompts"] = AutoTilePrompts(
+            model.prompt_tokens(whole), model.encode_prompt, float(name.split()[-1]), report_texts
+        )
+    if name.startswith("causal"):
         pull = GUIDE_PULL if "pull" in name else {}
         options |= dict(method="causal", context=ContextSettings(guide, bcla_seed=1.0, seed=seed, **pull))
     else:
@@ -133,30 +156,19 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
     return result, guide if result.guide is None else result.guide
 
 
-def automatic_texts(
-    model, plan, prompt: str, guide: torch.Tensor, threshold: float, seed: int
-) -> dict[int, str]:
-    """Each tile's words of ``prompt`` whose cross-attention on ``guide`` reaches it (tiles that keep
-    every word are absent). The embedded model's tokenizer is word-level: text token 0 is the start
-    token, token i the prompt's word i - 1."""
-    words = prompt.lower().split()
-    embeds = model.encode_prompt(prompt)
-    assert embeds.shape[1] == len(words) + 1, "a word-level tokenizer (the embedded model) is assumed"
-    maps = attention_of_words(model.transformer, guide, embeds, [-1, *range(len(words))], seed=seed)
-    kept = tile_words(plan, maps, threshold)
-    texts = {i: " ".join(words[w] for w in ws) for i, ws in kept.items() if len(ws) < len(words)}
-    print(json.dumps({"threshold": threshold, "tile_texts": texts}), flush=True)
-    return texts
+def report_texts(texts: dict[int, str]) -> None:
+    """Logs the tiles' texts of automatic tile prompts (tiles that keep every word are absent)."""
+    print(json.dumps({"tile_texts": texts}), flush=True)
 
 
-def run_all(model, plan, images: dict) -> list[dict]:
+def run_all(model, plan, images: dict, scenes: tuple = SCENES, variants: tuple = VARIANTS) -> list[dict]:
     rows = []
-    for seed, scene in enumerate(SCENES):
+    for seed, scene in enumerate(scenes):
         whole = scene[0]
         empty = model.encode_prompt("")
         guide = whole_scene(model, {"tiles": plan}, model.encode_prompt(whole), empty, seed)
         images[seed, "guide"] = model.decode(guide)
-        for name in VARIANTS:
+        for name in variants:
             start, cpu = time.perf_counter(), time.process_time()
             result, run_guide = run_variant(name, model, plan, scene, seed, guide)
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
@@ -178,9 +190,12 @@ def run_all(model, plan, images: dict) -> list[dict]:
     return rows
 
 
-def overhead(model, plan, repeats: int) -> list[dict]:
-    """Each :data:`TIMED` method without and with tile prompts, in turn (the order alternating), on every
-    prompt, ``repeats`` times: one row per pair with both runs' CPU and wall seconds and model calls."""
+def overhead(
+    model, plan, repeats: int, timed_with: str = TIMED_WITH, methods: tuple[str, ...] = TIMED
+) -> list[dict]:
+    """Each of ``methods`` without and with ``timed_with`` (tile prompts), in turn (the order
+    alternating), on every prompt of :data:`SCENES`, ``repeats`` times: one row per pair with both runs'
+    CPU and wall seconds and model calls."""
     calls = [0]
     counter = model.transformer.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     rows = []
@@ -190,8 +205,8 @@ def overhead(model, plan, repeats: int) -> list[dict]:
                 model, {"tiles": plan}, model.encode_prompt(scene[0]), model.encode_prompt(""), seed
             )
             for repeat in range(repeats):
-                for method in TIMED:
-                    pair = (method, f"{method} + tile prompts")
+                for method in methods:
+                    pair = (method, f"{method} + {timed_with}")
                     timed = {}
                     for name in pair if repeat % 2 == 0 else pair[::-1]:
                         calls[0] = 0
@@ -202,7 +217,7 @@ def overhead(model, plan, repeats: int) -> list[dict]:
                         timed[name] for name in pair
                     )
                     row = {
-                        "seed": seed, "method": method, "repeat": repeat,
+                        "seed": seed, "method": method, "with": timed_with, "repeat": repeat,
                         "cpu_without": cpu_without, "cpu_with": cpu_with,
                         "wall_without": wall_without, "wall_with": wall_with,
                         "calls_without": calls_without, "calls_with": calls_with,
@@ -271,13 +286,19 @@ def where_table(where: list[dict]) -> list[str]:
 
 
 def markdown(
-    rows: list[dict], timing: list[dict], encodes: dict[str, float], where: list[dict], model_name: str
+    rows: list[dict],
+    timing: list[dict],
+    encodes: dict[str, float],
+    where: list[dict],
+    model_name: str,
+    variants: tuple[str, ...] = VARIANTS,
+    prompts: int = len(SCENES),
 ) -> str:
     lines = [
         "# Tile prompts (`python -m bench.bench_tile_prompts`)",
         "",
         f"{model_name}, 512×256 px, 4×2 tiles, 20 steps, cfg 4.5, BCLA, today's defaults (guided: halo 4, "
-        f"held low-band pull), {len(SCENES)} prompts (seed = prompt index), one torch thread on a shared "
+        f"held low-band pull), {prompts} prompts (seed = prompt index), one torch thread on a shared "
         "2-core machine. Objects: the suns / moons / trees the prompt names (it asks for one) on the canvas, "
         "the run's guide in brackets. Layout: the canvas downscaled to the guide vs the guide. "
         '"scene prompt": the control, no tile prompts, every tile hears the scene prompt that the '
@@ -287,7 +308,7 @@ def markdown(
         "| line jump | CPU s per canvas |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name in VARIANTS:
+    for name in variants:
         mine = [r for r in rows if r["variant"] == name]
         count = len(mine)
         objects = ", ".join(f"{r['objects']} ({r['guide_objects']})" for r in mine)
@@ -299,8 +320,8 @@ def markdown(
             f"| {sum(r['line_jump'] for r in mine) / count:.2f} "
             f"| {sum(r['cpu_seconds'] for r in mine) / count:.1f} |"
         )
-    lines += where_table(where)
-    lines += overhead_table(timing, encodes)
+    lines += where_table(where) if where else []
+    lines += overhead_table(timing, encodes) if timing else []
     lines += ["", "Verdicts:", "", "| prompt | variant | verdict |", "| --- | --- | --- |"]
     lines += [f"| {r['seed']} | {r['variant']} | {r['verdict']} |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -309,16 +330,17 @@ def markdown(
 def overhead_table(timing: list[dict], encodes: dict[str, float]) -> list[str]:
     """The time overhead of tile prompts per method: medians of the pairs' ratios (:func:`overhead`)."""
     repeats = max(r["repeat"] for r in timing) + 1
+    timed_with = timing[0].get("with", TIMED_WITH)
     lines = [
         "",
-        f"Time overhead of tile prompts (same process, without and with in turn, order alternating, "
+        f"Time overhead of {timed_with} (same process, without and with in turn, order alternating, "
         f"{repeats} pairs per prompt, {len(SCENES)} prompts; median and range of the pairs' ratios):",
         "",
         "| method | CPU s without | CPU s with | CPU overhead, median (range) | wall overhead, median "
         "| model calls without / with |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for method in TIMED:
+    for method in dict.fromkeys(r["method"] for r in timing):
         mine = [r for r in timing if r["method"] == method]
         cpu = [r["cpu_with"] / r["cpu_without"] - 1 for r in mine]
         wall = [r["wall_with"] / r["wall_without"] - 1 for r in mine]
@@ -338,18 +360,19 @@ def overhead_table(timing: list[dict], encodes: dict[str, float]) -> list[str]:
     return lines
 
 
-def figure(images: dict, path: Path, width: int = 256) -> None:
-    """:data:`SHOWN` side by side, one row per prompt, each ``width`` px wide (2:1)."""
+def figure(images: dict, path: Path, width: int = 256, shown: tuple[str, ...] = SHOWN) -> None:
+    """``shown`` side by side, one row per prompt, each ``width`` px wide (2:1)."""
     height, label = width // 2, 16
-    out = Image.new("RGB", (len(SHOWN) * (width + 6), len(SCENES) * (height + label)), "white")
+    prompts = len({seed for seed, _ in images})
+    out = Image.new("RGB", (len(shown) * (width + 6), prompts * (height + label)), "white")
     draw = ImageDraw.Draw(out)
-    for seed in range(len(SCENES)):
-        for i, name in enumerate(SHOWN):
+    for seed in range(prompts):
+        for i, name in enumerate(shown):
             pixels = (images[seed, name][0].permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()
             x, y = i * (width + 6), seed * (height + label)
             out.paste(Image.fromarray(pixels).resize((width, height), Image.BICUBIC), (x, y + label))
-            label = name.replace("σ ≥", "sigma >=")  # PIL's default font has no σ nor ≥
-            draw.text((x + 2, y + 2), f"prompt {seed}: {label}", fill="black")
+            text = name.replace("σ ≥", "sigma >=")  # PIL's default font has no σ nor ≥
+            draw.text((x + 2, y + 2), f"prompt {seed}: {text}", fill="black")
     out.save(path)
 
 
@@ -357,9 +380,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
-    parser.add_argument("--repeats", type=int, default=2, help="timed without/with pairs per prompt")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed without/with pairs per prompt (0: none)"
+    )
+    parser.add_argument(
+        "--variants",
+        help='a subset of the variants, separated by semicolons (default: all; "": none, the overhead only)',
+    )
+    parser.add_argument(
+        "--prompts", choices=("measured", "all"), default="measured", help="all: and HELD_OUT"
+    )
+    parser.add_argument(
+        "--timed-with", default=TIMED_WITH, help='what the overhead adds, e.g. "automatic 0.5"'
+    )
+    parser.add_argument("--timed", default=",".join(TIMED), help="comma-separated methods the overhead times")
+    parser.add_argument("--tag", default="", help="result files tile_prompts_<tag>[_<model>]")
     args = parser.parse_args()
+    variants = (
+        VARIANTS if args.variants is None else tuple(v.strip() for v in args.variants.split(";") if v.strip())
+    )
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        parser.error(f"unknown variants {unknown}; choose from: {', '.join(VARIANTS)}")
+    scenes = SCENES + HELD_OUT if args.prompts == "all" else SCENES
     model, suffix, model_name = bench_model(args.model)
+    stem = f"tile_prompts_{args.tag}" if args.tag else "tile_prompts"
     plan = make_plans(model.compression)["tiles"]
     told = max(number for *_, number, _ in SCENES)
     if len(plan) < told:
@@ -368,16 +412,20 @@ def main() -> None:
             f"512×256 px canvas ({model.compression}× compression): use an 8× model"
         )
     images: dict = {}
+    compared = {"causal + tile prompts", "causal (scene prompt)"}
     with torch.no_grad():
-        rows = run_all(model, plan, images)
-        where = where_words_act(images, plan)
-        timing = overhead(model, plan, args.repeats)
+        rows = run_all(model, plan, images, scenes, variants)
+        where = where_words_act(images, plan) if compared <= set(variants) else []
+        timed = tuple(m.strip() for m in args.timed.split(","))
+        timing = overhead(model, plan, args.repeats, args.timed_with, timed) if args.repeats else []
         encodes = encode_seconds(model, plan)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"rows": rows, "where_words_act": where, "overhead": timing, "encode_seconds": encodes}
-    (args.out / f"tile_prompts{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"tile_prompts{suffix}.md").write_text(markdown(rows, timing, encodes, where, model_name))
-    figure(images, ROOT / "docs" / f"tile_prompts{suffix}.png")
+    (args.out / f"{stem}{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = markdown(rows, timing, encodes, where, model_name, variants, len(scenes))
+    (args.out / f"{stem}{suffix}.md").write_text(text)
+    shown = SHOWN if variants == VARIANTS else ("guide", *variants)
+    figure(images, ROOT / "docs" / f"{stem}{suffix}.png", shown=shown)
 
 
 if __name__ == "__main__":

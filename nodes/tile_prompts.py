@@ -130,8 +130,9 @@ class SanaTilePrompts(io.ComfyNode):
                     min=0.05,
                     max=1.0,
                     step=0.05,
-                    tooltip="automatic: a tile keeps a word whose attention reaches this share of the "
-                    "word's peak in it (higher drops more words).",
+                    tooltip="automatic: a word's region is where its attention rises this share of the way "
+                    "from its lowest to its peak; a word whose region fits in one tile goes to the tile that "
+                    "paints its peak only, the others stay in every tile (higher drops more words).",
                 ),
                 io.Float.Input(
                     "tile_prompt_sigma",
@@ -142,7 +143,7 @@ class SanaTilePrompts(io.ComfyNode):
                     tooltip="A tile hears its own words while the noise level σ is at least this (the early "
                     "steps, which place objects) and the scene prompt below it (the detail steps), so "
                     "neighbouring tiles paint what they share from the same words. 0: its words at every "
-                    "step.",
+                    "step. Not read with automatic: those words are heard at every step.",
                 ),
             ],
             outputs=[

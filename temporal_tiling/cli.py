@@ -555,9 +555,10 @@ def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> N
         type=_number(float, 0, 1, low_open=True),
         default=None,
         metavar="T",
-        help="--tile-prompts auto: a tile keeps a word whose attention reaches T × the word's peak in its "
-        f"cells; higher drops more words (default {DEFAULT_WORD_THRESHOLD}: of 0.5, 0.7 and 0.9 the one "
-        "that removed the most repeated objects on the bench, docs/tile_prompts.md)",
+        help="--tile-prompts auto: a word's region is where its attention rises T of the way from its "
+        "lowest to its peak; a word whose region fits in one tile goes to the tile that paints its peak "
+        f"only, the others stay in every tile; higher drops more words (default {DEFAULT_WORD_THRESHOLD}, "
+        "docs/tile_prompts.md)",
     )
     parser.add_argument(
         "--tile-prompt-sigma",
@@ -567,17 +568,23 @@ def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> N
         help="--tile-prompts: a tile hears its own words at noise levels σ >= S (the early steps, which "
         "place objects) and --prompt below (the detail steps, so neighbouring tiles paint what they share "
         f"from the same words); 0: its words at every step (default {DEFAULT_TILE_PROMPT_SIGMA:g}, "
-        "docs/tile_prompts.md)",
+        "docs/tile_prompts.md). Not with --tile-prompts auto: those words are heard at every step",
     )
 
 
 def check_tile_prompt_flags(args: argparse.Namespace) -> None:
-    """A CLIError for --word-threshold without --tile-prompts auto, or --tile-prompt-sigma without
-    --tile-prompts (before the model loads); then --tile-prompt-sigma's default fills in."""
+    """A CLIError for --word-threshold without --tile-prompts auto, or --tile-prompt-sigma without a
+    --tile-prompts file (before the model loads); then --tile-prompt-sigma's default fills in."""
     from .tile_prompts import AUTOMATIC, check_method
 
     if args.tile_prompt_sigma is not None and args.tile_prompts is None:
         raise CLIError("is read with --tile-prompts only; add that or drop it", "--tile-prompt-sigma")
+    if args.tile_prompt_sigma is not None and args.tile_prompts == AUTOMATIC:
+        raise CLIError(
+            "is read with a --tile-prompts file only: automatic tile prompts are heard at every step "
+            "(below a gate the whole --prompt would give each tile its dropped words back); drop it",
+            "--tile-prompt-sigma",
+        )
     if args.tile_prompt_sigma is None:
         args.tile_prompt_sigma = DEFAULT_TILE_PROMPT_SIGMA
     if args.word_threshold is not None and args.tile_prompts != AUTOMATIC:

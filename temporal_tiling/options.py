@@ -115,11 +115,12 @@ DEFAULT_RESAMPLE_BAND = 4
 """Cells on each side of the lock edge that border resampling repeats (one overlap of the quick start)."""
 
 DEFAULT_WORD_THRESHOLD = 0.5
-"""Automatic tile prompts: a tile keeps a word whose whole-scene cross-attention reaches this share of
-the word's peak in its cells. Of the measured 0.5, 0.7 and 0.9 (bench/results/tile_prompts.md, guided at
-guide denoise 0.7, embedded model, 4 prompts) 0.5 drew the fewest suns and moons (2, 2, 3 against 3, 4, 5
-without tile prompts; 0.7: 5, 2, 8; 0.9: 3, 4, 7), still more than the guides' one, and the best layout
-(28.8 dB against 27.8 without); every one of them was seamless."""
+"""Automatic tile prompts: a word's region is where its whole-scene cross-attention rises this share of
+the way from its lowest value to its peak (``word_maps.tile_words``). Of the measured 0.5 and 0.7
+(bench/results/tile_prompts_automatic*.md, guided at guide denoise 0.7, 7 prompts, 3 held out) 0.7 left
+fewer prompts with more objects than the guide on the embedded model (2/7 against 4/7; without tile
+prompts 5/7), but the tiles it leaves a few words ("blue pink sky", "to") paint a blotchy sky; 0.5 keeps
+the scene's words in every tile and the texture of the run without tile prompts (docs/tile_prompts.md)."""
 
 DEFAULT_TILE_PROMPT_SIGMA = 0.5
 """Tile prompts: a tile hears its own words at noise levels σ ≥ this and the run's prompt below it;

@@ -222,7 +222,8 @@ class RunSettings:
     seam refine use the run's prompt. Tiled methods that sample tile by tile only."""
     tile_prompt_sigma: float = DEFAULT_TILE_PROMPT_SIGMA
     """Tile prompts are heard at noise levels σ ≥ this, the run's prompt below it (0: at every step);
-    in [0, 1]. See :attr:`TileJob.prompt_sigma`."""
+    in [0, 1]. See :attr:`TileJob.prompt_sigma`. Automatic tile prompts are heard at every step (their
+    run's prompt holds the words they drop)."""
     guide_prompt: object | None = None
     """The positive conditioning of ``guided``'s whole-scene pass, in the host's form; None = the run's
     prompt. With tile prompts the whole scene should hear every tile's words
@@ -336,7 +337,10 @@ def run(
         if settings.auto_tile_prompts is not None:
             scene = guide if guide is not None else _scene(plan, host, settings, noise, latent)
             tile_prompts = _automatic(plan, host, settings, scene)
-            settings = replace(settings, tile_prompts=tile_prompts, auto_tile_prompts=None)
+            # at every step: the run's prompt below a σ gate would give the tiles their dropped words back
+            settings = replace(
+                settings, tile_prompts=tile_prompts, auto_tile_prompts=None, tile_prompt_sigma=0.0
+            )
         if guide is not None:
             guide = _progressive_chain(plan, host, settings, noise, guide)
         result = _with_cache(plan, host, settings, noise, latent, guide)

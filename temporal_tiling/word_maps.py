@@ -3,15 +3,28 @@ scene, and the words each tile keeps.
 
 AccDiffusion's idea: in one model call on the whole scene (the guide noised to :data:`WORD_MAP_SIGMA`),
 SANA's cross-attention (a softmax over the text tokens for every image token) shows which image tokens
-each word steers. A tile keeps the words whose map reaches ``threshold`` × the word's own peak somewhere
-in its cells and drops the others, so a word that names an object the guide put elsewhere ("one sun")
-does not make the tile paint that object again.
+each word steers, so a word that names an object the guide put elsewhere ("one sun") can be dropped
+from the tiles that would paint that object again.
+
+Which tile keeps a word (:func:`tile_words`):
+
+* A word's region is where its map rises ``threshold`` of the way from the map's lowest value to its
+  peak. Not a share of the peak alone: every image token gives every word some attention (a word's map
+  never falls far below its mean), so a share of the peak is reached by noise all over the scene.
+* Each canvas cell is painted anew by one tile, the first in the plan's order that covers it; later
+  tiles hold it from the earlier one.
+* A word is placed when its region is no larger than what the tile that paints its peak paints (it
+  could lie inside that one tile: an object, and the words that describe it). A placed word goes to that
+  tile only: a tile that merely borders the object, or holds a noise peak of its map, would paint an
+  object of its own. Every other word (the scene's "sky", its colours) stays in every tile, as a
+  manual tile prompt's scene prompt does.
 
 Words, not tokens: a tokenizer cuts "sunset," into pieces, and a tile's prompt is rebuilt from the
 prompt's own text, so a word is kept or dropped whole. A word is a run of non-space characters; its map
 is the sum of the maps of the tokens that start inside it. A tile's prompt is its kept words joined by
-single spaces, in the prompt's order. A tile that keeps every word (or none: nothing places any word
-there) hears the run's prompt unchanged.
+single spaces, in the prompt's order; a tile that keeps every word hears the run's prompt unchanged.
+Tiles hear their words at every step: the run's prompt at the late steps (the σ gate of manual tile
+prompts, ``RunSettings.tile_prompt_sigma``) would give every tile back the words it dropped.
 
 The maps are recorded on diffusers' ``SanaTransformer2DModel`` (its blocks' ``attn2`` cross-attention
 modules): :class:`AttentionRecorder` runs the module's own processor for the output and recomputes the
@@ -72,7 +85,8 @@ class AutoTilePrompts:
     encode: Callable[[str], object]
     """A tile's text -> its positive conditioning in the host's form (as ``RunSettings.tile_prompts``)."""
     threshold: float = DEFAULT_WORD_THRESHOLD
-    """A tile keeps a word whose map reaches this share of the word's peak somewhere in its cells."""
+    """A word's region: where its map rises this share of the way from its lowest value to its peak
+    (:func:`tile_words`)."""
     report: Callable[[dict[int, str]], None] | None = None
     """Told each tile's text (by ``Tile.index``, tiles with the whole prompt absent) once computed."""
     prompt: object | None = None
@@ -87,8 +101,8 @@ def check_threshold(threshold: float) -> None:
     """A WordMapError unless ``threshold`` is in (0, 1]."""
     if not 0.0 < threshold <= 1.0:
         raise WordMapError(
-            f"the automatic tile prompts' threshold must be in (0, 1] (a share of each word's peak "
-            f"attention; {DEFAULT_WORD_THRESHOLD} by default), got {threshold}."
+            f"the automatic tile prompts' threshold must be in (0, 1] (a share of the way from each word's "
+            f"lowest attention to its peak; {DEFAULT_WORD_THRESHOLD} by default), got {threshold}."
         )
 
 
@@ -305,27 +319,40 @@ def word_maps(attention: Tensor, grid: tuple[int, int], token_words: Sequence[in
     return (attention.float() @ owner.to(attention.device)).T.reshape(count, *grid)
 
 
+def painting_tiles(plan: TilePlan) -> Tensor:
+    """The tile that paints each canvas cell anew [H, W] (``Tile.index``): the first in the plan's order
+    that covers it; later tiles hold it from that one."""
+    painter = torch.full((plan.canvas_height, plan.canvas_width), -1, dtype=torch.long)
+    for tile in reversed(plan.tiles):
+        painter[tile.slices] = tile.index
+    return painter
+
+
 def tile_words(plan: TilePlan, maps: Tensor, threshold: float) -> dict[int, list[int]]:
-    """The words (indices into ``maps`` [W, h, w], any grid with the canvas's aspect) each tile keeps:
-    those whose map reaches ``threshold`` × its own maximum somewhere in the tile's cells, and those
-    whose map is zero everywhere (no token reads them: nothing places them)."""
+    """The words (indices into ``maps`` [W, h, w], any grid with the canvas's aspect) each tile keeps
+    (the module docstring has the rule). A word whose map is flat (zero: no token reads it) has the whole
+    canvas as its region: not placed, it stays in every tile."""
+    if not len(maps):
+        return {tile.index: [] for tile in plan.tiles}
     size = (plan.canvas_height, plan.canvas_width)
     canvas = F.interpolate(maps[None].float(), size=size, mode="bilinear")[0]
-    peaks = canvas.flatten(1).amax(1)
-    where = canvas >= threshold * peaks[:, None, None]  # [words, H, W]; a zero map is kept everywhere
-    return {
-        tile.index: torch.nonzero(where[:, tile.slices[0], tile.slices[1]].flatten(1).any(1))[:, 0].tolist()
-        for tile in plan.tiles
-    }
+    low, peak = canvas.flatten(1).aminmax(dim=1)
+    region = canvas >= (low + threshold * (peak - low))[:, None, None]  # [words, H, W]
+    painters = painting_tiles(plan)
+    painted = torch.bincount(painters.flatten(), minlength=len(plan))  # cells each tile paints
+    peak_tile = painters.flatten()[canvas.flatten(1).argmax(1)]  # [words]
+    placed = region.flatten(1).sum(1) <= painted[peak_tile]
+    keep = ~placed[:, None] | (peak_tile[:, None] == torch.arange(len(plan)))  # [words, tiles]
+    return {tile.index: torch.nonzero(keep[:, tile.index])[:, 0].tolist() for tile in plan.tiles}
 
 
 def tile_word_texts(plan: TilePlan, maps: Tensor, words: Sequence[str], threshold: float) -> dict[int, str]:
     """The prompt of each tile that drops a word: its kept ``words`` (one per map of ``maps``) joined by
-    spaces. Tiles that keep every word or none are absent (they hear the run's prompt)."""
+    spaces. Tiles that keep every word are absent (they hear the run's prompt)."""
     return {
         index: " ".join(words[w] for w in kept)
         for index, kept in tile_words(plan, maps, threshold).items()
-        if 0 < len(kept) < len(words)
+        if len(kept) < len(words)
     }
 
 

@@ -57,6 +57,43 @@ def test_a_word_whose_attention_lies_outside_a_tile_is_dropped_from_it() -> None
     assert texts == {0: "sky sun", 1: "sky", 2: "sky", 3: "sky moon", 4: "sky", 5: "sky", 6: "sky", 7: "sky"}
 
 
+def test_an_object_word_goes_to_the_tile_that_paints_its_centre_not_to_its_neighbours_or_noise() -> None:
+    """As SANA's maps are: every word gets some attention everywhere (a floor at 0.4 of the peak), with
+    noise (0.55 in tile 6) and the sun's blob centred in tile 1 but reaching 2 cells into tile 2. Tile 2
+    would paint a sun of its own from those cells and tile 6 from noise; tile 1 alone keeps "sun"."""
+    maps = torch.full((2, 32, 64), 0.4)
+    maps[0] = 1.0  # "sky": everywhere
+    maps[1, 4:12, 10:18] = 0.8
+    maps[1, 6:10, 12:16] = 1.0  # the sun's centre, in tile 1's cells (columns 0-15)
+    maps[1, 20:28:2, 40:48:2] = 0.55
+    kept = tile_words(GRID_4X2, maps, threshold=0.5)
+    assert kept[0] == [0, 1]
+    assert all(kept[i] == [0] for i in range(1, 8))
+
+
+def test_a_tile_keeps_no_word_of_cells_an_earlier_tile_paints() -> None:
+    """With overlap the first tile in order paints the shared cells: a word there is the earlier tile's."""
+    plan = make_plan(
+        width_px=256, height_px=128, tile_width_px=128, tile_height_px=128, overlap_px=32, compression=8
+    )  # 2 tiles 18 cells wide (fitted: columns 0-17 and 14-31), sharing 4 columns
+    shared = plan.tiles[1].x + 1
+    maps = torch.full((2, 16, plan.canvas_width), 0.1)
+    maps[0] = 1.0
+    maps[1, 6:9, shared - 1 : shared + 2] = 1.0  # a blob in the shared columns
+    kept = tile_words(plan, maps, threshold=0.5)
+    assert kept == {0: [0, 1], 1: [0]}
+
+
+def test_a_word_spread_wider_than_one_tile_stays_in_every_tile() -> None:
+    """ "blue" fills the top half (4 tiles' worth): a word of the scene, not an object, so the bottom tiles
+    keep it too, as every tile keeps a manual tile prompt's scene prompt."""
+    maps = torch.full((2, 32, 64), 0.3)
+    maps[0, :16] = 1.0
+    maps[1, 6:10, 12:16] = 1.0
+    kept = tile_words(GRID_4X2, maps, threshold=0.5)
+    assert kept == {0: [0, 1]} | {i: [0] for i in range(1, 8)}
+
+
 def test_a_word_no_token_reads_stays_in_every_tile() -> None:
     maps = synthetic_maps()
     maps[1] = 0.0  # "sun" cut off by the tokenizer: nothing places it
@@ -164,6 +201,35 @@ def test_automatic_prompts_reach_the_tiles_whose_words_they_keep(method: str) ->
     assert [tuple(scene.shape[-2:]) for scene in host.scenes] == [(8, 16)]
 
 
+@dataclass
+class SigmaHost(AttentionHost):
+    """An AttentionHost that also logs each told tile's ``prompt_sigma``."""
+
+    prompt_sigmas: list[float] = field(default_factory=list)
+
+    def denoise(self, job):
+        if job.prompt is not None:
+            self.prompt_sigmas.append(job.prompt_sigma)
+        return super().denoise(job)
+
+
+@pytest.mark.parametrize("method", ["causal", "guided"])
+def test_automatic_prompts_are_heard_at_every_step_not_the_whole_prompt_below_the_sigma_gate(method) -> None:
+    """Below manual tile prompts' σ gate a tile hears the run's prompt: for automatic ones that is the
+    whole prompt, which gives every tile back the words it dropped ("sun")."""
+    host = SigmaHost()
+    guide = GuideFirst(bcla_seed=0.0) if method == "guided" else None
+    auto = AutoTilePrompts(SKY_SUN_MOON, str)
+    settings = RunSettings(
+        method=method, auto_tile_prompts=auto, guide_first=guide, halo=0, tile_prompt_sigma=0.5
+    )
+    run(GRID_4X2, host, settings, (1, 4))
+    assert len(host.prompt_sigmas) == len(GRID_4X2) and set(host.prompt_sigmas) == {0.0}
+    manual = SigmaHost()
+    run(GRID_4X2, manual, replace(settings, auto_tile_prompts=None, tile_prompts={0: "sun"}), (1, 4))
+    assert manual.prompt_sigmas == [0.5]  # manual tile prompts keep their gate
+
+
 def test_refine_reads_the_words_on_the_given_image() -> None:
     host = AttentionHost()
     auto = AutoTilePrompts(SKY_SUN_MOON, str)
@@ -264,6 +330,10 @@ def test_refine_takes_tile_prompts_auto(tmp_path: Path, capsys) -> None:
         (["--tile-prompts", "auto", "--word-threshold", "0"], "argument --word-threshold: must be > 0"),
         (["--word-threshold", "0.5"], "argument --word-threshold: is read by --tile-prompts auto only"),
         (["--tile-prompts", "auto", "--method", "multidiffusion"], "argument --tile-prompts: tile prompts"),
+        (
+            ["--tile-prompts", "auto", "--tile-prompt-sigma", "0.5"],
+            "argument --tile-prompt-sigma: is read with a --tile-prompts file only",
+        ),
     ],
 )
 def test_cli_automatic_prompt_errors_are_one_line_before_the_model_loads(capsys, flags, expected) -> None:
