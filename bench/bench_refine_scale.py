@@ -105,6 +105,7 @@ def refine_once(model, embeds, source: np.ndarray, steps: int) -> dict:
             method="guided",
             cache_config=BCLAConfig(),
             guide_first=GuideFirst(denoise=DENOISE),
+            canvas_only=True,  # as the CLI's refine
         ).canvas
         seconds["sampler"] = time.perf_counter() - start
         seconds["sampler_cpu"] = time.process_time() - cpu

@@ -217,6 +217,26 @@ def test_tiled_decode_holds_one_tile_and_the_overlap_rows_not_a_row_of_tiles() -
     assert len(held) == 4 * 40 and max(held) < row_of_tiles / 2, (max(held), row_of_tiles)
 
 
+def test_refine_samples_with_the_canvas_and_the_noise_alone(tmp_path: Path) -> None:
+    """While the tiles sample, the canvas-sized latents alive are the canvas (painted over the encoded
+    image) and the noise: no copy of the encoded image, no per-tile latents (1.25 canvases here)."""
+    source = tmp_path / "strip.png"
+    Image.fromarray((photo(64, 512) * 255).astype(np.uint8)).save(source)
+    model = loader(tmp_path, torch.device("cpu"))
+    plan = refine_plan(64, 512, 128, 32, COMPRESSION)  # 8×64 cells, 5 tiles of 8×16
+    canvas = 4 * plan.canvas_height * plan.canvas_width
+    held: list[int] = []
+
+    def record(*_) -> None:
+        tensors = (t for t in gc.get_objects() if type(t) is torch.Tensor and t.numel() >= canvas)
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        held.append(sum(storages.values()))
+
+    model.transformer.register_forward_pre_hook(record)
+    assert refine(source, tmp_path / "out", "--scale", "1", "--no-metrics", model=lambda *_: model) == 0
+    assert held and max(held) <= 2 * canvas * 4, (max(held), canvas * 4)
+
+
 def test_refine_plan_rounds_every_size_to_whole_tokens() -> None:
     plan = refine_plan(217, 333, 100, 30, 8, patch=2)
     assert (plan.height_px, plan.width_px) == (224, 336)  # up to 16 px tokens
