@@ -237,6 +237,29 @@ def test_refine_samples_with_the_canvas_and_the_noise_alone(tmp_path: Path) -> N
     assert held and max(held) <= 2 * canvas * 4, (max(held), canvas * 4)
 
 
+def test_refine_decode_lets_the_canvas_latent_go_as_it_passes(tmp_path: Path) -> None:
+    """The decode drops the canvas latent band by band behind its tile rows: at the last of its four
+    tile rows (512 px autoencoder tiles on a 1536 px tall canvas) less than half of it is left."""
+    source = tmp_path / "tall.png"
+    Image.fromarray((photo(1536, 64) * 255).astype(np.uint8)).save(source)
+    model = loader(tmp_path, torch.device("cpu"))
+    decode, width, held = model.decode, 64 // COMPRESSION, []
+
+    def recording(tile: torch.Tensor) -> torch.Tensor:
+        # the canvas latent or its bands: full width, not the 64 cells high tile being decoded
+        tensors = (t for t in gc.get_objects() if type(t) is torch.Tensor and t.ndim == 4)
+        latents = (t for t in tensors if t.shape[-1] == width and t.shape[-2] != 512 // COMPRESSION)
+        held.append(
+            sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in latents}.values())
+        )
+        return decode(tile)
+
+    model.decode = recording
+    assert refine(source, tmp_path / "out", "--scale", "1", "--no-metrics", model=lambda *_: model) == 0
+    canvas = 4 * (1536 // COMPRESSION) * width * 4
+    assert len(held) == 4 and held[0] == canvas and held[-1] < canvas / 2, (held, canvas)
+
+
 def test_refine_plan_rounds_every_size_to_whole_tokens() -> None:
     plan = refine_plan(217, 333, 100, 30, 8, patch=2)
     assert (plan.height_px, plan.width_px) == (224, 336)  # up to 16 px tokens
