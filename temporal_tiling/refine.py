@@ -181,12 +181,12 @@ class LatentRows:
 
     def __init__(self, latent: Tensor | list[Tensor]) -> None:
         self.bands: list[Tensor | None] = latent if isinstance(latent, list) else [latent]
-        self.starts = list(itertools.accumulate((band.shape[-2] for band in latent), initial=0))
+        self.starts = list(itertools.accumulate((band.shape[-2] for band in self.bands), initial=0))
         first = self.bands[0]
         self.shape = (*first.shape[:-2], self.starts[-1], first.shape[-1])
 
     def read(self, top: int, bottom: int, left: int, right: int) -> Tensor:
-        """Cells [top, bottom) × [left, right)."""
+        """Cells [top, bottom) × [left, right): a view of one band, or a copy joining two."""
         parts = [
             band[..., max(top, start) - start : min(bottom, stop) - start, left:right]
             for band, (start, stop) in zip(self.bands, itertools.pairwise(self.starts), strict=True)

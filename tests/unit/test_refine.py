@@ -260,6 +260,29 @@ def test_refine_decode_lets_the_canvas_latent_go_as_it_passes(tmp_path: Path) ->
     assert len(held) == 4 and held[0] == canvas and held[-1] < canvas / 2, (held, canvas)
 
 
+def test_tiled_decode_of_handed_over_bands_equals_the_decode_of_the_tensor() -> None:
+    """A batch of two canvases decoded from the tensor and from bands of uneven heights gives the same
+    pixels (a decoder that starts as the real ones do, rescaling its input, then a convolution); the
+    band above the last tile row is dropped from the handed-over list."""
+    latent = torch.randn(2, 4, 21, 14, generator=torch.Generator().manual_seed(5))
+
+    def decode(tile: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(F.avg_pool2d(tile[:, :3] / 0.7, 3, 1, 1))
+
+    autoencoder = Autoencoder(encode, decode, 1, tile_px=8, overlap_px=2)
+    outputs = []
+    for source in (latent, bands := list(latent.split([5, 9, 3, 4], dim=-2))):
+        out = torch.zeros(2, 3, 21, 14)
+
+        def write(top: int, left: int, block: torch.Tensor, out: torch.Tensor = out) -> None:
+            out[..., top : top + block.shape[-2], left : left + block.shape[-1]] = block
+
+        decode_tiled(autoencoder, source, write)
+        outputs.append(out)
+    assert torch.equal(*outputs) and outputs[0].gt(0).all()
+    assert [band is None for band in bands] == [True, False, False, False]  # the last tile row: rows 13-21
+
+
 def test_refine_plan_rounds_every_size_to_whole_tokens() -> None:
     plan = refine_plan(217, 333, 100, 30, 8, patch=2)
     assert (plan.height_px, plan.width_px) == (224, 336)  # up to 16 px tokens
