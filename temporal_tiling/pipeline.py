@@ -65,7 +65,8 @@ CAUSAL_METHODS = ("causal", "guided")
 """Methods that run the causal tile loop (and so can use a BCLA cache)."""
 
 Upscale = Callable[[Tensor, int, int], Tensor]
-"""``(guide latent [B,C,h,w], canvas height, canvas width in cells) -> canvas latent [B,C,H,W]``."""
+"""``(guide latent [B,C,h,w], canvas height, canvas width in cells) -> canvas latent [B,C,H,W]``, a new
+tensor (the tiles are painted over it)."""
 
 
 def latent_upscale(guide: Tensor, height: int, width: int) -> Tensor:
@@ -300,6 +301,7 @@ def run(
     device: torch.device | str = "cpu",
     latent: Tensor | None = None,
     noise: Tensor | None = None,
+    canvas_only: bool = False,
 ) -> CanvasResult:
     """Generate a latent canvas: ``shape`` = (batch, latent channels); ``latent`` for img2img.
 
@@ -308,6 +310,11 @@ def run(
     at the model's size first. The canvas noise is drawn on CPU from ``settings.seed`` (as ComfyUI's
     ``prepare_noise`` does) and moved to ``device``, unless ``noise`` [B,C,H,W] is given (e.g. one seed
     per batch item). A BCLA cache is attached to the host for the whole run and detached after.
+
+    ``canvas_only``: for a caller that needs the canvas alone (the refine): the result's ``tiles`` and
+    ``guide`` are None, and the run may paint the canvas over ``latent`` in place, so the caller must
+    not read ``latent`` afterwards. That saves the per-tile latents (1.4× the canvas at 512/64 px
+    tiles) and a canvas-sized copy of the latent; the canvas is the same.
     """
     if settings.denoise < 1 and latent is None and settings.method != "guided":
         raise SamplingError(
@@ -343,7 +350,7 @@ def run(
             )
         if guide is not None:
             guide = _progressive_chain(plan, host, settings, noise, guide)
-        result = _with_cache(plan, host, settings, noise, latent, guide)
+        result = _with_cache(plan, host, settings, noise, latent, guide, canvas_only)
         if settings.seam_refine is not None:
             result.canvas = refine_seams(plan, host, result.canvas, noise, settings.seam_refine)
         return result
@@ -386,7 +393,7 @@ def _progressive_chain(
     for level in guide_levels(plan, settings.guide, host.patch_size, start):
         shape = (*noise.shape[:2], level.canvas_height, level.canvas_width)
         level_noise = canvas_noise(settings.seed, shape).to(noise)
-        guide = _with_cache(level, host, settings, level_noise, None, guide).canvas
+        guide = _with_cache(level, host, settings, level_noise, None, guide, canvas_only=True).canvas
     return guide
 
 
@@ -397,6 +404,7 @@ def _with_cache(
     noise: Tensor,
     latent: Tensor | None,
     guide: Tensor | None,
+    canvas_only: bool = False,
 ) -> CanvasResult:
     """:func:`_run` with a BCLA cache of ``plan`` attached to the host for its duration (a positions-only
     one on models whose position encoding follows the canvas when no BCLA is asked for)."""
@@ -407,7 +415,7 @@ def _with_cache(
             cache = BCLACache(config, plan)
             host.attach_cache(cache)
     try:
-        return _run(plan, host, settings, noise, latent, cache, guide)
+        return _run(plan, host, settings, noise, latent, cache, guide, canvas_only)
     finally:
         if cache is not None:
             host.detach_cache()
@@ -426,11 +434,13 @@ def _run(
     latent: Tensor | None,
     cache: TileCache | None,
     guide: Tensor | None,
+    canvas_only: bool = False,
 ) -> CanvasResult:
     """The method dispatch: which tile loop runs, with which start, context and cache (``guide``: the
-    whole-scene pass ``guided`` refines, or the chain's previous level)."""
+    whole-scene pass ``guided`` refines, or the chain's previous level; ``canvas_only``: see :func:`run`)."""
     method, denoise, context = settings.method, settings.denoise, settings.context
     steps, halo = None, settings.tile_halo  # the host's steps
+    overwrite = canvas_only  # the causal loop may paint over ``latent``
     if method == "guided":
         options = settings.guide
         size = (plan.canvas_height, plan.canvas_width)
@@ -440,9 +450,13 @@ def _run(
                 halo = 0  # nothing enlarged: see RunSettings.tile_halo
         else:
             latent = (options.upscale or latent_upscale)(guide, *size)
+            overwrite = True  # the run's own enlargement: nobody else reads it
+        scene = _whole_scene(plan, guide, options.long_side, host.patch_size)
+        if overwrite and scene is latent:
+            scene = scene.clone()  # one tile's size at most; the context reads it while the tiles paint
         denoise, steps = options.denoise, options.steps_per_tile(host.steps)
         context = ContextSettings(
-            _whole_scene(plan, guide, options.long_side, host.patch_size),
+            scene,
             options.skip_residual,
             options.stats,
             options.bcla_seed,
@@ -472,10 +486,15 @@ def _run(
             reencode=host.reencode,
             halo=halo,
             resample=None if border is None else border.bind(settings.seed),
+            overwrite_latent=overwrite,
+            keep_tiles=not canvas_only,
         )
-        return CanvasResult(result.canvas, result.tiles, guide)
+        return CanvasResult(result.canvas, result.tiles, None if canvas_only else guide)
     if method == "independent":
-        return sample_independent(plan, noise, denoise_tile, latent=latent, on_tile=host.on_tile, halo=halo)
+        on_tile, keep = host.on_tile, not canvas_only
+        return sample_independent(
+            plan, noise, denoise_tile, latent=latent, on_tile=on_tile, halo=halo, keep_tiles=keep
+        )
     job = TileJob(
         plan.whole_canvas,
         noise,
@@ -486,7 +505,7 @@ def _run(
     if method == "multidiffusion":
         job.model_wrap = lambda denoiser: multidiffusion_denoiser(plan, denoiser, host.on_tile, halo)
     canvas = host.denoise(job)
-    return CanvasResult(canvas, plan.crops(canvas))
+    return CanvasResult(canvas, None if canvas_only else plan.crops(canvas))
 
 
 def _whole_scene(plan: TilePlan, guide: Tensor, long_side: int | None, patch: int) -> Tensor:
@@ -718,13 +737,15 @@ def generate(
     shift: float = 3.0,
     latent: Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    canvas_only: bool = False,
     **settings,
 ) -> CanvasResult:
     """:func:`run` with a :class:`FlowHost` on a diffusers SanaTransformer2DModel.
 
     ``settings`` are :class:`RunSettings` fields (``method``, ``seed``, ``denoise``, lock, cache,
     context and guide options). The batch is the prompt batch (or the latent's, for img2img).
-    ``progress(done, total)`` counts tile-steps (see :class:`FlowHost`).
+    ``progress(done, total)`` counts tile-steps (see :class:`FlowHost`); ``canvas_only``: see
+    :func:`run`.
     """
     options = RunSettings(**settings)
     guide = tuple(latent.shape[-2:]) if latent is not None and options.method == "guided" else None
@@ -733,4 +754,4 @@ def generate(
     host = FlowHost(transformer, prompt_embeds, negative_embeds, sampling, progress=progress, total=total)
     batch = prompt_embeds.shape[0] if latent is None else latent.shape[0]
     shape = (batch, transformer.config.in_channels)
-    return run(plan, host, options, shape, device=host.device, latent=latent)
+    return run(plan, host, options, shape, device=host.device, latent=latent, canvas_only=canvas_only)

@@ -11,11 +11,14 @@ enlarged image one autoencoder tile at a time straight from the input (bicubic p
 enlarged image never exists whole either) and blends the tiles' latents over their overlap; decoding
 runs one tile at a time, cross-fades it with its neighbours over the overlap and hands every finished
 block of pixels to the output, so the working set is one tile, the overlap rows the next tile row
-still adds to, and the canvas latent.
+still adds to, and the canvas latent, which the refine hands over in bands that the decode drops as it
+passes them (the output fills as the latent goes).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 import math
 from collections.abc import Callable
@@ -171,15 +174,58 @@ def encode_tiled(autoencoder: Autoencoder, pixels: PixelSource, plan: TilePlan) 
     return canvas.div_(total)  # in place: no second canvas-sized latent
 
 
+class LatentRows:
+    """The canvas latent [B, C, H, W] as :func:`decode_tiled` reads it: a tensor, or a list of its
+    horizontal bands (top to bottom) handed over to the decode, which drops each band from that list
+    once no later tile row reads it, so the latent's memory goes back while the output fills."""
+
+    def __init__(self, latent: Tensor | list[Tensor]) -> None:
+        self.bands: list[Tensor | None] = latent if isinstance(latent, list) else [latent]
+        self.starts = list(itertools.accumulate((band.shape[-2] for band in self.bands), initial=0))
+        first = self.bands[0]
+        self.shape = (*first.shape[:-2], self.starts[-1], first.shape[-1])
+
+    def read(self, top: int, bottom: int, left: int, right: int) -> Tensor:
+        """Cells [top, bottom) × [left, right): a view of one band, or a copy joining two."""
+        parts = [
+            band[..., max(top, start) - start : min(bottom, stop) - start, left:right]
+            for band, (start, stop) in zip(self.bands, itertools.pairwise(self.starts), strict=True)
+            if start < bottom and stop > top
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+
+    def drop_above(self, row: int) -> bool:
+        """Drops the bands that end at or above cell row ``row``; whether any was still held."""
+        ended = [index for index, stop in enumerate(self.starts[1:]) if stop <= row]
+        held = [index for index in ended if self.bands[index] is not None]
+        for index in held:
+            self.bands[index] = None
+        return bool(held)
+
+
+def return_freed_memory() -> None:
+    """Hands the heap pages that freed tensors left back to the system (glibc's ``malloc_trim``): glibc
+    keeps blocks below its mmap threshold (raised up to 32 MiB as large blocks are freed) in the heap,
+    still resident, so the sampler's freed buffers would otherwise sit under the decode's peak. Does
+    nothing where the C library has no ``malloc_trim`` (macOS, Windows, musl)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
 def decode_tiled(
     autoencoder: Autoencoder,
-    latent: Tensor,
+    latent: Tensor | list[Tensor],
     write: BlockWriter,
     reference: PixelSource | None = None,
     sigma: float = 4.0,
 ) -> None:
     """Decode the canvas ``latent`` [B, C, H, W] one autoencoder tile at a time, cross-faded over the
-    overlaps, and ``write`` every block of pixels as soon as no later tile reaches it. With a
+    overlaps, and ``write`` every block of pixels as soon as no later tile reaches it. A list of the
+    latent's horizontal bands instead is consumed (:class:`LatentRows`): each band is dropped from it,
+    and its memory returned, once the decode has passed it. With a
     ``reference``, every decoded tile's low frequencies (Gaussian, ``sigma`` px) are replaced by the
     reference's (:func:`blend.reference_correct`): colour correction against the input.
 
@@ -187,6 +233,7 @@ def decode_tiled(
     that the tile row below still adds to (overlap × canvas width): nothing holds a whole row of tiles.
     """
     c = autoencoder.compression
+    latent = LatentRows(latent)
     batch = latent.shape[0]
     height, width = latent.shape[-2] * c, latent.shape[-1] * c
     tiling = _tiling(*latent.shape[-2:], autoencoder)
@@ -211,10 +258,12 @@ def decode_tiled(
     # [B, 4, rows, W]: weighted RGB and weight of the rows the next tile row still adds to
     below: Tensor | None = None
     for top, (fade, next_fade) in zip(tops, itertools.pairwise(row_fades), strict=True):
+        if latent.drop_above(top // c):
+            return_freed_memory()
         above, below = below, None
         right: Tensor | None = None  # [B, 4, tile_h, cols]: the columns the next tile still adds to
         for left, (col_fade, next_col_fade) in zip(lefts, itertools.pairwise(col_fades), strict=True):
-            cells = latent[..., top // c : (top + tile_h) // c, left // c : (left + tile_w) // c]
+            cells = latent.read(top // c, (top + tile_h) // c, left // c, (left + tile_w) // c)
             image = autoencoder.decode(cells).float()
             if reference is not None:
                 region = reference(top, top + tile_h, left, left + tile_w).to(image)
@@ -250,14 +299,18 @@ def refine_image(
 
     The image enlarged to ``size`` is encoded in tiles to ``plan``'s canvas (padding mirrored);
     ``sample`` turns that latent into the refined canvas latent (the run path: ``guided`` refines it
-    as its guide, other methods start from it); the canvas is decoded in tiles, colour-corrected
+    as its guide, other methods start from it; nothing reads the latent afterwards, so the run may
+    paint the canvas over it: ``run(canvas_only=True)``); the canvas is decoded in tiles, colour-corrected
     against the enlarged input unless ``color_correct`` is False, and cut to ``size``.
     """
     height, width = size
     if plan.height_px < height or plan.width_px < width:
         raise RefineError(f"The plan ({plan.width_px}×{plan.height_px} px) is smaller than the output.")
     pixels = enlarged(image, height, width)
-    canvas = sample(encode_tiled(autoencoder, pixels, plan))
+    # the canvas in bands of the decode's tile-row stride, handed over to the decode (LatentRows)
+    stride = max(1, (autoencoder.tile_px - autoencoder.overlap_px) // autoencoder.compression)
+    bands = [band.clone() for band in sample(encode_tiled(autoencoder, pixels, plan)).split(stride, dim=-2)]
+    return_freed_memory()  # the sampler's noise and buffers, before the decode's peak
     peak = float(np.iinfo(image.dtype).max)
     out = np.empty((height, width, 3), image.dtype)
 
@@ -268,5 +321,5 @@ def refine_image(
 
     # the enlarged input carries no detail finer than about the enlargement: only that band is corrected
     sigma = max(4.0, 2.0 * height / image.shape[0])
-    decode_tiled(autoencoder, canvas, write, pixels if color_correct else None, sigma)
+    decode_tiled(autoencoder, bands, write, pixels if color_correct else None, sigma)
     return out

@@ -217,6 +217,72 @@ def test_tiled_decode_holds_one_tile_and_the_overlap_rows_not_a_row_of_tiles() -
     assert len(held) == 4 * 40 and max(held) < row_of_tiles / 2, (max(held), row_of_tiles)
 
 
+def test_refine_samples_with_the_canvas_and_the_noise_alone(tmp_path: Path) -> None:
+    """While the tiles sample, the canvas-sized latents alive are the canvas (painted over the encoded
+    image) and the noise: no copy of the encoded image, no per-tile latents (1.25 canvases here)."""
+    source = tmp_path / "strip.png"
+    Image.fromarray((photo(64, 512) * 255).astype(np.uint8)).save(source)
+    model = loader(tmp_path, torch.device("cpu"))
+    plan = refine_plan(64, 512, 128, 32, COMPRESSION)  # 8×64 cells, 5 tiles of 8×16
+    canvas = 4 * plan.canvas_height * plan.canvas_width
+    held: list[int] = []
+
+    def record(*_) -> None:
+        tensors = (t for t in gc.get_objects() if type(t) is torch.Tensor and t.numel() >= canvas)
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        held.append(sum(storages.values()))
+
+    model.transformer.register_forward_pre_hook(record)
+    assert refine(source, tmp_path / "out", "--scale", "1", "--no-metrics", model=lambda *_: model) == 0
+    assert held and max(held) <= 2 * canvas * 4, (max(held), canvas * 4)
+
+
+def test_refine_decode_lets_the_canvas_latent_go_as_it_passes(tmp_path: Path) -> None:
+    """The decode drops the canvas latent band by band behind its tile rows: at the last of its four
+    tile rows (512 px autoencoder tiles on a 1536 px tall canvas) less than half of it is left."""
+    source = tmp_path / "tall.png"
+    Image.fromarray((photo(1536, 64) * 255).astype(np.uint8)).save(source)
+    model = loader(tmp_path, torch.device("cpu"))
+    decode, width, held = model.decode, 64 // COMPRESSION, []
+
+    def recording(tile: torch.Tensor) -> torch.Tensor:
+        # the canvas latent or its bands: full width, not the 64 cells high tile being decoded
+        tensors = (t for t in gc.get_objects() if type(t) is torch.Tensor and t.ndim == 4)
+        latents = (t for t in tensors if t.shape[-1] == width and t.shape[-2] != 512 // COMPRESSION)
+        held.append(
+            sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in latents}.values())
+        )
+        return decode(tile)
+
+    model.decode = recording
+    assert refine(source, tmp_path / "out", "--scale", "1", "--no-metrics", model=lambda *_: model) == 0
+    canvas = 4 * (1536 // COMPRESSION) * width * 4
+    assert len(held) == 4 and held[0] == canvas and held[-1] < canvas / 2, (held, canvas)
+
+
+def test_tiled_decode_of_handed_over_bands_equals_the_decode_of_the_tensor() -> None:
+    """A batch of two canvases decoded from the tensor and from bands of uneven heights gives the same
+    pixels (a decoder that starts as the real ones do, rescaling its input, then a convolution); the
+    band above the last tile row is dropped from the handed-over list."""
+    latent = torch.randn(2, 4, 21, 14, generator=torch.Generator().manual_seed(5))
+
+    def decode(tile: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(F.avg_pool2d(tile[:, :3] / 0.7, 3, 1, 1))
+
+    autoencoder = Autoencoder(encode, decode, 1, tile_px=8, overlap_px=2)
+    outputs = []
+    for source in (latent, bands := list(latent.split([5, 9, 3, 4], dim=-2))):
+        out = torch.zeros(2, 3, 21, 14)
+
+        def write(top: int, left: int, block: torch.Tensor, out: torch.Tensor = out) -> None:
+            out[..., top : top + block.shape[-2], left : left + block.shape[-1]] = block
+
+        decode_tiled(autoencoder, source, write)
+        outputs.append(out)
+    assert torch.equal(*outputs) and outputs[0].gt(0).all()
+    assert [band is None for band in bands] == [True, False, False, False]  # the last tile row: rows 13-21
+
+
 def test_refine_plan_rounds_every_size_to_whole_tokens() -> None:
     plan = refine_plan(217, 333, 100, 30, 8, patch=2)
     assert (plan.height_px, plan.width_px) == (224, 336)  # up to 16 px tokens

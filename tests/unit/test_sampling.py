@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lab.fixtures import tiny_transformer
+from temporal_tiling import pipeline
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
@@ -640,6 +641,28 @@ def test_guided_refines_a_given_guide_without_a_whole_scene_pass(model, prompts)
     small = photo[..., ::2, ::2]  # 7×7 cells: enlarged to the canvas as the tiles' start
     enlarged = run(model, prompts, plan, method="guided", latent=small, guide_first=GuideFirst(bcla_seed=0))
     assert enlarged.canvas.shape == photo.shape and enlarged.guide is small
+
+
+def test_canvas_only_paints_the_same_canvas_over_the_latent_and_keeps_no_tiles(model, prompts) -> None:
+    """The refine's run: no per-tile latents, no guide, the canvas painted over the given latent (no
+    canvas-sized copy), and the same canvas; also on a canvas no larger than the whole-scene pass,
+    whose guide is then the tiles' global context itself (the context reads a copy, not the canvas
+    being painted)."""
+    tall = make_plan(
+        width_px=128, height_px=128, tile_width_px=128, tile_height_px=64, overlap_px=16, compression=8
+    )
+    whole = torch.zeros(1, 4, 16, 16)
+    assert pipeline._whole_scene(tall, whole, None, 1) is whole  # the global context's guide
+    for plan in (overlapping_plan(), tall):
+        shape = (1, 4, plan.canvas_height, plan.canvas_width)
+        photo = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+        options = {"method": "guided", "cache_config": BCLAConfig(), "guide_first": GuideFirst(denoise=0.5)}
+        kept = run(model, prompts, plan, latent=photo.clone(), **options)
+        latent = photo.clone()
+        only = run(model, prompts, plan, latent=latent, canvas_only=True, **options)
+        assert only.tiles is None and only.guide is None and kept.tiles is not None
+        assert only.canvas.data_ptr() == latent.data_ptr()
+        assert torch.equal(only.canvas, kept.canvas)
 
 
 def test_guided_seeds_the_cache_and_pulls_toward_the_guide(model, prompts) -> None:
