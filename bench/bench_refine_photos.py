@@ -3,16 +3,17 @@
 Run from the repository root: ``OMP_NUM_THREADS=1 python -m bench.bench_refine_photos`` (about 37 min of
 wall time on the shared 2-core CPU; ``--runs`` picks photo×scale runs, ``--halo N ...`` runs ``guided``
 with other halos instead of the methods and adds their rows, ``--report-only`` rewrites the md from the
-json). Writes ``bench/results/refine_photos.{json,md}`` and
-``docs/refine_photos_<photo>_<scale>x.jpg`` (JPEG, quality 90: 13 figures of full-size panels); the
-json is rewritten after every run, so a run cut short
-keeps what it measured.
+json, ``--model DIR`` refines with another diffusers SANA folder). Writes
+``bench/results/refine_photos.{json,md}`` and ``docs/refine_photos_<photo>_<scale>x.jpg`` (JPEG,
+quality 90: 13 figures of full-size panels), or ``refine_photos_<model>.{json,md}`` and
+``docs/refine_photos_<model>_<photo>_<scale>x.jpg`` for a model other than the embedded one; the json is
+rewritten after every run, so a run cut short keeps what it measured.
 
 Protocol. Photographs bundled with scikit-image (``bench.bench_photos.PHOTOS``; none of the seam lab's
 synthetic scenes) at their own size (300–741 px a side: the sizes are in the table; no 2K–8K photo
 ships with it) are refined at 1× and upscaled 2× (all five) and 4× (one, ``RUNS``) by the embedded
-seam-lab model through ``refine.refine_image`` (tiled encode, sampler, tiled decode with colour
-correction against the input), with the CLI's defaults
+seam-lab model (or ``--model``) through ``refine.refine_image`` (tiled encode, sampler, tiled decode
+with colour correction against the input), with the CLI's defaults
 (``refine_command``: tile = the model's native size, at least 128 px, overlap a quarter of it, 20 steps,
 denoise 0.3, CFG 4.5, seed 0, one prompt per photo). Each method gets the same model calls per tile
 (``refine_command.refine_settings``: ``guided`` runs the last 0.3 of 20 steps, the img2img baselines 6
@@ -34,7 +35,10 @@ plain bicubic enlargement; mean CIEDE2000 of the output downscaled (area) to the
 input (kornia's Lab); SSIM (kornia, 11 px window) at the input's size; wall seconds of the refine; peak
 RSS of the refine above its start, in a forked child (``bench_engine.measure_in_child``; the weights and
 the photo are shared with the parent and not counted). One torch thread on a shared machine: seconds
-are noisy, compare them within a row group.
+are noisy, compare them within a row group. A second reference row beside the bicubic one, the
+autoencoder round trip, runs the same refine path with no sampling (the photo encoded, decoded and
+colour-corrected): every method's output goes through that autoencoder, so its ΔE and SSIM show how much
+of every method's is the autoencoder's alone (``--references-only`` measures the reference rows alone).
 
 Tuning and held-out: ``astronaut`` is the tuning photo (the CLI's refine was looked at on a crop of it,
 docs/refine.md); the other photos were never used to choose a default of the refine.
@@ -58,9 +62,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from bench.bench_engine import measure_in_child
+from bench.bench_guide_first import bench_model
 from bench.bench_photos import PHOTOS
 from temporal_tiling.blend import stitch
-from temporal_tiling.cli import load_sana_folder
 from temporal_tiling.metrics import ciede2000, line_jump, to_lab
 from temporal_tiling.options import EMBEDDED_MODEL
 from temporal_tiling.pipeline import generate
@@ -159,6 +163,15 @@ def refine_once(model, embeds, source: np.ndarray, size, plan: TilePlan, method:
     return {"seconds": seconds, "cpu_seconds": cpu_seconds}
 
 
+def round_trip(model, source: np.ndarray, size, plan: TilePlan) -> np.ndarray:
+    """``source`` through the refine path with no sampling (the canvas latent decoded as encoded): what
+    the model's autoencoder and the colour correction alone make of the photo, the floor of every
+    method's ΔE and SSIM."""
+    autoencoder = Autoencoder(model.encode, model.decode, model.compression)
+    with torch.no_grad():
+        return refine_image(source, size, plan, autoencoder, lambda latent: latent)
+
+
 def as_tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
 
@@ -253,6 +266,11 @@ def write_figure(panels: dict[str, np.ndarray], plan: TilePlan, path: Path, titl
     canvas.save(path, quality=90, optimize=True)
 
 
+def figure_path(suffix: str, name: str, scale: float) -> Path:
+    """The figure of one photo at one scale; ``suffix`` names a model other than the embedded one."""
+    return DOCS / f"refine_photos{suffix}_{name}_{scale:g}x.jpg"
+
+
 def run_key(name: str, scale: float) -> str:
     return f"{name} {scale:g}x"
 
@@ -265,8 +283,10 @@ def run_photo(
     work: Path,
     methods: tuple[Method, ...] = METHODS,
     keep: Path | None = None,
+    suffix: str = "",
 ) -> dict:
-    """Every method of ``methods`` on one photo at one scale, scored; the figure when they are METHODS."""
+    """Every method of ``methods`` on one photo at one scale, scored; the figure (named with the model's
+    ``suffix``) when they are METHODS."""
     source = np.ascontiguousarray(PHOTOS[name]())
     height, width = output_size(*source.shape[:2], scale)
     tile = default_tile(model.transformer, model.compression)
@@ -288,6 +308,7 @@ def run_photo(
         "overlap_px": tile // 4,
         "bicubic_line_jump": bicubic_jump,
         "bicubic": score(source, bicubic_pixels, plan, bicubic_jump),
+        "round_trip": score(source, round_trip(model, source, (height, width), plan), plan, bicubic_jump),
         "methods": {},
     }
     panels = {f"input, bicubic to {width}x{height}": bicubic_pixels}
@@ -323,7 +344,7 @@ def run_photo(
         "px around a four-tile corner, 3x nearest (red ticks: tile borders = overlap centres)"
     )
     if methods == METHODS:
-        write_figure(panels, plan, DOCS / f"refine_photos_{name}_{scale:g}x.jpg", title)
+        write_figure(panels, plan, figure_path(suffix, name, scale), title)
     return entry
 
 
@@ -348,6 +369,11 @@ def _excess(row: dict) -> str:
     return f"×{e['gradient_ratio']:.2f} / {e['delta_e']:+.2f} / {e['drift_delta_e']:+.2f}"
 
 
+def _references(run: dict) -> dict:
+    """The run's reference rows (bicubic; the autoencoder round trip where measured) by name."""
+    return {k: run[k] for k in ("bicubic", "round_trip") if k in run}
+
+
 def _better(row: dict, baseline: dict) -> dict[str, bool]:
     """Column by column (time apart): is ``row`` at least as good as ``baseline``?"""
     return {
@@ -362,7 +388,7 @@ def _better(row: dict, baseline: dict) -> dict[str, bool]:
 def goal_lines(runs: dict, scales: tuple[float, ...], method: str = DEFAULT) -> list[str]:
     """The issue's goals for photos, for ``method`` (the default), over the runs at ``scales``."""
     rows = [
-        (key, run, {**run["methods"][method], "bicubic": run["bicubic"]}, run["methods"][BASELINE])
+        (key, run, {**run["methods"][method], **_references(run)}, run["methods"][BASELINE])
         for key, run in runs.items()
         if run["scale"] in scales
         and "error" not in run["methods"].get(method, {"error": 1})
@@ -397,6 +423,18 @@ def goal_lines(runs: dict, scales: tuple[float, ...], method: str = DEFAULT) -> 
         ),
         "- mean ΔE2000 to the input ≤ 2: "
         + count(lambda r, b: r["delta_e"] <= 2, lambda r, b: f"{r['delta_e']:.2f}"),
+        *(
+            [
+                "- (reference, no method) mean ΔE2000 ≤ 2 for the autoencoder round trip alone (encode, "
+                "decode, colour correction; no sampling): "
+                + count(
+                    lambda r, b: r["round_trip"]["delta_e"] <= 2,
+                    lambda r, b: f"{r['round_trip']['delta_e']:.2f}",
+                )
+            ]
+            if all("round_trip" in run for _, run, _, _ in rows)
+            else []
+        ),
         "- (extra) mean ΔE2000 at a quarter of the input's size ≤ 2 (colour without detail): "
         + count(lambda r, b: r["delta_e_coarse"] <= 2, lambda r, b: f"{r['delta_e_coarse']:.2f}"),
         "- at least as good as independent + feather in every column but time (verdict, line jump above "
@@ -419,8 +457,9 @@ def goal_lines(runs: dict, scales: tuple[float, ...], method: str = DEFAULT) -> 
     return lines
 
 
-def write_results(payload: dict) -> None:
-    (RESULTS / "refine_photos.json").write_text(json.dumps(payload, indent=1) + "\n")
+def write_results(payload: dict, suffix: str, model_name: str) -> None:
+    """The json and md of one model (``suffix``: "" for the embedded one, named ``model_name`` in the md)."""
+    (RESULTS / f"refine_photos{suffix}.json").write_text(json.dumps(payload, indent=1) + "\n")
     runs = payload["runs"]
     held_out = {k: v for k, v in runs.items() if v["split"] == "held-out"}
     candidate = []
@@ -443,12 +482,14 @@ def write_results(payload: dict) -> None:
             *goal_lines(runs, (4.0,), CANDIDATE_ROW),
             "",
         ]
+    option = f" --model {payload['config']['model']}" if suffix else ""
+    tiles = ", ".join(sorted({f"{r['tile_px']} px, overlap {r['overlap_px']} px" for r in runs.values()}))
     lines = [
         "# Refining real photographs: the default against the tiled-upscale baselines",
         "",
-        "`OMP_NUM_THREADS=1 python -m bench.bench_refine_photos`; protocol in the module docstring. The "
-        f"embedded seam-lab model, {STEPS} steps × denoise {DENOISE} (6 model calls per tile for every "
-        f"method), CFG {CFG}, the CLI's default tile (128 px, overlap 32 px), colour correction against the "
+        f"`OMP_NUM_THREADS=1 python -m bench.bench_refine_photos{option}`; protocol in the module docstring. "
+        f"The {model_name[0].lower()}{model_name[1:]}, {STEPS} steps × denoise {DENOISE} (6 model calls per "
+        f"tile for every method), CFG {CFG}, the CLI's default tile ({tiles}), colour correction against the "
         "input on. scikit-image photos at their own size (input column); `astronaut` is the tuning photo, "
         "the others are held out. "
         "One torch thread on a shared 2-core machine: seconds are noisy. "
@@ -494,6 +535,14 @@ def write_results(payload: dict) -> None:
             f"1 (jump {run['bicubic_line_jump']:.2f}) | "
             f"{b['delta_e']:.2f} | {b['delta_e_coarse']:.2f} | {b['ssim']:.3f} | | | |"
         )
+        if "round_trip" in run:
+            r = run["round_trip"]
+            lines.append(
+                f"| | | autoencoder round trip (reference, no sampling) | "
+                f"{'seamless' if r['seamless'] else '**seams**'} | {_excess(r)} | "
+                f"{r['line_jump_vs_bicubic']:.3f} | {r['delta_e']:.2f} | {r['delta_e_coarse']:.2f} | "
+                f"{r['ssim']:.3f} | | | |"
+            )
         for name, row in run["methods"].items():
             if "error" in row:
                 lines.append(f"| | | {name} | error: {row['error']} | | | | | | | | |")
@@ -506,8 +555,9 @@ def write_results(payload: dict) -> None:
             )
     lines += ["", "## Pictures", ""]
     for key, run in runs.items():
-        lines.append(f"- {key}: ![{key}](../../docs/refine_photos_{run['photo']}_{run['scale']:g}x.jpg)")
-    md = RESULTS / "refine_photos.md"
+        figure = figure_path(suffix, run["photo"], run["scale"]).name
+        lines.append(f"- {key}: ![{key}](../../docs/{figure})")
+    md = RESULTS / f"refine_photos{suffix}.md"
     seen = md.read_text().split(SEEN, 1)[1].strip() if md.exists() and SEEN in md.read_text() else "(not yet)"
     lines += ["", SEEN, "", seen]
     md.write_text("\n".join(lines) + "\n")
@@ -528,38 +578,55 @@ def main() -> None:
         default=None,
         help="instead of the methods, run guided with these halos (cells), added to the runs' rows",
     )
+    parser.add_argument(
+        "--references-only",
+        action="store_true",
+        help="measure only the reference rows (bicubic, autoencoder round trip), keep the methods' rows",
+    )
+    parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
     args = parser.parse_args()
-    path = RESULTS / "refine_photos.json"
+    model, suffix, model_name = bench_model(args.model)
+    path = RESULTS / f"refine_photos{suffix}.json"
     if args.report_only:
         payload = json.loads(path.read_text())
         payload["complete"] = all(run_key(*r) in payload["runs"] for r in RUNS)
-        write_results(payload)
+        write_results(payload, suffix, model_name)
         return
     runs = RUNS if args.runs is None else tuple((p.split(":")[0], float(p.split(":")[1])) for p in args.runs)
-    torch.set_num_threads(1)
-    model = load_sana_folder(EMBEDDED_MODEL, torch.device("cpu"))
     previous = json.loads(path.read_text()) if path.exists() else {}
+    if args.references_only and args.runs is None:  # the runs measured so far
+        runs = tuple((run["photo"], run["scale"]) for run in previous.get("runs", {}).values())
     payload = {
-        "config": {"steps": STEPS, "denoise": DENOISE, "cfg": CFG, "seed": SEED, "prompts": PROMPTS},
-        "runs": previous.get("runs", {}) if args.runs is not None else {},
+        "config": {
+            "model": str(args.model),
+            "steps": STEPS,
+            "denoise": DENOISE,
+            "cfg": CFG,
+            "seed": SEED,
+            "prompts": PROMPTS,
+        },
+        "runs": previous.get("runs", {}) if args.runs is not None or args.references_only else {},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
         "complete": False,
     }
     start = time.perf_counter()
-    methods = METHODS
+    methods = () if args.references_only else METHODS
     if args.halo is not None:
         methods = tuple(Method(f"guided, halo {n}", "guided", extra={"halo": n}) for n in args.halo)
+    if not methods:  # the reference rows alone: the methods' machine and time stay
+        payload = {**previous, "config": payload["config"], "runs": payload["runs"]}
     with tempfile.TemporaryDirectory() as work:
         for name, scale in runs:
-            entry = run_photo(model, name, scale, args.timeout, Path(work), methods, args.keep)
+            entry = run_photo(model, name, scale, args.timeout, Path(work), methods, args.keep, suffix)
             before = payload["runs"].get(run_key(name, scale), {}).get("methods", {})
             entry["methods"] = {**before, **entry["methods"]}
             payload["runs"][run_key(name, scale)] = entry
-            payload["machine"]["load_average"] = os.getloadavg()
-            payload["seconds"] = time.perf_counter() - start
-            write_results(payload)
+            if methods:
+                payload["machine"]["load_average"] = os.getloadavg()
+                payload["seconds"] = time.perf_counter() - start
+            write_results(payload, suffix, model_name)
     payload["complete"] = all(run_key(*r) in payload["runs"] for r in RUNS)
-    write_results(payload)
+    write_results(payload, suffix, model_name)
     print(f"done in {time.perf_counter() - start:.0f} s")
 
 
