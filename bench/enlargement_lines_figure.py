@@ -106,7 +106,8 @@ def main() -> None:
     ]
     label = 14
     legend = (
-        "left: native render, right: guided default (halo 4 + low-band pull), zoom 3x; red tick: the former "
+        "left: native render, right: guided, halo 4 + low-band pull in one step (the default less its "
+        "chain), zoom 3x; red tick: the former "
         "line jump's worst line, green: the current one's (where inside the crop)"
     )
     rows = []
