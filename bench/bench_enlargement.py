@@ -17,9 +17,10 @@ window border itself (the last 2-3 cells, above that band; a halo puts the borde
 area).
 
 Protocol: 128 px tiles grown to fit, 32 px overlap, 20 steps, cfg 4.5, seed = prompt index; the night
-sky is the prompt the fix was diagnosed on, the others are held out. Native: the one-pass render at the
-canvas size (``full``). Line jump: the plan-free detector, as a factor of native's. Verdict: the Quality
-Metrics verdict. Layout: the canvas downscaled to the whole-scene pass against it (PSNR).
+sky is the prompt the fix was diagnosed on, the others are held out (prompts 4 and 5 also from the line
+jump's diagnosis, ``docs/enlargement_lines.md``). Native: the one-pass render at the canvas size
+(``full``). Line jump: the plan-free detector, as a factor of native's. Verdict: the Quality Metrics
+verdict. Layout: the canvas downscaled to the whole-scene pass against it (PSNR).
 MultiDiffusion 50 % (128 px windows every 64 px) is timed on the first prompt only (``--multidiffusion``).
 """
 
@@ -45,6 +46,8 @@ PROMPTS = (
     ("a cyan to blue sky with one sun at top left", "held out"),
     ("a purple to pink sky", "held out"),
     ("pink brushed metal with diagonal highlights", "held out"),
+    ("a teal to black gradient with one tree at bottom left", "held out from the line jump's diagnosis"),
+    ("a magenta to purple sky with one moon at top left", "held out from the line jump's diagnosis"),
 )
 OLD = GuideFirst(skip_residual=0.0, stats=0.5, max_upscale=None)
 """The default before this bench: no low-band pull, no halo, one enlargement step."""
@@ -134,8 +137,8 @@ def row_jump(image: torch.Tensor) -> float:
 
 
 def rescore(path: Path, images: Path, compression: int) -> None:
-    """Verdict and row jump of every row of ``path`` again, from the canvases saved in ``images`` (the
-    8-bit PNGs a user gets): the verdict of the current metrics whatever the run's was."""
+    """Line jump, verdict and row jump of every row of ``path`` again, from the canvases saved in
+    ``images`` (the 8-bit PNGs a user gets): the current metrics whatever the run's were."""
     rows = json.loads(path.read_text())
     for r in rows:
         with Image.open(images / image_name(r["seed"], r["method"])) as png:
@@ -144,7 +147,14 @@ def rescore(path: Path, images: Path, compression: int) -> None:
         plans = make_plans(compression, r["width"], r["height"])
         plan = plans["multidiffusion"] if r["method"].startswith("multidiffusion") else plans["tiles"]
         report = seam_report(image, plan)
-        r.update(seamless=report.meets_targets(), verdict=report.verdict(), row_jump=row_jump(image))
+        r.update(
+            line_jump=report.line_jump,
+            line_axis=report.line_jump_axis,
+            line_at_px=report.line_jump_position,
+            seamless=report.meets_targets(),
+            verdict=report.verdict(),
+            row_jump=row_jump(image),
+        )
     path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
@@ -176,8 +186,10 @@ def table(results: Path) -> str:
         "128 px tiles grown to fit, 32 px overlap, 20 steps, cfg 4.5, one torch thread on a shared 2-core "
         "CPU (times are noisy: other jobs ran beside it; model work, the latent cells through the model, is "
         "the cost to compare). Enlargement: canvas over "
-        "the whole-scene pass (long side). Line jump: each canvas's plan-free line jump over the native "
-        "render's of the same prompt, mean and worst prompt. Row jump: the same on the row boundaries "
+        "the whole-scene pass (long side). Line jump: each canvas's plan-free line jump (median |ΔL*| along "
+        "each boundary, the outer 8 px left out) over the native render's of the same prompt, mean and "
+        "worst prompt; line jump, row jump and verdict re-judged on the saved 8-bit canvases (``--rescore``)"
+        ". Where the worst lines were: `docs/enlargement_lines.md`. Row jump: the same on the row boundaries "
         "alone, where a tile-row staircase shows. Seamless: the Quality Metrics verdict on the saved 8-bit "
         "canvas. Layout: PSNR of the canvas downscaled to the whole-scene pass against it. Criterion "
         "(issue 23): line jump ≤ 1.10× native, every verdict seamless, layout ≥ 28 dB, time ≤ 0.5× "
