@@ -2,8 +2,8 @@
 
 Run from the repository root: ``python -m bench.bench_causal_prompts`` (about 20 min per model on a shared
 2-core machine, one torch thread; ``--model DIR`` for another SANA folder). Writes
-``bench/results/causal_prompts[_<model>].json`` and ``.md`` and ``docs/causal_prompts[_<model>].png`` (and its
-tile-row zoom ``..._zoom.png``); its stdout is ``causal_prompts[_<model>].log``.
+``bench/results/causal_prompts[_<model>].json`` and ``.md`` and ``docs/causal_prompts[_<model>].jpg`` (and its
+tile-row zoom ``..._zoom.jpg``); its stdout is ``causal_prompts[_<model>].log``.
 
 Protocol: ``bench_tile_prompts``'s (512×256 px, 4×2 tiles, 20 steps, cfg 4.5, BCLA, its four prompts,
 seed = prompt index) plus four held-out prompts (:data:`HELD_OUT`, seeds 4-7) that were not looked at
@@ -224,13 +224,13 @@ def figure(images: dict, path: Path, seeds: int, width: int = 256) -> None:
             x, y = i * (width + 6), seed * (height + label)
             out.paste(Image.fromarray(pixels).resize((width, height), Image.BICUBIC), (x, y + label))
             draw.text((x + 2, y + 1), f"prompt {seed}: {name}", fill="black")
-    out.save(path)
+    out.save(path, quality=90)
 
 
 def zoom(path: Path, seeds: int, width: int = 256, scale: int = 3) -> Path:
     """The tile-row seam of every canvas in :func:`figure`'s picture at ``path``, enlarged ``scale``×: rows
     44-84 of each 128 px high canvas (the canvas's 88-168 px, around the tile rows' overlap at 112-144 px).
-    Written beside it as ``<name>_zoom.png``."""
+    Written beside it as ``<name>_zoom.jpg``."""
     height, label, band = width // 2, 14, (44, 84)
     picture = Image.open(path)
     out = Image.new("RGB", (picture.width * scale, seeds * (band[1] - band[0]) * scale), "white")
@@ -239,8 +239,8 @@ def zoom(path: Path, seeds: int, width: int = 256, scale: int = 3) -> Path:
         strip = picture.crop((0, top + band[0], picture.width, top + band[1]))
         enlarged = strip.resize((strip.width * scale, strip.height * scale), Image.NEAREST)
         out.paste(enlarged, (0, seed * enlarged.height))
-    target = path.with_name(f"{path.stem}_zoom.png")
-    out.save(target)
+    target = path.with_name(f"{path.stem}_zoom.jpg")
+    out.save(target, quality=90)
     return target
 
 
@@ -259,7 +259,7 @@ def main() -> None:
     result = {"rows": rows, "timing": timing}
     (args.out / f"causal_prompts{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / f"causal_prompts{suffix}.md").write_text(markdown(rows, timing, model_name))
-    picture = ROOT / "docs" / f"causal_prompts{suffix}.png"
+    picture = ROOT / "docs" / f"causal_prompts{suffix}.jpg"
     figure(images, picture, len(SCENES) + len(HELD_OUT))
     zoom(picture, len(SCENES) + len(HELD_OUT))
 

@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python -m bench.bench_tile_prompts`` (about 10 min on 2 CPU cores,
 one torch thread; ``--model DIR`` for another SANA folder). Writes ``bench/results/tile_prompts[_<model>]``
-``.json`` and ``.md`` and ``docs/tile_prompts[_<model>].png``; its stdout is ``tile_prompts.log``.
+``.json`` and ``.md`` and ``docs/tile_prompts[_<model>].jpg``; its stdout is ``tile_prompts.log``.
 ``--variants`` runs a subset of :data:`VARIANTS`, ``--prompts`` adds the held-out prompts
 (:data:`HELD_OUT`), ``--timed-with`` the variant whose overhead is timed, ``--tag`` names the result files
 (``tile_prompts_<tag>[_<model>]``).
@@ -373,7 +373,7 @@ def figure(images: dict, path: Path, width: int = 256, shown: tuple[str, ...] = 
             out.paste(Image.fromarray(pixels).resize((width, height), Image.BICUBIC), (x, y + label))
             text = name.replace("σ ≥", "sigma >=")  # PIL's default font has no σ nor ≥
             draw.text((x + 2, y + 2), f"prompt {seed}: {text}", fill="black")
-    out.save(path)
+    out.save(path, quality=90)
 
 
 def main() -> None:
@@ -425,7 +425,7 @@ def main() -> None:
     text = markdown(rows, timing, encodes, where, model_name, variants, len(scenes))
     (args.out / f"{stem}{suffix}.md").write_text(text)
     shown = SHOWN if variants == VARIANTS else ("guide", *variants)
-    figure(images, ROOT / "docs" / f"{stem}{suffix}.png", shown=shown)
+    figure(images, ROOT / "docs" / f"{stem}{suffix}.jpg", shown=shown)
 
 
 if __name__ == "__main__":
