@@ -34,7 +34,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench.bench_guide_first import bench_model, count_named_objects, make_plans, scores, whole_scene
-from bench.bench_tile_prompts import SCENES
+from bench.bench_tile_prompts import SCENES, object_cells
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.context import ContextSettings
 from temporal_tiling.metrics import to_lab
@@ -181,17 +181,9 @@ def markdown(rows: list[dict], timing: list[dict], model_name: str) -> str:
         base = {r["seed"]: r["detail"] for r in mine if r["variant"] == "no pull"}
         for name in VARIANTS:
             runs = [r for r in mine if r["variant"] == name]
-            n = len(runs)
-            objects = ", ".join(f"{r['objects']} ({r['guide_objects']})" for r in runs)
-            lines.append(
-                f"| {name} | {objects} "
-                f"| {sum(r['objects'] > r['guide_objects'] for r in runs)}/{n} "
-                f"| {sum(r['seamless'] for r in runs)}/{n} "
-                f"| {sum(r['guide_psnr'] for r in runs) / n:.1f} "
-                f"| {sum(r['line_jump'] for r in runs) / n:.2f} "
-                f"| {statistics.mean(r['detail'] / base[r['seed']] for r in runs):.2f}× "
-                f"| {sum(r['cpu_seconds'] for r in runs) / n:.1f} |"
-            )
+            detail = statistics.mean(r["detail"] / base[r["seed"]] for r in runs)
+            cpu = sum(r["cpu_seconds"] for r in runs) / len(runs)
+            lines.append(f"| {name} | {object_cells(runs)} | {detail:.2f}× | {cpu:.1f} |")
     lines += [
         "",
         f"Time, CPU s (pairs in one process, order alternating, {len(timing) // len(TIMED_PAIRS)} prompts; "

@@ -161,6 +161,18 @@ def report_texts(texts: dict[int, str]) -> None:
     print(json.dumps({"tile_texts": texts}), flush=True)
 
 
+def object_cells(runs: list[dict]) -> str:
+    """The table cells every tile-prompt table shares: objects (guide) per prompt, runs with more objects
+    than their guide, seamless verdicts, mean layout PSNR and mean line jump."""
+    n = len(runs)
+    objects = ", ".join(f"{r['objects']} ({r['guide_objects']})" for r in runs)
+    return (
+        f"{objects} | {sum(r['objects'] > r['guide_objects'] for r in runs)}/{n} "
+        f"| {sum(r['seamless'] for r in runs)}/{n} | {sum(r['guide_psnr'] for r in runs) / n:.1f} "
+        f"| {sum(r['line_jump'] for r in runs) / n:.2f}"
+    )
+
+
 def run_all(model, plan, images: dict, scenes: tuple = SCENES, variants: tuple = VARIANTS) -> list[dict]:
     rows = []
     for seed, scene in enumerate(scenes):
@@ -310,16 +322,8 @@ def markdown(
     ]
     for name in variants:
         mine = [r for r in rows if r["variant"] == name]
-        count = len(mine)
-        objects = ", ".join(f"{r['objects']} ({r['guide_objects']})" for r in mine)
-        lines.append(
-            f"| {name} | {objects} "
-            f"| {sum(r['objects'] > r['guide_objects'] for r in mine)}/{count} "
-            f"| {sum(r['seamless'] for r in mine)}/{count} "
-            f"| {sum(r['guide_psnr'] for r in mine) / count:.1f} "
-            f"| {sum(r['line_jump'] for r in mine) / count:.2f} "
-            f"| {sum(r['cpu_seconds'] for r in mine) / count:.1f} |"
-        )
+        cpu = sum(r["cpu_seconds"] for r in mine) / len(mine)
+        lines.append(f"| {name} | {object_cells(mine)} | {cpu:.1f} |")
     lines += where_table(where) if where else []
     lines += overhead_table(timing, encodes) if timing else []
     lines += ["", "Verdicts:", "", "| prompt | variant | verdict |", "| --- | --- | --- |"]
