@@ -598,7 +598,7 @@ def main() -> None:
         runs = tuple((run["photo"], run["scale"]) for run in previous.get("runs", {}).values())
     payload = {
         "config": {
-            "model": str(args.model),
+            "model": os.path.relpath(args.model.resolve(), ROOT),  # the same in every checkout
             "steps": STEPS,
             "denoise": DENOISE,
             "cfg": CFG,
