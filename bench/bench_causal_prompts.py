@@ -31,10 +31,10 @@ from pathlib import Path
 
 import kornia
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from bench.bench_guide_first import bench_model, count_named_objects, make_plans, scores, whole_scene
-from bench.bench_tile_prompts import SCENES, object_cells
+from bench.bench_tile_prompts import FIGURE_LABEL_PX, SCENES, figure, object_cells
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.context import ContextSettings
 from temporal_tiling.metrics import to_lab
@@ -205,25 +205,11 @@ def markdown(rows: list[dict], timing: list[dict], model_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(images: dict, path: Path, seeds: int, width: int = 256) -> None:
-    """:data:`SHOWN` side by side, one row per prompt (seed), each ``width`` px wide (2:1)."""
-    height, label = width // 2, 14
-    out = Image.new("RGB", (len(SHOWN) * (width + 6), seeds * (height + label)), "white")
-    draw = ImageDraw.Draw(out)
-    for seed in range(seeds):
-        for i, name in enumerate(SHOWN):
-            pixels = (images[seed, name][0].permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()
-            x, y = i * (width + 6), seed * (height + label)
-            out.paste(Image.fromarray(pixels).resize((width, height), Image.BICUBIC), (x, y + label))
-            draw.text((x + 2, y + 1), f"prompt {seed}: {name}", fill="black")
-    out.save(path, quality=90)
-
-
 def zoom(path: Path, seeds: int, width: int = 256, scale: int = 3) -> Path:
-    """The tile-row seam of every canvas in :func:`figure`'s picture at ``path``, enlarged ``scale``×: rows
-    44-84 of each 128 px high canvas (the canvas's 88-168 px, around the tile rows' overlap at 112-144 px).
-    Written beside it as ``<name>_zoom.jpg``."""
-    height, label, band = width // 2, 14, (44, 84)
+    """The tile-row seam of every canvas in ``bench_tile_prompts.figure``'s picture at ``path``, enlarged
+    ``scale``×: rows 44-84 of each 128 px high canvas (the canvas's 88-168 px, around the tile rows'
+    overlap at 112-144 px). Written beside it as ``<name>_zoom.jpg``."""
+    height, label, band = width // 2, FIGURE_LABEL_PX, (44, 84)
     picture = Image.open(path)
     out = Image.new("RGB", (picture.width * scale, seeds * (band[1] - band[0]) * scale), "white")
     for seed in range(seeds):
@@ -252,7 +238,7 @@ def main() -> None:
     (args.out / f"causal_prompts{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / f"causal_prompts{suffix}.md").write_text(markdown(rows, timing, model_name))
     picture = ROOT / "docs" / f"causal_prompts{suffix}.jpg"
-    figure(images, picture, len(SCENES) + len(HELD_OUT))
+    figure(images, picture, shown=SHOWN)
     zoom(picture, len(SCENES) + len(HELD_OUT))
 
 

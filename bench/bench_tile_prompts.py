@@ -364,9 +364,13 @@ def overhead_table(timing: list[dict], encodes: dict[str, float]) -> list[str]:
     return lines
 
 
+FIGURE_LABEL_PX = 16
+"""Height of the label strip above each canvas in :func:`figure`."""
+
+
 def figure(images: dict, path: Path, width: int = 256, shown: tuple[str, ...] = SHOWN) -> None:
     """``shown`` side by side, one row per prompt, each ``width`` px wide (2:1)."""
-    height, label = width // 2, 16
+    height, label = width // 2, FIGURE_LABEL_PX
     prompts = len({seed for seed, _ in images})
     out = Image.new("RGB", (len(shown) * (width + 6), prompts * (height + label)), "white")
     draw = ImageDraw.Draw(out)
