@@ -15,7 +15,7 @@ from .colour import psnr, to_lab
 from .guide import guide_fidelity
 from .inputs import MetricsError, check_image
 from .line_jump import jump_in_lab
-from .measure import axis_views, measure_bands, noise_lstar
+from .measure import AxisView, BandScores, axis_views, measure_bands, noise_lstar
 from .soft_band import judge_soft_bands
 from .verdict import (
     TARGET_DELTA_E,
@@ -268,6 +268,29 @@ def _finite_or_none(values: Tensor, reduce: str) -> float | None:
     return float(values.mean() if reduce == "mean" else values.min() if reduce == "min" else values.max())
 
 
+def _judged_axes(
+    views: dict[str, AxisView], plan: TilePlan, seam_scores: list[BandScores], samples: list
+) -> dict[str, dict[str, AxisJudgement]]:
+    """The verdict's judgements per seam axis and measure: the line measures against their floor
+    samples, and the soft band."""
+    axes = judge(seam_scores, samples)
+    for axis, soft_band in judge_soft_bands(views, plan).items():
+        axes[axis]["soft_band"] = soft_band
+    return axes
+
+
+def _reference_axes(reference: Tensor, plan: TilePlan) -> dict[str, dict[str, AxisJudgement]]:
+    """What :func:`_judged_axes` says of the reference on the same seams (all that
+    :func:`verdict.beyond_reference` needs of it: none of the report's other numbers)."""
+    lab = to_lab(reference)
+    views = axis_views(lab, noise_lstar(lab[:, :1]))
+    seam_scores = measure_bands(views, seam_bands(plan))
+    if not seam_scores:
+        return {}
+    sample_floor = FloorSampler(views, plan)
+    return _judged_axes(views, plan, seam_scores, [sample_floor(s.band) for s in seam_scores])
+
+
 def seam_report(
     image: Tensor,
     plan: TilePlan,
@@ -320,9 +343,7 @@ def seam_report(
                 WINDOW_MEASURES, (ratio, delta, drift), (1.0, None, None), strict=True
             )
         }
-        axes = judge(seam_scores, samples)
-        for axis, soft_band in judge_soft_bands(views, plan).items():
-            axes[axis]["soft_band"] = soft_band
+        axes = _judged_axes(views, plan, seam_scores, samples)
     else:  # a single tile: nothing to measure, report the invisible-seam values
         ratio, delta, drift = torch.ones(1, 1), torch.zeros(1, 1), torch.zeros(1, 1)
         floors = {key: (value, value) for key, value in zip(WINDOW_MEASURES, (1.0, 0.0, 0.0), strict=True)}
@@ -370,7 +391,7 @@ def seam_report(
         report.overlap_psnr_worst = _finite_or_none(seam_psnr, "min")
     if reference is not None:
         reference = check_image(reference, plan, name="reference").expand_as(image)
-        own = seam_report(reference, plan, ssim=False).axes
+        own = _reference_axes(reference, plan)
         report.axes = {
             axis: {
                 name: beyond_reference(j, own.get(axis, {}).get(name), name) for name, j in measures.items()
