@@ -308,7 +308,8 @@ def refine_image(
         raise RefineError(f"The plan ({plan.width_px}×{plan.height_px} px) is smaller than the output.")
     pixels = enlarged(image, height, width)
     # the canvas in bands of the decode's tile-row stride, handed over to the decode (LatentRows)
-    stride = max(1, (autoencoder.tile_px - autoencoder.overlap_px) // autoencoder.compression)
+    tiling = _tiling(plan.canvas_height, plan.canvas_width, autoencoder)
+    stride = tiling.tile_height - tiling.overlap
     bands = [band.clone() for band in sample(encode_tiled(autoencoder, pixels, plan)).split(stride, dim=-2)]
     return_freed_memory()  # the sampler's noise and buffers, before the decode's peak
     peak = float(np.iinfo(image.dtype).max)
