@@ -181,7 +181,7 @@ class SanaTilePrompts(io.ComfyNode):
         tile_prompt_sigma: float = DEFAULT_TILE_PROMPT_SIGMA,
     ) -> io.NodeOutput:
         if automatic:
-            return cls.automatic(clip, tile_plan, prompt, tile_prompts, word_threshold, tile_prompt_sigma)
+            return cls.automatic(clip, tile_plan, prompt, tile_prompts, word_threshold)
         spec = parse_lines(tile_prompts, combine)
         texts = tile_texts(tile_plan, spec, prompt)
         by_tile = encode_tile_prompts(texts, lambda text: encode(clip, text))
@@ -195,7 +195,7 @@ class SanaTilePrompts(io.ComfyNode):
 
     @classmethod
     def automatic(
-        cls, clip, tile_plan: TilePlan, prompt: str, tile_prompts: str, threshold: float, prompt_sigma: float
+        cls, clip, tile_plan: TilePlan, prompt: str, tile_prompts: str, threshold: float
     ) -> io.NodeOutput:
         if tile_prompts.strip():
             raise TilePromptError(
@@ -205,7 +205,7 @@ class SanaTilePrompts(io.ComfyNode):
         shown = f"automatic: the sampler picks each tile's words of the prompt (threshold {threshold})"
         return io.NodeOutput(
             settings.prompt,
-            TileConditioning(tile_plan, {}, {}, settings.prompt, settings, prompt_sigma),
+            TileConditioning(tile_plan, {}, {}, settings.prompt, settings),  # heard at every step: no σ
             ui={"text": [shown]},
         )
 
