@@ -143,7 +143,8 @@ class SanaTilePrompts(io.ComfyNode):
                     tooltip="A tile hears its own words while the noise level σ is at least this (the early "
                     "steps, which place objects) and the scene prompt below it (the detail steps), so "
                     "neighbouring tiles paint what they share from the same words. 0: its words at every "
-                    "step. Not read with automatic: those words are heard at every step.",
+                    "step. automatic: the tile that paints an object hears its words above this, and every "
+                    "tile the words all tiles keep below it.",
                 ),
             ],
             outputs=[
@@ -181,7 +182,7 @@ class SanaTilePrompts(io.ComfyNode):
         tile_prompt_sigma: float = DEFAULT_TILE_PROMPT_SIGMA,
     ) -> io.NodeOutput:
         if automatic:
-            return cls.automatic(clip, tile_plan, prompt, tile_prompts, word_threshold)
+            return cls.automatic(clip, tile_plan, prompt, tile_prompts, word_threshold, tile_prompt_sigma)
         spec = parse_lines(tile_prompts, combine)
         texts = tile_texts(tile_plan, spec, prompt)
         by_tile = encode_tile_prompts(texts, lambda text: encode(clip, text))
@@ -195,17 +196,20 @@ class SanaTilePrompts(io.ComfyNode):
 
     @classmethod
     def automatic(
-        cls, clip, tile_plan: TilePlan, prompt: str, tile_prompts: str, threshold: float
+        cls, clip, tile_plan: TilePlan, prompt: str, tile_prompts: str, threshold: float, prompt_sigma: float
     ) -> io.NodeOutput:
         if tile_prompts.strip():
             raise TilePromptError(
                 "automatic chooses each tile's words itself: clear tile_prompts or turn automatic off."
             )
         settings = automatic(clip, prompt, threshold)
-        shown = f"automatic: the sampler picks each tile's words of the prompt (threshold {threshold})"
+        shown = (
+            f"automatic: the sampler picks each tile's words of the prompt (threshold {threshold}, "
+            f"heard at σ ≥ {prompt_sigma:g})"
+        )
         return io.NodeOutput(
             settings.prompt,
-            TileConditioning(tile_plan, {}, {}, settings.prompt, settings),  # heard at every step: no σ
+            TileConditioning(tile_plan, {}, {}, settings.prompt, settings, prompt_sigma),
             ui={"text": [shown]},
         )
 

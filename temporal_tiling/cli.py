@@ -568,23 +568,18 @@ def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> N
         help="--tile-prompts: a tile hears its own words at noise levels σ >= S (the early steps, which "
         "place objects) and --prompt below (the detail steps, so neighbouring tiles paint what they share "
         f"from the same words); 0: its words at every step (default {DEFAULT_TILE_PROMPT_SIGMA:g}, "
-        "docs/tile_prompts.md). Not with --tile-prompts auto: those words are heard at every step",
+        "docs/tile_prompts.md). With --tile-prompts auto: the tile that paints an object hears its words "
+        "at σ >= S, and every tile the words all tiles keep below it",
     )
 
 
 def check_tile_prompt_flags(args: argparse.Namespace) -> None:
-    """A CLIError for --word-threshold without --tile-prompts auto, or --tile-prompt-sigma without a
-    --tile-prompts file (before the model loads); then --tile-prompt-sigma's default fills in."""
+    """A CLIError for --word-threshold without --tile-prompts auto, or --tile-prompt-sigma without
+    --tile-prompts (before the model loads); then --tile-prompt-sigma's default fills in."""
     from .tile_prompts import AUTOMATIC, check_method
 
     if args.tile_prompt_sigma is not None and args.tile_prompts is None:
         raise CLIError("is read with --tile-prompts only; add that or drop it", "--tile-prompt-sigma")
-    if args.tile_prompt_sigma is not None and args.tile_prompts == AUTOMATIC:
-        raise CLIError(
-            "is read with a --tile-prompts file only: automatic tile prompts are heard at every step "
-            "(below a gate the whole --prompt would give each tile its dropped words back); drop it",
-            "--tile-prompt-sigma",
-        )
     if args.tile_prompt_sigma is None:
         args.tile_prompt_sigma = DEFAULT_TILE_PROMPT_SIGMA
     if args.word_threshold is not None and args.tile_prompts != AUTOMATIC:
