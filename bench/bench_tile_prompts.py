@@ -23,7 +23,7 @@ per-tile statistics, at guided's default strengths) on top of its BCLA seed. "au
 threshold t from the cross-attention on the run's guide (one model call at σ = 0.5), through the run
 path's ``auto_tile_prompts`` as the CLI and the nodes use it; the tiles' texts go to the log; heard at
 every step, or with ", σ ≥ s" the tile that paints an object hears its words at σ ≥ s and every tile the
-words all tiles keep below s (``tile_prompt_sigma``). Objects:
+words all tiles keep below s (``AutoTilePrompts.sigma``; the rows without it: 0). Objects:
 the suns / moons / trees the prompt names, counted by ``seamlab.count_objects`` on the canvas and on
 the run's guide (causal: the whole-scene pass of the whole prompt that seeds its BCLA cache; guided: its
 own whole-scene pass). Seams: the Quality Metrics verdict; layout: the canvas
@@ -91,9 +91,9 @@ THRESHOLDS = (0.5, 0.7)
 lowest value to its peak)."""
 PROMPT_SIGMAS = (0.5, 0.7)
 """``σ ≥ s`` rows: the told tile hears its words at noise levels σ ≥ s and the scene prompt below."""
-AUTO_SIGMAS = (0.3, 0.5, 0.7, 0.9)
+AUTO_SIGMAS = (0.3, 0.5, 0.7, 0.9, 1.0)
 """Automatic ``σ ≥ s`` rows: the tile that paints an object hears its words at σ ≥ s, every tile the words
-all tiles keep below (``RunSettings.tile_prompt_sigma``)."""
+all tiles keep below (``AutoTilePrompts.sigma``)."""
 VARIANTS = (
     "causal",
     "causal + tile prompts",
@@ -152,7 +152,11 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
     if "automatic" in name:  # the whole prompt; each tile drops the words the guide puts elsewhere
         positive = model.encode_prompt(whole)
         options["auto_tile_prompts"] = AutoTilePrompts(
-            model.prompt_tokens(whole), model.encode_prompt, threshold_of(name), report_texts
+            model.prompt_tokens(whole),
+            model.encode_prompt,
+            threshold_of(name),
+            report_texts,
+            sigma=options["tile_prompt_sigma"],  # their own gate: σ ≥ s, or every step (0)
         )
     if name.startswith("causal"):
         pull = GUIDE_PULL if "pull" in name else {}

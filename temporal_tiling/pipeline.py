@@ -223,8 +223,8 @@ class RunSettings:
     seam refine use the run's prompt. Tiled methods that sample tile by tile only."""
     tile_prompt_sigma: float = DEFAULT_TILE_PROMPT_SIGMA
     """Tile prompts are heard at noise levels σ ≥ this, :attr:`tile_scene_prompt` below it (0: at every
-    step); in [0, 1]. See :attr:`TileJob.prompt_sigma`. Automatic tile prompts: the tile that paints an
-    object hears its words above the gate only, and every tile the words all tiles keep below it."""
+    step); in [0, 1]. See :attr:`TileJob.prompt_sigma`. Automatic tile prompts have their own gate,
+    :attr:`AutoTilePrompts.sigma`, which replaces this one."""
     tile_scene_prompt: object | None = None
     """What every tile hears below :attr:`tile_prompt_sigma` (:attr:`TileJob.scene_prompt`), in the host's
     form; None = the run's prompt. Set by the run path from :attr:`auto_tile_prompts`."""
@@ -348,8 +348,13 @@ def run(
             scene = guide if guide is not None else _scene(plan, host, settings, noise, latent)
             tile_prompts, scene_prompt = _automatic(plan, host, settings, scene)
             # below the σ gate every tile hears the words all tiles keep, not the run's (whole) prompt
+            gate = settings.auto_tile_prompts.sigma
             settings = replace(
-                settings, tile_prompts=tile_prompts, auto_tile_prompts=None, tile_scene_prompt=scene_prompt
+                settings,
+                tile_prompts=tile_prompts,
+                auto_tile_prompts=None,
+                tile_scene_prompt=scene_prompt,
+                tile_prompt_sigma=gate,
             )
         if guide is not None:
             guide = _progressive_chain(plan, host, settings, noise, guide)

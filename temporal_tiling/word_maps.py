@@ -24,8 +24,8 @@ prompt's own text, so a word is kept or dropped whole. A word is a run of non-sp
 is the sum of the maps of the tokens that start inside it. A tile's prompt is its kept words joined by
 single spaces, in the prompt's order; a tile that keeps every word hears the run's prompt unchanged.
 
-When (``RunSettings.tile_prompt_sigma``, the σ gate manual tile prompts have too): the tile that paints
-an object hears its words at noise levels σ ≥ the gate, where the layout is placed, and every tile hears
+When (:attr:`AutoTilePrompts.sigma`, a σ gate as manual tile prompts have): the tile that paints an
+object hears its words at noise levels σ ≥ the gate, where the layout is placed, and every tile hears
 the scene's words (those every tile keeps, :func:`scene_words`) below it. Heard at every step, the
 object's tile paints small copies of the object around it (its window is larger than the object); the
 run's prompt below the gate would give every tile back the words it dropped.
@@ -51,7 +51,7 @@ from torch import Tensor
 
 from .errors import UserInputError
 from .flow import CFGDenoiser, noise_scaling
-from .options import DEFAULT_WORD_THRESHOLD
+from .options import DEFAULT_WORD_SIGMA, DEFAULT_WORD_THRESHOLD
 from .plan import TilePlan
 from .position import patch_size
 from .sampling import canvas_noise
@@ -96,9 +96,13 @@ class AutoTilePrompts:
     prompt: object | None = None
     """The conditioning of ``tokens``' prompt in the host's form, for the model call; None: the run's
     prompt (which must then be that prompt)."""
+    sigma: float = DEFAULT_WORD_SIGMA
+    """The tile that paints an object hears its words at noise levels σ ≥ this, every tile the words all
+    tiles keep below it (the run's ``tile_prompt_sigma`` for these prompts); 0: at every step."""
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
+        check_word_sigma(self.sigma)
 
 
 def check_threshold(threshold: float) -> None:
@@ -107,6 +111,15 @@ def check_threshold(threshold: float) -> None:
         raise WordMapError(
             f"the automatic tile prompts' threshold must be in (0, 1] (a share of the way from each word's "
             f"lowest attention to its peak; {DEFAULT_WORD_THRESHOLD} by default), got {threshold}."
+        )
+
+
+def check_word_sigma(sigma: float) -> None:
+    """A WordMapError unless ``sigma`` is a noise level in [0, 1]."""
+    if not 0.0 <= sigma <= 1.0:
+        raise WordMapError(
+            f"the automatic tile prompts' sigma must be a noise level in [0, 1] (the object's tile hears its "
+            f"words at σ ≥ it; 0: at every step; {DEFAULT_WORD_SIGMA} by default), got {sigma}."
         )
 
 

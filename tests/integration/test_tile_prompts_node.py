@@ -116,15 +116,17 @@ def test_automatic_tile_prompts_run_from_the_whole_scene(tile_prompts, nodes, pa
 def test_automatic_tile_prompts_gate_runs_as_manual_prompts_over_the_scene_words(
     tile_prompts, nodes, parts, conds, plan, caplog
 ):
-    """automatic with tile_prompt_sigma s (independent tiles): the run equals manual tile prompts
+    """automatic with word_sigma s (independent tiles): the run equals manual tile prompts
     (replace) giving each tile its automatic text (a tile the log leaves out: the whole prompt) over the
     words every tile keeps as positive, gated at s: above s the object's tile hears its words, below it
     every tile the scene's words. At s = 0 (every step) it differs."""
     model, clip, _ = parts
     prompt = "a blue to pink sky with one sun at top left"
     sigma = model.get_model_object("model_sampling").percent_to_sigma(0.5)
-    positive, tiles = tile_prompts.execute(clip, plan, prompt, "", "append", True, 1.0, sigma).result
-    assert tiles.prompt_sigma == sigma
+    positive, tiles = tile_prompts.execute(
+        clip, plan, prompt, "", "append", True, 1.0, word_sigma=sigma
+    ).result
+    assert tiles.automatic.sigma == sigma
     with caplog.at_level(logging.INFO):
         gated = _sample(
             nodes, model, (positive, conds[1]), plan, mode="independent", tile_conditioning=tiles
@@ -141,7 +143,7 @@ def test_automatic_tile_prompts_gate_runs_as_manual_prompts_over_the_scene_words
         nodes, model, (scene_positive, conds[1]), plan, mode="independent", tile_conditioning=manual
     )
     assert torch.equal(gated, reference[1])
-    every_step = tile_prompts.execute(clip, plan, prompt, "", "append", True, 1.0, 0.0).result[1]
+    every_step = tile_prompts.execute(clip, plan, prompt, "", "append", True, 1.0, word_sigma=0.0).result[1]
     ungated = _sample(
         nodes, model, (positive, conds[1]), plan, mode="independent", tile_conditioning=every_step
     )

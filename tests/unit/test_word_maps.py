@@ -17,7 +17,7 @@ from test_cli import BASE, one_error_line, refusing_loader, tiny_loader
 from test_tile_prompts import RecordingHost
 
 from temporal_tiling import cli
-from temporal_tiling.options import DEFAULT_TILE_PROMPT_SIGMA
+from temporal_tiling.options import DEFAULT_WORD_SIGMA
 from temporal_tiling.pipeline import GuideFirst, RunSettings, generate, run, tile_steps_total
 from temporal_tiling.plan import make_plan
 from temporal_tiling.sampling import SamplingError
@@ -170,6 +170,12 @@ def test_a_threshold_outside_0_1_is_refused(threshold: float) -> None:
         AutoTilePrompts(PromptTokens("sun", ((0, 3),)), str, threshold)
 
 
+@pytest.mark.parametrize("sigma", [-0.1, 1.5, float("nan")])
+def test_a_word_sigma_outside_0_1_is_refused(sigma: float) -> None:
+    with pytest.raises(WordMapError, match=r"sigma must be a noise level in \[0, 1\]"):
+        AutoTilePrompts(PromptTokens("sun", ((0, 3),)), str, sigma=sigma)
+
+
 # --- the run path -----------------------------------------------------------------------------------
 
 
@@ -222,14 +228,14 @@ class SigmaHost(AttentionHost):
 
 @pytest.mark.parametrize("method", ["causal", "guided"])
 def test_automatic_prompts_below_the_sigma_gate_are_the_words_every_tile_keeps(method) -> None:
-    """Gate 0.5: the sun's tile hears "sky sun" at σ ≥ 0.5, and every tile hears "sky" below it, not the
-    run's whole prompt (which would give every tile the sun back); the progressive chain's levels hear the
-    run's prompt."""
+    """Their gate 0.5 (not manual tile prompts' 0.2): the sun's tile hears "sky sun" at σ ≥ 0.5, and every
+    tile hears "sky" below it, not the run's whole prompt (which would give every tile the sun back); the
+    progressive chain's levels hear the run's prompt."""
     host = SigmaHost()
     guide = GuideFirst(bcla_seed=0.0) if method == "guided" else None
-    auto = AutoTilePrompts(SKY_SUN_MOON, lambda text: f"encoded {text}")
+    auto = AutoTilePrompts(SKY_SUN_MOON, lambda text: f"encoded {text}", sigma=0.5)
     settings = RunSettings(
-        method=method, auto_tile_prompts=auto, guide_first=guide, halo=0, tile_prompt_sigma=0.5
+        method=method, auto_tile_prompts=auto, guide_first=guide, halo=0, tile_prompt_sigma=0.2
     )
     run(GRID_4X2, host, settings, (1, 4))
     tiles = {tile.index: rest for tile, *rest in host.jobs if tile in GRID_4X2.tiles}
@@ -240,7 +246,7 @@ def test_automatic_prompts_below_the_sigma_gate_are_the_words_every_tile_keeps(m
     manual = SigmaHost()
     run(GRID_4X2, manual, replace(settings, auto_tile_prompts=None, tile_prompts={0: "sun"}), (1, 4))
     told = [job for job in manual.jobs if job[0] in GRID_4X2.tiles]
-    assert {(prompt, scene) for _, prompt, _, scene in told} == {("sun", None), (None, None)}
+    assert {job[1:] for job in told} == {("sun", 0.2, None), (None, 0.2, None)}
 
 
 def test_refine_reads_the_words_on_the_given_image() -> None:
@@ -318,11 +324,9 @@ def test_cli_tile_prompts_auto_gives_tiles_the_words_the_guide_puts_there(
     assert auto.shape == plain.shape and not np.array_equal(auto, plain)  # the tiles heard their words
 
 
-def test_cli_tile_prompt_sigma_gates_automatic_prompts_in_generate_and_refine(
-    tmp_path: Path, monkeypatch
-) -> None:
-    """--tile-prompt-sigma reaches the run with --tile-prompts auto (generate and refine), and its default
-    fills in without it."""
+def test_cli_word_sigma_reaches_the_run_in_generate_and_refine(tmp_path: Path, monkeypatch) -> None:
+    """--word-sigma reaches the run's automatic tile prompts (generate and refine), and its default fills
+    in without it."""
     from test_refine import encode, photo, refine
 
     from temporal_tiling import pipeline
@@ -330,15 +334,13 @@ def test_cli_tile_prompt_sigma_gates_automatic_prompts_in_generate_and_refine(
     heard: list[float] = []
 
     def recording_generate(*args, **kwargs):
-        heard.append(kwargs["tile_prompt_sigma"])
+        heard.append(kwargs["auto_tile_prompts"].sigma)
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "generate", recording_generate)
     auto = [*BASE, "--method", "causal", "--tile-prompts", "auto"]
-    assert (
-        cli.main([*auto, "--tile-prompt-sigma", "0.7", "--out", str(tmp_path / "a")], loader=word_loader([]))
-        == 0
-    )
+    gated = [*auto, "--word-sigma", "0.7", "--out", str(tmp_path / "a")]
+    assert cli.main(gated, loader=word_loader([])) == 0
     assert cli.main([*auto, "--out", str(tmp_path / "b")], loader=word_loader([])) == 0
 
     def loader(folder: Path, device: torch.device) -> cli.LoadedModel:
@@ -348,9 +350,9 @@ def test_cli_tile_prompt_sigma_gates_automatic_prompts_in_generate_and_refine(
 
     source = tmp_path / "photo.png"
     Image.fromarray((photo(96, 160) * 255).round().astype(np.uint8)).save(source)
-    flags = ("--tile-prompts", "auto", "--tile-prompt-sigma", "0.3")
+    flags = ("--tile-prompts", "auto", "--word-sigma", "0.3")
     assert refine(source, tmp_path / "refined", *flags, model=loader) == 0
-    assert heard == [0.7, DEFAULT_TILE_PROMPT_SIGMA, 0.3]
+    assert heard == [0.7, DEFAULT_WORD_SIGMA, 0.3]
 
 
 def test_refine_takes_tile_prompts_auto(tmp_path: Path, capsys) -> None:
@@ -378,11 +380,14 @@ def test_refine_takes_tile_prompts_auto(tmp_path: Path, capsys) -> None:
         (["--tile-prompts", "auto", "--word-threshold", "0"], "argument --word-threshold: must be > 0"),
         (["--word-threshold", "0.5"], "argument --word-threshold: is read by --tile-prompts auto only"),
         (["--tile-prompts", "auto", "--method", "multidiffusion"], "argument --tile-prompts: tile prompts"),
+        (["--tile-prompts", "auto", "--word-sigma", "1.5"], "argument --word-sigma: must be <= 1"),
+        (["--tile-prompts", "auto", "--word-sigma", "nan"], "argument --word-sigma: must be >= 0, got nan"),
+        (["--word-sigma", "0.5"], "argument --word-sigma: is read by --tile-prompts auto only"),
         (
-            ["--tile-prompts", "auto", "--tile-prompt-sigma", "1.5"],
-            "argument --tile-prompt-sigma: must be <= 1",
+            ["--tile-prompts", "auto", "--tile-prompt-sigma", "0.5"],
+            "argument --tile-prompt-sigma: is read with a --tile-prompts file only; --tile-prompts auto has "
+            "its own gate, --word-sigma",
         ),
-        (["--tile-prompts", "auto", "--tile-prompt-sigma", "nan"], "argument --tile-prompt-sigma: "),
     ],
 )
 def test_cli_automatic_prompt_errors_are_one_line_before_the_model_loads(capsys, flags, expected) -> None:
