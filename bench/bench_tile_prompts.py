@@ -21,7 +21,9 @@ with guided's pull of each tile toward the guide (the global context's held low-
 per-tile statistics, at guided's default strengths) on top of its BCLA seed. "automatic t"
 (AccDiffusion): the whole prompt, and each tile keeps the words ``word_maps.tile_words`` gives it at
 threshold t from the cross-attention on the run's guide (one model call at σ = 0.5), through the run
-path's ``auto_tile_prompts`` as the CLI and the nodes use it; the tiles' texts go to the log. Objects:
+path's ``auto_tile_prompts`` as the CLI and the nodes use it; the tiles' texts go to the log; heard at
+every step, or with ", σ ≥ s" the tile that paints an object hears its words at σ ≥ s and every tile the
+words all tiles keep below s (``AutoTilePrompts.sigma``; the rows without it: 0). Objects:
 the suns / moons / trees the prompt names, counted by ``seamlab.count_objects`` on the canvas and on
 the run's guide (causal: the whole-scene pass of the whole prompt that seeds its BCLA cache; guided: its
 own whole-scene pass). Seams: the Quality Metrics verdict; layout: the canvas
@@ -89,6 +91,9 @@ THRESHOLDS = (0.5, 0.7)
 lowest value to its peak)."""
 PROMPT_SIGMAS = (0.5, 0.7)
 """``σ ≥ s`` rows: the told tile hears its words at noise levels σ ≥ s and the scene prompt below."""
+AUTO_SIGMAS = (0.3, 0.5, 0.7, 0.9, 1.0)
+"""Automatic ``σ ≥ s`` rows: the tile that paints an object hears its words at σ ≥ s, every tile the words
+all tiles keep below (``AutoTilePrompts.sigma``)."""
 VARIANTS = (
     "causal",
     "causal + tile prompts",
@@ -102,6 +107,11 @@ VARIANTS = (
     *(f"guided {d}{extra}" for d in GUIDE_DENOISES for extra in ("", " + tile prompts")),
     f"guided 0.7 + tile prompts, σ ≥ {PROMPT_SIGMAS[0]}",
     *(f"guided 0.7 + automatic {t}" for t in THRESHOLDS),
+    *(
+        f"{method} + automatic {THRESHOLDS[0]}, σ ≥ {s}"
+        for method in ("causal", "guided 0.7")
+        for s in AUTO_SIGMAS
+    ),
 )
 SHOWN = (
     "guide",
@@ -142,7 +152,11 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
     if "automatic" in name:  # the whole prompt; each tile drops the words the guide puts elsewhere
         positive = model.encode_prompt(whole)
         options["auto_tile_prompts"] = AutoTilePrompts(
-            model.prompt_tokens(whole), model.encode_prompt, float(name.split()[-1]), report_texts
+            model.prompt_tokens(whole),
+            model.encode_prompt,
+            threshold_of(name),
+            report_texts,
+            sigma=options["tile_prompt_sigma"],  # their own gate: σ ≥ s, or every step (0)
         )
     if name.startswith("causal"):
         pull = GUIDE_PULL if "pull" in name else {}
@@ -154,6 +168,11 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
             options["guide_prompt"] = model.encode_prompt(whole_scene_text(prompts, scene_prompt))
     result = generate(plan, model.transformer, positive, model.encode_prompt(""), **options)
     return result, guide if result.guide is None else result.guide
+
+
+def threshold_of(name: str) -> float:
+    """The threshold t of an "automatic t" variant (before its ", σ ≥ s" if any)."""
+    return float(name.split("automatic ")[1].split(",")[0])
 
 
 def report_texts(texts: dict[int, str]) -> None:
@@ -312,18 +331,25 @@ def markdown(
         f"{model_name}, 512×256 px, 4×2 tiles, 20 steps, cfg 4.5, BCLA, today's defaults (guided: halo 4, "
         f"held low-band pull), {prompts} prompts (seed = prompt index), one torch thread on a shared "
         "2-core machine. Objects: the suns / moons / trees the prompt names (it asks for one) on the canvas, "
-        "the run's guide in brackets. Layout: the canvas downscaled to the guide vs the guide. "
+        f"the run's guide in brackets; prompts {len(SCENES)}–{len(SCENES) + len(HELD_OUT) - 1} are held "
+        "out (not looked at while choosing); extra objects: canvas over guide, summed. Layout: the canvas "
+        "downscaled to the guide vs the guide. "
         '"scene prompt": the control, no tile prompts, every tile hears the scene prompt that the '
         "tile-prompt rows give the tiles without words.",
         "",
         "| variant | objects (guide) per prompt | more than the guide | seamless verdicts | layout PSNR dB "
-        "| line jump | CPU s per canvas |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| line jump | CPU s per canvas | extra objects, tuning · held out | held out: more than the guide |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in variants:
         mine = [r for r in rows if r["variant"] == name]
         cpu = sum(r["cpu_seconds"] for r in mine) / len(mine)
-        lines.append(f"| {name} | {object_cells(mine)} | {cpu:.1f} |")
+        held = [r for r in mine if r["seed"] >= len(SCENES)]
+        extra = [sum(max(0, r["objects"] - r["guide_objects"]) for r in part) for part in (mine, held)]
+        more = f"{sum(r['objects'] > r['guide_objects'] for r in held)}/{len(held)}" if held else "–"
+        lines.append(
+            f"| {name} | {object_cells(mine)} | {cpu:.1f} | {extra[0] - extra[1]} · {extra[1]} | {more} |"
+        )
     lines += where_table(where) if where else []
     lines += overhead_table(timing, encodes) if timing else []
     lines += ["", "Verdicts:", "", "| prompt | variant | verdict |", "| --- | --- | --- |"]

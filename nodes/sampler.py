@@ -642,14 +642,16 @@ class ComfyHost:
 
     def _positive(self, job: TileJob) -> list | None:
         """The job's positive CONDITIONING: None (the run's), the tile's own, or with ``prompt_sigma`` s > 0
-        the tile's own ending and the run's starting at s, as ComfyUI's timestep ranges
-        (ConditioningSetTimestepRange) express it. ComfyUI's ranges include both ends: a step exactly at
-        σ = s hears both, averaged."""
-        if job.prompt is None or job.prompt_sigma <= 0:
+        the tile's own (or the run's) ending and the scene prompt (or the run's) starting at s, as
+        ComfyUI's timestep ranges (ConditioningSetTimestepRange) express it. ComfyUI's ranges include both
+        ends: a step exactly at σ = s hears both, averaged."""
+        if job.prompt_sigma <= 0 or (job.prompt is None and job.scene_prompt is None):
             return job.prompt
+        above = self.positive if job.prompt is None else job.prompt
+        below = self.positive if job.scene_prompt is None else job.scene_prompt
         percent = percent_of_sigma(self.work.get_model_object("model_sampling"), job.prompt_sigma)
-        tile = node_helpers.conditioning_set_values(job.prompt, {"end_percent": percent})
-        return tile + node_helpers.conditioning_set_values(self.positive, {"start_percent": percent})
+        tile = node_helpers.conditioning_set_values(above, {"end_percent": percent})
+        return tile + node_helpers.conditioning_set_values(below, {"start_percent": percent})
 
     def schedule(self, denoise: float, steps: int | None = None) -> torch.Tensor:
         """This run's noise levels, as ComfyUI's KSampler computes them."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from ..temporal_tiling.options import DEFAULT_TILE_PROMPT_SIGMA, DEFAULT_WORD_THRESHOLD
+from ..temporal_tiling.options import DEFAULT_TILE_PROMPT_SIGMA, DEFAULT_WORD_SIGMA, DEFAULT_WORD_THRESHOLD
 from ..temporal_tiling.plan import TilePlan
 from ..temporal_tiling.tile_prompts import (
     COMBINE_MODES,
@@ -48,7 +48,8 @@ class TileConditioning:
     automatic: AutoTilePrompts | None = None
     """Automatic tile prompts for the sampler to compute from the whole scene (then ``by_tile`` is empty)."""
     prompt_sigma: float = DEFAULT_TILE_PROMPT_SIGMA
-    """The tiles hear their own words at noise levels σ ≥ this, the sampler's positive below (0: always)."""
+    """The tiles hear their own words at noise levels σ ≥ this, the sampler's positive below (0: always);
+    automatic tile prompts use their own gate (``automatic.sigma``)."""
 
 
 def encode(clip, text: str) -> list:
@@ -56,7 +57,7 @@ def encode(clip, text: str) -> list:
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
-def automatic(clip, prompt: str, threshold: float) -> AutoTilePrompts:
+def automatic(clip, prompt: str, threshold: float, sigma: float) -> AutoTilePrompts:
     """The sampler's automatic tile prompts for ``prompt``; the pack's SANA text encoder places its tokens."""
     tokenizer = getattr(clip, "tokenizer", None)
     if not isinstance(tokenizer, SanaTokenizer):
@@ -73,7 +74,12 @@ def automatic(clip, prompt: str, threshold: float) -> AutoTilePrompts:
 
     conditioning = encode(clip, prompt)
     return AutoTilePrompts(
-        PromptTokens(text, tuple(spans)), lambda words: encode(clip, words), threshold, report, conditioning
+        PromptTokens(text, tuple(spans)),
+        lambda words: encode(clip, words),
+        threshold,
+        report,
+        conditioning,
+        sigma,
     )
 
 
@@ -143,7 +149,17 @@ class SanaTilePrompts(io.ComfyNode):
                     tooltip="A tile hears its own words while the noise level σ is at least this (the early "
                     "steps, which place objects) and the scene prompt below it (the detail steps), so "
                     "neighbouring tiles paint what they share from the same words. 0: its words at every "
-                    "step. Not read with automatic: those words are heard at every step.",
+                    "step. Not read with automatic: word_sigma is its gate.",
+                ),
+                io.Float.Input(
+                    "word_sigma",
+                    default=DEFAULT_WORD_SIGMA,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="automatic: the tile that paints an object hears its words while the noise level "
+                    "σ is at least this (the steps that place it) and every tile the words all tiles keep "
+                    "below it, so the object's tile paints no small copies around it. 0: at every step.",
                 ),
             ],
             outputs=[
@@ -163,6 +179,7 @@ class SanaTilePrompts(io.ComfyNode):
         combine: str | None = None,
         word_threshold: float | None = None,
         tile_prompt_sigma: float | None = None,
+        word_sigma: float | None = None,
     ) -> bool:
         """The combo and the floats: ComfyUI 0.3.64 does not check a schema node's choices and lets NaN
         through a float's range; the lines are read (and refused with their line number) at run."""
@@ -179,9 +196,10 @@ class SanaTilePrompts(io.ComfyNode):
         automatic: bool = False,
         word_threshold: float = DEFAULT_WORD_THRESHOLD,
         tile_prompt_sigma: float = DEFAULT_TILE_PROMPT_SIGMA,
+        word_sigma: float = DEFAULT_WORD_SIGMA,
     ) -> io.NodeOutput:
         if automatic:
-            return cls.automatic(clip, tile_plan, prompt, tile_prompts, word_threshold)
+            return cls.automatic(clip, tile_plan, prompt, tile_prompts, word_threshold, word_sigma)
         spec = parse_lines(tile_prompts, combine)
         texts = tile_texts(tile_plan, spec, prompt)
         by_tile = encode_tile_prompts(texts, lambda text: encode(clip, text))
@@ -195,17 +213,20 @@ class SanaTilePrompts(io.ComfyNode):
 
     @classmethod
     def automatic(
-        cls, clip, tile_plan: TilePlan, prompt: str, tile_prompts: str, threshold: float
+        cls, clip, tile_plan: TilePlan, prompt: str, tile_prompts: str, threshold: float, sigma: float
     ) -> io.NodeOutput:
         if tile_prompts.strip():
             raise TilePromptError(
                 "automatic chooses each tile's words itself: clear tile_prompts or turn automatic off."
             )
-        settings = automatic(clip, prompt, threshold)
-        shown = f"automatic: the sampler picks each tile's words of the prompt (threshold {threshold})"
+        settings = automatic(clip, prompt, threshold, sigma)
+        shown = (
+            f"automatic: the sampler picks each tile's words of the prompt (threshold {threshold}, "
+            f"an object's words heard at σ ≥ {sigma:g})"
+        )
         return io.NodeOutput(
             settings.prompt,
-            TileConditioning(tile_plan, {}, {}, settings.prompt, settings),  # heard at every step: no σ
+            TileConditioning(tile_plan, {}, {}, settings.prompt, settings),  # its gate: settings.sigma
             ui={"text": [shown]},
         )
 

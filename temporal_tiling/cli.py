@@ -51,6 +51,7 @@ from .options import (
     DEFAULT_RESAMPLE_BAND,
     DEFAULT_RESAMPLE_SIGMA,
     DEFAULT_TILE_PROMPT_SIGMA,
+    DEFAULT_WORD_SIGMA,
     DEFAULT_WORD_THRESHOLD,
     EMBEDDED_MODEL,
     FITS,
@@ -541,7 +542,7 @@ def _tile_prompts_source(text: str) -> Path | str:
 
 
 def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> None:
-    """``--tile-prompts`` and ``--word-threshold``, the same for ``generate`` and ``refine``."""
+    """``--tile-prompts`` and its options, the same for ``generate`` and ``refine``."""
     parser.add_argument(
         "--tile-prompts",
         type=_tile_prompts_source,
@@ -561,6 +562,16 @@ def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> N
         "docs/tile_prompts.md)",
     )
     parser.add_argument(
+        "--word-sigma",
+        type=_number(float, 0, 1),
+        default=None,
+        metavar="S",
+        help="--tile-prompts auto: the tile that paints an object hears its words at noise levels σ >= S "
+        "(where the layout is placed) and every tile the words all tiles keep below S, so the object's "
+        f"tile paints no small copies around it; 0: at every step (default {DEFAULT_WORD_SIGMA:g}, "
+        "docs/tile_prompts.md)",
+    )
+    parser.add_argument(
         "--tile-prompt-sigma",
         type=_number(float, 0, 1),
         default=None,
@@ -568,27 +579,27 @@ def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> N
         help="--tile-prompts: a tile hears its own words at noise levels σ >= S (the early steps, which "
         "place objects) and --prompt below (the detail steps, so neighbouring tiles paint what they share "
         f"from the same words); 0: its words at every step (default {DEFAULT_TILE_PROMPT_SIGMA:g}, "
-        "docs/tile_prompts.md). Not with --tile-prompts auto: those words are heard at every step",
+        "docs/tile_prompts.md). With --tile-prompts auto: --word-sigma",
     )
 
 
 def check_tile_prompt_flags(args: argparse.Namespace) -> None:
-    """A CLIError for --word-threshold without --tile-prompts auto, or --tile-prompt-sigma without a
-    --tile-prompts file (before the model loads); then --tile-prompt-sigma's default fills in."""
+    """A CLIError for --word-threshold or --word-sigma without --tile-prompts auto, or --tile-prompt-sigma
+    without a --tile-prompts file (before the model loads); then --tile-prompt-sigma's default fills in."""
     from .tile_prompts import AUTOMATIC, check_method
 
     if args.tile_prompt_sigma is not None and args.tile_prompts is None:
         raise CLIError("is read with --tile-prompts only; add that or drop it", "--tile-prompt-sigma")
     if args.tile_prompt_sigma is not None and args.tile_prompts == AUTOMATIC:
         raise CLIError(
-            "is read with a --tile-prompts file only: automatic tile prompts are heard at every step "
-            "(below a gate the whole --prompt would give each tile its dropped words back); drop it",
+            "is read with a --tile-prompts file only; --tile-prompts auto has its own gate, --word-sigma",
             "--tile-prompt-sigma",
         )
     if args.tile_prompt_sigma is None:
         args.tile_prompt_sigma = DEFAULT_TILE_PROMPT_SIGMA
-    if args.word_threshold is not None and args.tile_prompts != AUTOMATIC:
-        raise CLIError("is read by --tile-prompts auto only; add that or drop it", "--word-threshold")
+    for flag, value in (("--word-threshold", args.word_threshold), ("--word-sigma", args.word_sigma)):
+        if value is not None and args.tile_prompts != AUTOMATIC:
+            raise CLIError("is read by --tile-prompts auto only; add that or drop it", flag)
     if args.tile_prompts == AUTOMATIC:
         check_method(args.method)
 
@@ -611,7 +622,10 @@ def auto_tile_prompts(args: argparse.Namespace, model: LoadedModel) -> AutoTileP
             print("every tile hears the whole prompt", file=sys.stderr)
 
     threshold = DEFAULT_WORD_THRESHOLD if args.word_threshold is None else args.word_threshold
-    return AutoTilePrompts(model.prompt_tokens(args.prompt), model.encode_prompt, threshold, report)
+    sigma = DEFAULT_WORD_SIGMA if args.word_sigma is None else args.word_sigma
+    return AutoTilePrompts(
+        model.prompt_tokens(args.prompt), model.encode_prompt, threshold, report, sigma=sigma
+    )
 
 
 def _add_refine(commands: argparse._SubParsersAction) -> None:

@@ -134,6 +134,11 @@ class TileJob:
     """With ``prompt``: the tile hears it at noise levels σ ≥ this and the run's prompt below (0: at
     every step). The high-σ steps place objects, the low ones paint detail, so a tile above σ = s takes
     its words' layout and below it paints its shared background with the same words as its neighbours."""
+    scene_prompt: object | None = None
+    """What the tile hears below ``prompt_sigma`` (host form); None = the run's prompt. Automatic tile
+    prompts set it to the words every tile keeps, so below the gate no tile hears a word placed in one
+    tile (the run's prompt, the whole prompt, would give them back); above it a tile hears ``prompt``,
+    or the run's prompt when ``prompt`` is None."""
 
 
 class Host(Protocol):

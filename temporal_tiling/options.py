@@ -122,6 +122,18 @@ fewer prompts with more objects than the guide on the embedded model (2/7 agains
 prompts 5/7), but the tiles it leaves a few words ("blue pink sky", "to") paint a blotchy sky; 0.5 keeps
 the scene's words in every tile and the texture of the run without tile prompts (docs/tile_prompts.md)."""
 
+DEFAULT_WORD_SIGMA = 0.9
+"""Automatic tile prompts: the tile that paints an object hears the object's words at noise levels
+σ ≥ this, and every tile the words all tiles keep below it (``word_maps``); 0 = at every step (the
+rule before this gate). Chosen on the 4 tuning prompts of bench/results/tile_prompts_automatic_gate*.md
+(guided 0.7 and causal, two models, gates 0, 0.3, 0.5, 0.7, 0.9, 1.0): objects over the guide, summed
+over both modes and models, 21 at every step, 7 at 0.5, 6 at 0.7, 4 at 0.9; the layout PSNR rose with
+the gate, seams stayed seamless. 1.0 (guided never reaches σ = 0.9 and hears as at 0.9; causal hears
+the words at its first step only) drew 3, one speck fewer on the prompt whose guide has no object; 0.9
+keeps causal's first steps, where a tile without a strong pull toward the guide places the object.
+Held out (3 prompts, same modes and models): objects over the guide 25 at every step, 17 at 0.9; prompts
+with more than the guide 8/12 both; layout PSNR +0.8 to +1.3 dB; seamless 7/7 (docs/tile_prompts.md)."""
+
 DEFAULT_TILE_PROMPT_SIGMA = 0.5
 """Tile prompts: a tile hears its own words at noise levels σ ≥ this and the run's prompt below it;
 0 = at every step. Of 0 (every step), 0.5 and 0.7 (bench/results/tile_prompts*.md, two models), 0.5 kept

@@ -222,9 +222,12 @@ class RunSettings:
     (:attr:`TileJob.prompt`); other tiles, the whole-scene pass, the progressive chain's levels and the
     seam refine use the run's prompt. Tiled methods that sample tile by tile only."""
     tile_prompt_sigma: float = DEFAULT_TILE_PROMPT_SIGMA
-    """Tile prompts are heard at noise levels σ ≥ this, the run's prompt below it (0: at every step);
-    in [0, 1]. See :attr:`TileJob.prompt_sigma`. Automatic tile prompts are heard at every step (their
-    run's prompt holds the words they drop)."""
+    """Tile prompts are heard at noise levels σ ≥ this, :attr:`tile_scene_prompt` below it (0: at every
+    step); in [0, 1]. See :attr:`TileJob.prompt_sigma`. Automatic tile prompts have their own gate,
+    :attr:`AutoTilePrompts.sigma`, which replaces this one."""
+    tile_scene_prompt: object | None = None
+    """What every tile hears below :attr:`tile_prompt_sigma` (:attr:`TileJob.scene_prompt`), in the host's
+    form; None = the run's prompt. Set by the run path from :attr:`auto_tile_prompts`."""
     guide_prompt: object | None = None
     """The positive conditioning of ``guided``'s whole-scene pass, in the host's form; None = the run's
     prompt. With tile prompts the whole scene should hear every tile's words
@@ -343,10 +346,15 @@ def run(
             latent = None
         if settings.auto_tile_prompts is not None:
             scene = guide if guide is not None else _scene(plan, host, settings, noise, latent)
-            tile_prompts = _automatic(plan, host, settings, scene)
-            # at every step: the run's prompt below a σ gate would give the tiles their dropped words back
+            tile_prompts, scene_prompt = _automatic(plan, host, settings, scene)
+            # below the σ gate every tile hears the words all tiles keep, not the run's (whole) prompt
+            gate = settings.auto_tile_prompts.sigma
             settings = replace(
-                settings, tile_prompts=tile_prompts, auto_tile_prompts=None, tile_prompt_sigma=0.0
+                settings,
+                tile_prompts=tile_prompts,
+                auto_tile_prompts=None,
+                tile_scene_prompt=scene_prompt,
+                tile_prompt_sigma=gate,
             )
         if guide is not None:
             guide = _progressive_chain(plan, host, settings, noise, guide)
@@ -374,8 +382,11 @@ def _renders_scene(settings: RunSettings) -> bool:
     )
 
 
-def _automatic(plan: TilePlan, host: Host, settings: RunSettings, scene: Tensor) -> Mapping[int, object]:
-    """Automatic tile prompts from one model call on ``scene`` at the whole-scene pass's size."""
+def _automatic(
+    plan: TilePlan, host: Host, settings: RunSettings, scene: Tensor
+) -> tuple[Mapping[int, object], object | None]:
+    """Automatic tile prompts and their scene prompt (:func:`automatic_tile_prompts`) from one model call
+    on ``scene`` at the whole-scene pass's size."""
     small = guide_plan(plan, settings.guide.long_side, host.patch_size)
     scene = resize_latent(scene[:1], small.canvas_height, small.canvas_width)  # batch item 0's
     noise = canvas_noise(settings.seed, tuple(scene.shape)).to(scene)
@@ -389,7 +400,8 @@ def _progressive_chain(
 ) -> Tensor:
     """Each level of the progressive chain refined from the one before, from ``guide``."""
     start = (guide.shape[-2], guide.shape[-1])
-    settings = replace(settings, tile_prompts=None)  # tile indices name the final plan's tiles
+    # tile indices name the final plan's tiles; the levels hear the run's prompt
+    settings = replace(settings, tile_prompts=None, tile_scene_prompt=None)
     for level in guide_levels(plan, settings.guide, host.patch_size, start):
         shape = (*noise.shape[:2], level.canvas_height, level.canvas_width)
         level_noise = canvas_noise(settings.seed, shape).to(noise)
@@ -468,7 +480,7 @@ def _run(
 
     def denoise_tile(job: TileJob) -> Tensor:
         job = replace(job, denoise=denoise, steps=steps, prompt=prompts.get(job.tile.index))
-        return host.denoise(replace(job, prompt_sigma=prompt_sigma))
+        return host.denoise(replace(job, prompt_sigma=prompt_sigma, scene_prompt=settings.tile_scene_prompt))
 
     if method in CAUSAL_METHODS:
         border = settings.border_resample
@@ -685,8 +697,10 @@ class FlowHost:
         if job.model_wrap is None:
             denoiser = self.denoiser
             if job.prompt is not None:
-                tile = self._tile_denoiser(job.prompt)
-                denoiser = sigma_switch(tile, self.denoiser, job.prompt_sigma) if job.prompt_sigma else tile
+                denoiser = self._tile_denoiser(job.prompt)
+            if job.prompt_sigma and (job.prompt is not None or job.scene_prompt is not None):
+                below = self.denoiser if job.scene_prompt is None else self._tile_denoiser(job.scene_prompt)
+                denoiser = sigma_switch(denoiser, below, job.prompt_sigma)
             return sample_tile(denoiser, job, sigmas, self.sampling.sampler, self.tick)
         self._counting_tile_calls = True
         try:

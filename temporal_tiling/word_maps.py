@@ -23,8 +23,12 @@ Words, not tokens: a tokenizer cuts "sunset," into pieces, and a tile's prompt i
 prompt's own text, so a word is kept or dropped whole. A word is a run of non-space characters; its map
 is the sum of the maps of the tokens that start inside it. A tile's prompt is its kept words joined by
 single spaces, in the prompt's order; a tile that keeps every word hears the run's prompt unchanged.
-Tiles hear their words at every step: the run's prompt at the late steps (the σ gate of manual tile
-prompts, ``RunSettings.tile_prompt_sigma``) would give every tile back the words it dropped.
+
+When (:attr:`AutoTilePrompts.sigma`, a σ gate as manual tile prompts have): the tile that paints an
+object hears its words at noise levels σ ≥ the gate, where the layout is placed, and every tile hears
+the scene's words (those every tile keeps, :func:`scene_words`) below it. Heard at every step, the
+object's tile paints small copies of the object around it (its window is larger than the object); the
+run's prompt below the gate would give every tile back the words it dropped.
 
 The maps are recorded on diffusers' ``SanaTransformer2DModel`` (its blocks' ``attn2`` cross-attention
 modules): :class:`AttentionRecorder` runs the module's own processor for the output and recomputes the
@@ -47,7 +51,7 @@ from torch import Tensor
 
 from .errors import UserInputError
 from .flow import CFGDenoiser, noise_scaling
-from .options import DEFAULT_WORD_THRESHOLD
+from .options import DEFAULT_WORD_SIGMA, DEFAULT_WORD_THRESHOLD
 from .plan import TilePlan
 from .position import patch_size
 from .sampling import canvas_noise
@@ -92,9 +96,13 @@ class AutoTilePrompts:
     prompt: object | None = None
     """The conditioning of ``tokens``' prompt in the host's form, for the model call; None: the run's
     prompt (which must then be that prompt)."""
+    sigma: float = DEFAULT_WORD_SIGMA
+    """The tile that paints an object hears its words at noise levels σ ≥ this, every tile the words all
+    tiles keep below it (the run's ``tile_prompt_sigma`` for these prompts); 0: at every step."""
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
+        check_word_sigma(self.sigma)
 
 
 def check_threshold(threshold: float) -> None:
@@ -103,6 +111,15 @@ def check_threshold(threshold: float) -> None:
         raise WordMapError(
             f"the automatic tile prompts' threshold must be in (0, 1] (a share of the way from each word's "
             f"lowest attention to its peak; {DEFAULT_WORD_THRESHOLD} by default), got {threshold}."
+        )
+
+
+def check_word_sigma(sigma: float) -> None:
+    """A WordMapError unless ``sigma`` is a noise level in [0, 1]."""
+    if not 0.0 <= sigma <= 1.0:
+        raise WordMapError(
+            f"the automatic tile prompts' sigma must be a noise level in [0, 1] (the object's tile hears its "
+            f"words at σ ≥ it; 0: at every step; {DEFAULT_WORD_SIGMA} by default), got {sigma}."
         )
 
 
@@ -346,26 +363,35 @@ def tile_words(plan: TilePlan, maps: Tensor, threshold: float) -> dict[int, list
     return {tile.index: torch.nonzero(keep[:, tile.index])[:, 0].tolist() for tile in plan.tiles}
 
 
-def tile_word_texts(plan: TilePlan, maps: Tensor, words: Sequence[str], threshold: float) -> dict[int, str]:
-    """The prompt of each tile that drops a word: its kept ``words`` (one per map of ``maps``) joined by
-    spaces. Tiles that keep every word are absent (they hear the run's prompt)."""
-    return {
-        index: " ".join(words[w] for w in kept)
-        for index, kept in tile_words(plan, maps, threshold).items()
-        if len(kept) < len(words)
+def tile_word_texts(
+    kept: Mapping[int, Sequence[int]], words: Sequence[str]
+) -> tuple[dict[int, str], str | None]:
+    """The prompt of each tile that drops a word: its ``kept`` words (:func:`tile_words`) joined by
+    spaces; tiles that keep every word are absent (they hear the run's prompt). And the scene's prompt,
+    :func:`scene_words` joined; None when no tile drops a word."""
+    texts = {
+        index: " ".join(words[w] for w in mine) for index, mine in kept.items() if len(mine) < len(words)
     }
+    return texts, " ".join(words[w] for w in scene_words(kept)) if texts else None
+
+
+def scene_words(kept: Mapping[int, Sequence[int]]) -> list[int]:
+    """The words every tile keeps (:func:`tile_words`), in order: those no tile owns alone, what every
+    tile hears below the σ gate."""
+    return sorted(set.intersection(*(set(mine) for mine in kept.values()))) if kept else []
 
 
 def automatic_tile_prompts(
     plan: TilePlan, attention: Tensor, grid: tuple[int, int], settings: AutoTilePrompts
-) -> Mapping[int, object]:
-    """Each tile's conditioning (``RunSettings.tile_prompts``) from the run's prompt's cross-attention
-    ``attention`` [h·w, L] on the whole scene's token grid ``grid``."""
+) -> tuple[Mapping[int, object], object | None]:
+    """Each tile's conditioning (``RunSettings.tile_prompts``) and the scene's (what every tile hears
+    below the σ gate, ``RunSettings.tile_scene_prompt``; None when no tile drops a word) from the run's
+    prompt's cross-attention ``attention`` [h·w, L] on the whole scene's token grid ``grid``."""
     from .tile_prompts import encode_tile_prompts
 
     words, owners = prompt_words(settings.tokens)
     maps = word_maps(attention, grid, owners, len(words))
-    texts = tile_word_texts(plan, maps, words, settings.threshold)
+    texts, scene = tile_word_texts(tile_words(plan, maps, settings.threshold), words)
     if settings.report is not None:
         settings.report(texts)
-    return encode_tile_prompts(texts, settings.encode)
+    return encode_tile_prompts(texts, settings.encode), None if scene is None else settings.encode(scene)

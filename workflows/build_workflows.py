@@ -24,6 +24,7 @@ sys.path.insert(0, str(HERE.parent))
 from temporal_tiling.options import (  # noqa: E402  (the pack root is not installed)
     DEFAULT_GUIDE_DENOISE,
     DEFAULT_TILE_PROMPT_SIGMA,
+    DEFAULT_WORD_SIGMA,
     DEFAULT_WORD_THRESHOLD,
     HALO_AUTO,
 )
@@ -360,6 +361,7 @@ def tile_prompts() -> list[Node]:
             ("automatic", False),
             ("word_threshold", DEFAULT_WORD_THRESHOLD),
             ("tile_prompt_sigma", DEFAULT_TILE_PROMPT_SIGMA),
+            ("word_sigma", DEFAULT_WORD_SIGMA),
         ],
         {"clip": (1, 1), "tile_plan": (5, 0)},
         size=(340, 220),
@@ -371,7 +373,7 @@ def tile_prompts() -> list[Node]:
     return [
         loader(1, (20, 40)),
         prompts,
-        text(3, (20, 710), "", "negative"),
+        text(3, (20, 770), "", "negative"),
         bcla_cache(4, (400, 680)),
         canvas,
         sample,
@@ -398,7 +400,7 @@ def tile_prompts() -> list[Node]:
         Node(13, "PreviewImage", (400, 960), links={"images": (5, 1)}, title="tile plan", size=(340, 260)),
         note(
             14,
-            (20, 880),
+            (20, 940),
             f"Tile prompts: {describe(plan)}, causal tiles from noise. Every tile hears the scene prompt; "
             "only the tiles the Tile Prompts node names also hear their words, so an object named once "
             "is painted once instead of in every tile. Tiles are numbered as the Tile Planner's preview "

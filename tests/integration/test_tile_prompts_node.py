@@ -6,6 +6,7 @@ Sampler's run, and mismatched plans and methods are refused."""
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -110,6 +111,43 @@ def test_automatic_tile_prompts_run_from_the_whole_scene(tile_prompts, nodes, pa
         assert torch.isfinite(canvas).all()
         heard = [r.getMessage().split("hears ")[1].strip("'") for r in caplog.records if "hears" in r.msg]
         assert heard and all(set(text.split()) < set(prompt.split()) for text in heard), mode
+
+
+def test_automatic_tile_prompts_gate_runs_as_manual_prompts_over_the_scene_words(
+    tile_prompts, nodes, parts, conds, plan, caplog
+):
+    """automatic with word_sigma s (independent tiles): the run equals manual tile prompts
+    (replace) giving each tile its automatic text (a tile the log leaves out: the whole prompt) over the
+    words every tile keeps as positive, gated at s: above s the object's tile hears its words, below it
+    every tile the scene's words. At s = 0 (every step) it differs."""
+    model, clip, _ = parts
+    prompt = "a blue to pink sky with one sun at top left"
+    sigma = model.get_model_object("model_sampling").percent_to_sigma(0.5)
+    positive, tiles = tile_prompts.execute(
+        clip, plan, prompt, "", "append", True, 1.0, word_sigma=sigma
+    ).result
+    assert tiles.automatic.sigma == sigma
+    with caplog.at_level(logging.INFO):
+        gated = _sample(
+            nodes, model, (positive, conds[1]), plan, mode="independent", tile_conditioning=tiles
+        )[1]
+    told = [re.search(r"tile (\d+) hears '(.*)'$", r.getMessage()) for r in caplog.records]
+    texts = {int(m[1]): m[2] for m in told if m}
+    kept = [set(text.split()) for text in texts.values()]
+    scene = " ".join(word for word in prompt.split() if all(word in words for words in kept))
+    lines = "\n".join(f"{n}: {texts.get(n, prompt)}" for n in range(1, len(plan) + 1))
+    scene_positive, manual = tile_prompts.execute(
+        clip, plan, scene, lines, "replace", False, 0.5, sigma
+    ).result
+    reference = _sample(
+        nodes, model, (scene_positive, conds[1]), plan, mode="independent", tile_conditioning=manual
+    )
+    assert torch.equal(gated, reference[1])
+    every_step = tile_prompts.execute(clip, plan, prompt, "", "append", True, 1.0, word_sigma=0.0).result[1]
+    ungated = _sample(
+        nodes, model, (positive, conds[1]), plan, mode="independent", tile_conditioning=every_step
+    )
+    assert not torch.equal(gated, ungated[1])
 
 
 def test_automatic_tile_prompts_refuse_lines_and_other_text_encoders(tile_prompts, parts, plan):

@@ -142,6 +142,46 @@ def test_flow_host_gives_the_tile_prompt_from_sigma_s_up_and_the_runs_below(
     assert heard == [(s, "run") for s in sigmas] + list(zip(sigmas, told, strict=True))
 
 
+def test_flow_host_gives_the_scene_prompt_below_sigma_s_to_every_tile(model, prompts) -> None:
+    """shift 1, 4 steps (σ = 1, 0.75, 0.5, 0.25), gate 0.5, a scene prompt (automatic tile prompts' words
+    every tile keeps): the told tile hears its prompt at σ ≥ 0.5, the other tile the run's, and both the
+    scene prompt below: no step below the gate hears the run's prompt or the tile's."""
+    plan = make_plan(
+        width_px=64, height_px=32, tile_width_px=32, tile_height_px=32, overlap_px=0, compression=8
+    )  # 2 independent tiles, sampled in order
+    cond, uncond = prompts
+    texts = {
+        name: torch.randn(1, length, 16, generator=torch.Generator().manual_seed(seed))
+        for name, length, seed in (("tile", 4, 3), ("scene", 5, 4))
+    }
+    heard: list[tuple[float, str]] = []
+
+    def record(module, args, kwargs) -> None:
+        text = kwargs["encoder_hidden_states"][0]  # the cond branch, first chunk
+        known = {"run": cond, **texts}
+        (name,) = [name for name, t in known.items() if torch.equal(text[: t.shape[1]], t[0])]
+        heard.append((round(float(kwargs["timestep"][0]) / 1000, 4), name))
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        options = dict(method="independent", steps=4, cfg=2.0, shift=1.0, seed=5, tile_prompt_sigma=0.5)
+        generate(
+            plan,
+            model,
+            cond,
+            uncond,
+            tile_prompts={1: texts["tile"]},
+            tile_scene_prompt=texts["scene"],
+            **options,
+        )
+    finally:
+        hook.remove()
+    sigmas = [1.0, 0.75, 0.5, 0.25]
+    assert heard == list(zip(sigmas, ["run"] * 3 + ["scene"], strict=True)) + list(
+        zip(sigmas, ["tile"] * 3 + ["scene"], strict=True)
+    )
+
+
 @pytest.mark.parametrize("value", [-0.1, 1.5])
 def test_tile_prompt_sigma_outside_0_1_is_refused(value: float) -> None:
     with pytest.raises(SamplingError, match=r"tile_prompt_sigma is a noise level in \[0, 1\]"):

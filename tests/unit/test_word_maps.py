@@ -17,7 +17,8 @@ from test_cli import BASE, one_error_line, refusing_loader, tiny_loader
 from test_tile_prompts import RecordingHost
 
 from temporal_tiling import cli
-from temporal_tiling.pipeline import GuideFirst, RunSettings, run, tile_steps_total
+from temporal_tiling.options import DEFAULT_WORD_SIGMA
+from temporal_tiling.pipeline import GuideFirst, RunSettings, generate, run, tile_steps_total
 from temporal_tiling.plan import make_plan
 from temporal_tiling.sampling import SamplingError
 from temporal_tiling.word_maps import (
@@ -53,8 +54,15 @@ def test_a_word_whose_attention_lies_outside_a_tile_is_dropped_from_it() -> None
     assert kept[0] == [0, 1]
     assert kept[3] == [0, 2]
     assert all(kept[i] == [0] for i in (1, 2, 4, 5, 6, 7))
-    texts = tile_word_texts(GRID_4X2, synthetic_maps(), ["sky", "sun", "moon"], threshold=0.5)
+    texts, scene = tile_word_texts(kept, ["sky", "sun", "moon"])
     assert texts == {0: "sky sun", 1: "sky", 2: "sky", 3: "sky moon", 4: "sky", 5: "sky", 6: "sky", 7: "sky"}
+    assert scene == "sky"  # what every tile hears below the σ gate: no tile's own word
+
+
+def test_the_scene_is_the_words_every_tile_keeps_and_none_when_no_tile_drops_one() -> None:
+    """One owner keeping every word is absent from the texts, yet the scene leaves its word out."""
+    assert tile_word_texts({0: [0, 1, 2], 1: [0, 2]}, ["sky", "sun", "glow"]) == ({1: "sky glow"}, "sky glow")
+    assert tile_word_texts({0: [0, 1], 1: [0, 1]}, ["sky", "sun"]) == ({}, None)
 
 
 def test_an_object_word_goes_to_the_tile_that_paints_its_centre_not_to_its_neighbours_or_noise() -> None:
@@ -162,6 +170,12 @@ def test_a_threshold_outside_0_1_is_refused(threshold: float) -> None:
         AutoTilePrompts(PromptTokens("sun", ((0, 3),)), str, threshold)
 
 
+@pytest.mark.parametrize("sigma", [-0.1, 1.5, float("nan")])
+def test_a_word_sigma_outside_0_1_is_refused(sigma: float) -> None:
+    with pytest.raises(WordMapError, match=r"sigma must be a noise level in \[0, 1\]"):
+        AutoTilePrompts(PromptTokens("sun", ((0, 3),)), str, sigma=sigma)
+
+
 # --- the run path -----------------------------------------------------------------------------------
 
 
@@ -203,31 +217,36 @@ def test_automatic_prompts_reach_the_tiles_whose_words_they_keep(method: str) ->
 
 @dataclass
 class SigmaHost(AttentionHost):
-    """An AttentionHost that also logs each told tile's ``prompt_sigma``."""
+    """An AttentionHost that also logs each job's tile, prompt, σ gate and scene prompt."""
 
-    prompt_sigmas: list[float] = field(default_factory=list)
+    jobs: list[tuple] = field(default_factory=list)
 
     def denoise(self, job):
-        if job.prompt is not None:
-            self.prompt_sigmas.append(job.prompt_sigma)
+        self.jobs.append((job.tile, job.prompt, job.prompt_sigma, job.scene_prompt))
         return super().denoise(job)
 
 
 @pytest.mark.parametrize("method", ["causal", "guided"])
-def test_automatic_prompts_are_heard_at_every_step_not_the_whole_prompt_below_the_sigma_gate(method) -> None:
-    """Below manual tile prompts' σ gate a tile hears the run's prompt: for automatic ones that is the
-    whole prompt, which gives every tile back the words it dropped ("sun")."""
+def test_automatic_prompts_below_the_sigma_gate_are_the_words_every_tile_keeps(method) -> None:
+    """Their gate 0.5 (not manual tile prompts' 0.2): the sun's tile hears "sky sun" at σ ≥ 0.5, and every
+    tile hears "sky" below it, not the run's whole prompt (which would give every tile the sun back); the
+    progressive chain's levels hear the run's prompt."""
     host = SigmaHost()
     guide = GuideFirst(bcla_seed=0.0) if method == "guided" else None
-    auto = AutoTilePrompts(SKY_SUN_MOON, str)
+    auto = AutoTilePrompts(SKY_SUN_MOON, lambda text: f"encoded {text}", sigma=0.5)
     settings = RunSettings(
-        method=method, auto_tile_prompts=auto, guide_first=guide, halo=0, tile_prompt_sigma=0.5
+        method=method, auto_tile_prompts=auto, guide_first=guide, halo=0, tile_prompt_sigma=0.2
     )
     run(GRID_4X2, host, settings, (1, 4))
-    assert len(host.prompt_sigmas) == len(GRID_4X2) and set(host.prompt_sigmas) == {0.0}
+    tiles = {tile.index: rest for tile, *rest in host.jobs if tile in GRID_4X2.tiles}
+    assert tiles[0] == ["encoded sky sun", 0.5, "encoded sky"]
+    assert tiles[3] == ["encoded sky moon", 0.5, "encoded sky"]
+    assert all(tiles[i] == ["encoded sky", 0.5, "encoded sky"] for i in (1, 2, 4, 5, 6, 7))
+    assert all(scene is None for tile, _, _, scene in host.jobs if tile not in GRID_4X2.tiles)
     manual = SigmaHost()
     run(GRID_4X2, manual, replace(settings, auto_tile_prompts=None, tile_prompts={0: "sun"}), (1, 4))
-    assert manual.prompt_sigmas == [0.5]  # manual tile prompts keep their gate
+    told = [job for job in manual.jobs if job[0] in GRID_4X2.tiles]
+    assert {job[1:] for job in told} == {("sun", 0.2, None), (None, 0.2, None)}
 
 
 def test_refine_reads_the_words_on_the_given_image() -> None:
@@ -305,6 +324,37 @@ def test_cli_tile_prompts_auto_gives_tiles_the_words_the_guide_puts_there(
     assert auto.shape == plain.shape and not np.array_equal(auto, plain)  # the tiles heard their words
 
 
+def test_cli_word_sigma_reaches_the_run_in_generate_and_refine(tmp_path: Path, monkeypatch) -> None:
+    """--word-sigma reaches the run's automatic tile prompts (generate and refine), and its default fills
+    in without it."""
+    from test_refine import encode, photo, refine
+
+    from temporal_tiling import pipeline
+
+    heard: list[float] = []
+
+    def recording_generate(*args, **kwargs):
+        heard.append(kwargs["auto_tile_prompts"].sigma)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate", recording_generate)
+    auto = [*BASE, "--method", "causal", "--tile-prompts", "auto"]
+    gated = [*auto, "--word-sigma", "0.7", "--out", str(tmp_path / "a")]
+    assert cli.main(gated, loader=word_loader([])) == 0
+    assert cli.main([*auto, "--out", str(tmp_path / "b")], loader=word_loader([])) == 0
+
+    def loader(folder: Path, device: torch.device) -> cli.LoadedModel:
+        model = word_loader([])(folder, device)
+        model.encode = encode
+        return model
+
+    source = tmp_path / "photo.png"
+    Image.fromarray((photo(96, 160) * 255).round().astype(np.uint8)).save(source)
+    flags = ("--tile-prompts", "auto", "--word-sigma", "0.3")
+    assert refine(source, tmp_path / "refined", *flags, model=loader) == 0
+    assert heard == [0.7, DEFAULT_WORD_SIGMA, 0.3]
+
+
 def test_refine_takes_tile_prompts_auto(tmp_path: Path, capsys) -> None:
     from test_refine import encode, photo, refine
 
@@ -330,9 +380,13 @@ def test_refine_takes_tile_prompts_auto(tmp_path: Path, capsys) -> None:
         (["--tile-prompts", "auto", "--word-threshold", "0"], "argument --word-threshold: must be > 0"),
         (["--word-threshold", "0.5"], "argument --word-threshold: is read by --tile-prompts auto only"),
         (["--tile-prompts", "auto", "--method", "multidiffusion"], "argument --tile-prompts: tile prompts"),
+        (["--tile-prompts", "auto", "--word-sigma", "1.5"], "argument --word-sigma: must be <= 1"),
+        (["--tile-prompts", "auto", "--word-sigma", "nan"], "argument --word-sigma: must be >= 0, got nan"),
+        (["--word-sigma", "0.5"], "argument --word-sigma: is read by --tile-prompts auto only"),
         (
             ["--tile-prompts", "auto", "--tile-prompt-sigma", "0.5"],
-            "argument --tile-prompt-sigma: is read with a --tile-prompts file only",
+            "argument --tile-prompt-sigma: is read with a --tile-prompts file only; --tile-prompts auto has "
+            "its own gate, --word-sigma",
         ),
     ],
 )
