@@ -90,11 +90,6 @@ guided_2048_sky_soft_bands.png, guided_2048_sky_chain.png); at 6.4× and 8× it 
 seamless, layout 32.4 and 32.5 dB, line jump 1.02× and 0.98× native (one step: 1.04×, 0.99×), for 0.30×
 MultiDiffusion 50 %'s model work instead of 0.25×."""
 DEFAULT_GUIDE_BCLA_SEED = 1.0
-DEFAULT_GUIDE_MARGIN = 0
-"""``guided``: latent cells rendered beyond every side of the whole-scene pass and cropped off before it
-becomes the guide (rounded up to whole tokens of the model's patch size), so the guide's edge is
-interior content and not the model's own border treatment, which the enlargement would spread over
-``factor`` canvas cells."""
 """``guided``: strength of the whole-scene pass's attention statistics in every tile's BCLA cache."""
 
 DEFAULT_STITCH = "feather"

@@ -34,7 +34,6 @@ from .options import (
     DEFAULT_GUIDE_BCLA_SEED,
     DEFAULT_GUIDE_DENOISE,
     DEFAULT_GUIDE_HALO,
-    DEFAULT_GUIDE_MARGIN,
     DEFAULT_GUIDE_MAX_UPSCALE,
     DEFAULT_GUIDE_SKIP_POWER,
     DEFAULT_GUIDE_SKIP_RESIDUAL,
@@ -119,8 +118,12 @@ class GuideFirst:
     """DemoFusion's progressive chain: the largest enlargement (long side) from one level to the next;
     intermediate canvases, each refined from the one before like the final canvas, are inserted until
     every step is at most this (2 gives 1× → 2× → 4× ...). None = one step from the guide to the canvas."""
-    margin: int = DEFAULT_GUIDE_MARGIN
-    """Latent cells the whole-scene pass renders beyond each side and crops off (:func:`render_guide`)."""
+    margin: int = 0
+    """Latent cells the whole-scene pass renders beyond each side and crops off (:func:`render_guide`), so
+    the guide's edge is interior content, not the model's border treatment enlarged over ``factor``
+    canvas cells. Off by default: with ``edge_release`` it removes the edge hatch on the position-embedding
+    model but raises the embedded model's line jump in the outermost two cells
+    (docs/enlargement_lines.md, "Margin on the whole-scene pass")."""
     edge_release: float = 0.0
     """Guide cells at the canvas edge over which the pull is released (GlobalContext.edge_release)."""
 
@@ -560,7 +563,8 @@ def render_guide(
     ``margin`` > 0: the pass runs on a latent ``margin`` cells (rounded up to whole tokens) larger on
     every side and the margin is cropped off, so the guide's outermost cells are interior content, not
     the model's border treatment. The noise without margin sits in the middle (the margin's own is
-    the seed's at the larger size), so the composition stays that of the pass without one."""
+    the seed's at the larger size); the composition may still change, as the model sees a larger
+    picture (on the position-embedding model at 4× a second sun, half cut off by the crop)."""
     small = guide_plan(plan, long_side, host.patch_size)
     size = (small.canvas_height, small.canvas_width)
     pad = -(-margin // host.patch_size) * host.patch_size
