@@ -22,6 +22,8 @@ jump's diagnosis, ``docs/enlargement_lines.md``). Native: the one-pass render at
 (``full``). Line jump: the plan-free detector, as a factor of native's. Verdict: the Quality Metrics
 verdict. Layout: the canvas downscaled to the whole-scene pass against it (PSNR).
 MultiDiffusion 50 % (128 px windows every 64 px) is timed on the first prompt only (``--multidiffusion``).
+The margin variants render the whole-scene pass larger and crop it (``GuideFirst.margin``), their layout
+judged against that cropped pass (docs/enlargement_lines.md, "Margin on the whole-scene pass").
 """
 
 from __future__ import annotations
