@@ -22,6 +22,8 @@ jump's diagnosis, ``docs/enlargement_lines.md``). Native: the one-pass render at
 (``full``). Line jump: the plan-free detector, as a factor of native's. Verdict: the Quality Metrics
 verdict. Layout: the canvas downscaled to the whole-scene pass against it (PSNR).
 MultiDiffusion 50 % (128 px windows every 64 px) is timed on the first prompt only (``--multidiffusion``).
+The margin variants render the whole-scene pass larger and crop it (``GuideFirst.margin``), their layout
+judged against that cropped pass (docs/enlargement_lines.md, "Margin on the whole-scene pass").
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ from bench.bench_guide_first import ROOT, bench_model, count_named_objects, make
 from temporal_tiling.bcla import BCLAConfig
 from temporal_tiling.metrics import BAND_PX, noise_lstar, seam_report, solar_view, to_lab
 from temporal_tiling.options import EMBEDDED_MODEL
-from temporal_tiling.pipeline import GuideFirst, generate, guide_levels, guide_plan
+from temporal_tiling.pipeline import (
+    FlowHost,
+    FlowSampling,
+    GuideFirst,
+    generate,
+    guide_levels,
+    guide_plan,
+    render_guide,
+)
 
 PROMPTS = (
     ("a navy blue night sky with one moon at top right", "diagnosed on"),
@@ -63,6 +73,20 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "halo 4 + low-band pull + chain (max 4× a step)": (
         "guided",
         {"guide_first": GuideFirst(**{**PULL, "max_upscale": 4.0}), "halo": 4},
+    ),
+    **{
+        f"halo 4 + low-band pull + chain + margin {m}": (
+            "guided",
+            {"guide_first": GuideFirst(**{**PULL, "max_upscale": 4.0, "margin": m}), "halo": 4},
+        )
+        for m in (1, 2, 4)
+    },
+    "halo 4 + low-band pull + chain + margin 2 + edge release": (
+        "guided",
+        {
+            "guide_first": GuideFirst(**{**PULL, "max_upscale": 4.0, "margin": 2, "edge_release": 1.0}),
+            "halo": 4,
+        },
     ),
 }
 OUT = ROOT / "bench" / "results" / "enlargement"
@@ -94,10 +118,15 @@ def run_size(
         if not variants:
             continue
         emb, neg = model.encode_prompt(prompt), model.encode_prompt("")
-        guide = generate(small, model.transformer, emb, neg, method="full", steps=20, cfg=4.5,
-                         shift=model.flow_shift, seed=seed).canvas  # fmt: skip
-        guide_image = model.decode(guide)
+        host = FlowHost(model.transformer, emb, neg, FlowSampling(20, 4.5, shift=model.flow_shift))
+        like = torch.empty(1, model.transformer.config.in_channels, 1, 1)
+        guide_images = {}  # by margin: the whole-scene pass each guided variant refines
         for name, (method, settings) in variants.items():
+            margin = (settings.get("guide_first") or GuideFirst()).margin
+            if margin not in guide_images:
+                guide = render_guide(plan, host, None, seed, like, margin=margin)
+                guide_images[margin] = model.decode(guide)
+            guide_image = guide_images[margin]
             run_plan = plans["multidiffusion"] if method == "multidiffusion" else plan
             extra = {"cache_config": BCLAConfig()} if method == "guided" else {}
             start = time.perf_counter()
@@ -110,7 +139,7 @@ def run_size(
                 "prompt": prompt, "role": role, "seed": seed, "width": width, "height": width // 2,
                 "factor": factor, "method": name, "seconds": seconds, **row,
                 "objects": count_named_objects(image, prompt),
-                "guide_objects": count_named_objects(guide_image, prompt),
+                "guide_objects": count_named_objects(guide_image, prompt), "guide_margin": margin,
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
             path.write_text(json.dumps(rows, indent=1) + "\n")
@@ -174,7 +203,7 @@ def model_work(method: str, settings: dict, plans: dict) -> int:
     levels = [*guide_levels(plan, options), plan]  # the progressive chain's canvases, then the canvas
     tiles = sum(w.height * w.width for p in levels for w in (p.window(t, halo) for t in p.tiles)) * tile_steps
     seeds = sum(p.canvas_height * p.canvas_width for p in [small, *levels[:-1]]) * tile_steps
-    guide = small.canvas_height * small.canvas_width
+    guide = (small.canvas_height + 2 * options.margin) * (small.canvas_width + 2 * options.margin)
     return guide * steps + seeds + tiles  # whole-scene pass, BCLA seed pass of each level's guide, tiles
 
 
@@ -272,6 +301,7 @@ def main() -> None:
     )
     parser.add_argument("--variants", default=";".join(VARIANTS), help="names of VARIANTS, separated by ;")
     parser.add_argument("--multidiffusion", action="store_true", help="also time MultiDiffusion 50 %%")
+    parser.add_argument("--results", type=Path, default=OUT, help="folder of the JSON files")
     parser.add_argument("--images", type=Path, default=None, help="save every canvas as PNG here")
     parser.add_argument("--table", action="store_true", help="only gather the JSON files into the table")
     parser.add_argument(
@@ -285,7 +315,7 @@ def main() -> None:
         (ROOT / "bench" / "results" / "enlargement.md").write_text(table(OUT))
         return
     name = "embedded" if args.model.resolve() == EMBEDDED_MODEL.resolve() else args.model.resolve().name
-    path = OUT / f"{name}_{args.width}.json"
+    path = args.results / f"{name}_{args.width}.json"
     if args.figure:
         seeds = [int(i) for i in args.prompts.split(",")]
         figure(args.images, seeds, args.variants.split(";"), ROOT / "docs" / "enlargement_staircase.png")
@@ -294,7 +324,7 @@ def main() -> None:
         rescore(path, args.images, compression=8)
         return
     model, _, _ = bench_model(args.model)
-    OUT.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     prompts = [int(i) for i in args.prompts.split(",")]
     names = [name for name in VARIANTS if name in args.variants.split(";")]
     run_size(model, args.width, prompts, args.multidiffusion, args.images, path, names)

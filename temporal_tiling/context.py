@@ -125,6 +125,17 @@ def lowpass(x: Tensor, scale: float) -> Tensor:
     return gaussian_blur2d(x, (size, size), (sigma, sigma), border_type="replicate")
 
 
+def edge_ramp(tile: Tile, plan: TilePlan, cells: float) -> Tensor:
+    """[h, w] weights of ``tile``'s cells: 0 on the canvas's outermost cells, rising linearly to 1 at
+    ``cells`` cells in from the nearest canvas edge (all 1 when ``cells`` is 0)."""
+    rows = torch.arange(tile.y, tile.y + tile.height, dtype=torch.float32)
+    cols = torch.arange(tile.x, tile.x + tile.width, dtype=torch.float32)
+    from_row_edge = torch.minimum(rows, plan.canvas_height - 1 - rows)
+    from_col_edge = torch.minimum(cols, plan.canvas_width - 1 - cols)
+    distance = torch.minimum(from_row_edge[:, None], from_col_edge[None, :])
+    return (distance / cells).clamp(max=1.0) if cells > 0 else torch.ones_like(distance)
+
+
 def skip_weight(sigma: Tensor, strength: float, power: float) -> Tensor:
     """DemoFusion's cosine decay in σ: ``strength·((1 - cos πσ)/2)^power`` (1 at σ=1, 0 at σ=0); power 0 is
     a constant ``strength`` down to the last call (the guide's band is held to the end)."""
@@ -205,6 +216,9 @@ class GlobalContext:
     bcla_seed: float = 0.0
     seed_stats: object = None
     skip_power: float = 3.0
+    edge_release: float = 0.0
+    """Guide cells, from the canvas edge in, over which the pull ramps up from 0 (:func:`edge_ramp`):
+    the tiles paint the canvas's own border there instead of holding the guide's. 0 = held everywhere."""
 
     def __post_init__(self) -> None:
         _check_guide(self.guide)
@@ -218,6 +232,8 @@ class GlobalContext:
                 f"got {self.skip_power!r}."
             )
         object.__setattr__(self, "skip_power", power)
+        if not self.edge_release >= 0:
+            raise ContextError(f"edge_release must be ≥ 0 guide cells (0: none), got {self.edge_release!r}.")
         if self.bcla_seed > 0 and self.seed_stats is None:
             raise ContextError(
                 "bcla_seed > 0 needs seed statistics; give the run ContextSettings (it records them) "
@@ -280,6 +296,7 @@ class GlobalContext:
         scale = self.upsampling(plan)
         skip, stats, power = self.skip_residual, self.stats, self.skip_power
         guide_mean, guide_std = _mean_std(lowpass(crop, scale))
+        release = edge_ramp(tile, plan, self.edge_release * scale)
 
         def hook(x0: Tensor, sigma: Tensor) -> Tensor:
             self.check(plan, x0.shape)
@@ -292,7 +309,7 @@ class GlobalContext:
             g = crop.to(out.device)
             if skip > 0:
                 weight = skip_weight(_per_sample(sigma, out.shape[0], out.device), skip, power)
-                out = out + weight * lowpass(g - out, scale)
+                out = out + weight * release.to(out.device) * lowpass(g - out, scale)
             if stats > 0:
                 low = lowpass(out, scale)
                 mean, std = _mean_std(low)
@@ -331,3 +348,5 @@ class ContextSettings:
     each step's tiles read the guide's statistics at their own level."""
     seed: int = 0
     """Seed of the seed pass's noise."""
+    edge_release: float = 0.0
+    """Guide cells at the canvas edge over which the pull is released (:attr:`GlobalContext.edge_release`)."""

@@ -44,7 +44,7 @@ from .options import (
     DEFAULT_TILE_PROMPT_SIGMA,
     METHODS,
 )
-from .plan import TilePlan, make_plan
+from .plan import Tile, TilePlan, make_plan
 from .position import has_canvas_positions, patch_size
 from .sampling import (
     CLEAN_SIGMA,
@@ -118,6 +118,14 @@ class GuideFirst:
     """DemoFusion's progressive chain: the largest enlargement (long side) from one level to the next;
     intermediate canvases, each refined from the one before like the final canvas, are inserted until
     every step is at most this (2 gives 1× → 2× → 4× ...). None = one step from the guide to the canvas."""
+    margin: int = 0
+    """Latent cells the whole-scene pass renders beyond each side and crops off (:func:`render_guide`), so
+    the guide's edge is interior content, not the model's border treatment enlarged over ``factor``
+    canvas cells. Off by default: with ``edge_release`` it removes the edge hatch on the position-embedding
+    model but raises the embedded model's line jump in the outermost two cells
+    (docs/enlargement_lines.md, "Margin on the whole-scene pass")."""
+    edge_release: float = 0.0
+    """Guide cells at the canvas edge over which the pull is released (GlobalContext.edge_release)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.denoise <= 1.0:
@@ -127,6 +135,8 @@ class GuideFirst:
             )
         if self.max_upscale is not None and not self.max_upscale > 1.0:
             raise SamplingError(f"max_upscale must be above 1 (None: one step), got {self.max_upscale}.")
+        if self.margin < 0:
+            raise SamplingError(f"guide margin must be ≥ 0 latent cells (0: none), got {self.margin}.")
         if self.tile_steps is not None and self.tile_steps < 1:
             raise SamplingError(f"guided tile steps must be ≥ 1 (None: the default), got {self.tile_steps}.")
 
@@ -338,8 +348,9 @@ def run(
         if settings.method == "guided":
             guide = latent
             if guide is None:
+                options = settings.guide
                 guide = render_guide(
-                    plan, host, settings.guide.long_side, settings.seed, noise, settings.guide_prompt
+                    plan, host, options.long_side, settings.seed, noise, settings.guide_prompt, options.margin
                 )
             else:
                 _check_guide_shape(plan, guide, tuple(noise.shape[:2]))
@@ -474,6 +485,7 @@ def _run(
             options.bcla_seed,
             skip_power=options.skip_power,
             seed=settings.seed,
+            edge_release=options.edge_release,
         )
 
     prompts, prompt_sigma = settings.tile_prompts or {}, settings.tile_prompt_sigma
@@ -548,15 +560,33 @@ def _check_guide_shape(plan: TilePlan, guide: Tensor, shape: tuple[int, int]) ->
 
 
 def render_guide(
-    plan: TilePlan, host: Host, long_side: int | None, seed: int, like: Tensor, prompt: object | None = None
+    plan: TilePlan,
+    host: Host,
+    long_side: int | None,
+    seed: int,
+    like: Tensor,
+    prompt: object | None = None,
+    margin: int = 0,
 ) -> Tensor:
     """The whole scene in one pass at :func:`guide_plan`'s size (whole tokens of ``host``'s patch size),
     from ``seed``'s noise (batch, channels, device and dtype of ``like``); ``prompt``: its conditioning
-    in the host's form (None: the run's)."""
+    in the host's form (None: the run's).
+
+    ``margin`` > 0: the pass runs on a latent ``margin`` cells (rounded up to whole tokens) larger on
+    every side and the margin is cropped off, so the guide's outermost cells are interior content, not
+    the model's border treatment. The noise without margin sits in the middle (the margin's own is
+    the seed's at the larger size); the composition may still change, as the model sees a larger
+    picture (on the position-embedding model at 4× a second sun, half cut off by the crop)."""
     small = guide_plan(plan, long_side, host.patch_size)
-    noise = canvas_noise(seed, (*like.shape[:2], small.canvas_height, small.canvas_width)).to(like)
-    mask = noise.new_ones(1, 1, small.canvas_height, small.canvas_width)
-    return host.denoise(TileJob(small.whole_canvas, noise, torch.zeros_like(noise), mask, prompt=prompt))
+    size = (small.canvas_height, small.canvas_width)
+    pad = -(-margin // host.patch_size) * host.patch_size
+    noise = canvas_noise(seed, (*like.shape[:2], size[0] + 2 * pad, size[1] + 2 * pad))
+    noise[..., pad : pad + size[0], pad : pad + size[1]] = canvas_noise(seed, (*like.shape[:2], *size))
+    noise = noise.to(like)
+    mask = noise.new_ones(1, 1, *noise.shape[-2:])
+    whole = Tile.whole(*noise.shape[-2:])
+    scene = host.denoise(TileJob(whole, noise, torch.zeros_like(noise), mask, prompt=prompt))
+    return scene[..., pad : pad + size[0], pad : pad + size[1]]
 
 
 def global_context(
@@ -582,6 +612,7 @@ def global_context(
         skip_residual=settings.skip_residual,
         stats=settings.stats,
         skip_power=settings.skip_power,
+        edge_release=settings.edge_release,
     )
     context.check(plan, tuple(noise.shape))  # before the seed pass runs the model on the guide
     if settings.bcla_seed <= 0:

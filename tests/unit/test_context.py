@@ -140,6 +140,31 @@ def test_skip_power_zero_holds_the_low_band_pull_to_the_last_call() -> None:
     assert low_distance(held(x0, late)) < 0.35 * low_distance(decayed(x0, late))
 
 
+def test_edge_release_leaves_the_canvas_border_to_the_tile_and_holds_the_interior() -> None:
+    """Released over one guide cell (4 canvas cells here): the outermost canvas row and column of a corner
+    tile are not pulled at all, cells a guide cell in are pulled as without the release, and a tile's
+    edge inside the canvas is pulled as before."""
+    guide, corner, middle = smooth_guide(1), PLAN.tiles[0], PLAN.tiles[1]
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    sigma = torch.tensor(0.5)
+
+    def pulled(tile, release: float) -> torch.Tensor:
+        context = GlobalContext(guide, skip_residual=1.0, skip_power=0.0, edge_release=release)
+        return context.x0_hook(tile, PLAN)(x0, sigma)
+
+    released, held = pulled(corner, 1.0), pulled(corner, 0.0)
+    assert (corner.y, corner.x) == (0, 0) and GlobalContext(guide).upsampling(PLAN) == 4.0
+    assert torch.equal(released[..., 0, :], x0[..., 0, :]) and torch.equal(released[..., :, 0], x0[..., :, 0])
+    assert (held[..., 0, :] - x0[..., 0, :]).abs().mean() > 0.1
+    assert torch.allclose(released[..., 4:, 4:], held[..., 4:, 4:])
+    inner_gap = (released[..., 2, 2:] - held[..., 2, 2:]).abs().mean()
+    assert 0 < inner_gap < (released[..., 0, 2:] - held[..., 0, 2:]).abs().mean()  # a ramp, not a step
+    assert middle.y == 0 and middle.x > 0
+    assert torch.allclose(pulled(middle, 1.0)[..., 4:, :], pulled(middle, 0.0)[..., 4:, :])
+    with pytest.raises(ContextError, match="edge_release must be ≥ 0"):
+        GlobalContext(guide, skip_residual=1.0, edge_release=-1.0)
+
+
 def test_a_default_context_holds_guideds_pull_to_the_last_step(model) -> None:
     """Causal's global context pulls as guided does unless told otherwise: a causal tile that lets go of
     the guide late paints its window's own gradient and, with tile prompts, its own copy of an object."""

@@ -15,6 +15,8 @@ from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
 from temporal_tiling.pipeline import (
+    FlowHost,
+    FlowSampling,
     GuideFirst,
     RunSettings,
     generate,
@@ -603,6 +605,41 @@ def test_guided_runs_on_a_patch_size_2_transformer(prompts) -> None:
     assert result.canvas.shape[-2:] == (56, 104)
     assert result.guide.shape[-2:] == (18, 32)
     assert bool(torch.isfinite(result.canvas).all())
+
+
+def test_guide_margin_renders_a_larger_whole_scene_pass_and_crops_it_to_the_guide(model, prompts) -> None:
+    """A margin of m cells: the whole-scene pass runs on (h + 2m) × (w + 2m) cells, with the pass
+    without margin's noise in the middle, and the guide is its middle h × w (interior content at the
+    guide's edge, not the model's border treatment); on a patch-2 model the margin is whole tokens."""
+    plan = overlapping_plan()
+    small = guide_plan(plan)
+    margin = run(model, prompts, plan, method="guided", guide_first=GuideFirst(bcla_seed=0, margin=2))
+    assert margin.guide.shape[-2:] == (small.canvas_height, small.canvas_width)
+    big = make_plan(width_px=96, height_px=96, tile_width_px=96, tile_height_px=96, overlap_px=0,
+                    compression=8)  # fmt: skip
+    channels = margin.canvas.shape[1]
+    noise = canvas_noise(11, (1, channels, 12, 12))
+    noise[..., 2:10, 2:10] = canvas_noise(11, (1, channels, 8, 8))
+    host = FlowHost(model, *prompts, FlowSampling(STEPS, cfg=3.0))
+    full = pipeline.run(big, host, RunSettings(method="full"), (1, channels), noise=noise).canvas
+    assert torch.equal(margin.guide, full[..., 2:10, 2:10])
+    plain = run(model, prompts, plan, method="guided", guide_first=GuideFirst(bcla_seed=0, margin=0))
+    assert (margin.guide - plain.guide).abs().max() > 1e-3
+
+    sizes: list[tuple[int, int]] = []
+    patch2 = tiny_transformer(patch_size=2)
+    handle = patch2.register_forward_pre_hook(lambda _, args: sizes.append(tuple(args[0].shape[-2:])))
+    try:
+        plan2 = make_plan(width_px=104, height_px=56, tile_width_px=32, tile_height_px=32, overlap_px=8,
+                          compression=1)  # fmt: skip
+        result = run(patch2, prompts, plan2, method="guided", steps=2, guide_first=GuideFirst(margin=1),
+                     cache_config=BCLAConfig())  # fmt: skip
+    finally:
+        handle.remove()
+    assert sizes[0] == (18 + 4, 32 + 4)  # 1 cell rounded up to one 2-cell token on every side
+    assert result.guide.shape[-2:] == (18, 32)
+    with pytest.raises(SamplingError, match="guide margin must be ≥ 0"):
+        GuideFirst(margin=-1)
 
 
 def test_guided_refines_a_given_guide_without_a_whole_scene_pass(model, prompts) -> None:
