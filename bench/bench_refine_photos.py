@@ -3,7 +3,8 @@
 Run from the repository root: ``OMP_NUM_THREADS=1 python -m bench.bench_refine_photos`` (about 37 min of
 wall time on the shared 2-core CPU; ``--runs`` picks photo×scale runs, ``--halo N ...`` runs ``guided``
 with other halos instead of the methods and adds their rows, ``--report-only`` rewrites the md from the
-json, ``--model DIR`` refines with another diffusers SANA folder). Writes
+json, ``--methods NAME ...`` runs only those rows and keeps the others (no figure), ``--model DIR`` refines
+with another diffusers SANA folder). Writes
 ``bench/results/refine_photos.{json,md}`` and ``docs/refine_photos_<photo>_<scale>x.jpg`` (JPEG,
 quality 90: 13 figures of full-size panels), or ``refine_photos_<model>.{json,md}`` and
 ``docs/refine_photos_<model>_<photo>_<scale>x.jpg`` for a model other than the embedded one; the json is
@@ -583,6 +584,13 @@ def main() -> None:
         action="store_true",
         help="measure only the reference rows (bicubic, autoencoder round trip), keep the methods' rows",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[method.name for method in METHODS],
+        default=None,
+        help="run only these methods (quoted names), keeping the other rows; the figures need them all",
+    )
     parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
     args = parser.parse_args()
     model, suffix, model_name = bench_model(args.model)
@@ -605,12 +613,16 @@ def main() -> None:
             "seed": SEED,
             "prompts": PROMPTS,
         },
-        "runs": previous.get("runs", {}) if args.runs is not None or args.references_only else {},
+        "runs": previous.get("runs", {})
+        if args.runs is not None or args.references_only or args.methods
+        else {},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
         "complete": False,
     }
     start = time.perf_counter()
     methods = () if args.references_only else METHODS
+    if args.methods is not None:
+        methods = tuple(method for method in METHODS if method.name in args.methods)
     if args.halo is not None:
         methods = tuple(Method(f"guided, halo {n}", "guided", extra={"halo": n}) for n in args.halo)
     if not methods:  # the reference rows alone: the methods' machine and time stay

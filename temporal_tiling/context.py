@@ -12,8 +12,9 @@ ratio) supplies that, three ways, combinable, each with its own strength:
   DemoFusion blends the noisy latent with the re-noised guide; blending the x0 prediction instead
   is the same thing for a flow sampler (it keeps the noise estimate) and works for every ComfyUI
   sampler through one post-CFG hook. Only the band the guide really carries is pulled: the
-  difference is low-passed with a Gaussian of σ = half the guide's upsampling factor, so a 4×
-  smaller guide shapes structure and colour and leaves finer texture alone. ``power`` 0 (the
+  difference is low-passed with a Gaussian of σ = half the guide's upsampling factor (at least
+  ``band_sigma``: a guide of the canvas's size would otherwise be pulled whole), so a 4× smaller
+  guide shapes structure and colour and leaves finer texture alone. ``power`` 0 (the
   default, as in ``guided``) holds the pull to the last call: a tile that lets go late paints its
   window's own gradient, and with tile prompts its own copy of the object.
 * ``stats`` (CMod/AdaIN, training-free): per batch element and channel, the tile's predicted
@@ -219,6 +220,10 @@ class GlobalContext:
     edge_release: float = 0.0
     """Guide cells, from the canvas edge in, over which the pull ramps up from 0 (:func:`edge_ramp`):
     the tiles paint the canvas's own border there instead of holding the guide's. 0 = held everywhere."""
+    band_sigma: float = 0.0
+    """Gaussian σ in canvas cells of the low-pass that picks the band the pull acts on, at least (0: half
+    the guide's upsampling, the band an upsampled guide carries; a guide of the canvas's size would
+    otherwise be pulled whole, its own detail included)."""
 
     def __post_init__(self) -> None:
         _check_guide(self.guide)
@@ -234,6 +239,12 @@ class GlobalContext:
         object.__setattr__(self, "skip_power", power)
         if not self.edge_release >= 0:
             raise ContextError(f"edge_release must be ≥ 0 guide cells (0: none), got {self.edge_release!r}.")
+        band = float(self.band_sigma)
+        if not math.isfinite(band) or band < 0:
+            raise ContextError(
+                f"band_sigma is a blur in latent cells, zero or positive; got {self.band_sigma!r}."
+            )
+        object.__setattr__(self, "band_sigma", band)
         if self.bcla_seed > 0 and self.seed_stats is None:
             raise ContextError(
                 "bcla_seed > 0 needs seed statistics; give the run ContextSettings (it records them) "
@@ -293,10 +304,10 @@ class GlobalContext:
             return None
         self.check(plan)
         crop = self.guide_crop(tile, plan).float()
-        scale = self.upsampling(plan)
+        scale = max(self.upsampling(plan), 2.0 * self.band_sigma)  # lowpass: σ = scale / 2
         skip, stats, power = self.skip_residual, self.stats, self.skip_power
         guide_mean, guide_std = _mean_std(lowpass(crop, scale))
-        release = edge_ramp(tile, plan, self.edge_release * scale)
+        release = edge_ramp(tile, plan, self.edge_release * self.upsampling(plan))
 
         def hook(x0: Tensor, sigma: Tensor) -> Tensor:
             self.check(plan, x0.shape)
@@ -350,3 +361,8 @@ class ContextSettings:
     """Seed of the seed pass's noise."""
     edge_release: float = 0.0
     """Guide cells at the canvas edge over which the pull is released (:attr:`GlobalContext.edge_release`)."""
+    seed_guide: Tensor | None = None
+    """The latent the BCLA seed pass runs on; None = ``guide`` (a refine pulls toward the photo at the
+    canvas's size but seeds from a copy shrunk to one tile, so the seed pass costs one tile)."""
+    band_sigma: float = 0.0
+    """:attr:`GlobalContext.band_sigma`."""

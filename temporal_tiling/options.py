@@ -91,6 +91,16 @@ seamless, layout 32.4 and 32.5 dB, line jump 1.02× and 0.98× native (one step:
 MultiDiffusion 50 %'s model work instead of 0.25×."""
 DEFAULT_GUIDE_BCLA_SEED = 1.0
 """``guided``: strength of the whole-scene pass's attention statistics in every tile's BCLA cache."""
+DEFAULT_REFINE_BAND_SIGMA = 1.0
+"""``guided`` with a guide of the canvas's size (a refine: the photo encoded at the output size): the pull
+(skip residual and statistics) reads that guide itself, and acts on its band above a Gaussian of this σ
+in latent cells (the band a 2× smaller guide would carry); finer detail is the model's to repaint. Before,
+the pull read the copy shrunk to one tile for the BCLA seed pass (a 4× smaller photo at 1× on a 512 px
+photo in 128 px tiles, 8× at 2×): it pulled every tile toward a blurred photo, and the model painted
+grain over the blur. On the tuning photo (astronaut, docs/refine.md) mean ΔE2000 to the input 5.86 →
+5.39 at 1× and 4.06 → 3.67 at 2×, SSIM 0.617 → 0.648 and 0.745 → 0.780 (independent tiles + feather:
+5.51 / 0.629 and 3.73 / 0.761); σ = 1.5 cells scored 5.67 / 0.630 at 1×, pulling the shrunk copy's band
+from the whole-size guide 5.76 / 0.625, no pull at all 5.61 / 0.618."""
 
 DEFAULT_STITCH = "feather"
 """Seam Blender method: on real photographs feather scores with Laplacian and Poisson within 0.1 dB and

@@ -41,6 +41,7 @@ from .options import (
     DEFAULT_LOCK_FEATHER,
     DEFAULT_LOCK_MARGIN,
     DEFAULT_METHOD,
+    DEFAULT_REFINE_BAND_SIGMA,
     DEFAULT_TILE_PROMPT_SIGMA,
     METHODS,
 )
@@ -110,6 +111,9 @@ class GuideFirst:
     """Per-tile mean/std alignment to the guide (GlobalContext.stats)."""
     bcla_seed: float = DEFAULT_GUIDE_BCLA_SEED
     """Strength of the guide's attention statistics in every tile's BCLA cache (needs a cache)."""
+    refine_band_sigma: float = DEFAULT_REFINE_BAND_SIGMA
+    """A guide of the canvas's size (a refine): the pull reads it whole and acts on its band above a
+    Gaussian of this σ in cells (:attr:`GlobalContext.band_sigma`); smaller guides: their own band."""
     upscale: Upscale | None = None
     """How the guide is enlarged to the canvas; None = :func:`latent_upscale`."""
     tile_steps: int | None = None
@@ -327,7 +331,8 @@ def run(
     ``canvas_only``: for a caller that needs the canvas alone (the refine): the result's ``tiles`` and
     ``guide`` are None, and the run may paint the canvas over ``latent`` in place, so the caller must
     not read ``latent`` afterwards. That saves the per-tile latents (1.4× the canvas at 512/64 px
-    tiles) and a canvas-sized copy of the latent; the canvas is the same.
+    tiles) and, except for ``guided`` with a guide of the canvas's size (its tiles are pulled toward
+    that latent, which must stay as given), a canvas-sized copy of the latent; the canvas is the same.
     """
     if settings.denoise < 1 and latent is None and settings.method != "guided":
         raise SamplingError(
@@ -467,25 +472,29 @@ def _run(
     if method == "guided":
         options = settings.guide
         size = (plan.canvas_height, plan.canvas_width)
+        scene = _whole_scene(plan, guide, options.long_side, host.patch_size)
+        pulled, band = scene, 0.0
         if guide.shape[-2:] == size:
-            latent = guide
+            # a refine: the tiles are pulled toward the guide itself, which must then stay as given (the
+            # canvas is a copy); the seed pass reads the shrunk scene (DEFAULT_REFINE_BAND_SIGMA says why)
+            latent, overwrite = guide, False
+            pulled, band = guide, options.refine_band_sigma
             if settings.halo is None:
                 halo = 0  # nothing enlarged: see RunSettings.tile_halo
         else:
             latent = (options.upscale or latent_upscale)(guide, *size)
             overwrite = True  # the run's own enlargement: nobody else reads it
-        scene = _whole_scene(plan, guide, options.long_side, host.patch_size)
-        if overwrite and scene is latent:
-            scene = scene.clone()  # one tile's size at most; the context reads it while the tiles paint
         denoise, steps = options.denoise, options.steps_per_tile(host.steps)
         context = ContextSettings(
-            scene,
+            pulled,
             options.skip_residual,
             options.stats,
             options.bcla_seed,
             skip_power=options.skip_power,
             seed=settings.seed,
             edge_release=options.edge_release,
+            seed_guide=scene,
+            band_sigma=band,
         )
 
     prompts, prompt_sigma = settings.tile_prompts or {}, settings.tile_prompt_sigma
@@ -613,6 +622,7 @@ def global_context(
         stats=settings.stats,
         skip_power=settings.skip_power,
         edge_release=settings.edge_release,
+        band_sigma=settings.band_sigma,
     )
     context.check(plan, tuple(noise.shape))  # before the seed pass runs the model on the guide
     if settings.bcla_seed <= 0:
@@ -626,6 +636,8 @@ def global_context(
         levels = [settings.seed_sigma]
     else:
         levels = [float(level) for level in host.schedule(denoise, steps)[:-1] if level > 0]
+    if settings.seed_guide is not None:
+        guide = settings.seed_guide.to(noise)
     seed_noise = canvas_noise(settings.seed, tuple(guide.shape)).to(guide)
     with cache.record_seed() as handle:
         for level in levels:

@@ -299,8 +299,8 @@ def refine_image(
 
     The image enlarged to ``size`` is encoded in tiles to ``plan``'s canvas (padding mirrored);
     ``sample`` turns that latent into the refined canvas latent (the run path: ``guided`` refines it
-    as its guide, other methods start from it; nothing reads the latent afterwards, so the run may
-    paint the canvas over it: ``run(canvas_only=True)``); the canvas is decoded in tiles, colour-corrected
+    as its guide and pulls every tile toward it, other methods start from it and may paint the canvas
+    over it: ``run(canvas_only=True)``); the canvas is decoded in tiles, colour-corrected
     against the enlarged input unless ``color_correct`` is False, and cut to ``size``.
     """
     height, width = size

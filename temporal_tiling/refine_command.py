@@ -140,7 +140,7 @@ def run_refine(
             latent=latent.to(next(model.transformer.parameters()).device),
             progress=bar,
             seed=args.seed,
-            canvas_only=True,  # no per-tile latents; the canvas is painted over the encoded image
+            canvas_only=True,  # no per-tile latents (and no copy of the encoded image but for guided)
             **method_settings,
         ).canvas
 

@@ -45,6 +45,10 @@ ENGINE = {
     "GuideFirst denoise": (lambda: GuideFirst().denoise, options.DEFAULT_GUIDE_DENOISE),
     "GuideFirst stats": (lambda: GuideFirst().stats, options.DEFAULT_GUIDE_STATS),
     "GuideFirst bcla_seed": (lambda: GuideFirst().bcla_seed, options.DEFAULT_GUIDE_BCLA_SEED),
+    "GuideFirst refine_band_sigma": (
+        lambda: GuideFirst().refine_band_sigma,
+        options.DEFAULT_REFINE_BAND_SIGMA,
+    ),
     "ContextSettings bcla_seed": (
         lambda: _field(ContextSettings, "bcla_seed"),
         options.DEFAULT_GUIDE_BCLA_SEED,

@@ -217,9 +217,9 @@ def test_tiled_decode_holds_one_tile_and_the_overlap_rows_not_a_row_of_tiles() -
     assert len(held) == 4 * 40 and max(held) < row_of_tiles / 2, (max(held), row_of_tiles)
 
 
-def test_refine_samples_with_the_canvas_and_the_noise_alone(tmp_path: Path) -> None:
-    """While the tiles sample, the canvas-sized latents alive are the canvas (painted over the encoded
-    image) and the noise: no copy of the encoded image, no per-tile latents (1.25 canvases here)."""
+def test_refine_samples_with_the_canvas_the_guide_and_the_noise_alone(tmp_path: Path) -> None:
+    """While the tiles sample, the canvas-sized latents alive are the canvas, the encoded image (the
+    guide every tile is pulled toward) and the noise: no per-tile latents (1.25 canvases here)."""
     source = tmp_path / "strip.png"
     Image.fromarray((photo(64, 512) * 255).astype(np.uint8)).save(source)
     model = loader(tmp_path, torch.device("cpu"))
@@ -234,7 +234,7 @@ def test_refine_samples_with_the_canvas_and_the_noise_alone(tmp_path: Path) -> N
 
     model.transformer.register_forward_pre_hook(record)
     assert refine(source, tmp_path / "out", "--scale", "1", "--no-metrics", model=lambda *_: model) == 0
-    assert held and max(held) <= 2 * canvas * 4, (max(held), canvas * 4)
+    assert held and max(held) <= 3 * canvas * 4, (max(held), canvas * 4)
 
 
 def test_refine_decode_lets_the_canvas_latent_go_as_it_passes(tmp_path: Path) -> None:

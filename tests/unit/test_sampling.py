@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from lab.fixtures import tiny_transformer
 from temporal_tiling import pipeline
 from temporal_tiling.bcla import BCLACache, BCLAConfig, install_bcla
+from temporal_tiling.context import lowpass
 from temporal_tiling.contracts import TileJob
 from temporal_tiling.flow import CFGDenoiser, flow_sigmas, sample_tile
 from temporal_tiling.pipeline import (
@@ -681,25 +682,70 @@ def test_guided_refines_a_given_guide_without_a_whole_scene_pass(model, prompts)
 
 
 def test_canvas_only_paints_the_same_canvas_over_the_latent_and_keeps_no_tiles(model, prompts) -> None:
-    """The refine's run: no per-tile latents, no guide, the canvas painted over the given latent (no
-    canvas-sized copy), and the same canvas; also on a canvas no larger than the whole-scene pass,
-    whose guide is then the tiles' global context itself (the context reads a copy, not the canvas
-    being painted)."""
+    """The refine's run: no per-tile latents, no guide, and the same canvas. ``causal`` (img2img) paints
+    it over the given latent (no canvas-sized copy); ``guided`` keeps the given latent as it was, since
+    its tiles are pulled toward it, also on a canvas no larger than the whole-scene pass, whose guide is
+    then the tiles' global context itself."""
     tall = make_plan(
         width_px=128, height_px=128, tile_width_px=128, tile_height_px=64, overlap_px=16, compression=8
     )
     whole = torch.zeros(1, 4, 16, 16)
     assert pipeline._whole_scene(tall, whole, None, 1) is whole  # the global context's guide
-    for plan in (overlapping_plan(), tall):
+    methods = {
+        "guided": {"method": "guided", "cache_config": BCLAConfig(), "guide_first": GuideFirst(denoise=0.5)},
+        "causal": {"method": "causal", "cache_config": BCLAConfig(), "denoise": 0.5},
+    }
+    for (name, options), plan in itertools.product(methods.items(), (overlapping_plan(), tall)):
         shape = (1, 4, plan.canvas_height, plan.canvas_width)
         photo = torch.randn(shape, generator=torch.Generator().manual_seed(3))
-        options = {"method": "guided", "cache_config": BCLAConfig(), "guide_first": GuideFirst(denoise=0.5)}
         kept = run(model, prompts, plan, latent=photo.clone(), **options)
         latent = photo.clone()
         only = run(model, prompts, plan, latent=latent, canvas_only=True, **options)
         assert only.tiles is None and only.guide is None and kept.tiles is not None
-        assert only.canvas.data_ptr() == latent.data_ptr()
-        assert torch.equal(only.canvas, kept.canvas)
+        assert torch.equal(only.canvas, kept.canvas), name
+        if name == "guided":
+            assert torch.equal(latent, photo)
+        else:
+            assert only.canvas.data_ptr() == latent.data_ptr()
+
+
+def test_a_refine_pulls_toward_its_guide_itself_and_seeds_from_one_tile(model, prompts) -> None:
+    """A guide of the canvas's size (a photo refined at its size): each tile's low band (a Gaussian of
+    ``DEFAULT_REFINE_BAND_SIGMA`` = 1 cell) is pulled toward that guide, not toward the copy shrunk to one
+    tile for the BCLA seed pass (which pulled every tile toward a blurred photo: 0.40 of a free run's
+    low-band drift was left, now 0.22); finer detail stays the model's; the seed pass runs on one tile."""
+    plan = make_plan(
+        width_px=192,
+        height_px=192,
+        tile_width_px=64,
+        tile_height_px=64,
+        overlap_px=16,
+        compression=8,
+        fit="shift",
+    )  # 24×24 cells, 4×4 tiles of 8: the shrunk copy is 3× smaller
+    photo = torch.randn(1, 4, 24, 24, generator=torch.Generator().manual_seed(3))
+    sizes: list[tuple[int, ...]] = []
+    handle = model.register_forward_pre_hook(lambda _, args: sizes.append(tuple(args[0].shape[-2:])))
+    try:
+        canvases = {
+            skip: run(
+                model,
+                prompts,
+                plan,
+                method="guided",
+                latent=photo.clone(),
+                cache_config=BCLAConfig(),
+                guide_first=GuideFirst(denoise=0.5, stats=0.0, skip_residual=skip),
+            ).canvas
+            for skip in (1.0, 0.0)
+        }
+    finally:
+        handle.remove()
+    drift = {skip: float(lowpass(canvas - photo, 2.0).abs().mean()) for skip, canvas in canvases.items()}
+    assert drift[1.0] < 0.3 * drift[0.0], drift
+    detail = {skip: float((canvas - photo).abs().mean()) for skip, canvas in canvases.items()}
+    assert detail[1.0] > 0.5 * detail[0.0], detail  # the pull leaves the detail to the model
+    assert sizes[0] == (8, 8) and max(h * w for h, w in sizes) == 64  # seed pass and tiles: one tile
 
 
 def test_guided_seeds_the_cache_and_pulls_toward_the_guide(model, prompts) -> None:
