@@ -589,8 +589,11 @@ def render_guide(
     small = guide_plan(plan, long_side, host.patch_size)
     size = (small.canvas_height, small.canvas_width)
     pad = -(-margin // host.patch_size) * host.patch_size
-    noise = canvas_noise(seed, (*like.shape[:2], size[0] + 2 * pad, size[1] + 2 * pad))
-    noise[..., pad : pad + size[0], pad : pad + size[1]] = canvas_noise(seed, (*like.shape[:2], *size))
+    noise = canvas_noise(seed, (*like.shape[:2], *size))
+    if pad:
+        larger = canvas_noise(seed, (*like.shape[:2], size[0] + 2 * pad, size[1] + 2 * pad))
+        larger[..., pad : pad + size[0], pad : pad + size[1]] = noise
+        noise = larger
     noise = noise.to(like)
     mask = noise.new_ones(1, 1, *noise.shape[-2:])
     whole = Tile.whole(*noise.shape[-2:])
