@@ -66,6 +66,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -400,9 +401,12 @@ def run_photo(
     methods: tuple[Method, ...] = METHODS,
     keep: Path | None = None,
     suffix: str = "",
+    save: Callable[[dict], None] = lambda entry: None,
 ) -> dict:
     """Every method of ``methods`` on one photo at one scale, scored; the figure (named with the model's
-    ``suffix``) when they are METHODS."""
+    ``suffix``) when they are METHODS or, above :data:`WHOLE_FIGURE_PX`, some of them. ``save`` gets the
+    run's entry after the reference rows and after every method (with the figure so far), so a run cut
+    short keeps what it measured."""
     source = np.ascontiguousarray(PHOTOS[name]())
     height, width = output_size(*source.shape[:2], scale)
     tile = default_tile(model.transformer, model.compression)
@@ -428,6 +432,28 @@ def run_photo(
     }
     round_trip_pixels = round_trip(model, source, (height, width), plan)
     entry["round_trip"] = score(source, round_trip_pixels, plan, bicubic_jump)
+
+    def figure() -> None:
+        title = (  # ASCII: PIL's default font has no "×"
+            f"{name} ({entry['split']}) {source.shape[1]}x{source.shape[0]} px, refined at {scale:g}x to "
+            f"{width}x{height} px, {len(plan)} tiles of {plan.tile_width_px} px"
+        )
+        source_panel = {f"input, bicubic to {width}x{height}": bicubic_pixels}
+        if max(height, width) > WHOLE_FIGURE_PX and methods and all(m in METHODS for m in methods):
+            title += (
+                f"; {min(CROP_PX, height, width)} px around two four-tile corners, {CROP_ZOOM}x nearest "
+                "(red ticks: tile borders = overlap centres); round trip: the photo encoded and decoded"
+            )
+            panels = {**source_panel, "autoencoder round trip": round_trip_pixels, **outputs}
+            write_crops_figure(panels, plan, figure_path(suffix, name, scale), title)
+        elif methods == METHODS:
+            title += (
+                f"; below: {min(96, height, width)} px around a four-tile corner, 3x nearest (red ticks: "
+                "tile borders = overlap centres)"
+            )
+            write_figure({**source_panel, **outputs}, plan, figure_path(suffix, name, scale), title)
+
+    save(entry)
     outputs = {}
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
@@ -448,6 +474,8 @@ def run_photo(
         row = {**measured, **score(source, pixels, plan, bicubic_jump)}
         entry["methods"][method.name] = row
         outputs[method.name] = pixels
+        figure()
+        save(entry)
         print(
             f"{name} {scale:g}x {width}×{height} {len(plan)} tiles  {method.name:>28}: "
             f"{'seamless' if row['seamless'] else 'SEAMS   '} jump ×{row['line_jump_vs_bicubic']:.3f} "
@@ -455,24 +483,6 @@ def run_photo(
             f"{row['peak_mib']:.0f} MiB",
             flush=True,
         )
-    title = (  # ASCII: PIL's default font has no "×"
-        f"{name} ({entry['split']}) {source.shape[1]}x{source.shape[0]} px, refined at {scale:g}x to "
-        f"{width}x{height} px, {len(plan)} tiles of {plan.tile_width_px} px"
-    )
-    source_panel = {f"input, bicubic to {width}x{height}": bicubic_pixels}
-    if max(height, width) > WHOLE_FIGURE_PX and methods and set(methods) <= set(METHODS):
-        title += (
-            f"; {min(CROP_PX, height, width)} px around two four-tile corners, {CROP_ZOOM}x nearest (red "
-            "ticks: tile borders = overlap centres); round trip: the photo encoded and decoded, no sampling"
-        )
-        panels = {**source_panel, "autoencoder round trip": round_trip_pixels, **outputs}
-        write_crops_figure(panels, plan, figure_path(suffix, name, scale), title)
-    elif methods == METHODS:
-        title += (
-            f"; below: {min(96, height, width)} px around a four-tile corner, 3x nearest (red ticks: tile "
-            "borders = overlap centres)"
-        )
-        write_figure({**source_panel, **outputs}, plan, figure_path(suffix, name, scale), title)
     return entry
 
 
@@ -585,6 +595,18 @@ def goal_lines(runs: dict, scales: tuple[float, ...], method: str = DEFAULT) -> 
     return lines
 
 
+def _partial_runs(runs: dict) -> list[str]:
+    """A line naming the runs that measured only some of :data:`METHODS` and which (none: no line)."""
+    partial = [
+        f"{key}: {', '.join(m for m in run['methods'] if m in {x.name for x in METHODS})}"
+        for key, run in runs.items()
+        if not {m.name for m in METHODS} <= set(run["methods"])
+    ]
+    if not partial:
+        return []
+    return [f"Runs with only some of the methods (the others not measured there): {'; '.join(partial)}.", ""]
+
+
 def write_results(payload: dict, suffix: str, model_name: str) -> None:
     """The json and md of one model (``suffix``: "" for the embedded one, named ``model_name`` in the md)."""
     (RESULTS / f"refine_photos{suffix}.json").write_text(json.dumps(payload, indent=1) + "\n")
@@ -618,8 +640,9 @@ def write_results(payload: dict, suffix: str, model_name: str) -> None:
         f"`OMP_NUM_THREADS=1 python -m bench.bench_refine_photos{option}`; protocol in the module docstring. "
         f"The {model_name[0].lower()}{model_name[1:]}, {STEPS} steps × denoise {DENOISE} (6 model calls per "
         f"tile for every method), CFG {CFG}, the CLI's default tile ({tiles}), colour correction against the "
-        "input on. scikit-image photos at their own size (input column); `astronaut` is the tuning photo, "
-        "the others are held out. "
+        "input on. scikit-image photos at their own size (input column), and two photographs of production "
+        "size from PyPI wheels: `nemo` (glymur's street in snow, 2592×1456) and `bmng` (NASA's Blue Marble, "
+        "5400×2700); `astronaut` is the tuning photo, the others are held out. "
         "One torch thread on a shared 2-core machine: seconds are noisy. "
         + ("" if payload.get("complete") else "**Partial: the run has not finished all photos.**"),
         "",
@@ -634,6 +657,7 @@ def write_results(payload: dict, suffix: str, model_name: str) -> None:
         "",
         "## Goals for photos at 1× and 2×, the default (`guided`)",
         "",
+        *_partial_runs(runs),
         "Held-out photos:",
         "",
         *goal_lines(held_out, GOAL_SCALES),
@@ -754,14 +778,17 @@ def main() -> None:
         payload = {**previous, "config": payload["config"], "runs": payload["runs"]}
     with tempfile.TemporaryDirectory() as work:
         for name, scale in runs:
-            entry = run_photo(model, name, scale, args.timeout, Path(work), methods, args.keep, suffix)
-            before = payload["runs"].get(run_key(name, scale), {}).get("methods", {})
-            entry["methods"] = {**before, **entry["methods"]}
-            payload["runs"][run_key(name, scale)] = entry
-            if methods:
-                payload["machine"]["load_average"] = os.getloadavg()
-                payload["seconds"] = time.perf_counter() - start
-            write_results(payload, suffix, model_name)
+            key = run_key(name, scale)
+            before = payload["runs"].get(key, {}).get("methods", {})
+
+            def save(entry: dict, key: str = key, before: dict = before) -> None:
+                payload["runs"][key] = {**entry, "methods": {**before, **entry["methods"]}}
+                if methods:
+                    payload["machine"]["load_average"] = os.getloadavg()
+                    payload["seconds"] = time.perf_counter() - start
+                write_results(payload, suffix, model_name)
+
+            run_photo(model, name, scale, args.timeout, Path(work), methods, args.keep, suffix, save)
     payload["complete"] = all(run_key(*r) in payload["runs"] for r in RUNS)
     write_results(payload, suffix, model_name)
     print(f"done in {time.perf_counter() - start:.0f} s")
