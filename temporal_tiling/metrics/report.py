@@ -26,6 +26,7 @@ from .verdict import (
     beyond_reference,
     floor_of,
     judge,
+    pooled_floor,
     seam_floor,
 )
 from .zones import overlap_psnr, seam_zone_mask
@@ -331,11 +332,21 @@ def seam_report(
         )
         drift = drift.nan_to_num(0.0)
         samples = [sample_floor(s.band) for s in seam_scores]
+        # seams of one axis and width share their floor windows (FloorSampler): each set is pooled once,
+        # not once per seam (that grew with seams × tiles)
+        pooled = {}
+
+        def pool(scores: list[BandScores], key: str) -> Tensor:
+            if (id(scores), key) not in pooled:
+                pooled[id(scores), key] = pooled_floor(scores, key)
+            return pooled[id(scores), key]
+
+        no_floor: list[BandScores] = []  # drift of a seam with no floor window as wide as its band
         floors = {
             key: seam_floor(
                 values,
                 [
-                    floor_of(scores if exact or key != "drift" else [], key, values[i], seamless)
+                    floor_of(pool(scores if exact or key != "drift" else no_floor, key), values[i], seamless)
                     for i, (scores, exact) in enumerate(samples)
                 ],
             )

@@ -87,11 +87,16 @@ class _Floor:
     worst: float
 
 
-def floor_of(scores: list[BandScores], name: str, seams: Tensor, seamless: float | None) -> _Floor:
-    """Mean and worst of one measure over floor windows. A plan whose tiles neighbours cover whole leaves
-    no seam-free line: then the floor is what a flat image scores (``seamless``: the ratio's 1), or, for
-    the colour measures whose no-seam level depends on the content, the seams' own (not judged)."""
-    pooled, _ = _tile_weighted(scores, name)
+def pooled_floor(scores: list[BandScores], name: str) -> Tensor:
+    """The finite values of one measure over floor windows, for :func:`floor_of`."""
+    return _tile_weighted(scores, name)[0]
+
+
+def floor_of(pooled: Tensor, seams: Tensor, seamless: float | None) -> _Floor:
+    """Mean and worst of one measure over floor windows (``pooled``: :func:`pooled_floor`). A plan whose
+    tiles neighbours cover whole leaves no seam-free line: then the floor is what a flat image scores
+    (``seamless``: the ratio's 1), or, for the colour measures whose no-seam level depends on the
+    content, the seams' own (not judged)."""
     if pooled.numel():
         return _Floor(float(pooled.mean()), float(pooled.max()))
     if seamless is None:

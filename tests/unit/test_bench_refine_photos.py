@@ -63,3 +63,20 @@ def test_the_round_trip_row_and_goal_line_appear_only_where_measured(tmp_path, m
     md = (tmp_path / "refine_photos_other.md").read_text()
     assert ("autoencoder round trip (reference, no sampling) | seamless" in md) is measured
     assert ("for the autoencoder round trip alone" in md) is measured
+
+
+def test_runs_with_only_some_methods_are_named_in_the_md(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    bench.write_results(_payload(round_trip=True), "_other", "Model `other`")
+    md = (tmp_path / "refine_photos_other.md").read_text()
+    assert "only some of the methods (the others not measured there): coffee 1x: guided (default), " in md
+
+
+def test_a_wheel_photo_that_does_not_download_says_what_to_run(tmp_path, monkeypatch):
+    class Failed:
+        returncode = 1
+
+    monkeypatch.setattr(bench, "PHOTO_CACHE", tmp_path)
+    monkeypatch.setattr(bench.subprocess, "run", lambda *args, **kwargs: Failed())
+    with pytest.raises(SystemExit, match=r"run `.* -m pip download --no-deps glymur==0\.14\.8 -d "):
+        bench.PHOTOS["nemo"]()
