@@ -189,9 +189,10 @@ def growth_lines(measured: list[dict]) -> list[str]:
         "autoencoder CPU seconds per megapixel stay flat: time is linear in the tile count.",
         "",
         f"The live peak grows by {grown:.0f} MiB from {same_tile['output'][0]} to {last['output'][0]} px, "
-        "and only canvas-sized buffers grow. While the tiles sample, the run holds two canvas latents: "
-        "the canvas, painted over the encoded photo (`run(canvas_only=True)`: no copy of it and no "
-        f"per-tile latents), and the noise: {2 * latent:.0f} MiB more. The decode drops the canvas latent "
+        "and only canvas-sized buffers grow. While the tiles sample, the run holds three canvas latents: "
+        "the encoded photo (the guide: `guided` pulls every tile toward the photo itself, so it stays as "
+        "given), the canvas painted over a copy of it (`run(canvas_only=True)`: no per-tile latents), and "
+        f"the noise: {3 * latent:.0f} MiB more. The decode drops the canvas latent "
         "band by band behind its tile rows while the output array (the product) fills, so it ends "
         f"holding the output, the carried overlap rows ({OVERLAP} px × the width, float32 RGB + weight) "
         f"and the last bands of the latent: {pixels + rows:.0f} MiB more for the output and the rows, "
