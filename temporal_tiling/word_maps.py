@@ -24,11 +24,11 @@ prompt's own text, so a word is kept or dropped whole. A word is a run of non-sp
 is the sum of the maps of the tokens that start inside it. A tile's prompt is its kept words joined by
 single spaces, in the prompt's order; a tile that keeps every word hears the run's prompt unchanged.
 
-When (:attr:`AutoTilePrompts.sigma`, a σ gate as manual tile prompts have): the tile that paints an
-object hears its words at noise levels σ ≥ the gate, where the layout is placed, and every tile hears
-the scene's words (those every tile keeps, :func:`scene_words`) below it. Heard at every step, the
-object's tile paints small copies of the object around it (its window is larger than the object); the
-run's prompt below the gate would give every tile back the words it dropped.
+When each is heard (:attr:`AutoTilePrompts.sigma`, a σ gate as manual tile prompts have): the tile
+that paints an object hears its words at noise levels σ ≥ the gate, where the layout is placed, and
+every tile hears the scene's words (those every tile keeps, :func:`scene_words`) below it. Heard at
+every step, the object's tile paints small copies of the object around it (its window is larger than
+the object); the run's prompt below the gate would give every tile back the words it dropped.
 
 The maps are recorded on diffusers' ``SanaTransformer2DModel`` (its blocks' ``attn2`` cross-attention
 modules): :class:`AttentionRecorder` runs the module's own processor for the output and recomputes the
