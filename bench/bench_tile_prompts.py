@@ -94,6 +94,12 @@ PROMPT_SIGMAS = (0.5, 0.7)
 AUTO_SIGMAS = (0.3, 0.5, 0.7, 0.9, 1.0)
 """Automatic ``σ ≥ s`` rows: the tile that paints an object hears its words at σ ≥ s, every tile the words
 all tiles keep below (``AutoTilePrompts.sigma``)."""
+DIFFUSE_RATIOS = (1.35, 1.5, 1.75)
+"""``diffuse r`` rows: a word whose map's peak is under r times its mean is heard by no tile below the σ
+gate (``AutoTilePrompts.peak_ratio``); `` none``: nor above it."""
+QUIET_RATIOS = (1.0, 1.2, 1.4)
+"""``quiet r`` rows: a word whose map's peak is under r times the average word's attention is heard by no
+tile below the σ gate; `` none``: nor above it."""
 VARIANTS = (
     "causal",
     "causal + tile prompts",
@@ -111,6 +117,18 @@ VARIANTS = (
         f"{method} + automatic {THRESHOLDS[0]}, σ ≥ {s}"
         for method in ("causal", "guided 0.7")
         for s in AUTO_SIGMAS
+    ),
+    *(
+        f"{method} + automatic {THRESHOLDS[0]}, σ ≥ 0.9, diffuse {r}{above}"
+        for method in ("causal", "guided 0.7")
+        for r in DIFFUSE_RATIOS
+        for above in ("", " none")
+    ),
+    *(
+        f"{method} + automatic {THRESHOLDS[0]}, σ ≥ 0.9, quiet {r}{above}"
+        for method in ("causal", "guided 0.7")
+        for r in QUIET_RATIOS
+        for above in ("", " none")
     ),
 )
 SHOWN = (
@@ -148,7 +166,7 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
             tile_texts(plan, prompts, scene_prompt), model.encode_prompt
         )
     # the other rows: tile prompts at every step (0), as measured before the σ ≥ s rows
-    options["tile_prompt_sigma"] = float(name.split()[-1]) if "σ ≥" in name else 0.0
+    options["tile_prompt_sigma"] = float(name.split("σ ≥ ")[1].split(",")[0]) if "σ ≥" in name else 0.0
     if "automatic" in name:  # the whole prompt; each tile drops the words the guide puts elsewhere
         positive = model.encode_prompt(whole)
         options["auto_tile_prompts"] = AutoTilePrompts(
@@ -157,6 +175,9 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
             threshold_of(name),
             report_texts,
             sigma=options["tile_prompt_sigma"],  # their own gate: σ ≥ s, or every step (0)
+            peak_ratio=float(name.split("diffuse ")[1].split()[0]) if "diffuse" in name else 0.0,
+            diffuse_above_gate=not name.endswith(" none"),
+            quiet_ratio=float(name.split("quiet ")[1].split()[0]) if "quiet" in name else 0.0,
         )
     if name.startswith("causal"):
         pull = GUIDE_PULL if "pull" in name else {}

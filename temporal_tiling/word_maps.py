@@ -99,6 +99,14 @@ class AutoTilePrompts:
     sigma: float = DEFAULT_WORD_SIGMA
     """The tile that paints an object hears its words at noise levels σ ≥ this, every tile the words all
     tiles keep below it (the run's ``tile_prompt_sigma`` for these prompts); 0: at every step."""
+    peak_ratio: float = 0.0
+    """A word whose map's peak is under this multiple of its mean (:func:`diffuse_words`) is heard by no
+    tile below the σ gate; 0: none is."""
+    diffuse_above_gate: bool = True
+    quiet_ratio: float = 0.0
+    """A word whose map's peak is under this multiple of the average word's attention
+    (:func:`quiet_words`) is heard by no tile below the σ gate; 0: none is."""
+    """Whether every tile hears such a word at σ ≥ the gate (else none does)."""
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -364,15 +372,30 @@ def tile_words(plan: TilePlan, maps: Tensor, threshold: float) -> dict[int, list
 
 
 def tile_word_texts(
-    kept: Mapping[int, Sequence[int]], words: Sequence[str]
+    kept: Mapping[int, Sequence[int]], words: Sequence[str], unheard: Sequence[int] = ()
 ) -> tuple[dict[int, str], str | None]:
     """The prompt of each tile that drops a word: its ``kept`` words (:func:`tile_words`) joined by
     spaces; tiles that keep every word are absent (they hear the run's prompt). And the scene's prompt,
-    :func:`scene_words` joined; None when no tile drops a word."""
+    :func:`scene_words` but ``unheard`` joined; None when no tile drops a word and none is unheard."""
     texts = {
         index: " ".join(words[w] for w in mine) for index, mine in kept.items() if len(mine) < len(words)
     }
-    return texts, " ".join(words[w] for w in scene_words(kept)) if texts else None
+    scene = [w for w in scene_words(kept) if w not in set(unheard)]
+    return texts, " ".join(words[w] for w in scene) if texts or len(unheard) else None
+
+
+def diffuse_words(maps: Tensor, peak_ratio: float) -> list[int]:
+    """The words (indices into ``maps`` [W, h, w]) whose map's peak is under ``peak_ratio`` times its
+    mean: no region of the scene stands out for them. A map of zeros (no token reads the word) is not."""
+    flat = maps.flatten(1).float()
+    mean = flat.mean(1)
+    return torch.nonzero((flat.amax(1) < peak_ratio * mean) & (mean > 0))[:, 0].tolist()
+
+
+def quiet_words(maps: Tensor, ratio: float) -> list[int]:
+    """The words whose map's peak is under ``ratio`` times the average word's attention."""
+    flat = maps.flatten(1).float()
+    return torch.nonzero((flat.amax(1) < ratio * flat.mean()) & (flat.amax(1) > 0))[:, 0].tolist()
 
 
 def scene_words(kept: Mapping[int, Sequence[int]]) -> list[int]:
@@ -391,7 +414,13 @@ def automatic_tile_prompts(
 
     words, owners = prompt_words(settings.tokens)
     maps = word_maps(attention, grid, owners, len(words))
-    texts, scene = tile_word_texts(tile_words(plan, maps, settings.threshold), words)
+    kept = tile_words(plan, maps, settings.threshold)
+    diffuse = sorted(
+        set(diffuse_words(maps, settings.peak_ratio)) | set(quiet_words(maps, settings.quiet_ratio))
+    )
+    if not settings.diffuse_above_gate:
+        kept = {index: [w for w in mine if w not in diffuse] for index, mine in kept.items()}
+    texts, scene = tile_word_texts(kept, words, diffuse)
     if settings.report is not None:
         settings.report(texts)
     return encode_tile_prompts(texts, settings.encode), None if scene is None else settings.encode(scene)
