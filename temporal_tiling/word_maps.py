@@ -18,12 +18,13 @@ Which tile keeps a word (:func:`tile_words`):
   tile only: a tile that merely borders the object, or holds a noise peak of its map, would paint an
   object of its own. Every other word (the scene's "sky", its colours) stays in every tile, as a
   manual tile prompt's scene prompt does.
-* A word no image token attends much more than it attends an average word (its map's peak under
-  ``quiet`` times the average word's attention, :func:`quiet_words`) names nothing the scene shows: an
-  object the guide did not draw ("one tree" over an empty sky), or a word that steers nothing. No tile
-  keeps it, at any noise level. Kept, its map would be too spread out to place, every tile would keep it
-  as a word of the scene and paint a small object of its own. Not the map's shape: a word of the scene
-  ("sky") can be as evenly spread as a missing object's, but every image token attends it strongly.
+* A quiet word, one no image token attends much more than it attends an average word (its map's peak
+  under ``quiet`` times the average word's attention, :func:`quiet_words`), names nothing the scene
+  shows: an object the guide did not draw ("one tree" over an empty sky), or a word that steers nothing.
+  No tile keeps it, at any noise level. Kept, it would be too spread out to be placed: every tile would
+  keep it as a word of the scene and paint a small object of its own. Its level tells it apart, not its
+  map's shape: a word of the scene ("sky") can be as evenly spread as a missing object, but every image
+  token attends it strongly.
 
 Words, not tokens: a tokenizer cuts "sunset," into pieces, and a tile's prompt is rebuilt from the
 prompt's own text, so a word is kept or dropped whole. A word is a run of non-space characters; its map
