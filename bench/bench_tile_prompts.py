@@ -23,7 +23,9 @@ per-tile statistics, at guided's default strengths) on top of its BCLA seed. "au
 threshold t from the cross-attention on the run's guide (one model call at σ = 0.5), through the run
 path's ``auto_tile_prompts`` as the CLI and the nodes use it; the tiles' texts go to the log; heard at
 every step, or with ", σ ≥ s" the tile that paints an object hears its words at σ ≥ s and every tile the
-words all tiles keep below s (``AutoTilePrompts.sigma``; the rows without it: 0). Objects:
+words all tiles keep below s (``AutoTilePrompts.sigma``; the rows without it: 0); with ", quiet q" no
+tile keeps a word whose map peaks under q times the average word's attention (``AutoTilePrompts.quiet``;
+the rows without it: 0). Objects:
 the suns / moons / trees the prompt names, counted by ``seamlab.count_objects`` on the canvas and on
 the run's guide (causal: the whole-scene pass of the whole prompt that seeds its BCLA cache; guided: its
 own whole-scene pass). Seams: the Quality Metrics verdict; layout: the canvas
@@ -55,6 +57,7 @@ from temporal_tiling.options import (
     DEFAULT_GUIDE_SKIP_POWER,
     DEFAULT_GUIDE_SKIP_RESIDUAL,
     DEFAULT_GUIDE_STATS,
+    DEFAULT_WORD_SIGMA,
     EMBEDDED_MODEL,
 )
 from temporal_tiling.pipeline import GuideFirst, generate
@@ -94,6 +97,9 @@ PROMPT_SIGMAS = (0.5, 0.7)
 AUTO_SIGMAS = (0.3, 0.5, 0.7, 0.9, 1.0)
 """Automatic ``σ ≥ s`` rows: the tile that paints an object hears its words at σ ≥ s, every tile the words
 all tiles keep below (``AutoTilePrompts.sigma``)."""
+QUIET_RATIOS = (1.0, 1.2, 1.4)
+"""``quiet q`` rows: no tile keeps a word whose map peaks under q times the average word's attention
+(``AutoTilePrompts.quiet``); the automatic rows without it: 0, every word counts (the rule before)."""
 VARIANTS = (
     "causal",
     "causal + tile prompts",
@@ -111,6 +117,11 @@ VARIANTS = (
         f"{method} + automatic {THRESHOLDS[0]}, σ ≥ {s}"
         for method in ("causal", "guided 0.7")
         for s in AUTO_SIGMAS
+    ),
+    *(
+        f"{method} + automatic {THRESHOLDS[0]}, σ ≥ {DEFAULT_WORD_SIGMA}, quiet {q}"
+        for method in ("causal", "guided 0.7")
+        for q in QUIET_RATIOS
     ),
 )
 SHOWN = (
@@ -148,7 +159,7 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
             tile_texts(plan, prompts, scene_prompt), model.encode_prompt
         )
     # the other rows: tile prompts at every step (0), as measured before the σ ≥ s rows
-    options["tile_prompt_sigma"] = float(name.split()[-1]) if "σ ≥" in name else 0.0
+    options["tile_prompt_sigma"] = float(name.split("σ ≥ ")[1].split(",")[0]) if "σ ≥" in name else 0.0
     if "automatic" in name:  # the whole prompt; each tile drops the words the guide puts elsewhere
         positive = model.encode_prompt(whole)
         options["auto_tile_prompts"] = AutoTilePrompts(
@@ -157,6 +168,7 @@ def run_variant(name: str, model, plan, scene: tuple, seed: int, guide: torch.Te
             threshold_of(name),
             report_texts,
             sigma=options["tile_prompt_sigma"],  # their own gate: σ ≥ s, or every step (0)
+            quiet=float(name.split("quiet ")[1]) if "quiet" in name else 0.0,  # 0: the rule before it
         )
     if name.startswith("causal"):
         pull = GUIDE_PULL if "pull" in name else {}

@@ -5,9 +5,9 @@ text encoder sees one ordinary prompt per tile; the node gives the scene prompt'
 sampler's positive) and each tile's own (its tile_conditioning), both from the same CLIP.
 
 ``automatic`` leaves the choice to the sampler (``temporal_tiling.word_maps``): it reads where each word of
-the prompt acts on the whole scene (the guide) and each tile drops the words that act elsewhere. The node
-gives it the prompt, where each of its tokens sits in the text (from this pack's SANA text encoder) and
-how to encode a tile's text.
+the prompt acts on the whole scene (the guide) and each tile drops the words that act elsewhere (every
+tile those that act nowhere). The node gives it the prompt, where each of its tokens sits in the text
+(from this pack's SANA text encoder) and how to encode a tile's text.
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ class SanaTilePrompts(io.ComfyNode):
                     default=False,
                     tooltip="Leave tile_prompts empty and let the sampler choose each tile's words: it reads "
                     "where each word of prompt acts on the whole scene (the guide) and each tile drops the "
-                    "words that act elsewhere (AccDiffusion). Needs this pack's SANA loader.",
+                    "words that act elsewhere, every tile those that act nowhere (an object the guide did "
+                    "not draw) (AccDiffusion). Needs this pack's SANA loader.",
                 ),
                 io.Float.Input(
                     "word_threshold",

@@ -549,7 +549,8 @@ def _add_tile_prompt_flags(parser: argparse.ArgumentParser, file_help: str) -> N
         default=None,
         metavar="FILE|auto",
         help=f"{file_help}. auto: automatic tile prompts, each tile drops the words of --prompt whose "
-        "cross-attention on the whole scene (the guide) lies outside it (a diffusers SANA model)",
+        "cross-attention on the whole scene (the guide) lies outside it, and every tile the words "
+        "the scene barely attends (an object the guide did not draw) (a diffusers SANA model)",
     )
     parser.add_argument(
         "--word-threshold",

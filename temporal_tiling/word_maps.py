@@ -18,6 +18,13 @@ Which tile keeps a word (:func:`tile_words`):
   tile only: a tile that merely borders the object, or holds a noise peak of its map, would paint an
   object of its own. Every other word (the scene's "sky", its colours) stays in every tile, as a
   manual tile prompt's scene prompt does.
+* A quiet word, one no image token attends much more than it attends an average word (its map's peak
+  under ``quiet`` times the average word's attention, :func:`quiet_words`), names nothing the scene
+  shows: an object the guide did not draw ("one tree" over an empty sky), or a word that steers nothing.
+  No tile keeps it, at any noise level. Kept, it would be too spread out to be placed: every tile would
+  keep it as a word of the scene and paint a small object of its own. Its level tells it apart, not its
+  map's shape: a word of the scene ("sky") can be as evenly spread as a missing object, but every image
+  token attends it strongly.
 
 Words, not tokens: a tokenizer cuts "sunset," into pieces, and a tile's prompt is rebuilt from the
 prompt's own text, so a word is kept or dropped whole. A word is a run of non-space characters; its map
@@ -51,7 +58,7 @@ from torch import Tensor
 
 from .errors import UserInputError
 from .flow import CFGDenoiser, noise_scaling
-from .options import DEFAULT_WORD_SIGMA, DEFAULT_WORD_THRESHOLD
+from .options import DEFAULT_WORD_QUIET, DEFAULT_WORD_SIGMA, DEFAULT_WORD_THRESHOLD
 from .plan import TilePlan
 from .position import patch_size
 from .sampling import canvas_noise
@@ -99,10 +106,18 @@ class AutoTilePrompts:
     sigma: float = DEFAULT_WORD_SIGMA
     """The tile that paints an object hears its words at noise levels σ ≥ this, every tile the words all
     tiles keep below it (the run's ``tile_prompt_sigma`` for these prompts); 0: at every step."""
+    quiet: float = DEFAULT_WORD_QUIET
+    """A word whose map peaks under this multiple of the average word's attention is kept by no tile
+    (:func:`quiet_words`); 0: every word counts."""
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
         check_word_sigma(self.sigma)
+        if self.quiet < 0:
+            raise WordMapError(
+                f"the automatic tile prompts' quiet ratio must be 0 or more (a multiple of the average "
+                f"word's attention; {DEFAULT_WORD_QUIET} by default, 0: off), got {self.quiet}."
+            )
 
 
 def check_threshold(threshold: float) -> None:
@@ -345,10 +360,11 @@ def painting_tiles(plan: TilePlan) -> Tensor:
     return painter
 
 
-def tile_words(plan: TilePlan, maps: Tensor, threshold: float) -> dict[int, list[int]]:
+def tile_words(plan: TilePlan, maps: Tensor, threshold: float, quiet: float = 0.0) -> dict[int, list[int]]:
     """The words (indices into ``maps`` [W, h, w], any grid with the canvas's aspect) each tile keeps
-    (the module docstring has the rule). A word whose map is flat (zero: no token reads it) has the whole
-    canvas as its region: not placed, it stays in every tile."""
+    (the module docstring has the rule), none of the :func:`quiet_words` under ``quiet`` (0: none is). A
+    word whose map is flat (zero: no token reads it) has the whole canvas as its region: not placed, it
+    stays in every tile."""
     if not len(maps):
         return {tile.index: [] for tile in plan.tiles}
     size = (plan.canvas_height, plan.canvas_width)
@@ -360,7 +376,18 @@ def tile_words(plan: TilePlan, maps: Tensor, threshold: float) -> dict[int, list
     peak_tile = painters.flatten()[canvas.flatten(1).argmax(1)]  # [words]
     placed = region.flatten(1).sum(1) <= painted[peak_tile]
     keep = ~placed[:, None] | (peak_tile[:, None] == torch.arange(len(plan)))  # [words, tiles]
+    keep[quiet_words(maps, quiet)] = False
     return {tile.index: torch.nonzero(keep[:, tile.index])[:, 0].tolist() for tile in plan.tiles}
+
+
+def quiet_words(maps: Tensor, ratio: float) -> list[int]:
+    """The words (indices into ``maps`` [W, h, w]) whose map peaks under ``ratio`` times the average
+    word's attention (the mean of every map): no image token attends them much more than it attends an
+    average word. Not a word attended at least as much as the average word over the scene (a one-word
+    prompt's word, a flat "sky"), nor a map of zeros (no token reads the word: nothing was measured)."""
+    flat = maps.flatten(1).float()
+    average, peak = flat.mean(), flat.amax(1)
+    return torch.nonzero((peak < ratio * average) & (flat.mean(1) < average) & (peak > 0))[:, 0].tolist()
 
 
 def tile_word_texts(
@@ -391,7 +418,7 @@ def automatic_tile_prompts(
 
     words, owners = prompt_words(settings.tokens)
     maps = word_maps(attention, grid, owners, len(words))
-    texts, scene = tile_word_texts(tile_words(plan, maps, settings.threshold), words)
+    texts, scene = tile_word_texts(tile_words(plan, maps, settings.threshold, settings.quiet), words)
     if settings.report is not None:
         settings.report(texts)
     return encode_tile_prompts(texts, settings.encode), None if scene is None else settings.encode(scene)

@@ -17,7 +17,7 @@ from test_cli import BASE, one_error_line, refusing_loader, tiny_loader
 from test_tile_prompts import RecordingHost
 
 from temporal_tiling import cli
-from temporal_tiling.options import DEFAULT_WORD_SIGMA
+from temporal_tiling.options import DEFAULT_WORD_QUIET, DEFAULT_WORD_SIGMA
 from temporal_tiling.pipeline import GuideFirst, RunSettings, generate, run, tile_steps_total
 from temporal_tiling.plan import make_plan
 from temporal_tiling.sampling import SamplingError
@@ -28,6 +28,7 @@ from temporal_tiling.word_maps import (
     attention_of_words,
     cross_attention_modules,
     prompt_words,
+    quiet_words,
     recording_cross_attention,
     tile_word_texts,
     tile_words,
@@ -100,6 +101,25 @@ def test_a_word_spread_wider_than_one_tile_stays_in_every_tile() -> None:
     maps[1, 6:10, 12:16] = 1.0
     kept = tile_words(GRID_4X2, maps, threshold=0.5)
     assert kept == {0: [0, 1]} | {i: [0] for i in range(1, 8)}
+
+
+def with_a_missing_tree() -> torch.Tensor:
+    """:func:`synthetic_maps` and a fourth word, "tree", that the scene does not show: a little attention
+    everywhere with noise (as SANA's map of "tree" over an empty sky), no region standing out."""
+    tree = 0.1 + 0.05 * torch.rand(1, 8, 16, generator=torch.Generator().manual_seed(1))
+    return torch.cat([synthetic_maps(), tree])
+
+
+def test_a_word_whose_map_has_no_concentrated_region_is_kept_by_no_tile() -> None:
+    """Too spread out to be placed, "tree" would stay in every tile as a word of the scene (and every
+    tile would paint a small tree); its peak is under the average word's attention, so no tile keeps it,
+    nor the scene below the σ gate. "sky" is as evenly spread but strongly attended: it stays."""
+    maps = with_a_missing_tree()
+    assert all(3 in words for words in tile_words(GRID_4X2, maps, threshold=0.5).values())  # the rule off
+    kept = tile_words(GRID_4X2, maps, threshold=0.5, quiet=DEFAULT_WORD_QUIET)
+    assert kept == {0: [0, 1], 3: [0, 2]} | {i: [0] for i in (1, 2, 4, 5, 6, 7)}
+    assert tile_word_texts(kept, ["sky", "sun", "moon", "tree"])[1] == "sky"
+    assert quiet_words(maps[:1] * 0.01, DEFAULT_WORD_QUIET) == []  # a one-word prompt's flat word counts
 
 
 def test_a_word_no_token_reads_stays_in_every_tile() -> None:
@@ -176,6 +196,11 @@ def test_a_word_sigma_outside_0_1_is_refused(sigma: float) -> None:
         AutoTilePrompts(PromptTokens("sun", ((0, 3),)), str, sigma=sigma)
 
 
+def test_a_negative_quiet_ratio_is_refused() -> None:
+    with pytest.raises(WordMapError, match="quiet ratio must be 0 or more"):
+        AutoTilePrompts(PromptTokens("sun", ((0, 3),)), str, quiet=-0.5)
+
+
 # --- the run path -----------------------------------------------------------------------------------
 
 
@@ -185,14 +210,15 @@ class AttentionHost(RecordingHost):
     puts ``synthetic_maps`` on any whole-scene latent (text tokens: a start token, then one per word)."""
 
     scenes: list[torch.Tensor] = field(default_factory=list)
+    maps: torch.Tensor = field(default_factory=synthetic_maps)
 
     def cross_attention(
         self, latent: torch.Tensor, noise: torch.Tensor, sigma: float, prompt=None
     ) -> torch.Tensor:
         self.scenes.append(latent)
         size = latent.shape[-2:]
-        maps = torch.nn.functional.interpolate(synthetic_maps()[None], size=size, mode="nearest")[0]
-        return torch.cat([torch.zeros(1, *size), maps]).flatten(1).T  # [h·w, 1 + 3 words]
+        maps = torch.nn.functional.interpolate(self.maps[None], size=size, mode="nearest")[0]
+        return torch.cat([torch.zeros(1, *size), maps]).flatten(1).T  # [h·w, 1 + one per word]
 
 
 SKY_SUN_MOON = PromptTokens("sky sun moon", (None, (0, 3), (4, 7), (8, 12)))
@@ -247,6 +273,21 @@ def test_automatic_prompts_below_the_sigma_gate_are_the_words_every_tile_keeps(m
     run(GRID_4X2, manual, replace(settings, auto_tile_prompts=None, tile_prompts={0: "sun"}), (1, 4))
     told = [job for job in manual.jobs if job[0] in GRID_4X2.tiles]
     assert {job[1:] for job in told} == {("sun", 0.2, None), (None, 0.2, None)}
+
+
+@pytest.mark.parametrize("method", ["causal", "guided"])
+def test_no_tile_hears_a_word_the_scene_does_not_show_above_or_below_the_sigma_gate(method) -> None:
+    """By default: "tree" (:func:`with_a_missing_tree`) reaches no tile; before, every tile heard it at
+    every step (the run's prompt above the gate, the scene's words below)."""
+    host = SigmaHost(maps=with_a_missing_tree())
+    tokens = PromptTokens("sky sun moon tree", (None, (0, 3), (4, 7), (8, 12), (13, 17)))
+    guide = GuideFirst(bcla_seed=0.0) if method == "guided" else None
+    auto = AutoTilePrompts(tokens, lambda text: f"encoded {text}")
+    run(GRID_4X2, host, RunSettings(method=method, auto_tile_prompts=auto, guide_first=guide, halo=0), (1, 4))
+    tiles = {tile.index: rest for tile, *rest in host.jobs if tile in GRID_4X2.tiles}
+    assert tiles[0] == ["encoded sky sun", DEFAULT_WORD_SIGMA, "encoded sky"]
+    assert tiles[3] == ["encoded sky moon", DEFAULT_WORD_SIGMA, "encoded sky"]
+    assert all(tiles[i] == ["encoded sky", DEFAULT_WORD_SIGMA, "encoded sky"] for i in (1, 2, 4, 5, 6, 7))
 
 
 def test_refine_reads_the_words_on_the_given_image() -> None:
