@@ -123,20 +123,21 @@ def write(rows: list[dict]) -> None:
         "CPU thread on a shared 2-core machine. Peak RSS above the child's start (the image and the input "
         "are the parent's and not counted).",
         "",
-        "| label (commit) | side px | Mpx | tiles | peak MiB above start | bytes/px | seconds | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| label (commit) | side px | Mpx | tiles | peak MiB above start | bytes/px | wall s | CPU s | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in merged:
         label = f"{r['label']} ({r.get('commit', '?')})"
         if "extrapolated_peak_mib" in r:
             peak = f"~{r['extrapolated_peak_mib']:.0f} (extrapolated, not run)"
-            lines.append(f"| {label} | {r['side']} | {r['megapixels']:.1f} | | {peak} | | | {r['note']} |")
+            lines.append(f"| {label} | {r['side']} | {r['megapixels']:.1f} | | {peak} | | | | {r['note']} |")
         elif "error" in r:
-            lines.append(f"| {label} | {r['side']} | {r['megapixels']:.1f} | | error: {r['error']} | | | |")
+            lines.append(f"| {label} | {r['side']} | {r['megapixels']:.1f} | | error: {r['error']} | | | | |")
         else:
             lines.append(
                 f"| {label} | {r['side']} | {r['megapixels']:.1f} | {r['tiles']} | {r['peak_mib']:.0f} | "
-                f"{r['bytes_per_px']:.1f} | {r['seconds']:.1f} | {r['verdict'].split(':')[0]} |"
+                f"{r['bytes_per_px']:.1f} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+                f"{r['verdict'].split(':')[0]} |"
             )
     (RESULTS / "metrics_scale.md").write_text("\n".join(lines) + "\n")
 

@@ -18,8 +18,9 @@ from torch import Tensor
 from .colour import to_lab
 from .inputs import MetricsError
 
-CHUNK_PX = 1 << 22
-"""Pixels (× batch) read and converted at a time: 4 Mpx, about 0.4 GB of working memory in the measures."""
+CHUNK_PX = 1 << 20
+"""Pixels (× batch) read and converted at a time: 1 Mpx, a few hundred MB of working memory at most (Lab,
+float64 running sums, SSIM's filtered maps of one region)."""
 
 PixelReader = Callable[[int, int, int, int], Tensor]
 """``(top, bottom, left, right)`` px → that region of the image, ``[B, 3, bottom - top, right - left]``
