@@ -335,6 +335,20 @@ def seam_report(
             f"reference is {type(reference).__name__}; give an image tensor of the image's size."
         )
     pixels = _read(image, plan)
+    against, own = None, {}
+    if reference is not None:  # the reference's judgement first: its band scores are gone before the image's
+        against = _read(reference, plan, name="reference")
+        if against.batch not in (1, pixels.batch):
+            raise MetricsError(
+                f"reference has a batch of {against.batch} but the image {pixels.batch}; "
+                "give one reference or one per image."
+            )
+        if against.batch != pixels.batch:  # one reference for every image, as the image's batch
+            one = against.read
+            against = replace(
+                against, read=lambda *r: one(*r).expand(pixels.batch, -1, -1, -1), batch=pixels.batch
+            )
+        own = _reference_axes(against, plan)
     eps = image_noise(pixels)
     views = axis_views(pixels, eps)
     seams = plan.seams()
@@ -414,19 +428,7 @@ def seam_report(
     if seam_psnr is not None:
         report.overlap_psnr_mean = _finite_or_none(seam_psnr, "mean")
         report.overlap_psnr_worst = _finite_or_none(seam_psnr, "min")
-    if reference is not None:
-        against = _read(reference, plan, name="reference")
-        if against.batch not in (1, pixels.batch):
-            raise MetricsError(
-                f"reference has a batch of {against.batch} but the image {pixels.batch}; "
-                "give one reference or one per image."
-            )
-        if against.batch != pixels.batch:  # one reference for every image, as the image's batch
-            one = against.read
-            against = replace(
-                against, read=lambda *r: one(*r).expand(pixels.batch, -1, -1, -1), batch=pixels.batch
-            )
-        own = _reference_axes(against, plan)
+    if against is not None:
         report.axes = {
             axis: {
                 name: beyond_reference(j, own.get(axis, {}).get(name), name) for name, j in measures.items()

@@ -16,15 +16,31 @@ def seam_zone_mask(plan: TilePlan, region: tuple[int, int, int, int] | None = No
     """[H, W] bool: union of the overlap zones of all adjacent pairs; a zero-overlap pair contributes
     the 8 px bands either side of its shared edge (so the zone is never empty). ``region`` (top, bottom,
     left, right px): that part of it only."""
-    top, bottom, left, right = region or (0, plan.height_px, 0, plan.width_px)
-    mask = torch.zeros(bottom - top, right - left, dtype=torch.bool)
+    return _zone_in(_zone_rectangles(plan), region or (0, plan.height_px, 0, plan.width_px))
+
+
+def _zone_rectangles(plan: TilePlan) -> Tensor:
+    """The seam zone as one rectangle per seam, [seams, 4]: top, bottom, left, right px."""
+    rectangles = []
     for s in plan.seams():
         lo, hi = s.overlap_start, s.overlap_stop
         if hi <= lo:
             lo, hi = s.position - BAND_PX, s.position + BAND_PX
         along, across = (s.start, s.stop), (max(lo, 0), hi)
-        (y0, y1), (x0, x1) = (along, across) if s.axis == "vertical" else (across, along)
-        mask[max(y0 - top, 0) : max(y1 - top, 0), max(x0 - left, 0) : max(x1 - left, 0)] = True
+        rectangles.append((*along, *across) if s.axis == "vertical" else (*across, *along))
+    return torch.tensor(rectangles, dtype=torch.int64).reshape(-1, 4)
+
+
+def _zone_in(rectangles: Tensor, region: tuple[int, int, int, int]) -> Tensor:
+    """The zone's part in ``region`` (top, bottom, left, right px): only the rectangles that reach it are
+    drawn, so a region costs what lies in it."""
+    top, bottom, left, right = region
+    mask = torch.zeros(bottom - top, right - left, dtype=torch.bool)
+    y0, y1, x0, x1 = rectangles.unbind(-1)
+    inside = (y0 < bottom) & (y1 > top) & (x0 < right) & (x1 > left)
+    shifted = (rectangles[inside] - torch.tensor([top, top, left, left])).clamp_min(0)
+    for a, b, c, d in shifted.tolist():
+        mask[a:b, c:d] = True
     return mask
 
 
@@ -44,12 +60,13 @@ def reference_scores(
     sums = [torch.zeros(batch, dtype=torch.float64) for _ in range(4)]
     squared, zone_squared, zone_count, similarity = sums
     margin = SSIM_WINDOW // 2 if ssim else 0
+    rectangles = _zone_rectangles(plan)
     for (top, bottom, left, right), (rows, cols) in image.regions(margin):
         a, b = image.rgb(top, bottom, left, right).float(), reference.rgb(top, bottom, left, right).float()
         err = ((a - b) ** 2)[..., rows, cols]
         squared += err.flatten(1).sum(1).double()
         inner = (top + rows.start, top + rows.stop, left + cols.start, left + cols.stop)
-        zone = seam_zone_mask(plan, inner).to(err.device)
+        zone = _zone_in(rectangles, inner).to(err.device)
         zone_squared += (err * zone).flatten(1).sum(1).double()
         zone_count += float(zone.sum()) * err.shape[1]
         if ssim:
