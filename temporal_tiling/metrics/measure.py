@@ -54,7 +54,7 @@ def image_noise(pixels: Pixels) -> Tensor:
     for b in range(pixels.batch):
 
         def differences(shift: Tensor | None = None, b: int = b) -> Iterator[Tensor]:
-            """Each strip's neighbour differences (less ``shift``, as distances, when given), as today's
+            """Each strip's neighbour differences (less ``shift``, as distances, when given), as
             :func:`noise_lstar` takes them: along every row and across every row boundary once."""
             for top, stop, bottom in pixels.row_strips(extra=1):
                 lum = pixels.lab(top, bottom, 0, width)[b, 0]
@@ -117,10 +117,6 @@ class AxisView:
     def crop(self, band: Band, margin: int) -> BandCrop:
         """``band``'s lines with ``margin`` px more on either side (clamped to the image)."""
         return BandCrop(self, band, max(band.first - margin, 0), min(band.last + margin, self.width))
-
-    def lines(self, band: Band) -> tuple[Tensor, Tensor]:
-        """Gradient ratio and ΔE of every line of ``band``, each [B, lines] (:meth:`BandCrop.lines`)."""
-        return self.crop(band, LINES_MARGIN_PX).lines()
 
     def band_contrast(self, band: Band, scale: int) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`BandCrop.band_contrast` of ``band`` at ``scale``."""
