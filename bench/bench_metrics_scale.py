@@ -123,7 +123,8 @@ def write(rows: list[dict]) -> None:
         "CPU thread on a shared 2-core machine. Peak RSS above the child's start (the image and the input "
         "are the parent's and not counted).",
         "",
-        "| label (commit) | side px | Mpx | tiles | peak MiB above start | bytes/px | wall s | CPU s | verdict |",
+        "| label (commit) | side px | Mpx | tiles | peak MiB above start | bytes/px | wall s | CPU s "
+        "| verdict |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in merged:
