@@ -5,7 +5,9 @@
 writes ``out/refined.png`` at exactly round(scale × width) × round(scale × height) px (16-bit for a
 16-bit input, with the input's ICC profile and EXIF), and ``metrics.md`` / ``metrics.json``: the
 Quality Metrics of the refined image, judged against the input enlarged bicubically to the same size.
-The files reach ``out`` only when the whole run succeeded (Ctrl-C leaves nothing half-written).
+Each file reaches ``out`` whole or not at all (Ctrl-C leaves nothing half-written): refined.png as soon
+as the refine is done, then metrics.md and metrics.json together; if the metrics fail, a warning says
+why and refined.png stays.
 """
 
 from __future__ import annotations
@@ -158,16 +160,39 @@ def run_refine(
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    with staging(out) as stage:
+    with staging(out) as stage:  # the image lands on its own first: the metrics can never cost it
         write_png(stage / "refined.png", Picture(pixels, picture.icc_profile, picture.exif))
-        written = ["refined.png"]
-        if args.metrics:
-            _write_metrics(picture.pixels, pixels, plan, args, seconds, stage)
-            written += ["metrics.md", "metrics.json"]
-    paths = [out / name for name in written]
+    paths = [out / "refined.png"]
+    if args.metrics:
+        paths += _metrics_files(picture.pixels, pixels, plan, args, seconds, out, staging)
     for path in paths:
         print(path)
     return paths
+
+
+def _metrics_files(
+    source: np.ndarray,
+    refined: np.ndarray,
+    plan: TilePlan,
+    args: argparse.Namespace,
+    seconds: float,
+    out: Path,
+    staging: Callable[[Path], AbstractContextManager[Path]],
+) -> list[Path]:
+    """metrics.md and metrics.json in ``out``, both or neither (their own staging); a failure (memory, a
+    bug, a full disk) is a one-line warning, since refined.png is already written."""
+    try:
+        with staging(out) as stage:
+            _write_metrics(source, refined, plan, args, seconds, stage)
+    except Exception as error:
+        reason = next(iter(str(error).strip().splitlines()), "")
+        print(
+            f"warning: metrics.md / metrics.json not written ({type(error).__name__}"
+            f"{': ' + reason if reason else ''}); {out / 'refined.png'} is complete",
+            file=sys.stderr,
+        )
+        return []
+    return [out / "metrics.md", out / "metrics.json"]
 
 
 def _write_metrics(
@@ -203,16 +228,38 @@ def refine_report(
     source: np.ndarray, refined: np.ndarray, plan: TilePlan, *, ssim: bool = True
 ) -> SeamReport:
     """Quality Metrics of ``refined`` [H, W, 3] against ``source`` enlarged bicubically to its size (the
-    plan's padding is the image mirrored, as the run saw it); ``ssim=False`` skips the slowest part."""
-    import numpy as np
-    import torch
+    plan's padding is the image mirrored, as the run saw it); ``ssim=False`` skips the slowest part.
 
-    from .metrics import seam_report
+    Both are read region by region (:class:`metrics.Pixels`): neither the refined image as floats nor
+    the enlarged reference is ever made whole, so the metrics' memory does not grow with the image."""
+    from .metrics import Pixels, seam_report
     from .refine import enlarged
 
     height, width = refined.shape[:2]
-    pad = ((0, plan.height_px - height), (0, plan.width_px - width), (0, 0))
-    peak = float(np.iinfo(refined.dtype).max)
-    image = torch.from_numpy(np.pad(refined, pad, mode="symmetric").astype(np.float32) / peak)
-    reference = enlarged(source, height, width)(0, plan.height_px, 0, plan.width_px)
-    return seam_report(image.permute(2, 0, 1)[None], plan, reference=reference, ssim=ssim)
+    image = Pixels(_mirrored(refined), 1, plan.height_px, plan.width_px)
+    reference = Pixels(enlarged(source, height, width), 1, plan.height_px, plan.width_px, name="reference")
+    return seam_report(image, plan, reference=reference, ssim=ssim)
+
+
+def _mirrored(image: np.ndarray) -> Callable[[int, int, int, int], Any]:
+    """A pixel reader of ``image`` [H, W, 3] (unsigned integers) as floats in [0, 1] [1, 3, h, w],
+    mirrored beyond its bottom and right edges (as ``np.pad(mode="symmetric")``)."""
+    import numpy as np
+    import torch
+
+    peak = float(np.iinfo(image.dtype).max)
+
+    def mirror(start: int, stop: int, size: int) -> np.ndarray:
+        index = np.arange(start, stop) % (2 * size)
+        return np.where(index < size, index, 2 * size - 1 - index)
+
+    def region(top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+        rows, cols = mirror(top, bottom, image.shape[0]), mirror(left, right, image.shape[1])
+        if bottom <= image.shape[0] and right <= image.shape[1]:
+            crop = image[top:bottom, left:right]  # inside the image: a view, no index arrays
+        else:
+            crop = image[rows[:, None], cols[None, :]]
+        pixels = torch.from_numpy(crop.astype(np.float32) / peak)
+        return pixels.permute(2, 0, 1)[None]
+
+    return region

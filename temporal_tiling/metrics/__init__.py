@@ -4,7 +4,8 @@ One module per concept: ``colour`` (Lab, CIEDE2000, PSNR), ``bands`` (where a se
 measured), ``measure`` (line, drift and band-contrast scores of a band), ``verdict`` (seams against the
 floor, per axis), ``soft_band`` (a band repeated at every seam of an axis),
 ``line_jump`` (plan-free), ``guide`` (fidelity to a low-res guide), ``zones`` (overlap and seam-zone
-PSNR), ``views`` (pictures for a person), ``report`` (``seam_report`` and ``SeamReport``), ``inputs``.
+PSNR), ``views`` (pictures for a person), ``report`` (``seam_report`` and ``SeamReport``), ``inputs``,
+``regions`` (images read region by region, so memory does not grow with the image).
 
 Images are engine-side ``[B, 3, H, W]`` floats in [0, 1]; luminance is CIE L* and colour is CIE Lab
 (kornia, sRGB / D65). A *line* is the boundary between pixel ``position - 1`` and ``position`` across
@@ -75,6 +76,7 @@ from .measure import (
     measure_bands,
     noise_lstar,
 )
+from .regions import CHUNK_PX, Pixels
 from .report import SeamReport, seam_report
 from .soft_band import FLOOR_OFFSETS, MIN_POSITIONS, band_scale, judge_soft_bands
 from .verdict import (
@@ -101,6 +103,7 @@ from .zones import overlap_psnr, seam_zone_mask
 __all__ = [
     "ALONG_QUANTILE",
     "BAND_PX",
+    "CHUNK_PX",
     "DRIFT_SEGMENT_PX",
     "DRIFT_STRIP_PX",
     "FLOOR_BAND_COLOUR",
@@ -125,6 +128,7 @@ __all__ = [
     "BandScores",
     "LineJump",
     "MetricsError",
+    "Pixels",
     "SeamReport",
     "band_scale",
     "ciede2000",

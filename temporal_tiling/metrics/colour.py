@@ -74,5 +74,10 @@ def psnr(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
     else:
         m = mask.to(err.dtype).expand_as(err[:, :1])
         mse = (err * m).flatten(1).sum(1) / (m.flatten(1).sum(1) * err.shape[1]).clamp_min(1)
+    return psnr_of_mse(mse)
+
+
+def psnr_of_mse(mse: Tensor) -> Tensor:
+    """PSNR (range 1.0) of mean squared errors, capped at ``PSNR_CAP_DB``."""
     floor = 10 ** (-PSNR_CAP_DB / 10)
     return (10 * torch.log10(1 / mse.clamp_min(floor))).clamp_max(PSNR_CAP_DB)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-import kornia
 import torch
 from torch import Tensor
 
 from ..plan import TilePlan
 from .bands import seam_bands
-from .colour import psnr, to_lab
 from .guide import guide_fidelity
 from .inputs import MetricsError, check_image
-from .line_jump import jump_in_lab
-from .measure import AxisView, BandScores, axis_views, measure_bands, noise_lstar
+from .line_jump import image_line_jump
+from .measure import AxisView, BandScores, axis_views, image_noise, measure_bands
+from .regions import Pixels
 from .soft_band import judge_soft_bands
 from .verdict import (
     TARGET_DELTA_E,
@@ -29,7 +28,7 @@ from .verdict import (
     pooled_floor,
     seam_floor,
 )
-from .zones import overlap_psnr, seam_zone_mask
+from .zones import overlap_psnr, reference_scores
 
 
 @dataclass
@@ -280,11 +279,10 @@ def _judged_axes(
     return axes
 
 
-def _reference_axes(reference: Tensor, plan: TilePlan) -> dict[str, dict[str, AxisJudgement]]:
+def _reference_axes(reference: Pixels, plan: TilePlan) -> dict[str, dict[str, AxisJudgement]]:
     """What :func:`_judged_axes` says of the reference on the same seams (all that
     :func:`verdict.beyond_reference` needs of it: none of the report's other numbers)."""
-    lab = to_lab(reference)
-    views = axis_views(lab, noise_lstar(lab[:, :1]))
+    views = axis_views(reference, image_noise(reference))
     seam_scores = measure_bands(views, seam_bands(plan))
     if not seam_scores:
         return {}
@@ -292,12 +290,25 @@ def _reference_axes(reference: Tensor, plan: TilePlan) -> dict[str, dict[str, Ax
     return _judged_axes(views, plan, seam_scores, [sample_floor(s.band) for s in seam_scores])
 
 
+def _read(image: Tensor | Pixels, plan: TilePlan, name: str = "image") -> Pixels:
+    """``image`` as :class:`Pixels` cut to the plan's area (a tensor checked as :func:`check_image` does;
+    a :class:`Pixels` checks each region it reads for NaN)."""
+    if isinstance(image, Pixels):
+        if image.height < plan.height_px or image.width < plan.width_px:
+            raise MetricsError(
+                f"{name} is {image.width}×{image.height} px but the tile plan covers "
+                f"{plan.width_px}×{plan.height_px} px; use the plan made for this image."
+            )
+        return replace(image, height=plan.height_px, width=plan.width_px, name=name)
+    return Pixels.of(check_image(image, plan, name=name), name=name)
+
+
 def seam_report(
-    image: Tensor,
+    image: Tensor | Pixels,
     plan: TilePlan,
     *,
     tiles: Tensor | None = None,
-    reference: Tensor | None = None,
+    reference: Tensor | Pixels | None = None,
     guide: Tensor | None = None,
     ssim: bool = True,
 ) -> SeamReport:
@@ -308,21 +319,38 @@ def seam_report(
     scores on the same seams (:func:`verdict.beyond_reference`); ``guide`` (a low-res image of the
     scene, any size) adds layout and colour fidelity to it.
 
-    Only the plan's area (top-left ``plan.height_px`` × ``plan.width_px``) is measured.
+    The image and the reference are tensors or :class:`Pixels` (read region by region: a refine's
+    16K output need never exist as floats); either way they are measured region by region, in memory
+    that does not grow with the image (a guide needs the image as a tensor). Only the plan's area
+    (top-left ``plan.height_px`` × ``plan.width_px``) is measured.
     """
-    if reference is not None and (
-        not isinstance(reference, Tensor)
-        or reference.shape[-2:] != image.shape[-2:]
-        or reference.shape[0] not in (1, image.shape[0])
-    ):
+    if isinstance(reference, Tensor) and isinstance(image, Tensor):
+        if reference.shape[-2:] != image.shape[-2:] or reference.shape[0] not in (1, image.shape[0]):
+            raise MetricsError(
+                f"reference is {tuple(reference.shape)} but the image is {tuple(image.shape)}; "
+                "give a reference of the same size (batch 1 or the same batch)."
+            )
+    elif reference is not None and not isinstance(reference, (Tensor, Pixels)):
         raise MetricsError(
-            f"reference is {tuple(getattr(reference, 'shape', ()))} but the image is {tuple(image.shape)}; "
-            "give a reference of the same size (batch 1 or the same batch)."
+            f"reference is {type(reference).__name__}; give an image tensor of the image's size."
         )
-    image = check_image(image, plan)
-    lab = to_lab(image)
-    eps = noise_lstar(lab[:, :1])
-    views = axis_views(lab, eps)
+    pixels = _read(image, plan)
+    against, own = None, {}
+    if reference is not None:  # the reference's judgement first: its band scores are gone before the image's
+        against = _read(reference, plan, name="reference")
+        if against.batch not in (1, pixels.batch):
+            raise MetricsError(
+                f"reference has a batch of {against.batch} but the image {pixels.batch}; "
+                "give one reference or one per image."
+            )
+        if against.batch != pixels.batch:  # one reference for every image, as the image's batch
+            one = against.read
+            against = replace(
+                against, read=lambda *r: one(*r).expand(pixels.batch, -1, -1, -1), batch=pixels.batch
+            )
+        own = _reference_axes(against, plan)
+    eps = image_noise(pixels)
+    views = axis_views(pixels, eps)
     seams = plan.seams()
     seam_scores = measure_bands(views, seam_bands(plan))
     sample_floor = FloorSampler(views, plan)
@@ -362,7 +390,7 @@ def seam_report(
     centre = [s.at(seam.position) for s, seam in zip(seam_scores, seams, strict=True)] or [
         (ratio[0], delta[0])
     ]
-    jump = jump_in_lab(lab, eps)
+    jump = image_line_jump(pixels, eps)
     report = SeamReport(
         gradient_ratio_mean=float(ratio.mean()),
         gradient_ratio_worst=float(ratio.max()),
@@ -376,7 +404,7 @@ def seam_report(
         drift_delta_e_worst=float(drift.max()),
         floor_drift_delta_e_mean=floors["drift"][0],
         floor_drift_delta_e_worst=floors["drift"][1],
-        seam_count=len(seams) * image.shape[0],
+        seam_count=len(seams) * pixels.batch,
         centre_gradient_ratio_mean=float(torch.stack([r for r, _ in centre]).mean()),
         centre_delta_e_mean=float(torch.stack([d for _, d in centre]).mean()),
         line_jump=jump.value,
@@ -400,23 +428,18 @@ def seam_report(
     if seam_psnr is not None:
         report.overlap_psnr_mean = _finite_or_none(seam_psnr, "mean")
         report.overlap_psnr_worst = _finite_or_none(seam_psnr, "min")
-    if reference is not None:
-        reference = check_image(reference, plan, name="reference").expand_as(image)
-        own = _reference_axes(reference, plan)
+    if against is not None:
         report.axes = {
             axis: {
                 name: beyond_reference(j, own.get(axis, {}).get(name), name) for name, j in measures.items()
             }
             for axis, measures in axes.items()
         }
-        zone = seam_zone_mask(plan).to(image.device)
-        report.seam_zone_psnr = float(psnr(image, reference, zone).mean())
-        report.psnr = float(psnr(image, reference).mean())
-        if ssim:
-            report.ssim = float(
-                kornia.metrics.ssim(image.float(), reference.float(), 11).flatten(1).mean(1).mean()
-            )
+        report.seam_zone_psnr, report.psnr, report.ssim = reference_scores(pixels, against, plan, ssim)
     if guide is not None:
+        if not isinstance(image, Tensor):
+            raise MetricsError("a guide needs the image as a tensor; give the image, not a pixel reader.")
+        image = check_image(image, plan)
         guide = check_image(guide, name="guide")
         if guide.shape[0] not in (1, image.shape[0]):
             raise MetricsError(

@@ -708,3 +708,67 @@ def test_floor_windows_are_pooled_once_per_shape_not_once_per_seam(monkeypatch):
 
     few, many = poolings(128), poolings(256)  # 25 and 121 tiles
     assert many < 2 * few, f"{few} poolings for 25 tiles, {many} for 121: pooled per seam"
+
+
+def assert_same_report(whole: dict, streamed: dict, path: str = "") -> None:
+    """Every number of two report dicts equal to 1e-5 (running sums taken from another origin: the drift's
+    CIEDE2000 of a near-neutral jump moves by ~1e-6), the rest exactly."""
+    if isinstance(whole, dict):
+        assert whole.keys() == streamed.keys(), path
+        for key in whole:
+            assert_same_report(whole[key], streamed[key], f"{path}.{key}")
+    elif isinstance(whole, list):
+        assert len(whole) == len(streamed), path
+        for i, (a, b) in enumerate(zip(whole, streamed, strict=True)):
+            assert_same_report(a, b, f"{path}[{i}]")
+    elif isinstance(whole, float):
+        assert whole == pytest.approx(streamed, rel=1e-5, abs=1e-8), path
+    else:
+        assert whole == streamed, path
+
+
+def test_a_report_read_in_small_regions_equals_the_whole_image_report(monkeypatch):
+    """The measures read the image region by region (band crops, strips of rows and columns, SSIM tiles
+    with a margin) and find the noise level's two medians in histogram passes: with chunks of 16 Kpx (the
+    1024×512 staircase read in ~100 pieces) and the medians narrowed to a few hundred candidates before
+    sorting, every number and the verdict are those of the image measured whole."""
+    from temporal_tiling.metrics import Pixels, measure
+
+    staircase = canvas_png("guided_1024_night_staircase.png")
+    image, plan = chelsea_on_a_refine_plan()
+    stepped = image.clone()
+    for position in sorted({seam.position for seam in plan.seams() if seam.axis == "vertical"}):
+        stepped[..., position:] *= 0.9
+    whole = [seam_report(staircase, plan_of(staircase)), seam_report(stepped, plan, reference=image)]
+    monkeypatch.setattr(measure, "SELECT_GATHER", 500)
+    chunk = 1 << 14
+    streamed = [
+        seam_report(Pixels.of(staircase, chunk=chunk), plan_of(staircase)),
+        seam_report(Pixels.of(stepped, chunk=chunk), plan, reference=Pixels.of(image, chunk=chunk)),
+    ]
+    assert "a colour step at the horizontal seams" in streamed[0].verdict()
+    assert "lines stand out at the vertical seams" in streamed[1].verdict()
+    for a, b in zip(whole, streamed, strict=True):
+        assert_same_report(a.to_dict(), b.to_dict())
+
+
+def test_the_metrics_read_a_bounded_region_at_a_time():
+    """What bounds the metrics' memory: no read is larger than a chunk or a 64-line piece of one band
+    (whatever the image's size), and none covers the image."""
+    from temporal_tiling.metrics import Pixels
+
+    image = canvas_png("guided_2048_sky_soft_bands.png")
+    plan = plan_of(image)
+    reads = []
+
+    def read(top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+        reads.append((bottom - top) * (right - left))
+        return image[..., top:bottom, left:right]
+
+    chunk = 1 << 15
+    pixels = Pixels(read, 1, image.shape[-2], image.shape[-1], chunk=chunk)
+    report = seam_report(pixels, plan)
+    assert "soft band at the horizontal seams" in report.verdict()
+    widest = plan.tile_width_px + 2 * 48  # a floor band's lines and the soft band's flanks
+    assert max(reads) <= max(chunk, 64 * widest), max(reads)
+    assert max(reads) < image.shape[-1] * image.shape[-2] / 10

@@ -115,6 +115,46 @@ def test_16_bit_tiff_gives_a_16_bit_png(tmp_path: Path) -> None:
     assert abs(values.mean() / 65535 - pixels.mean() / 65535) < 0.1
 
 
+def test_a_failure_of_the_metrics_still_leaves_the_refined_image(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The metrics run after the refine; running out of memory there (as a 15000 px photo did, after a
+    whole refine) must not cost the refined image: refined.png lands, metrics.md / .json do not (never one
+    without the other), and one line says why."""
+    from temporal_tiling import refine_command
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 58 GB\nmore")
+
+    monkeypatch.setattr(refine_command, "refine_report", out_of_memory)
+    source = tmp_path / "in.png"
+    Image.fromarray((photo(100, 150) * 255).round().astype(np.uint8)).save(source)
+    assert refine(source, tmp_path / "out") == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["refined.png"]
+    with Image.open(tmp_path / "out" / "refined.png") as image:
+        assert image.size == (150, 100)
+    warning = [line for line in capsys.readouterr().err.splitlines() if "metrics" in line]
+    assert len(warning) == 1 and "can't allocate memory" in warning[0] and "refined.png" in warning[0]
+
+
+def test_refine_report_reads_its_image_as_the_padded_image_whole() -> None:
+    """``refine_report`` reads the refined image through a mirroring reader and the reference region by
+    region; it gives the report of the padded image and the enlarged input held whole, as it did when it
+    made both as float tensors."""
+    from temporal_tiling.metrics import seam_report
+    from temporal_tiling.refine_command import refine_report
+
+    refined = (photo(217, 333, seed=3) * 255).round().astype(np.uint8)
+    source = (photo(109, 167, seed=4) * 255).round().astype(np.uint8)
+    plan = refine_plan(217, 333, 128, 32, 8, 2)  # 336×224 px: padded by 3 and 7 px
+    padded = np.pad(refined, ((0, plan.height_px - 217), (0, plan.width_px - 333), (0, 0)), mode="symmetric")
+    image = torch.from_numpy(padded.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    reference = enlarged(source, 217, 333)(0, plan.height_px, 0, plan.width_px)
+    whole = seam_report(image, plan, reference=reference).to_dict()
+    read = refine_report(source, refined, plan).to_dict()
+    assert read["verdict"] == whole["verdict"]
+    for key in ("psnr", "ssim", "seam_zone_psnr", "noise_lstar", "line_jump", "gradient_ratio_mean"):
+        assert read[key] == pytest.approx(whole[key], rel=1e-5), key
+
+
 def test_ctrl_c_leaves_nothing_half_written(tmp_path: Path) -> None:
     def interrupted(folder: Path, device: torch.device) -> cli.LoadedModel:
         model = loader(folder, device)
