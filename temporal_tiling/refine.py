@@ -17,8 +17,6 @@ passes them (the output fills as the latent goes).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import itertools
 import math
 from collections.abc import Callable
@@ -31,6 +29,7 @@ from torch import Tensor
 
 from .blend import axis_profiles, fade_starts, reference_correct
 from .errors import UserInputError
+from .memory import return_freed_memory
 from .plan import TilePlan, make_plan
 
 PixelSource = Callable[[int, int, int, int], Tensor]
@@ -201,18 +200,6 @@ class LatentRows:
         for index in held:
             self.bands[index] = None
         return bool(held)
-
-
-def return_freed_memory() -> None:
-    """Hands the heap pages that freed tensors left back to the system (glibc's ``malloc_trim``): glibc
-    keeps blocks below its mmap threshold (raised up to 32 MiB as large blocks are freed) in the heap,
-    still resident, so the sampler's freed buffers would otherwise sit under the decode's peak. Does
-    nothing where the C library has no ``malloc_trim`` (macOS, Windows, musl)."""
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
 
 
 def decode_tiled(

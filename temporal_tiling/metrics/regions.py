@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..refine import return_freed_memory
+from ..memory import return_freed_memory
 from .colour import to_lab
 from .inputs import MetricsError
 
