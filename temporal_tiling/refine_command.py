@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,26 +165,21 @@ def run_refine(
         write_png(stage / "refined.png", Picture(pixels, picture.icc_profile, picture.exif))
     paths = [out / "refined.png"]
     if args.metrics:
-        paths += _metrics_files(picture.pixels, pixels, plan, args, seconds, out, staging)
+        write = partial(_write_metrics, picture.pixels, pixels, plan, args, seconds)
+        paths += _metrics_files(write, out, staging)
     for path in paths:
         print(path)
     return paths
 
 
 def _metrics_files(
-    source: np.ndarray,
-    refined: np.ndarray,
-    plan: TilePlan,
-    args: argparse.Namespace,
-    seconds: float,
-    out: Path,
-    staging: Callable[[Path], AbstractContextManager[Path]],
+    write: Callable[[Path], None], out: Path, staging: Callable[[Path], AbstractContextManager[Path]]
 ) -> list[Path]:
-    """metrics.md and metrics.json in ``out``, both or neither (their own staging); a failure (memory, a
-    bug, a full disk) is a one-line warning, since refined.png is already written."""
+    """metrics.md and metrics.json (``write(folder)``) in ``out``, both or neither (their own staging); a
+    failure (memory, a bug, a full disk) is a one-line warning, since refined.png is already written."""
     try:
         with staging(out) as stage:
-            _write_metrics(source, refined, plan, args, seconds, stage)
+            write(stage)
     except Exception as error:
         reason = next(iter(str(error).strip().splitlines()), "")
         print(
