@@ -273,6 +273,7 @@ def test_refine_samples_with_the_canvas_the_guide_and_the_noise_alone(tmp_path: 
         held.append(sum(storages.values()))
 
     model.transformer.register_forward_pre_hook(record)
+    gc.collect()  # earlier tests' cyclic garbage (a caught exception's frames) is not the refine's
     assert refine(source, tmp_path / "out", "--scale", "1", "--no-metrics", model=lambda *_: model) == 0
     assert held and max(held) <= 3 * canvas * 4, (max(held), canvas * 4)
 
@@ -295,6 +296,7 @@ def test_refine_decode_lets_the_canvas_latent_go_as_it_passes(tmp_path: Path) ->
         return decode(tile)
 
     model.decode = recording
+    gc.collect()  # earlier tests' cyclic garbage is not the refine's
     assert refine(source, tmp_path / "out", "--scale", "1", "--no-metrics", model=lambda *_: model) == 0
     canvas = 4 * (1536 // COMPRESSION) * width * 4
     assert len(held) == 4 and held[0] == canvas and held[-1] < canvas / 2, (held, canvas)
