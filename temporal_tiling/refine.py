@@ -61,6 +61,10 @@ class Autoencoder:
     autoencoder's own tiling."""
 
 
+REFINE_FIT = "shift"
+"""The refine's tile fit: every tile the size asked for, the last of a row or column shifted inward."""
+
+
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -70,6 +74,25 @@ def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
     if not (math.isfinite(scale) and scale >= 1.0):
         raise RefineError(f"scale must be 1 or more (1 refines at the input's size), got {scale}.")
     return max(1, round(scale * height)), max(1, round(scale * width))
+
+
+def refine_plan_sizes(
+    height: int, width: int, tile: int, overlap: int, compression: int, patch: int = 1
+) -> dict[str, int]:
+    """The :func:`plan.make_plan` sizes (px) of an output of ``height`` × ``width`` px: the canvas rounded
+    up to whole tokens (``compression × patch`` px), the tile (px, at most the canvas) and the overlap
+    rounded to tokens (the overlap at most the tile less one token), so any image size and tile works."""
+    token = compression * patch
+    canvas_h, canvas_w = round_up(height, token), round_up(width, token)
+    tile_h, tile_w = (min(canvas, max(token, round(tile / token) * token)) for canvas in (canvas_h, canvas_w))
+    return {
+        "width_px": canvas_w,
+        "height_px": canvas_h,
+        "tile_width_px": tile_w,
+        "tile_height_px": tile_h,
+        "overlap_px": min(round(overlap / token) * token, min(tile_h, tile_w) - token),
+        "compression": compression,
+    }
 
 
 def refine_plan(
@@ -83,25 +106,11 @@ def refine_plan(
     seed: int = 0,
     max_tiles: int | None = None,
 ) -> TilePlan:
-    """The tile plan of an output of ``height`` × ``width`` px: the canvas rounded up to whole tokens
-    (``compression × patch`` px), the tile (px, at most the canvas) and the overlap rounded to tokens
-    (the overlap at most the tile less one token), so any image size and tile works."""
-    token = compression * patch
-    canvas_h, canvas_w = round_up(height, token), round_up(width, token)
-    tile_h, tile_w = (min(canvas, max(token, round(tile / token) * token)) for canvas in (canvas_h, canvas_w))
-    overlap = min(round(overlap / token) * token, min(tile_h, tile_w) - token)
+    """The tile plan of an output of ``height`` × ``width`` px (:func:`refine_plan_sizes`); edge tiles
+    shift inward."""
     limit = {} if max_tiles is None else {"max_tiles": max_tiles}
-    return make_plan(
-        width_px=canvas_w,
-        height_px=canvas_h,
-        tile_width_px=tile_w,
-        tile_height_px=tile_h,
-        overlap_px=overlap,
-        compression=compression,
-        seed=seed,
-        fit="shift",
-        **limit,
-    )
+    sizes = refine_plan_sizes(height, width, tile, overlap, compression, patch)
+    return make_plan(**sizes, seed=seed, fit=REFINE_FIT, **limit)
 
 
 def enlarged(image: np.ndarray, height: int, width: int) -> PixelSource:

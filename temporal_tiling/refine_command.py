@@ -45,6 +45,31 @@ def default_tile(transformer: Any, compression: int) -> int:
     return max(MIN_TILE, native)
 
 
+def too_many_tiles(sizes_of: Callable[[int], dict[str, int]], tile: int, max_tiles: int, token: int) -> str:
+    """The refusal of a plan above ``--max-tiles``, with the two ways out: the ceiling that runs it as
+    asked, and the smallest ``--tile`` (in whole tokens) that fits under it. ``sizes_of(side)``: the
+    plan's sizes for tiles of ``side`` px (:func:`refine.refine_plan_sizes`); the plans are counted,
+    not built."""
+    from .plan import check_plan
+    from .refine import REFINE_FIT
+
+    def count(side: int) -> tuple[int, int, int]:
+        sizes = sizes_of(side)
+        rows, cols = check_plan(**sizes, fit=REFINE_FIT, max_tiles=1 << 62)
+        return rows, cols, sizes["tile_width_px"]
+
+    rows, cols, asked = count(tile)
+    canvas = max(sizes_of(tile)["width_px"], sizes_of(tile)["height_px"])
+    sides = (count(side) for side in range(tile + token, canvas + token, token))
+    fitting = next(((r * c, side) for r, c, side in sides if r * c <= max_tiles), None)
+    larger = f", or --tile {fitting[1]} ({fitting[0]} tiles)" if fitting else ""
+    return (
+        f"argument --max-tiles: the image in {asked} px tiles is {rows * cols} tiles ({cols}×{rows}), more "
+        f"than --max-tiles {max_tiles}: every tile is a full sampling run. Pass --max-tiles {rows * cols} to "
+        f"run it so{larger}."
+    )
+
+
 def refine_settings(method: str, denoise: float, steps: int) -> tuple[dict[str, Any], int]:
     """The ``RunSettings`` fields and the sampler steps of a refine with ``method``.
 
@@ -83,7 +108,7 @@ def run_refine(
     from .pipeline import generate
     from .plan import PlanError
     from .position import patch_size
-    from .refine import Autoencoder, RefineError, output_size, refine_image, refine_plan
+    from .refine import Autoencoder, RefineError, output_size, refine_image, refine_plan, refine_plan_sizes
     from .tile_prompts import AUTOMATIC, encode_tile_prompts, read_tile_prompts, tile_texts
 
     out: Path = args.out
@@ -100,20 +125,29 @@ def run_refine(
         raise RefineError(f"argument --model: {model.name} has no image encoder to read the image with")
     patch = patch_size(model.transformer)
     tile = args.tile or default_tile(model.transformer, model.compression)
+
+    def overlap_of(side: int) -> int:
+        return side // 4 if args.overlap is None else args.overlap
+
     try:
         plan = refine_plan(
             height,
             width,
             tile,
-            tile // 4 if args.overlap is None else args.overlap,
+            overlap_of(tile),
             model.compression,
             patch,
             seed=args.seed,
             max_tiles=args.max_tiles,
         )
     except PlanError as error:
-        flag = "--max-tiles" if "max_tiles" in str(error) else "--tile"
-        raise RefineError(f"argument {flag}: {error}") from None
+        if "max_tiles" not in str(error):
+            raise RefineError(f"argument --tile: {error}") from None
+
+        def sizes_of(side: int) -> dict[str, int]:
+            return refine_plan_sizes(height, width, side, overlap_of(side), model.compression, patch)
+
+        raise RefineError(too_many_tiles(sizes_of, tile, args.max_tiles, model.compression * patch)) from None
     texts = tile_texts(plan, prompts, args.prompt) if prompts else {}
     method_settings, steps = refine_settings(args.method, args.denoise, args.steps)
     method_settings["tile_prompts"] = encode_tile_prompts(texts, model.encode_prompt) or None

@@ -185,6 +185,24 @@ def test_bad_input_ends_with_one_line(tmp_path: Path, capsys) -> None:
     assert "--scale" in capsys.readouterr().err
 
 
+def test_too_many_tiles_names_the_ceiling_that_runs_it_and_the_tile_that_fits(tmp_path: Path, capsys) -> None:
+    """A plan above --max-tiles is refused before any sampling, with both ways out, and each is right:
+    the suggested --max-tiles is the plan's own count, the suggested --tile is the smallest (in whole
+    tokens) whose plan fits."""
+    source = tmp_path / "wide.png"
+    Image.fromarray((photo(64, 1024) * 255).astype(np.uint8)).save(source)
+    with pytest.raises(SystemExit) as stop:
+        refine(source, tmp_path / "out", "--scale", "2", "--max-tiles", "20")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    asked = refine_plan(128, 2048, 128, 32, COMPRESSION)
+    assert stop.value.code == 2 and f"is {len(asked)} tiles" in line and f"--max-tiles {len(asked)} " in line
+    tile = int(line.split("--tile ")[1].split()[0])
+    assert len(refine_plan(128, 2048, tile, 32, COMPRESSION, max_tiles=20)) <= 20  # SETTINGS' overlap
+    with pytest.raises(Exception, match="max_tiles"):
+        refine_plan(128, 2048, tile - COMPRESSION, 32, COMPRESSION, max_tiles=20)
+    assert not (tmp_path / "out").exists()
+
+
 # --- the engine's tiled autoencoder passes -----------------------------------------------------------
 
 
