@@ -53,14 +53,14 @@ def too_many_tiles(sizes_of: Callable[[int], dict[str, int]], tile: int, max_til
     from .plan import check_plan
     from .refine import REFINE_FIT
 
-    def count(side: int) -> tuple[int, int, int]:
-        sizes = sizes_of(side)
+    def count(sizes: dict[str, int]) -> tuple[int, int, int]:
         rows, cols = check_plan(**sizes, fit=REFINE_FIT, max_tiles=1 << 62)
         return rows, cols, sizes["tile_width_px"]
 
-    rows, cols, asked = count(tile)
-    canvas = max(sizes_of(tile)["width_px"], sizes_of(tile)["height_px"])
-    sides = (count(side) for side in range(tile + token, canvas + token, token))
+    asked_sizes = sizes_of(tile)
+    rows, cols, asked = count(asked_sizes)
+    canvas = max(asked_sizes["width_px"], asked_sizes["height_px"])
+    sides = (count(sizes_of(side)) for side in range(tile + token, canvas + token, token))
     fitting = next(((r * c, side) for r, c, side in sides if r * c <= max_tiles), None)
     larger = f", or --tile {fitting[1]} ({fitting[0]} tiles)" if fitting else ""
     return (
@@ -284,10 +284,10 @@ def _mirrored(image: np.ndarray) -> Callable[[int, int, int, int], Any]:
         return np.where(index < size, index, 2 * size - 1 - index)
 
     def region(top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-        rows, cols = mirror(top, bottom, image.shape[0]), mirror(left, right, image.shape[1])
         if bottom <= image.shape[0] and right <= image.shape[1]:
             crop = image[top:bottom, left:right]  # inside the image: a view, no index arrays
         else:
+            rows, cols = mirror(top, bottom, image.shape[0]), mirror(left, right, image.shape[1])
             crop = image[rows[:, None], cols[None, :]]
         pixels = torch.from_numpy(crop.astype(np.float32) / peak)
         return pixels.permute(2, 0, 1)[None]
